@@ -59,6 +59,17 @@ pub fn load_model(path: &Path, options: &ImportOptions) -> Result<Model, ImportE
     Err(ImportError::InvalidModel("not implemented yet".into()))
 }
 
+/// Imports a model from its protobuf bytes; external data is read relative to `base_dir`
+/// (refused when `None`).
+pub fn import_bytes(
+    bytes: &[u8],
+    base_dir: Option<&Path>,
+    options: &ImportOptions,
+) -> Result<Model, ImportError> {
+    let _ = (bytes, base_dir, options);
+    Err(ImportError::InvalidModel("not implemented yet".into()))
+}
+
 /// Reads a serialized ONNX `TensorProto` (the test-data `input_N.pb` format): its name and value.
 pub fn read_tensor_file(path: &Path) -> Result<(String, Tensor), ImportError> {
     let _ = path;
