@@ -13,10 +13,7 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
         if inputs.len() == n {
             Ok(())
         } else {
-            Err(err(format!(
-                "expects {n} operand(s), got {}",
-                inputs.len()
-            )))
+            Err(err(format!("expects {n} operand(s), got {}", inputs.len())))
         }
     };
     let out = |dtype: DType, shape: Vec<usize>| TensorType::new(dtype, shape);
@@ -47,7 +44,10 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
             arity(2)?;
             let (a, c) = (inputs[0], inputs[1]);
             if a.dtype != c.dtype {
-                return Err(err(format!("operand dtypes differ: {} and {}", a.dtype, c.dtype)));
+                return Err(err(format!(
+                    "operand dtypes differ: {} and {}",
+                    a.dtype, c.dtype
+                )));
             }
             let ok = match b {
                 BinaryOp::LogicalAnd | BinaryOp::LogicalOr | BinaryOp::LogicalXor => {
@@ -65,7 +65,11 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
                 return Err(err(format!("does not accept {}", a.dtype)));
             }
             let shape = broadcast(name, &a.shape, &c.shape)?;
-            let dtype = if b.is_comparison() { DType::Bool } else { a.dtype };
+            let dtype = if b.is_comparison() {
+                DType::Bool
+            } else {
+                a.dtype
+            };
             out(dtype, shape)
         }
         Op::Clamp { .. } => {
@@ -82,7 +86,10 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
                 return Err(err(format!("condition must be bool, got {}", c.dtype)));
             }
             if a.dtype != b.dtype {
-                return Err(err(format!("operand dtypes differ: {} and {}", a.dtype, b.dtype)));
+                return Err(err(format!(
+                    "operand dtypes differ: {} and {}",
+                    a.dtype, b.dtype
+                )));
             }
             let s = broadcast(name, &c.shape, &a.shape)?;
             out(a.dtype, broadcast(name, &s, &b.shape)?)
@@ -97,7 +104,9 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
             let (o, i, kh, kw) = (w.shape[0], w.shape[1], w.shape[2], w.shape[3]);
             if matches!(op, Op::Conv2d(_)) {
                 if i != c {
-                    return Err(err(format!("input has {c} channels but weight expects {i}")));
+                    return Err(err(format!(
+                        "input has {c} channels but weight expects {i}"
+                    )));
                 }
             } else if i != 1 || c == 0 || o % c != 0 {
                 return Err(err(format!(
@@ -107,8 +116,24 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
             check_bias(name, bias, o)?;
             nonzero(name, "stride", &a.stride)?;
             nonzero(name, "dilation", &a.dilation)?;
-            let oh = window_out(name, h, a.pad[0] + a.pad[1], kh, a.stride[0], a.dilation[0], false)?;
-            let ow = window_out(name, wd, a.pad[2] + a.pad[3], kw, a.stride[1], a.dilation[1], false)?;
+            let oh = window_out(
+                name,
+                h,
+                a.pad[0] + a.pad[1],
+                kh,
+                a.stride[0],
+                a.dilation[0],
+                false,
+            )?;
+            let ow = window_out(
+                name,
+                wd,
+                a.pad[2] + a.pad[3],
+                kw,
+                a.stride[1],
+                a.dilation[1],
+                false,
+            )?;
             out(acc, vec![n, o, oh, ow])
         }
         Op::TransposeConv2d(a) => {
@@ -146,7 +171,10 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
             rank(name, "a", a, 3)?;
             rank(name, "b", b, 3)?;
             if a.dtype != b.dtype && !(a.dtype.is_int() && b.dtype.is_int()) {
-                return Err(err(format!("operand dtypes differ: {} and {}", a.dtype, b.dtype)));
+                return Err(err(format!(
+                    "operand dtypes differ: {} and {}",
+                    a.dtype, b.dtype
+                )));
             }
             let acc = accumulator(name, a.dtype)?;
             if a.shape[0] != b.shape[0] || a.shape[2] != b.shape[1] {
@@ -211,7 +239,10 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
             let x = inputs[0];
             let mut seen = vec![false; x.rank()];
             if perm.len() != x.rank() {
-                return Err(err(format!("permutation {perm:?} does not match rank {}", x.rank())));
+                return Err(err(format!(
+                    "permutation {perm:?} does not match rank {}",
+                    x.rank()
+                )));
             }
             for &p in perm {
                 if p >= x.rank() || std::mem::replace(&mut seen[p], true) {
@@ -233,17 +264,26 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
                     && t.rank() == first.rank()
                     && (0..t.rank()).all(|d| d == *axis || t.shape[d] == first.shape[d]);
                 if !same {
-                    return Err(err(format!("operand {t} does not match {first} off axis {axis}")));
+                    return Err(err(format!(
+                        "operand {t} does not match {first} off axis {axis}"
+                    )));
                 }
                 shape[*axis] += t.shape[*axis];
             }
             out(first.dtype, shape)
         }
-        Op::Slice { start, size, stride } => {
+        Op::Slice {
+            start,
+            size,
+            stride,
+        } => {
             arity(1)?;
             let x = inputs[0];
             if start.len() != x.rank() || size.len() != x.rank() || stride.len() != x.rank() {
-                return Err(err(format!("start/size/stride must have rank {}", x.rank())));
+                return Err(err(format!(
+                    "start/size/stride must have rank {}",
+                    x.rank()
+                )));
             }
             for d in 0..x.rank() {
                 let last = if size[d] == 0 {
@@ -286,7 +326,10 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
                     }
                 };
                 if p[0] > limit || p[1] > limit {
-                    return Err(err(format!("{mode:?} padding {p:?} too large for dim {}", x.shape[d])));
+                    return Err(err(format!(
+                        "{mode:?} padding {p:?} too large for dim {}",
+                        x.shape[d]
+                    )));
                 }
                 shape.push(
                     x.shape[d]
@@ -305,7 +348,10 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
             }
             let mut shape = Vec::with_capacity(x.rank());
             for (d, &m) in x.shape.iter().zip(multiples) {
-                shape.push(d.checked_mul(m).ok_or_else(|| err("tiled size overflows".into()))?);
+                shape.push(
+                    d.checked_mul(m)
+                        .ok_or_else(|| err("tiled size overflows".into()))?,
+                );
             }
             out(x.dtype, shape)
         }
@@ -342,16 +388,23 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
             arity(1)?;
             let x = inputs[0];
             if !x.dtype.is_int() || !r.to.is_int() {
-                return Err(err(format!("converts integers only, not {} to {}", x.dtype, r.to)));
+                return Err(err(format!(
+                    "converts integers only, not {} to {}",
+                    x.dtype, r.to
+                )));
             }
             if r.multiplier.len() != r.shift.len() || r.multiplier.is_empty() {
-                return Err(err("needs as many multipliers as shifts, at least one".into()));
+                return Err(err(
+                    "needs as many multipliers as shifts, at least one".into()
+                ));
             }
             if r.shift.iter().any(|&s| !(2..=62).contains(&s)) {
                 return Err(err("shifts must lie in 2..=62".into()));
             }
             if r.multiplier.len() > 1 {
-                let axis = r.channel_axis.ok_or_else(|| err("per-channel needs an axis".into()))?;
+                let axis = r
+                    .channel_axis
+                    .ok_or_else(|| err("per-channel needs an axis".into()))?;
                 axis_in(name, axis, x.rank())?;
                 if x.shape[axis] != r.multiplier.len() {
                     return Err(err(format!(
@@ -367,7 +420,9 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
             arity(2)?;
             let (x, t) = (inputs[0], inputs[1]);
             if x.dtype != DType::I8 || t.dtype != DType::I8 || t.shape != [256] {
-                return Err(err(format!("needs i8 input and an i8[256] table, got {x} and {t}")));
+                return Err(err(format!(
+                    "needs i8 input and an i8[256] table, got {x} and {t}"
+                )));
             }
             Ok(x.clone())
         }
@@ -394,7 +449,10 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
 /// Numpy broadcast of two shapes of equal rank (the TOSA rule).
 pub fn broadcast(op: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     if a.len() != b.len() {
-        return Err(IrError::ty(op, format!("operand ranks differ: {a:?} and {b:?}")));
+        return Err(IrError::ty(
+            op,
+            format!("operand ranks differ: {a:?} and {b:?}"),
+        ));
     }
     a.iter()
         .zip(b)
@@ -402,7 +460,10 @@ pub fn broadcast(op: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
             _ if x == y => Ok(x),
             (1, _) => Ok(y),
             (_, 1) => Ok(x),
-            _ => Err(IrError::ty(op, format!("shapes {a:?} and {b:?} do not broadcast"))),
+            _ => Err(IrError::ty(
+                op,
+                format!("shapes {a:?} and {b:?} do not broadcast"),
+            )),
         })
         .collect()
 }
@@ -411,7 +472,10 @@ fn rank(op: &str, what: &str, t: &TensorType, r: usize) -> Result<()> {
     if t.rank() == r {
         Ok(())
     } else {
-        Err(IrError::ty(op, format!("{what} must have rank {r}, got {t}")))
+        Err(IrError::ty(
+            op,
+            format!("{what} must have rank {r}, got {t}"),
+        ))
     }
 }
 
@@ -419,7 +483,10 @@ fn axis_in(op: &str, axis: usize, rank: usize) -> Result<()> {
     if axis < rank {
         Ok(())
     } else {
-        Err(IrError::ty(op, format!("axis {axis} out of range for rank {rank}")))
+        Err(IrError::ty(
+            op,
+            format!("axis {axis} out of range for rank {rank}"),
+        ))
     }
 }
 
@@ -435,7 +502,10 @@ fn index_dtype(op: &str, t: &TensorType) -> Result<()> {
     if matches!(t.dtype, DType::I32 | DType::I64) {
         Ok(())
     } else {
-        Err(IrError::ty(op, format!("indices must be i32 or i64, got {}", t.dtype)))
+        Err(IrError::ty(
+            op,
+            format!("indices must be i32 or i64, got {}", t.dtype),
+        ))
     }
 }
 
@@ -457,7 +527,10 @@ fn conv_dtypes(op: &str, x: &TensorType, w: &TensorType, bias: &TensorType) -> R
     if !weight_ok || bias.dtype != acc {
         return Err(IrError::ty(
             op,
-            format!("input {}, weight {} and bias {} do not agree", x.dtype, w.dtype, bias.dtype),
+            format!(
+                "input {}, weight {} and bias {} do not agree",
+                x.dtype, w.dtype, bias.dtype
+            ),
         ));
     }
     Ok(acc)
@@ -467,7 +540,10 @@ fn check_bias(op: &str, bias: &TensorType, channels: usize) -> Result<()> {
     if bias.rank() == 1 && (bias.shape[0] == channels || bias.shape[0] == 1) {
         Ok(())
     } else {
-        Err(IrError::ty(op, format!("bias {bias} does not match {channels} output channels")))
+        Err(IrError::ty(
+            op,
+            format!("bias {bias} does not match {channels} output channels"),
+        ))
     }
 }
 
@@ -490,7 +566,11 @@ fn window_out(
         ));
     }
     let steps = padded - span;
-    Ok(if ceil { steps.div_ceil(stride) } else { steps / stride } + 1)
+    Ok(if ceil {
+        steps.div_ceil(stride)
+    } else {
+        steps / stride
+    } + 1)
 }
 
 fn pool_out(op: &str, input: usize, p: &PoolAttrs, axis: usize) -> Result<usize> {

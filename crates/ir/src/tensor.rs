@@ -232,7 +232,13 @@ macro_rules! impl_element {
 }
 
 impl_element!(f32, F32, |x| x as f64, |x| x as i64, |v| v as f32);
-impl_element!(f16, F16, |x| x.to_f64(), |x| x.to_f64() as i64, f16::from_f64);
+impl_element!(
+    f16,
+    F16,
+    |x| x.to_f64(),
+    |x| x.to_f64() as i64,
+    f16::from_f64
+);
 impl_element!(i8, I8, |x| x as f64, |x| x as i64, |v| v as i8);
 impl_element!(u8, U8, |x| x as f64, |x| x as i64, |v| v as u8);
 impl_element!(i16, I16, |x| x as f64, |x| x as i64, |v| v as i16);

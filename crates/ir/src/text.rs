@@ -6,11 +6,11 @@
 //!   input %0 "x": f32[2]
 //!   %1: f32[2] = const(@0)
 //!   %2: f32[2] = add(%0, %1) name="Add_0"
-//!   %3: f32[2] = clamp(%2) {"min":0.0,"max":"inf"}
+//!   %3: f32[2] = clamp(%2) {"max":"inf","min":0.0}
 //!   output %3 "y"
 //! }
 //! ```
-//! Attributes are the op's serde form as a JSON object. Invariant: `parse_graph(&g.to_string())`
+//! Attributes are the op's serde form as a JSON object, keys sorted. Invariant: `parse_graph(&g.to_string())`
 //! rebuilds a graph equal to `g` (ids renumbered densely in order of appearance), and parsing
 //! re-infers every type, rejecting text whose recorded types disagree.
 
@@ -21,7 +21,7 @@ use crate::{
 };
 use serde_json::Value as Json;
 use std::collections::HashMap;
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 impl fmt::Display for Graph {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -39,7 +39,13 @@ impl fmt::Display for Graph {
             writeln!(f, ": {}", self.ty(v))?;
         }
         for node in self.nodes() {
-            write!(f, "  {}: {} = {}(", node.output, self.ty(node.output), node.op.name())?;
+            write!(
+                f,
+                "  {}: {} = {}(",
+                node.output,
+                self.ty(node.output),
+                node.op.name()
+            )?;
             if let Op::Const(c) = node.op {
                 write!(f, "{c}")?;
             }
@@ -219,7 +225,10 @@ impl Parser {
             c.end()?;
             let op = match const_ref {
                 Some(k) => {
-                    let cid = *self.consts.get(&k).ok_or(format!("unknown constant @{k}"))?;
+                    let cid = *self
+                        .consts
+                        .get(&k)
+                        .ok_or(format!("unknown constant @{k}"))?;
                     Op::Const(cid)
                 }
                 None => build_op(&name, attrs)?,
@@ -429,7 +438,6 @@ impl<'a> Cursor<'a> {
 /// Renders a tensor's elements as the text form writes them (for messages and tests).
 pub fn format_elements(data: &TensorData) -> String {
     let mut s = String::new();
-    let _ = write_elements(&mut s, data);
-    let _ = write!(s, "");
+    write_elements(&mut s, data).expect("writing to a String cannot fail");
     s
 }

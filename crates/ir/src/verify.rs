@@ -7,7 +7,9 @@ pub(crate) fn verify(g: &Graph) -> Result<()> {
     for (i, &v) in g.inputs().iter().enumerate() {
         let ok = values.get(v.index()).map(|val| val.def) == Some(ValueDef::Input(i));
         if !ok {
-            return Err(IrError::Invalid(format!("graph input {i} is not value {v}")));
+            return Err(IrError::Invalid(format!(
+                "graph input {i} is not value {v}"
+            )));
         }
     }
     let mut defined = vec![false; values.len()];

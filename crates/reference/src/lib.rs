@@ -4,7 +4,7 @@
 //! Invariant: [`run`] either returns one tensor per graph output, of exactly the output's recorded
 //! type, or an error naming the node that failed. Values are dropped after their last use.
 
-use kiln_ir::{Graph, Op, Tensor, ValueDef, ValueId};
+use kiln_ir::{Graph, Op, Tensor, ValueId};
 use kiln_operators::OpError;
 
 /// Why a graph could not be run.
@@ -116,6 +116,5 @@ fn last_uses(graph: &Graph) -> Vec<Option<usize>> {
     for &v in graph.outputs() {
         last[v.index()] = None;
     }
-    let _ = ValueDef::Input(0);
     last
 }
