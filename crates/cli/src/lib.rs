@@ -1,0 +1,261 @@
+//! The `kiln` command-line tool: argument parsing, and the commands as thin layers over the
+//! library crates (import with `kiln_onnx`, execution with a [`backend::Backend`]).
+//!
+//! Invariant: a command ends in exactly one of three exit codes: 0 (done, and every compared
+//! tensor matched), 1 (done, but some comparison failed) and 2 (could not do it: bad arguments,
+//! unreadable or invalid model or data, unsupported op, backend error); the reason for 2 is one
+//! `error: ...` line on stderr. A panic (a bug) is reported the same way with exit code 101.
+
+pub mod backend;
+pub mod compare;
+pub mod conformance;
+pub mod data;
+pub mod error;
+pub mod inspect;
+pub mod manifest;
+pub mod panic_guard;
+pub mod run;
+pub mod shapes;
+
+use backend::Backend;
+use clap::{Parser, Subcommand};
+use compare::Tolerance;
+use error::CliError;
+use kiln_onnx::Model;
+use manifest::Manifest;
+use shapes::ShapeBinding;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Result of a command that completed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything compared matched (or there was nothing to compare).
+    Pass,
+    /// Some comparison failed.
+    Mismatch,
+}
+
+/// Kiln: a tensor compiler for edge CPUs.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `kiln` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Import a model and print its inputs, outputs, op histogram and parameter count.
+    Inspect {
+        /// The ONNX model file.
+        model: PathBuf,
+        /// Bind an input's shape, e.g. `input=1,3,224,224` (repeatable).
+        #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = shapes::parse_binding)]
+        input_shapes: Vec<ShapeBinding>,
+    },
+    /// Run a model on `DIR/input_N.pb` and compare with `DIR/output_N.pb` where present.
+    Run {
+        /// The ONNX model file.
+        model: PathBuf,
+        /// Folder with `input_N.pb` (and optionally `output_N.pb`) files.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Execution backend.
+        #[arg(long, value_enum, default_value = "reference")]
+        backend: Backend,
+        /// Write the outputs to `DIR/output_N.pb`.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        tolerance: ToleranceArgs,
+        /// Bind an input's shape, e.g. `input=1,3,224,224` (repeatable).
+        #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = shapes::parse_binding)]
+        input_shapes: Vec<ShapeBinding>,
+    },
+    /// Run every `DIR/*/model.onnx` on its `test_data_set_*` folders (ONNX backend test layout).
+    Conformance {
+        /// Folder of case folders.
+        dir: PathBuf,
+        /// Execution backend.
+        #[arg(long, value_enum, default_value = "reference")]
+        backend: Backend,
+        /// Skip list: one case name per line followed by `# reason`.
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+        /// Only run cases whose name contains this.
+        #[arg(long, value_name = "SUBSTR")]
+        filter: Option<String>,
+        /// Print every case, not only failures.
+        #[arg(short, long)]
+        verbose: bool,
+        /// Cases run in parallel (default: the number of CPUs).
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        #[command(flatten)]
+        tolerance: ToleranceArgs,
+    },
+}
+
+/// `--rtol` / `--atol`: an element matches when `|a - b| <= atol + rtol * |b|`.
+#[derive(Debug, clap::Args)]
+pub struct ToleranceArgs {
+    /// Relative tolerance.
+    #[arg(long, default_value_t = Tolerance::default().rtol)]
+    pub rtol: f64,
+    /// Absolute tolerance.
+    #[arg(long, default_value_t = Tolerance::default().atol)]
+    pub atol: f64,
+}
+
+impl ToleranceArgs {
+    fn get(&self) -> Result<Tolerance, CliError> {
+        if !(self.rtol >= 0.0 && self.atol >= 0.0) {
+            return Err(CliError::Usage(
+                "--rtol and --atol must be non-negative numbers".into(),
+            ));
+        }
+        Ok(Tolerance {
+            rtol: self.rtol,
+            atol: self.atol,
+        })
+    }
+}
+
+/// The manifest used when `--manifest` is not given (relative to the working directory).
+pub const DEFAULT_MANIFEST: &str = "tests/conformance/skip.txt";
+
+/// Imports a model file with the given input shape bindings.
+pub fn load(path: &Path, input_shapes: &[ShapeBinding]) -> Result<Model, CliError> {
+    let options = shapes::to_options(input_shapes)?;
+    if !path.is_file() {
+        return Err(CliError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        ));
+    }
+    kiln_onnx::load_model(path, &options).map_err(|source| CliError::Import {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Executes a parsed command line.
+pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
+    match cli.command {
+        Command::Inspect {
+            model,
+            input_shapes,
+        } => inspect::inspect(&model, &input_shapes).map(|()| Outcome::Pass),
+        Command::Run {
+            model,
+            data,
+            backend,
+            out,
+            tolerance,
+            input_shapes,
+        } => run::run(&run::RunRequest {
+            model,
+            data,
+            backend,
+            out,
+            tolerance: tolerance.get()?,
+            input_shapes,
+        }),
+        Command::Conformance {
+            dir,
+            backend,
+            manifest,
+            filter,
+            verbose,
+            jobs,
+            tolerance,
+        } => {
+            let manifest = match manifest {
+                Some(path) => Manifest::load(&path)?,
+                None if Path::new(DEFAULT_MANIFEST).is_file() => {
+                    Manifest::load(Path::new(DEFAULT_MANIFEST))?
+                }
+                None => {
+                    eprintln!("note: no {DEFAULT_MANIFEST} here; nothing is skipped");
+                    Manifest::default()
+                }
+            };
+            let jobs = match jobs {
+                Some(0) => return Err(CliError::Usage("--jobs must be at least 1".into())),
+                Some(j) => j,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            };
+            conformance::conformance(&conformance::ConformanceRequest {
+                dir,
+                backend,
+                manifest,
+                filter,
+                verbose,
+                jobs,
+                tolerance: tolerance.get()?,
+            })
+        }
+    }
+}
+
+/// The whole program: parse arguments, run, report, and map the result to the exit code.
+pub fn main() -> ExitCode {
+    panic_guard::install_hook();
+    // Usage errors (and --help / --version) exit through clap: code 2 for errors, 0 otherwise.
+    let cli = Cli::parse();
+    match panic_guard::catch(|| execute(cli)) {
+        Ok(Ok(Outcome::Pass)) => ExitCode::SUCCESS,
+        Ok(Ok(Outcome::Mismatch)) => ExitCode::from(1),
+        Ok(Err(e)) => {
+            eprintln!("error: {}", error::one_line(&e));
+            ExitCode::from(2)
+        }
+        Err(panic) => {
+            eprintln!("error: internal error (a bug in kiln): {panic}");
+            ExitCode::from(101)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_run_defaults() {
+        let cli = Cli::try_parse_from(["kiln", "run", "m.onnx", "--data", "d"]).unwrap();
+        match cli.command {
+            Command::Run {
+                backend,
+                out,
+                tolerance,
+                ..
+            } => {
+                assert_eq!(backend, Backend::Reference);
+                assert!(out.is_none());
+                assert_eq!(tolerance.get().unwrap(), Tolerance::default());
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        for args in [
+            &["kiln", "run", "m.onnx"][..],
+            &["kiln", "run", "m.onnx", "--data", "d", "--backend", "jit"],
+            &["kiln", "inspect", "m.onnx", "--input-shape", "x"],
+            &["kiln", "frobnicate"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! `kiln run`: one model, one data folder.
+//!
+//! Invariant: the outcome is [`Outcome::Mismatch`] iff some expected output was present and did
+//! not match; outputs are written only when an output folder was asked for.
+
+use crate::backend::Backend;
+use crate::compare::Tolerance;
+use crate::data::{check_data_set, tensor_path};
+use crate::error::CliError;
+use crate::shapes::ShapeBinding;
+use crate::{load, Outcome};
+use std::path::PathBuf;
+
+/// What `kiln run` was asked to do.
+#[derive(Debug)]
+pub struct RunRequest {
+    pub model: PathBuf,
+    pub data: PathBuf,
+    pub backend: Backend,
+    pub out: Option<PathBuf>,
+    pub tolerance: Tolerance,
+    pub input_shapes: Vec<ShapeBinding>,
+}
+
+/// Runs the request, printing one line per output.
+pub fn run(req: &RunRequest) -> Result<Outcome, CliError> {
+    if !req.data.is_dir() {
+        return Err(CliError::BadData {
+            path: req.data.clone(),
+            reason: "no such data folder".into(),
+        });
+    }
+    let model = load(&req.model, &req.input_shapes)?;
+    for note in &model.notes {
+        println!("note: {note}");
+    }
+    let checks = check_data_set(&model.graph, req.backend, &req.data, req.tolerance)?;
+    if let Some(out) = &req.out {
+        std::fs::create_dir_all(out).map_err(|e| CliError::io(out, e))?;
+        for (n, check) in checks.iter().enumerate() {
+            let path = tensor_path(out, "output", n);
+            kiln_onnx::write_tensor_file(&path, &check.name, &check.value).map_err(|source| {
+                CliError::WriteTensor {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
+    }
+    let mut outcome = Outcome::Pass;
+    for (n, check) in checks.iter().enumerate() {
+        let head = format!("output {n} `{}` {}", check.name, check.value.ty());
+        match &check.comparison {
+            None => println!("{head}: no expected value"),
+            Some(c) => {
+                let verdict = if c.passed() { "PASS" } else { "FAIL" };
+                println!("{head}: {c}: {verdict}");
+                if !c.passed() {
+                    outcome = Outcome::Mismatch;
+                }
+            }
+        }
+    }
+    if let Some(out) = &req.out {
+        println!("wrote {} output(s) to {}", checks.len(), out.display());
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,376 @@
+//! End-to-end tests of the `kiln` binary: the bundled models, the malformed-model corpus, argument
+//! errors and the conformance runner on a small synthetic suite.
+//!
+//! Invariant: every test runs the real binary and checks its exit code (0 match, 1 mismatch,
+//! 2 error) and what it printed; none depends on timing.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn models() -> PathBuf {
+    repo().join("tests/models")
+}
+
+/// The bundled models: (model file, data folder).
+fn bundled() -> Vec<(PathBuf, PathBuf)> {
+    ["resnet8_cifar", "dscnn_kws"]
+        .iter()
+        .map(|m| {
+            (
+                models().join(format!("{m}.onnx")),
+                models().join(format!("{m}_data")),
+            )
+        })
+        .collect()
+}
+
+fn kiln<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Command::new(KILN)
+        .args(args)
+        .output()
+        .expect("cannot start kiln")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Asserts exit code `code`; on failure shows everything the command printed.
+fn expect_code(o: &Output, code: i32, what: &str) -> (String, String) {
+    let (out, err) = text(o);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{what}: expected exit {code}\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    (out, err)
+}
+
+/// Asserts a clean usage/input error: exit 2, one `error:` line, no panic.
+fn expect_error(o: &Output, what: &str) -> String {
+    let (_, err) = expect_code(o, 2, what);
+    assert!(!err.contains("panicked"), "{what}: panicked:\n{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("{what}: no `error:` line in stderr:\n{err}"));
+    assert!(
+        line.len() > "error: ".len() + 3,
+        "{what}: empty message: {line}"
+    );
+    err
+}
+
+/// A fresh empty folder under the target dir (removed first if a previous run left it).
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn bundled_models_run_and_match_their_expected_outputs() {
+    for (model, data) in bundled() {
+        let o = kiln([
+            "run".as_ref(),
+            model.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+        ]);
+        let (out, _) = expect_code(&o, 0, &format!("run {}", model.display()));
+        assert!(out.contains(": PASS"), "no PASS line:\n{out}");
+        assert!(!out.contains("FAIL"), "{out}");
+        assert!(out.contains("max abs err"), "{out}");
+    }
+}
+
+#[test]
+fn run_writes_outputs_that_read_back_as_a_match() {
+    let (model, data) = &bundled()[0];
+    let out_dir = scratch("run_out");
+    let o = kiln([
+        "run".as_ref(),
+        model.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--out".as_ref(),
+        out_dir.as_os_str(),
+    ]);
+    expect_code(&o, 0, "run --out");
+    // A data folder made of the original input and the written output must match exactly.
+    let again = scratch("run_out_again");
+    fs::copy(data.join("input_0.pb"), again.join("input_0.pb")).unwrap();
+    fs::copy(out_dir.join("output_0.pb"), again.join("output_0.pb")).unwrap();
+    let o = kiln([
+        "run".as_ref(),
+        model.as_os_str(),
+        "--data".as_ref(),
+        again.as_os_str(),
+        "--rtol".as_ref(),
+        "0".as_ref(),
+        "--atol".as_ref(),
+        "0".as_ref(),
+    ]);
+    let (out, _) = expect_code(&o, 0, "run on written outputs");
+    assert!(out.contains("max abs err 0.000e0"), "{out}");
+}
+
+#[test]
+fn run_without_expected_outputs_exits_zero_and_says_so() {
+    let (model, data) = &bundled()[0];
+    let dir = scratch("inputs_only");
+    fs::copy(data.join("input_0.pb"), dir.join("input_0.pb")).unwrap();
+    let o = kiln([
+        "run".as_ref(),
+        model.as_os_str(),
+        "--data".as_ref(),
+        dir.as_os_str(),
+    ]);
+    let (out, _) = expect_code(&o, 0, "run without outputs");
+    assert!(out.contains("no expected value"), "{out}");
+}
+
+#[test]
+fn run_reports_a_mismatch_with_exit_one() {
+    // resnet8's input with dscnn's expected output: a different shape, so a FAIL, not an error.
+    let (resnet, resnet_data) = &bundled()[0];
+    let (_, dscnn_data) = &bundled()[1];
+    let dir = scratch("mismatch");
+    fs::copy(resnet_data.join("input_0.pb"), dir.join("input_0.pb")).unwrap();
+    fs::copy(dscnn_data.join("output_0.pb"), dir.join("output_0.pb")).unwrap();
+    let o = kiln([
+        "run".as_ref(),
+        resnet.as_os_str(),
+        "--data".as_ref(),
+        dir.as_os_str(),
+    ]);
+    let (out, _) = expect_code(&o, 1, "run with wrong expected output");
+    assert!(out.contains("FAIL"), "{out}");
+}
+
+#[test]
+fn inspect_prints_signature_histogram_and_parameters() {
+    for (model, _) in bundled() {
+        let o = kiln(["inspect".as_ref(), model.as_os_str()]);
+        let (out, _) = expect_code(&o, 0, "inspect");
+        for key in ["inputs:", "outputs:", "parameters:", "ops (IR):", "conv2d"] {
+            assert!(out.contains(key), "no `{key}` in:\n{out}");
+        }
+        let params: usize = out
+            .lines()
+            .find_map(|l| l.strip_prefix("parameters: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no parameter count in:\n{out}"));
+        assert!(params > 1000, "{params} parameters");
+    }
+}
+
+#[test]
+fn malformed_models_are_refused_cleanly() {
+    let dir = repo().join("tests/malformed");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "corpus too small: {files:?}");
+    let data = &bundled()[0].1;
+    for f in files {
+        let o = kiln(["inspect".as_ref(), f.as_os_str()]);
+        expect_error(&o, &format!("inspect {}", f.display()));
+        let o = kiln([
+            "run".as_ref(),
+            f.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+        ]);
+        expect_error(&o, &format!("run {}", f.display()));
+    }
+}
+
+#[test]
+fn bad_input_shape_syntax_is_a_usage_error() {
+    let model = &bundled()[0].0;
+    for bad in ["input", "input=1,x", "=1,2", "input=1,-3"] {
+        let o = kiln([
+            "inspect".as_ref(),
+            model.as_os_str(),
+            "--input-shape".as_ref(),
+            bad.as_ref(),
+        ]);
+        let err = expect_error(&o, &format!("--input-shape {bad}"));
+        assert!(err.contains("--input-shape"), "{err}");
+    }
+}
+
+#[test]
+fn missing_model_file_is_an_error_naming_it() {
+    let o = kiln(["inspect", "no/such/model.onnx"]);
+    let err = expect_error(&o, "missing model");
+    assert!(err.contains("no/such/model.onnx"), "{err}");
+}
+
+#[test]
+fn missing_data_folder_is_an_error() {
+    let model = &bundled()[0].0;
+    let o = kiln([
+        "run".as_ref(),
+        model.as_os_str(),
+        "--data".as_ref(),
+        "no/such/folder".as_ref(),
+    ]);
+    let err = expect_error(&o, "missing data");
+    assert!(err.contains("no/such/folder"), "{err}");
+}
+
+#[test]
+fn unknown_backend_is_a_usage_error_listing_the_choices() {
+    let (model, data) = &bundled()[0];
+    let o = kiln([
+        "run".as_ref(),
+        model.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--backend".as_ref(),
+        "tpu".as_ref(),
+    ]);
+    let err = expect_error(&o, "unknown backend");
+    assert!(err.contains("tpu") && err.contains("reference"), "{err}");
+}
+
+#[test]
+fn no_arguments_is_a_usage_error() {
+    let o = kiln(Vec::<&str>::new());
+    assert_eq!(o.status.code(), Some(2));
+}
+
+/// A suite in the ONNX layout built from the bundled models: one case that passes, one whose
+/// expected output is wrong, one whose model is malformed.
+fn synthetic_suite(name: &str) -> PathBuf {
+    let suite = scratch(name);
+    let (resnet, resnet_data) = &bundled()[0];
+    let (_, dscnn_data) = &bundled()[1];
+    let case = |name: &str, model: &Path, input: &Path, output: &Path| {
+        let set = suite.join(name).join("test_data_set_0");
+        fs::create_dir_all(&set).unwrap();
+        fs::copy(model, suite.join(name).join("model.onnx")).unwrap();
+        fs::copy(input, set.join("input_0.pb")).unwrap();
+        fs::copy(output, set.join("output_0.pb")).unwrap();
+    };
+    let input = resnet_data.join("input_0.pb");
+    case(
+        "test_good",
+        resnet,
+        &input,
+        &resnet_data.join("output_0.pb"),
+    );
+    case(
+        "test_wrong",
+        resnet,
+        &input,
+        &dscnn_data.join("output_0.pb"),
+    );
+    let broken = repo().join("tests/malformed/unknown_op.onnx");
+    case(
+        "test_broken",
+        &broken,
+        &input,
+        &resnet_data.join("output_0.pb"),
+    );
+    suite
+}
+
+fn write_manifest(name: &str, text: &str) -> PathBuf {
+    let path = scratch(name).join("skip.txt");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn conformance_counts_passes_failures_and_skips() {
+    let suite = synthetic_suite("suite1");
+    let manifest = write_manifest("manifest_one", "test_wrong # deliberately wrong output\n");
+    let o = kiln([
+        "conformance".as_ref(),
+        suite.as_os_str(),
+        "--manifest".as_ref(),
+        manifest.as_os_str(),
+    ]);
+    let (out, _) = expect_code(&o, 1, "conformance with a failing case");
+    assert_eq!(
+        out.lines().last(),
+        Some("1 passed, 1 failed, 1 skipped"),
+        "{out}"
+    );
+    let fail = out
+        .lines()
+        .find(|l| l.starts_with("FAIL test_broken"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(fail.contains("FooBar"), "import error not shown: {fail}");
+}
+
+#[test]
+fn conformance_passes_when_every_failure_is_listed() {
+    let suite = synthetic_suite("suite2");
+    let manifest = write_manifest(
+        "manifest_all",
+        "# comment\ntest_wrong # wrong output\ntest_broken # unknown op\n",
+    );
+    let o = kiln([
+        "conformance".as_ref(),
+        suite.as_os_str(),
+        "--manifest".as_ref(),
+        manifest.as_os_str(),
+        "-v".as_ref(),
+    ]);
+    let (out, _) = expect_code(&o, 0, "conformance with skips");
+    assert!(out.contains("ok   test_good"), "{out}");
+    assert_eq!(out.lines().last(), Some("1 passed, 0 failed, 2 skipped"));
+    let o = kiln([
+        "conformance".as_ref(),
+        suite.as_os_str(),
+        "--manifest".as_ref(),
+        manifest.as_os_str(),
+        "--filter".as_ref(),
+        "good".as_ref(),
+    ]);
+    let (out, _) = expect_code(&o, 0, "conformance --filter");
+    assert_eq!(out.lines().last(), Some("1 passed, 0 failed, 0 skipped"));
+}
+
+#[test]
+fn conformance_rejects_a_manifest_line_without_reason() {
+    let suite = synthetic_suite("suite3");
+    let manifest = write_manifest("manifest_bad", "test_wrong # ok\ntest_broken\n");
+    let o = kiln([
+        "conformance".as_ref(),
+        suite.as_os_str(),
+        "--manifest".as_ref(),
+        manifest.as_os_str(),
+    ]);
+    let err = expect_error(&o, "manifest without reason");
+    assert!(err.contains(":2:") && err.contains("reason"), "{err}");
+}
+
+#[test]
+fn conformance_on_a_folder_without_cases_is_an_error() {
+    let empty = scratch("no_cases");
+    let o = kiln(["conformance".as_ref(), empty.as_os_str()]);
+    expect_error(&o, "empty suite");
+}
