@@ -1,9 +1,21 @@
 //! Kiln's operator library: the reference semantics of every graph op, one module per op family.
 //!
 //! Invariant: [`evaluate`] computes exactly the semantics documented on [`kiln_ir::Op`], for every
-//! dtype the op's type rule accepts, and returns an error (never panics) for anything else.
+//! dtype the op's type rule accepts, and returns an error (never panics) for anything else. Every
+//! kernel runs only after [`kiln_ir::infer_type`] accepted its operands, and its result always has
+//! the type that rule derives.
 
-use kiln_ir::{Op, Tensor};
+mod conv;
+mod elementwise;
+mod matmul;
+mod movement;
+mod pool;
+mod quant;
+mod reduce;
+mod resize;
+mod util;
+
+use kiln_ir::{Op, Tensor, TensorType};
 
 /// Why an op could not be evaluated.
 #[derive(Debug, thiserror::Error)]
@@ -17,10 +29,44 @@ pub enum OpError {
 }
 
 /// Evaluates `op` on `inputs`. [`Op::Const`] is resolved by the caller, not here.
+///
+/// Data-dependent failures (an out-of-range gather index) are reported as
+/// [`OpError::Unsupported`] naming the op; integer division by zero yields 0 (see
+/// [`kiln_ir::op::BinaryOp::Div`]).
 pub fn evaluate(op: &Op, inputs: &[&Tensor]) -> Result<Tensor, OpError> {
-    let _ = inputs;
-    Err(OpError::Unsupported {
-        op: op.name().into(),
-        reason: "not implemented yet".into(),
-    })
+    if let Op::Const(_) = op {
+        return Err(util::fail(op, "constants are resolved by the caller"));
+    }
+    let types: Vec<&TensorType> = inputs.iter().map(|t| t.ty()).collect();
+    let out = kiln_ir::infer_type(op, &types)?;
+    let data = match op {
+        Op::Const(_) => return Err(util::fail(op, "constants are resolved by the caller")),
+        Op::Identity => inputs[0].data().clone(),
+        Op::Unary(u) => elementwise::unary(*u, inputs[0])?,
+        Op::Binary(b) => elementwise::binary(*b, inputs[0], inputs[1], &out.shape)?,
+        Op::Clamp { min, max } => elementwise::clamp(inputs[0], min.0, max.0),
+        Op::Select => elementwise::select(inputs[0], inputs[1], inputs[2], &out.shape)?,
+        Op::Cast { to } => elementwise::cast(inputs[0].data(), *to),
+        Op::Conv2d(a) => conv::conv2d(a, inputs[0], inputs[1], inputs[2], &out, false)?,
+        Op::DepthwiseConv2d(a) => conv::conv2d(a, inputs[0], inputs[1], inputs[2], &out, true)?,
+        Op::TransposeConv2d(a) => conv::transpose_conv2d(a, inputs[0], inputs[1], inputs[2], &out)?,
+        Op::MatMul(a) => matmul::matmul(a, inputs[0], inputs[1], &out)?,
+        Op::AvgPool2d(p) => pool::avg_pool(p, inputs[0], &out)?,
+        Op::MaxPool2d(p) => pool::max_pool(p, inputs[0], &out)?,
+        Op::ArgMax { axis } => reduce::argmax(inputs[0], *axis),
+        Op::Reduce { kind, axis } => reduce::reduce(*kind, inputs[0], *axis)?,
+        Op::Reshape { .. } => inputs[0].data().clone(),
+        Op::Transpose { perm } => movement::transpose(inputs[0], perm),
+        Op::Concat { axis } => movement::concat(inputs, *axis)?,
+        Op::Slice { start, stride, .. } => movement::slice(inputs[0], start, stride, &out.shape),
+        Op::Pad { pads, mode, value } => movement::pad(inputs[0], pads, *mode, value.0, &out.shape),
+        Op::Tile { .. } => movement::tile(inputs[0], &out.shape),
+        Op::Reverse { axis } => movement::reverse(inputs[0], *axis),
+        Op::Gather { axis } => movement::gather(op, inputs[0], inputs[1], *axis)?,
+        Op::GatherElements { axis } => movement::gather_elements(op, inputs[0], inputs[1], *axis)?,
+        Op::Rescale(r) => quant::rescale(r, inputs[0])?,
+        Op::Table => quant::table(inputs[0], inputs[1])?,
+        Op::Resize(r) => resize::resize(r, inputs[0])?,
+    };
+    Ok(Tensor::from_data(out, data)?)
 }

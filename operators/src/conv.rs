@@ -1,0 +1,257 @@
+//! CONV2D, DEPTHWISE_CONV2D and TRANSPOSE_CONV2D over NCHW input with OIHW (transpose: IOHW)
+//! weights.
+//!
+//! Invariant: float convolutions accumulate in f32 (f16 operands widened, the result rounded once
+//! to f16); integer convolutions accumulate `(x - input_zp) * (w - weight_zp)` in wrapping i32,
+//! so padding (which holds `input_zp`) contributes exactly zero and is simply skipped. Loops only
+//! visit taps whose input position is in range, computed once per kernel tap, so no index is ever
+//! out of bounds.
+
+use crate::util::{float_data, float_vec, int_vec_minus, Acc};
+use crate::OpError;
+use kiln_ir::op::{ConvAttrs, TransposeConvAttrs};
+use kiln_ir::{DType, Tensor, TensorData, TensorType};
+
+/// The indices `i` in `0..count` with `0 <= i * stride + off < limit`, as a half-open range.
+pub(crate) fn valid_range(off: isize, stride: usize, limit: usize, count: usize) -> (usize, usize) {
+    let s = stride as isize;
+    let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
+    let room = limit as isize - off;
+    let hi = if room <= 0 { 0 } else { (room + s - 1) / s };
+    let hi = (hi as usize).min(count);
+    let lo = (lo as usize).min(hi);
+    (lo, hi)
+}
+
+/// `out[lo..hi] += wv * input[start + k * stride]` for k = 0, 1, ...
+#[inline]
+fn axpy_strided<T: Acc>(out: &mut [T], input: &[T], start: usize, stride: usize, wv: T) {
+    if stride == 1 {
+        for (o, &x) in out.iter_mut().zip(&input[start..]) {
+            *o = o.mac(wv, x);
+        }
+    } else {
+        for (o, &x) in out.iter_mut().zip(input[start..].iter().step_by(stride)) {
+            *o = o.mac(wv, x);
+        }
+    }
+}
+
+/// Operands widened to the accumulator type.
+enum Operands {
+    Float {
+        x: Vec<f32>,
+        w: Vec<f32>,
+        b: Vec<f32>,
+        half: bool,
+    },
+    Int {
+        x: Vec<i32>,
+        w: Vec<i32>,
+        b: Vec<i32>,
+    },
+}
+
+fn operands(
+    name: &str,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    x_zp: i32,
+    w_zp: i32,
+) -> Result<Operands, OpError> {
+    let bad = || {
+        crate::util::fail_named(
+            name,
+            format!("unsupported operand dtypes {} and {}", x.dtype(), w.dtype()),
+        )
+    };
+    if x.dtype().is_float() {
+        Ok(Operands::Float {
+            x: float_vec(x.data()).ok_or_else(bad)?,
+            w: float_vec(w.data()).ok_or_else(bad)?,
+            b: float_vec(b.data()).ok_or_else(bad)?,
+            half: x.dtype() == DType::F16,
+        })
+    } else {
+        Ok(Operands::Int {
+            x: int_vec_minus(x.data(), x_zp).ok_or_else(bad)?,
+            w: int_vec_minus(w.data(), w_zp).ok_or_else(bad)?,
+            b: b.as_slice::<i32>().ok_or_else(bad)?.to_vec(),
+        })
+    }
+}
+
+/// Shapes and attributes of one (possibly grouped) convolution.
+struct ConvGeom<'a> {
+    x: [usize; 4],
+    w: [usize; 4],
+    out: [usize; 4],
+    groups: usize,
+    a: &'a ConvAttrs,
+}
+
+fn dims4(s: &[usize]) -> [usize; 4] {
+    [s[0], s[1], s[2], s[3]]
+}
+
+fn conv_kernel<T: Acc>(g: &ConvGeom, x: &[T], w: &[T], bias: &[T]) -> Vec<T> {
+    let [n, c, h, wd] = g.x;
+    let [o, cg, kh, kw] = g.w;
+    let [_, _, oh, ow] = g.out;
+    let opg = (o / g.groups).max(1);
+    let (sy, sx) = (g.a.stride[0], g.a.stride[1]);
+    let (dy, dx) = (g.a.dilation[0], g.a.dilation[1]);
+    let (pt, pl) = (g.a.pad[0] as isize, g.a.pad[2] as isize);
+    let mut out = vec![T::default(); n * o * oh * ow];
+    if out.is_empty() {
+        return out;
+    }
+    // Per kernel column: the valid output-column range and the first input column.
+    let cols: Vec<(usize, usize, usize)> = (0..kw)
+        .map(|kx| {
+            let off = (kx * dx) as isize - pl;
+            let (lo, hi) = valid_range(off, sx, wd, ow);
+            (lo, hi, (lo as isize * sx as isize + off).max(0) as usize)
+        })
+        .collect();
+    let rows: Vec<(usize, usize)> = (0..kh)
+        .map(|ky| valid_range((ky * dy) as isize - pt, sy, h, oh))
+        .collect();
+    for (b, out_img) in out.chunks_exact_mut(o * oh * ow).enumerate() {
+        for (oc, plane) in out_img.chunks_exact_mut(oh * ow).enumerate() {
+            let bv = if bias.len() == 1 { bias[0] } else { bias[oc] };
+            plane.fill(bv);
+            let grp = oc / opg;
+            for ci in 0..cg {
+                let ic = grp * cg + ci;
+                let in_plane = &x[(b * c + ic) * h * wd..][..h * wd];
+                let wbase = (oc * cg + ci) * kh * kw;
+                for ky in 0..kh {
+                    let (ylo, yhi) = rows[ky];
+                    for kx in 0..kw {
+                        let wv = w[wbase + ky * kw + kx];
+                        let (xlo, xhi, ix0) = cols[kx];
+                        if xlo >= xhi {
+                            continue;
+                        }
+                        for oy in ylo..yhi {
+                            let iy = oy * sy + ky * dy - pt as usize;
+                            let row_in = &in_plane[iy * wd..][..wd];
+                            let row_out = &mut plane[oy * ow + xlo..oy * ow + xhi];
+                            axpy_strided(row_out, row_in, ix0, sx, wv);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// CONV2D (`depthwise == false`) or DEPTHWISE_CONV2D, producing data of type `out`.
+pub fn conv2d(
+    a: &ConvAttrs,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    out: &TensorType,
+    depthwise: bool,
+) -> Result<TensorData, OpError> {
+    let name = if depthwise {
+        "depthwise_conv2d"
+    } else {
+        "conv2d"
+    };
+    let g = ConvGeom {
+        x: dims4(x.shape()),
+        w: dims4(w.shape()),
+        out: dims4(&out.shape),
+        groups: if depthwise { x.shape()[1].max(1) } else { 1 },
+        a,
+    };
+    Ok(match operands(name, x, w, b, a.input_zp, a.weight_zp)? {
+        Operands::Float { x, w, b, half } => float_data(conv_kernel(&g, &x, &w, &b), half),
+        Operands::Int { x, w, b } => TensorData::I32(conv_kernel(&g, &x, &w, &b)),
+    })
+}
+
+fn transpose_kernel<T: Acc>(
+    a: &TransposeConvAttrs,
+    xs: [usize; 4],
+    ws: [usize; 4],
+    os: [usize; 4],
+    x: &[T],
+    w: &[T],
+    bias: &[T],
+) -> Vec<T> {
+    let [n, c, h, wd] = xs;
+    let [_, o, kh, kw] = ws;
+    let [_, _, oh, ow] = os;
+    let (sy, sx) = (a.stride[0], a.stride[1]);
+    let (dy, dx) = (a.dilation[0], a.dilation[1]);
+    let (pt, pl) = (a.pad[0] as isize, a.pad[2] as isize);
+    let mut out = vec![T::default(); n * o * oh * ow];
+    if out.is_empty() {
+        return out;
+    }
+    // Output column of input column ix under tap kx: ix * sx + kx * dx - pl.
+    let cols: Vec<(usize, usize, isize)> = (0..kw)
+        .map(|kx| {
+            let off = (kx * dx) as isize - pl;
+            let (lo, hi) = valid_range(off, sx, ow, wd);
+            (lo, hi, off)
+        })
+        .collect();
+    for (b, out_img) in out.chunks_exact_mut(o * oh * ow).enumerate() {
+        for (oc, plane) in out_img.chunks_exact_mut(oh * ow).enumerate() {
+            let bv = if bias.len() == 1 { bias[0] } else { bias[oc] };
+            plane.fill(bv);
+            for ic in 0..c {
+                let in_plane = &x[(b * c + ic) * h * wd..][..h * wd];
+                let wbase = (ic * o + oc) * kh * kw;
+                for ky in 0..kh {
+                    let yoff = (ky * dy) as isize - pt;
+                    let (ylo, yhi) = valid_range(yoff, sy, oh, h);
+                    for kx in 0..kw {
+                        let wv = w[wbase + ky * kw + kx];
+                        let (xlo, xhi, xoff) = cols[kx];
+                        for iy in ylo..yhi {
+                            let oy = (iy as isize * sy as isize + yoff) as usize;
+                            let row_in = &in_plane[iy * wd..][..wd];
+                            let row_out = &mut plane[oy * ow..][..ow];
+                            let ox0 = (xlo as isize * sx as isize + xoff) as usize;
+                            let outs = row_out[ox0..].iter_mut().step_by(sx);
+                            for (o, &xv) in outs.zip(&row_in[xlo..xhi]) {
+                                *o = o.mac(wv, xv);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// TRANSPOSE_CONV2D with ONNX ConvTranspose semantics: scatter every input pixel through the
+/// kernel into the full output, of which the `pad` border is cropped.
+pub fn transpose_conv2d(
+    a: &TransposeConvAttrs,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    out: &TensorType,
+) -> Result<TensorData, OpError> {
+    let (xs, ws, os) = (dims4(x.shape()), dims4(w.shape()), dims4(&out.shape));
+    Ok(
+        match operands("transpose_conv2d", x, w, b, a.input_zp, a.weight_zp)? {
+            Operands::Float { x, w, b, half } => {
+                float_data(transpose_kernel(a, xs, ws, os, &x, &w, &b), half)
+            }
+            Operands::Int { x, w, b } => {
+                TensorData::I32(transpose_kernel(a, xs, ws, os, &x, &w, &b))
+            }
+        },
+    )
+}
