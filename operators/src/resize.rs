@@ -118,8 +118,10 @@ fn axis_taps(r: &ResizeAttrs, axis: usize, input: usize, out: usize, scale: f64)
             let pad = (n + 1) / 2;
             let xp = x_ori + pad as f64;
             let p = xp.floor();
-            let start = p as i64 + if xp == p { -(n / 2) } else { -(n / 2) + 1 } - pad;
-            let idx: Vec<i64> = (0..n).map(|j| start + j).collect();
+            // Saturating: a degenerate scale (0, negative) may give an infinite coordinate.
+            let offset = if xp == p { -(n / 2) } else { -(n / 2) + 1 };
+            let start = (p as i64).saturating_add(offset).saturating_sub(pad);
+            let idx: Vec<i64> = (0..n).map(|j| start.saturating_add(j)).collect();
             if r.exclude_outside {
                 for (cj, &i) in c.iter_mut().zip(&idx) {
                     if i < 0 || i >= input as i64 {

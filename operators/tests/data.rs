@@ -452,3 +452,25 @@ fn resize_tf_crop_and_resize_extrapolates() {
     let want = [7.6, 8.5, 10.0, 8.8, 9.7, 10.0, 10.0, 10.9, 10.0];
     close(&resized(a), &want, 1e-6);
 }
+
+#[test]
+fn resize_with_degenerate_scales_does_not_panic() {
+    for scale in [0.0f32, -1.0, f32::NAN, f32::INFINITY] {
+        for ct in [
+            CT::Asymmetric,
+            CT::HalfPixel,
+            CT::AlignCorners,
+            CT::TfCropAndResize,
+        ] {
+            let a = ResizeAttrs {
+                size: vec![1, 1, 2, 3],
+                scales: vec![1.0, 1.0, scale, scale],
+                mode: ResizeMode::Cubic,
+                coordinate_transform: ct,
+                ..Default::default()
+            };
+            let r = kiln_operators::evaluate(&Op::Resize(a), &[&sixteen()]).expect("evaluates");
+            assert_eq!(r.shape(), &[1, 1, 2, 3]);
+        }
+    }
+}
