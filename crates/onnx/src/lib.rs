@@ -4,9 +4,20 @@
 //! folded to constants) and uses only IR ops; anything else is an [`ImportError`] naming the op
 //! type, node, opset and reason.
 
+mod builder;
+mod import;
+mod node;
+mod ops;
+pub mod proto;
+mod tensor_io;
+
 use kiln_ir::{Graph, Tensor};
+use prost::Message;
 use std::collections::HashMap;
 use std::path::Path;
+
+/// The default-domain opsets this importer implements; newer opsets import with a note.
+pub const SUPPORTED_OPSETS: std::ops::RangeInclusive<i64> = 7..=21;
 
 /// Options of an import.
 #[derive(Clone, Debug, Default)]
@@ -55,8 +66,18 @@ pub enum ImportError {
 
 /// Loads and imports an ONNX model file (external data is read relative to its folder).
 pub fn load_model(path: &Path, options: &ImportOptions) -> Result<Model, ImportError> {
-    let _ = (path, options);
-    Err(ImportError::InvalidModel("not implemented yet".into()))
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let base = path.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    });
+    import_bytes(&bytes, base, options)
 }
 
 /// Imports a model from its protobuf bytes; external data is read relative to `base_dir`
@@ -66,18 +87,30 @@ pub fn import_bytes(
     base_dir: Option<&Path>,
     options: &ImportOptions,
 ) -> Result<Model, ImportError> {
-    let _ = (bytes, base_dir, options);
-    Err(ImportError::InvalidModel("not implemented yet".into()))
+    let model = proto::ModelProto::decode(bytes).map_err(|e| ImportError::Decode(e.to_string()))?;
+    import::import_model(&model, base_dir, options)
 }
 
 /// Reads a serialized ONNX `TensorProto` (the test-data `input_N.pb` format): its name and value.
 pub fn read_tensor_file(path: &Path) -> Result<(String, Tensor), ImportError> {
-    let _ = path;
-    Err(ImportError::InvalidModel("not implemented yet".into()))
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let t = proto::TensorProto::decode(bytes.as_slice())
+        .map_err(|e| ImportError::Decode(format!("{}: {e}", path.display())))?;
+    let name = t.name.clone().unwrap_or_default();
+    let tensor = tensor_io::decode_tensor(&t, path.parent()).map_err(|e| {
+        ImportError::InvalidModel(format!("tensor `{name}` in {}: {e}", path.display()))
+    })?;
+    Ok((name, tensor))
 }
 
 /// Writes a tensor as a serialized ONNX `TensorProto`.
 pub fn write_tensor_file(path: &Path, name: &str, tensor: &Tensor) -> Result<(), ImportError> {
-    let _ = (path, name, tensor);
-    Err(ImportError::InvalidModel("not implemented yet".into()))
+    let bytes = tensor_io::encode_tensor(name, tensor).encode_to_vec();
+    std::fs::write(path, bytes).map_err(|source| ImportError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }

@@ -1,0 +1,90 @@
+//! Per-op-family mappings from ONNX nodes to IR ops; this module only dispatches on the op type.
+//!
+//! Invariant: a mapping returns one IR value per ONNX output it supports (in output order; later
+//! optional outputs may be left out, which makes reading them an error), or a [`NodeError`]
+//! explaining what is unsupported or invalid. Mappings never panic on any attribute or shape.
+
+use crate::builder::{unsupported, Builder, NResult};
+use crate::node::NodeCx;
+use kiln_ir::ValueId;
+
+mod activation;
+mod conv;
+mod elementwise;
+mod matmul;
+mod norm;
+mod pool;
+mod quant;
+mod recurrent;
+mod reduce;
+mod resize;
+mod shape;
+
+/// Maps one node; returns its output values.
+pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
+    let one = |r: NResult<ValueId>| r.map(|v| vec![v]);
+    match cx.op_type {
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Mod" | "Equal" | "Greater" | "Less"
+        | "GreaterOrEqual" | "LessOrEqual" | "And" | "Or" | "Xor" | "BitShift" | "BitwiseAnd"
+        | "BitwiseOr" | "BitwiseXor" => one(elementwise::binary(b, cx)),
+        "Max" | "Min" | "Sum" | "Mean" => one(elementwise::variadic(b, cx)),
+        "Abs" | "Neg" | "Exp" | "Log" | "Reciprocal" | "Sqrt" | "Floor" | "Ceil" | "Round"
+        | "Sin" | "Cos" | "Tan" | "Erf" | "Sigmoid" | "Tanh" | "Sign" | "IsNaN" | "IsInf"
+        | "Not" | "BitwiseNot" => one(elementwise::unary(b, cx)),
+        "Where" => one(elementwise::where_(b, cx)),
+        "Clip" => one(activation::clip(b, cx)),
+        "Relu" | "LeakyRelu" | "PRelu" | "Elu" | "Selu" | "Celu" | "Softplus" | "Softsign"
+        | "HardSigmoid" | "HardSwish" | "Gelu" | "Mish" | "ThresholdedRelu" | "Shrink"
+        | "Swish" => one(activation::activation(b, cx)),
+        "Conv" => one(conv::conv(b, cx)),
+        "ConvTranspose" => one(conv::conv_transpose(b, cx)),
+        "MaxPool" | "AveragePool" => one(pool::pool(b, cx)),
+        "GlobalAveragePool" | "GlobalMaxPool" => one(pool::global_pool(b, cx)),
+        "MatMul" => one(matmul::matmul(b, cx)),
+        "Gemm" => one(matmul::gemm(b, cx)),
+        "BatchNormalization" => one(norm::batch_norm(b, cx)),
+        "InstanceNormalization" => one(norm::instance_norm(b, cx)),
+        "LayerNormalization" => norm::layer_norm(b, cx),
+        "Softmax" | "LogSoftmax" => one(norm::softmax(b, cx)),
+        "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1"
+        | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" => {
+            one(reduce::reduce(b, cx))
+        }
+        "ArgMax" | "ArgMin" => one(reduce::arg(b, cx)),
+        "Identity" => one(cx.input(0)),
+        "Dropout" => shape::dropout(b, cx),
+        "Cast" | "CastLike" => one(shape::cast(b, cx)),
+        "Constant" => one(shape::constant(b, cx)),
+        "ConstantOfShape" => one(shape::constant_of_shape(b, cx)),
+        "Shape" => one(shape::shape(b, cx)),
+        "Size" => one(shape::size(b, cx)),
+        "Range" => one(shape::range(b, cx)),
+        "Reshape" => one(shape::reshape(b, cx)),
+        "Flatten" => one(shape::flatten(b, cx)),
+        "Squeeze" => one(shape::squeeze(b, cx)),
+        "Unsqueeze" => one(shape::unsqueeze(b, cx)),
+        "Expand" => one(shape::expand(b, cx)),
+        "Transpose" => one(shape::transpose(b, cx)),
+        "Concat" => one(shape::concat(b, cx)),
+        "Split" => shape::split(b, cx),
+        "Slice" => one(shape::slice(b, cx)),
+        "Pad" => one(shape::pad(b, cx)),
+        "Tile" => one(shape::tile(b, cx)),
+        "Gather" => one(shape::gather(b, cx)),
+        "GatherElements" => one(shape::gather_elements(b, cx)),
+        "DepthToSpace" | "SpaceToDepth" => one(shape::depth_space(b, cx)),
+        "Trilu" => one(shape::trilu(b, cx)),
+        "EyeLike" => one(shape::eye_like(b, cx)),
+        "QuantizeLinear" => one(quant::quantize(b, cx)),
+        "DequantizeLinear" => one(quant::dequantize(b, cx)),
+        "QLinearMatMul" => one(quant::qlinear_matmul(b, cx)),
+        "MatMulInteger" => one(quant::matmul_integer(b, cx)),
+        "QLinearConv" => one(quant::qlinear_conv(b, cx)),
+        "ConvInteger" => one(quant::conv_integer(b, cx)),
+        "Resize" | "Upsample" => one(resize::resize(b, cx)),
+        "LSTM" => recurrent::lstm(b, cx),
+        "GRU" => recurrent::gru(b, cx),
+        "RNN" => recurrent::rnn(b, cx),
+        other => unsupported(format!("no mapping for ONNX op `{other}`")),
+    }
+}

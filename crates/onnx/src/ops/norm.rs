@@ -1,0 +1,152 @@
+//! Normalisations (BatchNormalization in inference mode, InstanceNormalization,
+//! LayerNormalization) and Softmax/LogSoftmax.
+//!
+//! Invariant: statistics are computed with IR reductions in the input dtype; per-channel
+//! parameters are reshaped to broadcast along the channel axis; constant parameter arithmetic is
+//! folded by the builder.
+
+use crate::builder::{invalid, norm_axis, unsupported, Builder, NResult};
+use crate::node::NodeCx;
+use kiln_ir::op::{BinaryOp, ReduceOp, UnaryOp};
+use kiln_ir::ValueId;
+
+/// Reshapes a `[C]` parameter to `[1, C, 1, ...]` for an input of rank `rank`.
+fn per_channel(b: &mut Builder, p: ValueId, rank: usize) -> NResult<ValueId> {
+    let s = b.shape(p);
+    if s.len() != 1 {
+        return invalid(format!("per-channel parameter must be 1-D, got {s:?}"));
+    }
+    let mut shape = vec![1; rank.max(2)];
+    shape[1] = s[0];
+    b.reshape(p, shape)
+}
+
+pub(super) fn batch_norm(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
+    if cx.flag("training_mode", false)? {
+        return unsupported("training_mode=1 is not supported (inference only)");
+    }
+    if cx.num_outputs > 1 && (1..cx.num_outputs).any(|i| cx.wants_output(i)) {
+        return unsupported("only the Y output is supported (inference mode)");
+    }
+    let x = cx.input(0)?;
+    let r = b.rank(x);
+    let eps = cx.float("epsilon", 1e-5)? as f64;
+    let scale = per_channel(b, cx.input(1)?, r)?;
+    let bias = per_channel(b, cx.input(2)?, r)?;
+    let mean = per_channel(b, cx.input(3)?, r)?;
+    let var = per_channel(b, cx.input(4)?, r)?;
+    let dt = b.dtype(x);
+    let (scale, bias, mean, var) = (
+        b.cast(scale, dt)?,
+        b.cast(bias, dt)?,
+        b.cast(mean, dt)?,
+        b.cast(var, dt)?,
+    );
+    // y = x * a + (bias - mean * a), a = scale / sqrt(var + eps).
+    let ve = b.binary_scalar(BinaryOp::Add, var, eps)?;
+    let inv = b.unary(UnaryOp::Rsqrt, ve)?;
+    let a = b.binary(BinaryOp::Mul, scale, inv)?;
+    let ma = b.binary(BinaryOp::Mul, mean, a)?;
+    let c = b.binary(BinaryOp::Sub, bias, ma)?;
+    let y = b.binary(BinaryOp::Mul, x, a)?;
+    b.binary(BinaryOp::Add, y, c)
+}
+
+/// Mean and `x - mean` over `axes` (kept).
+fn center(b: &mut Builder, x: ValueId, axes: &[usize]) -> NResult<(ValueId, ValueId)> {
+    let s = b.shape(x);
+    let count: usize = axes.iter().map(|&a| s[a]).product();
+    let sum = b.reduce(ReduceOp::Sum, x, axes, true)?;
+    let mean = b.binary_scalar(BinaryOp::Div, sum, count.max(1) as f64)?;
+    let d = b.binary(BinaryOp::Sub, x, mean)?;
+    Ok((mean, d))
+}
+
+/// `1 / sqrt(mean(d^2) + eps)` over `axes` (kept).
+fn inv_std(b: &mut Builder, d: ValueId, axes: &[usize], eps: f64) -> NResult<ValueId> {
+    let s = b.shape(d);
+    let count: usize = axes.iter().map(|&a| s[a]).product();
+    let sq = b.binary(BinaryOp::Mul, d, d)?;
+    let var = b.reduce(ReduceOp::Sum, sq, axes, true)?;
+    let var = b.binary_scalar(BinaryOp::Div, var, count.max(1) as f64)?;
+    let ve = b.binary_scalar(BinaryOp::Add, var, eps)?;
+    b.unary(UnaryOp::Rsqrt, ve)
+}
+
+pub(super) fn instance_norm(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
+    let x = cx.input(0)?;
+    let r = b.rank(x);
+    if r < 3 {
+        return invalid("input must have spatial dims");
+    }
+    let eps = cx.float("epsilon", 1e-5)? as f64;
+    let axes: Vec<usize> = (2..r).collect();
+    let (_, d) = center(b, x, &axes)?;
+    let inv = inv_std(b, d, &axes, eps)?;
+    let y = b.binary(BinaryOp::Mul, d, inv)?;
+    let scale = per_channel(b, cx.input(1)?, r)?;
+    let bias = per_channel(b, cx.input(2)?, r)?;
+    let y = b.binary(BinaryOp::Mul, y, scale)?;
+    b.binary(BinaryOp::Add, y, bias)
+}
+
+pub(super) fn layer_norm(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
+    let x = cx.input(0)?;
+    let r = b.rank(x);
+    let axis = norm_axis(cx.int("axis", -1)?, r)?;
+    let eps = cx.float("epsilon", 1e-5)? as f64;
+    let axes: Vec<usize> = (axis..r).collect();
+    let (mean, d) = center(b, x, &axes)?;
+    let inv = inv_std(b, d, &axes, eps)?;
+    let mut y = b.binary(BinaryOp::Mul, d, inv)?;
+    y = b.binary(BinaryOp::Mul, y, cx.input(1)?)?;
+    if let Some(bias) = cx.opt_input(2) {
+        y = b.binary(BinaryOp::Add, y, bias)?;
+    }
+    Ok(vec![y, mean, inv])
+}
+
+pub(super) fn softmax(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
+    let x = cx.input(0)?;
+    let s = b.shape(x);
+    let r = s.len();
+    let log = cx.op_type == "LogSoftmax";
+    if !b.dtype(x).is_float() {
+        return unsupported(format!("{} of {}", cx.op_type, b.dtype(x)));
+    }
+    if cx.opset >= 13 {
+        let axis = norm_axis(cx.int("axis", -1)?, r)?;
+        return softmax_axis(b, x, axis, log);
+    }
+    // Opset < 13: coerce to 2-D [prod(d[..axis]), prod(d[axis..])] and normalise rows.
+    let axis = if r == 0 {
+        0
+    } else {
+        norm_axis(cx.int("axis", 1)?, r).or_else(|_| {
+            // axis == rank is allowed (one column).
+            if cx.int("axis", 1)? == r as i64 {
+                Ok(r)
+            } else {
+                invalid("axis out of range")
+            }
+        })?
+    };
+    let rows: usize = s[..axis].iter().product();
+    let cols: usize = s[axis..].iter().product();
+    let x2 = b.reshape(x, vec![rows, cols])?;
+    let y = softmax_axis(b, x2, 1, log)?;
+    b.reshape(y, s)
+}
+
+fn softmax_axis(b: &mut Builder, x: ValueId, axis: usize, log: bool) -> NResult<ValueId> {
+    let m = b.reduce(ReduceOp::Max, x, &[axis], true)?;
+    let d = b.binary(BinaryOp::Sub, x, m)?;
+    let e = b.unary(UnaryOp::Exp, d)?;
+    let sum = b.reduce(ReduceOp::Sum, e, &[axis], true)?;
+    if log {
+        let l = b.unary(UnaryOp::Log, sum)?;
+        b.binary(BinaryOp::Sub, d, l)
+    } else {
+        b.binary(BinaryOp::Div, e, sum)
+    }
+}

@@ -1,0 +1,313 @@
+//! Conversion between ONNX `TensorProto`s and Kiln tensors.
+//!
+//! Invariant: a decoded tensor's element count always equals the product of its dims, the type is
+//! checked against [`kiln_ir::MAX_TENSOR_BYTES`] before any element buffer is allocated, and
+//! external data is only ever read from inside the model's folder.
+
+use crate::proto::TensorProto;
+use half::f16;
+use kiln_ir::{DType, Tensor, TensorData, TensorType};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Component, Path};
+
+/// ONNX `TensorProto.DataType` codes.
+pub(crate) mod code {
+    pub const FLOAT: i32 = 1;
+    pub const UINT8: i32 = 2;
+    pub const INT8: i32 = 3;
+    pub const UINT16: i32 = 4;
+    pub const INT16: i32 = 5;
+    pub const INT32: i32 = 6;
+    pub const INT64: i32 = 7;
+    pub const STRING: i32 = 8;
+    pub const BOOL: i32 = 9;
+    pub const FLOAT16: i32 = 10;
+    pub const DOUBLE: i32 = 11;
+    pub const UINT32: i32 = 12;
+    pub const UINT64: i32 = 13;
+    pub const BFLOAT16: i32 = 16;
+}
+
+/// The name of an ONNX data type code, for messages.
+pub(crate) fn onnx_type_name(c: i32) -> String {
+    let name = match c {
+        0 => "UNDEFINED",
+        code::FLOAT => "FLOAT",
+        code::UINT8 => "UINT8",
+        code::INT8 => "INT8",
+        code::UINT16 => "UINT16",
+        code::INT16 => "INT16",
+        code::INT32 => "INT32",
+        code::INT64 => "INT64",
+        code::STRING => "STRING",
+        code::BOOL => "BOOL",
+        code::FLOAT16 => "FLOAT16",
+        code::DOUBLE => "DOUBLE",
+        code::UINT32 => "UINT32",
+        code::UINT64 => "UINT64",
+        14 => "COMPLEX64",
+        15 => "COMPLEX128",
+        code::BFLOAT16 => "BFLOAT16",
+        17..=20 => "FLOAT8",
+        21 => "UINT4",
+        22 => "INT4",
+        _ => return format!("data type {c}"),
+    };
+    name.to_string()
+}
+
+/// The Kiln dtype of an ONNX data type code.
+pub(crate) fn dtype_from_onnx(c: i32) -> Result<DType, String> {
+    Ok(match c {
+        code::FLOAT => DType::F32,
+        code::FLOAT16 => DType::F16,
+        code::INT8 => DType::I8,
+        code::UINT8 => DType::U8,
+        code::INT16 => DType::I16,
+        code::INT32 => DType::I32,
+        code::INT64 => DType::I64,
+        code::BOOL => DType::Bool,
+        other => {
+            return Err(format!(
+                "element type {} is not supported by Kiln (supported: float, float16, int8, uint8, int16, int32, int64, bool)",
+                onnx_type_name(other)
+            ))
+        }
+    })
+}
+
+/// The ONNX data type code of a Kiln dtype.
+pub(crate) fn dtype_to_onnx(d: DType) -> i32 {
+    match d {
+        DType::F32 => code::FLOAT,
+        DType::F16 => code::FLOAT16,
+        DType::I8 => code::INT8,
+        DType::U8 => code::UINT8,
+        DType::I16 => code::INT16,
+        DType::I32 => code::INT32,
+        DType::I64 => code::INT64,
+        DType::Bool => code::BOOL,
+    }
+}
+
+/// Converts ONNX dims to a checked shape.
+pub(crate) fn dims_to_shape(dims: &[i64]) -> Result<Vec<usize>, String> {
+    dims.iter()
+        .map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d} in {dims:?}")))
+        .collect()
+}
+
+/// Decodes a tensor; external data is read relative to `base_dir` (refused when `None`).
+pub(crate) fn decode_tensor(t: &TensorProto, base_dir: Option<&Path>) -> Result<Tensor, String> {
+    let dtype = dtype_from_onnx(t.data_type.unwrap_or(0))?;
+    let shape = dims_to_shape(&t.dims)?;
+    let ty = TensorType::new(dtype, shape).map_err(|e| e.to_string())?;
+    let n = ty.num_elements();
+    if t.segment.is_some() {
+        return Err("segmented tensors are not supported".into());
+    }
+    let data = if t.data_location == Some(1) {
+        let bytes = read_external(t, base_dir, ty.byte_size())?;
+        from_le_bytes(dtype, &bytes, n)?
+    } else if let Some(raw) = &t.raw_data {
+        from_le_bytes(dtype, raw, n)?
+    } else {
+        from_typed_fields(t, dtype, n)?
+    };
+    Tensor::from_data(ty, data).map_err(|e| e.to_string())
+}
+
+fn size_error(what: &str, got: usize, n: usize) -> String {
+    format!("{what} holds {got} elements but the dims need {n}")
+}
+
+fn from_le_bytes(dtype: DType, raw: &[u8], n: usize) -> Result<TensorData, String> {
+    let size = dtype.size_bytes();
+    if raw.len() != n.saturating_mul(size) {
+        return Err(format!(
+            "raw data has {} bytes but the dims need {} ({n} elements of {dtype})",
+            raw.len(),
+            n.saturating_mul(size)
+        ));
+    }
+    macro_rules! parse {
+        ($t:ty, $w:literal) => {
+            raw.chunks_exact($w)
+                .map(|c| {
+                    let mut b = [0u8; $w];
+                    b.copy_from_slice(c);
+                    <$t>::from_le_bytes(b)
+                })
+                .collect()
+        };
+    }
+    Ok(match dtype {
+        DType::F32 => TensorData::F32(parse!(f32, 4)),
+        DType::F16 => TensorData::F16(
+            raw.chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        ),
+        DType::I8 => TensorData::I8(raw.iter().map(|&b| b as i8).collect()),
+        DType::U8 => TensorData::U8(raw.to_vec()),
+        DType::I16 => TensorData::I16(parse!(i16, 2)),
+        DType::I32 => TensorData::I32(parse!(i32, 4)),
+        DType::I64 => TensorData::I64(parse!(i64, 8)),
+        DType::Bool => TensorData::Bool(raw.iter().map(|&b| b != 0).collect()),
+    })
+}
+
+fn from_typed_fields(t: &TensorProto, dtype: DType, n: usize) -> Result<TensorData, String> {
+    let ints = &t.int32_data;
+    let check = |what: &str, len: usize| {
+        if len == n {
+            Ok(())
+        } else {
+            Err(size_error(what, len, n))
+        }
+    };
+    Ok(match dtype {
+        DType::F32 => {
+            check("float_data", t.float_data.len())?;
+            TensorData::F32(t.float_data.clone())
+        }
+        DType::I64 => {
+            check("int64_data", t.int64_data.len())?;
+            TensorData::I64(t.int64_data.clone())
+        }
+        // int32_data carries the narrower types one element per entry (f16 as its bit pattern).
+        DType::I32 => {
+            check("int32_data", ints.len())?;
+            TensorData::I32(ints.clone())
+        }
+        DType::I16 => {
+            check("int32_data", ints.len())?;
+            TensorData::I16(ints.iter().map(|&v| v as i16).collect())
+        }
+        DType::I8 => {
+            check("int32_data", ints.len())?;
+            TensorData::I8(ints.iter().map(|&v| v as i8).collect())
+        }
+        DType::U8 => {
+            check("int32_data", ints.len())?;
+            TensorData::U8(ints.iter().map(|&v| v as u8).collect())
+        }
+        DType::Bool => {
+            check("int32_data", ints.len())?;
+            TensorData::Bool(ints.iter().map(|&v| v != 0).collect())
+        }
+        DType::F16 => {
+            check("int32_data", ints.len())?;
+            TensorData::F16(ints.iter().map(|&v| f16::from_bits(v as u16)).collect())
+        }
+    })
+}
+
+fn read_external(
+    t: &TensorProto,
+    base_dir: Option<&Path>,
+    expected: usize,
+) -> Result<Vec<u8>, String> {
+    let base =
+        base_dir.ok_or("external data needs the model's folder; load the model from a file")?;
+    let mut location = None;
+    let mut offset = 0u64;
+    let mut length = None;
+    for e in &t.external_data {
+        let value = e.value.clone().unwrap_or_default();
+        match e.key.as_deref().unwrap_or("") {
+            "location" => location = Some(value),
+            "offset" => {
+                offset = value
+                    .parse()
+                    .map_err(|_| format!("bad external offset `{value}`"))?
+            }
+            "length" => {
+                length = Some(
+                    value
+                        .parse::<u64>()
+                        .map_err(|_| format!("bad external length `{value}`"))?,
+                )
+            }
+            _ => {}
+        }
+    }
+    let location = location.ok_or("external data without a location")?;
+    let rel = Path::new(&location);
+    if rel
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(format!(
+            "external data location `{location}` escapes the model folder"
+        ));
+    }
+    let path = base.join(rel);
+    let canon_base = base
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", base.display()))?;
+    let canon = path
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if !canon.starts_with(&canon_base) {
+        return Err(format!(
+            "external data location `{location}` escapes the model folder"
+        ));
+    }
+    if let Some(len) = length {
+        if len != expected as u64 {
+            return Err(format!(
+                "external data length {len} does not match the {expected} bytes the dims need"
+            ));
+        }
+    }
+    let mut file = std::fs::File::open(&canon).map_err(|e| format!("{}: {e}", canon.display()))?;
+    let file_len = file.metadata().map_err(|e| e.to_string())?.len();
+    if offset
+        .checked_add(expected as u64)
+        .is_none_or(|end| end > file_len)
+    {
+        return Err(format!(
+            "external data `{location}` is {file_len} bytes, too short for {expected} bytes at offset {offset}"
+        ));
+    }
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; expected];
+    file.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    Ok(buf)
+}
+
+/// Encodes a tensor as a `TensorProto` with little-endian `raw_data`.
+pub(crate) fn encode_tensor(name: &str, t: &Tensor) -> TensorProto {
+    let mut raw = Vec::with_capacity(t.ty().byte_size());
+    match t.data() {
+        TensorData::F32(v) => v
+            .iter()
+            .for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
+        TensorData::F16(v) => v
+            .iter()
+            .for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
+        TensorData::I8(v) => v
+            .iter()
+            .for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
+        TensorData::U8(v) => raw.extend_from_slice(v),
+        TensorData::I16(v) => v
+            .iter()
+            .for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
+        TensorData::I32(v) => v
+            .iter()
+            .for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
+        TensorData::I64(v) => v
+            .iter()
+            .for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
+        TensorData::Bool(v) => raw.extend(v.iter().map(|&b| b as u8)),
+    }
+    TensorProto {
+        dims: t.shape().iter().map(|&d| d as i64).collect(),
+        data_type: Some(dtype_to_onnx(t.dtype())),
+        name: Some(name.to_string()),
+        raw_data: Some(raw),
+        ..Default::default()
+    }
+}
