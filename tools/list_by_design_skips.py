@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""Print skip-manifest lines for the ONNX node cases that use an element type Kiln's IR lacks.
+"""Print skip-manifest lines for the ONNX node cases Kiln cannot run by design.
 
-Kiln's IR has exactly f32, f16, i8, u8, i16, i32, i64 and bool (crates/ir/src/dtype.rs). A case
-whose graph inputs, outputs, initializers, value_info or Constant/Cast attributes need any other
-type (double, string, bfloat16, float8*, int4, uint16/32/64, complex, ...) cannot run by design;
-these lines give each such case its reason. Op-level skips are written by hand.
+1. Element types: Kiln's IR has exactly f32, f16, i8, u8, i16, i32, i64 and bool
+   (crates/ir/src/dtype.rs). A case whose graph inputs, outputs, initializers, value_info or
+   Constant/Cast attributes need another type (double, string, bfloat16, float8*, int4,
+   uint16/32/64, ...) cannot run.
+2. Non-tensor values: the IR holds tensors only, so graph inputs or outputs of sequence, optional
+   or map type cannot be represented.
+3. Domains: only the default ONNX domain is in scope (an inference compiler for edge CPUs); models
+   that import no default-domain opset (ai.onnx.ml classic-ML ops, ai.onnx.preview.training
+   optimizers) are out of scope.
+Op-level skips (an op not implemented yet) are written by hand, with their own reason.
 
-Usage: python3 tools/list_unsupported_dtype_cases.py SUITE_DIR >> tests/conformance/skip.txt
+Usage: python3 tools/list_by_design_skips.py SUITE_DIR >> tests/conformance/skip.txt
        (SUITE_DIR is e.g. target/onnx-node-tests/node). Needs `pip install onnx`.
 """
 import os
@@ -17,6 +23,12 @@ from onnx import TensorProto
 
 SUPPORTED = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT8, TensorProto.UINT8,
              TensorProto.INT16, TensorProto.INT32, TensorProto.INT64, TensorProto.BOOL}
+
+
+def non_tensor_kinds(values):
+    """Kinds (sequence, optional, map) of the values that are not plain tensors."""
+    kinds = {v.type.WhichOneof("value") for v in values}
+    return sorted(k.replace("_type", "") for k in kinds - {"tensor_type", None})
 
 
 def type_dtypes(tp, out):
@@ -56,12 +68,19 @@ def main():
         path = os.path.join(suite, case, "model.onnx")
         if not os.path.isfile(path):
             continue
+        model = onnx.load(path, load_external_data=False)
         dtypes = set()
-        graph_dtypes(onnx.load(path, load_external_data=False).graph, dtypes)
+        graph_dtypes(model.graph, dtypes)
         bad = sorted(TensorProto.DataType.Name(d).lower() for d in dtypes - SUPPORTED
                      if d != TensorProto.UNDEFINED)
+        kinds = non_tensor_kinds(list(model.graph.input) + list(model.graph.output))
+        domains = sorted({o.domain for o in model.opset_import} - {"", "ai.onnx"})
         if bad:
             print(f"{case} # dtype {', '.join(bad)}: not in Kiln's IR")
+        elif kinds:
+            print(f"{case} # {', '.join(kinds)} values: Kiln's IR holds tensors only")
+        elif not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+            print(f"{case} # domain {', '.join(domains)}: out of scope (default ONNX domain only)")
 
 
 if __name__ == "__main__":
