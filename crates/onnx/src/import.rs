@@ -9,7 +9,7 @@ use crate::node::NodeCx;
 use crate::proto::tensor_shape_proto::dimension;
 use crate::proto::{type_proto, GraphProto, ModelProto, NodeProto, ValueInfoProto};
 use crate::tensor_io::{decode_tensor, dtype_from_onnx};
-use crate::{ImportError, ImportOptions, Model, SUPPORTED_OPSETS};
+use crate::{ImportError, ImportOptions, Model, NEWEST_KNOWN_OPSET, SUPPORTED_OPSETS};
 use kiln_ir::{Graph, Op, TensorType, ValueId};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -27,6 +27,11 @@ pub(crate) fn import_model(
         return Err(ImportError::InvalidModel(format!(
             "opset {opset} is older than the oldest supported opset {}; convert the model with onnx.version_converter",
             SUPPORTED_OPSETS.start()
+        )));
+    }
+    if opset > NEWEST_KNOWN_OPSET {
+        return Err(ImportError::InvalidModel(format!(
+            "opset {opset} is newer than any ONNX release known to Kiln (newest: {NEWEST_KNOWN_OPSET})"
         )));
     }
     if opset > *SUPPORTED_OPSETS.end() {
@@ -55,6 +60,11 @@ pub(crate) fn import_model(
                 "--input-shape names `{name}`, which is not a graph input"
             )));
         }
+    }
+    if graph.output.is_empty() {
+        return Err(ImportError::InvalidModel(
+            "the graph declares no outputs".into(),
+        ));
     }
     let order = topo_order(&graph.node, &imp.values, &imp.pending)?;
     for i in order {

@@ -16,8 +16,13 @@ use prost::Message;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// The default-domain opsets this importer implements; newer opsets import with a note.
+/// The default-domain opsets this importer implements fully.
 pub const SUPPORTED_OPSETS: std::ops::RangeInclusive<i64> = 7..=21;
+
+/// The newest opset ONNX has defined that the importer accepts: opsets after
+/// [`SUPPORTED_OPSETS`] up to this one import with a note (their changes to the supported ops are
+/// new dtypes and attributes whose defaults keep the older semantics); anything newer is refused.
+pub const NEWEST_KNOWN_OPSET: i64 = 28;
 
 /// Options of an import.
 #[derive(Clone, Debug, Default)]

@@ -47,10 +47,20 @@ fn modulo(b: &mut Builder, cx: &NodeCx, x: ValueId, y: ValueId) -> NResult<Value
     let fmod = cx.flag("fmod", false)?;
     let dt = b.dtype(x);
     if dt.is_float() {
-        if !fmod {
-            return invalid("floating-point Mod requires fmod=1");
+        let r = b.binary(BinaryOp::Mod, x, y)?;
+        if fmod {
+            return Ok(r);
         }
-        return b.binary(BinaryOp::Mod, x, y);
+        // Python-style remainder: move a non-zero fmod result to the divisor's sign.
+        let zero = b.scalar(dt, 0.0);
+        let r_neg = b.binary(BinaryOp::Greater, zero, r)?;
+        let y_neg = b.binary(BinaryOp::Greater, zero, y)?;
+        let r_zero = b.binary(BinaryOp::Equal, r, zero)?;
+        let differ = b.binary(BinaryOp::LogicalXor, r_neg, y_neg)?;
+        let nonzero = b.unary(UnaryOp::LogicalNot, r_zero)?;
+        let fix = b.binary(BinaryOp::LogicalAnd, differ, nonzero)?;
+        let shifted = b.binary(BinaryOp::Add, r, y)?;
+        return b.select(fix, shifted, r);
     }
     if !fmod {
         return b.binary(BinaryOp::Mod, x, y);

@@ -1,26 +1,236 @@
-//! Quantisation ops: QuantizeLinear/DequantizeLinear and the integer convs/matmuls.
+//! Quantisation ops: QuantizeLinear/DequantizeLinear (per-tensor and per-axis) and the integer
+//! convs and matmuls (QLinearConv, QLinearMatMul, ConvInteger, MatMulInteger).
 //!
-//! Invariant: integer arithmetic follows TOSA (explicit zero points, i32 accumulation, RESCALE).
+//! Invariant: integer arithmetic follows TOSA: zero points become op attributes, products
+//! accumulate in i32, and requantisation is a RESCALE whose 32-bit multiplier and shift are
+//! derived from the constant float scales as TFLite does (`scale = multiplier * 2^-shift`).
 
-use crate::builder::{unsupported, Builder, NResult};
+use crate::builder::norm_axis;
+use crate::builder::{invalid, unsupported, Builder, NResult};
 use crate::node::NodeCx;
-use kiln_ir::ValueId;
+use crate::ops::conv::conv_core;
+use crate::ops::matmul::matmul_nd;
+use crate::tensor_io::dtype_from_onnx;
+use kiln_ir::op::{BinaryOp, MatMulAttrs, RescaleAttrs, RoundingMode, UnaryOp};
+use kiln_ir::{DType, Op, ValueId};
 
-pub(super) fn quantize(_b: &mut Builder, _cx: &NodeCx) -> NResult<ValueId> {
-    unsupported("not mapped yet")
+/// `scale` as a Q31 multiplier and a right shift: `scale ~= multiplier * 2^-shift`.
+pub(crate) fn quantize_multiplier(scale: f64) -> Option<(i32, u8)> {
+    if !(scale.is_finite() && scale > 0.0) {
+        return None;
+    }
+    // frexp: scale = m * 2^e with m in [0.5, 1).
+    let mut e = scale.log2().floor() as i32 + 1;
+    let mut m = scale / 2f64.powi(e);
+    while m >= 1.0 {
+        m /= 2.0;
+        e += 1;
+    }
+    while m < 0.5 {
+        m *= 2.0;
+        e -= 1;
+    }
+    let mut q = (m * (1u64 << 31) as f64).round() as i64;
+    if q == 1 << 31 {
+        q /= 2;
+        e += 1;
+    }
+    let mut shift = 31 - e;
+    if shift > 62 {
+        q >>= (shift - 62).min(63);
+        shift = 62;
+    }
+    if shift < 2 {
+        return None;
+    }
+    Some((q as i32, shift as u8))
 }
-pub(super) fn dequantize(_b: &mut Builder, _cx: &NodeCx) -> NResult<ValueId> {
-    unsupported("not mapped yet")
+
+/// A zero point that must be one value for the whole tensor (0 when absent).
+fn zero_point(b: &Builder, v: Option<ValueId>, what: &str) -> NResult<i32> {
+    let Some(v) = v else { return Ok(0) };
+    let vals = b.need_ints(v, what)?;
+    match vals.split_first() {
+        None => Ok(0),
+        Some((&first, rest)) if rest.iter().all(|&x| x == first) => Ok(first as i32),
+        Some(_) => unsupported(format!(
+            "{what} differs per channel; only one zero point per tensor is supported"
+        )),
+    }
 }
-pub(super) fn qlinear_matmul(_b: &mut Builder, _cx: &NodeCx) -> NResult<ValueId> {
-    unsupported("not mapped yet")
+
+/// Reshapes a 1-D per-axis parameter so it broadcasts along `axis` of a rank-`rank` tensor.
+fn along_axis(b: &mut Builder, p: ValueId, axis: usize, rank: usize) -> NResult<ValueId> {
+    let s = b.shape(p);
+    if s.len() == 1 && s[0] > 1 && rank > 0 {
+        let mut shape = vec![1; rank];
+        shape[axis] = s[0];
+        b.reshape(p, shape)
+    } else if b.ty(p).num_elements() == 1 {
+        b.reshape(p, vec![])
+    } else {
+        Ok(p)
+    }
 }
-pub(super) fn matmul_integer(_b: &mut Builder, _cx: &NodeCx) -> NResult<ValueId> {
-    unsupported("not mapped yet")
+
+/// The axis of per-axis quantisation (only read when the scale has several elements).
+fn quant_axis(b: &Builder, cx: &NodeCx, scale: ValueId, rank: usize) -> NResult<usize> {
+    if b.ty(scale).num_elements() <= 1 {
+        return Ok(0);
+    }
+    norm_axis(cx.int("axis", 1)?, rank)
 }
-pub(super) fn qlinear_conv(_b: &mut Builder, _cx: &NodeCx) -> NResult<ValueId> {
-    unsupported("not mapped yet")
+
+fn check_block_size(cx: &NodeCx) -> NResult<()> {
+    if cx.int("block_size", 0)? != 0 {
+        return unsupported("blocked quantization (block_size > 0) is not supported");
+    }
+    Ok(())
 }
-pub(super) fn conv_integer(_b: &mut Builder, _cx: &NodeCx) -> NResult<ValueId> {
-    unsupported("not mapped yet")
+
+pub(super) fn dequantize(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
+    check_block_size(cx)?;
+    let x = cx.input(0)?;
+    let scale = cx.input(1)?;
+    let r = b.rank(x);
+    let axis = quant_axis(b, cx, scale, r)?;
+    let fdt = b.dtype(scale);
+    if !fdt.is_float() {
+        return invalid(format!("x_scale must be float, got {fdt}"));
+    }
+    let mut y = b.cast(x, DType::F32)?;
+    if let Some(zp) = cx.opt_input(2) {
+        let zp = along_axis(b, zp, axis, r)?;
+        let zp = b.cast(zp, DType::F32)?;
+        y = b.binary(BinaryOp::Sub, y, zp)?;
+    }
+    let s = along_axis(b, scale, axis, r)?;
+    let s = b.cast(s, DType::F32)?;
+    y = b.binary(BinaryOp::Mul, y, s)?;
+    b.cast(y, fdt)
+}
+
+pub(super) fn quantize(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
+    check_block_size(cx)?;
+    let x = cx.input(0)?;
+    let scale = cx.input(1)?;
+    let zp = cx.opt_input(2);
+    let r = b.rank(x);
+    let axis = quant_axis(b, cx, scale, r)?;
+    let out = match (zp, cx.int("output_dtype", 0)?) {
+        (Some(z), _) => b.dtype(z),
+        (None, 0) => DType::U8,
+        (None, code) => {
+            dtype_from_onnx(code as i32).map_err(crate::builder::NodeError::Unsupported)?
+        }
+    };
+    let (lo, hi) = match out {
+        DType::I8 => (-128.0, 127.0),
+        DType::U8 => (0.0, 255.0),
+        DType::I16 => (-32768.0, 32767.0),
+        DType::I32 => (i32::MIN as f64, i32::MAX as f64),
+        other => return unsupported(format!("quantizing to {other}")),
+    };
+    let xf = b.cast(x, DType::F32)?;
+    let s = along_axis(b, scale, axis, r)?;
+    let s = b.cast(s, DType::F32)?;
+    let mut y = b.binary(BinaryOp::Div, xf, s)?;
+    y = b.unary(UnaryOp::Round, y)?;
+    if let Some(z) = zp {
+        let z = along_axis(b, z, axis, r)?;
+        let z = b.cast(z, DType::F32)?;
+        y = b.binary(BinaryOp::Add, y, z)?;
+    }
+    y = b.clamp(y, lo, hi)?;
+    b.cast(y, out)
+}
+
+/// RESCALE of an i32 accumulator by `in_scale * w_scale[c] / out_scale` along `axis`.
+fn requantize(
+    b: &mut Builder,
+    acc: ValueId,
+    in_scale: &[f64],
+    w_scale: &[f64],
+    out_scale: &[f64],
+    out_zp: i32,
+    to: DType,
+    axis: usize,
+) -> NResult<ValueId> {
+    let (&[si], &[so]) = (in_scale, out_scale) else {
+        return unsupported("input and output scales must be per-tensor");
+    };
+    if w_scale.is_empty() {
+        return invalid("weight scale is empty");
+    }
+    let mut multiplier = Vec::with_capacity(w_scale.len());
+    let mut shift = Vec::with_capacity(w_scale.len());
+    for &sw in w_scale {
+        let real = si * sw / so;
+        let Some((m, s)) = quantize_multiplier(real) else {
+            return unsupported(format!(
+                "requantization scale {real} is out of the RESCALE range"
+            ));
+        };
+        multiplier.push(m);
+        shift.push(s);
+    }
+    let channel_axis = (multiplier.len() > 1).then_some(axis);
+    b.add(
+        Op::Rescale(RescaleAttrs {
+            to,
+            multiplier,
+            shift,
+            input_zp: 0,
+            output_zp: out_zp,
+            scale32: true,
+            rounding: RoundingMode::Single,
+            channel_axis,
+        }),
+        &[acc],
+    )
+}
+
+pub(super) fn matmul_integer(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
+    let a_zp = zero_point(b, cx.opt_input(2), "a_zero_point")?;
+    let b_zp = zero_point(b, cx.opt_input(3), "b_zero_point")?;
+    matmul_nd(b, cx.input(0)?, cx.input(1)?, MatMulAttrs { a_zp, b_zp })
+}
+
+pub(super) fn qlinear_matmul(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
+    let (a, a_scale, a_zp) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
+    let (m, m_scale, m_zp) = (cx.input(3)?, cx.input(4)?, cx.input(5)?);
+    let (y_scale, y_zp) = (cx.input(6)?, cx.input(7)?);
+    let attrs = MatMulAttrs {
+        a_zp: zero_point(b, Some(a_zp), "a_zero_point")?,
+        b_zp: zero_point(b, Some(m_zp), "b_zero_point")?,
+    };
+    let acc = matmul_nd(b, a, m, attrs)?;
+    let to = b.dtype(y_zp);
+    let out_zp = zero_point(b, Some(y_zp), "y_zero_point")?;
+    let sa = b.need_floats(a_scale, "a_scale")?;
+    let sm = b.need_floats(m_scale, "b_scale")?;
+    let sy = b.need_floats(y_scale, "y_scale")?;
+    let axis = b.rank(acc).saturating_sub(1);
+    requantize(b, acc, &sa, &sm, &sy, out_zp, to, axis)
+}
+
+pub(super) fn conv_integer(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
+    let x_zp = zero_point(b, cx.opt_input(2), "x_zero_point")?;
+    let w_zp = zero_point(b, cx.opt_input(3), "w_zero_point")?;
+    conv_core(b, cx, cx.input(0)?, cx.input(1)?, None, x_zp, w_zp)
+}
+
+pub(super) fn qlinear_conv(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
+    let (x, x_scale, x_zp) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
+    let (w, w_scale, w_zp) = (cx.input(3)?, cx.input(4)?, cx.input(5)?);
+    let (y_scale, y_zp) = (cx.input(6)?, cx.input(7)?);
+    let xz = zero_point(b, Some(x_zp), "x_zero_point")?;
+    let wz = zero_point(b, Some(w_zp), "w_zero_point")?;
+    let acc = conv_core(b, cx, x, w, cx.opt_input(8), xz, wz)?;
+    let to = b.dtype(y_zp);
+    let out_zp = zero_point(b, Some(y_zp), "y_zero_point")?;
+    let sx = b.need_floats(x_scale, "x_scale")?;
+    let sw = b.need_floats(w_scale, "w_scale")?;
+    let sy = b.need_floats(y_scale, "y_scale")?;
+    requantize(b, acc, &sx, &sw, &sy, out_zp, to, 1)
 }

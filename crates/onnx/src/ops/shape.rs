@@ -15,10 +15,10 @@ use kiln_ir::{DType, Op, OrderedF64, Tensor, TensorData, TensorType, ValueId};
 pub(super) fn dropout(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
     let x = cx.input(0)?;
     if let Some(t) = cx.opt_input(2) {
-        if b.const_ints(t)
-            .is_some_and(|v| v.first().copied().unwrap_or(0) != 0)
-        {
-            return unsupported("training_mode=true is not supported (inference only)");
+        match b.const_ints(t) {
+            Some(v) if v.iter().all(|&m| m == 0) => {}
+            Some(_) => return unsupported("training_mode=true is not supported (inference only)"),
+            None => return unsupported("training_mode must be a constant false (inference only)"),
         }
     }
     let y = b.add(Op::Identity, &[x])?;
@@ -640,7 +640,12 @@ pub(super) fn depth_space(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
             ));
         }
         let y = b.reshape(x, vec![n, c, h / k, k, w / k, k])?;
-        let y = b.transpose(y, vec![0, 3, 5, 1, 2, 4])?;
+        let perm = if cx.string("mode", "DCR")? == "CRD" {
+            vec![0, 1, 3, 5, 2, 4]
+        } else {
+            vec![0, 3, 5, 1, 2, 4]
+        };
+        let y = b.transpose(y, perm)?;
         b.reshape(y, vec![n, c * k * k, h / k, w / k])
     }
 }
