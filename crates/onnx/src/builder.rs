@@ -282,18 +282,6 @@ impl Builder {
         self.add(Op::Concat { axis }, vs)
     }
 
-    /// Sum of `vs` (binary adds).
-    pub fn sum(&mut self, vs: &[ValueId]) -> NResult<ValueId> {
-        let (&first, rest) = vs
-            .split_first()
-            .ok_or(NodeError::Invalid("needs at least one input".into()))?;
-        let mut acc = first;
-        for &v in rest {
-            acc = self.binary(BinaryOp::Add, acc, v)?;
-        }
-        Ok(acc)
-    }
-
     /// A constant tensor holding `values` with `shape`.
     pub fn const_tensor<T: Element>(
         &mut self,

@@ -53,11 +53,15 @@ pub(crate) fn import_model(
     };
     imp.initializers(graph, base_dir)?;
     imp.inputs(graph, options, &mut notes)?;
-    for name in options.input_shapes.keys() {
+    for name in options
+        .input_shapes
+        .keys()
+        .chain(options.constant_inputs.keys())
+    {
         let known = graph.input.iter().any(|i| i.name.as_deref() == Some(name));
         if !known {
             return Err(ImportError::InvalidModel(format!(
-                "--input-shape names `{name}`, which is not a graph input"
+                "an input binding names `{name}`, which is not a graph input"
             )));
         }
     }
@@ -155,6 +159,20 @@ impl Importer {
         for input in &graph.input {
             let name = input.name.clone().unwrap_or_default();
             if inits.contains(name.as_str()) {
+                continue;
+            }
+            if let Some(t) = options.constant_inputs.get(&name) {
+                let ty = input_type(input, &name, Some(&t.shape().to_vec()), &mut Vec::new())?;
+                if ty != *t.ty() {
+                    return Err(ImportError::InvalidModel(format!(
+                        "input `{name}` is {ty} but was frozen to a value of type {}",
+                        t.ty()
+                    )));
+                }
+                self.b.node_name = name.clone();
+                let v = self.b.konst(t.clone());
+                self.b.g.set_name(v, name.clone());
+                self.values.insert(name, v);
                 continue;
             }
             let ty = input_type(input, &name, options.input_shapes.get(&name), notes)?;

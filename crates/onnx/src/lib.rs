@@ -10,6 +10,8 @@ mod node;
 mod ops;
 pub mod proto;
 mod tensor_io;
+#[cfg(test)]
+mod tests;
 
 use kiln_ir::{Graph, Tensor};
 use prost::Message;
@@ -29,6 +31,10 @@ pub const NEWEST_KNOWN_OPSET: i64 = 28;
 pub struct ImportOptions {
     /// Shapes bound to graph inputs by name; they replace symbolic (and must match fixed) dims.
     pub input_shapes: HashMap<String, Vec<usize>>,
+    /// Graph inputs frozen to a value: they become constants (and are no longer graph inputs),
+    /// so shape operands fed through inputs (axes, sizes, zero points) fold at import time.
+    /// Each value must have the input's declared dtype and fit its declared shape.
+    pub constant_inputs: HashMap<String, Tensor>,
 }
 
 /// An imported model.

@@ -61,10 +61,6 @@ impl NodeCx<'_> {
             .find(|a| a.name.as_deref() == Some(name))
     }
 
-    pub fn has_attr(&self, name: &str) -> bool {
-        self.attr(name).is_some()
-    }
-
     fn typed(&self, name: &str, want: i32, what: &str) -> NResult<Option<&AttributeProto>> {
         match self.attr(name) {
             None => Ok(None),

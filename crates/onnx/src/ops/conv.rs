@@ -157,7 +157,7 @@ pub(super) fn conv_core(
     let group = cx.int("group", 1)?;
     let c = xs[1];
     let o = ws[0];
-    if group < 1 || c % group as usize != 0 || o % group as usize != 0 {
+    if group < 1 || !c.is_multiple_of(group as usize) || !o.is_multiple_of(group as usize) {
         return invalid(format!(
             "group {group} does not divide {c} input and {o} output channels"
         ));
@@ -220,7 +220,7 @@ pub(super) fn conv_transpose(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let n = xs.len() - 2;
     let one_d = n == 1;
     let group = cx.int("group", 1)?;
-    if group < 1 || xs[1] % group as usize != 0 || ws[0] != xs[1] {
+    if group < 1 || !xs[1].is_multiple_of(group as usize) || ws[0] != xs[1] {
         return invalid(format!(
             "group {group} does not fit input {xs:?} and weight {ws:?}"
         ));

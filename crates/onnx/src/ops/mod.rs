@@ -20,6 +20,12 @@ mod reduce;
 mod resize;
 mod shape;
 
+/// The RESCALE multiplier and shift of a real scale (exposed for the unit tests).
+#[cfg(test)]
+pub(crate) fn quantize_multiplier_for_tests(scale: f64) -> Option<(i32, u8)> {
+    quant::quantize_multiplier(scale)
+}
+
 /// Maps one node; returns its output values.
 pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
     let one = |r: NResult<ValueId>| r.map(|v| vec![v]);

@@ -146,16 +146,23 @@ pub(super) fn quantize(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
 }
 
 /// RESCALE of an i32 accumulator by `in_scale * w_scale[c] / out_scale` along `axis`.
+/// The float scales of an integer product: input, weight (per tensor or per channel), output.
+struct Scales {
+    input: Vec<f64>,
+    weight: Vec<f64>,
+    output: Vec<f64>,
+}
+
 fn requantize(
     b: &mut Builder,
     acc: ValueId,
-    in_scale: &[f64],
-    w_scale: &[f64],
-    out_scale: &[f64],
+    scales: &Scales,
     out_zp: i32,
     to: DType,
     axis: usize,
 ) -> NResult<ValueId> {
+    let (in_scale, w_scale, out_scale) =
+        (&scales.input[..], &scales.weight[..], &scales.output[..]);
     let (&[si], &[so]) = (in_scale, out_scale) else {
         return unsupported("input and output scales must be per-tensor");
     };
@@ -207,11 +214,13 @@ pub(super) fn qlinear_matmul(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let acc = matmul_nd(b, a, m, attrs)?;
     let to = b.dtype(y_zp);
     let out_zp = zero_point(b, Some(y_zp), "y_zero_point")?;
-    let sa = b.need_floats(a_scale, "a_scale")?;
-    let sm = b.need_floats(m_scale, "b_scale")?;
-    let sy = b.need_floats(y_scale, "y_scale")?;
+    let scales = Scales {
+        input: b.need_floats(a_scale, "a_scale")?,
+        weight: b.need_floats(m_scale, "b_scale")?,
+        output: b.need_floats(y_scale, "y_scale")?,
+    };
     let axis = b.rank(acc).saturating_sub(1);
-    requantize(b, acc, &sa, &sm, &sy, out_zp, to, axis)
+    requantize(b, acc, &scales, out_zp, to, axis)
 }
 
 pub(super) fn conv_integer(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
@@ -229,8 +238,10 @@ pub(super) fn qlinear_conv(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let acc = conv_core(b, cx, x, w, cx.opt_input(8), xz, wz)?;
     let to = b.dtype(y_zp);
     let out_zp = zero_point(b, Some(y_zp), "y_zero_point")?;
-    let sx = b.need_floats(x_scale, "x_scale")?;
-    let sw = b.need_floats(w_scale, "w_scale")?;
-    let sy = b.need_floats(y_scale, "y_scale")?;
-    requantize(b, acc, &sx, &sw, &sy, out_zp, to, 1)
+    let scales = Scales {
+        input: b.need_floats(x_scale, "x_scale")?,
+        weight: b.need_floats(w_scale, "w_scale")?,
+        output: b.need_floats(y_scale, "y_scale")?,
+    };
+    requantize(b, acc, &scales, out_zp, to, 1)
 }

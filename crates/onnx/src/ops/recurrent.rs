@@ -119,7 +119,7 @@ fn recurrent(b: &mut Builder, cx: &NodeCx, cell: Cell) -> NResult<Vec<ValueId>> 
     let w = cx.input(1)?;
     let r = cx.input(2)?;
     let ws = b.shape(w);
-    if ws.len() != 3 || ws[0] != nd || ws[1] % g != 0 || ws[2] != input {
+    if ws.len() != 3 || ws[0] != nd || !ws[1].is_multiple_of(g) || ws[2] != input {
         return invalid(format!(
             "W {ws:?} does not fit {nd} directions, {g} gates and input size {input}"
         ));

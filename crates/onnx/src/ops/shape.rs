@@ -212,7 +212,7 @@ pub(super) fn reshape(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
             .filter(|&(j, _)| j != i)
             .map(|(_, &d)| d)
             .product();
-        if rest == 0 || total % rest != 0 {
+        if rest == 0 || !total.is_multiple_of(rest) {
             return invalid(format!("cannot reshape {s:?} to {target:?}"));
         }
         out[i] = total / rest;
@@ -372,7 +372,7 @@ pub(super) fn split(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
                     .map(|i| chunk.min(dim.saturating_sub(i * chunk)))
                     .collect()
             } else {
-                if dim % n != 0 {
+                if !dim.is_multiple_of(n) {
                     return invalid(format!("dim {dim} does not split into {n} equal parts"));
                 }
                 vec![dim / n; n]
