@@ -115,6 +115,37 @@ pub(super) fn unary(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
             let c = b.unary(UnaryOp::Cos, x)?;
             return b.binary(BinaryOp::Div, s, c);
         }
+        "Sinh" | "Cosh" => {
+            // (e^x -/+ e^-x) / 2
+            let e = b.unary(UnaryOp::Exp, x)?;
+            let n = b.unary(UnaryOp::Negate, x)?;
+            let en = b.unary(UnaryOp::Exp, n)?;
+            let op = if cx.op_type == "Sinh" {
+                BinaryOp::Sub
+            } else {
+                BinaryOp::Add
+            };
+            let s = b.binary(op, e, en)?;
+            return b.binary_scalar(BinaryOp::Mul, s, 0.5);
+        }
+        "Asinh" | "Acosh" => {
+            // log(x + sqrt(x^2 +/- 1))
+            let sq = b.binary(BinaryOp::Mul, x, x)?;
+            let off = if cx.op_type == "Asinh" { 1.0 } else { -1.0 };
+            let sq = b.binary_scalar(BinaryOp::Add, sq, off)?;
+            let rt = b.unary(UnaryOp::Sqrt, sq)?;
+            let s = b.binary(BinaryOp::Add, x, rt)?;
+            return b.unary(UnaryOp::Log, s);
+        }
+        "Atanh" => {
+            // log((1 + x) / (1 - x)) / 2
+            let one = b.scalar(b.dtype(x), 1.0);
+            let p = b.binary(BinaryOp::Add, one, x)?;
+            let m = b.binary(BinaryOp::Sub, one, x)?;
+            let q = b.binary(BinaryOp::Div, p, m)?;
+            let l = b.unary(UnaryOp::Log, q)?;
+            return b.binary_scalar(BinaryOp::Mul, l, 0.5);
+        }
         "Erf" => UnaryOp::Erf,
         "Sigmoid" => UnaryOp::Sigmoid,
         "Tanh" => UnaryOp::Tanh,

@@ -36,7 +36,9 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         "Max" | "Min" | "Sum" | "Mean" => one(elementwise::variadic(b, cx)),
         "Abs" | "Neg" | "Exp" | "Log" | "Reciprocal" | "Sqrt" | "Floor" | "Ceil" | "Round"
         | "Sin" | "Cos" | "Tan" | "Erf" | "Sigmoid" | "Tanh" | "Sign" | "IsNaN" | "IsInf"
-        | "Not" | "BitwiseNot" => one(elementwise::unary(b, cx)),
+        | "Not" | "BitwiseNot" | "Sinh" | "Cosh" | "Asinh" | "Acosh" | "Atanh" => {
+            one(elementwise::unary(b, cx))
+        }
         "Where" => one(elementwise::where_(b, cx)),
         "Clip" => one(activation::clip(b, cx)),
         "Relu" | "LeakyRelu" | "PRelu" | "Elu" | "Selu" | "Celu" | "Softplus" | "Softsign"
@@ -51,6 +53,7 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         "BatchNormalization" => one(norm::batch_norm(b, cx)),
         "InstanceNormalization" => one(norm::instance_norm(b, cx)),
         "LayerNormalization" => norm::layer_norm(b, cx),
+        "RMSNormalization" => one(norm::rms_norm(b, cx)),
         "Softmax" | "LogSoftmax" => one(norm::softmax(b, cx)),
         "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1"
         | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" => {

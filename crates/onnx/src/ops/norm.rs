@@ -1,5 +1,5 @@
 //! Normalisations (BatchNormalization in inference mode, InstanceNormalization,
-//! LayerNormalization) and Softmax/LogSoftmax.
+//! LayerNormalization, RMSNormalization) and Softmax/LogSoftmax.
 //!
 //! Invariant: statistics are computed with IR reductions in the input dtype; per-channel
 //! parameters are reshaped to broadcast along the channel axis; constant parameter arithmetic is
@@ -149,4 +149,15 @@ fn softmax_axis(b: &mut Builder, x: ValueId, axis: usize, log: bool) -> NResult<
     } else {
         b.binary(BinaryOp::Div, e, sum)
     }
+}
+
+pub(super) fn rms_norm(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
+    let x = cx.input(0)?;
+    let r = b.rank(x);
+    let axis = norm_axis(cx.int("axis", -1)?, r)?;
+    let eps = cx.float("epsilon", 1e-5)? as f64;
+    let axes: Vec<usize> = (axis..r).collect();
+    let inv = inv_std(b, x, &axes, eps)?;
+    let y = b.binary(BinaryOp::Mul, x, inv)?;
+    b.binary(BinaryOp::Mul, y, cx.input(1)?)
 }
