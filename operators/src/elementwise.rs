@@ -257,6 +257,14 @@ fn int_binary_scalar<T: Int>(op: BinaryOp, a: T, b: T) -> T {
                 T::from_bits(a.bits() >> amount)
             }
         }
+        BinaryOp::ArithmeticRightShift => {
+            let amount = b.bits();
+            if amount >= T::BITS as u64 {
+                w(if x < 0 { -1 } else { 0 })
+            } else {
+                w(x >> amount)
+            }
+        }
         _ => a,
     }
 }

@@ -58,6 +58,18 @@ fn shifts_are_logical_and_saturate_to_zero() {
 }
 
 #[test]
+fn arithmetic_right_shift_extends_the_sign() {
+    let r = bin(
+        B::ArithmeticRightShift,
+        vec![-8i8, -1, -128, 64, -5, 5],
+        vec![1, 1, 1, 2, 8, -1],
+    );
+    assert_eq!(vals::<i8>(&r), vec![-4, -1, -64, 16, -1, 0]);
+    let r = bin(B::ArithmeticRightShift, vec![200u8], vec![1]);
+    assert_eq!(vals::<u8>(&r), vec![100]);
+}
+
+#[test]
 fn broadcast_over_equal_ranks() {
     let a = f(&[2, 1], &[1.0, 2.0]);
     let b = f(&[1, 3], &[10.0, 20.0, 30.0]);

@@ -63,6 +63,8 @@ pub enum BinaryOp {
     BitwiseXor,
     LogicalLeftShift,
     LogicalRightShift,
+    /// Sign-extending right shift; amounts outside `0..bits` give -1 for negative `a`, else 0.
+    ArithmeticRightShift,
 }
 
 impl BinaryOp {
@@ -447,4 +449,5 @@ name_table!(binary_name, parse_binary, BinaryOp {
     LogicalXor => "logical_xor", BitwiseAnd => "bitwise_and", BitwiseOr => "bitwise_or",
     BitwiseXor => "bitwise_xor", LogicalLeftShift => "logical_left_shift",
     LogicalRightShift => "logical_right_shift",
+    ArithmeticRightShift => "arithmetic_right_shift",
 });

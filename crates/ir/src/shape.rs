@@ -57,7 +57,8 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
                 | BinaryOp::BitwiseOr
                 | BinaryOp::BitwiseXor
                 | BinaryOp::LogicalLeftShift
-                | BinaryOp::LogicalRightShift => a.dtype.is_int(),
+                | BinaryOp::LogicalRightShift
+                | BinaryOp::ArithmeticRightShift => a.dtype.is_int(),
                 BinaryOp::Equal => true,
                 _ => a.dtype.is_numeric(),
             };

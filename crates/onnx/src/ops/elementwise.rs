@@ -35,6 +35,9 @@ pub(super) fn binary(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
         "BitwiseXor" => BinaryOp::BitwiseXor,
         "BitShift" => match cx.string("direction", "")?.as_str() {
             "LEFT" => BinaryOp::LogicalLeftShift,
+            "RIGHT" if matches!(b.dtype(x), DType::I8 | DType::I16 | DType::I32 | DType::I64) => {
+                BinaryOp::ArithmeticRightShift
+            }
             "RIGHT" => BinaryOp::LogicalRightShift,
             d => return invalid(format!("direction must be LEFT or RIGHT, got `{d}`")),
         },
