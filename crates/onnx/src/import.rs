@@ -225,12 +225,18 @@ impl Importer {
             opset,
             inputs,
             num_outputs: node.output.len(),
+            read: Default::default(),
         };
         self.b.node_name = name.clone();
         let outs = crate::ops::map_node(&mut self.b, &cx).map_err(|e| match e {
             NodeError::Unsupported(r) => unsupported(r),
             NodeError::Invalid(r) => invalid(r),
         })?;
+        if let Some(attr) = cx.unread_attribute() {
+            return Err(unsupported(format!(
+                "attribute `{attr}` is not supported by Kiln's mapping of {op_type}"
+            )));
+        }
         for (i, out_name) in node.output.iter().enumerate() {
             if out_name.is_empty() {
                 continue;

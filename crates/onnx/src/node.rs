@@ -3,10 +3,13 @@
 //!
 //! Invariant: accessors never panic; a missing required input or a mistyped attribute is a
 //! [`NodeError::Invalid`], and optional inputs (empty names or absent trailing inputs) are `None`.
+//! Every attribute a mapping looks at is recorded, so that an attribute no mapping understood
+//! (one added by a newer opset, say) is reported instead of silently changing the semantics.
 
 use crate::builder::{invalid, NResult, NodeError};
 use crate::proto::{AttributeProto, NodeProto, TensorProto};
 use kiln_ir::ValueId;
+use std::cell::RefCell;
 
 /// ONNX `AttributeProto.AttributeType` codes.
 mod attr_type {
@@ -28,6 +31,8 @@ pub(crate) struct NodeCx<'a> {
     pub inputs: Vec<Option<ValueId>>,
     /// Number of declared outputs.
     pub num_outputs: usize,
+    /// Names of the attributes the mapping has looked at.
+    pub read: RefCell<Vec<String>>,
 }
 
 impl NodeCx<'_> {
@@ -55,6 +60,7 @@ impl NodeCx<'_> {
     }
 
     fn attr(&self, name: &str) -> Option<&AttributeProto> {
+        self.read.borrow_mut().push(name.to_string());
         self.node
             .attribute
             .iter()
@@ -133,6 +139,33 @@ impl NodeCx<'_> {
 
     /// The first of the node's attributes, for ops like Constant that take exactly one.
     pub fn attributes(&self) -> &[AttributeProto] {
+        let mut read = self.read.borrow_mut();
+        read.extend(self.node.attribute.iter().filter_map(|a| a.name.clone()));
         &self.node.attribute
     }
+
+    /// The first attribute of the node that no mapping looked at, other than those that cannot
+    /// change an inference result.
+    pub fn unread_attribute(&self) -> Option<&str> {
+        let read = self.read.borrow();
+        self.node
+            .attribute
+            .iter()
+            .filter_map(|a| a.name.as_deref())
+            .find(|name| {
+                !read.iter().any(|r| r == name) && !irrelevant_to_inference(self.op_type, name)
+            })
+    }
+}
+
+/// Attributes that only matter for training or random generation, never for an inference result.
+fn irrelevant_to_inference(op_type: &str, name: &str) -> bool {
+    matches!(
+        (op_type, name),
+        (
+            "BatchNormalization",
+            "momentum" | "is_test" | "spatial" | "consumed_inputs"
+        ) | ("Dropout", "seed" | "is_test" | "ratio")
+            | (_, "consumed_inputs")
+    )
 }

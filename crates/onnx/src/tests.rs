@@ -248,6 +248,29 @@ fn unknown_op_names_op_node_and_opset() {
 }
 
 #[test]
+fn attribute_no_mapping_understands_is_refused() {
+    // SpaceToDepth gained `mode` in opset 28; an unknown attribute must never be ignored.
+    let m = model(
+        vec![node(
+            "Relu",
+            "relu_3",
+            &["x"],
+            &["y"],
+            vec![attr_int("brand_new_flag", 1)],
+        )],
+        vec![value_info("x", F, &["3"])],
+        vec![],
+        &["y"],
+        21,
+    );
+    let s = import(&m).unwrap_err().to_string();
+    assert!(
+        s.contains("relu_3") && s.contains("`brand_new_flag` is not supported"),
+        "{s}"
+    );
+}
+
+#[test]
 fn other_domain_is_unsupported() {
     let mut n = node("Relu", "r", &["x"], &["y"], vec![]);
     n.domain = Some("com.microsoft".into());

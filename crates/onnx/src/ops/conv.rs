@@ -244,6 +244,11 @@ pub(super) fn conv_transpose(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
         return invalid("strides and dilations must be positive, output_padding non-negative");
     }
     let kernel: Vec<i64> = ws[2..].iter().map(|&k| k as i64).collect();
+    if let Some(k) = cx.ints_opt("kernel_shape")? {
+        if k != kernel {
+            return invalid(format!("kernel_shape {k:?} does not match weight {ws:?}"));
+        }
+    }
     let auto_pad = cx.string("auto_pad", "NOTSET")?;
     let output_shape = cx.ints_opt("output_shape")?;
     let mut pads = vec![0i64; 2 * n];

@@ -30,7 +30,8 @@ pub(super) fn reduce(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     } else {
         cx.ints_opt("axes")?.unwrap_or_default()
     };
-    if axes.is_empty() && cx.flag("noop_with_empty_axes", false)? {
+    let noop_with_empty_axes = cx.flag("noop_with_empty_axes", false)?;
+    if axes.is_empty() && noop_with_empty_axes {
         return b.add(Op::Identity, &[x]);
     }
     let axes = if axes.is_empty() {

@@ -33,6 +33,9 @@ pub(super) fn dropout(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
 
 pub(super) fn cast(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let x = cx.input(0)?;
+    // `saturate` and `round_mode` only concern float8/float4 targets, which Kiln does not have.
+    cx.flag("saturate", true)?;
+    cx.string("round_mode", "up")?;
     let to = if cx.op_type == "CastLike" {
         b.dtype(cx.input(1)?)
     } else {
