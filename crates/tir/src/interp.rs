@@ -1,0 +1,454 @@
+//! The interpreter of the loop IR: the loop-level oracle of the schedule property tests and of
+//! codegen tests.
+//!
+//! Invariant: [`run`] computes exactly what a compiled kernel computes for every operation whose
+//! result is exactly specified: float arithmetic is done in `f32` with one rounding per
+//! operation (`f16` values are widened to `f32` on load and rounded on store and on cast), integer
+//! arithmetic wraps at the width of its dtype, `min`/`max` propagate NaN, `select` evaluates only
+//! the chosen branch, loops of every kind run their iterations in order. Transcendental
+//! intrinsics (`exp`, `log`, `tanh`, `sigmoid`, `erf`, `sin`, `cos`, `pow`) are computed in `f64`
+//! and rounded to `f32`, i.e. (nearly) correctly rounded: codegen tests compare those within a
+//! few ulp. The function is verified first, so no input makes it panic or index out of bounds;
+//! integer division by zero is reported as an error.
+
+use crate::expr::{BinOp, CmpOp, Expr, Intrinsic};
+use crate::stmt::Stmt;
+use crate::tir::{PrimFunc, Scope};
+use crate::verify::{verify, VerifyError};
+use half::f16;
+use kiln_ir::{DType, Tensor, TensorData, TensorType};
+
+/// Why a run failed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum InterpError {
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error("expected {expected} arguments, given {given}")]
+    Arity { expected: usize, given: usize },
+    #[error("argument %{name}: expected {expected}, given {given}")]
+    BadArgument {
+        name: String,
+        expected: String,
+        given: String,
+    },
+    #[error("integer division by zero")]
+    DivisionByZero,
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// A scalar value during evaluation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Val {
+    /// A float of dtype `F32` or `F16`, held in f32.
+    F(f32),
+    /// An integer, already wrapped to its dtype.
+    I(i64, DType),
+    B(bool),
+}
+
+/// Runs `func` on `args` (one tensor per param, in order; outputs are written in place). Local
+/// buffers start zeroed.
+pub fn run(func: &PrimFunc, args: &mut [Tensor]) -> Result<(), InterpError> {
+    verify(func)?;
+    if args.len() != func.params.len() {
+        return Err(InterpError::Arity {
+            expected: func.params.len(),
+            given: args.len(),
+        });
+    }
+    let mut storage: Vec<TensorData> = Vec::with_capacity(func.buffers.len());
+    for b in &func.buffers {
+        storage.push(TensorData::zeros(b.dtype, b.num_elements()));
+    }
+    for (&p, t) in func.params.iter().zip(args.iter()) {
+        let decl = &func.buffers[p.index()];
+        if t.dtype() != decl.dtype || t.shape() != decl.shape.as_slice() {
+            return Err(InterpError::BadArgument {
+                name: decl.name.clone(),
+                expected: format!("{}{:?}", decl.dtype, decl.shape),
+                given: format!("{}{:?}", t.dtype(), t.shape()),
+            });
+        }
+        storage[p.index()] = t.data().clone();
+    }
+    let mut m = Machine {
+        func,
+        storage,
+        vars: vec![0; func.vars.len()],
+    };
+    m.stmt(&func.body)?;
+    for (&p, t) in func.params.iter().zip(args.iter_mut()) {
+        debug_assert_eq!(func.buffers[p.index()].scope, Scope::Param);
+        let data = std::mem::replace(&mut m.storage[p.index()], TensorData::Bool(vec![]));
+        let ty = TensorType {
+            dtype: t.dtype(),
+            shape: t.shape().to_vec(),
+        };
+        *t = Tensor::from_data(ty, data).map_err(|e| InterpError::Internal(e.to_string()))?;
+    }
+    Ok(())
+}
+
+struct Machine<'a> {
+    func: &'a PrimFunc,
+    storage: Vec<TensorData>,
+    vars: Vec<i64>,
+}
+
+fn wrap(d: DType, v: i64) -> i64 {
+    match d {
+        DType::I8 => v as i8 as i64,
+        DType::U8 => v as u8 as i64,
+        DType::I16 => v as i16 as i64,
+        DType::I32 => v as i32 as i64,
+        _ => v,
+    }
+}
+
+fn round_f16(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+fn erf64(x: f64) -> f64 {
+    if x.is_nan() {
+        return x;
+    }
+    if x.abs() >= 4.0 {
+        return x.signum();
+    }
+    let x2 = x * x;
+    let mut term = x;
+    let mut sum = x;
+    for n in 1..200 {
+        term *= -x2 / n as f64;
+        let t = term / (2 * n + 1) as f64;
+        sum += t;
+        if t.abs() <= 1e-17 * sum.abs() {
+            break;
+        }
+    }
+    sum * std::f64::consts::FRAC_2_SQRT_PI
+}
+
+fn floor_div(a: i64, b: i64) -> i64 {
+    let q = a.wrapping_div(b);
+    if a.wrapping_rem(b) != 0 && ((a < 0) != (b < 0)) {
+        q.wrapping_sub(1)
+    } else {
+        q
+    }
+}
+
+fn floor_mod(a: i64, b: i64) -> i64 {
+    let r = a.wrapping_rem(b);
+    if r != 0 && ((r < 0) != (b < 0)) {
+        r.wrapping_add(b)
+    } else {
+        r
+    }
+}
+
+fn nan_min(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.min(b)
+    }
+}
+
+fn nan_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+impl Machine<'_> {
+    fn offset(
+        &mut self,
+        buf: crate::expr::BufferId,
+        indices: &[Expr],
+    ) -> Result<usize, InterpError> {
+        let shape = &self.func.buffers[buf.index()].shape;
+        let mut off = 0usize;
+        for (i, &d) in indices.iter().zip(shape) {
+            let v = match self.expr(i)? {
+                Val::I(v, _) => v,
+                other => return Err(InterpError::Internal(format!("index value {other:?}"))),
+            };
+            if v < 0 || v as u64 >= d as u64 {
+                return Err(InterpError::Internal(format!(
+                    "index {v} outside 0..{d} of %{}",
+                    self.func.buffers[buf.index()].name
+                )));
+            }
+            off = off * d + v as usize;
+        }
+        Ok(off)
+    }
+
+    fn stmt(&mut self, s: &Stmt) -> Result<(), InterpError> {
+        match s {
+            Stmt::For {
+                var, extent, body, ..
+            } => {
+                for i in 0..*extent {
+                    self.vars[var.index()] = i as i64;
+                    self.stmt(body)?;
+                }
+                Ok(())
+            }
+            Stmt::Seq(v) => v.iter().try_for_each(|s| self.stmt(s)),
+            Stmt::Store {
+                buf,
+                indices,
+                value,
+            } => {
+                let off = self.offset(*buf, indices)?;
+                let val = self.expr(value)?;
+                store(&mut self.storage[buf.index()], off, val)
+            }
+            Stmt::IfThenElse {
+                cond,
+                then,
+                otherwise,
+            } => {
+                if self.truth(cond)? {
+                    self.stmt(then)
+                } else if let Some(o) = otherwise {
+                    self.stmt(o)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn truth(&mut self, e: &Expr) -> Result<bool, InterpError> {
+        match self.expr(e)? {
+            Val::B(b) => Ok(b),
+            other => Err(InterpError::Internal(format!("condition value {other:?}"))),
+        }
+    }
+
+    fn float(&mut self, e: &Expr) -> Result<f32, InterpError> {
+        match self.expr(e)? {
+            Val::F(x) => Ok(x),
+            other => Err(InterpError::Internal(format!(
+                "expected a float, got {other:?}"
+            ))),
+        }
+    }
+
+    fn expr(&mut self, e: &Expr) -> Result<Val, InterpError> {
+        Ok(match e {
+            Expr::Var(v) => Val::I(self.vars[v.index()], DType::I64),
+            Expr::Int { value, dtype } => Val::I(wrap(*dtype, *value), *dtype),
+            Expr::Float { value, dtype } => {
+                let x = *value as f32;
+                Val::F(if *dtype == DType::F16 {
+                    round_f16(x)
+                } else {
+                    x
+                })
+            }
+            Expr::Bool(b) => Val::B(*b),
+            Expr::Binary { op, a, b } => {
+                let (a, b) = (self.expr(a)?, self.expr(b)?);
+                binary(*op, a, b)?
+            }
+            Expr::Cmp { op, a, b } => {
+                let (a, b) = (self.expr(a)?, self.expr(b)?);
+                Val::B(compare(*op, a, b)?)
+            }
+            Expr::And(a, b) => Val::B(self.truth(a)? & self.truth(b)?),
+            Expr::Or(a, b) => Val::B(self.truth(a)? | self.truth(b)?),
+            Expr::Not(a) => Val::B(!self.truth(a)?),
+            Expr::Select {
+                cond,
+                then,
+                otherwise,
+            } => {
+                if self.truth(cond)? {
+                    self.expr(then)?
+                } else {
+                    self.expr(otherwise)?
+                }
+            }
+            Expr::Cast { dtype, value } => cast(*dtype, self.expr(value)?),
+            Expr::Load { buf, indices } => {
+                let off = self.offset(*buf, indices)?;
+                load(&self.storage[buf.index()], off)?
+            }
+            Expr::Call { intrinsic, args } => self.call(*intrinsic, args)?,
+        })
+    }
+
+    fn call(&mut self, f: Intrinsic, args: &[Expr]) -> Result<Val, InterpError> {
+        if f == Intrinsic::Abs {
+            let a = args
+                .first()
+                .ok_or_else(|| InterpError::Internal("abs()".into()))?;
+            return Ok(match self.expr(a)? {
+                Val::F(x) => Val::F(x.abs()),
+                Val::I(v, d) => Val::I(wrap(d, v.wrapping_abs()), d),
+                Val::B(b) => Val::B(b),
+            });
+        }
+        let mut xs = [0f32; 3];
+        for (slot, a) in xs.iter_mut().zip(args) {
+            *slot = self.float(a)?;
+        }
+        let [x, y, z] = xs;
+        let w = x as f64;
+        let r = match f {
+            Intrinsic::Exp => w.exp() as f32,
+            Intrinsic::Log => w.ln() as f32,
+            Intrinsic::Sqrt => x.sqrt(),
+            Intrinsic::Rsqrt => (1.0 / w.sqrt()) as f32,
+            Intrinsic::Tanh => w.tanh() as f32,
+            Intrinsic::Sigmoid => (1.0 / (1.0 + (-w).exp())) as f32,
+            Intrinsic::Erf => erf64(w) as f32,
+            Intrinsic::Floor => x.floor(),
+            Intrinsic::Ceil => x.ceil(),
+            Intrinsic::Round => x.round_ties_even(),
+            Intrinsic::Abs => x.abs(),
+            Intrinsic::Sin => w.sin() as f32,
+            Intrinsic::Cos => w.cos() as f32,
+            Intrinsic::Pow => w.powf(y as f64) as f32,
+            Intrinsic::Fma => x.mul_add(y, z),
+        };
+        Ok(Val::F(r))
+    }
+}
+
+fn binary(op: BinOp, a: Val, b: Val) -> Result<Val, InterpError> {
+    Ok(match (a, b) {
+        (Val::F(a), Val::F(b)) => Val::F(match op {
+            BinOp::Add => a + b,
+            BinOp::Sub => a - b,
+            BinOp::Mul => a * b,
+            BinOp::Div => a / b,
+            BinOp::Rem => a % b,
+            BinOp::Min => nan_min(a, b),
+            BinOp::Max => nan_max(a, b),
+            BinOp::FloorDiv | BinOp::FloorMod => {
+                return Err(InterpError::Internal(format!("{op:?} on floats")))
+            }
+        }),
+        (Val::I(a, d), Val::I(b, _)) => {
+            let div = matches!(
+                op,
+                BinOp::Div | BinOp::Rem | BinOp::FloorDiv | BinOp::FloorMod
+            );
+            if div && b == 0 {
+                return Err(InterpError::DivisionByZero);
+            }
+            let r = match op {
+                BinOp::Add => a.wrapping_add(b),
+                BinOp::Sub => a.wrapping_sub(b),
+                BinOp::Mul => a.wrapping_mul(b),
+                BinOp::Div => a.wrapping_div(b),
+                BinOp::Rem => a.wrapping_rem(b),
+                BinOp::FloorDiv => floor_div(a, b),
+                BinOp::FloorMod => floor_mod(a, b),
+                BinOp::Min => a.min(b),
+                BinOp::Max => a.max(b),
+            };
+            Val::I(wrap(d, r), d)
+        }
+        (a, b) => return Err(InterpError::Internal(format!("{op:?} on {a:?} and {b:?}"))),
+    })
+}
+
+fn compare(op: CmpOp, a: Val, b: Val) -> Result<bool, InterpError> {
+    let ord = match (a, b) {
+        (Val::F(a), Val::F(b)) => {
+            return Ok(match op {
+                CmpOp::Eq => a == b,
+                CmpOp::Ne => a != b,
+                CmpOp::Lt => a < b,
+                CmpOp::Le => a <= b,
+                CmpOp::Gt => a > b,
+                CmpOp::Ge => a >= b,
+            })
+        }
+        (Val::I(a, _), Val::I(b, _)) => a.cmp(&b),
+        (Val::B(a), Val::B(b)) => a.cmp(&b),
+        (a, b) => return Err(InterpError::Internal(format!("compare {a:?} with {b:?}"))),
+    };
+    use std::cmp::Ordering::*;
+    Ok(match op {
+        CmpOp::Eq => ord == Equal,
+        CmpOp::Ne => ord != Equal,
+        CmpOp::Lt => ord == Less,
+        CmpOp::Le => ord != Greater,
+        CmpOp::Gt => ord == Greater,
+        CmpOp::Ge => ord != Less,
+    })
+}
+
+fn float_to_int(d: DType, x: f32) -> i64 {
+    match d {
+        DType::I8 => x as i8 as i64,
+        DType::U8 => x as u8 as i64,
+        DType::I16 => x as i16 as i64,
+        DType::I32 => x as i32 as i64,
+        _ => x as i64,
+    }
+}
+
+fn cast(d: DType, v: Val) -> Val {
+    match (v, d) {
+        (_, DType::Bool) => Val::B(match v {
+            Val::F(x) => x != 0.0,
+            Val::I(i, _) => i != 0,
+            Val::B(b) => b,
+        }),
+        (Val::F(x), DType::F16) => Val::F(round_f16(x)),
+        (Val::F(x), DType::F32) => Val::F(x),
+        (Val::F(x), d) => Val::I(float_to_int(d, x), d),
+        (Val::I(i, _), DType::F32) => Val::F(i as f32),
+        (Val::I(i, _), DType::F16) => Val::F(f16::from_f64(i as f64).to_f32()),
+        (Val::I(i, _), d) => Val::I(wrap(d, i), d),
+        (Val::B(b), DType::F32 | DType::F16) => Val::F(if b { 1.0 } else { 0.0 }),
+        (Val::B(b), d) => Val::I(b as i64, d),
+    }
+}
+
+fn load(data: &TensorData, off: usize) -> Result<Val, InterpError> {
+    let missing = || InterpError::Internal(format!("offset {off} outside storage"));
+    Ok(match data {
+        TensorData::F32(v) => Val::F(*v.get(off).ok_or_else(missing)?),
+        TensorData::F16(v) => Val::F(v.get(off).ok_or_else(missing)?.to_f32()),
+        TensorData::I8(v) => Val::I(*v.get(off).ok_or_else(missing)? as i64, DType::I8),
+        TensorData::U8(v) => Val::I(*v.get(off).ok_or_else(missing)? as i64, DType::U8),
+        TensorData::I16(v) => Val::I(*v.get(off).ok_or_else(missing)? as i64, DType::I16),
+        TensorData::I32(v) => Val::I(*v.get(off).ok_or_else(missing)? as i64, DType::I32),
+        TensorData::I64(v) => Val::I(*v.get(off).ok_or_else(missing)?, DType::I64),
+        TensorData::Bool(v) => Val::B(*v.get(off).ok_or_else(missing)?),
+    })
+}
+
+fn store(data: &mut TensorData, off: usize, val: Val) -> Result<(), InterpError> {
+    let bad = || InterpError::Internal(format!("store at offset {off}"));
+    match (data, val) {
+        (TensorData::F32(v), Val::F(x)) => *v.get_mut(off).ok_or_else(bad)? = x,
+        (TensorData::F16(v), Val::F(x)) => *v.get_mut(off).ok_or_else(bad)? = f16::from_f32(x),
+        (TensorData::I8(v), Val::I(i, _)) => *v.get_mut(off).ok_or_else(bad)? = i as i8,
+        (TensorData::U8(v), Val::I(i, _)) => *v.get_mut(off).ok_or_else(bad)? = i as u8,
+        (TensorData::I16(v), Val::I(i, _)) => *v.get_mut(off).ok_or_else(bad)? = i as i16,
+        (TensorData::I32(v), Val::I(i, _)) => *v.get_mut(off).ok_or_else(bad)? = i as i32,
+        (TensorData::I64(v), Val::I(i, _)) => *v.get_mut(off).ok_or_else(bad)? = i,
+        (TensorData::Bool(v), Val::B(b)) => *v.get_mut(off).ok_or_else(bad)? = b,
+        (d, val) => {
+            return Err(InterpError::Internal(format!(
+                "store of {val:?} into {} data",
+                d.dtype()
+            )))
+        }
+    }
+    Ok(())
+}

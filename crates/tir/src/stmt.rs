@@ -1,0 +1,120 @@
+//! Statements of the loop IR.
+//!
+//! Invariant: statements never allocate; every buffer a statement touches is declared in its
+//! [`crate::PrimFunc`]. A `For` binds a fresh variable ranging over `0..extent`; its `kind` is a
+//! promise about independence of iterations that the verifier checks where it can (see
+//! [`crate::verify`]).
+
+use crate::expr::{BufferId, Expr, VarId};
+use serde::{Deserialize, Serialize};
+
+/// How a loop's iterations are executed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum ForKind {
+    #[default]
+    Serial,
+    /// Iterations run on worker threads; they write disjoint elements of shared buffers.
+    Parallel,
+    /// Innermost loop of extent 2, 4, 8 or 16 over straight-line stores, run as one SIMD op.
+    Vectorized,
+    /// Fully unrolled by codegen.
+    Unrolled,
+}
+
+impl ForKind {
+    /// The keyword suffix of the text form (`for.parallel`); empty for serial loops.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            ForKind::Serial => "",
+            ForKind::Parallel => ".parallel",
+            ForKind::Vectorized => ".vectorized",
+            ForKind::Unrolled => ".unrolled",
+        }
+    }
+}
+
+/// A statement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Stmt {
+    For {
+        var: VarId,
+        extent: usize,
+        kind: ForKind,
+        body: Box<Stmt>,
+    },
+    Seq(Vec<Stmt>),
+    Store {
+        buf: BufferId,
+        indices: Vec<Expr>,
+        value: Expr,
+    },
+    IfThenElse {
+        cond: Expr,
+        then: Box<Stmt>,
+        otherwise: Option<Box<Stmt>>,
+    },
+}
+
+impl Stmt {
+    /// A loop.
+    pub fn for_(var: VarId, extent: usize, kind: ForKind, body: Stmt) -> Stmt {
+        Stmt::For {
+            var,
+            extent,
+            kind,
+            body: Box::new(body),
+        }
+    }
+
+    /// `if cond { then }`.
+    pub fn if_then(cond: Expr, then: Stmt) -> Stmt {
+        Stmt::IfThenElse {
+            cond,
+            then: Box::new(then),
+            otherwise: None,
+        }
+    }
+
+    /// A store.
+    pub fn store(buf: BufferId, indices: Vec<Expr>, value: Expr) -> Stmt {
+        Stmt::Store {
+            buf,
+            indices,
+            value,
+        }
+    }
+
+    /// A sequence, flattening nested sequences and unwrapping a single statement.
+    pub fn seq(stmts: Vec<Stmt>) -> Stmt {
+        let mut out = Vec::with_capacity(stmts.len());
+        for s in stmts {
+            match s {
+                Stmt::Seq(inner) => out.extend(inner),
+                s => out.push(s),
+            }
+        }
+        if out.len() == 1 {
+            out.pop().unwrap_or(Stmt::Seq(vec![]))
+        } else {
+            Stmt::Seq(out)
+        }
+    }
+
+    /// Calls `f` on this statement and every nested statement, parents first.
+    pub fn walk(&self, f: &mut dyn FnMut(&Stmt)) {
+        f(self);
+        match self {
+            Stmt::For { body, .. } => body.walk(f),
+            Stmt::Seq(v) => v.iter().for_each(|s| s.walk(f)),
+            Stmt::Store { .. } => {}
+            Stmt::IfThenElse {
+                then, otherwise, ..
+            } => {
+                then.walk(f);
+                if let Some(o) = otherwise {
+                    o.walk(f);
+                }
+            }
+        }
+    }
+}
