@@ -5,13 +5,21 @@
 //! model imports and every one of its (at least one) data sets matches under the tolerance. Every
 //! other outcome, a panic included, is a failure with its reason. The last line printed is
 //! `N passed, N failed, N skipped`.
+//!
+//! Kiln compiles static graphs, while many suite cases feed shape operands (axes, pads, sizes,
+//! scales) as graph inputs. When the importer reports such an operand
+//! ([`ImportError::NotStatic`]), the case is imported again with its data set's values bound as
+//! constants: first every input but the first (the data), then every input. This is the tract
+//! way of running the suite, and the summary says how many passes needed it.
 
 use crate::backend::Backend;
 use crate::compare::Tolerance;
-use crate::data::check_data_set;
+use crate::data::{check_outputs, read_named_inputs};
 use crate::error::{one_line, CliError};
 use crate::manifest::Manifest;
 use crate::{panic_guard, Outcome};
+use kiln_onnx::{ImportError, ImportOptions, Model};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -52,9 +60,63 @@ pub fn list_cases(dir: &Path) -> Result<Vec<(String, PathBuf)>, CliError> {
     Ok(cases)
 }
 
+/// How a passing case ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Passed {
+    /// With every input fed at run time.
+    AsIs,
+    /// With shape operands bound to the data set's values (see the module doc).
+    ShapeInputsFrozen,
+}
+
+/// Imports `model.onnx` for one data set, binding inputs to constants only when the importer
+/// needs static operands. Returns the model, the inputs it still takes, and whether it froze any.
+fn import_for_data_set(
+    model_path: &Path,
+    inputs: Vec<(String, kiln_ir::Tensor)>,
+) -> Result<(Model, Vec<kiln_ir::Tensor>, bool), String> {
+    let import_with = |frozen: usize| -> Result<Model, ImportError> {
+        let mut options = ImportOptions::default();
+        for (name, t) in inputs.iter().skip(inputs.len() - frozen) {
+            options.constant_inputs.insert(name.clone(), t.clone());
+        }
+        kiln_onnx::load_model(model_path, &options)
+    };
+    let mut attempt = import_with(0);
+    let mut frozen = 0;
+    for try_frozen in [inputs.len().saturating_sub(1), inputs.len()] {
+        if !matches!(attempt, Err(ImportError::NotStatic { .. })) || try_frozen <= frozen {
+            continue;
+        }
+        if inputs.iter().any(|(name, _)| name.is_empty()) {
+            break;
+        }
+        frozen = try_frozen;
+        attempt = import_with(frozen);
+    }
+    let model = attempt.map_err(|source| {
+        one_line(&CliError::Import {
+            path: model_path.to_path_buf(),
+            source,
+        })
+    })?;
+    let frozen_names: HashMap<&str, ()> = inputs
+        .iter()
+        .skip(inputs.len() - frozen)
+        .map(|(n, _)| (n.as_str(), ()))
+        .collect();
+    let fed = inputs
+        .iter()
+        .filter(|(n, _)| !frozen_names.contains_key(n.as_str()))
+        .map(|(_, t)| t.clone())
+        .collect();
+    Ok((model, fed, frozen > 0))
+}
+
 /// Runs one case: `Err(reason)` when it fails.
-pub fn run_case(case: &Path, backend: Backend, tol: Tolerance) -> Result<(), String> {
-    let model = crate::load(&case.join("model.onnx"), &[]).map_err(|e| one_line(&e))?;
+pub fn run_case(case: &Path, backend: Backend, tol: Tolerance) -> Result<Passed, String> {
+    let model_path = case.join("model.onnx");
+    let mut how = Passed::AsIs;
     let mut sets: Vec<PathBuf> = std::fs::read_dir(case)
         .map_err(|e| one_line(&CliError::io(case, e)))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -70,7 +132,13 @@ pub fn run_case(case: &Path, backend: Backend, tol: Tolerance) -> Result<(), Str
     sets.sort();
     for set in sets {
         let set_name = set.file_name().unwrap_or_default().to_string_lossy();
-        let checks = check_data_set(&model.graph, backend, &set, tol)
+        let inputs =
+            read_named_inputs(&set).map_err(|e| format!("{set_name}: {}", one_line(&e)))?;
+        let (model, fed, froze) = import_for_data_set(&model_path, inputs)?;
+        if froze {
+            how = Passed::ShapeInputsFrozen;
+        }
+        let checks = check_outputs(&model.graph, backend, &set, &fed, tol)
             .map_err(|e| format!("{set_name}: {}", one_line(&e)))?;
         for (n, check) in checks.iter().enumerate() {
             match &check.comparison {
@@ -82,7 +150,7 @@ pub fn run_case(case: &Path, backend: Backend, tol: Tolerance) -> Result<(), Str
             }
         }
     }
-    Ok(())
+    Ok(how)
 }
 
 /// Runs the suite, printing failures (and with `verbose` every case) and the summary line.
@@ -103,7 +171,7 @@ pub fn conformance(req: &ConformanceRequest) -> Result<Outcome, CliError> {
         .into_iter()
         .partition(|(n, _)| req.manifest.skips.contains_key(n));
 
-    let results: Mutex<Vec<Option<Result<(), String>>>> = Mutex::new(vec![None; to_run.len()]);
+    let results: Mutex<Vec<Option<Result<Passed, String>>>> = Mutex::new(vec![None; to_run.len()]);
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..req.jobs.clamp(1, to_run.len().max(1)) {
@@ -122,7 +190,7 @@ pub fn conformance(req: &ConformanceRequest) -> Result<Outcome, CliError> {
     });
     let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
 
-    let (mut passed, mut failed) = (0, 0);
+    let (mut passed, mut failed, mut frozen) = (0, 0, 0);
     if req.verbose {
         for (name, _) in &skipped {
             println!("skip {name} # {}", req.manifest.skips[name]);
@@ -130,8 +198,11 @@ pub fn conformance(req: &ConformanceRequest) -> Result<Outcome, CliError> {
     }
     for ((name, _), r) in to_run.iter().zip(results) {
         match r.unwrap_or_else(|| Err("not run (worker failed)".into())) {
-            Ok(()) => {
+            Ok(how) => {
                 passed += 1;
+                if how == Passed::ShapeInputsFrozen {
+                    frozen += 1;
+                }
                 if req.verbose {
                     println!("ok   {name}");
                 }
@@ -141,6 +212,9 @@ pub fn conformance(req: &ConformanceRequest) -> Result<Outcome, CliError> {
                 println!("FAIL {name}: {reason}");
             }
         }
+    }
+    if frozen > 0 {
+        println!("{frozen} of the passing cases had shape inputs bound to their data as constants");
     }
     println!(
         "{passed} passed, {failed} failed, {} skipped",

@@ -27,6 +27,14 @@ fn read(path: &Path) -> Result<Tensor, CliError> {
 
 /// Reads `input_0.pb`, `input_1.pb`, ... from `dir`.
 pub fn read_inputs(dir: &Path) -> Result<Vec<Tensor>, CliError> {
+    Ok(read_named_inputs(dir)?
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect())
+}
+
+/// Reads `input_0.pb`, `input_1.pb`, ... from `dir` with the tensor names they record.
+pub fn read_named_inputs(dir: &Path) -> Result<Vec<(String, Tensor)>, CliError> {
     if !dir.is_dir() {
         return Err(CliError::BadData {
             path: dir.to_path_buf(),
@@ -39,7 +47,11 @@ pub fn read_inputs(dir: &Path) -> Result<Vec<Tensor>, CliError> {
         if !path.exists() {
             return Ok(inputs);
         }
-        inputs.push(read(&path)?);
+        let named = kiln_onnx::read_tensor_file(&path).map_err(|source| CliError::ReadTensor {
+            path: path.clone(),
+            source,
+        })?;
+        inputs.push(named);
     }
 }
 
@@ -84,9 +96,20 @@ pub fn check_data_set(
     tol: Tolerance,
 ) -> Result<Vec<OutputCheck>, CliError> {
     let inputs = read_inputs(dir)?;
+    check_outputs(graph, backend, dir, &inputs, tol)
+}
+
+/// Runs `graph` with `backend` on `inputs` and compares with the outputs in `dir`.
+pub fn check_outputs(
+    graph: &Graph,
+    backend: Backend,
+    dir: &Path,
+    inputs: &[Tensor],
+    tol: Tolerance,
+) -> Result<Vec<OutputCheck>, CliError> {
     let expected = read_expected(dir, graph.outputs().len())?;
     let outputs = backend
-        .run(graph, &inputs)
+        .run(graph, inputs)
         .map_err(|source| CliError::Backend {
             backend: backend.name(),
             source: Box::new(source),

@@ -21,6 +21,8 @@ const MAX_FOLD_ELEMENTS: usize = 1 << 22;
 pub(crate) enum NodeError {
     Unsupported(String),
     Invalid(String),
+    /// An operand that must be a constant (a shape, axes, pads...) is computed at run time.
+    NotStatic(String),
 }
 
 impl From<IrError> for NodeError {
@@ -34,6 +36,13 @@ pub(crate) type NResult<T> = Result<T, NodeError>;
 /// Shorthand for an unsupported-feature error.
 pub(crate) fn unsupported<T>(reason: impl Into<String>) -> NResult<T> {
     Err(NodeError::Unsupported(reason.into()))
+}
+
+/// Shorthand for an operand that must be known at import time but is not.
+pub(crate) fn not_static<T>(what: impl std::fmt::Display) -> NResult<T> {
+    Err(NodeError::NotStatic(format!(
+        "{what} must be known at import time (a constant or a foldable shape computation)"
+    )))
 }
 
 /// Shorthand for an invalid-node error.
@@ -135,9 +144,7 @@ impl Builder {
     pub fn need_ints(&self, v: ValueId, what: &str) -> NResult<Vec<i64>> {
         match self.const_ints(v) {
             Some(x) => Ok(x),
-            None => unsupported(format!(
-                "{what} must be known at import time (a constant or a foldable shape computation)"
-            )),
+            None => not_static(what),
         }
     }
 
@@ -145,7 +152,7 @@ impl Builder {
     pub fn need_floats(&self, v: ValueId, what: &str) -> NResult<Vec<f64>> {
         match self.const_floats(v) {
             Some(x) => Ok(x),
-            None => unsupported(format!("{what} must be a constant known at import time")),
+            None => not_static(what),
         }
     }
 

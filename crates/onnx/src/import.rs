@@ -231,6 +231,12 @@ impl Importer {
         let outs = crate::ops::map_node(&mut self.b, &cx).map_err(|e| match e {
             NodeError::Unsupported(r) => unsupported(r),
             NodeError::Invalid(r) => invalid(r),
+            NodeError::NotStatic(reason) => ImportError::NotStatic {
+                op_type: op_type.clone(),
+                node: name.clone(),
+                opset,
+                reason,
+            },
         })?;
         if let Some(attr) = cx.unread_attribute() {
             return Err(unsupported(format!(

@@ -71,6 +71,16 @@ pub enum ImportError {
         opset: i64,
         reason: String,
     },
+    /// Kiln compiles static graphs: an operand such as a shape or axes list is computed at run
+    /// time from a graph input. Binding that input to a constant (`ImportOptions::constant_inputs`)
+    /// or exporting it as an initializer makes the model importable.
+    #[error("{op_type} (node `{node}`, opset {opset}) needs a static operand: {reason}")]
+    NotStatic {
+        op_type: String,
+        node: String,
+        opset: i64,
+        reason: String,
+    },
     #[error("invalid model: {0}")]
     InvalidModel(String),
 }

@@ -59,6 +59,36 @@ fn zero_point(b: &Builder, v: Option<ValueId>, what: &str) -> NResult<i32> {
     }
 }
 
+/// A weight and the single zero point CONV2D/MATMUL take for it. A zero point that differs along
+/// `axis` (per output channel) is subtracted from the weight in i16 instead, which is exact for
+/// 8-bit weights, and the zero point becomes 0.
+fn weight_and_zero_point(
+    b: &mut Builder,
+    w: ValueId,
+    zp: Option<ValueId>,
+    axis: usize,
+    what: &str,
+) -> NResult<(ValueId, i32)> {
+    let Some(zp) = zp else { return Ok((w, 0)) };
+    let vals = b.need_ints(zp, what)?;
+    if vals.windows(2).all(|p| p[0] == p[1]) {
+        return Ok((w, vals.first().copied().unwrap_or(0) as i32));
+    }
+    let (wide_ok, rank) = (matches!(b.dtype(w), DType::I8 | DType::U8), b.rank(w));
+    if !wide_ok || axis >= rank || b.shape(w)[axis] != vals.len() {
+        return unsupported(format!(
+            "{what} of {} values does not fit weight {} along axis {axis}",
+            vals.len(),
+            b.ty(w)
+        ));
+    }
+    let wide = b.cast(w, DType::I16)?;
+    let zp16 = b.cast(zp, DType::I16)?;
+    let zp16 = along_axis(b, zp16, axis, rank)?;
+    let shifted = b.binary(BinaryOp::Sub, wide, zp16)?;
+    Ok((shifted, 0))
+}
+
 /// Reshapes a 1-D per-axis parameter so it broadcasts along `axis` of a rank-`rank` tensor.
 fn along_axis(b: &mut Builder, p: ValueId, axis: usize, rank: usize) -> NResult<ValueId> {
     let s = b.shape(p);
@@ -199,17 +229,21 @@ fn requantize(
 
 pub(super) fn matmul_integer(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let a_zp = zero_point(b, cx.opt_input(2), "a_zero_point")?;
-    let b_zp = zero_point(b, cx.opt_input(3), "b_zero_point")?;
-    matmul_nd(b, cx.input(0)?, cx.input(1)?, MatMulAttrs { a_zp, b_zp })
+    let m = cx.input(1)?;
+    let last = b.rank(m).saturating_sub(1);
+    let (m, b_zp) = weight_and_zero_point(b, m, cx.opt_input(3), last, "b_zero_point")?;
+    matmul_nd(b, cx.input(0)?, m, MatMulAttrs { a_zp, b_zp })
 }
 
 pub(super) fn qlinear_matmul(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let (a, a_scale, a_zp) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
     let (m, m_scale, m_zp) = (cx.input(3)?, cx.input(4)?, cx.input(5)?);
     let (y_scale, y_zp) = (cx.input(6)?, cx.input(7)?);
+    let last = b.rank(m).saturating_sub(1);
+    let (m, b_zp) = weight_and_zero_point(b, m, Some(m_zp), last, "b_zero_point")?;
     let attrs = MatMulAttrs {
         a_zp: zero_point(b, Some(a_zp), "a_zero_point")?,
-        b_zp: zero_point(b, Some(m_zp), "b_zero_point")?,
+        b_zp,
     };
     let acc = matmul_nd(b, a, m, attrs)?;
     let to = b.dtype(y_zp);
@@ -225,8 +259,8 @@ pub(super) fn qlinear_matmul(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
 
 pub(super) fn conv_integer(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let x_zp = zero_point(b, cx.opt_input(2), "x_zero_point")?;
-    let w_zp = zero_point(b, cx.opt_input(3), "w_zero_point")?;
-    conv_core(b, cx, cx.input(0)?, cx.input(1)?, None, x_zp, w_zp)
+    let (w, w_zp) = weight_and_zero_point(b, cx.input(1)?, cx.opt_input(3), 0, "w_zero_point")?;
+    conv_core(b, cx, cx.input(0)?, w, None, x_zp, w_zp)
 }
 
 pub(super) fn qlinear_conv(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
@@ -234,7 +268,7 @@ pub(super) fn qlinear_conv(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let (w, w_scale, w_zp) = (cx.input(3)?, cx.input(4)?, cx.input(5)?);
     let (y_scale, y_zp) = (cx.input(6)?, cx.input(7)?);
     let xz = zero_point(b, Some(x_zp), "x_zero_point")?;
-    let wz = zero_point(b, Some(w_zp), "w_zero_point")?;
+    let (w, wz) = weight_and_zero_point(b, w, Some(w_zp), 0, "w_zero_point")?;
     let acc = conv_core(b, cx, x, w, cx.opt_input(8), xz, wz)?;
     let to = b.dtype(y_zp);
     let out_zp = zero_point(b, Some(y_zp), "y_zero_point")?;

@@ -133,7 +133,7 @@ pub(super) fn range(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
         match b.const_floats(v).as_deref() {
             Some([x]) => Ok(*x),
             Some(_) => invalid(format!("{what} must be a scalar")),
-            None => unsupported(format!("{what} must be known at import time")),
+            None => crate::builder::not_static(what),
         }
     };
     let (start, limit, delta) = (
@@ -493,8 +493,9 @@ pub(super) fn pad(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let x = cx.input(0)?;
     let s = b.shape(x);
     let r = s.len();
-    let mode = match cx.string("mode", "constant")?.as_str() {
-        "constant" => PadMode::Constant,
+    let mode_name = cx.string("mode", "constant")?;
+    let mode = match mode_name.as_str() {
+        "constant" | "wrap" => PadMode::Constant,
         "reflect" => PadMode::Reflect,
         "edge" => PadMode::Edge,
         other => return unsupported(format!("pad mode `{other}` is not supported")),
@@ -506,7 +507,7 @@ pub(super) fn pad(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
                 Some([x]) => *x,
                 Some([]) => 0.0,
                 Some(_) => return invalid("constant_value must be a scalar"),
-                None => return unsupported("constant_value must be known at import time"),
+                None => return crate::builder::not_static("constant_value"),
             },
             None => 0.0,
         };
@@ -567,6 +568,9 @@ pub(super) fn pad(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     if padv.iter().all(|p| p == &[0, 0]) && y != x {
         return Ok(y);
     }
+    if mode_name == "wrap" {
+        return wrap_pad(b, y, &padv);
+    }
     b.add(
         Op::Pad {
             pads: padv,
@@ -574,6 +578,46 @@ pub(super) fn pad(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
             value: OrderedF64(value),
         },
         &[y],
+    )
+}
+
+/// Circular padding: output index `i` of an axis of length `n` reads `x[(i - before) mod n]`,
+/// built as a TILE of enough copies followed by a SLICE starting at the right phase.
+fn wrap_pad(b: &mut Builder, x: ValueId, pads: &[[usize; 2]]) -> NResult<ValueId> {
+    let s = b.shape(x);
+    if s.iter().zip(pads).any(|(&n, p)| n == 0 && p != &[0, 0]) {
+        return invalid("wrap padding needs non-empty axes");
+    }
+    let multiples: Vec<usize> = s
+        .iter()
+        .zip(pads)
+        .map(|(&n, p)| {
+            if n == 0 {
+                1
+            } else {
+                (p[0] + p[1]).div_ceil(n) + 2
+            }
+        })
+        .collect();
+    let tiled = b.add(
+        Op::Tile {
+            multiples: multiples.clone(),
+        },
+        &[x],
+    )?;
+    let start = s
+        .iter()
+        .zip(pads)
+        .map(|(&n, p)| if n == 0 { 0 } else { (n - p[0] % n) % n })
+        .collect();
+    let size = s.iter().zip(pads).map(|(&n, p)| n + p[0] + p[1]).collect();
+    b.add(
+        Op::Slice {
+            start,
+            size,
+            stride: vec![1; s.len()],
+        },
+        &[tiled],
     )
 }
 
