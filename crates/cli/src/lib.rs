@@ -101,25 +101,26 @@ pub enum Command {
 /// `--rtol` / `--atol`: an element matches when `|a - b| <= atol + rtol * |b|`.
 #[derive(Debug, clap::Args)]
 pub struct ToleranceArgs {
-    /// Relative tolerance.
-    #[arg(long, default_value_t = Tolerance::default().rtol)]
-    pub rtol: f64,
-    /// Absolute tolerance.
-    #[arg(long, default_value_t = Tolerance::default().atol)]
-    pub atol: f64,
+    /// Relative tolerance [default: 1e-3].
+    #[arg(long)]
+    pub rtol: Option<f64>,
+    /// Absolute tolerance [default: 1e-4 for `run`, 1e-5 for `conformance`].
+    #[arg(long)]
+    pub atol: Option<f64>,
 }
 
 impl ToleranceArgs {
-    fn get(&self) -> Result<Tolerance, CliError> {
-        if !(self.rtol >= 0.0 && self.atol >= 0.0) {
+    fn get(&self, default: Tolerance) -> Result<Tolerance, CliError> {
+        let t = Tolerance {
+            rtol: self.rtol.unwrap_or(default.rtol),
+            atol: self.atol.unwrap_or(default.atol),
+        };
+        if !(t.rtol >= 0.0 && t.atol >= 0.0) {
             return Err(CliError::Usage(
                 "--rtol and --atol must be non-negative numbers".into(),
             ));
         }
-        Ok(Tolerance {
-            rtol: self.rtol,
-            atol: self.atol,
-        })
+        Ok(t)
     }
 }
 
@@ -160,7 +161,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             data,
             backend,
             out,
-            tolerance: tolerance.get()?,
+            tolerance: tolerance.get(Tolerance::RUN)?,
             input_shapes,
         }),
         Command::Conformance {
@@ -194,7 +195,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
                 filter,
                 verbose,
                 jobs,
-                tolerance: tolerance.get()?,
+                tolerance: tolerance.get(Tolerance::CONFORMANCE)?,
             })
         }
     }
@@ -241,7 +242,7 @@ mod tests {
             } => {
                 assert_eq!(backend, Backend::Reference);
                 assert!(out.is_none());
-                assert_eq!(tolerance.get().unwrap(), Tolerance::default());
+                assert_eq!(tolerance.get(Tolerance::RUN).unwrap(), Tolerance::RUN);
             }
             other => panic!("parsed as {other:?}"),
         }
