@@ -124,6 +124,9 @@ pub fn lower(dag: &ComputeDag, sched: &Schedule) -> Result<PrimFunc, LowerError>
     Ok(func)
 }
 
+/// A compute_at region: per dimension, the base expression and the extent.
+type Region = Vec<(Expr, usize)>;
+
 /// How a stage computed at a consumer loop maps the consumer's indices into its tile.
 #[derive(Clone, Debug)]
 struct Tile {
@@ -525,7 +528,7 @@ impl Lowerer<'_> {
         x: BufferId,
         inner: &BTreeSet<VarId>,
         at: (&str, &str),
-    ) -> Result<(Vec<(Expr, usize)>, Vec<i128>), LowerError> {
+    ) -> Result<(Region, Vec<i128>), LowerError> {
         let xname = self.tensor_name(x).to_string();
         let err = |r: String| illegal(&xname, at.1, format!("compute_at `{}`: {r}", at.0));
         let mut loads: Vec<Vec<Expr>> = vec![];
@@ -723,7 +726,7 @@ impl Lowerer<'_> {
             for (d, (base, extent)) in r.iter().enumerate() {
                 let shape_d = t.shape[d] as i128;
                 let (lower, upper) = match b.interval(base) {
-                    Some(iv) => (iv.lo < 0, iv.hi + *extent as i128 - 1 >= shape_d),
+                    Some(iv) => (iv.lo < 0, iv.hi + *extent as i128 > shape_d),
                     None => (true, true),
                 };
                 if lower || upper {

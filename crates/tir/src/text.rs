@@ -386,7 +386,8 @@ impl Lexer<'_> {
                 out.push((Tok::Eof, line, col));
                 return Ok(out);
             };
-            let tok = if c == b'%' || c == b'@' {
+            let named = self.peek_at(1).is_some_and(is_ident_char);
+            let tok = if c == b'@' || (c == b'%' && named) {
                 self.bump();
                 let name = self.take_while(is_ident_char);
                 if name.is_empty() {

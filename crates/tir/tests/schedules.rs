@@ -1,0 +1,566 @@
+//! Schedule legality and the main property: every legal random trace lowers to a function that
+//! verifies and computes what the naive schedule computes.
+
+mod common;
+
+use common::*;
+use kiln_tir::{
+    lower, lower_naive, verify, ComputeDag, Instruction as I, Schedule, ScheduleError, Trace,
+};
+use proptest::prelude::*;
+
+fn s(x: &str) -> String {
+    x.to_string()
+}
+
+/// Applies `inst` to a copy of the naive schedule of `dag` and returns the error.
+fn reject(dag: &ComputeDag, insts: Vec<I>) -> ScheduleError {
+    match Trace(insts).apply(dag) {
+        Ok(_) => panic!("accepted"),
+        Err(ScheduleError::AtInstruction { error, .. }) => *error,
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn illegal_instructions_are_rejected_with_stage_and_loop() {
+    let dag = matmul(4, 8, 6);
+    let e = reject(
+        &dag,
+        vec![I::Vectorize {
+            stage: s("c"),
+            loop_: s("k"),
+        }],
+    );
+    assert!(e.to_string().contains("stage `c`, loop `k`"), "{e}");
+    let e = reject(
+        &dag,
+        vec![I::Parallel {
+            stage: s("c"),
+            loop_: s("k"),
+        }],
+    );
+    assert!(e.to_string().contains("reduction"), "{e}");
+    let e = reject(
+        &dag,
+        vec![I::Parallel {
+            stage: s("c"),
+            loop_: s("j"),
+        }],
+    );
+    assert!(
+        e.to_string().contains("loop `j`") && e.to_string().contains("outermost"),
+        "{e}"
+    );
+    let e = reject(
+        &dag,
+        vec![I::Vectorize {
+            stage: s("c"),
+            loop_: s("i"),
+        }],
+    );
+    assert!(e.to_string().contains("innermost"), "{e}");
+    let e = reject(
+        &dag,
+        vec![I::Reorder {
+            stage: s("c"),
+            order: vec![s("i"), s("i")],
+        }],
+    );
+    assert!(e.to_string().contains("twice"), "{e}");
+    let e = reject(
+        &dag,
+        vec![I::Reorder {
+            stage: s("c"),
+            order: vec![s("i"), s("zz")],
+        }],
+    );
+    assert!(
+        matches!(e, ScheduleError::UnknownLoop { ref loop_, .. } if loop_ == "zz"),
+        "{e}"
+    );
+    let e = reject(
+        &dag,
+        vec![I::Split {
+            stage: s("c"),
+            loop_: s("i"),
+            factors: vec![0],
+        }],
+    );
+    assert!(e.to_string().contains("factor 0"), "{e}");
+    let e = reject(
+        &dag,
+        vec![I::Split {
+            stage: s("c"),
+            loop_: s("i"),
+            factors: vec![usize::MAX, 2],
+        }],
+    );
+    assert!(e.to_string().contains("too large"), "{e}");
+    let e = reject(
+        &dag,
+        vec![I::Fuse {
+            stage: s("c"),
+            loops: vec![s("i"), s("k")],
+        }],
+    );
+    assert!(e.to_string().contains("adjacent"), "{e}");
+    let e = reject(
+        &dag,
+        vec![I::Fuse {
+            stage: s("c"),
+            loops: vec![s("j"), s("k")],
+        }],
+    );
+    assert!(e.to_string().contains("reduction"), "{e}");
+    let e = reject(&dag, vec![I::ComputeInline { stage: s("c") }]);
+    assert!(e.to_string().contains("reduction"), "{e}");
+    let e = reject(
+        &dag,
+        vec![
+            I::CacheWrite { stage: s("c") },
+            I::CacheWrite { stage: s("c") },
+        ],
+    );
+    assert!(e.to_string().contains("twice"), "{e}");
+    let e = reject(
+        &dag,
+        vec![I::Split {
+            stage: s("nope"),
+            loop_: s("i"),
+            factors: vec![2],
+        }],
+    );
+    assert!(matches!(e, ScheduleError::UnknownStage(_)), "{e}");
+    let e = reject(
+        &dag,
+        vec![I::Split {
+            stage: s("a"),
+            loop_: s("i"),
+            factors: vec![2],
+        }],
+    );
+    assert!(e.to_string().contains("placeholder"), "{e}");
+    let e = reject(
+        &dag,
+        vec![I::Pack {
+            buffer: s("a"),
+            axis: 2,
+            factor: 2,
+        }],
+    );
+    assert!(e.to_string().contains("axis"), "{e}");
+    let e = reject(
+        &dag,
+        vec![
+            I::Split {
+                stage: s("c"),
+                loop_: s("j"),
+                factors: vec![2],
+            },
+            I::Split {
+                stage: s("c"),
+                loop_: s("j"),
+                factors: vec![2],
+            },
+        ],
+    );
+    assert!(matches!(e, ScheduleError::UnknownLoop { .. }), "{e}");
+    let e = reject(
+        &dag,
+        vec![
+            I::Vectorize {
+                stage: s("c"),
+                loop_: s("j"),
+            },
+            I::Split {
+                stage: s("c"),
+                loop_: s("j"),
+                factors: vec![2],
+            },
+        ],
+    );
+    assert!(e.to_string().contains("annotated"), "{e}");
+
+    let conv = Conv {
+        n: 1,
+        c: 2,
+        h: 5,
+        w: 5,
+        o: 2,
+        kh: 3,
+        kw: 3,
+        pad: 1,
+        stride: 1,
+    }
+    .dag();
+    let e = reject(
+        &conv,
+        vec![I::ComputeAt {
+            stage: s("pad"),
+            target_stage: s("out"),
+            target_loop: s("oh"),
+        }],
+    );
+    assert!(e.to_string().contains("only consumer"), "{e}");
+    let e = reject(
+        &conv,
+        vec![I::ComputeAt {
+            stage: s("conv"),
+            target_stage: s("pad"),
+            target_loop: s("y"),
+        }],
+    );
+    assert!(e.to_string().contains("later stage"), "{e}");
+    let e = reject(
+        &conv,
+        vec![I::ComputeAt {
+            stage: s("out"),
+            target_stage: s("out"),
+            target_loop: s("oh"),
+        }],
+    );
+    assert!(e.to_string().contains("later stage"), "{e}");
+    let e = reject(&conv, vec![I::ComputeInline { stage: s("out") }]);
+    assert!(e.to_string().contains("output"), "{e}");
+    let e = reject(
+        &conv,
+        vec![
+            I::ComputeAt {
+                stage: s("pad"),
+                target_stage: s("conv"),
+                target_loop: s("oh"),
+            },
+            I::Split {
+                stage: s("conv"),
+                loop_: s("oh"),
+                factors: vec![2],
+            },
+        ],
+    );
+    assert!(e.to_string().contains("computed at this loop"), "{e}");
+    // compute_at of a region that is not affine in the inner loops (fused index) is a lowering error.
+    let t = Trace(vec![
+        I::Fuse {
+            stage: s("conv"),
+            loops: vec![s("oh"), s("ow")],
+        },
+        I::ComputeAt {
+            stage: s("pad"),
+            target_stage: s("conv"),
+            target_loop: s("o"),
+        },
+    ]);
+    let err = lower(&conv, &t.apply(&conv).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("not affine"), "{err}");
+    // Vectorizing a loop of the wrong extent is a lowering error naming the loop.
+    let t = Trace(vec![I::Vectorize {
+        stage: s("out"),
+        loop_: s("ow"),
+    }]);
+    let err = lower(&conv, &t.apply(&conv).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("loop `ow`"), "{err}");
+}
+
+// ---- random traces ----
+
+/// Builds a trace from random choices, keeping the instructions that apply, then the longest
+/// prefix that passes end-state validation.
+fn random_trace(dag: &ComputeDag, choices: &[(u8, u32, u32, u32)]) -> Trace {
+    let stages: Vec<String> = dag
+        .tensors()
+        .iter()
+        .filter(|t| t.stage.is_some())
+        .map(|t| t.name.clone())
+        .collect();
+    let placeholders: Vec<(String, usize)> = dag
+        .tensors()
+        .iter()
+        .filter(|t| t.stage.is_none())
+        .map(|t| (t.name.clone(), t.shape.len()))
+        .collect();
+    let mut sched = Schedule::naive(dag);
+    let mut insts = vec![];
+    for &(op, a, b, c) in choices {
+        let stage = stages[a as usize % stages.len()].clone();
+        let Some(loops) = sched.loops(dag, &stage) else {
+            continue;
+        };
+        if loops.is_empty() {
+            continue;
+        }
+        let pick = |x: u32| loops[x as usize % loops.len()].clone();
+        let inst = match op % 10 {
+            0 => {
+                let l = pick(b);
+                let divisors: Vec<usize> = (1..=l.extent).filter(|d| l.extent % d == 0).collect();
+                let f1 = if c % 3 == 0 {
+                    (c as usize >> 2) % (l.extent + 2) + 1
+                } else {
+                    divisors[(c as usize >> 2) % divisors.len()]
+                };
+                let factors = if c % 5 == 0 {
+                    vec![f1, [1, 2, 4][(c as usize >> 8) % 3]]
+                } else {
+                    vec![f1]
+                };
+                I::Split {
+                    stage,
+                    loop_: l.name,
+                    factors,
+                }
+            }
+            1 => {
+                let mut order: Vec<String> = loops.iter().map(|l| l.name.clone()).collect();
+                let n = order.len();
+                order.rotate_left(c as usize % n);
+                if b % 2 == 0 {
+                    order.reverse();
+                }
+                order.truncate(2.max(n - (b as usize % n)));
+                I::Reorder { stage, order }
+            }
+            2 if loops.len() >= 2 => {
+                let i = b as usize % (loops.len() - 1);
+                I::Fuse {
+                    stage,
+                    loops: vec![loops[i].name.clone(), loops[i + 1].name.clone()],
+                }
+            }
+            3 => I::Vectorize {
+                stage,
+                loop_: loops[loops.len() - 1].name.clone(),
+            },
+            4 => I::Unroll {
+                stage,
+                loop_: pick(b).name,
+            },
+            5 => I::Parallel {
+                stage,
+                loop_: loops[0].name.clone(),
+            },
+            6 => I::ComputeInline { stage },
+            7 => I::CacheWrite { stage },
+            8 => {
+                let target = stages[b as usize % stages.len()].clone();
+                let Some(tl) = sched.loops(dag, &target) else {
+                    continue;
+                };
+                if tl.is_empty() {
+                    continue;
+                }
+                I::ComputeAt {
+                    stage,
+                    target_stage: target,
+                    target_loop: tl[c as usize % tl.len()].name.clone(),
+                }
+            }
+            _ => {
+                let (name, rank) = placeholders[b as usize % placeholders.len()].clone();
+                I::Pack {
+                    buffer: name,
+                    axis: c as usize % rank,
+                    factor: (c as usize >> 4) % 4 + 1,
+                }
+            }
+        };
+        if sched.apply(dag, &inst).is_ok() {
+            insts.push(inst);
+        }
+    }
+    while Trace(insts.clone()).apply(dag).is_err() {
+        insts.pop();
+    }
+    Trace(insts)
+}
+
+#[derive(Clone, Debug)]
+enum Family {
+    Conv(Conv),
+    Matmul(usize, usize, usize),
+    Pools(usize, usize, usize, usize),
+    Reduce(usize, usize, usize),
+    Elementwise(Vec<usize>),
+    Transpose(usize, usize, usize),
+}
+
+impl Family {
+    fn dag(&self) -> ComputeDag {
+        match self {
+            Family::Conv(p) => p.dag(),
+            Family::Matmul(m, n, k) => matmul(*m, *n, *k),
+            Family::Pools(c, h, w, st) => pools(1, *c, *h, *w, 2, *st),
+            Family::Reduce(a, b, c) => reduce_axis1(*a, *b, *c),
+            Family::Elementwise(s) => elementwise(s),
+            Family::Transpose(a, b, c) => transpose(*a, *b, *c),
+        }
+    }
+}
+
+fn arb_family() -> impl Strategy<Value = Family> {
+    prop_oneof![
+        (
+            1usize..3,
+            1usize..4,
+            3usize..8,
+            3usize..8,
+            1usize..6,
+            1usize..4,
+            1usize..4,
+            0usize..2,
+            1usize..3
+        )
+            .prop_map(|(n, c, h, w, o, kh, kw, pad, stride)| Family::Conv(Conv {
+                n,
+                c,
+                h,
+                w,
+                o,
+                kh: kh.min(h),
+                kw: kw.min(w),
+                pad,
+                stride
+            })),
+        (1usize..10, 1usize..10, 1usize..10).prop_map(|(m, n, k)| Family::Matmul(m, n, k)),
+        (1usize..3, 2usize..8, 2usize..8, 1usize..3)
+            .prop_map(|(c, h, w, s)| Family::Pools(c, h, w, s)),
+        (1usize..6, 1usize..6, 1usize..6).prop_map(|(a, b, c)| Family::Reduce(a, b, c)),
+        proptest::collection::vec(1usize..9, 1..4).prop_map(Family::Elementwise),
+        (1usize..5, 1usize..5, 1usize..5).prop_map(|(a, b, c)| Family::Transpose(a, b, c)),
+    ]
+}
+
+fn choices() -> impl Strategy<Value = Vec<(u8, u32, u32, u32)>> {
+    proptest::collection::vec(
+        (any::<u8>(), any::<u32>(), any::<u32>(), any::<u32>()),
+        0..14,
+    )
+}
+
+/// Lowers `trace` and compares with the naive schedule; `Ok(true)` when it lowered.
+fn check(dag: &ComputeDag, trace: &Trace, seed: u64) -> Result<bool, TestCaseError> {
+    let sched = trace
+        .apply(dag)
+        .map_err(|e| TestCaseError::fail(format!("validated trace rejected: {e}")))?;
+    // The trace survives a JSON round trip and replays to the same schedule.
+    let json = serde_json::to_string(trace).unwrap();
+    let back: Trace = serde_json::from_str(&json).unwrap();
+    prop_assert_eq!(&back.apply(dag).unwrap(), &sched);
+    let f = match lower(dag, &sched) {
+        Ok(f) => f,
+        Err(kiln_tir::LowerError::Verify(e)) => {
+            return Err(TestCaseError::fail(format!(
+                "lowered function fails verification: {e}"
+            )))
+        }
+        Err(e) => {
+            if std::env::var("TIR_DEBUG").is_ok() {
+                eprintln!("lower rejected: {e}");
+            }
+            return Ok(false);
+        }
+    };
+    prop_assert!(verify(&f).is_ok());
+    let text = f.to_string();
+    prop_assert_eq!(&kiln_tir::parse_func(&text).unwrap(), &f);
+    let naive = lower_naive(dag).unwrap();
+    let inputs = inputs_for(dag, seed);
+    let want = run(&naive, dag, &inputs);
+    let got = run(&f, dag, &inputs);
+    prop_assert_eq!(got, want, "trace {}\n{}", json, text);
+    Ok(true)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_legal_traces_match_naive(fam in arb_family(), ch in choices(), seed in 0u64..1000) {
+        let dag = fam.dag();
+        let trace = random_trace(&dag, &ch);
+        check(&dag, &trace, seed)?;
+    }
+
+    #[test]
+    fn arbitrary_instructions_never_panic(fam in arb_family(), raw in proptest::collection::vec((0u8..10, "[a-z.0-9]{0,6}", "[a-z.0-9]{0,6}", proptest::collection::vec(0usize..20, 0..3)), 0..8)) {
+        let dag = fam.dag();
+        let names: Vec<String> = dag.tensors().iter().map(|t| t.name.clone()).collect();
+        let insts: Vec<I> = raw.into_iter().map(|(op, a, b, f)| {
+            let stage = if a.len() % 2 == 0 { names[a.len() % names.len()].clone() } else { a.clone() };
+            let lp = b.clone();
+            match op {
+                0 => I::Split { stage, loop_: lp, factors: f },
+                1 => I::Reorder { stage, order: vec![lp, a] },
+                2 => I::Fuse { stage, loops: vec![lp, b] },
+                3 => I::Vectorize { stage, loop_: lp },
+                4 => I::Unroll { stage, loop_: lp },
+                5 => I::Parallel { stage, loop_: lp },
+                6 => I::ComputeAt { stage, target_stage: names[f.len() % names.len()].clone(), target_loop: lp },
+                7 => I::ComputeInline { stage },
+                8 => I::CacheWrite { stage },
+                _ => I::Pack { buffer: stage, axis: f.first().copied().unwrap_or(0), factor: f.last().copied().unwrap_or(0) },
+            }
+        }).collect();
+        if let Ok(sched) = Trace(insts).apply(&dag) {
+            if let Ok(f) = lower(&dag, &sched) {
+                prop_assert!(verify(&f).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_json_never_panics(text in "\\PC{0,120}") {
+        let _ = serde_json::from_str::<Trace>(&text);
+        let _ = serde_json::from_str::<Trace>(&format!(r#"[{{"kind":"split","stage":"c","loop":"i","factors":[{text}]}}]"#));
+    }
+}
+
+/// Most random traces must actually lower (not just be rejected), for every DAG family.
+#[test]
+fn random_traces_mostly_lower() {
+    let families = [
+        Family::Conv(Conv {
+            n: 1,
+            c: 2,
+            h: 6,
+            w: 6,
+            o: 4,
+            kh: 3,
+            kw: 3,
+            pad: 1,
+            stride: 1,
+        }),
+        Family::Matmul(6, 8, 5),
+        Family::Pools(2, 6, 7, 2),
+        Family::Reduce(3, 4, 8),
+        Family::Elementwise(vec![4, 8]),
+        Family::Transpose(3, 4, 2),
+    ];
+    let mut state = 0x9e3779b97f4a7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for fam in families {
+        let dag = fam.dag();
+        let (mut lowered, mut nontrivial) = (0, 0);
+        for seed in 0..60 {
+            let ch: Vec<(u8, u32, u32, u32)> = (0..10)
+                .map(|_| (next() as u8, next() as u32, next() as u32, next() as u32))
+                .collect();
+            let trace = random_trace(&dag, &ch);
+            if check(&dag, &trace, seed).unwrap() {
+                lowered += 1;
+                if trace.0.len() >= 3 {
+                    nontrivial += 1;
+                }
+            }
+        }
+        assert!(
+            lowered >= 30 && nontrivial >= 20,
+            "{fam:?}: {lowered} lowered, {nontrivial} with 3+ instructions"
+        );
+    }
+}
