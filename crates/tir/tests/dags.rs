@@ -363,3 +363,67 @@ fn print_tuned_conv() {
     ]);
     println!("{}", lower(&dag, &trace.apply(&dag).unwrap()).unwrap());
 }
+
+#[test]
+fn int8_matmul_accumulates_in_i32() {
+    use kiln_ir::{DType, Tensor};
+    use kiln_tir::{ComputeDag, Expr, ReduceKind};
+    let (m, n, k) = (5, 8, 7);
+    let mut dag = ComputeDag::new();
+    let a = dag.placeholder("a", DType::I8, &[m, k]).unwrap();
+    let b = dag.placeholder("b", DType::I8, &[k, n]).unwrap();
+    dag.add_stage(
+        "c",
+        &[("i", m), ("j", n)],
+        &[("k", k)],
+        Some(ReduceKind::Sum),
+        |x, r| {
+            let av = Expr::cast(DType::I32, Expr::load(a, vec![x[0].clone(), r[0].clone()]));
+            let bv = Expr::cast(DType::I32, Expr::load(b, vec![r[0].clone(), x[1].clone()]));
+            (av - Expr::int_of(3, DType::I32)) * bv
+        },
+    )
+    .unwrap();
+    let av: Vec<i8> = (0..m * k)
+        .map(|v| (v as i32 * 37 % 255 - 127) as i8)
+        .collect();
+    let bv: Vec<i8> = (0..k * n)
+        .map(|v| (v as i32 * 91 % 255 - 127) as i8)
+        .collect();
+    let mut want = vec![0i32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            want[i * n + j] = (0..k)
+                .map(|kk| (av[i * k + kk] as i32 - 3) * bv[kk * n + j] as i32)
+                .sum();
+        }
+    }
+    let trace = Trace(vec![
+        split("c", "j", &[4]),
+        I::Reorder {
+            stage: s("c"),
+            order: vec![s("i"), s("j.0"), s("k"), s("j.1")],
+        },
+        I::CacheWrite { stage: s("c") },
+        I::Vectorize {
+            stage: s("c"),
+            loop_: s("j.1"),
+        },
+        I::Parallel {
+            stage: s("c"),
+            loop_: s("i"),
+        },
+    ]);
+    for f in [
+        lower_naive(&dag).unwrap(),
+        lower(&dag, &trace.apply(&dag).unwrap()).unwrap(),
+    ] {
+        let mut args = [
+            Tensor::new(vec![m, k], av.clone()).unwrap(),
+            Tensor::new(vec![k, n], bv.clone()).unwrap(),
+            Tensor::new(vec![m, n], vec![0i32; m * n]).unwrap(),
+        ];
+        kiln_tir::interp::run(&f, &mut args).unwrap();
+        assert_eq!(args[2].as_slice::<i32>().unwrap(), want.as_slice(), "{f}");
+    }
+}
