@@ -25,6 +25,15 @@ pub(crate) enum NodeError {
     NotStatic(String),
 }
 
+impl NodeError {
+    /// The explanation, without the kind.
+    pub fn reason(&self) -> &str {
+        match self {
+            NodeError::Unsupported(r) | NodeError::Invalid(r) | NodeError::NotStatic(r) => r,
+        }
+    }
+}
+
 impl From<IrError> for NodeError {
     fn from(e: IrError) -> Self {
         NodeError::Invalid(e.to_string())

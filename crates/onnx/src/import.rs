@@ -6,6 +6,7 @@
 
 use crate::builder::{Builder, NodeError};
 use crate::node::NodeCx;
+use crate::ops::{fuse_quantize, QdqGraph};
 use crate::proto::tensor_shape_proto::dimension;
 use crate::proto::{type_proto, GraphProto, ModelProto, NodeProto, ValueInfoProto};
 use crate::tensor_io::{decode_tensor, dtype_from_onnx};
@@ -50,6 +51,7 @@ pub(crate) fn import_model(
         values: HashMap::new(),
         pending: HashMap::new(),
         opset,
+        notes: Vec::new(),
     };
     imp.initializers(graph, base_dir)?;
     imp.inputs(graph, options, &mut notes)?;
@@ -71,9 +73,11 @@ pub(crate) fn import_model(
         ));
     }
     let order = topo_order(&graph.node, &imp.values, &imp.pending)?;
+    let qdq = QdqGraph::new(&graph.node, opset);
     for i in order {
-        imp.node(&graph.node[i], i)?;
+        imp.node(&graph.node[i], i, &qdq)?;
     }
+    notes.append(&mut imp.notes);
     let outputs = imp.outputs(graph)?;
     imp.b
         .g
@@ -109,6 +113,8 @@ struct Importer {
     /// Names whose definition could not be imported, with the reason; an error only when used.
     pending: HashMap<String, String>,
     opset: i64,
+    /// Messages for the user gathered while mapping nodes.
+    notes: Vec<String>,
 }
 
 impl Importer {
@@ -182,7 +188,7 @@ impl Importer {
         Ok(())
     }
 
-    fn node(&mut self, node: &NodeProto, index: usize) -> Result<(), ImportError> {
+    fn node(&mut self, node: &NodeProto, index: usize, qdq: &QdqGraph) -> Result<(), ImportError> {
         let op_type = node.op_type.clone().unwrap_or_default();
         let name = match node.name.as_deref() {
             Some(n) if !n.is_empty() => n.to_string(),
@@ -228,7 +234,26 @@ impl Importer {
             read: Default::default(),
         };
         self.b.node_name = name.clone();
-        let outs = crate::ops::map_node(&mut self.b, &cx).map_err(|e| match e {
+        // A QuantizeLinear closing a QDQ pattern is built from integers (see `ops::qdq`).
+        let fused = if op_type == "QuantizeLinear" {
+            match fuse_quantize(&mut self.b, &cx, qdq, &self.values) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.notes.push(format!(
+                        "QuantizeLinear `{name}` keeps the float path: {}",
+                        e.reason()
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mapped = match fused {
+            Some(v) => Ok(vec![v]),
+            None => crate::ops::map_node(&mut self.b, &cx),
+        };
+        let outs = mapped.map_err(|e| match e {
             NodeError::Unsupported(r) => unsupported(r),
             NodeError::Invalid(r) => invalid(r),
             NodeError::NotStatic(reason) => ImportError::NotStatic {

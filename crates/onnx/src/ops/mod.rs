@@ -14,11 +14,14 @@ mod elementwise;
 mod matmul;
 mod norm;
 mod pool;
+mod qdq;
 mod quant;
 mod recurrent;
 mod reduce;
 mod resize;
 mod shape;
+
+pub(crate) use qdq::{fuse_quantize, QdqGraph};
 
 /// The RESCALE multiplier and shift of a real scale (exposed for the unit tests).
 #[cfg(test)]

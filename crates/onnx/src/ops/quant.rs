@@ -62,7 +62,7 @@ fn zero_point(b: &Builder, v: Option<ValueId>, what: &str) -> NResult<i32> {
 /// A weight and the single zero point CONV2D/MATMUL take for it. A zero point that differs along
 /// `axis` (per output channel) is subtracted from the weight in i16 instead, which is exact for
 /// 8-bit weights, and the zero point becomes 0.
-fn weight_and_zero_point(
+pub(super) fn weight_and_zero_point(
     b: &mut Builder,
     w: ValueId,
     zp: Option<ValueId>,
@@ -175,7 +175,6 @@ pub(super) fn quantize(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     b.cast(y, out)
 }
 
-/// RESCALE of an i32 accumulator by `in_scale * w_scale[c] / out_scale` along `axis`.
 /// The float scales of an integer product: input, weight (per tensor or per channel), output.
 struct Scales {
     input: Vec<f64>,
@@ -183,6 +182,7 @@ struct Scales {
     output: Vec<f64>,
 }
 
+/// RESCALE of an i32 accumulator by `in_scale * w_scale[c] / out_scale` along `axis`.
 fn requantize(
     b: &mut Builder,
     acc: ValueId,
@@ -199,13 +199,31 @@ fn requantize(
     if w_scale.is_empty() {
         return invalid("weight scale is empty");
     }
-    let mut multiplier = Vec::with_capacity(w_scale.len());
-    let mut shift = Vec::with_capacity(w_scale.len());
-    for &sw in w_scale {
-        let real = si * sw / so;
-        let Some((m, s)) = quantize_multiplier(real) else {
+    let real: Vec<f64> = w_scale.iter().map(|&sw| si * sw / so).collect();
+    rescale_by(b, acc, 0, &real, out_zp, to, axis)
+}
+
+/// RESCALE of integer `x` to `to`: `out = round((x - input_zp) * real[c]) + output_zp`,
+/// saturated, with one real scale per channel along `axis` (or a single one). Each scale becomes
+/// a Q31 multiplier and shift ([`quantize_multiplier`]); rounding is TOSA SINGLE_ROUND.
+pub(super) fn rescale_by(
+    b: &mut Builder,
+    x: ValueId,
+    input_zp: i32,
+    real: &[f64],
+    output_zp: i32,
+    to: DType,
+    axis: usize,
+) -> NResult<ValueId> {
+    if real.is_empty() {
+        return invalid("a rescale needs at least one scale");
+    }
+    let mut multiplier = Vec::with_capacity(real.len());
+    let mut shift = Vec::with_capacity(real.len());
+    for &r in real {
+        let Some((m, s)) = quantize_multiplier(r) else {
             return unsupported(format!(
-                "requantization scale {real} is out of the RESCALE range"
+                "requantization scale {r} is out of the RESCALE range"
             ));
         };
         multiplier.push(m);
@@ -217,13 +235,13 @@ fn requantize(
             to,
             multiplier,
             shift,
-            input_zp: 0,
-            output_zp: out_zp,
+            input_zp,
+            output_zp,
             scale32: true,
             rounding: RoundingMode::Single,
             channel_axis,
         }),
-        &[acc],
+        &[x],
     )
 }
 

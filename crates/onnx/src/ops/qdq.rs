@@ -1,0 +1,682 @@
+//! QDQ fusion: imports `DequantizeLinear -> float op -> QuantizeLinear` chains (the ONNX "QDQ"
+//! form written by onnxruntime's `quantize_static`, TensorRT and others) as TOSA integer ops:
+//! CONV2D/MATMUL with zero points accumulating in i32, then RESCALE to the output's int type.
+//!
+//! Design: every QuantizeLinear node is an anchor. Before the plain mapping runs, [`fuse_quantize`]
+//! looks back through the ONNX graph from the Q node's input: an optional Relu/Clip, then one
+//! float op whose operands are all DequantizeLinear outputs (per-tensor for activations,
+//! per-channel allowed for weights and biases). If the pattern fits, the Q node's value is built
+//! from the *integer* inputs of those DequantizeLinear nodes and the float chain is never read;
+//! the importer's dead-node pruning then drops it. No ONNX node is removed or rewritten, so a
+//! pattern that does not fit (Softmax, AveragePool, per-axis activations, ...) keeps the float
+//! path with explicit dequantize (cast, sub, mul) and quantize (div, round, add, clamp) around it.
+//!
+//! Invariant: a fused value has exactly the dtype, shape, scale and zero point of the
+//! QuantizeLinear output it replaces, and differs from `Q(op(DQ(..)))` only by the rounding of
+//! the fixed-point RESCALE (round half up of a Q31 multiplier, TFLite/TOSA `QuantizeMultiplier`)
+//! against ONNX's float division with round half to even: at most one quantization step per
+//! requantization. Clamps from a fused Relu/Clip, data movement, max pooling and a requantization
+//! between equal scales are exact. Patterns that match but cannot be lowered (a scale out of the
+//! RESCALE range, a bias that does not fit i32, ...) are errors the importer turns into a note
+//! before it falls back to the float path; nothing here panics.
+
+use crate::builder::{invalid, norm_axis, unsupported, Builder, NResult};
+use crate::node::NodeCx;
+use crate::ops::conv::conv_core;
+use crate::ops::matmul::matmul_nd;
+use crate::ops::quant::{rescale_by, weight_and_zero_point};
+use crate::proto::NodeProto;
+use kiln_ir::op::{BinaryOp, MatMulAttrs, ReduceOp};
+use kiln_ir::{DType, ValueId};
+use std::collections::HashMap;
+
+/// Ops that only move or select elements: they commute with a per-tensor DequantizeLinear
+/// (MaxPool too, since dequantization is increasing), so they run on the integers unchanged.
+/// Only their first input is data; the others are shape operands.
+const DATA_MOVEMENT: &[&str] = &[
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "MaxPool",
+    "GlobalMaxPool",
+    "Identity",
+    "Slice",
+    "Gather",
+    "Expand",
+    "Tile",
+    "DepthToSpace",
+    "SpaceToDepth",
+];
+
+/// Fractional bits of the i32 operands of a quantized Add/Sub (TFLite's `left_shift` for 8-bit
+/// inputs, also what TOSA's legalization uses): 8-bit differences stay below 2^29.
+const ADD_LEFT_SHIFT: i32 = 20;
+
+/// Relative difference under which two scales are treated as equal. Far below f32 precision
+/// of a ratio yet far above the rounding noise of products computed in f32 or f64.
+const SAME_SCALE: f64 = 1e-6;
+
+/// The ONNX graph as the fusion sees it: who produces each tensor and what it was imported as.
+pub(crate) struct QdqGraph<'a> {
+    /// Output name -> producing node.
+    producers: HashMap<&'a str, &'a NodeProto>,
+    opset: i64,
+}
+
+impl<'a> QdqGraph<'a> {
+    pub(crate) fn new(nodes: &'a [NodeProto], opset: i64) -> Self {
+        let mut producers = HashMap::new();
+        for n in nodes {
+            for o in n.output.iter().filter(|o| !o.is_empty()) {
+                producers.insert(o.as_str(), n);
+            }
+        }
+        QdqGraph { producers, opset }
+    }
+
+    fn producer(&self, name: &str) -> Option<&'a NodeProto> {
+        let n = self.producers.get(name).copied()?;
+        matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx")).then_some(n)
+    }
+}
+
+/// The state of the import a fusion reads: the graph, the builder and the imported values.
+struct Fuser<'g, 'b> {
+    g: &'g QdqGraph<'g>,
+    b: &'b mut Builder,
+    values: &'g HashMap<String, ValueId>,
+}
+
+/// A DequantizeLinear output seen through: its integer input and quantization parameters.
+struct Dq {
+    q: ValueId,
+    /// One scale, or one per index of `axis`.
+    scale: Vec<f64>,
+    /// As many zero points as scales (zeros when absent).
+    zp: Vec<i64>,
+    /// The zero-point operand, when present (for per-channel weight zero points).
+    zp_value: Option<ValueId>,
+    axis: usize,
+}
+
+impl Dq {
+    /// `(scale, zero point)` of a per-tensor quantized value.
+    fn per_tensor(&self) -> Option<(f64, i32)> {
+        match (&self.scale[..], &self.zp[..]) {
+            ([s], [z]) => Some((*s, i32::try_from(*z).ok()?)),
+            _ => None,
+        }
+    }
+
+    /// The scales as one per index of `axis` of a `len`-long axis, if they are per tensor or
+    /// per channel along exactly that axis.
+    fn scales_along(&self, axis: usize, len: usize) -> Option<Vec<f64>> {
+        match self.scale.len() {
+            1 => Some(vec![self.scale[0]; len]),
+            n if n == len && self.axis == axis => Some(self.scale.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The quantization of the fused value: that of the anchoring QuantizeLinear.
+struct OutQuant {
+    scale: f64,
+    zp: i32,
+    dtype: DType,
+}
+
+/// A per-tensor quantized activation operand.
+#[derive(Clone, Copy)]
+struct QAct {
+    q: ValueId,
+    scale: f64,
+    zp: i32,
+}
+
+/// The integer value of the QuantizeLinear node `cx`, if its input is a fusable QDQ pattern.
+/// `Ok(None)`: not a QDQ pattern, map the node as usual. `Err`: the pattern fits but cannot be
+/// lowered; the caller notes the reason and maps the node as usual.
+pub(crate) fn fuse_quantize(
+    b: &mut Builder,
+    cx: &NodeCx,
+    g: &QdqGraph,
+    values: &HashMap<String, ValueId>,
+) -> NResult<Option<ValueId>> {
+    let mut f = Fuser { g, b, values };
+    let Some(out) = f.output_quant(cx)? else {
+        return Ok(None);
+    };
+    let Some(x_name) = cx.node.input.first() else {
+        return Ok(None);
+    };
+    let Some((src, lo, hi)) = f.peel_activation(x_name)? else {
+        return Ok(None);
+    };
+    let Some(p) = g.producer(&src) else {
+        return Ok(None);
+    };
+    let op = p.op_type.as_deref().unwrap_or("");
+    let fused = match op {
+        "Conv" => f.conv(p, &out)?,
+        "MatMul" => f.matmul(p, &out)?,
+        "Gemm" => f.gemm(p, &out)?,
+        "Add" | "Sub" => f.add_sub(p, &out)?,
+        "Mul" => f.mul(p, &out)?,
+        "GlobalAveragePool" => f.global_average_pool(p, &out)?,
+        "Concat" => f.concat(p, &out)?,
+        "DequantizeLinear" => match f.act(&src) {
+            Some(x) => Some(f.requantize(x, &out)?),
+            None => None,
+        },
+        _ if DATA_MOVEMENT.contains(&op) => f.data_movement(p, &out)?,
+        _ => None,
+    };
+    match fused {
+        Some(v) => f.clamp_real(v, lo, hi, &out).map(Some),
+        None => Ok(None),
+    }
+}
+
+impl Fuser<'_, '_> {
+    /// The context of another node of the graph with its imported inputs, if all are imported.
+    fn cx<'n>(&self, node: &'n NodeProto) -> Option<NodeCx<'n>> {
+        let mut inputs = Vec::with_capacity(node.input.len());
+        for i in &node.input {
+            if i.is_empty() {
+                inputs.push(None);
+            } else {
+                inputs.push(Some(*self.values.get(i)?));
+            }
+        }
+        Some(NodeCx {
+            node,
+            op_type: node.op_type.as_deref().unwrap_or(""),
+            opset: self.g.opset,
+            inputs,
+            num_outputs: node.output.len(),
+            read: Default::default(),
+        })
+    }
+
+    /// The quantization the anchoring QuantizeLinear produces, if it is per tensor with constant
+    /// parameters and an integer type RESCALE can produce.
+    fn output_quant(&self, cx: &NodeCx) -> NResult<Option<OutQuant>> {
+        // Read every attribute the plain mapping reads, so the unread-attribute check agrees;
+        // `axis` only matters for per-axis scales, which are not fused.
+        cx.int("axis", 1)?;
+        let block = cx.int("block_size", 0)?;
+        let code = cx.int("output_dtype", 0)?;
+        if block != 0 {
+            return Ok(None);
+        }
+        let Ok(scale) = cx.input(1) else {
+            return Ok(None);
+        };
+        let Some(&[s]) = self.b.const_floats(scale).as_deref() else {
+            return Ok(None);
+        };
+        let (zp, dtype) = match cx.opt_input(2) {
+            Some(z) => match self.b.const_ints(z).as_deref() {
+                Some(&[z0]) => (z0, self.b.dtype(z)),
+                _ => return Ok(None),
+            },
+            None if code == 0 => (0, DType::U8),
+            None => return Ok(None),
+        };
+        if !(matches!(dtype, DType::I8 | DType::U8) && s.is_finite() && s > 0.0) {
+            return Ok(None);
+        }
+        let Ok(zp) = i32::try_from(zp) else {
+            return Ok(None);
+        };
+        Ok(Some(OutQuant {
+            scale: s,
+            zp,
+            dtype,
+        }))
+    }
+
+    /// Looks through a Relu or Clip producing `name`: the tensor it reads and the real interval
+    /// it clamps to (infinite when there is none).
+    fn peel_activation(&self, name: &str) -> NResult<Option<(String, f64, f64)>> {
+        let (lo, hi) = (f64::NEG_INFINITY, f64::INFINITY);
+        let Some(p) = self.g.producer(name) else {
+            return Ok(Some((name.to_string(), lo, hi)));
+        };
+        let op = p.op_type.as_deref().unwrap_or("");
+        if op != "Relu" && op != "Clip" {
+            return Ok(Some((name.to_string(), lo, hi)));
+        }
+        let Some(cx) = self.cx(p) else {
+            return Ok(None);
+        };
+        let src = in_name(p, 0).to_string();
+        if op == "Relu" {
+            return Ok(Some((src, 0.0, hi)));
+        }
+        let bound = |i: usize, attr: &str, default: f64| -> NResult<Option<f64>> {
+            if self.g.opset < 11 {
+                return Ok(Some(cx.float(attr, default as f32)? as f64));
+            }
+            match cx.opt_input(i) {
+                None => Ok(Some(default)),
+                Some(v) => Ok(match self.b.const_floats(v).as_deref() {
+                    Some(&[x]) => Some(x),
+                    _ => None,
+                }),
+            }
+        };
+        let (Some(min), Some(max)) = (
+            bound(1, "min", f64::NEG_INFINITY)?,
+            bound(2, "max", f64::INFINITY)?,
+        ) else {
+            return Ok(None);
+        };
+        if min.is_nan() || max.is_nan() {
+            return Ok(None);
+        }
+        Ok(Some((src, min, max)))
+    }
+
+    /// The DequantizeLinear producing `name`, seen through, if its parameters are constants and
+    /// it dequantizes 8-bit integers (or i32, for biases).
+    fn dequantized(&self, name: &str) -> Option<Dq> {
+        let p = self.g.producer(name)?;
+        if p.op_type.as_deref() != Some("DequantizeLinear") {
+            return None;
+        }
+        let cx = self.cx(p)?;
+        if cx.int("block_size", 0).ok()? != 0 {
+            return None;
+        }
+        let q = cx.input(0).ok()?;
+        if !matches!(self.b.dtype(q), DType::I8 | DType::U8 | DType::I32) {
+            return None;
+        }
+        let scale = self.b.const_floats(cx.input(1).ok()?)?;
+        if scale.is_empty() || !scale.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return None;
+        }
+        let zp_value = cx.opt_input(2);
+        let zp = match zp_value {
+            Some(z) => self.b.const_ints(z)?,
+            None => vec![0; scale.len()],
+        };
+        if zp.len() != scale.len() {
+            return None;
+        }
+        let axis = if scale.len() > 1 {
+            norm_axis(cx.int("axis", 1).ok()?, self.b.rank(q)).ok()?
+        } else {
+            0
+        };
+        Some(Dq {
+            q,
+            scale,
+            zp,
+            zp_value,
+            axis,
+        })
+    }
+
+    /// A per-tensor quantized 8-bit activation.
+    fn act(&self, name: &str) -> Option<QAct> {
+        let d = self.dequantized(name)?;
+        let (scale, zp) = d.per_tensor()?;
+        matches!(self.b.dtype(d.q), DType::I8 | DType::U8).then_some(QAct { q: d.q, scale, zp })
+    }
+
+    /// The 8-bit weight operand `name` (per tensor, or per channel along `axis` of length `len`):
+    /// the integer weight ready for CONV2D/MATMUL, its zero point and one scale per channel.
+    fn weight(
+        &mut self,
+        name: &str,
+        axis: usize,
+        len: usize,
+    ) -> NResult<Option<(ValueId, i32, Vec<f64>)>> {
+        let Some(d) = self.dequantized(name) else {
+            return Ok(None);
+        };
+        if !matches!(self.b.dtype(d.q), DType::I8 | DType::U8) {
+            return Ok(None);
+        }
+        let Some(scales) = d.scales_along(axis, len) else {
+            return unsupported(format!(
+                "weight `{name}` is quantized along axis {} but the output channels are axis {axis}",
+                d.axis
+            ));
+        };
+        let (w, zp) = if d.zp.iter().all(|&z| z == d.zp[0]) {
+            let zp =
+                i32::try_from(d.zp[0]).or_else(|_| invalid("weight zero point out of range"))?;
+            (d.q, zp)
+        } else {
+            weight_and_zero_point(self.b, d.q, d.zp_value, axis, "weight zero point")?
+        };
+        Ok(Some((w, zp, scales)))
+    }
+
+    /// The i32 bias of an accumulator whose channel `c` has real scale `acc_scale[c]`, from a
+    /// bias `name` multiplied by `factor`: a DequantizeLinear of i32 whose scale already is the
+    /// accumulator's (onnxruntime's form, used as is), or any constant (quantized here with
+    /// round half to even, as QuantizeLinear would).
+    fn bias(&mut self, name: &str, acc_scale: &[f64], factor: f64) -> NResult<ValueId> {
+        let n = acc_scale.len();
+        let dq = self.dequantized(name);
+        if let Some(d) = &dq {
+            let same = factor == 1.0
+                && self.b.dtype(d.q) == DType::I32
+                && d.zp.iter().all(|&z| z == 0)
+                && self.b.ty(d.q).num_elements() == n
+                && d.scales_along(0, n).is_some_and(|s| {
+                    s.iter()
+                        .zip(acc_scale)
+                        .all(|(a, b)| (a / b - 1.0).abs() < SAME_SCALE)
+                });
+            if same {
+                return self.b.reshape(d.q, vec![n]);
+            }
+        }
+        let real: Vec<f64> = match &dq {
+            Some(d) => {
+                let Some(q) = self.b.const_ints(d.q) else {
+                    return unsupported(format!("bias `{name}` is not a constant"));
+                };
+                let s = d.scales_along(0, q.len());
+                let Some(s) = s.filter(|_| q.len() == d.zp.len() || d.zp.len() == 1) else {
+                    return unsupported(format!("bias `{name}` has an unsupported quantization"));
+                };
+                q.iter()
+                    .enumerate()
+                    .map(|(i, &v)| (v - d.zp[i.min(d.zp.len() - 1)]) as f64 * s[i])
+                    .collect()
+            }
+            None => match self.values.get(name).and_then(|&v| self.b.const_floats(v)) {
+                Some(r) => r,
+                None => return unsupported(format!("bias `{name}` is not a constant")),
+            },
+        };
+        let real: Vec<f64> = match real.len() {
+            1 => vec![real[0]; n],
+            l if l == n => real,
+            l => return invalid(format!("bias `{name}` has {l} values for {n} channels")),
+        };
+        let mut q = Vec::with_capacity(n);
+        for (r, s) in real.iter().zip(acc_scale) {
+            let v = (r * factor / s).round_ties_even();
+            if !(v >= i32::MIN as f64 && v <= i32::MAX as f64) {
+                return unsupported(format!("bias `{name}` does not fit i32 at scale {s}"));
+            }
+            q.push(v as i32);
+        }
+        self.b.const_tensor(vec![n], q)
+    }
+
+    /// `Q(Conv(DQ(x), DQ(w), [bias]))` -> CONV2D (i32) + RESCALE.
+    fn conv(&mut self, p: &NodeProto, out: &OutQuant) -> NResult<Option<ValueId>> {
+        let (Some(cx), Some(x)) = (self.cx(p), self.act(in_name(p, 0))) else {
+            return Ok(None);
+        };
+        let Ok(w_val) = cx.input(1) else {
+            return Ok(None);
+        };
+        let channels = self.b.shape(w_val).first().copied().unwrap_or(0);
+        let Some((w, w_zp, w_scale)) = self.weight(in_name(p, 1), 0, channels)? else {
+            return Ok(None);
+        };
+        let acc_scale: Vec<f64> = w_scale.iter().map(|s| x.scale * s).collect();
+        let bias = match p.input.get(2).filter(|s| !s.is_empty()) {
+            Some(name) => Some(self.bias(name, &acc_scale, 1.0)?),
+            None => None,
+        };
+        let acc = conv_core(self.b, &cx, x.q, w, bias, x.zp, w_zp)?;
+        self.rescale_out(acc, &acc_scale, 1, out).map(Some)
+    }
+
+    /// `Q(MatMul(DQ(a), DQ(b)))` -> MATMUL (i32) + RESCALE; `b` may be per channel along its
+    /// last axis.
+    fn matmul(&mut self, p: &NodeProto, out: &OutQuant) -> NResult<Option<ValueId>> {
+        let (Some(cx), Some(a)) = (self.cx(p), self.act(in_name(p, 0))) else {
+            return Ok(None);
+        };
+        let Ok(b_val) = cx.input(1) else {
+            return Ok(None);
+        };
+        let bs = self.b.shape(b_val);
+        let last = bs.len().saturating_sub(1);
+        let n = bs.last().copied().unwrap_or(1);
+        let Some((w, b_zp, w_scale)) = self.weight(in_name(p, 1), last, n)? else {
+            return Ok(None);
+        };
+        let attrs = MatMulAttrs { a_zp: a.zp, b_zp };
+        let acc = matmul_nd(self.b, a.q, w, attrs)?;
+        let acc_scale: Vec<f64> = w_scale.iter().map(|s| a.scale * s).collect();
+        let axis = self.b.rank(acc).saturating_sub(1);
+        self.rescale_out(acc, &acc_scale, axis, out).map(Some)
+    }
+
+    /// `Q(Gemm(DQ(a), DQ(b), [c]))` -> MATMUL (i32) + i32 bias + RESCALE, with `alpha` folded
+    /// into the scales and `beta * c` quantized at the accumulator's scale.
+    fn gemm(&mut self, p: &NodeProto, out: &OutQuant) -> NResult<Option<ValueId>> {
+        let (Some(cx), Some(a)) = (self.cx(p), self.act(in_name(p, 0))) else {
+            return Ok(None);
+        };
+        let Ok(b_val) = cx.input(1) else {
+            return Ok(None);
+        };
+        let (trans_a, trans_b) = (cx.flag("transA", false)?, cx.flag("transB", false)?);
+        let alpha = f64::from(cx.float("alpha", 1.0)?);
+        let beta = f64::from(cx.float("beta", 1.0)?);
+        let bs = self.b.shape(b_val);
+        if self.b.rank(a.q) != 2 || bs.len() != 2 {
+            return invalid("Gemm operands must be 2-D");
+        }
+        if !(alpha.is_finite() && alpha > 0.0 && beta.is_finite()) {
+            return unsupported(format!("alpha {alpha} and beta {beta} in a quantized Gemm"));
+        }
+        let n_axis = usize::from(!trans_b);
+        let n = bs[n_axis];
+        let Some((w, b_zp, w_scale)) = self.weight(in_name(p, 1), n_axis, n)? else {
+            return Ok(None);
+        };
+        // A per-channel weight zero point was folded into `w` along `n_axis`; transposing keeps it.
+        let a_q = if trans_a {
+            self.b.transpose(a.q, vec![1, 0])?
+        } else {
+            a.q
+        };
+        let w = if trans_b {
+            self.b.transpose(w, vec![1, 0])?
+        } else {
+            w
+        };
+        let attrs = MatMulAttrs { a_zp: a.zp, b_zp };
+        let mut acc = matmul_nd(self.b, a_q, w, attrs)?;
+        let acc_scale: Vec<f64> = w_scale.iter().map(|s| alpha * a.scale * s).collect();
+        if let Some(c) = p.input.get(2).filter(|s| !s.is_empty()) {
+            if beta != 0.0 {
+                let bias = self.bias(c, &acc_scale, beta)?;
+                acc = self.b.binary(BinaryOp::Add, acc, bias)?;
+            }
+        }
+        self.rescale_out(acc, &acc_scale, 1, out).map(Some)
+    }
+
+    /// `Q(Add(DQ(a), DQ(b)))` (or Sub) the TFLite/TOSA way: both operands rescaled to i32 at a
+    /// common scale `2 * max(sa, sb) / 2^20`, added, and rescaled to the output.
+    fn add_sub(&mut self, p: &NodeProto, out: &OutQuant) -> NResult<Option<ValueId>> {
+        let (Some(a), Some(c)) = (self.act(in_name(p, 0)), self.act(in_name(p, 1))) else {
+            return Ok(None);
+        };
+        let op = if p.op_type.as_deref() == Some("Sub") {
+            BinaryOp::Sub
+        } else {
+            BinaryOp::Add
+        };
+        let twice_max = 2.0 * a.scale.max(c.scale);
+        let unit = f64::from(1 << ADD_LEFT_SHIFT);
+        let ai = rescale_by(
+            self.b,
+            a.q,
+            a.zp,
+            &[a.scale / twice_max * unit],
+            0,
+            DType::I32,
+            0,
+        )?;
+        let ci = rescale_by(
+            self.b,
+            c.q,
+            c.zp,
+            &[c.scale / twice_max * unit],
+            0,
+            DType::I32,
+            0,
+        )?;
+        let sum = self.b.binary(op, ai, ci)?;
+        self.rescale_out(sum, &[twice_max / unit], 0, out).map(Some)
+    }
+
+    /// `Q(Mul(DQ(a), DQ(b)))`: `(a - za) * (b - zb)` in i32, rescaled by `sa * sb / sy`.
+    fn mul(&mut self, p: &NodeProto, out: &OutQuant) -> NResult<Option<ValueId>> {
+        let (Some(a), Some(c)) = (self.act(in_name(p, 0)), self.act(in_name(p, 1))) else {
+            return Ok(None);
+        };
+        let ai = rescale_by(self.b, a.q, a.zp, &[1.0], 0, DType::I32, 0)?;
+        let ci = rescale_by(self.b, c.q, c.zp, &[1.0], 0, DType::I32, 0)?;
+        let prod = self.b.binary(BinaryOp::Mul, ai, ci)?;
+        self.rescale_out(prod, &[a.scale * c.scale], 0, out)
+            .map(Some)
+    }
+
+    /// `Q(GlobalAveragePool(DQ(x)))`: an i32 sum over the spatial axes, less `count * zx`,
+    /// rescaled by `sx / (count * sy)`.
+    fn global_average_pool(&mut self, p: &NodeProto, out: &OutQuant) -> NResult<Option<ValueId>> {
+        let Some(x) = self.act(in_name(p, 0)) else {
+            return Ok(None);
+        };
+        let shape = self.b.shape(x.q);
+        if shape.len() < 3 {
+            return invalid(format!("input must have spatial dims, got {shape:?}"));
+        }
+        let count: usize = shape[2..].iter().product();
+        // Every partial sum of 8-bit values stays inside i32.
+        if count == 0 || count > (i32::MAX as usize) / 256 {
+            return unsupported(format!("a window of {count} elements in an i32 sum"));
+        }
+        let axes: Vec<usize> = (2..shape.len()).collect();
+        let wide = self.b.cast(x.q, DType::I32)?;
+        let mut sum = self.b.reduce(ReduceOp::Sum, wide, &axes, true)?;
+        if x.zp != 0 {
+            // |count * zx| < 2^31 by the bound on count.
+            let offset = self.b.scalar(DType::I32, count as f64 * f64::from(x.zp));
+            sum = self.b.binary(BinaryOp::Sub, sum, offset)?;
+        }
+        let real = x.scale / count as f64;
+        self.rescale_out(sum, &[real], 0, out).map(Some)
+    }
+
+    /// `Q(Concat(DQ(x0), DQ(x1), ...))`: each operand requantized to the output, then concatenated.
+    fn concat(&mut self, p: &NodeProto, out: &OutQuant) -> NResult<Option<ValueId>> {
+        let Some(mut cx) = self.cx(p) else {
+            return Ok(None);
+        };
+        let mut parts = Vec::with_capacity(p.input.len());
+        for name in &p.input {
+            match self.act(name) {
+                Some(x) => parts.push(x),
+                None => return Ok(None),
+            }
+        }
+        for (slot, x) in cx.inputs.iter_mut().zip(parts) {
+            *slot = Some(self.requantize(x, out)?);
+        }
+        Ok(super::map_node(self.b, &cx)?.first().copied())
+    }
+
+    /// `Q(op(DQ(x), shape operands...))` for a data-movement op: the op on the integers, then a
+    /// requantization to the output (none when the parameters agree).
+    fn data_movement(&mut self, p: &NodeProto, out: &OutQuant) -> NResult<Option<ValueId>> {
+        let (Some(mut cx), Some(x)) = (self.cx(p), self.act(in_name(p, 0))) else {
+            return Ok(None);
+        };
+        if p.input
+            .iter()
+            .skip(1)
+            .any(|i| self.dequantized(i).is_some())
+        {
+            return Ok(None);
+        }
+        if let Some(slot) = cx.inputs.first_mut() {
+            *slot = Some(x.q);
+        }
+        let Some(&moved) = super::map_node(self.b, &cx)?.first() else {
+            return Ok(None);
+        };
+        if self.b.dtype(moved) != self.b.dtype(x.q) {
+            return Ok(None);
+        }
+        let moved = QAct { q: moved, ..x };
+        self.requantize(moved, out).map(Some)
+    }
+
+    /// `Q(DQ(x))`: `x` itself when the parameters agree, else an 8-bit RESCALE.
+    fn requantize(&mut self, x: QAct, out: &OutQuant) -> NResult<ValueId> {
+        let same = x.zp == out.zp
+            && self.b.dtype(x.q) == out.dtype
+            && (x.scale / out.scale - 1.0).abs() < SAME_SCALE;
+        if same {
+            return Ok(x.q);
+        }
+        rescale_by(
+            self.b,
+            x.q,
+            x.zp,
+            &[x.scale / out.scale],
+            out.zp,
+            out.dtype,
+            0,
+        )
+    }
+
+    /// RESCALE of an accumulator with real scale `acc_scale[c]` (channel axis `axis`) to `out`.
+    fn rescale_out(
+        &mut self,
+        acc: ValueId,
+        acc_scale: &[f64],
+        axis: usize,
+        out: &OutQuant,
+    ) -> NResult<ValueId> {
+        let real: Vec<f64> = acc_scale.iter().map(|s| s / out.scale).collect();
+        let real = if real.iter().all(|&r| r == real[0]) {
+            &real[..1]
+        } else {
+            &real[..]
+        };
+        rescale_by(self.b, acc, 0, real, out.zp, out.dtype, axis)
+    }
+
+    /// Clamps a quantized value to the real interval `[lo, hi]` (a fused Relu or Clip): exactly
+    /// `Q(clip(v))`, since quantization is monotone. No op when the interval covers the dtype.
+    fn clamp_real(&mut self, v: ValueId, lo: f64, hi: f64, out: &OutQuant) -> NResult<ValueId> {
+        let (min, max) = match out.dtype {
+            DType::I8 => (-128.0, 127.0),
+            _ => (0.0, 255.0),
+        };
+        let quantize =
+            |r: f64| ((r / out.scale).round_ties_even() + f64::from(out.zp)).clamp(min, max);
+        let (qlo, qhi) = (quantize(lo), quantize(hi));
+        if qlo <= min && qhi >= max {
+            return Ok(v);
+        }
+        self.b.clamp(v, qlo, qhi)
+    }
+}
+
+/// Input `i` of a node by name (empty when absent).
+fn in_name(p: &NodeProto, i: usize) -> &str {
+    p.input.get(i).map(String::as_str).unwrap_or("")
+}
