@@ -5,6 +5,7 @@
 //! kernel runs only after [`kiln_ir::infer_type`] accepted its operands, and its result always has
 //! the type that rule derives.
 
+pub mod compute;
 mod conv;
 mod elementwise;
 mod matmul;

@@ -16,14 +16,14 @@ use kiln_ir::op::{CoordinateTransform, NearestRounding, ResizeAttrs, ResizeMode}
 use kiln_ir::{Tensor, TensorData};
 
 /// What one output position along an axis reads.
-enum Tap {
+pub(crate) enum Tap {
     /// `extrapolation_value` (tf_crop_and_resize outside the input).
     Extrapolate,
     /// `sum(coeff * input[index])`.
     Weights(Vec<(usize, f64)>),
 }
 
-fn isclose(a: f64, b: f64) -> bool {
+pub(crate) fn isclose(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
 }
 
@@ -60,7 +60,13 @@ fn coeffs(r: &ResizeAttrs, ratio: f64) -> Vec<f64> {
 }
 
 /// The taps of every output position along one axis.
-fn axis_taps(r: &ResizeAttrs, axis: usize, input: usize, out: usize, scale: f64) -> Vec<Tap> {
+pub(crate) fn axis_taps(
+    r: &ResizeAttrs,
+    axis: usize,
+    input: usize,
+    out: usize,
+    scale: f64,
+) -> Vec<Tap> {
     let rank = r.size.len();
     let (roi_lo, roi_hi) = if r.roi.len() == 2 * rank {
         (r.roi[axis], r.roi[axis + rank])

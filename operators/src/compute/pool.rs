@@ -1,0 +1,104 @@
+//! AVG_POOL2D and MAX_POOL2D as reductions over the window `(ky, kx)`.
+//!
+//! Invariant: window taps outside the input are masked with a `select` (the identity of max, 0
+//! of the sum), so they never count; MAX_POOL2D's empty windows give the identity (-inf / dtype
+//! minimum) and NaN propagates, like the reference. AVG_POOL2D sums in f32 and divides by the
+//! per-axis tap counts, computed at definition time exactly as the reference does (inside the
+//! input, or inside the padded input with `count_include_pad`) and bound as two f32 tables
+//! `[OH]` and `[OW]`; an empty count gives 0/0 = NaN as in the reference.
+
+use super::expr::{all, c, in_range};
+use super::{unsupported, Builder, ComputeError, Operand};
+use kiln_ir::op::PoolAttrs;
+use kiln_ir::{DType, Op, Tensor, TensorType};
+use kiln_tir::{BufferId, Expr, ReduceKind};
+
+/// Per output position along axis `ax`: the number of taps counted by the divisor.
+fn counts(p: &PoolAttrs, ax: usize, input: usize, out: usize) -> Vec<f32> {
+    let (k, s, d) = (p.kernel[ax], p.stride[ax], p.dilation[ax]);
+    let before = p.pad[2 * ax] as i64;
+    let padded_end = input as i64 + p.pad[2 * ax + 1] as i64;
+    (0..out)
+        .map(|o| {
+            let start = (o * s) as i64 - before;
+            (0..k)
+                .filter(|&t| {
+                    let pos = start + (t * d) as i64;
+                    if p.count_include_pad {
+                        pos >= -before && pos < padded_end
+                    } else {
+                        pos >= 0 && pos < input as i64
+                    }
+                })
+                .count() as f32
+        })
+        .collect()
+}
+
+pub(crate) fn define(
+    b: &mut Builder,
+    op: &Op,
+    xs: &[Operand],
+    out: &TensorType,
+) -> Result<BufferId, ComputeError> {
+    let (p, is_max) = match op {
+        Op::MaxPool2d(p) => (p, true),
+        Op::AvgPool2d(p) => (p, false),
+        other => return Err(unsupported(other, "not a pool")),
+    };
+    let x = &xs[0];
+    let dt = x.ty.dtype;
+    let (h, w) = (x.ty.shape[2], x.ty.shape[3]);
+    let shape = out.shape.clone();
+    let (oh, ow) = (shape[2], shape[3]);
+    let (sy, sx) = (p.stride[0] as i64, p.stride[1] as i64);
+    let (dy, dx) = (p.dilation[0] as i64, p.dilation[1] as i64);
+    let (pt, pl) = (p.pad[0] as i64, p.pad[2] as i64);
+    let raxes = [("ky", p.kernel[0]), ("kx", p.kernel[1])];
+    let tap = |ax: &[Expr], r: &[Expr]| {
+        let iy = ax[2].clone() * c(sy) + r[0].clone() * c(dy) - c(pt);
+        let ix = ax[3].clone() * c(sx) + r[1].clone() * c(dx) - c(pl);
+        let v = Expr::load(
+            x.id,
+            vec![ax[0].clone(), ax[1].clone(), iy.clone(), ix.clone()],
+        );
+        (all(vec![in_range(&iy, h), in_range(&ix, w)]), v)
+    };
+    if is_max {
+        let ident = ReduceKind::Max
+            .identity(dt)
+            .ok_or_else(|| unsupported(op, format!("does not accept {dt}")))?;
+        return b.reduce("maxpool", &shape, &raxes, ReduceKind::Max, |ax, r| {
+            let (inside, v) = tap(ax, r);
+            Expr::select(inside, v, ident)
+        });
+    }
+    let widen = |v: Expr| {
+        if dt == DType::F32 {
+            v
+        } else {
+            Expr::cast(DType::F32, v)
+        }
+    };
+    let sum = b.reduce("avgpool_sum", &shape, &raxes, ReduceKind::Sum, |ax, r| {
+        let (inside, v) = tap(ax, r);
+        Expr::select(inside, widen(v), Expr::f32(0.0))
+    })?;
+    let ch = b.table(
+        "avgpool_count_h",
+        Tensor::new(vec![oh], counts(p, 0, h, oh))?,
+    )?;
+    let cw = b.table(
+        "avgpool_count_w",
+        Tensor::new(vec![ow], counts(p, 1, w, ow))?,
+    )?;
+    b.stage("avgpool", &shape, |ax| {
+        let count = Expr::load(ch, vec![ax[2].clone()]) * Expr::load(cw, vec![ax[3].clone()]);
+        let v = Expr::load(sum, ax.to_vec()) / count;
+        if dt == DType::F32 {
+            v
+        } else {
+            Expr::cast(dt, v)
+        }
+    })
+}
