@@ -680,3 +680,69 @@ impl Fuser<'_, '_> {
 fn in_name(p: &NodeProto, i: usize) -> &str {
     p.input.get(i).map(String::as_str).unwrap_or("")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::quant::quantize_multiplier;
+    use kiln_ir::op::{RescaleAttrs, RoundingMode};
+    use kiln_ir::{Op, Tensor};
+
+    #[test]
+    fn multiplier_and_shift_follow_tflite() {
+        // Reference values from TFLite's QuantizeMultiplier (frexp, round(m * 2^31)).
+        let cases = [
+            (1.0, 1 << 30, 30),
+            (0.5, 1 << 30, 31),
+            (0.75, 1_610_612_736, 31),
+            (1.0 / 3.0, 1_431_655_765, 32),
+            (0.0123, 1_690_499_128, 37),
+            (3e-5, 2_111_062_325, 46),
+        ];
+        for (scale, m, s) in cases {
+            assert_eq!(quantize_multiplier(scale), Some((m, s)), "scale {scale}");
+        }
+        // A mantissa that rounds up to 2^31 moves to the next power of two.
+        assert_eq!(quantize_multiplier(1.0 - 1e-12), Some((1 << 30, 30)));
+        // Largest and smallest representable: shifts stay in TOSA's 2..=62.
+        assert_eq!(quantize_multiplier(2f64.powi(28)), Some((1 << 30, 2)));
+        assert_eq!(quantize_multiplier(2f64.powi(29)), None);
+        let (m, s) = quantize_multiplier(1e-12).unwrap();
+        assert_eq!(s, 62);
+        assert!((f64::from(m) / 2f64.powi(62) / 1e-12 - 1.0).abs() < 1e-6);
+        for bad in [0.0, -0.5, f64::NAN, f64::INFINITY] {
+            assert_eq!(quantize_multiplier(bad), None, "{bad}");
+        }
+    }
+
+    /// RESCALE with the computed multiplier rounds `v * scale` to nearest (ties up), so it agrees
+    /// with float requantization except within 2^-20 of a tie.
+    #[test]
+    fn rescale_rounds_like_float_requantization() {
+        let xs: Vec<i32> = (-40_000..40_000).step_by(7).collect();
+        let x = Tensor::new(vec![xs.len()], xs.clone()).unwrap();
+        for scale in [0.000_731, 0.0123, 0.25, 0.4999, 1.7, 3e-5] {
+            let (m, s) = quantize_multiplier(scale).unwrap();
+            let op = Op::Rescale(RescaleAttrs {
+                to: DType::I32,
+                multiplier: vec![m],
+                shift: vec![s],
+                input_zp: 0,
+                output_zp: 0,
+                scale32: true,
+                rounding: RoundingMode::Single,
+                channel_axis: None,
+            });
+            let y = kiln_operators::evaluate(&op, &[&x]).unwrap();
+            for (&v, got) in xs.iter().zip(y.data().to_i64_vec()) {
+                let exact = f64::from(v) * scale;
+                let near_tie = (exact - exact.floor() - 0.5).abs() < 1e-6;
+                if !near_tie {
+                    assert_eq!(got as f64, exact.round(), "{v} * {scale}");
+                } else {
+                    assert!((got as f64 - exact).abs() <= 0.5 + 1e-6, "{v} * {scale}");
+                }
+            }
+        }
+    }
+}
