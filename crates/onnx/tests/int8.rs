@@ -512,3 +512,65 @@ fn concat_requantizes_operands_to_the_output() {
     let ops = c.check(0.0);
     assert!(ops.contains(&("concat", DType::I8, DType::I8)), "{ops:?}");
 }
+
+#[test]
+fn conv_bias_at_another_scale_is_requantized() {
+    let mut c = Case::default();
+    let sx = 0.04;
+    c.act("x", &[1, 2, 5, 5], sx, -7);
+    let sw = [0.01, 0.02];
+    weight(&mut c, "w", &[2, 2, 3, 3], &sw, 0, I8);
+    // Twice the accumulator scale: the importer must requantize the bias, not reuse it.
+    c.inits.push(init("b", I32, &[2], &[301.0, -77.0]));
+    c.inits.push(init("b_s", F32, &[], &[2.0 * sx * 0.01]));
+    c.inits.push(init("b_z", I32, &[], &[0.0]));
+    c.nodes.push(node(
+        "DequantizeLinear",
+        &["b", "b_s", "b_z"],
+        "b_dq",
+        vec![],
+    ));
+    c.nodes
+        .push(node("Conv", &["x_dq", "w_dq", "b_dq"], "y", vec![]));
+    let ops = c.check(0.0);
+    assert!(ops.contains(&("conv2d", DType::I8, DType::I32)), "{ops:?}");
+}
+
+#[test]
+fn unfusable_pattern_keeps_the_float_path_with_a_note() {
+    let mut c = Case::default();
+    c.act("a", &[2, 8], 0.05, 0);
+    // Scales along the reduction axis K cannot become a per-output-channel RESCALE.
+    weight(&mut c, "w", &[5, 8], &[0.01; 8], 1, I8);
+    c.nodes.push(node(
+        "Gemm",
+        &["a_dq", "w_dq"],
+        "y",
+        vec![attr_int("transB", 1)],
+    ));
+    let m = import_bytes(&c.model(Some((0.05, 0))), None, &ImportOptions::default()).unwrap();
+    assert!(
+        m.notes.iter().any(|n| n.contains("keeps the float path")),
+        "{:?}",
+        m.notes
+    );
+    let ops = ops_with_types(&m.graph);
+    assert!(ops.contains(&("matmul", DType::F32, DType::F32)), "{ops:?}");
+    assert_eq!(count(&ops, "rescale"), 0);
+}
+
+#[test]
+fn softmax_has_no_integer_form_and_stays_float() {
+    let mut c = Case::default();
+    c.act("a", &[2, 6], 0.05, 3);
+    c.nodes.push(node("Softmax", &["a_dq"], "y", vec![]));
+    let m = import_bytes(
+        &c.model(Some((1.0 / 256.0, -128))),
+        None,
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    assert!(m.notes.is_empty(), "{:?}", m.notes);
+    let ops = ops_with_types(&m.graph);
+    assert!(ops.contains(&("exp", DType::F32, DType::F32)), "{ops:?}");
+}

@@ -360,13 +360,13 @@ impl Fuser<'_, '_> {
     }
 
     /// The i32 bias of an accumulator whose channel `c` has real scale `acc_scale[c]`, from a
-    /// bias `name` multiplied by `factor`: a DequantizeLinear of i32 whose scale already is the
-    /// accumulator's (onnxruntime's form, used as is), or any constant (quantized here with
-    /// round half to even, as QuantizeLinear would).
+    /// bias `name` multiplied by `factor`. A DequantizeLinear of i32 whose scale already is the
+    /// accumulator's (onnxruntime's form) is used as is; any other constant bias (a folded
+    /// DequantizeLinear included) is quantized here with round half to even, as QuantizeLinear
+    /// would.
     fn bias(&mut self, name: &str, acc_scale: &[f64], factor: f64) -> NResult<ValueId> {
         let n = acc_scale.len();
-        let dq = self.dequantized(name);
-        if let Some(d) = &dq {
+        if let Some(d) = self.dequantized(name) {
             let same = factor == 1.0
                 && self.b.dtype(d.q) == DType::I32
                 && d.zp.iter().all(|&z| z == 0)
@@ -380,24 +380,8 @@ impl Fuser<'_, '_> {
                 return self.b.reshape(d.q, vec![n]);
             }
         }
-        let real: Vec<f64> = match &dq {
-            Some(d) => {
-                let Some(q) = self.b.const_ints(d.q) else {
-                    return unsupported(format!("bias `{name}` is not a constant"));
-                };
-                let s = d.scales_along(0, q.len());
-                let Some(s) = s.filter(|_| q.len() == d.zp.len() || d.zp.len() == 1) else {
-                    return unsupported(format!("bias `{name}` has an unsupported quantization"));
-                };
-                q.iter()
-                    .enumerate()
-                    .map(|(i, &v)| (v - d.zp[i.min(d.zp.len() - 1)]) as f64 * s[i])
-                    .collect()
-            }
-            None => match self.values.get(name).and_then(|&v| self.b.const_floats(v)) {
-                Some(r) => r,
-                None => return unsupported(format!("bias `{name}` is not a constant")),
-            },
+        let Some(real) = self.values.get(name).and_then(|&v| self.b.const_floats(v)) else {
+            return unsupported(format!("bias `{name}` is not a constant"));
         };
         let real: Vec<f64> = match real.len() {
             1 => vec![real[0]; n],
