@@ -8,12 +8,15 @@
 pub mod compute;
 mod conv;
 mod elementwise;
+pub mod fusion;
+pub mod kernel;
 mod matmul;
 mod movement;
 mod pool;
 mod quant;
 mod reduce;
 mod resize;
+pub mod schedule;
 mod util;
 
 use kiln_ir::{Op, Tensor, TensorType};

@@ -1,0 +1,216 @@
+//! Lowering a whole graph to kernels: one per fusion group, each a compute DAG, its default
+//! schedule (a trace) and the lowered [`PrimFunc`] — what the runtime and codegen consume.
+//!
+//! Invariant: for a verified graph, [`lower_graph`] returns kernels in an executable order; a
+//! kernel's `func` params are exactly `inputs` (in order) followed by `outputs`, each with the
+//! graph type of the value it binds, and running every kernel in order with
+//! [`kiln_tir::interp::run`] computes the graph outputs `kiln_reference::run` computes (see the
+//! tolerance notes of [`crate::compute`]).
+
+use crate::compute::{define, Builder, ComputeError, Operand};
+use crate::fusion::{group_inputs, group_output, partition, Group};
+use crate::schedule::{default_schedule, OpClass};
+use kiln_ir::{ConstId, Graph, Op, Tensor, ValueDef, ValueId};
+use kiln_tir::{ComputeDag, LowerError, PrimFunc, Trace};
+
+/// Why a graph could not be lowered.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("node `{node}`: {source}")]
+    Define {
+        node: String,
+        #[source]
+        source: ComputeError,
+    },
+    #[error("kernel `{kernel}`: {source}")]
+    Lower {
+        kernel: String,
+        #[source]
+        source: LowerError,
+    },
+    #[error("kernel `{0}`: the DAG has no single output stage")]
+    Outputs(String),
+}
+
+/// What a kernel parameter is bound to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KernelInput {
+    /// A graph value (a graph input or another kernel's output).
+    Value(ValueId),
+    /// A weight of the graph's constant table.
+    Const(ConstId),
+    /// A table computed at definition time (resize taps, pool divisors, rescale parameters).
+    Table(Tensor),
+}
+
+/// One fused group, lowered.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    pub name: String,
+    pub dag: ComputeDag,
+    pub trace: Trace,
+    pub func: PrimFunc,
+    /// Bindings of the leading params of `func`, in order.
+    pub inputs: Vec<KernelInput>,
+    /// Graph values written by the trailing params of `func`, in order.
+    pub outputs: Vec<ValueId>,
+    pub class: OpClass,
+    /// The kernel copies its input unchanged (row-major reshape/identity): may be aliased.
+    pub alias: bool,
+}
+
+/// The constant id behind a CONST node's value.
+fn const_id(graph: &Graph, v: ValueId) -> Option<ConstId> {
+    match graph.value(v).def {
+        ValueDef::Node(n) => match graph.node(n).op {
+            Op::Const(c) => Some(c),
+            _ => None,
+        },
+        ValueDef::Input(_) => None,
+    }
+}
+
+/// The compute DAG of one group, its bindings and stages not to inline.
+pub fn group_dag(
+    graph: &Graph,
+    g: &Group,
+) -> Result<(Builder, Vec<KernelInput>, Vec<ValueId>), KernelError> {
+    let mut b = Builder::new();
+    let mut bound: Vec<(ValueId, Operand)> = vec![];
+    let mut inputs = vec![];
+    let def_err = |node: &str, e: ComputeError| KernelError::Define {
+        node: node.to_string(),
+        source: e,
+    };
+    let first = g
+        .nodes
+        .first()
+        .map(|&n| graph.node(n).name.clone())
+        .unwrap_or_default();
+    for v in group_inputs(graph, g) {
+        let ty = graph.ty(v).clone();
+        let (name, binding, constant) = match const_id(graph, v) {
+            Some(c) => (
+                format!("w{}", c.0),
+                KernelInput::Const(c),
+                Some(graph.constant(c).clone()),
+            ),
+            None => (format!("v{}", v.0), KernelInput::Value(v), None),
+        };
+        let id = b.placeholder(&name, &ty).map_err(|e| def_err(&first, e))?;
+        inputs.push((id, binding));
+        bound.push((v, Operand { id, ty, constant }));
+    }
+    for &n in &g.nodes {
+        let node = graph.node(n);
+        let ops: Vec<Operand> = node
+            .inputs
+            .iter()
+            .filter_map(|v| bound.iter().find(|(b, _)| b == v).map(|(_, o)| o.clone()))
+            .collect();
+        b.set_prefix(&format!("n{}_{}", n.0, node.op.name()));
+        let id = define(&mut b, &node.op, &ops).map_err(|e| def_err(&node.name, e))?;
+        bound.push((
+            node.output,
+            Operand {
+                id,
+                ty: graph.ty(node.output).clone(),
+                constant: None,
+            },
+        ));
+    }
+    // Tables are placeholders too: list every placeholder in DAG order.
+    let mut ordered = vec![];
+    for (i, t) in b.dag().tensors().iter().enumerate() {
+        if t.stage.is_some() {
+            continue;
+        }
+        let id = kiln_tir::BufferId(i as u32);
+        if let Some((_, k)) = inputs.iter().find(|(p, _)| *p == id) {
+            ordered.push(k.clone());
+        } else if let Some((_, t)) = b.tables().iter().find(|(p, _)| *p == id) {
+            ordered.push(KernelInput::Table(t.clone()));
+        }
+    }
+    let outputs = group_output(graph, g).into_iter().collect();
+    Ok((b, ordered, outputs))
+}
+
+/// Lowers every group of `graph` with its default schedule.
+pub fn lower_graph(graph: &Graph) -> Result<Vec<Kernel>, KernelError> {
+    let mut kernels = vec![];
+    for g in partition(graph) {
+        let (b, inputs, outputs) = group_dag(graph, &g)?;
+        let (dag, _, keep) = b.into_parts();
+        let name = dag
+            .outputs()
+            .last()
+            .and_then(|o| dag.tensor(*o))
+            .map_or_else(String::new, |t| t.name.clone());
+        if dag.outputs().len() != 1 {
+            return Err(KernelError::Outputs(name));
+        }
+        let (trace, func) =
+            default_schedule(&dag, g.class, &keep).map_err(|e| KernelError::Lower {
+                kernel: name.clone(),
+                source: e,
+            })?;
+        kernels.push(Kernel {
+            name,
+            dag,
+            trace,
+            func,
+            inputs,
+            outputs,
+            class: g.class,
+            alias: g.alias,
+        });
+    }
+    Ok(kernels)
+}
+
+/// Runs the kernels with the TIR interpreter on the graph inputs; returns the graph outputs.
+pub fn run_kernels(
+    graph: &Graph,
+    kernels: &[Kernel],
+    inputs: &[Tensor],
+) -> Result<Vec<Tensor>, String> {
+    let mut values: Vec<Option<Tensor>> = vec![None; graph.values().len()];
+    for (&v, t) in graph.inputs().iter().zip(inputs) {
+        values[v.index()] = Some(t.clone());
+    }
+    for (i, _) in graph.values().iter().enumerate() {
+        if let Some(c) = const_id(graph, ValueId(i as u32)) {
+            values[i] = Some(graph.constant(c).clone());
+        }
+    }
+    for k in kernels {
+        let mut args = vec![];
+        for inp in &k.inputs {
+            args.push(match inp {
+                KernelInput::Value(v) => values[v.index()]
+                    .clone()
+                    .ok_or_else(|| format!("kernel {}: value {v} not computed", k.name))?,
+                KernelInput::Const(c) => graph.constant(*c).clone(),
+                KernelInput::Table(t) => t.clone(),
+            });
+        }
+        for &o in &k.outputs {
+            args.push(Tensor::zeros(graph.ty(o).clone()));
+        }
+        kiln_tir::interp::run(&k.func, &mut args).map_err(|e| format!("kernel {}: {e}", k.name))?;
+        let n_in = k.inputs.len();
+        for (j, &o) in k.outputs.iter().enumerate() {
+            values[o.index()] = args.get(n_in + j).cloned();
+        }
+    }
+    graph
+        .outputs()
+        .iter()
+        .map(|v| {
+            values[v.index()]
+                .clone()
+                .ok_or_else(|| format!("graph output {v} not computed"))
+        })
+        .collect()
+}

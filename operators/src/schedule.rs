@@ -1,0 +1,413 @@
+//! Default schedules per op class, produced as serialisable [`Trace`]s.
+//!
+//! Invariant: [`default_schedule`] returns a trace that replays legally on the DAG
+//! ([`Trace::apply`]) together with the function [`kiln_tir::lower`] makes of it; every
+//! instruction is checked against the schedule state as it is recorded, and if lowering rejects
+//! the whole, simpler traces are tried down to the naive one, so a default schedule always
+//! exists and computes what the naive schedule computes.
+//!
+//! Rules (all stages):
+//! * every non-output, non-reduction stage not marked *keep* is inlined;
+//! * elementwise / data-movement outputs: the innermost axis is split by 4 and vectorized when
+//!   divisible, the outermost axis is parallel (fused with the next one when it is small);
+//! * conv / depthwise anchors: the output (the epilogue after inlining) is tiled
+//!   `n, oc.o, oh, ow.o, oc.i(4), ow.i(4)` with the conv reduction computed at `ow.o` into a
+//!   `4 x 4` tile, reduction loops outside the tile loops and the tile's `ow` vectorized;
+//! * matmul anchors: `b, i.o, j.o, k, i.i(4), j.i(4)`, the accumulator tile computed at `j.o`
+//!   (or `cache_write` when the matmul is itself the output);
+//! * other reductions (pools, reduce, argmax) at root: the innermost divisible spatial axis split
+//!   by 4, its inner part moved inside the reduction loops and vectorized, the outermost
+//!   spatial loop parallel.
+
+use kiln_tir::{
+    lower, BufferId, ComputeDag, Instruction, IterKind, LowerError, PrimFunc, Schedule, Trace,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// The class of a fused group, which picks its default schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OpClass {
+    Conv,
+    Depthwise,
+    MatMul,
+    Pool,
+    Reduction,
+    Elementwise,
+    Movement,
+}
+
+/// Records instructions that apply legally, skipping the others.
+struct Recorder<'a> {
+    dag: &'a ComputeDag,
+    sched: Schedule,
+    trace: Vec<Instruction>,
+}
+
+impl<'a> Recorder<'a> {
+    fn new(dag: &'a ComputeDag) -> Self {
+        Recorder {
+            dag,
+            sched: Schedule::naive(dag),
+            trace: vec![],
+        }
+    }
+
+    /// Applies `inst` when legal; returns whether it was.
+    fn apply(&mut self, inst: Instruction) -> bool {
+        let ok = self.sched.apply(self.dag, &inst).is_ok();
+        if ok {
+            self.trace.push(inst);
+        }
+        ok
+    }
+
+    fn loops(&self, stage: &str) -> Vec<(String, IterKind, usize)> {
+        self.sched
+            .loops(self.dag, stage)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| (l.name, l.kind, l.extent))
+            .collect()
+    }
+
+    fn split(&mut self, stage: &str, loop_: &str, f: usize) -> bool {
+        self.apply(Instruction::Split {
+            stage: stage.into(),
+            loop_: loop_.into(),
+            factors: vec![f],
+        })
+    }
+
+    fn reorder(&mut self, stage: &str, order: &[String]) -> bool {
+        self.apply(Instruction::Reorder {
+            stage: stage.into(),
+            order: order.to_vec(),
+        })
+    }
+
+    fn vectorize(&mut self, stage: &str, loop_: &str) -> bool {
+        self.apply(Instruction::Vectorize {
+            stage: stage.into(),
+            loop_: loop_.into(),
+        })
+    }
+
+    fn parallel(&mut self, stage: &str, loop_: &str) -> bool {
+        self.apply(Instruction::Parallel {
+            stage: stage.into(),
+            loop_: loop_.into(),
+        })
+    }
+
+    fn fuse(&mut self, stage: &str, loops: &[String]) -> Option<String> {
+        let name = format!("{}.fused", loops.join("."));
+        self.apply(Instruction::Fuse {
+            stage: stage.into(),
+            loops: loops.to_vec(),
+        })
+        .then_some(name)
+    }
+
+    /// Parallelises the outermost spatial loop, fusing it with the next spatial loop when it
+    /// has fewer than 8 iterations.
+    fn parallel_outer(&mut self, stage: &str) {
+        let loops = self.loops(stage);
+        let Some((first, kind, ext)) = loops.first().cloned() else {
+            return;
+        };
+        if kind != IterKind::Spatial {
+            return;
+        }
+        let mut target = first.clone();
+        if ext < 8 {
+            if let Some((second, IterKind::Spatial, _)) = loops.get(1).cloned() {
+                let last = loops.len() == 2;
+                if !last || ext == 1 {
+                    if let Some(f) = self.fuse(stage, &[first, second]) {
+                        target = f;
+                    }
+                }
+            }
+        }
+        let total = self.loops(stage).first().map_or(1, |l| l.2);
+        if total > 1 {
+            self.parallel(stage, &target);
+        }
+    }
+
+    fn trace(self) -> Trace {
+        Trace(self.trace)
+    }
+}
+
+/// Names of the stages and whether each is a reduction.
+fn stage_name(dag: &ComputeDag, id: BufferId) -> String {
+    dag.tensor(id).map(|t| t.name.clone()).unwrap_or_default()
+}
+
+fn is_reduction(dag: &ComputeDag, id: BufferId) -> bool {
+    dag.stage(id).is_some_and(|s| s.reduction.is_some())
+}
+
+/// The full default trace (before any fallback), see the module doc.
+pub fn default_trace(dag: &ComputeDag, class: OpClass, keep: &BTreeSet<BufferId>) -> Trace {
+    build(dag, class, keep, Level::Full)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Level {
+    /// Inline only.
+    Inline,
+    /// Inline, parallel and vectorized loops, reductions at root.
+    Simple,
+    /// Everything, including compute_at tiling of anchors.
+    Full,
+}
+
+fn build(dag: &ComputeDag, class: OpClass, keep: &BTreeSet<BufferId>, level: Level) -> Trace {
+    let mut r = Recorder::new(dag);
+    let outputs = dag.outputs();
+    let ids: Vec<BufferId> = (0..dag.tensors().len())
+        .map(|i| BufferId(i as u32))
+        .filter(|&id| dag.stage(id).is_some())
+        .collect();
+    for &id in &ids {
+        if !outputs.contains(&id) && !is_reduction(dag, id) && !keep.contains(&id) {
+            r.apply(Instruction::ComputeInline {
+                stage: stage_name(dag, id),
+            });
+        }
+    }
+    if level == Level::Inline {
+        return r.trace();
+    }
+    let mut attached = BTreeSet::new();
+    if level == Level::Full && matches!(class, OpClass::Conv | OpClass::Depthwise | OpClass::MatMul)
+    {
+        for &o in &outputs {
+            let reads = r.sched.effective_reads(dag, o);
+            let anchor = reads
+                .iter()
+                .copied()
+                .find(|&t| is_reduction(dag, t) && !outputs.contains(&t));
+            if let Some(a) = anchor {
+                if tile_anchor(&mut r, class, o, a) {
+                    attached.insert(a);
+                    attached.insert(o);
+                }
+            } else if class == OpClass::MatMul && is_reduction(dag, o) {
+                if matmul_root(&mut r, o) {
+                    attached.insert(o);
+                }
+            }
+        }
+    }
+    for &id in &ids {
+        if attached.contains(&id) {
+            continue;
+        }
+        let inlined = r
+            .sched
+            .stage(id)
+            .is_some_and(|s| s.attach == kiln_tir::Attach::Inline);
+        if inlined {
+            continue;
+        }
+        let name = stage_name(dag, id);
+        if is_reduction(dag, id) {
+            reduction_root(&mut r, &name);
+        } else {
+            elementwise(&mut r, &name);
+        }
+    }
+    r.trace()
+}
+
+/// Splits the innermost loop by 4 and vectorizes it when divisible; parallel outer loops.
+fn elementwise(r: &mut Recorder, stage: &str) {
+    let loops = r.loops(stage);
+    let Some((inner, _, ext)) = loops.last().cloned() else {
+        return;
+    };
+    let mut vec_loop = None;
+    if ext % 4 == 0 && ext >= 8 && r.split(stage, &inner, 4) {
+        vec_loop = Some(format!("{inner}.1"));
+    } else if ext == 4 && loops.len() > 1 {
+        vec_loop = Some(inner);
+    }
+    r.parallel_outer(stage);
+    if let Some(v) = vec_loop {
+        r.vectorize(stage, &v);
+    }
+}
+
+/// A reduction at root: vectorize a spatial axis inside the reduction loops, parallel outside.
+fn reduction_root(r: &mut Recorder, stage: &str) {
+    let loops = r.loops(stage);
+    let spatial: Vec<(String, usize)> = loops
+        .iter()
+        .filter(|l| l.1 == IterKind::Spatial)
+        .map(|l| (l.0.clone(), l.2))
+        .collect();
+    let reduce: Vec<String> = loops
+        .iter()
+        .filter(|l| l.1 == IterKind::Reduce)
+        .map(|l| l.0.clone())
+        .collect();
+    let mut vec_loop = None;
+    if let Some((name, ext)) = spatial.last().cloned() {
+        if ext % 4 == 0 && spatial.len() > 1 && r.split(stage, &name, 4) {
+            let inner = format!("{name}.1");
+            let mut order: Vec<String> = r
+                .loops(stage)
+                .into_iter()
+                .map(|l| l.0)
+                .filter(|n| *n != inner)
+                .collect();
+            order.push(inner.clone());
+            if r.reorder(stage, &order) {
+                vec_loop = Some(inner);
+            }
+        }
+    }
+    let _ = reduce;
+    r.parallel_outer(stage);
+    if let Some(v) = vec_loop {
+        r.vectorize(stage, &v);
+    }
+}
+
+/// A matmul that is itself the output: tiled `b, i.o, j.o, k, i.i, j.i` with `cache_write`.
+fn matmul_root(r: &mut Recorder, o: BufferId) -> bool {
+    let stage = stage_name(r.dag, o);
+    let Some(t) = r.dag.tensor(o) else {
+        return false;
+    };
+    let (m, n) = (t.shape[1], t.shape[2]);
+    let ti = if m % 4 == 0 { 4 } else { 1 };
+    if n % 4 != 0 {
+        return false;
+    }
+    let mut order = vec!["i0".to_string()];
+    let mut inner = vec![];
+    if ti > 1 && r.split(&stage, "i1", ti) {
+        order.push("i1.0".into());
+        inner.push("i1.1".to_string());
+    } else {
+        order.push("i1".into());
+    }
+    if !r.split(&stage, "i2", 4) {
+        return false;
+    }
+    order.push("i2.0".into());
+    order.push("k".into());
+    inner.push("i2.1".into());
+    order.extend(inner);
+    r.reorder(&stage, &order);
+    r.apply(Instruction::CacheWrite {
+        stage: stage.clone(),
+    });
+    r.parallel_outer(&stage);
+    r.vectorize(&stage, "i2.1");
+    true
+}
+
+/// Tiles the output `o` and computes the anchor reduction `a` at its tile loop.
+fn tile_anchor(r: &mut Recorder, class: OpClass, o: BufferId, a: BufferId) -> bool {
+    let dag = r.dag;
+    let (oname, aname) = (stage_name(dag, o), stage_name(dag, a));
+    let Some(t) = dag.tensor(o) else {
+        return false;
+    };
+    let shape = t.shape.clone();
+    // (channel-like axis, innermost axis) to tile by 4.
+    let (row_axis, col_axis) = match (class, shape.len()) {
+        (OpClass::MatMul, 3) => (1, 2),
+        (OpClass::Conv, 4) => (1, 3),
+        (OpClass::Depthwise, 4) => (2, 3),
+        _ => return false,
+    };
+    let row = format!("i{row_axis}");
+    let col = format!("i{col_axis}");
+    let split_row = shape[row_axis] % 4 == 0 && r.split(&oname, &row, 4);
+    let split_col = shape[col_axis] % 4 == 0 && r.split(&oname, &col, 4);
+    if !split_col {
+        return false;
+    }
+    // Outer loops in axis order, then the tile loops.
+    let mut outer = vec![];
+    for d in 0..shape.len() {
+        let n = format!("i{d}");
+        if d == row_axis && split_row {
+            outer.push(format!("{n}.0"));
+        } else if d == col_axis {
+            outer.push(format!("{n}.0"));
+        } else {
+            outer.push(n);
+        }
+    }
+    let attach = outer[outer.len() - 1].clone();
+    let mut order = outer.clone();
+    if split_row {
+        order.push(format!("{row}.1"));
+    }
+    order.push(format!("{col}.1"));
+    if !r.reorder(&oname, &order) {
+        return false;
+    }
+    if !r.apply(Instruction::ComputeAt {
+        stage: aname.clone(),
+        target_stage: oname.clone(),
+        target_loop: attach,
+    }) {
+        return false;
+    }
+    // Anchor: reduction loops outside its (tile-sized) spatial loops, the column vectorized.
+    let aloops = r.loops(&aname);
+    let mut aorder: Vec<String> = aloops
+        .iter()
+        .filter(|l| l.1 == IterKind::Reduce)
+        .map(|l| l.0.clone())
+        .collect();
+    aorder.extend(
+        aloops
+            .iter()
+            .filter(|l| l.1 == IterKind::Spatial)
+            .map(|l| l.0.clone()),
+    );
+    r.reorder(&aname, &aorder);
+    r.vectorize(&aname, &col);
+    // Output: parallel outside, vectorized tile column.
+    r.parallel_outer(&oname);
+    r.vectorize(&oname, &format!("{col}.1"));
+    true
+}
+
+/// The default schedule of `dag` for `class`: the trace and the lowered function. Falls back
+/// to simpler traces when lowering rejects one (see the module doc).
+pub fn default_schedule(
+    dag: &ComputeDag,
+    class: OpClass,
+    keep: &BTreeSet<BufferId>,
+) -> Result<(Trace, PrimFunc), LowerError> {
+    let mut last = None;
+    for level in [Level::Full, Level::Simple, Level::Inline] {
+        let trace = build(dag, class, keep, level);
+        match lower_trace(dag, &trace) {
+            Ok(f) => return Ok((trace, f)),
+            Err(e) => last = Some(e),
+        }
+    }
+    let trace = Trace::default();
+    match kiln_tir::lower_naive(dag) {
+        Ok(f) => Ok((trace, f)),
+        Err(e) => Err(last.unwrap_or(e)),
+    }
+}
+
+/// Replays `trace` on `dag` and lowers it.
+pub fn lower_trace(dag: &ComputeDag, trace: &Trace) -> Result<PrimFunc, LowerError> {
+    let sched = trace.apply(dag)?;
+    lower(dag, &sched)
+}
