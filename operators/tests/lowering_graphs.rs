@@ -1,0 +1,239 @@
+//! Whole graphs through `lower_graph`: fusion groups become single kernels, and the bundled
+//! models run kernel by kernel in the TIR interpreter match `kiln_reference::run`.
+
+mod lowering_common;
+
+use kiln_ir::op::{BinaryOp, ConvAttrs, UnaryOp};
+use kiln_ir::{DType, Graph, Op, OrderedF64, Tensor, TensorType};
+use kiln_operators::fusion::partition;
+use kiln_operators::kernel::{lower_graph, run_kernels, KernelInput};
+use kiln_operators::schedule::OpClass;
+use lowering_common::*;
+use std::path::PathBuf;
+
+fn conv_attrs() -> ConvAttrs {
+    ConvAttrs {
+        pad: [1, 1, 1, 1],
+        stride: [1, 1],
+        dilation: [1, 1],
+        input_zp: 0,
+        weight_zp: 0,
+    }
+}
+
+fn compare(graph: &Graph, inputs: &[Tensor], rel: f64) -> usize {
+    graph.verify().unwrap();
+    let kernels = lower_graph(graph).unwrap_or_else(|e| panic!("{e}"));
+    let got = run_kernels(graph, &kernels, inputs).unwrap();
+    let want = kiln_reference::run(graph, inputs).unwrap();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_close(&format!("output {i}"), g, w, rel);
+    }
+    kernels.len()
+}
+
+#[test]
+fn conv_bias_relu_is_one_kernel() {
+    let mut rng = Rng(21);
+    let mut g = Graph::new();
+    let x = g.add_input("x", TensorType::new(DType::F32, vec![1, 3, 8, 8]).unwrap());
+    let w = g.add_const_value(rand_default(&mut rng, DType::F32, &[8, 3, 3, 3]), "w");
+    let zero = g.add_const_value(Tensor::new(vec![1], vec![0f32]).unwrap(), "b0");
+    let c = g
+        .add_node(Op::Conv2d(conv_attrs()), &[x, w, zero], "conv")
+        .unwrap();
+    let bias = g.add_const_value(rand_default(&mut rng, DType::F32, &[1, 8, 1, 1]), "bias");
+    let a = g
+        .add_node(Op::Binary(BinaryOp::Add), &[c, bias], "add")
+        .unwrap();
+    let r = g
+        .add_node(
+            Op::Clamp {
+                min: OrderedF64(0.0),
+                max: OrderedF64(f64::INFINITY),
+            },
+            &[a],
+            "relu",
+        )
+        .unwrap();
+    g.set_outputs(vec![r]).unwrap();
+    let groups = partition(&g);
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(groups[0].class, OpClass::Conv);
+    assert_eq!(groups[0].nodes.len(), 3);
+    let kernels = lower_graph(&g).unwrap();
+    assert_eq!(kernels.len(), 1);
+    let k = &kernels[0];
+    assert_eq!(k.outputs, vec![r]);
+    assert!(k.inputs.contains(&KernelInput::Value(x)));
+    // One loop nest: the conv is computed at the epilogue's tile loop, the add is inlined.
+    assert!(k
+        .trace
+        .0
+        .iter()
+        .any(|i| matches!(i, kiln_tir::Instruction::ComputeAt { .. })));
+    let input = rand_default(&mut rng, DType::F32, &[1, 3, 8, 8]);
+    assert_eq!(compare(&g, &[input], 1e-4), 1);
+}
+
+#[test]
+fn residual_and_chains_fuse_reshape_aliases() {
+    let mut rng = Rng(22);
+    let mut g = Graph::new();
+    let x = g.add_input("x", TensorType::new(DType::F32, vec![1, 4, 6, 8]).unwrap());
+    let e = g.add_node(Op::Unary(UnaryOp::Exp), &[x], "exp").unwrap();
+    let n = g.add_node(Op::Unary(UnaryOp::Negate), &[e], "neg").unwrap();
+    let w = g.add_const_value(rand_default(&mut rng, DType::F32, &[4, 4, 3, 3]), "w");
+    let b = g.add_const_value(rand_default(&mut rng, DType::F32, &[4]), "b");
+    let c = g
+        .add_node(Op::Conv2d(conv_attrs()), &[n, w, b], "conv")
+        .unwrap();
+    let a = g
+        .add_node(Op::Binary(BinaryOp::Add), &[c, n], "residual")
+        .unwrap();
+    let t = g.add_node(Op::Unary(UnaryOp::Tanh), &[a], "tanh").unwrap();
+    let r = g
+        .add_node(
+            Op::Reshape {
+                shape: vec![1, 192],
+            },
+            &[t],
+            "flat",
+        )
+        .unwrap();
+    g.set_outputs(vec![r]).unwrap();
+    let groups = partition(&g);
+    // exp+neg (neg has two consumers, so the chain stops there), conv+add+tanh, reshape.
+    assert_eq!(groups.len(), 3, "{groups:?}");
+    assert_eq!(groups[1].nodes.len(), 3);
+    assert!(groups[2].alias);
+    let input = rand_default(&mut rng, DType::F32, &[1, 4, 6, 8]);
+    assert_eq!(compare(&g, &[input], 1e-4), 3);
+}
+
+#[test]
+fn int8_conv_rescale_chain() {
+    let mut rng = Rng(23);
+    let mut g = Graph::new();
+    let x = g.add_input("x", TensorType::new(DType::I8, vec![1, 2, 5, 8]).unwrap());
+    let w = g.add_const_value(rand_default(&mut rng, DType::I8, &[4, 2, 3, 3]), "w");
+    let b = g.add_const_value(rand(&mut rng, DType::I32, &[4], -500, 500), "b");
+    let a = ConvAttrs {
+        input_zp: -2,
+        weight_zp: 1,
+        ..conv_attrs()
+    };
+    let c = g.add_node(Op::Conv2d(a), &[x, w, b], "conv").unwrap();
+    let r = g
+        .add_node(
+            Op::Rescale(kiln_ir::op::RescaleAttrs {
+                to: DType::I8,
+                multiplier: vec![1_200_000_000, 1_500_000_000, 1 << 30, 2_000_000_000],
+                shift: vec![40, 41, 39, 42],
+                input_zp: 0,
+                output_zp: -1,
+                scale32: true,
+                rounding: kiln_ir::op::RoundingMode::Double,
+                channel_axis: Some(1),
+            }),
+            &[c],
+            "rescale",
+        )
+        .unwrap();
+    let cl = g
+        .add_node(
+            Op::Clamp {
+                min: OrderedF64(-1.0),
+                max: OrderedF64(127.0),
+            },
+            &[r],
+            "relu",
+        )
+        .unwrap();
+    g.set_outputs(vec![cl]).unwrap();
+    let input = rand_default(&mut rng, DType::I8, &[1, 2, 5, 8]);
+    assert_eq!(compare(&g, &[input], 0.0), 1);
+}
+
+fn model_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/models")
+        .join(name)
+}
+
+fn check_model(name: &str) {
+    let model = kiln_onnx::load_model(
+        &model_path(&format!("{name}.onnx")),
+        &kiln_onnx::ImportOptions::default(),
+    )
+    .unwrap();
+    let (_, input) =
+        kiln_onnx::read_tensor_file(&model_path(&format!("{name}_data/input_0.pb"))).unwrap();
+    let g = &model.graph;
+    let kernels = lower_graph(g).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let nodes = g
+        .nodes()
+        .iter()
+        .filter(|n| !matches!(n.op, Op::Const(_)))
+        .count();
+    assert!(kernels.len() < nodes, "{name}: no fusion happened");
+    let got = run_kernels(g, &kernels, std::slice::from_ref(&input)).unwrap();
+    let want = kiln_reference::run(g, &[input]).unwrap();
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(a.ty(), b.ty());
+        let (a, b) = (a.data().to_f64_vec(), b.data().to_f64_vec());
+        for (j, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!((x - y).abs() <= 1e-4, "{name} output {i}[{j}]: {x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn resnet8_kernels_match_reference() {
+    check_model("resnet8_cifar");
+}
+
+#[test]
+fn dscnn_kernels_match_reference() {
+    check_model("dscnn_kws");
+}
+
+/// The int8 ResNet-8 (QDQ import: integer conv + RESCALE chains), when the asset is present.
+#[test]
+fn resnet8_int8_kernels_match_reference() {
+    if model_path("resnet8_cifar_int8.onnx").exists() {
+        check_model("resnet8_cifar_int8");
+    }
+}
+
+#[test]
+fn kernel_counts_of_models() {
+    for name in ["resnet8_cifar", "dscnn_kws"] {
+        let model = kiln_onnx::load_model(
+            &model_path(&format!("{name}.onnx")),
+            &kiln_onnx::ImportOptions::default(),
+        )
+        .unwrap();
+        let kernels = lower_graph(&model.graph).unwrap();
+        let anchored = kernels
+            .iter()
+            .filter(|k| {
+                matches!(
+                    k.class,
+                    OpClass::Conv | OpClass::Depthwise | OpClass::MatMul
+                )
+            })
+            .count();
+        let nodes = model
+            .graph
+            .nodes()
+            .iter()
+            .filter(|n| !matches!(n.op, Op::Const(_)))
+            .count();
+        eprintln!(
+            "{name}: {nodes} nodes -> {} kernels ({anchored} anchored)",
+            kernels.len()
+        );
+        assert!(anchored > 0);
+    }
+}
