@@ -574,3 +574,71 @@ fn softmax_has_no_integer_form_and_stays_float() {
     let ops = ops_with_types(&m.graph);
     assert!(ops.contains(&("exp", DType::F32, DType::F32)), "{ops:?}");
 }
+
+#[test]
+fn average_pool_is_a_depthwise_sum() {
+    let mut c = Case::default();
+    c.act("x", &[1, 3, 7, 7], 0.03, -9);
+    c.nodes.push(node(
+        "AveragePool",
+        &["x_dq"],
+        "y",
+        vec![
+            attr_ints("kernel_shape", &[3, 3]),
+            attr_ints("strides", &[2, 2]),
+            attr_ints("pads", &[1, 1, 1, 1]),
+            attr_int("count_include_pad", 1),
+        ],
+    ));
+    let ops = c.check(0.0);
+    assert!(
+        ops.contains(&("depthwise_conv2d", DType::I8, DType::I32)),
+        "{ops:?}"
+    );
+    assert_eq!(count(&ops, "avg_pool2d"), 0);
+}
+
+#[test]
+fn average_pool_not_counting_padding_stays_float() {
+    let mut c = Case::default();
+    c.act("x", &[1, 2, 4, 4], 0.03, 0);
+    c.nodes.push(node(
+        "AveragePool",
+        &["x_dq"],
+        "y",
+        vec![
+            attr_ints("kernel_shape", &[2, 2]),
+            attr_ints("pads", &[1, 1, 1, 1]),
+        ],
+    ));
+    let m = import_bytes(&c.model(Some((0.03, 0))), None, &ImportOptions::default()).unwrap();
+    assert!(
+        m.notes.iter().any(|n| n.contains("other divisors")),
+        "{:?}",
+        m.notes
+    );
+    assert_eq!(count(&ops_with_types(&m.graph), "avg_pool2d"), 1);
+}
+
+#[test]
+fn degenerate_quantization_parameters_do_not_panic() {
+    for (w_scale, out_scale) in [
+        ([0.0, 0.01], 0.05),
+        ([-1.0, 0.01], 0.05),
+        ([f64::NAN, 0.01], 0.05),
+        ([1e30, 1e30], 1e-30),
+        ([1e-30, 1e-30], 1e30),
+        ([0.01, 0.01], 0.0),
+    ] {
+        let mut c = Case::default();
+        c.act("x", &[1, 2, 4, 4], 0.04, 3);
+        weight(&mut c, "w", &[2, 2, 1, 1], &w_scale, 0, I8);
+        c.nodes.push(node("Conv", &["x_dq", "w_dq"], "y", vec![]));
+        // Either a graph or an import error; never a panic.
+        let _ = import_bytes(
+            &c.model(Some((out_scale, 0))),
+            None,
+            &ImportOptions::default(),
+        );
+    }
+}

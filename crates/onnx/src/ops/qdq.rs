@@ -8,8 +8,15 @@
 //! per-channel allowed for weights and biases). If the pattern fits, the Q node's value is built
 //! from the *integer* inputs of those DequantizeLinear nodes and the float chain is never read;
 //! the importer's dead-node pruning then drops it. No ONNX node is removed or rewritten, so a
-//! pattern that does not fit (Softmax, AveragePool, per-axis activations, ...) keeps the float
-//! path with explicit dequantize (cast, sub, mul) and quantize (div, round, add, clamp) around it.
+//! pattern that does not fit (Softmax, an AveragePool whose edge windows have other divisors,
+//! per-axis activations, ...) keeps the float path with explicit dequantize (cast, sub, mul) and
+//! quantize (div, round, add, clamp) around it.
+//!
+//! Fused ops: Conv (CONV2D or DEPTHWISE_CONV2D), MatMul and Gemm (MATMUL) with an i32 bias, then
+//! a per-channel RESCALE; Add/Sub (both operands RESCALEd to i32 at a common scale, TFLite/TOSA
+//! style) and Mul; GlobalAveragePool (i32 REDUCE_SUM) and AveragePool (DEPTHWISE_CONV2D with
+//! ones); Concat (operands requantized to the output); data movement and MaxPool (on the int8
+//! values, requantized only when the scales differ); a bare `Q(DQ(x))` (a RESCALE or nothing).
 //!
 //! Invariant: a fused value has exactly the dtype, shape, scale and zero point of the
 //! QuantizeLinear output it replaces, and differs from `Q(op(DQ(..)))` only by the rounding of
@@ -22,12 +29,12 @@
 
 use crate::builder::{invalid, norm_axis, unsupported, Builder, NResult};
 use crate::node::NodeCx;
-use crate::ops::conv::conv_core;
+use crate::ops::conv::{conv_core, from_2d, to_2d, window};
 use crate::ops::matmul::matmul_nd;
 use crate::ops::quant::{rescale_by, weight_and_zero_point};
 use crate::proto::NodeProto;
-use kiln_ir::op::{BinaryOp, MatMulAttrs, ReduceOp};
-use kiln_ir::{DType, ValueId};
+use kiln_ir::op::{BinaryOp, ConvAttrs, MatMulAttrs, ReduceOp};
+use kiln_ir::{DType, Op, ValueId};
 use std::collections::HashMap;
 
 /// Ops that only move or select elements: they commute with a per-tensor DequantizeLinear
@@ -53,6 +60,9 @@ const DATA_MOVEMENT: &[&str] = &[
 /// Fractional bits of the i32 operands of a quantized Add/Sub (TFLite's `left_shift` for 8-bit
 /// inputs, also what TOSA's legalization uses): 8-bit differences stay below 2^29.
 const ADD_LEFT_SHIFT: i32 = 20;
+
+/// Largest all-ones weight (elements) an integer AveragePool materializes.
+const MAX_POOL_WEIGHTS: usize = 1 << 24;
 
 /// Relative difference under which two scales are treated as equal. Far below f32 precision
 /// of a ratio yet far above the rounding noise of products computed in f32 or f64.
@@ -166,6 +176,7 @@ pub(crate) fn fuse_quantize(
         "Add" | "Sub" => f.add_sub(p, &out)?,
         "Mul" => f.mul(p, &out)?,
         "GlobalAveragePool" => f.global_average_pool(p, &out)?,
+        "AveragePool" => f.average_pool(p, &out)?,
         "Concat" => f.concat(p, &out)?,
         "DequantizeLinear" => match f.act(&src) {
             Some(x) => Some(f.requantize(x, &out)?),
@@ -563,6 +574,59 @@ impl Fuser<'_, '_> {
         self.rescale_out(sum, &[real], 0, out).map(Some)
     }
 
+    /// `Q(AveragePool(DQ(x)))` when every window has the same divisor (no padding, or padding
+    /// counted): a DEPTHWISE_CONV2D with all-ones weights sums `x - zx` in i32 (padding reads
+    /// the zero point, so adds nothing), and RESCALE divides by `kh * kw` and requantizes.
+    fn average_pool(&mut self, p: &NodeProto, out: &OutQuant) -> NResult<Option<ValueId>> {
+        let (Some(cx), Some(x)) = (self.cx(p), self.act(in_name(p, 0))) else {
+            return Ok(None);
+        };
+        let xs = self.b.shape(x.q);
+        if !(3..=4).contains(&xs.len()) {
+            return unsupported(format!("a {}-D average pool", xs.len().saturating_sub(2)));
+        }
+        let kernel: Vec<usize> = match cx.ints_opt("kernel_shape")? {
+            Some(k) if k.iter().all(|&d| d >= 1) => k.iter().map(|&d| d as usize).collect(),
+            _ => return invalid("kernel_shape must list positive sizes"),
+        };
+        if cx.flag("ceil_mode", false)? {
+            return unsupported("ceil_mode gives edge windows of other sizes");
+        }
+        let win = window(&cx, &xs[2..], &kernel, false)?;
+        if win.pad.iter().any(|&p| p > 0) && !cx.flag("count_include_pad", false)? {
+            return unsupported("edge windows that do not count the padding have other divisors");
+        }
+        let count = win.kernel[0].saturating_mul(win.kernel[1]);
+        if count > (i32::MAX as usize) / 256 {
+            return unsupported(format!("a window of {count} elements in an i32 sum"));
+        }
+        let channels = xs[1];
+        // The all-ones weight is materialized: keep it modest.
+        if channels.saturating_mul(count) > MAX_POOL_WEIGHTS {
+            return unsupported(format!("{channels} channels of {count}-element windows"));
+        }
+        let ones = self.b.const_f64(
+            DType::I8,
+            vec![channels, 1, win.kernel[0], win.kernel[1]],
+            &vec![1.0; channels * count],
+        )?;
+        let zeros = self
+            .b
+            .const_f64(DType::I32, vec![channels], &vec![0.0; channels])?;
+        let attrs = ConvAttrs {
+            pad: win.pad,
+            stride: win.stride,
+            dilation: win.dilation,
+            input_zp: x.zp,
+            weight_zp: 0,
+        };
+        let x4 = to_2d(self.b, x.q)?;
+        let sum = self.b.add(Op::DepthwiseConv2d(attrs), &[x4, ones, zeros])?;
+        let sum = from_2d(self.b, sum, xs.len() == 3)?;
+        self.rescale_out(sum, &[x.scale / count as f64], 0, out)
+            .map(Some)
+    }
+
     /// `Q(Concat(DQ(x0), DQ(x1), ...))`: each operand requantized to the output, then concatenated.
     fn concat(&mut self, p: &NodeProto, out: &OutQuant) -> NResult<Option<ValueId>> {
         let Some(mut cx) = self.cx(p) else {
@@ -635,8 +699,9 @@ impl Fuser<'_, '_> {
         out: &OutQuant,
     ) -> NResult<ValueId> {
         let real: Vec<f64> = acc_scale.iter().map(|s| s / out.scale).collect();
-        let real = if real.iter().all(|&r| r == real[0]) {
-            &real[..1]
+        // Equal per-channel scales (a per-tensor weight) need one multiplier only.
+        let real = if real.windows(2).all(|w| w[0] == w[1]) {
+            &real[..real.len().min(1)]
         } else {
             &real[..]
         };

@@ -1,5 +1,7 @@
 //! Quantisation ops: QuantizeLinear/DequantizeLinear (per-tensor and per-axis) and the integer
-//! convs and matmuls (QLinearConv, QLinearMatMul, ConvInteger, MatMulInteger).
+//! convs and matmuls (QLinearConv, QLinearMatMul, ConvInteger, MatMulInteger). The QDQ form
+//! (`DequantizeLinear -> op -> QuantizeLinear`) is fused into integer ops by `qdq`, which shares
+//! the RESCALE helpers below.
 //!
 //! Invariant: integer arithmetic follows TOSA: zero points become op attributes, products
 //! accumulate in i32, and requantisation is a RESCALE whose 32-bit multiplier and shift are
