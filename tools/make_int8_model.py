@@ -24,7 +24,8 @@ from onnx import numpy_helper
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                       QuantType, quantize_static)
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "models")
+ROOT = os.path.normpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "models"))
 SRC = os.path.join(ROOT, "resnet8_cifar.onnx")
 DST = os.path.join(ROOT, "resnet8_cifar_int8.onnx")
 SRC_DATA = os.path.join(ROOT, "resnet8_cifar_data")
