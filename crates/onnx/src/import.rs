@@ -1,5 +1,7 @@
 //! Model-level import: opset check, initializers, graph inputs with symbolic-dim binding,
 //! topological ordering of nodes, per-node dispatch and output wiring, then dead-node pruning.
+//! A QuantizeLinear that closes a QDQ pattern is first offered to `ops::qdq`, which builds it from
+//! integers; the float chain it replaces is then unused and pruned.
 //!
 //! Invariant: the returned graph passed `Graph::verify`, holds only nodes that reach an output,
 //! and has one graph input per ONNX input that is not an initializer, in declaration order.
