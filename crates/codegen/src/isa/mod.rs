@@ -1,0 +1,86 @@
+//! The host target: Cranelift ISA construction and the features codegen asks about.
+//!
+//! Invariant: every module codegen builds uses [`host_isa`], i.e. the native ISA with all host
+//! features Cranelift detects (`cranelift_native`), `opt_level=speed`, inline stack probes (kernels
+//! may keep up to a few hundred KiB of local buffers on the stack) and 64-bit pointers; and
+//! [`HostInfo`] says truthfully which optional instructions that ISA lowers natively.
+
+use crate::CodegenError;
+use cranelift_codegen::ir::{types, Type};
+use cranelift_codegen::isa::OwnedTargetIsa;
+use cranelift_codegen::settings::{self, Configurable};
+
+/// The architectures codegen knows about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arch {
+    X86_64,
+    Aarch64,
+    Other,
+}
+
+/// What codegen needs to know about the target.
+#[derive(Clone, Copy, Debug)]
+pub struct HostInfo {
+    /// The pointer type (always `i64`: 32-bit targets are rejected).
+    pub ptr: Type,
+    /// The ISA lowers scalar and f32x4 `fma` to one instruction (x86-64 FMA3, aarch64).
+    pub has_fma: bool,
+    /// The ISA lowers f32x4 `floor`/`ceil`/`nearest` natively (x86-64 SSE4.1, aarch64).
+    pub has_vector_round: bool,
+}
+
+/// The native ISA, `pic` for position-independent code (AOT); the JIT needs `pic = false`.
+pub fn host_isa(pic: bool, verify_ir: bool) -> Result<OwnedTargetIsa, CodegenError> {
+    let err = |e: &dyn std::fmt::Display| CodegenError::Isa(e.to_string());
+    let mut flags = settings::builder();
+    for (name, value) in [
+        ("opt_level", "speed"),
+        ("use_colocated_libcalls", "false"),
+        ("is_pic", if pic { "true" } else { "false" }),
+        ("enable_probestack", "true"),
+        ("probestack_strategy", "inline"),
+        ("enable_verifier", if verify_ir { "true" } else { "false" }),
+    ] {
+        flags.set(name, value).map_err(|e| err(&e))?;
+    }
+    let builder = cranelift_native::builder().map_err(|e| err(&e))?;
+    let isa = builder
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| err(&e))?;
+    if isa.pointer_type() != types::I64 {
+        return Err(CodegenError::Isa(format!(
+            "pointer type {} (only 64-bit targets are supported)",
+            isa.pointer_type()
+        )));
+    }
+    Ok(isa)
+}
+
+impl HostInfo {
+    /// The facts about `isa`.
+    pub fn of(isa: &dyn cranelift_codegen::isa::TargetIsa) -> HostInfo {
+        let arch = match isa.name() {
+            "x64" => Arch::X86_64,
+            "aarch64" => Arch::Aarch64,
+            _ => Arch::Other,
+        };
+        let flag = |name: &str| {
+            isa.isa_flags()
+                .iter()
+                .any(|v| v.name == name && v.as_bool() == Some(true))
+        };
+        HostInfo {
+            ptr: isa.pointer_type(),
+            has_fma: match arch {
+                Arch::X86_64 => flag("has_fma"),
+                Arch::Aarch64 => true,
+                Arch::Other => false,
+            },
+            has_vector_round: match arch {
+                Arch::X86_64 => flag("has_sse41"),
+                Arch::Aarch64 => true,
+                Arch::Other => false,
+            },
+        }
+    }
+}

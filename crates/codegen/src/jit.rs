@@ -1,0 +1,425 @@
+//! The JIT: compile [`PrimFunc`]s (and model entries) into executable memory and call them
+//! through a safe API.
+//!
+//! Invariant: generated code is only reachable through a [`Kernel`] or [`ModelFn`] borrowed from
+//! the [`JitModule`] that owns its memory, and their `run` methods check every argument (count,
+//! dtype, shape or byte length) before the one `unsafe` call, so safe code cannot make a kernel
+//! touch memory outside the buffers it was given. The memory is freed when the module drops.
+
+#![allow(unsafe_code)]
+
+use crate::entry::{self, EntryLayout, ModelEntry};
+use crate::isa::{host_isa, HostInfo};
+use crate::kernel::{check_supported, elem_bytes, EmitState};
+use crate::runtime::HOOKS;
+use crate::{CodegenError, CodegenOptions, CompileStats, Threads};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, FuncId};
+use kiln_ir::{dispatch_data, DType, Tensor, TensorData, TensorType};
+use kiln_tir::PrimFunc;
+
+/// A param of a compiled kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamInfo {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    /// Bytes of the dense buffer.
+    pub bytes: usize,
+}
+
+#[derive(Debug)]
+struct KernelInfo {
+    name: String,
+    params: Vec<ParamInfo>,
+    addr: *const u8,
+}
+
+#[derive(Debug)]
+struct EntryInfo {
+    name: String,
+    layout: EntryLayout,
+    addr: *const u8,
+}
+
+/// Compiled kernels and model entries in executable memory.
+pub struct JitModule {
+    module: Option<JITModule>,
+    kernels: Vec<KernelInfo>,
+    entries: Vec<EntryInfo>,
+    pool: Option<rayon::ThreadPool>,
+    host: HostInfo,
+    stats: CompileStats,
+}
+
+impl std::fmt::Debug for JitModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JitModule")
+            .field("kernels", &self.kernels)
+            .field("entries", &self.entries)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for JitModule {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: every pointer into this memory lives in `kernels`/`entries`, reachable only
+            // through borrows of `self`, which have ended.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+/// The signature of a compiled kernel.
+type KernelFn = unsafe extern "C" fn(params: *const *mut u8) -> i32;
+/// The signature of a compiled model entry.
+type EntryFn = unsafe extern "C" fn(
+    inputs: *const *const u8,
+    outputs: *const *mut u8,
+    arena: *mut u8,
+    constants: *const *const u8,
+) -> i32;
+
+impl JitModule {
+    /// Compiles `funcs` (each verified first) into one module.
+    pub fn compile(funcs: &[PrimFunc], opts: &CodegenOptions) -> Result<JitModule, CodegenError> {
+        JitModule::compile_with_entries(funcs, &[], opts)
+    }
+
+    /// Compiles `funcs` and the model entry functions `entries` calling them.
+    pub fn compile_with_entries(
+        funcs: &[PrimFunc],
+        entries: &[ModelEntry],
+        opts: &CodegenOptions,
+    ) -> Result<JitModule, CodegenError> {
+        for f in funcs {
+            kiln_tir::verify(f).map_err(|source| CodegenError::Verify {
+                func: f.name.clone(),
+                source,
+            })?;
+            check_supported(f)?;
+        }
+        let mut names: Vec<&str> = funcs.iter().map(|f| f.name.as_str()).collect();
+        names.extend(entries.iter().map(|e| e.name.as_str()));
+        for (i, n) in names.iter().enumerate() {
+            if names[..i].contains(n) {
+                return Err(CodegenError::DuplicateName(n.to_string()));
+            }
+        }
+        let layouts = entries
+            .iter()
+            .map(|e| entry::layout(e, funcs))
+            .collect::<Result<Vec<_>, _>>()?;
+        let isa = host_isa(false, opts.verify_ir)?;
+        let host = HostInfo::of(&*isa);
+        let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
+        for h in HOOKS {
+            builder.symbol(h.name, (h.addr)());
+        }
+        let pool = match opts.threads {
+            Threads::Pool(n) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .map_err(|e| CodegenError::ThreadPool(e.to_string()))?,
+            ),
+            Threads::Single | Threads::Global => None,
+        };
+        let mut jit = JitModule {
+            module: Some(JITModule::new(builder)),
+            kernels: vec![],
+            entries: vec![],
+            pool,
+            host,
+            stats: CompileStats::default(),
+        };
+        let Some(module) = jit.module.as_mut() else {
+            return Err(CodegenError::Isa("JIT module missing".into()));
+        };
+        let (kernel_ids, entry_ids) = {
+            let mut em = EmitState::new(module, host, opts.clone());
+            let ids = funcs
+                .iter()
+                .map(|f| em.declare_kernel(f))
+                .collect::<Result<Vec<FuncId>, _>>()?;
+            for (f, &id) in funcs.iter().zip(&ids) {
+                em.define_kernel(id, f)?;
+            }
+            let entry_ids = entries
+                .iter()
+                .map(|e| entry::define_entry(&mut em, e, funcs, &ids))
+                .collect::<Result<Vec<FuncId>, _>>()?;
+            jit.stats = em.stats;
+            (ids, entry_ids)
+        };
+        module
+            .finalize_definitions()
+            .map_err(|e| CodegenError::Cranelift {
+                func: "<module>".into(),
+                message: e.to_string(),
+            })?;
+        for (f, id) in funcs.iter().zip(kernel_ids) {
+            let params = f
+                .params
+                .iter()
+                .map(|p| {
+                    let d = &f.buffers[p.index()];
+                    ParamInfo {
+                        name: d.name.clone(),
+                        dtype: d.dtype,
+                        shape: d.shape.clone(),
+                        bytes: d
+                            .num_elements()
+                            .saturating_mul(elem_bytes(d.dtype) as usize),
+                    }
+                })
+                .collect();
+            jit.kernels.push(KernelInfo {
+                name: f.name.clone(),
+                params,
+                addr: module.get_finalized_function(id),
+            });
+        }
+        for ((e, layout), id) in entries.iter().zip(layouts).zip(entry_ids) {
+            jit.entries.push(EntryInfo {
+                name: e.name.clone(),
+                layout,
+                addr: module.get_finalized_function(id),
+            });
+        }
+        Ok(jit)
+    }
+
+    /// The compiled kernel of the function named `name`.
+    pub fn kernel(&self, name: &str) -> Option<Kernel<'_>> {
+        let info = self.kernels.iter().find(|k| k.name == name)?;
+        Some(Kernel { jit: self, info })
+    }
+
+    /// The compiled model entry named `name`.
+    pub fn entry(&self, name: &str) -> Option<ModelFn<'_>> {
+        let info = self.entries.iter().find(|e| e.name == name)?;
+        Some(ModelFn { jit: self, info })
+    }
+
+    /// What codegen did.
+    pub fn stats(&self) -> CompileStats {
+        self.stats
+    }
+
+    /// What codegen knew about the host.
+    pub fn host(&self) -> HostInfo {
+        self.host
+    }
+
+    /// Runs `f` on the module's own pool when it has one.
+    fn in_pool(&self, f: impl FnOnce() -> i32 + Send) -> i32 {
+        match &self.pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
+    }
+}
+
+/// A compiled kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct Kernel<'m> {
+    jit: &'m JitModule,
+    info: &'m KernelInfo,
+}
+
+/// Pointers that may cross into the pool's thread for the duration of one call.
+#[derive(Clone, Copy)]
+struct SendPtr(usize);
+
+impl SendPtr {
+    /// The address (a method, so that closures capture the whole wrapper).
+    fn addr(self) -> usize {
+        self.0
+    }
+}
+
+impl Kernel<'_> {
+    /// The kernel's name.
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// The params, in calling order.
+    pub fn params(&self) -> &[ParamInfo] {
+        &self.info.params
+    }
+
+    fn bad(&self, reason: String) -> CodegenError {
+        CodegenError::BadArguments {
+            func: self.info.name.clone(),
+            reason,
+        }
+    }
+
+    /// Runs the kernel on `args` (one tensor per param, of its dtype and shape; outputs are
+    /// written in place), like [`kiln_tir::interp::run`].
+    pub fn run(&self, args: &mut [Tensor]) -> Result<(), CodegenError> {
+        self.check_count(args.len())?;
+        for (p, t) in self.info.params.iter().zip(args.iter()) {
+            if t.dtype() != p.dtype || t.shape() != p.shape.as_slice() {
+                return Err(self.bad(format!(
+                    "%{}: expected {}{:?}, given {}{:?}",
+                    p.name,
+                    p.dtype,
+                    p.shape,
+                    t.dtype(),
+                    t.shape()
+                )));
+            }
+        }
+        let mut taken: Vec<(TensorType, TensorData)> = args
+            .iter_mut()
+            .map(|t| {
+                let t = std::mem::replace(t, Tensor::scalar(false));
+                (t.ty().clone(), t.into_data())
+            })
+            .collect();
+        let ptrs: Vec<*mut u8> = taken
+            .iter_mut()
+            .map(|(_, d)| dispatch_data!(d, v => v.as_mut_ptr().cast::<u8>()))
+            .collect();
+        // The checks above make each pointer a distinct buffer of its param's dtype and size.
+        let status = self.call(&ptrs);
+        for (t, (ty, data)) in args.iter_mut().zip(taken) {
+            *t = Tensor::from_data(ty, data).map_err(|e| self.bad(e.to_string()))?;
+        }
+        CodegenError::from_status(&self.info.name, status)
+    }
+
+    /// Runs the kernel on raw little-endian buffers, one per param, each exactly the param's
+    /// byte size (`bool` bytes must be 0 or 1).
+    pub fn run_bytes(&self, args: &mut [&mut [u8]]) -> Result<(), CodegenError> {
+        self.check_count(args.len())?;
+        for (p, a) in self.info.params.iter().zip(args.iter()) {
+            if a.len() != p.bytes {
+                return Err(self.bad(format!(
+                    "%{}: expected {} bytes, given {}",
+                    p.name,
+                    p.bytes,
+                    a.len()
+                )));
+            }
+        }
+        let ptrs: Vec<*mut u8> = args.iter_mut().map(|a| a.as_mut_ptr()).collect();
+        let status = self.call(&ptrs);
+        CodegenError::from_status(&self.info.name, status)
+    }
+
+    fn check_count(&self, n: usize) -> Result<(), CodegenError> {
+        if n != self.info.params.len() {
+            return Err(self.bad(format!(
+                "expected {} buffers, given {n}",
+                self.info.params.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Calls the kernel; `ptrs` must hold one distinct buffer of the right size per param.
+    fn call(&self, ptrs: &[*mut u8]) -> i32 {
+        debug_assert_eq!(ptrs.len(), self.info.params.len());
+        // SAFETY: `addr` is the finalized address of a function compiled with the kernel
+        // signature `KernelFn`; the module owning it outlives `self`.
+        let f = unsafe { std::mem::transmute::<*const u8, KernelFn>(self.info.addr) };
+        let params = SendPtr(ptrs.as_ptr() as usize);
+        self.jit.in_pool(move || {
+            // SAFETY: callers (`run`, `run_bytes`) checked that there is one pointer per param,
+            // each to a distinct live buffer of the param's byte size; the verified kernel
+            // accesses only elements inside those shapes.
+            unsafe { f(params.addr() as *const *mut u8) }
+        })
+    }
+}
+
+/// A compiled whole-model entry function.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelFn<'m> {
+    jit: &'m JitModule,
+    info: &'m EntryInfo,
+}
+
+impl ModelFn<'_> {
+    /// The bytes the entry needs from each argument.
+    pub fn layout(&self) -> &EntryLayout {
+        &self.info.layout
+    }
+
+    /// Runs the model: checks that every input, output and constant the calls use is at least as
+    /// large as they need and the arena covers every arena range, then calls the entry.
+    pub fn run(
+        &self,
+        inputs: &[&[u8]],
+        outputs: &mut [&mut [u8]],
+        arena: &mut [u8],
+        constants: &[&[u8]],
+    ) -> Result<(), CodegenError> {
+        let l = &self.info.layout;
+        let bad = |reason: String| CodegenError::BadArguments {
+            func: self.info.name.clone(),
+            reason,
+        };
+        let check = |what: &str, need: &[usize], given: &[usize]| {
+            if given.len() < need.len() {
+                return Err(bad(format!(
+                    "{} {what} needed, {} given",
+                    need.len(),
+                    given.len()
+                )));
+            }
+            for (k, (&n, &g)) in need.iter().zip(given).enumerate() {
+                if g < n {
+                    return Err(bad(format!("{what} {k}: {n} bytes needed, {g} given")));
+                }
+            }
+            Ok(())
+        };
+        let lens = |v: &[&[u8]]| v.iter().map(|s| s.len()).collect::<Vec<_>>();
+        check("inputs", &l.inputs, &lens(inputs))?;
+        let out_lens: Vec<usize> = outputs.iter().map(|s| s.len()).collect();
+        check("outputs", &l.outputs, &out_lens)?;
+        check("constants", &l.constants, &lens(constants))?;
+        if arena.len() < l.arena {
+            return Err(bad(format!(
+                "arena: {} bytes needed, {} given",
+                l.arena,
+                arena.len()
+            )));
+        }
+        let ins: Vec<*const u8> = inputs.iter().map(|s| s.as_ptr()).collect();
+        let outs: Vec<*mut u8> = outputs.iter_mut().map(|s| s.as_mut_ptr()).collect();
+        let consts: Vec<*const u8> = constants.iter().map(|s| s.as_ptr()).collect();
+        let ptrs = [
+            SendPtr(ins.as_ptr() as usize),
+            SendPtr(outs.as_ptr() as usize),
+            SendPtr(arena.as_mut_ptr() as usize),
+            SendPtr(consts.as_ptr() as usize),
+        ];
+        // SAFETY: `addr` is the finalized address of an entry compiled with signature `EntryFn`;
+        // the module owning it outlives `self`.
+        let f = unsafe { std::mem::transmute::<*const u8, EntryFn>(self.info.addr) };
+        let status = self.jit.in_pool(move || {
+            let [i, o, a, c] = ptrs;
+            // SAFETY: the sizes were checked against the layout, which covers every byte any
+            // kernel call touches; outputs and the arena are exclusive borrows, inputs and
+            // constants are only read (checked when the entry was compiled), and the arena
+            // ranges of one call are disjoint.
+            unsafe {
+                f(
+                    i.addr() as *const *const u8,
+                    o.addr() as *const *mut u8,
+                    a.addr() as *mut u8,
+                    c.addr() as *const *const u8,
+                )
+            }
+        });
+        CodegenError::from_status(&self.info.name, status)
+    }
+}

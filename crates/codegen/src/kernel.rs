@@ -1,0 +1,1063 @@
+//! Lowering of one [`PrimFunc`] to Cranelift IR: the kernel function and, through
+//! [`crate::parallel`], its outlined parallel bodies.
+//!
+//! Invariant: the emitted code has the semantics of [`kiln_tir::interp`] for every verified
+//! function without `f16`: index arithmetic in `i64`; each data dtype in its own width (`bool` as
+//! an `i8` holding 0 or 1, `u8` compared, divided and widened unsigned); integer arithmetic
+//! wrapping; `Div`/`Rem` truncating and `FloorDiv`/`FloorMod` flooring, with `MIN / -1` wrapping
+//! instead of trapping and a zero divisor leaving the function with [`STATUS_DIV_BY_ZERO`];
+//! float `min`/`max` propagating NaN; float-to-int casts truncating and saturating with NaN to 0;
+//! `select` evaluating only the chosen branch (a branch, or a `select` instruction when both
+//! operands are trap-free and load-free). Every exit goes through one exit block that frees the
+//! heap-allocated local buffers, so no path leaks.
+//!
+//! Buffers are addressed row-major from a base pointer per buffer: params are read from the
+//! `params` array on entry, locals are stack slots (small) or `kiln_alloc` blocks (large),
+//! allocated once per call (or once per parallel chunk for locals private to a parallel loop).
+
+use crate::isa::HostInfo;
+use crate::parallel::{self, OutlineJob};
+use crate::runtime::{self, names};
+use crate::{CodegenError, CodegenOptions, Threads, STATUS_ALLOC_FAILED, STATUS_DIV_BY_ZERO};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    types, AbiParam, Block, BlockArg, FuncRef, Function, InstBuilder, MemFlagsData, Signature,
+    StackSlotData, StackSlotKind, Type, UserFuncName, Value,
+};
+use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use cranelift_module::{FuncId, Linkage, Module};
+use kiln_ir::DType;
+use kiln_tir::{BinOp, BufferId, CmpOp, Expr, ForKind, Intrinsic, PrimFunc, Scope, Stmt, VarId};
+use std::collections::HashMap;
+
+/// Largest single local buffer placed on the stack.
+pub const MAX_STACK_BUFFER: u64 = 64 * 1024;
+/// Largest total of local buffers one function places on the stack.
+pub const STACK_BUDGET: u64 = 256 * 1024;
+/// Alignment of every local buffer.
+const LOCAL_ALIGN: u64 = 64;
+/// `unrolled` loops longer than this are emitted as ordinary loops (code size).
+pub const MAX_UNROLL: usize = 64;
+
+/// The Cranelift type holding a value of `d` (`None` for `f16`).
+pub fn clif_type(d: DType) -> Option<Type> {
+    match d {
+        DType::F32 => Some(types::F32),
+        DType::F16 => None,
+        DType::I8 | DType::U8 | DType::Bool => Some(types::I8),
+        DType::I16 => Some(types::I16),
+        DType::I32 => Some(types::I32),
+        DType::I64 => Some(types::I64),
+    }
+}
+
+/// Bytes per element of `d`.
+pub fn elem_bytes(d: DType) -> u64 {
+    match d {
+        DType::F32 | DType::I32 => 4,
+        DType::F16 | DType::I16 => 2,
+        DType::I8 | DType::U8 | DType::Bool => 1,
+        DType::I64 => 8,
+    }
+}
+
+/// Memory flags of every buffer access: in bounds (verified), not necessarily aligned.
+pub(crate) fn mem_flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+/// Rejects what codegen does not support yet (`f16` anywhere) with the construct named.
+pub fn check_supported(f: &PrimFunc) -> Result<(), CodegenError> {
+    let unsupported = |construct: String| CodegenError::Unsupported {
+        func: f.name.clone(),
+        construct,
+    };
+    if let Some(b) = f.buffers.iter().find(|b| b.dtype == DType::F16) {
+        return Err(unsupported(format!(
+            "f16 buffer %{} (f16 codegen is not implemented yet)",
+            b.name
+        )));
+    }
+    let mut bad = None;
+    f.body.walk(&mut |s| {
+        let mut check = |e: &Expr| {
+            e.walk(&mut |x| {
+                let is_f16 = matches!(
+                    x,
+                    Expr::Float {
+                        dtype: DType::F16,
+                        ..
+                    } | Expr::Cast {
+                        dtype: DType::F16,
+                        ..
+                    }
+                );
+                if is_f16 && bad.is_none() {
+                    bad = Some("f16 expression (f16 codegen is not implemented yet)".to_string());
+                }
+            })
+        };
+        match s {
+            Stmt::Store { indices, value, .. } => {
+                indices.iter().for_each(&mut check);
+                check(value);
+            }
+            Stmt::IfThenElse { cond, .. } => check(cond),
+            Stmt::For { .. } | Stmt::Seq(_) => {}
+        }
+    });
+    match bad {
+        Some(c) => Err(unsupported(c)),
+        None => Ok(()),
+    }
+}
+
+/// State shared by every function emitted into one module.
+pub(crate) struct EmitState<'m, M: Module> {
+    pub module: &'m mut M,
+    pub host: HostInfo,
+    pub opts: CodegenOptions,
+    pub call_conv: CallConv,
+    pub frontend: TargetFrontendConfig,
+    hooks: HashMap<&'static str, FuncId>,
+    outlined: usize,
+    pub stats: crate::CompileStats,
+}
+
+impl<'m, M: Module> EmitState<'m, M> {
+    pub fn new(module: &'m mut M, host: HostInfo, opts: CodegenOptions) -> Self {
+        let call_conv = module.isa().default_call_conv();
+        let frontend = module.isa().frontend_config();
+        EmitState {
+            module,
+            host,
+            opts,
+            call_conv,
+            frontend,
+            hooks: HashMap::new(),
+            outlined: 0,
+            stats: crate::CompileStats::default(),
+        }
+    }
+
+    /// `int32_t (uint8_t *const *params)`.
+    pub fn kernel_signature(&self) -> Signature {
+        let mut s = Signature::new(self.call_conv);
+        s.params.push(AbiParam::new(self.host.ptr));
+        s.returns.push(AbiParam::new(types::I32));
+        s
+    }
+
+    /// `int32_t (const uint8_t *ctx, int64_t begin, int64_t end)`.
+    pub fn body_signature(&self) -> Signature {
+        let mut s = Signature::new(self.call_conv);
+        s.params.push(AbiParam::new(self.host.ptr));
+        s.params.push(AbiParam::new(types::I64));
+        s.params.push(AbiParam::new(types::I64));
+        s.returns.push(AbiParam::new(types::I32));
+        s
+    }
+
+    /// The id of runtime hook `name`, declared as an import on first use.
+    pub fn hook(&mut self, name: &'static str, func: &str) -> Result<FuncId, CodegenError> {
+        if let Some(&id) = self.hooks.get(name) {
+            return Ok(id);
+        }
+        let hook = runtime::hook(name).ok_or_else(|| CodegenError::Cranelift {
+            func: func.to_string(),
+            message: format!("unknown runtime hook {name}"),
+        })?;
+        let sig = hook.sig.signature(self.call_conv, self.host.ptr);
+        let id = self
+            .module
+            .declare_function(name, Linkage::Import, &sig)
+            .map_err(|e| cl_err(func, e))?;
+        self.hooks.insert(name, id);
+        Ok(id)
+    }
+
+    /// Declares a new local function for an outlined parallel body of `kernel`.
+    pub fn declare_body(&mut self, kernel: &str) -> Result<(FuncId, String), CodegenError> {
+        self.outlined += 1;
+        self.stats.parallel_bodies += 1;
+        let name = format!("{kernel}__par{}", self.outlined);
+        let sig = self.body_signature();
+        let id = self
+            .module
+            .declare_function(&name, Linkage::Local, &sig)
+            .map_err(|e| cl_err(kernel, e))?;
+        Ok((id, name))
+    }
+
+    /// Compiles `func` into the module as the definition of `id`.
+    pub fn define(&mut self, id: FuncId, func: Function, name: &str) -> Result<(), CodegenError> {
+        let mut ctx = cranelift_codegen::Context::for_function(func);
+        self.module
+            .define_function(id, &mut ctx)
+            .map_err(|e| CodegenError::Cranelift {
+                func: name.to_string(),
+                message: match &e {
+                    cranelift_module::ModuleError::Compilation(
+                        cranelift_codegen::CodegenError::Verifier(errs),
+                    ) => format!(
+                        "{}\n{}",
+                        errs,
+                        cranelift_codegen::print_errors::pretty_verifier_error(
+                            &ctx.func,
+                            None,
+                            errs.clone()
+                        )
+                    ),
+                    _ => format!("{e:?}"),
+                },
+            })
+    }
+
+    /// Declares the kernel of `f` (exported under its name).
+    pub fn declare_kernel(&mut self, f: &PrimFunc) -> Result<FuncId, CodegenError> {
+        let sig = self.kernel_signature();
+        self.module
+            .declare_function(&f.name, Linkage::Export, &sig)
+            .map_err(|e| cl_err(&f.name, e))
+    }
+
+    /// Lowers `f` (verified) into the definition of `id`, then every body outlined from it.
+    pub fn define_kernel(&mut self, id: FuncId, f: &PrimFunc) -> Result<(), CodegenError> {
+        let private = if self.opts.threads == Threads::Single {
+            HashMap::new()
+        } else {
+            parallel::private_locals(f)
+        };
+        let mut fctx = FunctionBuilderContext::new();
+        let mut func = Function::with_name_signature(
+            UserFuncName::user(0, id.as_u32()),
+            self.kernel_signature(),
+        );
+        let jobs = {
+            let mut lw = FnLowerer::new(self, f, &mut func, &mut fctx, &private, true);
+            let params = lw.entry_param(0);
+            for (i, &p) in f.params.iter().enumerate() {
+                let base = lw.load_ptr(params, 8 * i as i32);
+                lw.bases[p.index()] = Some(base);
+            }
+            let used = parallel::buffers_used(&f.body);
+            let locals: Vec<BufferId> = (0..f.buffers.len())
+                .map(|i| BufferId(i as u32))
+                .filter(|b| f.buffers[b.index()].scope == Scope::Local)
+                .filter(|b| used.contains(b) && !private.contains_key(b))
+                .collect();
+            lw.alloc_locals(&locals)?;
+            lw.stmt(&f.body)?;
+            lw.finish()?
+        };
+        let name = f.name.clone();
+        self.define(id, func, &name)?;
+        for job in jobs {
+            self.define_body(f, &private, job)?;
+        }
+        Ok(())
+    }
+
+    /// Defines one outlined parallel body (see [`crate::parallel`]).
+    fn define_body(
+        &mut self,
+        f: &PrimFunc,
+        private: &HashMap<BufferId, VarId>,
+        job: OutlineJob,
+    ) -> Result<(), CodegenError> {
+        let mut fctx = FunctionBuilderContext::new();
+        let mut func = Function::with_name_signature(
+            UserFuncName::user(0, job.id.as_u32()),
+            self.body_signature(),
+        );
+        {
+            let mut lw = FnLowerer::new(self, f, &mut func, &mut fctx, private, false);
+            lw.outlined_body(&job)?;
+            let nested = lw.finish()?;
+            debug_assert!(nested.is_empty());
+        }
+        self.define(job.id, func, &job.name)
+    }
+}
+
+pub(crate) fn cl_err(func: &str, e: impl std::fmt::Debug) -> CodegenError {
+    CodegenError::Cranelift {
+        func: func.to_string(),
+        message: format!("{e:?}"),
+    }
+}
+
+/// A Cranelift function under construction from (part of) a [`PrimFunc`].
+pub(crate) struct FnLowerer<'s, 'm, 'b, M: Module> {
+    pub em: &'s mut EmitState<'m, M>,
+    pub f: &'s PrimFunc,
+    pub b: FunctionBuilder<'b>,
+    /// Base pointer of each buffer, where known in this function.
+    pub bases: Vec<Option<Value>>,
+    vars: Vec<Option<Variable>>,
+    func_refs: HashMap<FuncId, FuncRef>,
+    entry: Block,
+    /// The exit block; its one `i32` parameter is the status returned.
+    exit: Block,
+    /// Heap-allocated locals `(pointer, bytes)`, freed in the exit block.
+    heap: Vec<(Value, u64)>,
+    stack_used: u64,
+    /// Locals private to a parallel loop (by loop variable).
+    pub private: &'s HashMap<BufferId, VarId>,
+    /// Whether `parallel` loops are outlined here (in the kernel, with threads) or run inline.
+    outline_parallel: bool,
+    pub jobs: Vec<OutlineJob>,
+}
+
+impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
+    fn new(
+        em: &'s mut EmitState<'m, M>,
+        f: &'s PrimFunc,
+        func: &'b mut Function,
+        fctx: &'b mut FunctionBuilderContext,
+        private: &'s HashMap<BufferId, VarId>,
+        is_kernel: bool,
+    ) -> Self {
+        let mut b = FunctionBuilder::new(func, fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let exit = b.create_block();
+        b.append_block_param(exit, types::I32);
+        let outline_parallel = is_kernel && em.opts.threads != Threads::Single;
+        FnLowerer {
+            em,
+            f,
+            b,
+            bases: vec![None; f.buffers.len()],
+            vars: vec![None; f.vars.len()],
+            func_refs: HashMap::new(),
+            entry,
+            exit,
+            heap: vec![],
+            stack_used: 0,
+            private,
+            outline_parallel,
+            jobs: vec![],
+        }
+    }
+
+    /// Parameter `i` of the function.
+    pub fn entry_param(&self, i: usize) -> Value {
+        self.b.block_params(self.entry)[i]
+    }
+
+    /// Jumps to the exit block with status 0 and emits it; returns the outlined jobs.
+    fn finish(mut self) -> Result<Vec<OutlineJob>, CodegenError> {
+        let zero = self.b.ins().iconst(types::I32, 0);
+        self.b.ins().jump(self.exit, &[BlockArg::Value(zero)]);
+        self.b.switch_to_block(self.exit);
+        let status = self.b.block_params(self.exit)[0];
+        if !self.heap.is_empty() {
+            let free = self.hook_ref(names::FREE)?;
+            for (ptr, bytes) in std::mem::take(&mut self.heap) {
+                let size = self.b.ins().iconst(types::I64, bytes as i64);
+                let align = self.b.ins().iconst(types::I64, LOCAL_ALIGN as i64);
+                self.b.ins().call(free, &[ptr, size, align]);
+            }
+        }
+        self.b.ins().return_(&[status]);
+        self.b.seal_all_blocks();
+        let frontend = self.em.frontend;
+        let jobs = std::mem::take(&mut self.jobs);
+        self.b.finalize(frontend);
+        Ok(jobs)
+    }
+
+    /// A function reference to `id` usable in this function.
+    pub fn func_ref(&mut self, id: FuncId) -> FuncRef {
+        if let Some(&r) = self.func_refs.get(&id) {
+            return r;
+        }
+        let r = self.em.module.declare_func_in_func(id, self.b.func);
+        self.func_refs.insert(id, r);
+        r
+    }
+
+    /// A function reference to runtime hook `name`.
+    pub fn hook_ref(&mut self, name: &'static str) -> Result<FuncRef, CodegenError> {
+        let id = self.em.hook(name, &self.f.name)?;
+        Ok(self.func_ref(id))
+    }
+
+    /// Loads a pointer-sized value at `base + offset`.
+    pub fn load_ptr(&mut self, base: Value, offset: i32) -> Value {
+        let ptr = self.em.host.ptr;
+        self.b
+            .ins()
+            .load(ptr, MemFlagsData::trusted(), base, offset)
+    }
+
+    /// The Cranelift variable of loop variable `v`.
+    pub fn var(&mut self, v: VarId) -> Variable {
+        if let Some(Some(var)) = self.vars.get(v.index()) {
+            return *var;
+        }
+        let var = self.b.declare_var(types::I64);
+        if let Some(slot) = self.vars.get_mut(v.index()) {
+            *slot = Some(var);
+        }
+        var
+    }
+
+    pub fn err_internal(&self, what: impl Into<String>) -> CodegenError {
+        CodegenError::Unsupported {
+            func: self.f.name.clone(),
+            construct: what.into(),
+        }
+    }
+
+    /// The dtype of `e`.
+    pub fn dtype(&self, e: &Expr) -> Result<DType, CodegenError> {
+        self.f
+            .expr_dtype(e)
+            .map_err(|t| self.err_internal(format!("ill-typed expression: {t}")))
+    }
+
+    /// Allocates the local buffers `bufs` (stack when small, heap otherwise); leaves with
+    /// [`STATUS_ALLOC_FAILED`] when a heap allocation fails.
+    pub fn alloc_locals(&mut self, bufs: &[BufferId]) -> Result<(), CodegenError> {
+        let mut fresh_heap = vec![];
+        for &buf in bufs {
+            let decl = &self.f.buffers[buf.index()];
+            let bytes = (decl.num_elements() as u64)
+                .saturating_mul(elem_bytes(decl.dtype))
+                .max(1);
+            let ptr = self.em.host.ptr;
+            let base = if bytes <= MAX_STACK_BUFFER && self.stack_used + bytes <= STACK_BUDGET {
+                self.stack_used += bytes.next_multiple_of(LOCAL_ALIGN);
+                let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+                    StackSlotKind::ExplicitSlot,
+                    bytes as u32,
+                    LOCAL_ALIGN.trailing_zeros() as u8,
+                ));
+                self.b.ins().stack_addr(ptr, slot, 0)
+            } else {
+                let alloc = self.hook_ref(names::ALLOC)?;
+                let size = self.b.ins().iconst(types::I64, bytes as i64);
+                let align = self.b.ins().iconst(types::I64, LOCAL_ALIGN as i64);
+                let call = self.b.ins().call(alloc, &[size, align]);
+                let p = self.b.inst_results(call)[0];
+                self.heap.push((p, bytes));
+                fresh_heap.push(p);
+                p
+            };
+            self.bases[buf.index()] = Some(base);
+        }
+        for p in fresh_heap {
+            let null = self.b.ins().icmp_imm_s(IntCC::Equal, p, 0);
+            self.leave_if(null, STATUS_ALLOC_FAILED);
+        }
+        Ok(())
+    }
+
+    /// Leaves the function with `status` when `cond` (an `i8` truth value) holds.
+    pub fn leave_if(&mut self, cond: Value, status: i32) {
+        let s = self.b.ins().iconst(types::I32, status as i64);
+        self.leave_with_if(cond, s);
+    }
+
+    /// Leaves the function with the status value `status` when `cond` holds.
+    pub fn leave_with_if(&mut self, cond: Value, status: Value) {
+        let cont = self.b.create_block();
+        self.b
+            .ins()
+            .brif(cond, self.exit, &[BlockArg::Value(status)], cont, &[]);
+        self.b.switch_to_block(cont);
+    }
+
+    // ---- statements ----
+
+    pub fn stmt(&mut self, s: &Stmt) -> Result<(), CodegenError> {
+        match s {
+            Stmt::For {
+                var,
+                extent,
+                kind,
+                body,
+            } => self.for_loop(*var, *extent, *kind, body),
+            Stmt::Seq(v) => v.iter().try_for_each(|s| self.stmt(s)),
+            Stmt::Store {
+                buf,
+                indices,
+                value,
+            } => {
+                let addr = self.address(*buf, indices)?;
+                let v = self.expr(value)?;
+                self.b.ins().store(mem_flags(), v, addr, 0);
+                Ok(())
+            }
+            Stmt::IfThenElse {
+                cond,
+                then,
+                otherwise,
+            } => {
+                let c = self.expr(cond)?;
+                let (tb, eb, join) = (
+                    self.b.create_block(),
+                    self.b.create_block(),
+                    self.b.create_block(),
+                );
+                self.b.ins().brif(c, tb, &[], eb, &[]);
+                self.b.switch_to_block(tb);
+                self.stmt(then)?;
+                self.b.ins().jump(join, &[]);
+                self.b.switch_to_block(eb);
+                if let Some(o) = otherwise {
+                    self.stmt(o)?;
+                }
+                self.b.ins().jump(join, &[]);
+                self.b.switch_to_block(join);
+                Ok(())
+            }
+        }
+    }
+
+    fn for_loop(
+        &mut self,
+        var: VarId,
+        extent: usize,
+        kind: ForKind,
+        body: &Stmt,
+    ) -> Result<(), CodegenError> {
+        match kind {
+            ForKind::Unrolled if extent <= MAX_UNROLL => self.unrolled(var, extent, body),
+            ForKind::Vectorized => {
+                if self.em.opts.vectorize && crate::vector::vectorizable(self.f, var, extent, body)
+                {
+                    self.em.stats.vector_loops += 1;
+                    self.vector_loop(var, extent, body)
+                } else if extent <= MAX_UNROLL {
+                    self.em.stats.scalar_vectorized_loops += 1;
+                    self.unrolled(var, extent, body)
+                } else {
+                    self.serial(var, extent, body)
+                }
+            }
+            ForKind::Parallel if self.outline_parallel => self.parallel_loop(var, extent, body),
+            _ => self.serial(var, extent, body),
+        }
+    }
+
+    fn unrolled(&mut self, var: VarId, extent: usize, body: &Stmt) -> Result<(), CodegenError> {
+        let v = self.var(var);
+        for i in 0..extent {
+            let c = self.b.ins().iconst(types::I64, i as i64);
+            self.b.def_var(v, c);
+            self.stmt(body)?;
+        }
+        Ok(())
+    }
+
+    fn serial(&mut self, var: VarId, extent: usize, body: &Stmt) -> Result<(), CodegenError> {
+        let start = self.b.ins().iconst(types::I64, 0);
+        let end = self.b.ins().iconst(types::I64, extent as i64);
+        self.counted_loop(var, start, end, extent == 0, body)
+    }
+
+    /// `for var in start..end { body }`; when `check_first` is false the range must be
+    /// non-empty (the loop is emitted bottom-tested).
+    pub fn counted_loop(
+        &mut self,
+        var: VarId,
+        start: Value,
+        end: Value,
+        check_first: bool,
+        body: &Stmt,
+    ) -> Result<(), CodegenError> {
+        let v = self.var(var);
+        let (head, after) = (self.b.create_block(), self.b.create_block());
+        self.b.def_var(v, start);
+        if check_first {
+            let nonempty = self.b.ins().icmp(IntCC::SignedLessThan, start, end);
+            self.b.ins().brif(nonempty, head, &[], after, &[]);
+        } else {
+            self.b.ins().jump(head, &[]);
+        }
+        self.b.switch_to_block(head);
+        self.stmt(body)?;
+        let i = self.b.use_var(v);
+        let next = self.b.ins().iadd_imm_s(i, 1);
+        self.b.def_var(v, next);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, next, end);
+        self.b.ins().brif(more, head, &[], after, &[]);
+        self.b.switch_to_block(after);
+        Ok(())
+    }
+
+    // ---- addresses ----
+
+    /// An index expression as an `i64` value.
+    pub fn index(&mut self, e: &Expr) -> Result<Value, CodegenError> {
+        let d = self.dtype(e)?;
+        let v = self.expr(e)?;
+        Ok(match d {
+            DType::I64 => v,
+            DType::U8 | DType::Bool => self.b.ins().uextend(types::I64, v),
+            _ => self.b.ins().sextend(types::I64, v),
+        })
+    }
+
+    /// The address of element `indices` of `buf` (row-major).
+    pub fn address(&mut self, buf: BufferId, indices: &[Expr]) -> Result<Value, CodegenError> {
+        let decl = self
+            .f
+            .buffer(buf)
+            .ok_or_else(|| self.err_internal(format!("unknown buffer {}", buf.0)))?;
+        let (shape, dtype) = (decl.shape.clone(), decl.dtype);
+        let base = self.bases[buf.index()].ok_or_else(|| {
+            self.err_internal(format!("buffer %{} has no storage here", decl.name))
+        })?;
+        let mut off: Option<Value> = None;
+        for (i, &d) in indices.iter().zip(&shape) {
+            let iv = self.index(i)?;
+            off = Some(match off {
+                None => iv,
+                Some(o) => {
+                    let scaled = self.b.ins().imul_imm_s(o, d as i64);
+                    self.b.ins().iadd(scaled, iv)
+                }
+            });
+        }
+        Ok(match off {
+            None => base,
+            Some(o) => {
+                let bytes = self.b.ins().imul_imm_s(o, elem_bytes(dtype) as i64);
+                self.b.ins().iadd(base, bytes)
+            }
+        })
+    }
+
+    // ---- expressions ----
+
+    fn iconst_of(&mut self, d: DType, value: i64) -> Value {
+        let ty = clif_type(d).unwrap_or(types::I64);
+        let bits = ty.bits();
+        let masked = if bits >= 64 {
+            value
+        } else {
+            (value as u64 & ((1u64 << bits) - 1)) as i64
+        };
+        self.b.ins().iconst(ty, masked)
+    }
+
+    pub fn expr(&mut self, e: &Expr) -> Result<Value, CodegenError> {
+        Ok(match e {
+            Expr::Var(v) => {
+                let var = self.var(*v);
+                self.b.use_var(var)
+            }
+            Expr::Int { value, dtype } => self.iconst_of(*dtype, *value),
+            Expr::Float { value, .. } => self.b.ins().f32const(*value as f32),
+            Expr::Bool(b) => self.b.ins().iconst(types::I8, i64::from(*b)),
+            Expr::Binary { op, a, b } => {
+                let d = self.dtype(a)?;
+                let (a, b) = (self.expr(a)?, self.expr(b)?);
+                if d.is_float() {
+                    self.float_binary(*op, a, b)?
+                } else {
+                    self.int_binary(*op, d, a, b)
+                }
+            }
+            Expr::Cmp { op, a, b } => {
+                let d = self.dtype(a)?;
+                let (a, b) = (self.expr(a)?, self.expr(b)?);
+                if d.is_float() {
+                    let cc = match op {
+                        CmpOp::Eq => FloatCC::Equal,
+                        CmpOp::Ne => FloatCC::NotEqual,
+                        CmpOp::Lt => FloatCC::LessThan,
+                        CmpOp::Le => FloatCC::LessThanOrEqual,
+                        CmpOp::Gt => FloatCC::GreaterThan,
+                        CmpOp::Ge => FloatCC::GreaterThanOrEqual,
+                    };
+                    self.b.ins().fcmp(cc, a, b)
+                } else {
+                    let unsigned = matches!(d, DType::U8 | DType::Bool);
+                    self.b.ins().icmp(int_cc(*op, unsigned), a, b)
+                }
+            }
+            Expr::And(a, b) => {
+                let (a, b) = (self.expr(a)?, self.expr(b)?);
+                self.b.ins().band(a, b)
+            }
+            Expr::Or(a, b) => {
+                let (a, b) = (self.expr(a)?, self.expr(b)?);
+                self.b.ins().bor(a, b)
+            }
+            Expr::Not(a) => {
+                let a = self.expr(a)?;
+                self.b.ins().bxor_imm_s(a, 1)
+            }
+            Expr::Select {
+                cond,
+                then,
+                otherwise,
+            } => {
+                let c = self.expr(cond)?;
+                if speculatable(then) && speculatable(otherwise) {
+                    let (t, o) = (self.expr(then)?, self.expr(otherwise)?);
+                    self.b.ins().select(c, t, o)
+                } else {
+                    let ty = self.value_type(e)?;
+                    self.branch_select(c, ty, |lw| lw.expr(then), |lw| lw.expr(otherwise))?
+                }
+            }
+            Expr::Cast { dtype, value } => {
+                let from = self.dtype(value)?;
+                let v = self.expr(value)?;
+                self.cast(from, *dtype, v)?
+            }
+            Expr::Load { buf, indices } => {
+                let dtype = self.f.buffers[buf.index()].dtype;
+                let ty = clif_type(dtype).ok_or_else(|| self.err_internal("f16 load"))?;
+                let addr = self.address(*buf, indices)?;
+                let v = self.b.ins().load(ty, mem_flags(), addr, 0);
+                if dtype == DType::Bool {
+                    // Normalise: any non-zero byte is `true`.
+                    self.b.ins().icmp_imm_s(IntCC::NotEqual, v, 0)
+                } else {
+                    v
+                }
+            }
+            Expr::Call { intrinsic, args } => {
+                let d = match args.first() {
+                    Some(a) => self.dtype(a)?,
+                    None => return Err(self.err_internal("intrinsic without arguments")),
+                };
+                let vals = args
+                    .iter()
+                    .map(|a| self.expr(a))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.call(*intrinsic, d, &vals)?
+            }
+        })
+    }
+
+    /// The Cranelift type of `e`'s value.
+    pub fn value_type(&self, e: &Expr) -> Result<Type, CodegenError> {
+        let d = self.dtype(e)?;
+        clif_type(d).ok_or_else(|| self.err_internal("f16 value"))
+    }
+
+    /// `if c { then() } else { otherwise() }` as a value of type `ty`.
+    pub fn branch_select(
+        &mut self,
+        c: Value,
+        ty: Type,
+        then: impl FnOnce(&mut Self) -> Result<Value, CodegenError>,
+        otherwise: impl FnOnce(&mut Self) -> Result<Value, CodegenError>,
+    ) -> Result<Value, CodegenError> {
+        let (tb, eb, join) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        let r = self.b.append_block_param(join, ty);
+        self.b.ins().brif(c, tb, &[], eb, &[]);
+        self.b.switch_to_block(tb);
+        let t = then(self)?;
+        self.b.ins().jump(join, &[BlockArg::Value(t)]);
+        self.b.switch_to_block(eb);
+        let o = otherwise(self)?;
+        self.b.ins().jump(join, &[BlockArg::Value(o)]);
+        self.b.switch_to_block(join);
+        Ok(r)
+    }
+
+    fn float_binary(&mut self, op: BinOp, a: Value, b: Value) -> Result<Value, CodegenError> {
+        let ins = self.b.ins();
+        Ok(match op {
+            BinOp::Add => ins.fadd(a, b),
+            BinOp::Sub => ins.fsub(a, b),
+            BinOp::Mul => ins.fmul(a, b),
+            BinOp::Div => ins.fdiv(a, b),
+            BinOp::Min => ins.fmin(a, b),
+            BinOp::Max => ins.fmax(a, b),
+            BinOp::Rem => self.call_hook(names::FMOD, &[a, b])?,
+            BinOp::FloorDiv | BinOp::FloorMod => {
+                return Err(self.err_internal(format!("{op:?} on floats")))
+            }
+        })
+    }
+
+    /// Calls a one-result runtime hook.
+    pub fn call_hook(&mut self, name: &'static str, args: &[Value]) -> Result<Value, CodegenError> {
+        let r = self.hook_ref(name)?;
+        let call = self.b.ins().call(r, args);
+        Ok(self.b.inst_results(call)[0])
+    }
+
+    fn min_max(&mut self, cc: IntCC, a: Value, b: Value) -> Value {
+        let c = self.b.ins().icmp(cc, a, b);
+        self.b.ins().select(c, a, b)
+    }
+
+    fn int_binary(&mut self, op: BinOp, d: DType, a: Value, b: Value) -> Value {
+        let unsigned = matches!(d, DType::U8 | DType::Bool);
+        match op {
+            BinOp::Add => self.b.ins().iadd(a, b),
+            BinOp::Sub => self.b.ins().isub(a, b),
+            BinOp::Mul => self.b.ins().imul(a, b),
+            BinOp::Min => {
+                let cc = if unsigned {
+                    IntCC::UnsignedLessThan
+                } else {
+                    IntCC::SignedLessThan
+                };
+                self.min_max(cc, a, b)
+            }
+            BinOp::Max => {
+                let cc = if unsigned {
+                    IntCC::UnsignedGreaterThan
+                } else {
+                    IntCC::SignedGreaterThan
+                };
+                self.min_max(cc, a, b)
+            }
+            BinOp::Div | BinOp::Rem | BinOp::FloorDiv | BinOp::FloorMod => {
+                self.int_div(op, d, unsigned, a, b)
+            }
+        }
+    }
+
+    /// Integer division and remainder with the interpreter's semantics.
+    fn int_div(&mut self, op: BinOp, d: DType, unsigned: bool, a: Value, b: Value) -> Value {
+        let ty = self.b.func.dfg.value_type(a);
+        let divisor = self.const_value(b);
+        // Floor division by a positive power of two: a shift / a mask, exactly.
+        if let Some(c) = divisor.filter(|&c| c > 0 && (c as u64).is_power_of_two()) {
+            let k = c.trailing_zeros() as i64;
+            match (op, unsigned) {
+                (BinOp::FloorDiv, false) => return self.b.ins().sshr_imm_s(a, k),
+                (BinOp::FloorDiv | BinOp::Div, true) => return self.b.ins().ushr_imm_s(a, k),
+                (BinOp::FloorMod, _) | (BinOp::Rem, true) => {
+                    let m = self.iconst_of(d, c - 1);
+                    return self.b.ins().band(a, m);
+                }
+                _ => {}
+            }
+        }
+        if divisor.is_none_or(|c| c == 0) {
+            let zero = self.b.ins().icmp_imm_s(IntCC::Equal, b, 0);
+            self.leave_if(zero, STATUS_DIV_BY_ZERO);
+        }
+        if unsigned {
+            // Truncation and flooring agree on non-negative values.
+            return match op {
+                BinOp::Div | BinOp::FloorDiv => self.b.ins().udiv(a, b),
+                _ => self.b.ins().urem(a, b),
+            };
+        }
+        // Signed: `MIN / -1` wraps to `MIN` (quotient) and 0 (remainder) instead of trapping.
+        let (q, r) = if divisor.is_some_and(|c| c != -1) {
+            (self.b.ins().sdiv(a, b), self.b.ins().srem(a, b))
+        } else {
+            let m1 = self.iconst_of(d, -1);
+            let is_m1 = self.b.ins().icmp(IntCC::Equal, b, m1);
+            let one = self.b.ins().iconst(ty, 1);
+            let safe = self.b.ins().select(is_m1, one, b);
+            let q = self.b.ins().sdiv(a, safe);
+            let neg = self.b.ins().ineg(a);
+            let q = self.b.ins().select(is_m1, neg, q);
+            let r = self.b.ins().srem(a, safe);
+            let zero = self.b.ins().iconst(ty, 0);
+            let r = self.b.ins().select(is_m1, zero, r);
+            (q, r)
+        };
+        match op {
+            BinOp::Div => q,
+            BinOp::Rem => r,
+            _ => {
+                // Floor: adjust when the remainder is non-zero and its sign differs from b's.
+                let nonzero = self.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
+                let x = self.b.ins().bxor(r, b);
+                let signs_differ = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, x, 0);
+                let adjust = self.b.ins().band(nonzero, signs_differ);
+                if op == BinOp::FloorDiv {
+                    let qm1 = self.b.ins().iadd_imm_s(q, -1);
+                    self.b.ins().select(adjust, qm1, q)
+                } else {
+                    let rb = self.b.ins().iadd(r, b);
+                    self.b.ins().select(adjust, rb, r)
+                }
+            }
+        }
+    }
+
+    /// The constant an `iconst` value holds (sign-extended from its width).
+    fn const_value(&self, v: Value) -> Option<i64> {
+        let dfg = &self.b.func.dfg;
+        let inst = dfg.value_def(v).inst()?;
+        match dfg.insts[inst] {
+            cranelift_codegen::ir::InstructionData::UnaryImm { imm, .. } => {
+                let bits = dfg.value_type(v).bits();
+                let raw: i64 = imm.into();
+                Some(if bits >= 64 {
+                    raw
+                } else {
+                    (raw << (64 - bits)) >> (64 - bits)
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Integer clamp to `lo..=hi` (signed).
+    fn clamp(&mut self, v: Value, lo: i64, hi: i64) -> Value {
+        let ty = self.b.func.dfg.value_type(v);
+        let (l, h) = (self.b.ins().iconst(ty, lo), self.b.ins().iconst(ty, hi));
+        let v = self.min_max(IntCC::SignedLessThan, v, h);
+        self.min_max(IntCC::SignedGreaterThan, v, l)
+    }
+
+    /// A conversion with the semantics of `Expr::Cast`.
+    pub fn cast(&mut self, from: DType, to: DType, v: Value) -> Result<Value, CodegenError> {
+        if from == DType::F16 || to == DType::F16 {
+            return Err(self.err_internal("cast from or to f16"));
+        }
+        if from == to {
+            return Ok(v);
+        }
+        Ok(match (from, to) {
+            (_, DType::Bool) => {
+                if from.is_float() {
+                    let z = self.b.ins().f32const(0.0);
+                    self.b.ins().fcmp(FloatCC::NotEqual, v, z)
+                } else {
+                    self.b.ins().icmp_imm_s(IntCC::NotEqual, v, 0)
+                }
+            }
+            (DType::F32, DType::I32 | DType::I64) => {
+                let ty = clif_type(to).unwrap_or(types::I64);
+                self.b.ins().fcvt_to_sint_sat(ty, v)
+            }
+            (DType::F32, _) => {
+                // i8 / u8 / i16: saturate to i32, clamp, then narrow (same as saturating
+                // directly, since truncation and clamping are both monotone).
+                let w = self.b.ins().fcvt_to_sint_sat(types::I32, v);
+                let (lo, hi) = match to {
+                    DType::I8 => (i8::MIN as i64, i8::MAX as i64),
+                    DType::U8 => (0, u8::MAX as i64),
+                    _ => (i16::MIN as i64, i16::MAX as i64),
+                };
+                let c = self.clamp(w, lo, hi);
+                let ty = clif_type(to).unwrap_or(types::I8);
+                self.b.ins().ireduce(ty, c)
+            }
+            (_, DType::F32) => {
+                // From an integer or bool.
+                let w = match from {
+                    DType::I32 | DType::I64 => v,
+                    DType::U8 | DType::Bool => self.b.ins().uextend(types::I32, v),
+                    _ => self.b.ins().sextend(types::I32, v),
+                };
+                self.b.ins().fcvt_from_sint(types::F32, w)
+            }
+            _ => {
+                // Integer (or bool) to integer: two's complement wrap.
+                let (tf, tt) = (
+                    clif_type(from).unwrap_or(types::I64),
+                    clif_type(to).unwrap_or(types::I64),
+                );
+                if tf.bits() == tt.bits() {
+                    v
+                } else if tf.bits() > tt.bits() {
+                    self.b.ins().ireduce(tt, v)
+                } else if matches!(from, DType::U8 | DType::Bool) {
+                    self.b.ins().uextend(tt, v)
+                } else {
+                    self.b.ins().sextend(tt, v)
+                }
+            }
+        })
+    }
+
+    /// A scalar intrinsic call on values of dtype `d`.
+    pub fn call(&mut self, f: Intrinsic, d: DType, args: &[Value]) -> Result<Value, CodegenError> {
+        let arg = |i: usize| args.get(i).copied();
+        let (Some(x), y, z) = (arg(0), arg(1), arg(2)) else {
+            return Err(self.err_internal(format!("{} without arguments", f.name())));
+        };
+        let need = |v: Option<Value>, lw: &Self| {
+            v.ok_or_else(|| lw.err_internal(format!("{} with too few arguments", f.name())))
+        };
+        if f == Intrinsic::Abs && !d.is_float() {
+            if matches!(d, DType::U8 | DType::Bool) {
+                return Ok(x);
+            }
+            let neg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, x, 0);
+            let nx = self.b.ins().ineg(x);
+            return Ok(self.b.ins().select(neg, nx, x));
+        }
+        Ok(match f {
+            Intrinsic::Sqrt => self.b.ins().sqrt(x),
+            Intrinsic::Rsqrt => {
+                let w = self.b.ins().fpromote(types::F64, x);
+                let s = self.b.ins().sqrt(w);
+                let one = self.b.ins().f64const(1.0);
+                let r = self.b.ins().fdiv(one, s);
+                self.b.ins().fdemote(types::F32, r)
+            }
+            Intrinsic::Floor => self.b.ins().floor(x),
+            Intrinsic::Ceil => self.b.ins().ceil(x),
+            Intrinsic::Round => self.b.ins().nearest(x),
+            Intrinsic::Abs => self.b.ins().fabs(x),
+            Intrinsic::Fma => {
+                let (y, z) = (need(y, self)?, need(z, self)?);
+                if self.em.host.has_fma && self.em.opts.use_fma {
+                    self.b.ins().fma(x, y, z)
+                } else {
+                    self.call_hook(names::FMA, &[x, y, z])?
+                }
+            }
+            Intrinsic::Pow => {
+                let y = need(y, self)?;
+                self.call_hook(names::POW, &[x, y])?
+            }
+            Intrinsic::Exp => self.call_hook(names::EXP, &[x])?,
+            Intrinsic::Log => self.call_hook(names::LOG, &[x])?,
+            Intrinsic::Tanh => self.call_hook(names::TANH, &[x])?,
+            Intrinsic::Sigmoid => self.call_hook(names::SIGMOID, &[x])?,
+            Intrinsic::Erf => self.call_hook(names::ERF, &[x])?,
+            Intrinsic::Sin => self.call_hook(names::SIN, &[x])?,
+            Intrinsic::Cos => self.call_hook(names::COS, &[x])?,
+        })
+    }
+}
+
+/// The integer condition code of `op`.
+pub fn int_cc(op: CmpOp, unsigned: bool) -> IntCC {
+    match (op, unsigned) {
+        (CmpOp::Eq, _) => IntCC::Equal,
+        (CmpOp::Ne, _) => IntCC::NotEqual,
+        (CmpOp::Lt, false) => IntCC::SignedLessThan,
+        (CmpOp::Le, false) => IntCC::SignedLessThanOrEqual,
+        (CmpOp::Gt, false) => IntCC::SignedGreaterThan,
+        (CmpOp::Ge, false) => IntCC::SignedGreaterThanOrEqual,
+        (CmpOp::Lt, true) => IntCC::UnsignedLessThan,
+        (CmpOp::Le, true) => IntCC::UnsignedLessThanOrEqual,
+        (CmpOp::Gt, true) => IntCC::UnsignedGreaterThan,
+        (CmpOp::Ge, true) => IntCC::UnsignedGreaterThanOrEqual,
+    }
+}
+
+/// True when evaluating `e` unconditionally is safe and cheap: no loads (a guarded load may be
+/// out of bounds), no integer division (may leave the function), no runtime calls.
+pub fn speculatable(e: &Expr) -> bool {
+    !e.any(&|x| match x {
+        Expr::Load { .. } => true,
+        Expr::Binary { op, .. } => matches!(
+            op,
+            BinOp::Div | BinOp::Rem | BinOp::FloorDiv | BinOp::FloorMod
+        ),
+        Expr::Call { .. } => true,
+        _ => false,
+    })
+}

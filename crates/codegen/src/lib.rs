@@ -1,0 +1,143 @@
+//! Kiln's code generator: loop IR ([`kiln_tir::PrimFunc`]) to native code with Cranelift.
+//!
+//! Invariant: every function handed to codegen is verified first ([`kiln_tir::verify`]); a
+//! verified function either compiles or yields a [`CodegenError`] naming the function and the
+//! construct, never a panic, and compiled code computes what [`kiln_tir::interp::run`] computes
+//! (bit for bit, except transcendental intrinsics within an ulp and float reductions whose order a
+//! schedule changed).
+//!
+//! # Kernel ABI
+//!
+//! Each `PrimFunc` becomes one function with the C signature
+//!
+//! ```c
+//! int32_t kernel(uint8_t *const *params);   /* one pointer per param buffer, in params order */
+//! ```
+//!
+//! Buffers are dense, row-major, of the declared dtype (`bool` is one byte, 0 or 1); no
+//! alignment is required. The result is a status: [`STATUS_OK`], [`STATUS_DIV_BY_ZERO`] (an
+//! integer division by zero, which the interpreter reports as an error too) or
+//! [`STATUS_ALLOC_FAILED`] (a large local buffer could not be allocated). Parallel loops are
+//! outlined into `int32_t body(const uint8_t *ctx, int64_t begin, int64_t end)` and run through
+//! the runtime hook `kiln_parallel_for(body, ctx, n)` (see [`parallel`]); whole models get an
+//! entry function that calls the kernels in order (see [`entry`]).
+//!
+//! Modules: [`isa`] (host flags), [`kernel`] (scalar lowering), [`vector`] (f32x4 / i32x4 code for
+//! vectorized loops), [`parallel`] (outlining and private locals), [`runtime`] (the `extern "C"`
+//! hooks compiled code calls), [`entry`] (the whole-model entry function), [`jit`] (the safe JIT
+//! API).
+
+pub mod entry;
+pub mod isa;
+pub mod jit;
+pub mod kernel;
+pub mod parallel;
+pub mod runtime;
+pub mod vector;
+
+pub use entry::{Arg, KernelCall, ModelEntry};
+pub use jit::{JitModule, Kernel, ModelFn};
+
+use kiln_tir::VerifyError;
+
+/// Status returned by a kernel that ran to completion.
+pub const STATUS_OK: i32 = 0;
+/// Status returned by a kernel that met an integer division (or remainder) by zero.
+pub const STATUS_DIV_BY_ZERO: i32 = 1;
+/// Status returned by a kernel whose heap-allocated local buffer could not be allocated.
+pub const STATUS_ALLOC_FAILED: i32 = 2;
+
+/// How parallel loops run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Threads {
+    /// Parallel loops run inline as serial loops (no outlining, no thread pool).
+    Single,
+    /// Parallel loops are outlined and split over the current rayon pool (rayon's global pool
+    /// unless the caller runs inside another).
+    #[default]
+    Global,
+    /// Parallel loops are outlined and split over a pool of this many threads owned by the
+    /// [`JitModule`].
+    Pool(usize),
+}
+
+/// Code generation options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodegenOptions {
+    /// How parallel loops run.
+    pub threads: Threads,
+    /// Emit 4-lane vector code for vectorizable `vectorized` loops (otherwise they are unrolled
+    /// scalar code).
+    pub vectorize: bool,
+    /// Use the host's fused multiply-add instruction when it has one (otherwise `fma` calls
+    /// `kiln_fmaf`, which is correctly rounded too).
+    pub use_fma: bool,
+    /// Run Cranelift's IR verifier on every generated function (slower compiles; on in tests).
+    pub verify_ir: bool,
+}
+
+impl Default for CodegenOptions {
+    fn default() -> Self {
+        CodegenOptions {
+            threads: Threads::Global,
+            vectorize: true,
+            use_fma: true,
+            verify_ir: cfg!(debug_assertions),
+        }
+    }
+}
+
+/// What codegen did, for tests and diagnostics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompileStats {
+    /// `vectorized` loops emitted as vector code.
+    pub vector_loops: usize,
+    /// `vectorized` loops emitted as unrolled scalar code (not provably vectorizable).
+    pub scalar_vectorized_loops: usize,
+    /// Parallel loops outlined into body functions.
+    pub parallel_bodies: usize,
+}
+
+/// Why code generation or a call of generated code failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CodegenError {
+    #[error("function `{func}`: {source}")]
+    Verify {
+        func: String,
+        #[source]
+        source: VerifyError,
+    },
+    #[error("function `{func}`: unsupported {construct}")]
+    Unsupported { func: String, construct: String },
+    #[error("function `{func}`: cranelift rejected the generated code: {message}")]
+    Cranelift { func: String, message: String },
+    #[error("host ISA: {0}")]
+    Isa(String),
+    #[error("two functions are named `{0}`")]
+    DuplicateName(String),
+    #[error("model entry `{entry}`: {reason}")]
+    BadEntry { entry: String, reason: String },
+    #[error("`{func}`: bad arguments: {reason}")]
+    BadArguments { func: String, reason: String },
+    #[error("`{func}`: integer division by zero")]
+    DivisionByZero { func: String },
+    #[error("`{func}`: a local buffer could not be allocated")]
+    AllocFailed { func: String },
+    #[error("`{func}`: unknown status {status}")]
+    BadStatus { func: String, status: i32 },
+    #[error("thread pool: {0}")]
+    ThreadPool(String),
+}
+
+impl CodegenError {
+    /// The error for a non-zero status returned by generated code of `func`.
+    pub fn from_status(func: &str, status: i32) -> Result<(), CodegenError> {
+        let func = func.to_string();
+        match status {
+            STATUS_OK => Ok(()),
+            STATUS_DIV_BY_ZERO => Err(CodegenError::DivisionByZero { func }),
+            STATUS_ALLOC_FAILED => Err(CodegenError::AllocFailed { func }),
+            status => Err(CodegenError::BadStatus { func, status }),
+        }
+    }
+}
