@@ -43,7 +43,7 @@ fn reference_reproduces_expected_outputs() {
             &model.graph,
             Backend::Reference,
             &m.data,
-            Tolerance::default(),
+            Tolerance::RUN,
         )
         .unwrap_or_else(|e| panic!("{}: {}", m.name, kiln_cli::error::one_line(&e)));
         assert!(!checks.is_empty());
