@@ -196,10 +196,8 @@ fn build(dag: &ComputeDag, class: OpClass, keep: &BTreeSet<BufferId>, level: Lev
                     attached.insert(a);
                     attached.insert(o);
                 }
-            } else if class == OpClass::MatMul && is_reduction(dag, o) {
-                if matmul_root(&mut r, o) {
-                    attached.insert(o);
-                }
+            } else if class == OpClass::MatMul && is_reduction(dag, o) && matmul_root(&mut r, o) {
+                attached.insert(o);
             }
         }
     }
@@ -250,11 +248,6 @@ fn reduction_root(r: &mut Recorder, stage: &str) {
         .filter(|l| l.1 == IterKind::Spatial)
         .map(|l| (l.0.clone(), l.2))
         .collect();
-    let reduce: Vec<String> = loops
-        .iter()
-        .filter(|l| l.1 == IterKind::Reduce)
-        .map(|l| l.0.clone())
-        .collect();
     let mut vec_loop = None;
     if let Some((name, ext)) = spatial.last().cloned() {
         if ext % 4 == 0 && spatial.len() > 1 && r.split(stage, &name, 4) {
@@ -271,7 +264,6 @@ fn reduction_root(r: &mut Recorder, stage: &str) {
             }
         }
     }
-    let _ = reduce;
     r.parallel_outer(stage);
     if let Some(v) = vec_loop {
         r.vectorize(stage, &v);
@@ -339,9 +331,7 @@ fn tile_anchor(r: &mut Recorder, class: OpClass, o: BufferId, a: BufferId) -> bo
     let mut outer = vec![];
     for d in 0..shape.len() {
         let n = format!("i{d}");
-        if d == row_axis && split_row {
-            outer.push(format!("{n}.0"));
-        } else if d == col_axis {
+        if (d == row_axis && split_row) || d == col_axis {
             outer.push(format!("{n}.0"));
         } else {
             outer.push(n);

@@ -31,7 +31,7 @@ pub fn rand(rng: &mut Rng, dtype: DType, shape: &[usize], lo: i64, hi: i64) -> T
     let data = match dtype {
         DType::F32 => TensorData::F32((0..n).map(|_| rng.float()).collect()),
         DType::F16 => TensorData::F16((0..n).map(|_| f16::from_f32(rng.float())).collect()),
-        DType::Bool => TensorData::Bool((0..n).map(|_| rng.next() % 2 == 0).collect()),
+        DType::Bool => TensorData::Bool((0..n).map(|_| rng.next().is_multiple_of(2)).collect()),
         _ => TensorData::from_f64(dtype, (0..n).map(|_| rng.range(lo, hi) as f64)),
     };
     Tensor::from_data(TensorType::new(dtype, shape.to_vec()).unwrap(), data).unwrap()

@@ -1,0 +1,174 @@
+//! Property test: random legal schedules (splits, reorders, fuses, vectorize, parallel, unroll,
+//! inline, compute_at) of conv, matmul, pooling, reduction and elementwise definitions compute
+//! what `kiln_operators::evaluate` computes.
+
+mod lowering_common;
+
+use kiln_ir::op::*;
+use kiln_ir::{DType, Op, Tensor, TensorType};
+use kiln_operators::compute::single_op;
+use kiln_tir::{Instruction, IterKind, Schedule, Trace};
+use lowering_common::*;
+use proptest::prelude::*;
+
+/// Interprets `genes` as instructions, keeping those that apply legally.
+fn random_trace(dag: &kiln_tir::ComputeDag, genes: &[(u8, usize, usize)]) -> Trace {
+    let stages: Vec<String> = dag
+        .tensors()
+        .iter()
+        .filter(|t| t.stage.is_some())
+        .map(|t| t.name.clone())
+        .collect();
+    let mut s = Schedule::naive(dag);
+    let mut out = vec![];
+    for &(kind, pick, factor) in genes {
+        let stage = stages[pick % stages.len()].clone();
+        let loops = s.loops(dag, &stage).unwrap_or_default();
+        if loops.is_empty() {
+            continue;
+        }
+        let l = &loops[(pick / 3) % loops.len()];
+        let inst = match kind % 8 {
+            0 | 1 => Instruction::Split {
+                stage,
+                loop_: l.name.clone(),
+                factors: vec![factor],
+            },
+            2 => {
+                let mut order: Vec<String> = loops.iter().map(|l| l.name.clone()).collect();
+                let n = order.len();
+                order.rotate_left(factor % n);
+                Instruction::Reorder { stage, order }
+            }
+            3 => {
+                let i = (pick / 3) % loops.len();
+                if i + 1 >= loops.len() {
+                    continue;
+                }
+                Instruction::Fuse {
+                    stage,
+                    loops: vec![loops[i].name.clone(), loops[i + 1].name.clone()],
+                }
+            }
+            4 => Instruction::Vectorize {
+                stage,
+                loop_: loops[loops.len() - 1].name.clone(),
+            },
+            5 => Instruction::Parallel {
+                stage,
+                loop_: loops[0].name.clone(),
+            },
+            6 => {
+                if l.kind == IterKind::Reduce || factor % 2 == 0 {
+                    Instruction::Unroll {
+                        stage,
+                        loop_: l.name.clone(),
+                    }
+                } else {
+                    Instruction::ComputeInline { stage }
+                }
+            }
+            _ => {
+                let target = stages[(pick + factor) % stages.len()].clone();
+                let tl = s.loops(dag, &target).unwrap_or_default();
+                if tl.is_empty() {
+                    continue;
+                }
+                Instruction::ComputeAt {
+                    stage,
+                    target_stage: target,
+                    target_loop: tl[factor % tl.len()].name.clone(),
+                }
+            }
+        };
+        if s.apply(dag, &inst).is_ok() {
+            out.push(inst);
+        }
+    }
+    Trace(out)
+}
+
+/// Lowers `op` with the random schedule (when the end state is legal) and compares.
+fn check_random(op: &Op, inputs: &[Tensor], genes: &[(u8, usize, usize)], rel: f64) {
+    let types: Vec<TensorType> = inputs.iter().map(|t| t.ty().clone()).collect();
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let want = kiln_operators::evaluate(op, &refs).unwrap();
+    let (b, out) = single_op(op, &types, &[]).unwrap();
+    let trace = random_trace(b.dag(), genes);
+    let Ok(sched) = trace.apply(b.dag()) else {
+        return;
+    };
+    let Ok(func) = kiln_tir::lower(b.dag(), &sched) else {
+        return;
+    };
+    let got = run_func(&func, &b, inputs, out);
+    assert_close(&format!("{op:?} {trace:?}"), &got, &want, rel);
+}
+
+fn genes() -> impl Strategy<Value = Vec<(u8, usize, usize)>> {
+    prop::collection::vec((0u8..8, 0usize..64, 1usize..6), 0..14)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn conv_random_schedules(g in genes(), seed in 1u64..1000, depthwise: bool) {
+        let mut rng = Rng(seed);
+        let a = ConvAttrs { pad: [1, 0, 1, 2], stride: [1, 2], dilation: [1, 1], input_zp: 0, weight_zp: 0 };
+        let x = rand_default(&mut rng, DType::F32, &[1, 2, 6, 7]);
+        let (w, op) = if depthwise {
+            (rand_default(&mut rng, DType::F32, &[4, 1, 3, 2]), Op::DepthwiseConv2d(a))
+        } else {
+            (rand_default(&mut rng, DType::F32, &[4, 2, 3, 2]), Op::Conv2d(a))
+        };
+        let b = rand_default(&mut rng, DType::F32, &[4]);
+        check_random(&op, &[x, w, b], &g, 1e-4);
+    }
+
+    #[test]
+    fn int_conv_random_schedules(g in genes(), seed in 1u64..1000) {
+        let mut rng = Rng(seed);
+        let a = ConvAttrs { pad: [1, 1, 0, 1], stride: [1, 1], dilation: [2, 1], input_zp: 3, weight_zp: -1 };
+        let x = rand_default(&mut rng, DType::I8, &[1, 2, 6, 5]);
+        let w = rand_default(&mut rng, DType::I8, &[3, 2, 2, 3]);
+        let b = rand(&mut rng, DType::I32, &[3], -100, 100);
+        check_random(&Op::Conv2d(a), &[x, w, b], &g, 0.0);
+    }
+
+    #[test]
+    fn matmul_random_schedules(g in genes(), seed in 1u64..1000) {
+        let mut rng = Rng(seed);
+        let a = rand_default(&mut rng, DType::F32, &[2, 5, 6]);
+        let b = rand_default(&mut rng, DType::F32, &[2, 6, 4]);
+        check_random(&Op::MatMul(MatMulAttrs::default()), &[a, b], &g, 1e-4);
+    }
+
+    #[test]
+    fn pool_random_schedules(g in genes(), seed in 1u64..1000, avg: bool) {
+        let mut rng = Rng(seed);
+        let p = PoolAttrs { kernel: [3, 2], stride: [2, 1], pad: [1, 1, 0, 1], dilation: [1, 1], ceil_mode: true, count_include_pad: seed % 2 == 0 };
+        let x = rand_default(&mut rng, DType::F32, &[1, 3, 7, 6]);
+        let op = if avg { Op::AvgPool2d(p) } else { Op::MaxPool2d(p) };
+        check_random(&op, &[x], &g, 1e-5);
+    }
+
+    #[test]
+    fn reduction_random_schedules(g in genes(), seed in 1u64..1000, axis in 0usize..3, argmax: bool) {
+        let mut rng = Rng(seed);
+        let x = rand(&mut rng, DType::I32, &[3, 4, 5], -4, 4);
+        let op = if argmax { Op::ArgMax { axis } } else { Op::Reduce { kind: ReduceOp::Sum, axis } };
+        check_random(&op, &[x], &g, 0.0);
+    }
+
+    #[test]
+    fn elementwise_random_schedules(g in genes(), seed in 1u64..1000) {
+        let mut rng = Rng(seed);
+        let a = rand_default(&mut rng, DType::F32, &[3, 1, 8]);
+        let b = rand_default(&mut rng, DType::F32, &[1, 5, 8]);
+        check_random(&Op::Binary(BinaryOp::Mul), &[a.clone(), b], &g, 1e-6);
+        let i = rand_default(&mut rng, DType::I16, &[4, 6]);
+        let s = rand(&mut rng, DType::I16, &[4, 6], -2, 20);
+        check_random(&Op::Binary(BinaryOp::LogicalRightShift), &[i, s], &g, 0.0);
+    }
+}
