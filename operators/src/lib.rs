@@ -4,6 +4,10 @@
 //! dtype the op's type rule accepts, and returns an error (never panics) for anything else. Every
 //! kernel runs only after [`kiln_ir::infer_type`] accepted its operands, and its result always has
 //! the type that rule derives.
+//!
+//! The compile path lives here too: [`compute`] defines every op as TIR compute stages with the
+//! same semantics, [`fusion`] partitions a graph into groups, [`schedule`] gives each op class
+//! its default schedule and [`kernel::lower_graph`] turns a graph into lowered kernels.
 
 pub mod compute;
 mod conv;
