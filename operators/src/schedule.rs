@@ -1,7 +1,7 @@
 //! Default schedules per op class, produced as serialisable [`Trace`]s.
 //!
 //! Invariant: [`default_schedule`] returns a trace that replays legally on the DAG
-//! ([`Trace::apply`]) together with the function [`kiln_tir::lower`] makes of it; every
+//! ([`Trace::apply`]) together with the function [`kiln_tir::lower()`] makes of it; every
 //! instruction is checked against the schedule state as it is recorded, and if lowering rejects
 //! the whole, simpler traces are tried down to the naive one, so a default schedule always
 //! exists and computes what the naive schedule computes.
