@@ -1,0 +1,548 @@
+//! Operation semantics of compiled code against the interpreter: casts (NaN, inf, saturation),
+//! integer wrap-around and division flavours, float specials, comparisons, intrinsics, each in
+//! scalar and in vector form; division by zero; local buffers on the stack and the heap, shared
+//! and private to parallel loops.
+
+mod common;
+
+use common::*;
+use kiln_codegen::{CodegenError, CodegenOptions, JitModule, Threads};
+use kiln_ir::{DType, Tensor, TensorData, TensorType};
+use kiln_tir::{interp, BinOp, CmpOp, Expr, ForKind, Intrinsic, PrimFunc, Stmt};
+
+const N: usize = 16;
+
+/// `out[i] = body(a[i], b[i], ...)` over `0..N`, as a serial loop or as `N/4` chunks of a
+/// vectorized loop of 4.
+fn elementwise(
+    ins: &[DType],
+    out: DType,
+    vectorized: bool,
+    body: &dyn Fn(&[Expr]) -> Expr,
+) -> PrimFunc {
+    let mut f = PrimFunc::new("ew");
+    let bufs: Vec<_> = ins
+        .iter()
+        .enumerate()
+        .map(|(k, &d)| f.add_param(format!("in{k}"), d, vec![N]))
+        .collect();
+    let o = f.add_param("out", out, vec![N]);
+    let (idx, wrap): (Expr, Box<dyn Fn(Stmt) -> Stmt>) = if vectorized {
+        let (i0, i1) = (f.new_var("i0"), f.new_var("i1"));
+        (
+            Expr::int(4) * Expr::var(i0) + Expr::var(i1),
+            Box::new(move |s| {
+                Stmt::for_(
+                    i0,
+                    N / 4,
+                    ForKind::Serial,
+                    Stmt::for_(i1, 4, ForKind::Vectorized, s),
+                )
+            }),
+        )
+    } else {
+        let i = f.new_var("i");
+        (
+            Expr::var(i),
+            Box::new(move |s| Stmt::for_(i, N, ForKind::Serial, s)),
+        )
+    };
+    let loads: Vec<Expr> = bufs
+        .iter()
+        .map(|&b| Expr::load(b, vec![idx.clone()]))
+        .collect();
+    f.body = wrap(Stmt::store(o, vec![idx], body(&loads)));
+    f
+}
+
+fn tensor(d: DType, data: TensorData) -> Tensor {
+    Tensor::from_data(TensorType::new(d, vec![N]).unwrap(), data).unwrap()
+}
+
+/// Runs `f` compiled and interpreted on `inputs` (plus a zeroed output); compares everything.
+/// Returns the compiled module's stats.
+fn compare(f: &PrimFunc, inputs: &[Tensor], opts: &CodegenOptions) -> kiln_codegen::CompileStats {
+    let out = &f.buffers[f.params[f.params.len() - 1].index()];
+    let mut want: Vec<Tensor> = inputs.to_vec();
+    want.push(Tensor::zeros(
+        TensorType::new(out.dtype, out.shape.clone()).unwrap(),
+    ));
+    let mut got = want.clone();
+    interp::run(f, &mut want).unwrap();
+    let jit =
+        JitModule::compile(std::slice::from_ref(f), opts).unwrap_or_else(|e| panic!("{e}\n{f}"));
+    jit.kernel("ew").unwrap().run(&mut got).unwrap();
+    assert_close(&format!("{opts:?}\n{f}"), &got, &want, 0.0);
+    jit.stats()
+}
+
+fn opts() -> Vec<CodegenOptions> {
+    option_sets()
+}
+
+const SPECIAL_F32: [f32; N] = [
+    f32::NAN,
+    f32::INFINITY,
+    f32::NEG_INFINITY,
+    0.0,
+    -0.0,
+    1e10,
+    -1e10,
+    127.5,
+    -128.7,
+    255.9,
+    -0.5,
+    3.7,
+    -3.7,
+    2147483648.0,
+    -2147483904.0,
+    65535.5,
+];
+
+#[test]
+fn float_to_int_casts_truncate_saturate_and_map_nan_to_zero() {
+    let x = tensor(DType::F32, TensorData::F32(SPECIAL_F32.to_vec()));
+    for to in [
+        DType::I8,
+        DType::U8,
+        DType::I16,
+        DType::I32,
+        DType::I64,
+        DType::Bool,
+    ] {
+        for vectorized in [false, true] {
+            let f = elementwise(&[DType::F32], to, vectorized, &|a| {
+                Expr::cast(to, a[0].clone())
+            });
+            for o in opts() {
+                compare(&f, &[x.clone()], &o);
+            }
+        }
+    }
+    // Spot-check the semantics themselves.
+    let f = elementwise(&[DType::F32], DType::I32, false, &|a| {
+        Expr::cast(DType::I32, a[0].clone())
+    });
+    let jit = JitModule::compile(&[f], &CodegenOptions::default()).unwrap();
+    let mut args = vec![
+        x,
+        Tensor::zeros(TensorType::new(DType::I32, vec![N]).unwrap()),
+    ];
+    jit.kernel("ew").unwrap().run(&mut args).unwrap();
+    let got = args[1].as_slice::<i32>().unwrap();
+    assert_eq!(&got[..5], &[0, i32::MAX, i32::MIN, 0, 0]);
+    assert_eq!(&got[11..13], &[3, -3]);
+}
+
+#[test]
+fn int_casts_wrap_and_int_to_float_rounds() {
+    let mut rng = Rng(7);
+    for from in [
+        DType::I8,
+        DType::U8,
+        DType::I16,
+        DType::I32,
+        DType::I64,
+        DType::Bool,
+    ] {
+        let x = tensor(from, random_data(from, N, &mut rng));
+        for to in [
+            DType::I8,
+            DType::U8,
+            DType::I16,
+            DType::I32,
+            DType::I64,
+            DType::Bool,
+            DType::F32,
+        ] {
+            for vectorized in [false, true] {
+                let f = elementwise(&[from], to, vectorized, &|a| Expr::cast(to, a[0].clone()));
+                for o in opts() {
+                    compare(&f, &[x.clone()], &o);
+                }
+            }
+        }
+    }
+}
+
+/// Integer data of dtype `d` from i64 values, wrapped to the width.
+fn wrap_i64(d: DType, v: Vec<i64>) -> TensorData {
+    match d {
+        DType::I8 => TensorData::I8(v.iter().map(|&x| x as i8).collect()),
+        DType::U8 => TensorData::U8(v.iter().map(|&x| x as u8).collect()),
+        DType::I16 => TensorData::I16(v.iter().map(|&x| x as i16).collect()),
+        DType::I32 => TensorData::I32(v.iter().map(|&x| x as i32).collect()),
+        _ => TensorData::I64(v),
+    }
+}
+
+/// Random values with MIN, MAX, -1, 1, 7 and -7 first.
+fn int_edge_values(d: DType, rng: &mut Rng) -> TensorData {
+    let mut v = random_data(d, N, rng).to_i64_vec();
+    let (min, max) = match d {
+        DType::I8 => (i8::MIN as i64, i8::MAX as i64),
+        DType::U8 => (0, u8::MAX as i64),
+        DType::I16 => (i16::MIN as i64, i16::MAX as i64),
+        DType::I32 => (i32::MIN as i64, i32::MAX as i64),
+        _ => (i64::MIN, i64::MAX),
+    };
+    v[..6].copy_from_slice(&[min, max, -1, 1, 7, -7]);
+    wrap_i64(d, v)
+}
+
+/// Divisors without zero, with -1 and 1 among them.
+fn divisors(d: DType, rng: &mut Rng) -> TensorData {
+    let v: Vec<i64> = random_data(d, N, rng)
+        .to_i64_vec()
+        .into_iter()
+        .enumerate()
+        .map(|(i, x)| match i {
+            0 | 5 => -1,
+            1 => 1,
+            2 => 3,
+            3 => -4,
+            _ if x == 0 => 5,
+            _ => x,
+        })
+        .collect();
+    wrap_i64(d, v)
+}
+
+#[test]
+fn integer_arithmetic_wraps_and_divisions_match() {
+    let mut rng = Rng(11);
+    for d in [DType::I8, DType::U8, DType::I16, DType::I32, DType::I64] {
+        let a = tensor(d, int_edge_values(d, &mut rng));
+        let b = tensor(d, divisors(d, &mut rng));
+        for op in [
+            BinOp::Add,
+            BinOp::Sub,
+            BinOp::Mul,
+            BinOp::Div,
+            BinOp::Rem,
+            BinOp::FloorDiv,
+            BinOp::FloorMod,
+            BinOp::Min,
+            BinOp::Max,
+        ] {
+            for vectorized in [false, true] {
+                let f = elementwise(&[d, d], d, vectorized, &|x| {
+                    Expr::binary(op, x[0].clone(), x[1].clone())
+                });
+                for o in opts() {
+                    compare(&f, &[a.clone(), b.clone()], &o);
+                }
+            }
+            // Constant divisors take the shift / mask / no-check paths.
+            let consts: &[i64] = if d == DType::U8 {
+                &[1, 2, 4, 3, 7, 128, 255]
+            } else {
+                &[1, 2, 4, 8, 3, 7, -1, -4, -3]
+            };
+            for &c in consts {
+                let f = elementwise(&[d], d, false, &|x| {
+                    Expr::binary(op, x[0].clone(), Expr::int_of(c, d))
+                });
+                compare(&f, &[a.clone()], &opts()[0]);
+            }
+        }
+        // Comparisons (unsigned for u8) and abs.
+        for op in [
+            CmpOp::Eq,
+            CmpOp::Ne,
+            CmpOp::Lt,
+            CmpOp::Le,
+            CmpOp::Gt,
+            CmpOp::Ge,
+        ] {
+            let f = elementwise(&[d, d], DType::Bool, false, &|x| {
+                Expr::cmp(op, x[0].clone(), x[1].clone())
+            });
+            compare(&f, &[a.clone(), b.clone()], &opts()[0]);
+        }
+        for vectorized in [false, true] {
+            let f = elementwise(&[d], d, vectorized, &|x| {
+                Expr::call(Intrinsic::Abs, vec![x[0].clone()])
+            });
+            for o in opts() {
+                compare(&f, &[a.clone()], &o);
+            }
+        }
+    }
+}
+
+#[test]
+fn i32_vector_ops_are_vectorized() {
+    let mut rng = Rng(3);
+    let a = tensor(DType::I32, random_data(DType::I32, N, &mut rng));
+    let b = tensor(DType::I32, random_data(DType::I32, N, &mut rng));
+    let f = elementwise(&[DType::I32, DType::I32], DType::I32, true, &|x| {
+        Expr::max(
+            x[0].clone() * x[1].clone() - x[0].clone(),
+            Expr::int_of(-5, DType::I32),
+        )
+    });
+    let stats = compare(&f, &[a, b], &opts()[0]);
+    assert_eq!(stats.vector_loops, 1);
+}
+
+#[test]
+fn integer_division_by_zero_is_an_error() {
+    let a = tensor(DType::I32, TensorData::I32((0..N as i32).collect()));
+    let mut bv: Vec<i32> = vec![1; N];
+    bv[9] = 0;
+    let b = tensor(DType::I32, TensorData::I32(bv));
+    for op in [BinOp::Div, BinOp::Rem, BinOp::FloorDiv, BinOp::FloorMod] {
+        let f = elementwise(&[DType::I32, DType::I32], DType::I32, false, &|x| {
+            Expr::binary(op, x[0].clone(), x[1].clone())
+        });
+        let mut args = vec![
+            a.clone(),
+            b.clone(),
+            Tensor::zeros(TensorType::new(DType::I32, vec![N]).unwrap()),
+        ];
+        assert!(interp::run(&f, &mut args.clone()).is_err());
+        let jit = JitModule::compile(&[f], &CodegenOptions::default()).unwrap();
+        let err = jit.kernel("ew").unwrap().run(&mut args).unwrap_err();
+        assert!(matches!(err, CodegenError::DivisionByZero { .. }), "{err}");
+    }
+}
+
+#[test]
+fn float_arithmetic_specials_and_comparisons() {
+    let a = tensor(DType::F32, TensorData::F32(SPECIAL_F32.to_vec()));
+    let mut b: Vec<f32> = SPECIAL_F32.to_vec();
+    b.rotate_left(3);
+    let b = tensor(DType::F32, TensorData::F32(b));
+    for op in [
+        BinOp::Add,
+        BinOp::Sub,
+        BinOp::Mul,
+        BinOp::Div,
+        BinOp::Rem,
+        BinOp::Min,
+        BinOp::Max,
+    ] {
+        for vectorized in [false, true] {
+            let f = elementwise(&[DType::F32, DType::F32], DType::F32, vectorized, &|x| {
+                Expr::binary(op, x[0].clone(), x[1].clone())
+            });
+            for o in opts() {
+                compare(&f, &[a.clone(), b.clone()], &o);
+            }
+        }
+    }
+    for op in [
+        CmpOp::Eq,
+        CmpOp::Ne,
+        CmpOp::Lt,
+        CmpOp::Le,
+        CmpOp::Gt,
+        CmpOp::Ge,
+    ] {
+        let f = elementwise(&[DType::F32, DType::F32], DType::Bool, false, &|x| {
+            Expr::cmp(op, x[0].clone(), x[1].clone())
+        });
+        compare(&f, &[a.clone(), b.clone()], &opts()[0]);
+        // A comparison as the condition of a select.
+        let f = elementwise(&[DType::F32, DType::F32], DType::F32, false, &|x| {
+            Expr::select(
+                Expr::and(
+                    Expr::cmp(op, x[0].clone(), x[1].clone()),
+                    Expr::not(Expr::cmp(CmpOp::Eq, x[0].clone(), Expr::f32(3.7))),
+                ),
+                x[0].clone(),
+                Expr::f32(-1.0),
+            )
+        });
+        compare(&f, &[a.clone(), b.clone()], &opts()[0]);
+    }
+}
+
+#[test]
+fn intrinsics_match_the_interpreter_bit_for_bit() {
+    let mut rng = Rng(5);
+    let mut xs: Vec<f32> = SPECIAL_F32.to_vec();
+    let wide: Vec<f32> = (0..N).map(|_| 4.0 * rng.unit()).collect();
+    let x_special = tensor(DType::F32, TensorData::F32(xs.clone()));
+    xs.copy_from_slice(&wide);
+    let x_wide = tensor(DType::F32, TensorData::F32(xs));
+    let y = tensor(
+        DType::F32,
+        TensorData::F32((0..N).map(|_| 2.0 * rng.unit()).collect()),
+    );
+    let z = tensor(
+        DType::F32,
+        TensorData::F32((0..N).map(|_| rng.unit()).collect()),
+    );
+    for f in Intrinsic::ALL {
+        for x in [&x_special, &x_wide] {
+            for vectorized in [false, true] {
+                let func = elementwise(&[DType::F32; 3], DType::F32, vectorized, &|a| {
+                    Expr::call(f, a[..f.arity()].to_vec())
+                });
+                for o in opts() {
+                    let stats = compare(&func, &[x.clone(), y.clone(), z.clone()], &o);
+                    if vectorized && o.vectorize {
+                        assert_eq!(stats.vector_loops, 1, "{}", f.name());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn f16_is_rejected_with_a_clear_error() {
+    let f = elementwise(&[DType::F16], DType::F32, false, &|a| {
+        Expr::cast(DType::F32, a[0].clone())
+    });
+    let err = JitModule::compile(&[f], &CodegenOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("f16"), "{err}");
+    assert!(err.to_string().contains("`ew`"), "{err}");
+}
+
+#[test]
+fn unverified_functions_are_rejected_not_compiled() {
+    let mut f = PrimFunc::new("bad");
+    let x = f.add_param("x", DType::F32, vec![4]);
+    let i = f.new_var("i");
+    f.body = Stmt::for_(
+        i,
+        5,
+        ForKind::Serial,
+        Stmt::store(x, vec![Expr::var(i)], Expr::f32(1.0)),
+    );
+    let err = JitModule::compile(&[f], &CodegenOptions::default()).unwrap_err();
+    assert!(matches!(err, CodegenError::Verify { .. }), "{err}");
+}
+
+#[test]
+fn bad_arguments_are_rejected_before_calling() {
+    let f = elementwise(&[DType::F32], DType::F32, false, &|a| a[0].clone());
+    let jit = JitModule::compile(&[f], &CodegenOptions::default()).unwrap();
+    let k = jit.kernel("ew").unwrap();
+    let ok = Tensor::zeros(TensorType::new(DType::F32, vec![N]).unwrap());
+    let short = Tensor::zeros(TensorType::new(DType::F32, vec![N - 1]).unwrap());
+    let int = Tensor::zeros(TensorType::new(DType::I32, vec![N]).unwrap());
+    assert!(k.run(&mut [ok.clone()]).is_err());
+    assert!(k.run(&mut [ok.clone(), short]).is_err());
+    assert!(k.run(&mut [int, ok.clone()]).is_err());
+    let mut small = vec![0u8; 4 * N - 1];
+    let mut big = vec![0u8; 4 * N];
+    assert!(k.run_bytes(&mut [&mut big.clone(), &mut small]).is_err());
+    k.run_bytes(&mut [&mut big.clone(), &mut big]).unwrap();
+}
+
+/// `for.parallel i in 0..rows { tmp[j] = x[i, j] * 2 (all j); out[i, j] = tmp[cols-1-j] + 1 }`
+/// where `tmp` is private to the parallel loop; plus a shared local `acc` computed after.
+fn locals_func(rows: usize, cols: usize) -> PrimFunc {
+    let mut f = PrimFunc::new("ew");
+    let x = f.add_param("x", DType::F32, vec![rows, cols]);
+    let out = f.add_param("out", DType::F32, vec![rows, cols]);
+    let tmp = f.add_local("tmp", DType::F32, vec![cols]);
+    let shared = f.add_local("shared", DType::F32, vec![rows, cols]);
+    let (i, j, j2, a, b) = (
+        f.new_var("i"),
+        f.new_var("j"),
+        f.new_var("j2"),
+        f.new_var("a"),
+        f.new_var("b"),
+    );
+    let (vi, vj, vj2) = (Expr::var(i), Expr::var(j), Expr::var(j2));
+    let fill = Stmt::for_(
+        j,
+        cols,
+        ForKind::Serial,
+        Stmt::store(
+            tmp,
+            vec![vj.clone()],
+            Expr::load(x, vec![vi.clone(), vj]) * Expr::f32(2.0),
+        ),
+    );
+    let rev = Expr::int(cols as i64 - 1) - vj2.clone();
+    let use_ = Stmt::for_(
+        j2,
+        cols,
+        ForKind::Serial,
+        Stmt::store(
+            shared,
+            vec![vi.clone(), vj2],
+            Expr::load(tmp, vec![rev]) + Expr::f32(1.0),
+        ),
+    );
+    let copy = Stmt::for_(
+        a,
+        rows,
+        ForKind::Parallel,
+        Stmt::for_(
+            b,
+            cols,
+            ForKind::Serial,
+            Stmt::store(
+                out,
+                vec![Expr::var(a), Expr::var(b)],
+                Expr::load(shared, vec![Expr::var(a), Expr::var(b)]),
+            ),
+        ),
+    );
+    f.body = Stmt::seq(vec![
+        Stmt::for_(i, rows, ForKind::Parallel, Stmt::seq(vec![fill, use_])),
+        copy,
+    ]);
+    f
+}
+
+#[test]
+fn local_buffers_on_stack_and_heap_private_and_shared() {
+    // Small locals live on the stack; 40000 floats (160 KB) go to the heap.
+    for (rows, cols) in [(8, 16), (3, 40000)] {
+        let f = locals_func(rows, cols);
+        kiln_tir::verify(&f).unwrap();
+        for threads in [
+            Threads::Single,
+            Threads::Global,
+            Threads::Pool(2),
+            Threads::Pool(3),
+        ] {
+            let o = CodegenOptions {
+                threads,
+                verify_ir: true,
+                ..CodegenOptions::default()
+            };
+            let jit = check_against_interp(&f, &o, 21);
+            if threads != Threads::Single {
+                assert_eq!(jit.stats().parallel_bodies, 2);
+            }
+        }
+    }
+}
+
+#[test]
+fn parallel_loop_inside_a_serial_loop_reads_the_outer_variable() {
+    // for t in 0..3 { for.parallel i in 0..5 { out[t, i] = x[t, i] * t + i } }
+    let mut f = PrimFunc::new("ew");
+    let x = f.add_param("x", DType::F32, vec![3, 5]);
+    let out = f.add_param("out", DType::F32, vec![3, 5]);
+    let (t, i) = (f.new_var("t"), f.new_var("i"));
+    let idx = vec![Expr::var(t), Expr::var(i)];
+    f.body = Stmt::for_(
+        t,
+        3,
+        ForKind::Serial,
+        Stmt::for_(
+            i,
+            5,
+            ForKind::Parallel,
+            Stmt::store(
+                out,
+                idx.clone(),
+                Expr::load(x, idx) * Expr::cast(DType::F32, Expr::var(t))
+                    + Expr::cast(DType::F32, Expr::var(i)),
+            ),
+        ),
+    );
+    for o in opts() {
+        check_against_interp(&f, &o, 5);
+    }
+}
