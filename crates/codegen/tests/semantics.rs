@@ -115,7 +115,7 @@ fn float_to_int_casts_truncate_saturate_and_map_nan_to_zero() {
                 Expr::cast(to, a[0].clone())
             });
             for o in opts() {
-                compare(&f, &[x.clone()], &o);
+                compare(&f, std::slice::from_ref(&x), &o);
             }
         }
     }
@@ -158,7 +158,7 @@ fn int_casts_wrap_and_int_to_float_rounds() {
             for vectorized in [false, true] {
                 let f = elementwise(&[from], to, vectorized, &|a| Expr::cast(to, a[0].clone()));
                 for o in opts() {
-                    compare(&f, &[x.clone()], &o);
+                    compare(&f, std::slice::from_ref(&x), &o);
                 }
             }
         }
@@ -243,7 +243,7 @@ fn integer_arithmetic_wraps_and_divisions_match() {
                 let f = elementwise(&[d], d, false, &|x| {
                     Expr::binary(op, x[0].clone(), Expr::int_of(c, d))
                 });
-                compare(&f, &[a.clone()], &opts()[0]);
+                compare(&f, std::slice::from_ref(&a), &opts()[0]);
             }
         }
         // Comparisons (unsigned for u8) and abs.
@@ -265,7 +265,7 @@ fn integer_arithmetic_wraps_and_divisions_match() {
                 Expr::call(Intrinsic::Abs, vec![x[0].clone()])
             });
             for o in opts() {
-                compare(&f, &[a.clone()], &o);
+                compare(&f, std::slice::from_ref(&a), &o);
             }
         }
     }
