@@ -17,6 +17,7 @@
 
 use crate::isa::HostInfo;
 use crate::parallel::{self, OutlineJob};
+use crate::promote::{self, Promotion};
 use crate::runtime::{self, names};
 use crate::{CodegenError, CodegenOptions, Threads, STATUS_ALLOC_FAILED, STATUS_DIV_BY_ZERO};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
@@ -247,6 +248,18 @@ impl<'m, M: Module> EmitState<'m, M> {
                 .filter(|b| f.buffers[b.index()].scope == Scope::Local)
                 .filter(|b| used.contains(b) && !private.contains_key(b))
                 .collect();
+            lw.promo = promote::promotable(
+                f,
+                &f.body,
+                &locals,
+                lw.em.opts.vectorize,
+                lw.outline_parallel,
+            );
+            lw.em.stats.promoted_buffers += lw.promo.len();
+            let locals: Vec<BufferId> = locals
+                .into_iter()
+                .filter(|b| !lw.promo.contains_key(b))
+                .collect();
             lw.alloc_locals(&locals)?;
             lw.stmt(&f.body)?;
             lw.finish()?
@@ -273,6 +286,14 @@ impl<'m, M: Module> EmitState<'m, M> {
         );
         {
             let mut lw = FnLowerer::new(self, f, &mut func, &mut fctx, private, false);
+            let mine: Vec<BufferId> = job
+                .used
+                .iter()
+                .copied()
+                .filter(|b| private.get(b) == Some(&job.var))
+                .collect();
+            lw.promo = promote::promotable(f, &job.body, &mine, lw.em.opts.vectorize, false);
+            lw.em.stats.promoted_buffers += lw.promo.len();
             lw.outlined_body(&job)?;
             let nested = lw.finish()?;
             debug_assert!(nested.is_empty());
@@ -308,6 +329,12 @@ pub(crate) struct FnLowerer<'s, 'm, 'b, M: Module> {
     /// Whether `parallel` loops are outlined here (in the kernel, with threads) or run inline.
     outline_parallel: bool,
     pub jobs: Vec<OutlineJob>,
+    /// Local buffers held in variables (see [`crate::promote`]).
+    pub promo: HashMap<BufferId, Promotion>,
+    promo_vars: HashMap<(BufferId, i64), Variable>,
+    /// Values of loop variables that are constant in the code being emitted (unrolled copies,
+    /// vector chunks).
+    pub consts: Vec<Option<i64>>,
 }
 
 impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
@@ -340,6 +367,9 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
             private,
             outline_parallel,
             jobs: vec![],
+            promo: HashMap::new(),
+            promo_vars: HashMap::new(),
+            consts: vec![None; f.vars.len()],
         }
     }
 
@@ -488,6 +518,12 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
                 indices,
                 value,
             } => {
+                if self.promo.contains_key(buf) {
+                    let var = self.promoted_var(*buf, indices, 1)?;
+                    let v = self.expr(value)?;
+                    self.b.def_var(var, v);
+                    return Ok(());
+                }
                 let addr = self.address(*buf, indices)?;
                 let v = self.expr(value)?;
                 self.b.ins().store(mem_flags(), v, addr, 0);
@@ -550,8 +586,10 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
         for i in 0..extent {
             let c = self.b.ins().iconst(types::I64, i as i64);
             self.b.def_var(v, c);
+            self.consts[var.index()] = Some(i as i64);
             self.stmt(body)?;
         }
+        self.consts[var.index()] = None;
         Ok(())
     }
 
@@ -592,6 +630,44 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
     }
 
     // ---- addresses ----
+
+    /// The variable holding the element (`lanes == 1`) or the 4-element group (`lanes == 4`)
+    /// of promoted buffer `buf` at `indices`, whose variables are all constant here.
+    pub fn promoted_var(
+        &mut self,
+        buf: BufferId,
+        indices: &[Expr],
+        lanes: usize,
+    ) -> Result<Variable, CodegenError> {
+        let decl = &self.f.buffers[buf.index()];
+        let consts = &self.consts;
+        let off = promote::offset(&decl.shape, indices, &|v: VarId| {
+            consts.get(v.index()).copied().flatten()
+        })
+        .ok_or_else(|| {
+            self.err_internal(format!("promoted %{} at a non-constant index", decl.name))
+        })?;
+        if self.promo.get(&buf).map(|p| p.lanes) != Some(lanes) {
+            return Err(self.err_internal(format!(
+                "promoted %{} accessed with {lanes} lanes",
+                decl.name
+            )));
+        }
+        if let Some(&v) = self.promo_vars.get(&(buf, off)) {
+            return Ok(v);
+        }
+        let scalar = clif_type(decl.dtype).ok_or_else(|| self.err_internal("f16 local"))?;
+        let ty = if lanes == 1 {
+            scalar
+        } else {
+            scalar
+                .by(lanes as u32)
+                .ok_or_else(|| self.err_internal("vector type"))?
+        };
+        let v = self.b.declare_var(ty);
+        self.promo_vars.insert((buf, off), v);
+        Ok(v)
+    }
 
     /// An index expression as an `i64` value.
     pub fn index(&mut self, e: &Expr) -> Result<Value, CodegenError> {
@@ -713,6 +789,10 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
                 let from = self.dtype(value)?;
                 let v = self.expr(value)?;
                 self.cast(from, *dtype, v)?
+            }
+            Expr::Load { buf, indices } if self.promo.contains_key(buf) => {
+                let var = self.promoted_var(*buf, indices, 1)?;
+                self.b.use_var(var)
             }
             Expr::Load { buf, indices } => {
                 let dtype = self.f.buffers[buf.index()].dtype;

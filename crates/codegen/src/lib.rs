@@ -32,6 +32,7 @@ pub mod isa;
 pub mod jit;
 pub mod kernel;
 pub mod parallel;
+pub mod promote;
 pub mod runtime;
 pub mod vector;
 
@@ -96,6 +97,8 @@ pub struct CompileStats {
     pub scalar_vectorized_loops: usize,
     /// Parallel loops outlined into body functions.
     pub parallel_bodies: usize,
+    /// Local buffers held in registers instead of memory (see [`promote`]).
+    pub promoted_buffers: usize,
 }
 
 /// Why code generation or a call of generated code failed.

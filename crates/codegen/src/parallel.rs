@@ -204,7 +204,9 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
         let mut private = vec![];
         for &b in &job.used {
             if self.private.get(&b) == Some(&job.var) {
-                private.push(b);
+                if !self.promo.contains_key(&b) {
+                    private.push(b);
+                }
             } else {
                 let base = self.load_ptr(ctx, (8 * b.index()) as i32);
                 self.bases[b.index()] = Some(base);

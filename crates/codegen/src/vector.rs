@@ -216,14 +216,23 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
         for chunk in 0..extent / LANES {
             let base = self.b.ins().iconst(types::I64, (chunk * LANES) as i64);
             self.b.def_var(v, base);
+            self.consts[var.index()] = Some((chunk * LANES) as i64);
             for &(buf, indices, value) in &stores {
                 let d = self.f.buffers[buf.index()].dtype;
+                if self.promo.contains_key(&buf) {
+                    let pv = self.promoted_var(buf, indices, LANES)?;
+                    let val = self.vexpr(value, var)?;
+                    let val = self.vector_of(val, d)?;
+                    self.b.def_var(pv, val);
+                    continue;
+                }
                 let addr = self.address(buf, indices)?;
                 let val = self.vexpr(value, var)?;
                 let val = self.vector_of(val, d)?;
                 self.b.ins().store(mem_flags(), val, addr, 0);
             }
         }
+        self.consts[var.index()] = None;
         Ok(())
     }
 
@@ -244,6 +253,10 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
         let d = self.dtype(e)?;
         let ty = lane_type(d).ok_or_else(|| self.err_internal(format!("vector of {d}")))?;
         Ok(VVal::Vector(match e {
+            Expr::Load { buf, indices } if self.promo.contains_key(buf) => {
+                let pv = self.promoted_var(*buf, indices, LANES)?;
+                self.b.use_var(pv)
+            }
             Expr::Load { buf, indices } => {
                 let addr = self.address(*buf, indices)?;
                 self.b.ins().load(ty, mem_flags(), addr, 0)

@@ -189,6 +189,10 @@ fn matmul_naive_and_tiled() {
                 stage: s("c"),
                 loop_: s("j.1"),
             },
+            I::Unroll {
+                stage: s("c"),
+                loop_: s("i.1"),
+            },
             I::Parallel {
                 stage: s("c"),
                 loop_: s("i.0"),
@@ -197,6 +201,9 @@ fn matmul_naive_and_tiled() {
     );
     let (vec, par) = check_all(&f, 5);
     assert!(vec >= 1 && par >= 1, "{f}");
+    // The accumulator tile (cache_write, unrolled and vectorized) lives in registers.
+    let jit = check_against_interp(&f, &option_sets()[1], 5);
+    assert_eq!(jit.stats().promoted_buffers, 1, "{f}");
 }
 
 #[test]

@@ -223,7 +223,7 @@ fn random_traces_exercise_vectors_and_parallel_bodies() {
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
     let strategy = (arb_family(), choices(), any::<u8>());
-    let (mut lowered, mut vector, mut parallel, mut fallback) = (0, 0, 0, 0);
+    let (mut lowered, mut vector, mut parallel, mut fallback, mut promoted) = (0, 0, 0, 0, 0);
     for seed in 0..300u64 {
         let (fam, ch, pick) = strategy.new_tree(&mut runner).unwrap().current();
         let dag = fam.dag();
@@ -239,8 +239,15 @@ fn random_traces_exercise_vectors_and_parallel_bodies() {
         vector += stats.vector_loops;
         fallback += stats.scalar_vectorized_loops;
         parallel += stats.parallel_bodies;
+        promoted += stats.promoted_buffers;
     }
-    eprintln!("lowered {lowered}/300, vector loops {vector}, scalar vectorized loops {fallback}, parallel bodies {parallel}");
+    eprintln!(
+        "lowered {lowered}/300, vector loops {vector}, scalar vectorized loops {fallback}, \
+         parallel bodies {parallel}, promoted buffers {promoted}"
+    );
     assert!(lowered >= 150, "{lowered}");
-    assert!(vector >= 10 && parallel >= 10, "{vector} {parallel}");
+    assert!(
+        vector >= 10 && parallel >= 10 && promoted >= 5,
+        "{vector} {parallel} {promoted}"
+    );
 }
