@@ -79,6 +79,10 @@ pub(crate) fn offset(
     Some(off)
 }
 
+/// What the walk knows of a candidate: the access widths and offsets seen so far, or `None`
+/// once it is known not to be promotable.
+type Seen = Option<(BTreeSet<usize>, BTreeSet<i64>)>;
+
 struct Walk<'a> {
     f: &'a PrimFunc,
     vectorize: bool,
@@ -94,7 +98,7 @@ struct Walk<'a> {
     /// Loads met in the expression being walked.
     pending: Vec<(BufferId, Vec<Expr>)>,
     /// Per candidate: widths seen, keys seen, or `None` once it is known not promotable.
-    state: HashMap<BufferId, Option<(BTreeSet<usize>, BTreeSet<i64>)>>,
+    state: HashMap<BufferId, Seen>,
 }
 
 impl Walk<'_> {
