@@ -39,13 +39,8 @@ fn import_from_bytes_equals_import_from_file() {
 fn reference_reproduces_expected_outputs() {
     for m in bundled_models() {
         let model = load_model(&m.model, &ImportOptions::default()).unwrap();
-        let checks = check_data_set(
-            &model.graph,
-            Backend::Reference,
-            &m.data,
-            Tolerance::RUN,
-        )
-        .unwrap_or_else(|e| panic!("{}: {}", m.name, kiln_cli::error::one_line(&e)));
+        let checks = check_data_set(&model.graph, Backend::Reference, 1, &m.data, Tolerance::RUN)
+            .unwrap_or_else(|e| panic!("{}: {}", m.name, kiln_cli::error::one_line(&e)));
         assert!(!checks.is_empty());
         for c in &checks {
             let cmp = c.comparison.as_ref().expect("expected output present");

@@ -9,6 +9,8 @@ use kiln_ir::{Graph, Tensor};
 /// A way to execute a graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
+    /// Compiled to native code with Cranelift and run in process (the default).
+    Jit,
     /// The reference interpreter: slow, simple, the oracle for every other backend.
     Reference,
 }
@@ -18,19 +20,35 @@ pub enum Backend {
 pub enum BackendError {
     #[error(transparent)]
     Reference(#[from] kiln_reference::ReferenceError),
+    #[error(transparent)]
+    Compile(#[from] kiln::CompileError),
+    #[error(transparent)]
+    Run(#[from] kiln::RunError),
 }
 
 impl Backend {
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
         match self {
+            Backend::Jit => "jit",
             Backend::Reference => "reference",
         }
     }
 
-    /// Runs `graph` on `inputs`.
-    pub fn run(self, graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
+    /// Runs `graph` on `inputs`; `threads` is the parallelism compiled code may use.
+    pub fn run(
+        self,
+        graph: &Graph,
+        inputs: &[Tensor],
+        threads: usize,
+    ) -> Result<Vec<Tensor>, BackendError> {
         match self {
+            Backend::Jit => {
+                let compiled = kiln::Compiler::new(kiln::Target::host())
+                    .with_options(kiln::CompileOptions { threads })
+                    .compile(graph)?;
+                Ok(compiled.run(inputs)?)
+            }
             Backend::Reference => Ok(kiln_reference::run(graph, inputs)?),
         }
     }

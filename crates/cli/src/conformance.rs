@@ -138,7 +138,8 @@ pub fn run_case(case: &Path, backend: Backend, tol: Tolerance) -> Result<Passed,
         if froze {
             how = Passed::ShapeInputsFrozen;
         }
-        let checks = check_outputs(&model.graph, backend, &set, &fed, tol)
+        // Cases already run in parallel: compiled code gets one thread each.
+        let checks = check_outputs(&model.graph, backend, 1, &set, &fed, tol)
             .map_err(|e| format!("{set_name}: {}", one_line(&e)))?;
         for (n, check) in checks.iter().enumerate() {
             match &check.comparison {

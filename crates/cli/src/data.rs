@@ -88,28 +88,31 @@ impl OutputCheck {
     }
 }
 
-/// Runs `graph` with `backend` on the inputs in `dir` and compares with the outputs there.
+/// Runs `graph` with `backend` (using up to `threads` threads) on the inputs in `dir` and
+/// compares with the outputs there.
 pub fn check_data_set(
     graph: &Graph,
     backend: Backend,
+    threads: usize,
     dir: &Path,
     tol: Tolerance,
 ) -> Result<Vec<OutputCheck>, CliError> {
     let inputs = read_inputs(dir)?;
-    check_outputs(graph, backend, dir, &inputs, tol)
+    check_outputs(graph, backend, threads, dir, &inputs, tol)
 }
 
 /// Runs `graph` with `backend` on `inputs` and compares with the outputs in `dir`.
 pub fn check_outputs(
     graph: &Graph,
     backend: Backend,
+    threads: usize,
     dir: &Path,
     inputs: &[Tensor],
     tol: Tolerance,
 ) -> Result<Vec<OutputCheck>, CliError> {
     let expected = read_expected(dir, graph.outputs().len())?;
     let outputs = backend
-        .run(graph, inputs)
+        .run(graph, inputs, threads)
         .map_err(|source| CliError::Backend {
             backend: backend.name(),
             source: Box::new(source),

@@ -7,6 +7,7 @@
 //! `error: ...` line on stderr. A panic (a bug) is reported the same way with exit code 101.
 
 pub mod backend;
+pub mod bench;
 pub mod compare;
 pub mod conformance;
 pub mod data;
@@ -63,7 +64,7 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
         /// Execution backend.
-        #[arg(long, value_enum, default_value = "reference")]
+        #[arg(long, value_enum, default_value = "jit")]
         backend: Backend,
         /// Write the outputs to `DIR/output_N.pb`.
         #[arg(long, value_name = "DIR")]
@@ -79,11 +80,12 @@ pub enum Command {
         /// Folder of case folders.
         dir: PathBuf,
         /// Execution backend.
-        #[arg(long, value_enum, default_value = "reference")]
+        #[arg(long, value_enum, default_value = "jit")]
         backend: Backend,
-        /// Skip list: one case name per line followed by `# reason`.
+        /// Skip list: one case name per line followed by `# reason` (repeatable: the union of
+        /// the lists is skipped).
         #[arg(long, value_name = "FILE")]
-        manifest: Option<PathBuf>,
+        manifest: Vec<PathBuf>,
         /// Only run cases whose name contains this.
         #[arg(long, value_name = "SUBSTR")]
         filter: Option<String>,
@@ -95,6 +97,26 @@ pub enum Command {
         jobs: Option<usize>,
         #[command(flatten)]
         tolerance: ToleranceArgs,
+    },
+    /// Compile a model with the JIT and time it: median and min latency, compile time, arena.
+    Bench {
+        /// The ONNX model file.
+        model: PathBuf,
+        /// Folder with `input_N.pb` files (default: deterministic synthetic inputs).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Threads for parallel loops (default: the number of CPUs).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Timed runs (after a few untimed warm-up runs).
+        #[arg(long, default_value_t = 50)]
+        iters: usize,
+        /// Print one JSON object with `median_ms`, `min_ms`, `compile_ms`, `arena_bytes`.
+        #[arg(long)]
+        json: bool,
+        /// Bind an input's shape, e.g. `input=1,3,224,224` (repeatable).
+        #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = shapes::parse_binding)]
+        input_shapes: Vec<ShapeBinding>,
     },
 }
 
@@ -173,14 +195,20 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             jobs,
             tolerance,
         } => {
-            let manifest = match manifest {
-                Some(path) => Manifest::load(&path)?,
-                None if Path::new(DEFAULT_MANIFEST).is_file() => {
+            let manifest = match manifest.as_slice() {
+                [] if Path::new(DEFAULT_MANIFEST).is_file() => {
                     Manifest::load(Path::new(DEFAULT_MANIFEST))?
                 }
-                None => {
+                [] => {
                     eprintln!("note: no {DEFAULT_MANIFEST} here; nothing is skipped");
                     Manifest::default()
+                }
+                paths => {
+                    let mut all = Manifest::default();
+                    for path in paths {
+                        all.skips.extend(Manifest::load(path)?.skips);
+                    }
+                    all
                 }
             };
             let jobs = match jobs {
@@ -197,6 +225,26 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
                 jobs,
                 tolerance: tolerance.get(Tolerance::CONFORMANCE)?,
             })
+        }
+        Command::Bench {
+            model,
+            data,
+            threads,
+            iters,
+            json,
+            input_shapes,
+        } => {
+            let req = bench::BenchRequest {
+                model,
+                data,
+                threads: threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                iters,
+                json,
+                input_shapes,
+            };
+            bench::print(&bench::bench(&req)?, json);
+            Ok(Outcome::Pass)
         }
     }
 }
@@ -240,7 +288,7 @@ mod tests {
                 tolerance,
                 ..
             } => {
-                assert_eq!(backend, Backend::Reference);
+                assert_eq!(backend, Backend::Jit);
                 assert!(out.is_none());
                 assert_eq!(tolerance.get(Tolerance::RUN).unwrap(), Tolerance::RUN);
             }
@@ -252,7 +300,7 @@ mod tests {
     fn rejects_bad_arguments() {
         for args in [
             &["kiln", "run", "m.onnx"][..],
-            &["kiln", "run", "m.onnx", "--data", "d", "--backend", "jit"],
+            &["kiln", "run", "m.onnx", "--data", "d", "--backend", "gpu"],
             &["kiln", "inspect", "m.onnx", "--input-shape", "x"],
             &["kiln", "frobnicate"],
         ] {

@@ -34,7 +34,8 @@ pub fn run(req: &RunRequest) -> Result<Outcome, CliError> {
     for note in &model.notes {
         println!("note: {note}");
     }
-    let checks = check_data_set(&model.graph, req.backend, &req.data, req.tolerance)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let checks = check_data_set(&model.graph, req.backend, threads, &req.data, req.tolerance)?;
     if let Some(out) = &req.out {
         std::fs::create_dir_all(out).map_err(|e| CliError::io(out, e))?;
         for (n, check) in checks.iter().enumerate() {

@@ -80,29 +80,28 @@ fn ensure_suite() -> PathBuf {
     root.join("node")
 }
 
-#[test]
-fn onnx_node_suite_passes_except_listed_skips() {
+/// Runs `kiln conformance` on the suite with `backend` and the given manifests; panics with the
+/// failures unless every case not listed passes.
+fn conformance_passes(backend: &str, manifests: &[&str]) {
     let suite = ensure_suite();
     let cases = fs::read_dir(&suite).map(|d| d.count()).unwrap_or(0);
     assert!(cases > 1000, "{} holds only {cases} cases", suite.display());
-    let manifest = repo().join("tests/conformance/skip.txt");
-    let out = Command::new(KILN)
-        .arg("conformance")
-        .arg(&suite)
-        .arg("--manifest")
-        .arg(&manifest)
-        .output()
-        .expect("cannot start kiln");
+    let mut cmd = Command::new(KILN);
+    cmd.arg("conformance").arg(&suite).arg("--backend").arg(backend);
+    for m in manifests {
+        cmd.arg("--manifest").arg(repo().join(m));
+    }
+    let out = cmd.output().expect("cannot start kiln");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let summary = stdout.lines().last().unwrap_or("");
-    println!("{summary}");
+    println!("{backend}: {summary}");
     if out.status.code() != Some(0) {
         let failures: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
         let shown = failures.len().min(300);
         panic!(
-            "kiln conformance exited {:?}: {summary}\n{}\n{}\nstderr:\n{stderr}\n\
-             (fix the cases, or list them in tests/conformance/skip.txt with `# reason`)",
+            "kiln conformance --backend {backend} exited {:?}: {summary}\n{}\n{}\nstderr:\n{stderr}\n\
+             (fix the cases, or list them in {manifests:?} with `# reason`)",
             out.status.code(),
             failures[..shown].join("\n"),
             if shown < failures.len() {
@@ -112,4 +111,17 @@ fn onnx_node_suite_passes_except_listed_skips() {
             },
         );
     }
+}
+
+#[test]
+fn onnx_node_suite_passes_on_the_reference_except_listed_skips() {
+    conformance_passes("reference", &["tests/conformance/skip.txt"]);
+}
+
+#[test]
+fn onnx_node_suite_passes_on_the_jit_except_listed_skips() {
+    conformance_passes(
+        "jit",
+        &["tests/conformance/skip.txt", "tests/conformance/skip-jit.txt"],
+    );
 }

@@ -1,0 +1,130 @@
+//! `kiln bench`: compile a model once, then time repeated runs.
+//!
+//! Invariant: the timed runs use the same compiled model and inputs; warm-up runs are never
+//! timed; the report holds the median and minimum of exactly `iters` timed runs.
+
+use crate::data::read_inputs;
+use crate::error::CliError;
+use crate::load;
+use crate::shapes::ShapeBinding;
+use kiln_ir::{Tensor, TensorData, TensorType};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What `kiln bench` was asked to do.
+#[derive(Debug)]
+pub struct BenchRequest {
+    pub model: PathBuf,
+    pub data: Option<PathBuf>,
+    pub threads: usize,
+    pub iters: usize,
+    pub json: bool,
+    pub input_shapes: Vec<ShapeBinding>,
+}
+
+/// The measured numbers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchReport {
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub compile_ms: f64,
+    pub arena_bytes: usize,
+    pub naive_bytes: usize,
+    pub kernels: usize,
+    pub threads: usize,
+}
+
+/// Deterministic inputs when no data folder is given: floats in [-1, 1), integers 0.
+fn synthetic_input(ty: &TensorType) -> Tensor {
+    let n = ty.num_elements();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    };
+    let data = if ty.dtype.is_float() {
+        TensorData::from_f64(ty.dtype, (0..n).map(|_| next()))
+    } else {
+        TensorData::zeros(ty.dtype, n)
+    };
+    Tensor::from_data(ty.clone(), data).expect("sized from its type")
+}
+
+/// Compiles and times the model.
+pub fn bench(req: &BenchRequest) -> Result<BenchReport, CliError> {
+    if req.iters == 0 || req.threads == 0 {
+        return Err(CliError::Usage(
+            "--iters and --threads must be positive".into(),
+        ));
+    }
+    let model = load(&req.model, &req.input_shapes)?;
+    let backend_err = |source: crate::backend::BackendError| CliError::Backend {
+        backend: "jit",
+        source: Box::new(source),
+    };
+    let compiled = kiln::Compiler::new(kiln::Target::host())
+        .with_options(kiln::CompileOptions {
+            threads: req.threads,
+        })
+        .compile(&model.graph)
+        .map_err(|e| backend_err(e.into()))?;
+    let inputs = match &req.data {
+        Some(dir) => read_inputs(dir)?,
+        None => compiled.input_types().iter().map(synthetic_input).collect(),
+    };
+    let warmup = (req.iters / 10).clamp(2, 10);
+    for _ in 0..warmup {
+        compiled.run(&inputs).map_err(|e| backend_err(e.into()))?;
+    }
+    let mut times = Vec::with_capacity(req.iters);
+    for _ in 0..req.iters {
+        let start = Instant::now();
+        compiled.run(&inputs).map_err(|e| backend_err(e.into()))?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let mid = times.len() / 2;
+    let median_ms = if times.len() % 2 == 1 {
+        times[mid]
+    } else {
+        (times[mid - 1] + times[mid]) / 2.0
+    };
+    let stats = compiled.stats();
+    Ok(BenchReport {
+        median_ms,
+        min_ms: times[0],
+        compile_ms: stats.compile_ms,
+        arena_bytes: stats.arena_bytes,
+        naive_bytes: stats.naive_bytes,
+        kernels: stats.kernels,
+        threads: req.threads,
+    })
+}
+
+/// Prints the report as text or as one JSON object.
+pub fn print(report: &BenchReport, json: bool) {
+    if json {
+        let v = serde_json::json!({
+            "median_ms": report.median_ms,
+            "min_ms": report.min_ms,
+            "compile_ms": report.compile_ms,
+            "arena_bytes": report.arena_bytes,
+            "naive_bytes": report.naive_bytes,
+            "kernels": report.kernels,
+            "threads": report.threads,
+        });
+        println!("{v}");
+    } else {
+        println!("threads      {}", report.threads);
+        println!("median       {:.3} ms", report.median_ms);
+        println!("min          {:.3} ms", report.min_ms);
+        println!("compile      {:.1} ms", report.compile_ms);
+        println!("kernels      {}", report.kernels);
+        println!(
+            "arena        {} bytes (naive sum of intermediates: {} bytes)",
+            report.arena_bytes, report.naive_bytes
+        );
+    }
+}

@@ -1,0 +1,45 @@
+//! Tensors as the dense little-endian bytes compiled code reads and writes.
+//!
+//! Invariant: `tensor_from_bytes(ty, &tensor_bytes(t)) == t` for every tensor `t` of type `ty`;
+//! bool is one byte, 0 or 1.
+
+use kiln_ir::{Tensor, TensorData, TensorType};
+
+/// The elements of `t`, little-endian, row-major.
+pub fn tensor_bytes(t: &Tensor) -> Vec<u8> {
+    match t.data() {
+        TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::F16(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
+        TensorData::I8(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::U8(v) => v.clone(),
+        TensorData::I16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::Bool(v) => v.iter().map(|&b| b as u8).collect(),
+    }
+}
+
+/// A tensor of type `ty` from its bytes (`bytes.len()` must be `ty.byte_size()`).
+pub fn tensor_from_bytes(ty: &TensorType, bytes: &[u8]) -> Option<Tensor> {
+    if bytes.len() != ty.byte_size() {
+        return None;
+    }
+    fn chunks<const N: usize, T>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+        b.chunks_exact(N)
+            .map(|c| f(c.try_into().expect("exact chunks")))
+            .collect()
+    }
+    let data = match ty.dtype {
+        kiln_ir::DType::F32 => TensorData::F32(chunks(bytes, f32::from_le_bytes)),
+        kiln_ir::DType::F16 => TensorData::F16(chunks(bytes, |c| {
+            half::f16::from_bits(u16::from_le_bytes(c))
+        })),
+        kiln_ir::DType::I8 => TensorData::I8(chunks(bytes, i8::from_le_bytes)),
+        kiln_ir::DType::U8 => TensorData::U8(bytes.to_vec()),
+        kiln_ir::DType::I16 => TensorData::I16(chunks(bytes, i16::from_le_bytes)),
+        kiln_ir::DType::I32 => TensorData::I32(chunks(bytes, i32::from_le_bytes)),
+        kiln_ir::DType::I64 => TensorData::I64(chunks(bytes, i64::from_le_bytes)),
+        kiln_ir::DType::Bool => TensorData::Bool(bytes.iter().map(|&b| b != 0).collect()),
+    };
+    Tensor::from_data(ty.clone(), data).ok()
+}

@@ -1,0 +1,367 @@
+//! Compilation of a graph into one JIT module: lowering to kernels, the static memory plan, and
+//! the whole-model entry function that calls the kernels with their buffers.
+//!
+//! Invariant: every graph value lives in exactly one place for the whole run: a model input, a
+//! model output, a constant, or an arena range fixed by [`kiln_runtime::plan`]; an alias kernel
+//! (a row-major reshape) is not called but shares its source's storage; values that are graph
+//! outputs but computed by no kernel (inputs, constants, repeated outputs) are copied after the
+//! entry returns.
+
+use crate::bytes::{tensor_bytes, tensor_from_bytes};
+use crate::CompileOptions;
+use kiln_codegen::{Arg, CodegenOptions, JitModule, KernelCall, ModelEntry, Threads};
+use kiln_ir::{ConstId, Graph, Op, Tensor, TensorType, ValueDef, ValueId};
+use kiln_operators::kernel::{lower_graph, Kernel, KernelError, KernelInput};
+use kiln_runtime::{plan, BufferRequest, PlanError};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Why a graph could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("the graph does not verify: {0}")]
+    Verify(#[from] kiln_ir::IrError),
+    #[error("lowering failed: {0}")]
+    Lower(#[from] KernelError),
+    #[error("memory planning failed: {0}")]
+    Plan(#[from] PlanError),
+    #[error("code generation failed: {0}")]
+    Codegen(#[from] kiln_codegen::CodegenError),
+}
+
+/// Why a compiled model could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the model has {expected} inputs but {got} were given")]
+    InputCount { expected: usize, got: usize },
+    #[error("input {index} (`{name}`) must be {expected}, got {got}")]
+    InputType {
+        index: usize,
+        name: String,
+        expected: String,
+        got: String,
+    },
+    #[error("compiled code failed: {0}")]
+    Codegen(#[from] kiln_codegen::CodegenError),
+}
+
+/// Numbers about a compilation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompileStats {
+    /// Kernels called per run (alias kernels excluded).
+    pub kernels: usize,
+    /// Peak arena bytes of the memory plan.
+    pub arena_bytes: usize,
+    /// Bytes of all intermediate tensors without any reuse.
+    pub naive_bytes: usize,
+    /// Wall time of the compilation, in milliseconds.
+    pub compile_ms: f64,
+}
+
+/// Where a value lives during a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Storage {
+    Input(usize),
+    Output(usize),
+    Constant(usize),
+    Arena(usize),
+}
+
+/// Where a graph output computed by no kernel is copied from after the entry returns.
+#[derive(Clone, Copy, Debug)]
+enum CopySource {
+    Input(usize),
+    Constant(usize),
+    Output(usize),
+}
+
+const ENTRY: &str = "kiln_model_run";
+
+/// A model compiled to native code, ready to run.
+#[derive(Debug)]
+pub struct CompiledModel {
+    jit: JitModule,
+    input_types: Vec<TensorType>,
+    input_names: Vec<String>,
+    output_types: Vec<TensorType>,
+    constants: Vec<Vec<u8>>,
+    copies: Vec<(usize, CopySource)>,
+    stats: CompileStats,
+}
+
+struct Planner<'g> {
+    graph: &'g Graph,
+    storage: HashMap<ValueId, Storage>,
+    constants: Vec<Vec<u8>>,
+    const_index: HashMap<ConstId, usize>,
+    requests: Vec<BufferRequest>,
+}
+
+impl Planner<'_> {
+    fn constant(&mut self, c: ConstId) -> usize {
+        if let Some(&i) = self.const_index.get(&c) {
+            return i;
+        }
+        self.constants.push(tensor_bytes(self.graph.constant(c)));
+        self.const_index.insert(c, self.constants.len() - 1);
+        self.constants.len() - 1
+    }
+
+    fn value_storage(&mut self, v: ValueId) -> Option<Storage> {
+        if let Some(&s) = self.storage.get(&v) {
+            return Some(s);
+        }
+        if let ValueDef::Node(n) = self.graph.value(v).def {
+            if let Op::Const(c) = self.graph.node(n).op {
+                let s = Storage::Constant(self.constant(c));
+                self.storage.insert(v, s);
+                return Some(s);
+            }
+        }
+        None
+    }
+}
+
+pub(crate) fn compile(
+    graph: &Graph,
+    options: &CompileOptions,
+) -> Result<CompiledModel, CompileError> {
+    let start = Instant::now();
+    graph.verify()?;
+    let kernels = lower_graph(graph)?;
+    let mut p = Planner {
+        graph,
+        storage: HashMap::new(),
+        constants: Vec::new(),
+        const_index: HashMap::new(),
+        requests: Vec::new(),
+    };
+    for (i, &v) in graph.inputs().iter().enumerate() {
+        p.storage.insert(v, Storage::Input(i));
+    }
+    let produced: HashMap<ValueId, usize> = kernels
+        .iter()
+        .enumerate()
+        .flat_map(|(k, kernel)| kernel.outputs.iter().map(move |&o| (o, k)))
+        .collect();
+    let mut copies = Vec::new();
+    for (j, &v) in graph.outputs().iter().enumerate() {
+        if let Some(&first) = graph.outputs()[..j].iter().position(|&w| w == v).as_ref() {
+            copies.push((j, CopySource::Output(first)));
+        } else if produced.contains_key(&v) {
+            p.storage.insert(v, Storage::Output(j));
+        } else {
+            match p.value_storage(v) {
+                Some(Storage::Input(i)) => copies.push((j, CopySource::Input(i))),
+                Some(Storage::Constant(c)) => copies.push((j, CopySource::Constant(c))),
+                _ => {
+                    return Err(CompileError::Verify(kiln_ir::IrError::Invalid(format!(
+                        "graph output {v} is computed by no kernel"
+                    ))))
+                }
+            }
+        }
+    }
+
+    // Storage of every kernel output (aliases share their source's), and lifetimes. In-place
+    // reuse (`BufferRequest::in_place_of`) is not requested yet: the entry function requires the
+    // arena ranges of one call to be disjoint.
+    let mut skipped = vec![false; kernels.len()];
+    let mut args: Vec<Vec<Arg>> = Vec::with_capacity(kernels.len());
+    for (k, kernel) in kernels.iter().enumerate() {
+        let mut call = Vec::new();
+        for input in &kernel.inputs {
+            let s = match input {
+                KernelInput::Value(v) => p
+                    .value_storage(*v)
+                    .ok_or(CompileError::Verify(kiln_ir::IrError::UndefinedValue(*v)))?,
+                KernelInput::Const(c) => Storage::Constant(p.constant(*c)),
+                KernelInput::Table(t) => {
+                    p.constants.push(tensor_bytes(t));
+                    Storage::Constant(p.constants.len() - 1)
+                }
+            };
+            if let Storage::Arena(r) = s {
+                p.requests[r].last_use = k;
+            }
+            call.push(s);
+        }
+        // A reshape of an arena value into a non-output value is free: it shares the storage.
+        let alias_of = match (kernel.alias, call.as_slice(), kernel.outputs.as_slice()) {
+            (true, [Storage::Arena(r)], [o]) if !p.storage.contains_key(o) => Some(*r),
+            _ => None,
+        };
+        if let (Some(r), [o]) = (alias_of, kernel.outputs.as_slice()) {
+            p.storage.insert(*o, Storage::Arena(r));
+            skipped[k] = true;
+        }
+        for &o in &kernel.outputs {
+            if !p.storage.contains_key(&o) {
+                p.requests.push(BufferRequest {
+                    size: graph.ty(o).byte_size(),
+                    first_use: k,
+                    last_use: k,
+                    in_place_of: None,
+                });
+                p.storage.insert(o, Storage::Arena(p.requests.len() - 1));
+            }
+            call.push(p.storage[&o]);
+        }
+        args.push(call.into_iter().map(to_arg).collect());
+    }
+
+    let memory = plan(&p.requests)?;
+    let entry = ModelEntry {
+        name: ENTRY.into(),
+        calls: kernels
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| !skipped[*k])
+            .map(|(k, kernel)| KernelCall {
+                kernel: kernel_name(k, kernel),
+                args: args[k]
+                    .iter()
+                    .map(|a| match a {
+                        Arg::Arena { offset } => Arg::Arena {
+                            offset: memory.offsets[*offset],
+                        },
+                        other => *other,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let funcs: Vec<_> = kernels
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| !skipped[*k])
+        .map(|(k, kernel)| {
+            let mut f = kernel.func.clone();
+            f.name = kernel_name(k, kernel);
+            f
+        })
+        .collect();
+    let codegen = CodegenOptions {
+        threads: if options.threads <= 1 {
+            Threads::Single
+        } else {
+            Threads::Pool(options.threads)
+        },
+        ..CodegenOptions::default()
+    };
+    let jit = JitModule::compile_with_entries(&funcs, &[entry], &codegen)?;
+    let stats = CompileStats {
+        kernels: funcs.len(),
+        arena_bytes: memory.arena_bytes,
+        naive_bytes: memory.naive_bytes,
+        compile_ms: start.elapsed().as_secs_f64() * 1e3,
+    };
+    Ok(CompiledModel {
+        jit,
+        input_types: graph
+            .inputs()
+            .iter()
+            .map(|&v| graph.ty(v).clone())
+            .collect(),
+        input_names: graph
+            .inputs()
+            .iter()
+            .map(|&v| graph.value(v).name.clone().unwrap_or_default())
+            .collect(),
+        output_types: graph
+            .outputs()
+            .iter()
+            .map(|&v| graph.ty(v).clone())
+            .collect(),
+        constants: p.constants,
+        copies,
+        stats,
+    })
+}
+
+/// A kernel's symbol: unique per model and a valid identifier.
+fn kernel_name(k: usize, kernel: &Kernel) -> String {
+    let clean: String = kernel
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(48)
+        .collect();
+    format!("k{k}_{clean}")
+}
+
+/// The entry argument of a storage; arena requests carry their request index until planned.
+fn to_arg(s: Storage) -> Arg {
+    match s {
+        Storage::Input(i) => Arg::Input(i),
+        Storage::Output(j) => Arg::Output(j),
+        Storage::Constant(c) => Arg::Constant(c),
+        Storage::Arena(r) => Arg::Arena { offset: r },
+    }
+}
+
+impl CompiledModel {
+    /// Runs the model on one tensor per input, in order; returns one tensor per output.
+    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
+        if inputs.len() != self.input_types.len() {
+            return Err(RunError::InputCount {
+                expected: self.input_types.len(),
+                got: inputs.len(),
+            });
+        }
+        for (index, (t, ty)) in inputs.iter().zip(&self.input_types).enumerate() {
+            if t.ty() != ty {
+                return Err(RunError::InputType {
+                    index,
+                    name: self.input_names[index].clone(),
+                    expected: ty.to_string(),
+                    got: t.ty().to_string(),
+                });
+            }
+        }
+        let input_bytes: Vec<Vec<u8>> = inputs.iter().map(tensor_bytes).collect();
+        let mut outputs: Vec<Vec<u8>> = self
+            .output_types
+            .iter()
+            .map(|t| vec![0u8; t.byte_size()])
+            .collect();
+        let mut arena = vec![0u8; self.stats.arena_bytes];
+        let entry = self
+            .jit
+            .entry(ENTRY)
+            .expect("the entry is compiled with the module");
+        {
+            let ins: Vec<&[u8]> = input_bytes.iter().map(Vec::as_slice).collect();
+            let mut outs: Vec<&mut [u8]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();
+            let consts: Vec<&[u8]> = self.constants.iter().map(Vec::as_slice).collect();
+            entry.run(&ins, &mut outs, &mut arena, &consts)?;
+        }
+        for &(j, copy) in &self.copies {
+            outputs[j] = match copy {
+                CopySource::Input(i) => input_bytes[i].clone(),
+                CopySource::Constant(c) => self.constants[c].clone(),
+                CopySource::Output(o) => outputs[o].clone(),
+            };
+        }
+        Ok(outputs
+            .iter()
+            .zip(&self.output_types)
+            .map(|(b, ty)| tensor_from_bytes(ty, b).expect("outputs are sized from their types"))
+            .collect())
+    }
+
+    /// Numbers about the compilation: kernel count, arena bytes, compile time.
+    pub fn stats(&self) -> &CompileStats {
+        &self.stats
+    }
+
+    /// The input types, in order.
+    pub fn input_types(&self) -> &[TensorType] {
+        &self.input_types
+    }
+
+    /// The output types, in order.
+    pub fn output_types(&self) -> &[TensorType] {
+        &self.output_types
+    }
+}

@@ -1,0 +1,78 @@
+//! The JIT-compiled bundled models match the reference interpreter and their expected outputs.
+
+use kiln::{CompileOptions, Compiler, Target, Tensor};
+use std::path::PathBuf;
+
+fn models_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/models")
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.ty(), b.ty());
+    a.data()
+        .to_f64_vec()
+        .iter()
+        .zip(b.data().to_f64_vec())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+fn check(name: &str, threads: usize, tolerance: f64) {
+    let dir = models_dir();
+    let model = kiln::load_onnx(dir.join(format!("{name}.onnx")), &Default::default()).unwrap();
+    let (_, input) = kiln::read_tensor(dir.join(format!("{name}_data/input_0.pb"))).unwrap();
+    let (_, expected) = kiln::read_tensor(dir.join(format!("{name}_data/output_0.pb"))).unwrap();
+    let compiled = Compiler::new(Target::host())
+        .with_options(CompileOptions { threads })
+        .compile(&model.graph)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let reference = kiln_reference::run(&model.graph, std::slice::from_ref(&input)).unwrap();
+    let got = compiled.run(std::slice::from_ref(&input)).unwrap();
+    assert_eq!(got.len(), 1);
+    let d_ref = max_abs_diff(&got[0], &reference[0]);
+    let d_exp = max_abs_diff(&got[0], &expected);
+    assert!(d_ref <= tolerance, "{name}: {d_ref} from the reference");
+    assert!(
+        d_exp <= tolerance,
+        "{name}: {d_exp} from the expected output"
+    );
+    let stats = compiled.stats();
+    assert!(stats.arena_bytes <= stats.naive_bytes);
+}
+
+#[test]
+fn resnet8_matches_single_threaded() {
+    check("resnet8_cifar", 1, 1e-4);
+}
+
+#[test]
+fn resnet8_matches_on_two_threads() {
+    check("resnet8_cifar", 2, 1e-4);
+}
+
+#[test]
+fn dscnn_matches() {
+    check("dscnn_kws", 2, 1e-4);
+}
+
+#[test]
+fn int8_resnet8_matches_exactly_in_the_integer_part() {
+    // The int8 graph's output is dequantized: one quantization step is 1/255.
+    check("resnet8_cifar_int8", 2, 1.0 / 255.0 + 1e-6);
+}
+
+#[test]
+fn wrong_inputs_are_errors() {
+    let dir = models_dir();
+    let model = kiln::load_onnx(dir.join("dscnn_kws.onnx"), &Default::default()).unwrap();
+    let compiled = Compiler::new(Target::host()).compile(&model.graph).unwrap();
+    assert!(matches!(
+        compiled.run(&[]),
+        Err(kiln::RunError::InputCount { .. })
+    ));
+    let wrong = Tensor::zeros(kiln::TensorType::new(kiln::DType::F32, vec![1, 2]).unwrap());
+    assert!(matches!(
+        compiled.run(&[wrong]),
+        Err(kiln::RunError::InputType { .. })
+    ));
+}
