@@ -732,6 +732,11 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
             Expr::Int { value, dtype } => self.iconst_of(*dtype, *value),
             Expr::Float { value, .. } => self.b.ins().f32const(*value as f32),
             Expr::Bool(b) => self.b.ins().iconst(types::I8, i64::from(*b)),
+            Expr::Binary { op, a, b } if self.contracts(*op, a, b) => {
+                let (x, y, c) = fma_parts(a, b).ok_or_else(|| self.err_internal("fma form"))?;
+                let (x, y, c) = (self.expr(x)?, self.expr(y)?, self.expr(c)?);
+                self.b.ins().fma(x, y, c)
+            }
             Expr::Binary { op, a, b } => {
                 let d = self.dtype(a)?;
                 let (a, b) = (self.expr(a)?, self.expr(b)?);
@@ -818,6 +823,15 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
                 self.call(*intrinsic, d, &vals)?
             }
         })
+    }
+
+    /// Whether `a op b` is an f32 `x * y + c` (or `c + x * y`) to contract into an FMA.
+    pub fn contracts(&self, op: BinOp, a: &Expr, b: &Expr) -> bool {
+        op == BinOp::Add
+            && self.em.opts.contract_fma
+            && self.em.host.has_fma
+            && fma_parts(a, b).is_some()
+            && self.dtype(a).ok() == Some(DType::F32)
     }
 
     /// The Cranelift type of `e`'s value.
@@ -1109,6 +1123,29 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
             Intrinsic::Sin => self.call_hook(names::SIN, &[x])?,
             Intrinsic::Cos => self.call_hook(names::COS, &[x])?,
         })
+    }
+}
+
+/// `(x, y, c)` when `a + b` is `x * y + c` or `c + x * y`.
+pub fn fma_parts<'e>(a: &'e Expr, b: &'e Expr) -> Option<(&'e Expr, &'e Expr, &'e Expr)> {
+    match (a, b) {
+        (
+            Expr::Binary {
+                op: BinOp::Mul,
+                a: x,
+                b: y,
+            },
+            c,
+        )
+        | (
+            c,
+            Expr::Binary {
+                op: BinOp::Mul,
+                a: x,
+                b: y,
+            },
+        ) => Some((x, y, c)),
+        _ => None,
     }
 }
 

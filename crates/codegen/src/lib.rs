@@ -73,6 +73,10 @@ pub struct CodegenOptions {
     /// Use the host's fused multiply-add instruction when it has one (otherwise `fma` calls
     /// `kiln_fmaf`, which is correctly rounded too).
     pub use_fma: bool,
+    /// Contract `a * b + c` (f32) into one fused multiply-add where the ISA has FMA. Off by
+    /// default: it rounds once instead of twice, so results differ from the interpreter's
+    /// in the last bits (fast-math; reductions stay within ~1e-6 relative).
+    pub contract_fma: bool,
     /// Run Cranelift's IR verifier on every generated function (slower compiles; on in tests).
     pub verify_ir: bool,
 }
@@ -83,6 +87,7 @@ impl Default for CodegenOptions {
             threads: Threads::Global,
             vectorize: true,
             use_fma: true,
+            contract_fma: false,
             verify_ir: cfg!(debug_assertions),
         }
     }

@@ -261,6 +261,16 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
                 let addr = self.address(*buf, indices)?;
                 self.b.ins().load(ty, mem_flags(), addr, 0)
             }
+            Expr::Binary { op, a, b } if self.contracts(*op, a, b) => {
+                let (x, y, c) =
+                    crate::kernel::fma_parts(a, b).ok_or_else(|| self.err_internal("fma form"))?;
+                let mut v = vec![];
+                for e in [x, y, c] {
+                    let x = self.vexpr(e, var)?;
+                    v.push(self.vector_of(x, d)?);
+                }
+                self.b.ins().fma(v[0], v[1], v[2])
+            }
             Expr::Binary { op, a, b } => {
                 let (a, b) = (self.vexpr(a, var)?, self.vexpr(b, var)?);
                 let (a, b) = (self.vector_of(a, d)?, self.vector_of(b, d)?);

@@ -16,9 +16,9 @@ fn s(x: &str) -> String {
     x.to_string()
 }
 
-/// Register tile of 4 rows × 16 columns (4 f32x4 vectors), k innermost-but-tile, rows
-/// parallel.
-fn tuned() -> PrimFunc {
+/// Register tile of 4 rows × `4 * vecs` columns (`vecs` f32x4 vectors per row) kept in
+/// registers across the k loop, rows parallel.
+fn tuned(vecs: usize) -> PrimFunc {
     let dag = matmul(M, M, M);
     let trace = Trace(vec![
         I::Split {
@@ -29,7 +29,7 @@ fn tuned() -> PrimFunc {
         I::Split {
             stage: s("c"),
             loop_: s("j"),
-            factors: vec![4, 4],
+            factors: vec![vecs, 4],
         },
         I::Reorder {
             stage: s("c"),
@@ -79,21 +79,26 @@ fn time(f: &PrimFunc, opts: &CodegenOptions, label: &str) {
 #[ignore = "timing print"]
 fn matmul_256_gflops() {
     let naive = lower_naive(&matmul(M, M, M)).unwrap();
-    let f = tuned();
     let single = CodegenOptions {
         threads: Threads::Single,
         verify_ir: false,
         ..CodegenOptions::default()
     };
-    time(&naive, &single, "naive, 1 thread");
-    time(&f, &single, "tiled 4x16 f32x4, 1 thread");
     let par = CodegenOptions {
         threads: Threads::Global,
         ..single
     };
-    time(
-        &f,
-        &par,
-        &format!("tiled 4x16 f32x4, {} threads", rayon::current_num_threads()),
-    );
+    time(&naive, &single, "naive, 1 thread");
+    let threads = rayon::current_num_threads();
+    for vecs in [2, 4] {
+        let f = tuned(vecs);
+        let tile = format!("tile 4x{} (f32x4)", 4 * vecs);
+        time(&f, &single, &format!("{tile}, 1 thread"));
+        time(&f, &par, &format!("{tile}, {threads} threads"));
+        let fast = CodegenOptions {
+            contract_fma: true,
+            ..single
+        };
+        time(&f, &fast, &format!("{tile} + FMA contraction, 1 thread"));
+    }
 }

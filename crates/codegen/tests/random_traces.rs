@@ -192,6 +192,7 @@ fn options(pick: u8) -> CodegenOptions {
         threads: [Threads::Single, Threads::Pool(2), Threads::Global][pick as usize % 3],
         vectorize: pick & 4 == 0,
         use_fma: pick & 8 == 0,
+        contract_fma: pick & 16 != 0,
         verify_ir: true,
     }
 }

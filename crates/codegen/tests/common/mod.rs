@@ -73,7 +73,8 @@ pub fn assert_close(what: &str, got: &[Tensor], want: &[Tensor], rel: f32) {
     }
 }
 
-/// Option sets every comparison runs under.
+/// Option sets every comparison runs under (the last one contracts `a * b + c` into FMAs, so
+/// it matches the interpreter only within rounding).
 pub fn option_sets() -> Vec<CodegenOptions> {
     let base = CodegenOptions {
         verify_ir: true,
@@ -92,6 +93,11 @@ pub fn option_sets() -> Vec<CodegenOptions> {
             threads: Threads::Single,
             vectorize: false,
             use_fma: false,
+            ..base.clone()
+        },
+        CodegenOptions {
+            threads: Threads::Global,
+            contract_fma: true,
             ..base
         },
     ]
