@@ -13,7 +13,9 @@
 //!
 //! Buffers are addressed row-major from a base pointer per buffer: params are read from the
 //! `params` array on entry, locals are stack slots (small) or `kiln_alloc` blocks (large),
-//! allocated once per call (or once per parallel chunk for locals private to a parallel loop).
+//! allocated once per call (or once per parallel chunk for locals private to a parallel loop),
+//! except small tiles that [`crate::promote`] keeps in Cranelift variables. `unrolled` loops up
+//! to [`MAX_UNROLL`] iterations are emitted once per iteration (longer ones as plain loops).
 
 use crate::isa::HostInfo;
 use crate::parallel::{self, OutlineJob};

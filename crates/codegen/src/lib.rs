@@ -1,6 +1,6 @@
 //! Kiln's code generator: loop IR ([`kiln_tir::PrimFunc`]) to native code with Cranelift.
 //!
-//! Invariant: every function handed to codegen is verified first ([`kiln_tir::verify`]); a
+//! Invariant: every function handed to codegen is verified first ([`kiln_tir::verify()`]); a
 //! verified function either compiles or yields a [`CodegenError`] naming the function and the
 //! construct, never a panic, and compiled code computes what [`kiln_tir::interp::run`] computes
 //! (bit for bit, except transcendental intrinsics within an ulp and float reductions whose order a
@@ -23,9 +23,9 @@
 //! entry function that calls the kernels in order (see [`entry`]).
 //!
 //! Modules: [`isa`] (host flags), [`kernel`] (scalar lowering), [`vector`] (f32x4 / i32x4 code for
-//! vectorized loops), [`parallel`] (outlining and private locals), [`runtime`] (the `extern "C"`
-//! hooks compiled code calls), [`entry`] (the whole-model entry function), [`jit`] (the safe JIT
-//! API).
+//! vectorized loops), [`promote`] (small local tiles held in registers), [`parallel`] (outlining
+//! and private locals), [`runtime`] (the `extern "C"` hooks compiled code calls), [`entry`] (the
+//! whole-model entry function), [`jit`] (the safe JIT API).
 
 pub mod entry;
 pub mod isa;

@@ -1,6 +1,6 @@
 //! Vector code for `vectorized` loops: 4-lane `f32x4` / `i32x4` Cranelift SIMD.
 //!
-//! Invariant: a vectorized loop is emitted as vector code only when [`vectorizable`] proves the
+//! Invariant: a vectorized loop is emitted as vector code only when `vectorizable` proves the
 //! vector form computes what the scalar loop computes, and otherwise falls back to unrolled scalar
 //! code. The proof obligations:
 //!
