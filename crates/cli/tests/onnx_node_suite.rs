@@ -87,7 +87,10 @@ fn conformance_passes(backend: &str, manifests: &[&str]) {
     let cases = fs::read_dir(&suite).map(|d| d.count()).unwrap_or(0);
     assert!(cases > 1000, "{} holds only {cases} cases", suite.display());
     let mut cmd = Command::new(KILN);
-    cmd.arg("conformance").arg(&suite).arg("--backend").arg(backend);
+    cmd.arg("conformance")
+        .arg(&suite)
+        .arg("--backend")
+        .arg(backend);
     for m in manifests {
         cmd.arg("--manifest").arg(repo().join(m));
     }
@@ -122,6 +125,9 @@ fn onnx_node_suite_passes_on_the_reference_except_listed_skips() {
 fn onnx_node_suite_passes_on_the_jit_except_listed_skips() {
     conformance_passes(
         "jit",
-        &["tests/conformance/skip.txt", "tests/conformance/skip-jit.txt"],
+        &[
+            "tests/conformance/skip.txt",
+            "tests/conformance/skip-jit.txt",
+        ],
     );
 }
