@@ -109,8 +109,8 @@ impl<'a> Recorder<'a> {
         .then_some(name)
     }
 
-    /// Parallelises the outermost spatial loop, fusing it with the next spatial loop when it
-    /// has fewer than 8 iterations.
+    /// Parallelises the outermost spatial loop, fused with the following spatial loops while it
+    /// has fewer than 8 iterations (the innermost loop is kept unless the prefix has only 1).
     fn parallel_outer(&mut self, stage: &str) {
         let loops = self.loops(stage);
         let Some((first, kind, ext)) = loops.first().cloned() else {
@@ -119,16 +119,23 @@ impl<'a> Recorder<'a> {
         if kind != IterKind::Spatial {
             return;
         }
-        let mut target = first.clone();
-        if ext < 8 {
-            if let Some((second, IterKind::Spatial, _)) = loops.get(1).cloned() {
-                let last = loops.len() == 2;
-                if !last || ext == 1 {
-                    if let Some(f) = self.fuse(stage, &[first, second]) {
-                        target = f;
-                    }
-                }
+        let mut prefix = vec![first.clone()];
+        let mut total = ext;
+        for (i, (name, kind, e)) in loops.iter().enumerate().skip(1) {
+            let last = i + 1 == loops.len();
+            if total >= 8 || *kind != IterKind::Spatial || (last && total > 1) {
+                break;
             }
+            prefix.push(name.clone());
+            total *= e;
+        }
+        let mut target = first;
+        while prefix.len() > 1 {
+            if let Some(f) = self.fuse(stage, &prefix) {
+                target = f;
+                break;
+            }
+            prefix.pop();
         }
         let total = self.loops(stage).first().map_or(1, |l| l.2);
         if total > 1 {
@@ -305,10 +312,81 @@ fn matmul_root(r: &mut Recorder, o: BufferId) -> bool {
     true
 }
 
+/// Tile sizes `(output columns, output channels)` of a channels-last conv anchor for an output
+/// of `oc` channels and `ow` columns: channels by 8 (two vectors) when they divide, columns by
+/// the largest divisor of `ow` up to 8 that keeps the accumulator tile within 16 vectors.
+fn nhwc_tile(oc: usize, ow: usize) -> (usize, usize) {
+    let toc = if oc.is_multiple_of(8) { 8 } else { 4 };
+    let max_cols = (4 * 14 / toc).min(8);
+    let tw = (1..=max_cols.min(ow))
+        .rev()
+        .find(|t| ow.is_multiple_of(*t))
+        .unwrap_or(1);
+    (tw, toc)
+}
+
+/// A channels-last conv anchor `a` ([`crate::compute::NHWC_STAGE`]) under an NCHW output `o`:
+/// the output is tiled `n, oc.o, oh, ow.o, ow.i, oc.i` and the anchor computed at `ow.o` into a
+/// `ow.i x oc.i` register tile, its reduction loops outside the (unrolled) tile columns and the
+/// channels vectorized; the epilogue vectorizes channels too (strided stores).
+fn tile_conv_nhwc(r: &mut Recorder, o: BufferId, a: BufferId) -> bool {
+    let dag = r.dag;
+    let (oname, aname) = (stage_name(dag, o), stage_name(dag, a));
+    let Some(t) = dag.tensor(o) else {
+        return false;
+    };
+    if t.shape.len() != 4 || !t.shape[1].is_multiple_of(4) {
+        return false;
+    }
+    let (tw, toc) = nhwc_tile(t.shape[1], t.shape[3]);
+    if !r.split(&oname, "i1", toc) || !r.split(&oname, "i3", tw) {
+        return false;
+    }
+    let order: Vec<String> = ["i0", "i1.0", "i2", "i3.0", "i3.1", "i1.1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if !r.reorder(&oname, &order) {
+        return false;
+    }
+    if !r.apply(Instruction::ComputeAt {
+        stage: aname.clone(),
+        target_stage: oname.clone(),
+        target_loop: "i3.0".into(),
+    }) {
+        return false;
+    }
+    let aloops = r.loops(&aname);
+    let mut aorder: Vec<String> = aloops
+        .iter()
+        .filter(|l| l.1 == IterKind::Reduce)
+        .map(|l| l.0.clone())
+        .collect();
+    aorder.extend(["i0", "i1", "i2", "i3"].iter().map(|s| s.to_string()));
+    r.reorder(&aname, &aorder);
+    for l in ["i0", "i1", "i2"] {
+        r.apply(Instruction::Unroll {
+            stage: aname.clone(),
+            loop_: l.into(),
+        });
+    }
+    r.vectorize(&aname, "i3");
+    r.apply(Instruction::Unroll {
+        stage: oname.clone(),
+        loop_: "i3.1".into(),
+    });
+    r.parallel_outer(&oname);
+    r.vectorize(&oname, "i1.1");
+    true
+}
+
 /// Tiles the output `o` and computes the anchor reduction `a` at its tile loop.
 fn tile_anchor(r: &mut Recorder, class: OpClass, o: BufferId, a: BufferId) -> bool {
     let dag = r.dag;
     let (oname, aname) = (stage_name(dag, o), stage_name(dag, a));
+    if class == OpClass::Conv && aname.ends_with(crate::compute::NHWC_STAGE) {
+        return tile_conv_nhwc(r, o, a);
+    }
     let Some(t) = dag.tensor(o) else {
         return false;
     };

@@ -12,7 +12,7 @@
 //! registers across the loops that reduce into it.
 
 use crate::kernel::MAX_UNROLL;
-use crate::vector::{vectorizable, LANES};
+use crate::vector::{contiguous, vectorizable, LANES};
 use kiln_tir::{BinOp, BufferId, Expr, ForKind, PrimFunc, Stmt, VarId};
 use std::collections::{BTreeSet, HashMap};
 
@@ -125,6 +125,9 @@ impl Walk<'_> {
                 .any(|i| i.any(&|x| matches!(x, Expr::Var(w) if *w == v)))
         };
         let vector = self.vector.filter(|&v| mentions(v));
+        if vector.is_some_and(|v| !contiguous(indices, v)) {
+            return self.reject(b);
+        }
         let lanes = if vector.is_some() { LANES } else { 1 };
         let vars: Vec<(VarId, usize)> = self
             .unrolled

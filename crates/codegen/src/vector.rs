@@ -6,13 +6,19 @@
 //!
 //! - the extent is a multiple of 4 (a loop of extent 8 or 16 becomes 2 or 4 chunks of 4 lanes);
 //! - the body is straight-line stores (the verifier's rule) into `f32` or `i32` buffers, each
-//!   *contiguous* in the loop variable `v`: the last index is affine in `v` with stride 1 and
-//!   the other indices do not mention `v`;
+//!   *contiguous* in the loop variable `v` (the last index is affine in `v` with stride 1 and
+//!   the other indices do not mention `v`) or *strided* (every index affine in `v` with a
+//!   constant stride, the row-major element stride non-zero, so the 4 lanes are 4 distinct
+//!   elements: a scatter of 4 scalar stores);
 //! - every load either does not mention `v` (a *uniform* value, computed once as a scalar and
-//!   broadcast) or is contiguous of dtype `f32`/`i32`;
-//! - `v` itself appears only inside such indices, and conditions (`select`, comparisons,
-//!   logic) are uniform, so a `select` branches on a scalar and never evaluates a guarded load
-//!   it should not;
+//!   broadcast) or is contiguous (one vector load) or strided (a gather of 4 scalar loads) of
+//!   dtype `f32`/`i32`;
+//! - `v` itself appears only inside such indices and in conditions; a `select` whose condition
+//!   is uniform branches on a scalar and never evaluates a guarded load it should not; a
+//!   `select` whose condition varies per lane (comparisons of 32-bit lanes, `&&`, `||`, `!`)
+//!   evaluates both arms for all 4 lanes and blends them bit by bit, which is allowed only when
+//!   every load in its arms is also evaluated by its condition (so no load is speculated that
+//!   the scalar loop would not perform) and the arms contain no integer division;
 //! - a buffer stored in the loop is only ever accessed (loaded or stored) at the *same* indices
 //!   there, so executing statement by statement over 4 lanes, instead of iteration by iteration,
 //!   reads and writes the same values.
@@ -24,10 +30,11 @@
 
 use crate::kernel::{mem_flags, FnLowerer};
 use crate::CodegenError;
-use cranelift_codegen::ir::{types, InstBuilder, Type, Value};
+use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_module::Module;
 use kiln_ir::DType;
-use kiln_tir::{BinOp, BufferId, Expr, Intrinsic, PrimFunc, Stmt, VarId};
+use kiln_tir::{BinOp, BufferId, CmpOp, Expr, Intrinsic, PrimFunc, Stmt, VarId};
 
 /// Lanes of every vector.
 pub const LANES: usize = 4;
@@ -74,10 +81,78 @@ fn stride(e: &Expr, v: VarId) -> Option<i64> {
 }
 
 /// Consecutive lanes touch consecutive elements.
-fn contiguous(indices: &[Expr], v: VarId) -> bool {
+pub(crate) fn contiguous(indices: &[Expr], v: VarId) -> bool {
     match indices.split_last() {
         Some((last, rest)) => stride(last, v) == Some(1) && !rest.iter().any(|i| mentions(i, v)),
         None => false,
+    }
+}
+
+/// The row-major element stride between consecutive lanes of an access of a buffer of `shape`
+/// at `indices`, when every index is affine in `v` with a constant stride.
+fn linear_stride(shape: &[usize], indices: &[Expr], v: VarId) -> Option<i64> {
+    let mut total = 0i64;
+    for (i, e) in indices.iter().enumerate() {
+        let inner: i64 = shape
+            .get(i + 1..)?
+            .iter()
+            .try_fold(1i64, |acc, &d| acc.checked_mul(i64::try_from(d).ok()?))?;
+        total = total.checked_add(stride(e, v)?.checked_mul(inner)?)?;
+    }
+    Some(total)
+}
+
+/// An access of `buf` varying per lane that is a gather/scatter: strided (not contiguous) with a
+/// non-zero element stride; returns the stride.
+fn strided(f: &PrimFunc, buf: BufferId, indices: &[Expr], v: VarId) -> Option<i64> {
+    let decl = f.buffer(buf)?;
+    let s = linear_stride(&decl.shape, indices, v)?;
+    // The byte offset of lane 3 must fit a load's immediate offset.
+    let bytes = s.checked_mul(4 * (LANES as i64 - 1))?;
+    (s != 0 && i32::try_from(bytes).is_ok()).then_some(s)
+}
+
+/// Every load in `arm` is also a load of `cond` (same buffer and indices).
+fn loads_covered(arm: &Expr, cond: &Expr) -> bool {
+    let mut ok = true;
+    arm.walk(&mut |x| {
+        if let Expr::Load { .. } = x {
+            if !cond.any(&|c| c == x) {
+                ok = false;
+            }
+        }
+    });
+    ok
+}
+
+/// Integer division or remainder anywhere in `e` (may leave the function when speculated).
+fn has_int_division(f: &PrimFunc, e: &Expr) -> bool {
+    e.any(&|x| match x {
+        Expr::Binary { op, a, .. } => {
+            matches!(
+                op,
+                BinOp::Div | BinOp::Rem | BinOp::FloorDiv | BinOp::FloorMod
+            ) && f.expr_dtype(a).is_ok_and(|d| !d.is_float())
+        }
+        _ => false,
+    })
+}
+
+/// Whether a condition varying per lane can be computed as a 32-bit lane mask.
+fn mask_ok(f: &PrimFunc, c: &Expr, v: VarId) -> bool {
+    if !mentions(c, v) {
+        return true;
+    }
+    match c {
+        Expr::Cmp { a, b, .. } => {
+            let Ok(d) = f.expr_dtype(a) else {
+                return false;
+            };
+            lane_type(d).is_some() && classify(f, a, v).is_some() && classify(f, b, v).is_some()
+        }
+        Expr::And(a, b) | Expr::Or(a, b) => mask_ok(f, a, v) && mask_ok(f, b, v),
+        Expr::Not(a) => mask_ok(f, a, v),
+        _ => false,
     }
 }
 
@@ -116,7 +191,9 @@ fn classify(f: &PrimFunc, e: &Expr, v: VarId) -> Option<Kind> {
     lane_type(d)?;
     let vector = Some(Kind::Vector(d));
     match e {
-        Expr::Load { indices, .. } => contiguous(indices, v).then_some(Kind::Vector(d)),
+        Expr::Load { buf, indices } => (contiguous(indices, v)
+            || strided(f, *buf, indices, v).is_some())
+        .then_some(Kind::Vector(d)),
         Expr::Binary { op, a, b } => {
             classify(f, a, v)?;
             classify(f, b, v)?;
@@ -134,7 +211,13 @@ fn classify(f: &PrimFunc, e: &Expr, v: VarId) -> Option<Kind> {
             then,
             otherwise,
         } => {
-            if mentions(cond, v) {
+            if mentions(cond, v)
+                && !(mask_ok(f, cond, v)
+                    && loads_covered(then, cond)
+                    && loads_covered(otherwise, cond)
+                    && !has_int_division(f, then)
+                    && !has_int_division(f, otherwise))
+            {
                 return None;
             }
             classify(f, then, v)?;
@@ -169,7 +252,9 @@ pub(crate) fn vectorizable(f: &PrimFunc, v: VarId, extent: usize, body: &Stmt) -
         let Some(decl) = f.buffer(buf) else {
             return false;
         };
-        if lane_type(decl.dtype).is_none() || !contiguous(indices, v) {
+        if lane_type(decl.dtype).is_none()
+            || !(contiguous(indices, v) || strided(f, buf, indices, v).is_some())
+        {
             return false;
         }
         if classify(f, value, v).is_none() {
@@ -229,11 +314,83 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
                 let addr = self.address(buf, indices)?;
                 let val = self.vexpr(value, var)?;
                 let val = self.vector_of(val, d)?;
-                self.b.ins().store(mem_flags(), val, addr, 0);
+                match self.lane_bytes(buf, indices, var)? {
+                    None => {
+                        self.b.ins().store(mem_flags(), val, addr, 0);
+                    }
+                    Some(step) => {
+                        for lane in 0..LANES as u8 {
+                            let x = self.b.ins().extractlane(val, lane);
+                            self.b
+                                .ins()
+                                .store(mem_flags(), x, addr, step * i32::from(lane));
+                        }
+                    }
+                }
             }
         }
         self.consts[var.index()] = None;
         Ok(())
+    }
+
+    /// `None` for a contiguous access, else the byte step between lanes of a strided one.
+    fn lane_bytes(
+        &self,
+        buf: BufferId,
+        indices: &[Expr],
+        var: VarId,
+    ) -> Result<Option<i32>, CodegenError> {
+        if contiguous(indices, var) {
+            return Ok(None);
+        }
+        let s = strided(self.f, buf, indices, var)
+            .ok_or_else(|| self.err_internal("vector access neither contiguous nor strided"))?;
+        i32::try_from(s * 4)
+            .map(Some)
+            .map_err(|_| self.err_internal("lane stride"))
+    }
+
+    /// A per-lane condition as an `i32x4` mask (all ones where true).
+    fn vmask(&mut self, c: &Expr, var: VarId) -> Result<Value, CodegenError> {
+        if !mentions(c, var) {
+            let b = self.expr(c)?;
+            let m = self.b.ins().bmask(types::I32, b);
+            return Ok(self.b.ins().splat(types::I32X4, m));
+        }
+        Ok(match c {
+            Expr::Cmp { op, a, b } => {
+                let d = self.dtype(a)?;
+                let (x, y) = (self.vexpr(a, var)?, self.vexpr(b, var)?);
+                let (x, y) = (self.vector_of(x, d)?, self.vector_of(y, d)?);
+                if d == DType::F32 {
+                    let cc = match op {
+                        CmpOp::Eq => FloatCC::Equal,
+                        CmpOp::Ne => FloatCC::NotEqual,
+                        CmpOp::Lt => FloatCC::LessThan,
+                        CmpOp::Le => FloatCC::LessThanOrEqual,
+                        CmpOp::Gt => FloatCC::GreaterThan,
+                        CmpOp::Ge => FloatCC::GreaterThanOrEqual,
+                    };
+                    let m = self.b.ins().fcmp(cc, x, y);
+                    self.b.ins().bitcast(types::I32X4, MemFlagsData::new(), m)
+                } else {
+                    self.b.ins().icmp(crate::kernel::int_cc(*op, false), x, y)
+                }
+            }
+            Expr::And(a, b) => {
+                let (x, y) = (self.vmask(a, var)?, self.vmask(b, var)?);
+                self.b.ins().band(x, y)
+            }
+            Expr::Or(a, b) => {
+                let (x, y) = (self.vmask(a, var)?, self.vmask(b, var)?);
+                self.b.ins().bor(x, y)
+            }
+            Expr::Not(a) => {
+                let x = self.vmask(a, var)?;
+                self.b.ins().bnot(x)
+            }
+            _ => return Err(self.err_internal("vector mask of a non-condition")),
+        })
     }
 
     fn vector_of(&mut self, v: VVal, d: DType) -> Result<Value, CodegenError> {
@@ -259,7 +416,26 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
             }
             Expr::Load { buf, indices } => {
                 let addr = self.address(*buf, indices)?;
-                self.b.ins().load(ty, mem_flags(), addr, 0)
+                match self.lane_bytes(*buf, indices, var)? {
+                    None => self.b.ins().load(ty, mem_flags(), addr, 0),
+                    Some(step) => {
+                        let scalar = ty.lane_type();
+                        let mut acc = None;
+                        for lane in 0..LANES as u8 {
+                            let x = self.b.ins().load(
+                                scalar,
+                                mem_flags(),
+                                addr,
+                                step * i32::from(lane),
+                            );
+                            acc = Some(match acc {
+                                None => self.b.ins().splat(ty, x),
+                                Some(v) => self.b.ins().insertlane(v, x, lane),
+                            });
+                        }
+                        acc.ok_or_else(|| self.err_internal("empty gather"))?
+                    }
+                }
             }
             Expr::Binary { op, a, b } if self.contracts(*op, a, b) => {
                 let (x, y, c) =
@@ -289,6 +465,21 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
                     (BinOp::Max, _) => ins.smax(a, b),
                     _ => return Err(self.err_internal(format!("vector {op:?} of {d}"))),
                 }
+            }
+            Expr::Select {
+                cond,
+                then,
+                otherwise,
+            } if mentions(cond, var) => {
+                let m = self.vmask(cond, var)?;
+                let (t, o) = (self.vexpr(then, var)?, self.vexpr(otherwise, var)?);
+                let (t, o) = (self.vector_of(t, d)?, self.vector_of(o, d)?);
+                let m = if ty == types::I32X4 {
+                    m
+                } else {
+                    self.b.ins().bitcast(ty, MemFlagsData::new(), m)
+                };
+                self.b.ins().bitselect(m, t, o)
             }
             Expr::Select {
                 cond,

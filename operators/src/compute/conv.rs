@@ -7,12 +7,22 @@
 //! (broadcast when it has one element) and rounds f16 once. Floats may differ from the
 //! reference by the rounding of adding the bias last instead of first.
 //!
+//! Only the bounds a tap can actually leave are tested (a 1x1 unpadded convolution has no
+//! `select` at all), so inner loops carry no statically-true conditions.
+//!
+//! An f32 CONV2D with constant weights and a multiple of 4 output channels accumulates
+//! channels-last instead: the anchor is `conv_nhwc[n, oy, ox, oc]` ([`NHWC_STAGE`]) over weights
+//! transposed at definition time to `[c, ky, kx, oc]` (a table), so output channels are the
+//! contiguous axis of both the accumulator and the weights (the default schedule vectorizes
+//! them, see `crate::schedule`); the `bias` stage reads it transposed back to NCHW. The sum and
+//! its order are the same.
+//!
 //! Transpose convolution is written as a gather: output row `oy` reads input row
 //! `iy = (oy + pad_top - ky * dilation) / stride` when the division is exact and `iy` is inside.
 
-use super::expr::{all, bload, c, in_range};
+use super::expr::{all, bload, c};
 use super::{unsupported, Builder, ComputeError, Operand};
-use kiln_ir::{DType, Op, TensorType};
+use kiln_ir::{DType, Op, Tensor, TensorType};
 use kiln_tir::{BufferId, Expr, ReduceKind};
 
 /// The accumulator dtype and the widened operands.
@@ -67,11 +77,43 @@ pub(crate) fn define(
             let (dy, dx) = (a.dilation[0] as i64, a.dilation[1] as i64);
             let (pt, pl) = (a.pad[0] as i64, a.pad[2] as i64);
             let (xzp, wzp) = (a.input_zp, a.weight_zp);
+            // Which bounds a tap can leave (the others are statically true and not tested).
+            let reach = |o: usize, s: i64, k: usize, d: i64, p: i64| {
+                (o as i64 - 1) * s + (k as i64 - 1) * d - p
+            };
+            let bounds = TapBounds {
+                y_lo: pt > 0,
+                y_hi: reach(shape[2], sy, kh, dy, pt) >= h as i64,
+                x_lo: pl > 0,
+                x_hi: reach(shape[3], sx, kw, dx, pl) >= wd as i64,
+            };
             let raxes: Vec<(&str, usize)> = if depthwise {
                 vec![("ry", kh), ("rx", kw)]
             } else {
                 vec![("rc", cin), ("ry", kh), ("rx", kw)]
             };
+            let nhwc = if depthwise {
+                None
+            } else {
+                nhwc_weights(b, x, w, shape[1])?
+            };
+            if let Some(wt) = nhwc {
+                // Channels-last accumulator: `conv_nhwc[n, oy, ox, oc]`, weights `[c, ky, kx, oc]`.
+                let nshape = vec![shape[0], shape[2], shape[3], shape[1]];
+                let acc_stage =
+                    b.reduce(NHWC_STAGE, &nshape, &raxes, ReduceKind::Sum, |ax, r| {
+                        let (ky, kx, ch) = (r[1].clone(), r[2].clone(), r[0].clone());
+                        let iy = ax[1].clone() * c(sy) + ky.clone() * c(dy) - c(pt);
+                        let ix = ax[2].clone() * c(sx) + kx.clone() * c(dx) - c(pl);
+                        let xv = Expr::load(
+                            x.id,
+                            vec![ax[0].clone(), ch.clone(), iy.clone(), ix.clone()],
+                        );
+                        let wv = Expr::load(wt, vec![ch, ky, kx, ax[3].clone()]);
+                        bounds.guard(&iy, h, &ix, wd, xv * wv, zero.clone())
+                    })?;
+                return bias_stage(b, acc_stage, true, bias, acc, out);
+            }
             b.reduce("conv", &shape, &raxes, ReduceKind::Sum, |ax, r| {
                 let (ky, kx, ch) = if depthwise {
                     let ch = if mult == 1 {
@@ -90,7 +132,7 @@ pub(crate) fn define(
                 let wv = Expr::load(w.id, vec![ax[1].clone(), wch, ky, kx]);
                 let prod =
                     widen_f32_only(xv, xd, acc, xzp) * widen_f32_only(wv, w.ty.dtype, acc, wzp);
-                Expr::select(all(vec![in_range(&iy, h), in_range(&ix, wd)]), prod, zero)
+                bounds.guard(&iy, h, &ix, wd, prod, zero.clone())
             })?
         }
         Op::TransposeConv2d(a) => {
@@ -142,15 +184,100 @@ pub(crate) fn define(
         }
         other => return Err(unsupported(other, "not a convolution")),
     };
+    bias_stage(b, conv, false, bias, acc, out)
+}
+
+/// The name of the channels-last accumulator stage of a float convolution (see the module doc).
+pub(crate) const NHWC_STAGE: &str = "conv_nhwc";
+
+/// Which input bounds a convolution tap may leave; the others hold for every tap.
+#[derive(Clone, Copy)]
+struct TapBounds {
+    y_lo: bool,
+    y_hi: bool,
+    x_lo: bool,
+    x_hi: bool,
+}
+
+impl TapBounds {
+    /// `select(tap inside, value, zero)`, testing only the bounds a tap may leave.
+    fn guard(&self, iy: &Expr, h: usize, ix: &Expr, w: usize, value: Expr, zero: Expr) -> Expr {
+        let mut conds = vec![];
+        if self.y_lo {
+            conds.push(Expr::ge(iy.clone(), c(0)));
+        }
+        if self.y_hi {
+            conds.push(Expr::lt(iy.clone(), c(h as i64)));
+        }
+        if self.x_lo {
+            conds.push(Expr::ge(ix.clone(), c(0)));
+        }
+        if self.x_hi {
+            conds.push(Expr::lt(ix.clone(), c(w as i64)));
+        }
+        if conds.is_empty() {
+            value
+        } else {
+            Expr::select(all(conds), value, zero)
+        }
+    }
+}
+
+/// For an f32 convolution with constant OIHW weights and a multiple of 4 output channels: the
+/// weights transposed to `[c, ky, kx, oc]` as a definition-time table.
+fn nhwc_weights(
+    b: &mut Builder,
+    x: &Operand,
+    w: &Operand,
+    oc: usize,
+) -> Result<Option<BufferId>, ComputeError> {
+    if x.ty.dtype != DType::F32 || w.ty.dtype != DType::F32 || !oc.is_multiple_of(4) {
+        return Ok(None);
+    }
+    let Some(values) = w.constant.as_ref().and_then(|t| t.as_slice::<f32>()) else {
+        return Ok(None);
+    };
+    let s = &w.ty.shape;
+    let (o, ci, kh, kw) = (s[0], s[1], s[2], s[3]);
+    let mut t = vec![0f32; values.len()];
+    for oo in 0..o {
+        for cc in 0..ci {
+            for y in 0..kh {
+                for xx in 0..kw {
+                    t[((cc * kh + y) * kw + xx) * o + oo] =
+                        values[((oo * ci + cc) * kh + y) * kw + xx];
+                }
+            }
+        }
+    }
+    Ok(Some(
+        b.table("w_nhwc", Tensor::new(vec![ci, kh, kw, o], t)?)?,
+    ))
+}
+
+/// The bias (epilogue) stage over the accumulator `conv` (channels-last when `nhwc`).
+fn bias_stage(
+    b: &mut Builder,
+    conv: BufferId,
+    nhwc: bool,
+    bias: &Operand,
+    acc: DType,
+    out: &TensorType,
+) -> Result<BufferId, ComputeError> {
     let out_dt = out.dtype;
-    b.stage("bias", &shape, |ax| {
+    b.stage("bias", &out.shape, |ax| {
         let bv = bload(bias.id, &bias.ty.shape, &[ax[1].clone()]);
         let bv = if bias.ty.dtype == acc {
             bv
         } else {
             Expr::cast(acc, bv)
         };
-        let v = Expr::load(conv, ax.to_vec()) + bv;
+        let idx = if nhwc {
+            vec![ax[0].clone(), ax[2].clone(), ax[3].clone(), ax[1].clone()]
+        } else {
+            ax.to_vec()
+        };
+        let v = Expr::load(conv, idx) + bv;
         if out_dt == acc {
             v
         } else {

@@ -1,0 +1,122 @@
+//! Per-kernel timing of a model's compiled code: lowers the model's kernels with their default
+//! schedules, JIT-compiles them single-threaded and times each one on zero-filled buffers
+//! (inputs are zeros; timings do not depend on values, no kernel branches on data except
+//! gathers, which stay in range on zeros).
+//!
+//! ```text
+//! cargo run --release -p kiln --example kernel_profile -- MODEL.onnx [--iters N] [--top K] [--print K]
+//! ```
+//!
+//! Prints a table sorted by median time (class, output shape, share of the total) and, with
+//! `--print K`, the lowered loop IR of the `K` slowest kernels.
+
+use kiln_codegen::{CodegenOptions, JitModule, Threads};
+use kiln_operators::kernel::lower_graph;
+use std::time::Instant;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(path) = args.first() else {
+        eprintln!(
+            "usage: kernel_profile MODEL.onnx [--iters N] [--top K] [--print K] [--filter S]"
+        );
+        std::process::exit(2);
+    };
+    let opt = |name: &str, default: usize| -> usize {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let filter = args
+        .iter()
+        .position(|a| a == "--filter")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let (iters, top, print) = (opt("--iters", 10), opt("--top", 30), opt("--print", 0));
+    let model = kiln::load_onnx(path, &Default::default())?;
+    let kernels = lower_graph(&model.graph)?;
+    let mut funcs = vec![];
+    for (k, kernel) in kernels.iter().enumerate() {
+        let mut f = kernel.func.clone();
+        f.name = format!("k{k}");
+        funcs.push(f);
+    }
+    let opts = CodegenOptions {
+        threads: Threads::Single,
+        verify_ir: false,
+        ..CodegenOptions::default()
+    };
+    let jit = JitModule::compile(&funcs, &opts)?;
+    println!("codegen: {:?}", jit.stats());
+    let mut rows = vec![];
+    for (k, kernel) in kernels.iter().enumerate() {
+        if let Some(f) = &filter {
+            if !kernel.name.contains(f.as_str()) {
+                continue;
+            }
+        }
+        let compiled = jit.kernel(&format!("k{k}")).ok_or("kernel not compiled")?;
+        let mut bufs: Vec<Vec<u8>> = compiled
+            .params()
+            .iter()
+            .map(|p| vec![0u8; p.bytes])
+            .collect();
+        let mut times = vec![];
+        for _ in 0..iters.max(1) + 1 {
+            let mut refs: Vec<&mut [u8]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();
+            let t = Instant::now();
+            compiled.run_bytes(&mut refs)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.remove(0);
+        times.sort_by(f64::total_cmp);
+        let shape = compiled
+            .params()
+            .last()
+            .map(|p| format!("{:?}", p.shape))
+            .unwrap_or_default();
+        let ins: Vec<String> = compiled.params()[..compiled.params().len() - 1]
+            .iter()
+            .map(|p| format!("{:?}", p.shape))
+            .collect();
+        rows.push((
+            times[times.len() / 2],
+            k,
+            kernel.class,
+            shape,
+            ins.join(" "),
+        ));
+    }
+    let total: f64 = rows.iter().map(|r| r.0).sum();
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    println!("total {total:.3} ms over {} kernels", rows.len());
+    println!(
+        "{:>9} {:>6} {:>5} {:<12} {:<20} inputs",
+        "ms", "%", "k", "class", "output"
+    );
+    for (ms, k, class, shape, ins) in rows.iter().take(top) {
+        println!(
+            "{ms:>9.3} {:>6.1} {k:>5} {:<12} {shape:<20} {ins}",
+            100.0 * ms / total,
+            format!("{class:?}")
+        );
+    }
+    let mut by_class: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
+    for (ms, _, class, _, _) in &rows {
+        let e = by_class.entry(format!("{class:?}")).or_default();
+        e.0 += ms;
+        e.1 += 1;
+    }
+    for (c, (ms, n)) in by_class {
+        println!("class {c:<12} {ms:>9.3} ms  {n} kernels");
+    }
+    for (_, k, _, _, _) in rows.iter().take(print) {
+        println!(
+            "\n==== kernel {k} ({}) ====\n{}",
+            kernels[*k].name, kernels[*k].func
+        );
+    }
+    Ok(())
+}
