@@ -128,6 +128,8 @@ pub(crate) fn compile(
 ) -> Result<CompiledModel, CompileError> {
     let start = Instant::now();
     graph.verify()?;
+    let folded = crate::empty::fold_empty_tensors(graph)?;
+    let graph = folded.as_ref().unwrap_or(graph);
     let kernels = lower_graph(graph)?;
     let mut p = Planner {
         graph,

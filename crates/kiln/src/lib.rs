@@ -19,6 +19,7 @@
 
 mod bytes;
 mod compile;
+mod empty;
 
 pub use bytes::{tensor_bytes, tensor_from_bytes};
 pub use compile::{CompileError, CompileStats, CompiledModel, RunError};
