@@ -44,8 +44,15 @@ fn onnx_version() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Generates the suite unless an up-to-date one is there; returns the folder of cases.
+/// The folder of cases, generated once per test process (the tests of this file run in parallel
+/// threads and must not generate into the same folder at once).
 fn ensure_suite() -> PathBuf {
+    static SUITE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    SUITE.get_or_init(generate_suite).clone()
+}
+
+/// Generates the suite unless an up-to-date one is there; returns the folder of cases.
+fn generate_suite() -> PathBuf {
     let generator = repo().join("tools/gen_onnx_node_tests.py");
     let source = fs::read(&generator).expect("tools/gen_onnx_node_tests.py");
     let mut h = DefaultHasher::new();
