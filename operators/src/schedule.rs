@@ -384,7 +384,9 @@ fn tile_conv_nhwc(r: &mut Recorder, o: BufferId, a: BufferId) -> bool {
 fn tile_anchor(r: &mut Recorder, class: OpClass, o: BufferId, a: BufferId) -> bool {
     let dag = r.dag;
     let (oname, aname) = (stage_name(dag, o), stage_name(dag, a));
-    if class == OpClass::Conv && aname.ends_with(crate::compute::NHWC_STAGE) {
+    if matches!(class, OpClass::Conv | OpClass::Depthwise)
+        && aname.ends_with(crate::compute::NHWC_STAGE)
+    {
         return tile_conv_nhwc(r, o, a);
     }
     let Some(t) = dag.tensor(o) else {

@@ -1,7 +1,7 @@
 //! Per-kernel timing of a model's compiled code: lowers the model's kernels with their default
-//! schedules, JIT-compiles them single-threaded and times each one on zero-filled buffers
-//! (inputs are zeros; timings do not depend on values, no kernel branches on data except
-//! gathers, which stay in range on zeros).
+//! schedules, JIT-compiles them single-threaded and times each one with its real weights and
+//! tables and pseudo-random activations in `[0, 1)` (f32 params; other dtypes get zeros, which
+//! keeps data-dependent indices in range).
 //!
 //! ```text
 //! cargo run --release -p kiln --example kernel_profile -- MODEL.onnx [--iters N] [--top K] [--print K]
@@ -11,7 +11,7 @@
 //! `--print K`, the lowered loop IR of the `K` slowest kernels.
 
 use kiln_codegen::{CodegenOptions, JitModule, Threads};
-use kiln_operators::kernel::lower_graph;
+use kiln_operators::kernel::{lower_graph, KernelInput};
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -63,6 +63,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .map(|p| vec![0u8; p.bytes])
             .collect();
+        let mut seed = 0x9e37_79b9_u32;
+        for (i, p) in compiled.params().iter().enumerate() {
+            match kernel.inputs.get(i) {
+                Some(KernelInput::Const(c)) => {
+                    bufs[i] = kiln::tensor_bytes(model.graph.constant(*c))
+                }
+                Some(KernelInput::Table(t)) => bufs[i] = kiln::tensor_bytes(t),
+                _ if p.dtype == kiln::DType::F32 => {
+                    for chunk in bufs[i].chunks_exact_mut(4) {
+                        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                        let v = (seed >> 8) as f32 / (1u32 << 24) as f32;
+                        chunk.copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+                _ => {}
+            }
+        }
         let mut times = vec![];
         for _ in 0..iters.max(1) + 1 {
             let mut refs: Vec<&mut [u8]> = bufs.iter_mut().map(Vec::as_mut_slice).collect();

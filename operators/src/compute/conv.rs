@@ -15,7 +15,9 @@
 //! transposed at definition time to `[c, ky, kx, oc]` (a table), so output channels are the
 //! contiguous axis of both the accumulator and the weights (the default schedule vectorizes
 //! them, see `crate::schedule`); the `bias` stage reads it transposed back to NCHW. The sum and
-//! its order are the same.
+//! its order are the same. An f32 DEPTHWISE_CONV2D (multiplier 1, constant weights, channels a
+//! multiple of 4) does the same over weights `[1, ky, kx, c]` and a kept `pad_nhwc` stage, the
+//! input copied channels-last with the padding as zeros, so its taps need no guards at all.
 //!
 //! Transpose convolution is written as a gather: output row `oy` reads input row
 //! `iy = (oy + pad_top - ky * dilation) / stride` when the division is exact and `iy` is inside.
@@ -92,6 +94,43 @@ pub(crate) fn define(
             } else {
                 vec![("rc", cin), ("ry", kh), ("rx", kw)]
             };
+            if depthwise && mult == 1 {
+                if let Some(wt) = nhwc_weights(b, x, w, shape[1])? {
+                    // Channels-last over a zero-padded channels-last copy of the input: no guards.
+                    let hp = reach(shape[2], sy, kh, dy, 0) as usize + 1;
+                    let wp = reach(shape[3], sx, kw, dx, 0) as usize + 1;
+                    let pshape = vec![shape[0], hp, wp, xs_[1]];
+                    let pad = TapBounds {
+                        y_lo: pt > 0,
+                        y_hi: hp as i64 - pt > h as i64,
+                        x_lo: pl > 0,
+                        x_hi: wp as i64 - pl > wd as i64,
+                    };
+                    let xp = b.stage("pad_nhwc", &pshape, |ax| {
+                        let iy = ax[1].clone() - c(pt);
+                        let ix = ax[2].clone() - c(pl);
+                        let xv = Expr::load(
+                            x.id,
+                            vec![ax[0].clone(), ax[3].clone(), iy.clone(), ix.clone()],
+                        );
+                        pad.guard(&iy, h, &ix, wd, xv, zero.clone())
+                    })?;
+                    b.keep_stage(xp);
+                    let nshape = vec![shape[0], shape[2], shape[3], shape[1]];
+                    let acc_stage =
+                        b.reduce(NHWC_STAGE, &nshape, &raxes, ReduceKind::Sum, |ax, r| {
+                            let iy = ax[1].clone() * c(sy) + r[0].clone() * c(dy);
+                            let ix = ax[2].clone() * c(sx) + r[1].clone() * c(dx);
+                            let xv = Expr::load(xp, vec![ax[0].clone(), iy, ix, ax[3].clone()]);
+                            let wv = Expr::load(
+                                wt,
+                                vec![c(0), r[0].clone(), r[1].clone(), ax[3].clone()],
+                            );
+                            xv * wv
+                        })?;
+                    return bias_stage(b, acc_stage, true, bias, acc, out);
+                }
+            }
             let nhwc = if depthwise {
                 None
             } else {
