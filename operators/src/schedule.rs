@@ -402,8 +402,13 @@ fn tile_anchor(r: &mut Recorder, class: OpClass, o: BufferId, a: BufferId) -> bo
     };
     let row = format!("i{row_axis}");
     let col = format!("i{col_axis}");
-    let split_row = shape[row_axis] % 4 == 0 && r.split(&oname, &row, 4);
-    let split_col = shape[col_axis] % 4 == 0 && r.split(&oname, &col, 4);
+    let col_factor = if shape[col_axis].is_multiple_of(8) {
+        8
+    } else {
+        4
+    };
+    let split_row = shape[row_axis].is_multiple_of(4) && r.split(&oname, &row, 4);
+    let split_col = shape[col_axis].is_multiple_of(4) && r.split(&oname, &col, col_factor);
     if !split_col {
         return false;
     }
@@ -447,7 +452,24 @@ fn tile_anchor(r: &mut Recorder, class: OpClass, o: BufferId, a: BufferId) -> bo
             .map(|l| l.0.clone()),
     );
     r.reorder(&aname, &aorder);
+    // The tile's other spatial loops unrolled: every tile access has a constant offset, so
+    // codegen keeps the tile in registers.
+    for l in aloops
+        .iter()
+        .filter(|l| l.1 == IterKind::Spatial && l.0 != col)
+    {
+        r.apply(Instruction::Unroll {
+            stage: aname.clone(),
+            loop_: l.0.clone(),
+        });
+    }
     r.vectorize(&aname, &col);
+    if split_row {
+        r.apply(Instruction::Unroll {
+            stage: oname.clone(),
+            loop_: format!("{row}.1"),
+        });
+    }
     // Output: parallel outside, vectorized tile column.
     r.parallel_outer(&oname);
     r.vectorize(&oname, &format!("{col}.1"));

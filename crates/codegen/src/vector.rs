@@ -125,14 +125,16 @@ fn loads_covered(arm: &Expr, cond: &Expr) -> bool {
     ok
 }
 
-/// Integer division or remainder anywhere in `e` (may leave the function when speculated).
+/// Integer division or remainder by a possibly-zero divisor anywhere in `e` (may leave the
+/// function when speculated); division by a non-zero constant (index arithmetic) is safe.
 fn has_int_division(f: &PrimFunc, e: &Expr) -> bool {
     e.any(&|x| match x {
-        Expr::Binary { op, a, .. } => {
+        Expr::Binary { op, a, b } => {
             matches!(
                 op,
                 BinOp::Div | BinOp::Rem | BinOp::FloorDiv | BinOp::FloorMod
             ) && f.expr_dtype(a).is_ok_and(|d| !d.is_float())
+                && b.as_int().is_none_or(|k| k == 0)
         }
         _ => false,
     })

@@ -39,6 +39,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let kernels = lower_graph(&model.graph)?;
     let mut funcs = vec![];
     for (k, kernel) in kernels.iter().enumerate() {
+        if filter
+            .as_ref()
+            .is_some_and(|f| !kernel.name.contains(f.as_str()))
+        {
+            continue;
+        }
         let mut f = kernel.func.clone();
         f.name = format!("k{k}");
         funcs.push(f);
