@@ -16,7 +16,8 @@
 //! transposed at definition time to `[c, ky, kx, oc]` (a table), so output channels are the
 //! contiguous axis of both the accumulator and the weights (the default schedule vectorizes
 //! them, see `crate::schedule`); the `bias` stage reads it transposed back to NCHW. The sum and
-//! its order are the same. An f32 DEPTHWISE_CONV2D (multiplier 1, constant weights, channels a
+//! its order are the same; when taps can leave the input it reads a kept `pad` stage (the input
+//! zero-padded once, NCHW) instead, so its inner loops carry no guards. An f32 DEPTHWISE_CONV2D (multiplier 1, constant weights, channels a
 //! multiple of 4) does the same over weights `[1, ky, kx, c]` and a kept `pad_nhwc` stage, the
 //! input copied channels-last with the padding as zeros, so its taps need no guards at all.
 //!
@@ -141,19 +142,41 @@ pub(crate) fn define(
                 nhwc_weights(b, x, w, shape[1])?
             };
             if let Some(wt) = nhwc {
-                // Channels-last accumulator: `conv_nhwc[n, oy, ox, oc]`, weights `[c, ky, kx, oc]`.
+                // Channels-last accumulator: `conv_nhwc[n, oy, ox, oc]`, weights `[c, ky, kx, oc]`;
+                // a padded convolution reads a kept zero-padded copy of the input instead.
+                let hp = reach(shape[2], sy, kh, dy, 0) as usize + 1;
+                let wp = reach(shape[3], sx, kw, dx, 0) as usize + 1;
+                let (src, off_y, off_x) = if bounds.any() {
+                    let pad = TapBounds {
+                        y_lo: pt > 0,
+                        y_hi: hp as i64 - pt > h as i64,
+                        x_lo: pl > 0,
+                        x_hi: wp as i64 - pl > wd as i64,
+                    };
+                    let pshape = vec![xs_[0], xs_[1], hp, wp];
+                    let xp = b.stage("pad", &pshape, |ax| {
+                        let iy = ax[2].clone() - c(pt);
+                        let ix = ax[3].clone() - c(pl);
+                        let xv = Expr::load(
+                            x.id,
+                            vec![ax[0].clone(), ax[1].clone(), iy.clone(), ix.clone()],
+                        );
+                        pad.guard(&iy, h, &ix, wd, xv, zero.clone())
+                    })?;
+                    b.keep_stage(xp);
+                    (xp, 0, 0)
+                } else {
+                    (x.id, pt, pl)
+                };
                 let nshape = vec![shape[0], shape[2], shape[3], shape[1]];
                 let acc_stage =
                     b.reduce(NHWC_STAGE, &nshape, &raxes, ReduceKind::Sum, |ax, r| {
                         let (ky, kx, ch) = (r[1].clone(), r[2].clone(), r[0].clone());
-                        let iy = ax[1].clone() * c(sy) + ky.clone() * c(dy) - c(pt);
-                        let ix = ax[2].clone() * c(sx) + kx.clone() * c(dx) - c(pl);
-                        let xv = Expr::load(
-                            x.id,
-                            vec![ax[0].clone(), ch.clone(), iy.clone(), ix.clone()],
-                        );
+                        let iy = ax[1].clone() * c(sy) + ky.clone() * c(dy) - c(off_y);
+                        let ix = ax[2].clone() * c(sx) + kx.clone() * c(dx) - c(off_x);
+                        let xv = Expr::load(src, vec![ax[0].clone(), ch.clone(), iy, ix]);
                         let wv = Expr::load(wt, vec![ch, ky, kx, ax[3].clone()]);
-                        bounds.guard(&iy, h, &ix, wd, xv * wv, zero.clone())
+                        xv * wv
                     })?;
                 return bias_stage(b, acc_stage, true, bias, acc, out);
             }
