@@ -10,8 +10,7 @@
 //! Only the bounds a tap can actually leave are tested (a 1x1 unpadded convolution has no
 //! `select` at all), so inner loops carry no statically-true conditions.
 //!
-//! An f32 CONV2D with constant weights and a multiple of 4 output channels (except a 1x1
-//! unpadded one over rows of a multiple of 4 columns, which vectorizes over columns) accumulates
+//! An f32 CONV2D with constant weights and a multiple of 4 output channels accumulates
 //! channels-last instead: the anchor is `conv_nhwc[n, oy, ox, oc]` ([`NHWC_STAGE`]) over weights
 //! transposed at definition time to `[c, ky, kx, oc]` (a table), so output channels are the
 //! contiguous axis of both the accumulator and the weights (the default schedule vectorizes
@@ -133,10 +132,7 @@ pub(crate) fn define(
                     return bias_stage(b, acc_stage, true, bias, acc, out);
                 }
             }
-            // A 1x1 unguarded convolution over rows of a multiple of 4 columns vectorizes best
-            // over the columns (contiguous in input, accumulator and output alike).
-            let pointwise = kh == 1 && kw == 1 && !bounds.any() && shape[3].is_multiple_of(4);
-            let nhwc = if depthwise || pointwise {
+            let nhwc = if depthwise {
                 None
             } else {
                 nhwc_weights(b, x, w, shape[1])?
