@@ -327,8 +327,9 @@ fn nhwc_tile(oc: usize, ow: usize) -> (usize, usize) {
 
 /// A channels-last conv anchor `a` ([`crate::compute::NHWC_STAGE`]) under an NCHW output `o`:
 /// the output is tiled `n, oc.o, oh, ow.o, ow.i, oc.i` and the anchor computed at `ow.o` into a
-/// `ow.i x oc.i` register tile, its reduction loops outside the (unrolled) tile columns and the
-/// channels vectorized; the epilogue vectorizes channels too (strided stores).
+/// `ow.i x oc.i` register tile, its reduction loops outside the (unrolled) tile columns, window
+/// loops of at most 3 unrolled, and the channels vectorized; the epilogue vectorizes channels
+/// too (strided stores).
 fn tile_conv_nhwc(r: &mut Recorder, o: BufferId, a: BufferId) -> bool {
     let dag = r.dag;
     let (oname, aname) = (stage_name(dag, o), stage_name(dag, a));
@@ -364,6 +365,17 @@ fn tile_conv_nhwc(r: &mut Recorder, o: BufferId, a: BufferId) -> bool {
         .collect();
     aorder.extend(["i0", "i1", "i2", "i3"].iter().map(|s| s.to_string()));
     r.reorder(&aname, &aorder);
+    // Small kernel-window loops unrolled: a 1x1 window would otherwise be two loops of one
+    // iteration around the tile, a 3x3 one short loops carrying the whole tile.
+    for l in aloops
+        .iter()
+        .filter(|l| l.1 == IterKind::Reduce && l.2 <= 3 && l.0 != "rc")
+    {
+        r.apply(Instruction::Unroll {
+            stage: aname.clone(),
+            loop_: l.0.clone(),
+        });
+    }
     for l in ["i0", "i1", "i2"] {
         r.apply(Instruction::Unroll {
             stage: aname.clone(),
