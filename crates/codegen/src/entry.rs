@@ -11,7 +11,7 @@
 //! the first non-zero kernel status and returns it (0 when every kernel succeeded). A
 //! [`ModelEntry`] is validated when compiled: every kernel exists, each call passes one argument
 //! per param, no kernel writes a param bound to an input or a constant, and the arena ranges of
-//! one call are pairwise disjoint. [`EntryLayout`] gives the bytes each array element and the
+//! one call are pairwise disjoint or identical (in-place elementwise kernels). [`EntryLayout`] gives the bytes each array element and the
 //! arena must provide; the safe caller ([`crate::ModelFn`]) checks them.
 
 use crate::kernel::{cl_err, elem_bytes, EmitState};
@@ -126,7 +126,12 @@ pub fn layout(entry: &ModelEntry, funcs: &[PrimFunc]) -> Result<EntryLayout, Cod
                     let end = offset
                         .checked_add(bytes)
                         .ok_or_else(|| bad(format!("arena offset {offset} overflows")))?;
-                    if bytes > 0 && ranges.iter().any(|&(s, e)| offset < e && s < end) {
+                    // Identical ranges are allowed: one value passed twice, or an elementwise
+                    // kernel writing in place over an input that dies there (the caller's
+                    // promise: each element is read before the same element is written).
+                    let partial =
+                        |&(s, e): &(usize, usize)| offset < e && s < end && (s, e) != (offset, end);
+                    if bytes > 0 && ranges.iter().any(partial) {
                         return Err(bad(format!(
                             "call {c} of `{}`: arena range of %{} overlaps another param",
                             f.name, decl.name

@@ -140,6 +140,12 @@ fn entries_are_validated_when_compiled() {
         let err = compile(model(calls));
         assert!(matches!(err, CodegenError::BadEntry { .. }), "{err}");
     }
+    // Identical ranges (an elementwise kernel in place over its input) are accepted.
+    let in_place = model(vec![KernelCall {
+        kernel: "add_one".into(),
+        args: vec![Arg::Arena { offset: 0 }, Arg::Arena { offset: 0 }],
+    }]);
+    JitModule::compile_with_entries(&funcs, &[in_place], &CodegenOptions::default()).unwrap();
     // An entry named like a kernel.
     let mut e = chained();
     e.name = "scale".into();

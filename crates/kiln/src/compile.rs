@@ -12,6 +12,7 @@ use crate::CompileOptions;
 use kiln_codegen::{Arg, CodegenOptions, JitModule, KernelCall, ModelEntry, Threads};
 use kiln_ir::{ConstId, Graph, Op, Tensor, TensorType, ValueDef, ValueId};
 use kiln_operators::kernel::{lower_graph, Kernel, KernelError, KernelInput};
+use kiln_operators::schedule::OpClass;
 use kiln_runtime::{plan, BufferRequest, PlanError};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -165,9 +166,7 @@ pub(crate) fn compile(
         }
     }
 
-    // Storage of every kernel output (aliases share their source's), and lifetimes. In-place
-    // reuse (`BufferRequest::in_place_of`) is not requested yet: the entry function requires the
-    // arena ranges of one call to be disjoint.
+    // Storage of every kernel output (aliases share their source's), and lifetimes.
     let mut skipped = vec![false; kernels.len()];
     let mut args: Vec<Vec<Arg>> = Vec::with_capacity(kernels.len());
     for (k, kernel) in kernels.iter().enumerate() {
@@ -212,6 +211,33 @@ pub(crate) fn compile(
         args.push(call.into_iter().map(to_arg).collect());
     }
 
+    // An elementwise kernel may write over an input of its own size that dies there: each output
+    // element is computed from the input elements at the same index, read before the write.
+    let mut reused = vec![false; p.requests.len()];
+    for (k, kernel) in kernels.iter().enumerate() {
+        let [out_value] = kernel.outputs.as_slice() else {
+            continue;
+        };
+        let Some(&Storage::Arena(out)) = p.storage.get(out_value) else {
+            continue;
+        };
+        if kernel.class != OpClass::Elementwise || skipped[k] || p.requests[out].first_use != k {
+            continue;
+        }
+        for input in &kernel.inputs {
+            let KernelInput::Value(v) = input else {
+                continue;
+            };
+            if let Some(&Storage::Arena(r)) = p.storage.get(v) {
+                let q = &p.requests[r];
+                if r < out && !reused[r] && q.last_use == k && q.size == p.requests[out].size {
+                    p.requests[out].in_place_of = Some(r);
+                    reused[r] = true;
+                    break;
+                }
+            }
+        }
+    }
     let memory = plan(&p.requests)?;
     let entry = ModelEntry {
         name: ENTRY.into(),

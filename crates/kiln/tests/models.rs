@@ -76,3 +76,36 @@ fn wrong_inputs_are_errors() {
         Err(kiln::RunError::InputType { .. })
     ));
 }
+
+#[test]
+fn elementwise_kernels_write_in_place_over_dying_inputs() {
+    use kiln::{DType, Graph, TensorType};
+    use kiln_ir::op::UnaryOp;
+    use kiln_ir::Op;
+    // transpose -> exp -> transpose: exp's input dies at exp and has its size, so exp writes over
+    // it and the arena holds one 4x6 f32 buffer instead of two.
+    let mut g = Graph::new();
+    let x = g.add_input("x", TensorType::new(DType::F32, vec![4, 6]).unwrap());
+    let t = g
+        .add_node(Op::Transpose { perm: vec![1, 0] }, &[x], "t0")
+        .unwrap();
+    let e = g.add_node(Op::Unary(UnaryOp::Exp), &[t], "exp").unwrap();
+    let y = g
+        .add_node(Op::Transpose { perm: vec![1, 0] }, &[e], "t1")
+        .unwrap();
+    g.set_outputs(vec![y]).unwrap();
+    let compiled = Compiler::new(Target::host())
+        .with_options(CompileOptions { threads: 1 })
+        .compile(&g)
+        .unwrap();
+    assert_eq!(compiled.stats().kernels, 3);
+    assert_eq!(
+        compiled.stats().arena_bytes,
+        128,
+        "24 f32 rounded to the 64-byte alignment"
+    );
+    let input = Tensor::new(vec![4, 6], (0..24).map(|i| i as f32 / 10.0).collect()).unwrap();
+    let got = compiled.run(std::slice::from_ref(&input)).unwrap();
+    let want = kiln_reference::run(&g, &[input]).unwrap();
+    assert!(max_abs_diff(&got[0], &want[0]) <= 1e-6);
+}
