@@ -1,7 +1,9 @@
-//! Shared helpers of the codegen tests: example DAGs (copied from kiln-tir's tests), random
-//! arguments for any function, and the JIT-versus-interpreter comparison.
+//! Shared helpers of the codegen tests: example DAGs and random traces (kiln-tir's own test
+//! helpers, included by path), random arguments for any function, and the JIT-versus-interpreter
+//! comparison.
 #![allow(dead_code)]
 
+#[path = "../../../tir/tests/common/mod.rs"]
 pub mod dags;
 
 use kiln_codegen::{CodegenOptions, JitModule, Threads};

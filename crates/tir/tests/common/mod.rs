@@ -1,6 +1,8 @@
 //! Example compute DAGs shared by the integration tests, with naive Rust reference loops.
 #![allow(dead_code)]
 
+pub mod traces;
+
 use kiln_ir::{DType, Tensor};
 use kiln_tir::{interp, BufferId, ComputeDag, Expr, PrimFunc, ReduceKind};
 
