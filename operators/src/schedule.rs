@@ -13,8 +13,9 @@
 //! * conv / depthwise anchors: the output (the epilogue after inlining) is tiled
 //!   `n, oc.o, oh, ow.o, oc.i(4), ow.i(4)` with the conv reduction computed at `ow.o` into a
 //!   `4 x 4` tile, reduction loops outside the tile loops and the tile's `ow` vectorized;
-//! * matmul anchors: `b, i.o, j.o, k, i.i(4), j.i(4)`, the accumulator tile computed at `j.o`
-//!   (or `cache_write` when the matmul is itself the output);
+//! * matmul anchors: `b, i.o, j.o, k, i.i(4), j.i(8 or 4)`, the accumulator tile computed at
+//!   `j.o` (or `cache_write` when the matmul is itself the output), its row loop unrolled so
+//!   that codegen keeps it in registers;
 //! * other reductions (pools, reduce, argmax) at root: the innermost divisible spatial axis split
 //!   by 4, its inner part moved inside the reduction loops and vectorized, the outermost
 //!   spatial loop parallel.
@@ -277,7 +278,8 @@ fn reduction_root(r: &mut Recorder, stage: &str) {
     }
 }
 
-/// A matmul that is itself the output: tiled `b, i.o, j.o, k, i.i, j.i` with `cache_write`.
+/// A matmul that is itself the output: tiled `b, i.o, j.o, k, i.i(4, unrolled), j.i(8 or 4,
+/// vectorized)` with `cache_write`.
 fn matmul_root(r: &mut Recorder, o: BufferId) -> bool {
     let stage = stage_name(r.dag, o);
     let Some(t) = r.dag.tensor(o) else {
@@ -296,7 +298,8 @@ fn matmul_root(r: &mut Recorder, o: BufferId) -> bool {
     } else {
         order.push("i1".into());
     }
-    if !r.split(&stage, "i2", 4) {
+    let tj = if n.is_multiple_of(8) { 8 } else { 4 };
+    if !r.split(&stage, "i2", tj) {
         return false;
     }
     order.push("i2.0".into());
@@ -306,6 +309,12 @@ fn matmul_root(r: &mut Recorder, o: BufferId) -> bool {
     r.reorder(&stage, &order);
     r.apply(Instruction::CacheWrite {
         stage: stage.clone(),
+    });
+    // The accumulator's row loop unrolled: every access has a constant offset, so codegen
+    // keeps the `ti x tj` accumulator in registers.
+    r.apply(Instruction::Unroll {
+        stage: stage.clone(),
+        loop_: "i1.1".into(),
     });
     r.parallel_outer(&stage);
     r.vectorize(&stage, "i2.1");
