@@ -9,10 +9,16 @@
 //! Rules (all stages):
 //! * every non-output, non-reduction stage not marked *keep* is inlined;
 //! * elementwise / data-movement outputs: the innermost axis is split by 4 and vectorized when
-//!   divisible, the outermost axis is parallel (fused with the next one when it is small);
-//! * conv / depthwise anchors: the output (the epilogue after inlining) is tiled
-//!   `n, oc.o, oh, ow.o, oc.i(4), ow.i(4)` with the conv reduction computed at `ow.o` into a
-//!   `4 x 4` tile, reduction loops outside the tile loops and the tile's `ow` vectorized;
+//!   divisible, the outermost axis is parallel (fused with the following loops while it has
+//!   fewer than 8 iterations);
+//! * channels-last conv / depthwise anchors ([`crate::compute`]'s `conv_nhwc` stages, every f32
+//!   convolution with constant weights): the NCHW output is tiled
+//!   `n, oc.o, oh, ow.o, ow.i(≤7, unrolled), oc.i(8 or 4, vectorized)` and the anchor computed
+//!   at `ow.o` into an `ow.i x oc.i` tile held in registers (reduction loops outside the tile,
+//!   one-iteration window loops unrolled, channels vectorized); kept `pad` stages run at root;
+//! * other conv / depthwise anchors: the output is tiled `n, oc.o, oh, ow.o, oc.i(4),
+//!   ow.i(8 or 4)` with the conv reduction computed at `ow.o`, reduction loops outside the
+//!   tile loops, the tile's rows unrolled and its `ow` vectorized;
 //! * matmul anchors: `b, i.o, j.o, k, i.i(4), j.i(8 or 4)`, the accumulator tile computed at
 //!   `j.o` (or `cache_write` when the matmul is itself the output), its row loop unrolled so
 //!   that codegen keeps it in registers;
