@@ -66,6 +66,29 @@ pub fn elem_bytes(d: DType) -> u64 {
 }
 
 /// Memory flags of every buffer access: in bounds (verified), not necessarily aligned.
+/// Params of `f` that no statement of `f` stores to.
+///
+/// Treating them as read-only memory is sound under the kernel ABI: a param the kernel does
+/// not write is either not aliased by any param it writes, or (in-place elementwise kernels)
+/// aliased element for element, with every element read before the same element is written,
+/// and a load is placed no later than its first use, which precedes that write.
+fn readonly_params(f: &PrimFunc) -> Vec<bool> {
+    let mut ro = vec![false; f.buffers.len()];
+    for p in &f.params {
+        if let Some(r) = ro.get_mut(p.index()) {
+            *r = true;
+        }
+    }
+    f.body.walk(&mut |s| {
+        if let Stmt::Store { buf, .. } = s {
+            if let Some(r) = ro.get_mut(buf.index()) {
+                *r = false;
+            }
+        }
+    });
+    ro
+}
+
 pub(crate) fn mem_flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
@@ -337,6 +360,10 @@ pub(crate) struct FnLowerer<'s, 'm, 'b, M: Module> {
     /// Values of loop variables that are constant in the code being emitted (unrolled copies,
     /// vector chunks).
     pub consts: Vec<Option<i64>>,
+    /// Per buffer: a param the function never stores to, loaded as read-only memory.
+    readonly: Vec<bool>,
+    /// How many conditionals (`if`, branching `select`) enclose the code being emitted.
+    guarded: usize,
 }
 
 impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
@@ -372,6 +399,20 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
             promo: HashMap::new(),
             promo_vars: HashMap::new(),
             consts: vec![None; f.vars.len()],
+            readonly: readonly_params(f),
+            guarded: 0,
+        }
+    }
+
+    /// Flags of a load of `buf`: a load of a param the function never stores to, outside any
+    /// conditional, is a pure read-only load that may move (so Cranelift places it next to its
+    /// use, which keeps register pressure low, and hoists it out of loops when invariant); a
+    /// guarded load never moves above its guard.
+    pub fn load_flags(&self, buf: BufferId) -> MemFlagsData {
+        if self.guarded == 0 && self.readonly.get(buf.index()).copied().unwrap_or(false) {
+            mem_flags().with_readonly().with_can_move()
+        } else {
+            mem_flags()
         }
     }
 
@@ -543,6 +584,7 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
                     self.b.create_block(),
                 );
                 self.b.ins().brif(c, tb, &[], eb, &[]);
+                self.guarded += 1;
                 self.b.switch_to_block(tb);
                 self.stmt(then)?;
                 self.b.ins().jump(join, &[]);
@@ -550,6 +592,7 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
                 if let Some(o) = otherwise {
                     self.stmt(o)?;
                 }
+                self.guarded -= 1;
                 self.b.ins().jump(join, &[]);
                 self.b.switch_to_block(join);
                 Ok(())
@@ -805,7 +848,8 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
                 let dtype = self.f.buffers[buf.index()].dtype;
                 let ty = clif_type(dtype).ok_or_else(|| self.err_internal("f16 load"))?;
                 let addr = self.address(*buf, indices)?;
-                let v = self.b.ins().load(ty, mem_flags(), addr, 0);
+                let flags = self.load_flags(*buf);
+                let v = self.b.ins().load(ty, flags, addr, 0);
                 if dtype == DType::Bool {
                     // Normalise: any non-zero byte is `true`.
                     self.b.ins().icmp_imm_s(IntCC::NotEqual, v, 0)
@@ -857,11 +901,15 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
         );
         let r = self.b.append_block_param(join, ty);
         self.b.ins().brif(c, tb, &[], eb, &[]);
+        self.guarded += 1;
         self.b.switch_to_block(tb);
-        let t = then(self)?;
+        let t = then(self);
+        let t = t.inspect_err(|_| self.guarded -= 1)?;
         self.b.ins().jump(join, &[BlockArg::Value(t)]);
         self.b.switch_to_block(eb);
-        let o = otherwise(self)?;
+        let o = otherwise(self);
+        self.guarded -= 1;
+        let o = o?;
         self.b.ins().jump(join, &[BlockArg::Value(o)]);
         self.b.switch_to_block(join);
         Ok(r)

@@ -15,7 +15,10 @@
 //! ```
 //!
 //! Buffers are dense, row-major, of the declared dtype (`bool` is one byte, 0 or 1); no
-//! alignment is required. The result is a status: [`STATUS_OK`], [`STATUS_DIV_BY_ZERO`] (an
+//! alignment is required. A param the kernel never stores to may alias a param it stores to only
+//! element for element with every element read before it is written (in-place elementwise
+//! kernels): codegen loads such params as read-only memory that Cranelift may move to its use
+//! or out of loops (never above a guard). The result is a status: [`STATUS_OK`], [`STATUS_DIV_BY_ZERO`] (an
 //! integer division by zero, which the interpreter reports as an error too) or
 //! [`STATUS_ALLOC_FAILED`] (a large local buffer could not be allocated). Parallel loops are
 //! outlined into `int32_t body(const uint8_t *ctx, int64_t begin, int64_t end)` and run through

@@ -419,7 +419,10 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
             Expr::Load { buf, indices } => {
                 let addr = self.address(*buf, indices)?;
                 match self.lane_bytes(*buf, indices, var)? {
-                    None => self.b.ins().load(ty, mem_flags(), addr, 0),
+                    None => {
+                        let flags = self.load_flags(*buf);
+                        self.b.ins().load(ty, flags, addr, 0)
+                    }
                     Some(step) => {
                         let scalar = ty.lane_type();
                         let mut acc = None;

@@ -8,10 +8,14 @@
 //! ```
 //!
 //! Prints a table sorted by median time (class, output shape, share of the total) and, with
-//! `--print K`, the lowered loop IR of the `K` slowest kernels.
+//! `--print K`, the lowered loop IR of the `K` slowest kernels. With `PERF_BUILDID_DIR` set (so
+//! that the JIT writes `/tmp/perf-PID.map`) and `--dump DIR`, the machine code of every compiled
+//! function is written to `DIR/NAME.bin` (disassemble with
+//! `objdump -D -b binary -m i386:x86-64 DIR/NAME.bin`).
 
 use kiln_codegen::{CodegenOptions, JitModule, Threads};
 use kiln_operators::kernel::{lower_graph, KernelInput};
+use std::io::{Read, Seek, SeekFrom};
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -56,6 +60,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let jit = JitModule::compile(&funcs, &opts)?;
     println!("codegen: {:?}", jit.stats());
+    if let Some(dir) = args
+        .iter()
+        .position(|a| a == "--dump")
+        .and_then(|i| args.get(i + 1))
+    {
+        dump_code(dir)?;
+    }
     let mut rows = vec![];
     for (k, kernel) in kernels.iter().enumerate() {
         if let Some(f) = &filter {
@@ -140,6 +151,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "\n==== kernel {k} ({}) ====\n{}",
             kernels[*k].name, kernels[*k].func
         );
+    }
+    Ok(())
+}
+
+/// Copies the machine code of every function listed in this process's perf map into `dir`.
+fn dump_code(dir: &str) -> Result<(), Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(dir)?;
+    let map = std::fs::read_to_string(format!("/tmp/perf-{}.map", std::process::id()))?;
+    for line in map.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(addr), Some(size), Some(name)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (addr, size) = (
+            usize::from_str_radix(addr, 16)?,
+            usize::from_str_radix(size, 16)?,
+        );
+        // The module (owned by `main`) is alive: read its code through /proc/self/mem.
+        let mut mem = std::fs::File::open("/proc/self/mem")?;
+        mem.seek(SeekFrom::Start(addr as u64))?;
+        let mut code = vec![0u8; size];
+        mem.read_exact(&mut code)?;
+        std::fs::write(format!("{dir}/{name}.bin"), code)?;
     }
     Ok(())
 }
