@@ -13,7 +13,7 @@
 //!   fewer than 8 iterations);
 //! * channels-last conv / depthwise anchors ([`crate::compute`]'s `conv_nhwc` stages, every f32
 //!   convolution with constant weights): the NCHW output is tiled
-//!   `n, oc.o, oh, ow.o, ow.i(≤7, unrolled), oc.i(8 or 4, vectorized)` and the anchor computed
+//!   `n, oc.o, oh, ow.o, ow.i(4..7, unrolled), oc.i(8 or 4, vectorized)` and the anchor computed
 //!   at `ow.o` into an `ow.i x oc.i` tile held in registers (reduction loops outside the tile,
 //!   one-iteration window loops unrolled, channels vectorized); kept `pad` stages run at root;
 //! * other conv / depthwise anchors: the output is tiled `n, oc.o, oh, ow.o, oc.i(4),
@@ -328,14 +328,16 @@ fn matmul_root(r: &mut Recorder, o: BufferId) -> bool {
 }
 
 /// Tile sizes `(output columns, output channels)` of a channels-last conv anchor for an output
-/// of `oc` channels and `ow` columns: channels by 8 (two vectors) when they divide, columns by
-/// the largest divisor of `ow` up to 8 that keeps the accumulator tile within 16 vectors.
+/// of `oc` channels and `ow` columns: channels by 8 (two vectors) when they divide, else 4;
+/// columns by a divisor of `ow` in `4..=6` when there is one (at most 12 accumulator vectors,
+/// which Cranelift keeps in the 16 xmm registers without spilling), else by the largest divisor
+/// up to 7 (7- and 14-wide rows: 14 vectors, a few spilled, still better than narrower tiles).
 fn nhwc_tile(oc: usize, ow: usize) -> (usize, usize) {
     let toc = if oc.is_multiple_of(8) { 8 } else { 4 };
     let max_cols = (4 * 14 / toc).min(8);
-    let tw = (1..=max_cols.min(ow))
-        .rev()
-        .find(|t| ow.is_multiple_of(*t))
+    let largest = |lo: usize, hi: usize| (lo..=hi.min(ow)).rev().find(|t| ow.is_multiple_of(*t));
+    let tw = largest(4, 4 * 12 / toc)
+        .or_else(|| largest(1, max_cols))
         .unwrap_or(1);
     (tw, toc)
 }
