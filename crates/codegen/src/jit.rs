@@ -10,7 +10,7 @@
 
 use crate::entry::{self, EntryLayout, ModelEntry};
 use crate::isa::{host_isa, HostInfo};
-use crate::kernel::{check_supported, elem_bytes, EmitState};
+use crate::kernel::{elem_bytes, EmitState};
 use crate::runtime::HOOKS;
 use crate::{CodegenError, CodegenOptions, CompileStats, Threads};
 use cranelift_jit::{JITBuilder, JITModule};
@@ -99,7 +99,6 @@ impl JitModule {
                 func: f.name.clone(),
                 source,
             })?;
-            check_supported(f)?;
         }
         let mut names: Vec<&str> = funcs.iter().map(|f| f.name.as_str()).collect();
         names.extend(entries.iter().map(|e| e.name.as_str()));

@@ -2,14 +2,17 @@
 //! [`crate::parallel`], its outlined parallel bodies.
 //!
 //! Invariant: the emitted code has the semantics of [`kiln_tir::interp`] for every verified
-//! function without `f16`: index arithmetic in `i64`; each data dtype in its own width (`bool` as
-//! an `i8` holding 0 or 1, `u8` compared, divided and widened unsigned); integer arithmetic
-//! wrapping; `Div`/`Rem` truncating and `FloorDiv`/`FloorMod` flooring, with `MIN / -1` wrapping
-//! instead of trapping and a zero divisor leaving the function with [`STATUS_DIV_BY_ZERO`];
-//! float `min`/`max` propagating NaN; float-to-int casts truncating and saturating with NaN to 0;
-//! `select` evaluating only the chosen branch (a branch, or a `select` instruction when both
-//! operands are trap-free and load-free). Every exit goes through one exit block that frees the
-//! heap-allocated local buffers, so no path leaks.
+//! function: index arithmetic in `i64`; each data dtype in its own width (`bool` as an `i8`
+//! holding 0 or 1, `u8` compared, divided and widened unsigned), except `f16`: 16 bits in memory
+//! but an `f32` value (so its arithmetic is `f32` arithmetic), widened on load and rounded to
+//! nearest even on store, on a cast to `f16` and in `f16` constants (runtime hooks
+//! `kiln_f16_to_f32` / `kiln_f32_to_f16`); integer arithmetic wrapping; `Div`/`Rem` truncating
+//! and `FloorDiv`/`FloorMod` flooring, with `MIN / -1` wrapping instead of trapping and a zero
+//! divisor leaving the function with [`STATUS_DIV_BY_ZERO`]; float `min`/`max` propagating NaN;
+//! float-to-int casts truncating and saturating with NaN to 0; `select` evaluating only the
+//! chosen branch (a branch, or a `select` instruction when both operands are trap-free and
+//! load-free). Every exit goes through one exit block that frees the heap-allocated local
+//! buffers, so no path leaks.
 //!
 //! Buffers are addressed row-major from a base pointer per buffer: params are read from the
 //! `params` array on entry, locals are stack slots (small) or `kiln_alloc` blocks (large),
@@ -43,15 +46,14 @@ const LOCAL_ALIGN: u64 = 64;
 /// `unrolled` loops longer than this are emitted as ordinary loops (code size).
 pub const MAX_UNROLL: usize = 64;
 
-/// The Cranelift type holding a value of `d` (`None` for `f16`).
-pub fn clif_type(d: DType) -> Option<Type> {
+/// The Cranelift type holding a value of `d` (`f16` values are held widened in `f32`).
+pub fn clif_type(d: DType) -> Type {
     match d {
-        DType::F32 => Some(types::F32),
-        DType::F16 => None,
-        DType::I8 | DType::U8 | DType::Bool => Some(types::I8),
-        DType::I16 => Some(types::I16),
-        DType::I32 => Some(types::I32),
-        DType::I64 => Some(types::I64),
+        DType::F32 | DType::F16 => types::F32,
+        DType::I8 | DType::U8 | DType::Bool => types::I8,
+        DType::I16 => types::I16,
+        DType::I32 => types::I32,
+        DType::I64 => types::I64,
     }
 }
 
@@ -91,52 +93,6 @@ fn readonly_params(f: &PrimFunc) -> Vec<bool> {
 
 pub(crate) fn mem_flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
-}
-
-/// Rejects what codegen does not support yet (`f16` anywhere) with the construct named.
-pub fn check_supported(f: &PrimFunc) -> Result<(), CodegenError> {
-    let unsupported = |construct: String| CodegenError::Unsupported {
-        func: f.name.clone(),
-        construct,
-    };
-    if let Some(b) = f.buffers.iter().find(|b| b.dtype == DType::F16) {
-        return Err(unsupported(format!(
-            "f16 buffer %{} (f16 codegen is not implemented yet)",
-            b.name
-        )));
-    }
-    let mut bad = None;
-    f.body.walk(&mut |s| {
-        let mut check = |e: &Expr| {
-            e.walk(&mut |x| {
-                let is_f16 = matches!(
-                    x,
-                    Expr::Float {
-                        dtype: DType::F16,
-                        ..
-                    } | Expr::Cast {
-                        dtype: DType::F16,
-                        ..
-                    }
-                );
-                if is_f16 && bad.is_none() {
-                    bad = Some("f16 expression (f16 codegen is not implemented yet)".to_string());
-                }
-            })
-        };
-        match s {
-            Stmt::Store { indices, value, .. } => {
-                indices.iter().for_each(&mut check);
-                check(value);
-            }
-            Stmt::IfThenElse { cond, .. } => check(cond),
-            Stmt::For { .. } | Stmt::Seq(_) => {}
-        }
-    });
-    match bad {
-        Some(c) => Err(unsupported(c)),
-        None => Ok(()),
-    }
 }
 
 /// State shared by every function emitted into one module.
@@ -564,11 +520,21 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
                 if self.promo.contains_key(buf) {
                     let var = self.promoted_var(*buf, indices, 1)?;
                     let v = self.expr(value)?;
+                    let v = if self.f.buffers[buf.index()].dtype == DType::F16 {
+                        self.round_f16(v)?
+                    } else {
+                        v
+                    };
                     self.b.def_var(var, v);
                     return Ok(());
                 }
                 let addr = self.address(*buf, indices)?;
                 let v = self.expr(value)?;
+                let v = if self.f.buffers[buf.index()].dtype == DType::F16 {
+                    self.call_hook(names::F32_TO_F16, &[v])?
+                } else {
+                    v
+                };
                 self.b.ins().store(mem_flags(), v, addr, 0);
                 Ok(())
             }
@@ -701,7 +667,7 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
         if let Some(&v) = self.promo_vars.get(&(buf, off)) {
             return Ok(v);
         }
-        let scalar = clif_type(decl.dtype).ok_or_else(|| self.err_internal("f16 local"))?;
+        let scalar = clif_type(decl.dtype);
         let ty = if lanes == 1 {
             scalar
         } else {
@@ -758,7 +724,7 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
     // ---- expressions ----
 
     fn iconst_of(&mut self, d: DType, value: i64) -> Value {
-        let ty = clif_type(d).unwrap_or(types::I64);
+        let ty = clif_type(d);
         let bits = ty.bits();
         let masked = if bits >= 64 {
             value
@@ -775,7 +741,16 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
                 self.b.use_var(var)
             }
             Expr::Int { value, dtype } => self.iconst_of(*dtype, *value),
-            Expr::Float { value, .. } => self.b.ins().f32const(*value as f32),
+            Expr::Float { value, dtype } => {
+                let x = *value as f32;
+                // Rounded at compile time exactly as the runtime hooks round.
+                let x = if *dtype == DType::F16 {
+                    runtime::kiln_f16_to_f32(runtime::kiln_f32_to_f16(x))
+                } else {
+                    x
+                };
+                self.b.ins().f32const(x)
+            }
             Expr::Bool(b) => self.b.ins().iconst(types::I8, i64::from(*b)),
             Expr::Binary { op, a, b } if self.contracts(*op, a, b) => {
                 let (x, y, c) = fma_parts(a, b).ok_or_else(|| self.err_internal("fma form"))?;
@@ -846,10 +821,13 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
             }
             Expr::Load { buf, indices } => {
                 let dtype = self.f.buffers[buf.index()].dtype;
-                let ty = clif_type(dtype).ok_or_else(|| self.err_internal("f16 load"))?;
                 let addr = self.address(*buf, indices)?;
                 let flags = self.load_flags(*buf);
-                let v = self.b.ins().load(ty, flags, addr, 0);
+                if dtype == DType::F16 {
+                    let bits = self.b.ins().load(types::I16, flags, addr, 0);
+                    return self.call_hook(names::F16_TO_F32, &[bits]);
+                }
+                let v = self.b.ins().load(clif_type(dtype), flags, addr, 0);
                 if dtype == DType::Bool {
                     // Normalise: any non-zero byte is `true`.
                     self.b.ins().icmp_imm_s(IntCC::NotEqual, v, 0)
@@ -882,8 +860,7 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
 
     /// The Cranelift type of `e`'s value.
     pub fn value_type(&self, e: &Expr) -> Result<Type, CodegenError> {
-        let d = self.dtype(e)?;
-        clif_type(d).ok_or_else(|| self.err_internal("f16 value"))
+        Ok(clif_type(self.dtype(e)?))
     }
 
     /// `if c { then() } else { otherwise() }` as a value of type `ty`.
@@ -1061,11 +1038,23 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
         self.min_max(IntCC::SignedGreaterThan, v, l)
     }
 
+    /// `x` (an `f32`) rounded to the nearest `f16` (ties to even), widened back to `f32`.
+    pub fn round_f16(&mut self, x: Value) -> Result<Value, CodegenError> {
+        let bits = self.call_hook(names::F32_TO_F16, &[x])?;
+        self.call_hook(names::F16_TO_F32, &[bits])
+    }
+
     /// A conversion with the semantics of `Expr::Cast`.
     pub fn cast(&mut self, from: DType, to: DType, v: Value) -> Result<Value, CodegenError> {
-        if from == DType::F16 || to == DType::F16 {
-            return Err(self.err_internal("cast from or to f16"));
+        if to == DType::F16 && from != DType::Bool {
+            // Through `f32` (exact for every `f16` value, and for integers no double rounding:
+            // those beyond `f32`'s exact range are beyond `f16`'s finite range too), then
+            // rounded, as the interpreter does; `bool` gives 0 or 1 exactly.
+            let x = self.cast(from, DType::F32, v)?;
+            return self.round_f16(x);
         }
+        // `f16` values are held in `f32`: every other cast from or to `f16` is the `f32` one.
+        let (from, to) = (f16_as_f32(from), f16_as_f32(to));
         if from == to {
             return Ok(v);
         }
@@ -1079,8 +1068,7 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
                 }
             }
             (DType::F32, DType::I32 | DType::I64) => {
-                let ty = clif_type(to).unwrap_or(types::I64);
-                self.b.ins().fcvt_to_sint_sat(ty, v)
+                self.b.ins().fcvt_to_sint_sat(clif_type(to), v)
             }
             (DType::F32, _) => {
                 // i8 / u8 / i16: saturate to i32, clamp, then narrow (same as saturating
@@ -1092,8 +1080,7 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
                     _ => (i16::MIN as i64, i16::MAX as i64),
                 };
                 let c = self.clamp(w, lo, hi);
-                let ty = clif_type(to).unwrap_or(types::I8);
-                self.b.ins().ireduce(ty, c)
+                self.b.ins().ireduce(clif_type(to), c)
             }
             (_, DType::F32) => {
                 // From an integer or bool.
@@ -1106,10 +1093,7 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
             }
             _ => {
                 // Integer (or bool) to integer: two's complement wrap.
-                let (tf, tt) = (
-                    clif_type(from).unwrap_or(types::I64),
-                    clif_type(to).unwrap_or(types::I64),
-                );
+                let (tf, tt) = (clif_type(from), clif_type(to));
                 if tf.bits() == tt.bits() {
                     v
                 } else if tf.bits() > tt.bits() {
@@ -1173,6 +1157,15 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
             Intrinsic::Sin => self.call_hook(names::SIN, &[x])?,
             Intrinsic::Cos => self.call_hook(names::COS, &[x])?,
         })
+    }
+}
+
+/// `d`, with `f16` (held in `f32`) as `f32`.
+fn f16_as_f32(d: DType) -> DType {
+    if d == DType::F16 {
+        DType::F32
+    } else {
+        d
     }
 }
 

@@ -9,7 +9,9 @@
 //! and runs `body(ctx, begin, end)` for each on the current rayon pool (the caller's pool when it
 //! runs inside one, e.g. a [`crate::JitModule`]'s own pool, else rayon's global pool); it returns
 //! the first non-zero status a chunk returned, or 0. `kiln_alloc`/`kiln_free` back local buffers
-//! too large for the stack; `kiln_free(null, ..)` is a no-op.
+//! too large for the stack; `kiln_free(null, ..)` is a no-op. `kiln_f16_to_f32` widens the bits
+//! of an `f16` (exactly) and `kiln_f32_to_f16` rounds an `f32` to the bits of the nearest `f16`
+//! (ties to even, NaN stays NaN), as the interpreter does with the `half` crate.
 
 #![allow(unsafe_code)]
 
@@ -33,13 +35,24 @@ pub enum HookSig {
     Alloc,
     /// `(ptr, i64 size, i64 align)`
     Free,
+    /// `u16 -> f32` (the bits of an `f16`, widened)
+    F16ToF32,
+    /// `f32 -> u16` (rounded to the bits of an `f16`)
+    F32ToF16,
 }
 
 impl HookSig {
     /// The Cranelift signature, for pointer type `ptr`.
     pub fn signature(self, call_conv: CallConv, ptr: Type) -> Signature {
         let mut s = Signature::new(call_conv);
-        let p = |t: Type| AbiParam::new(t);
+        // `u16` crosses the C ABI zero-extended (the Rust side may rely on it).
+        let p = |t: Type| {
+            if t == types::I16 {
+                AbiParam::new(t).uext()
+            } else {
+                AbiParam::new(t)
+            }
+        };
         let (params, ret): (Vec<Type>, Option<Type>) = match self {
             HookSig::Unary => (vec![types::F32], Some(types::F32)),
             HookSig::Binary => (vec![types::F32; 2], Some(types::F32)),
@@ -47,6 +60,8 @@ impl HookSig {
             HookSig::ParallelFor => (vec![ptr, ptr, types::I64], Some(types::I32)),
             HookSig::Alloc => (vec![types::I64, types::I64], Some(ptr)),
             HookSig::Free => (vec![ptr, types::I64, types::I64], None),
+            HookSig::F16ToF32 => (vec![types::I16], Some(types::F32)),
+            HookSig::F32ToF16 => (vec![types::F32], Some(types::I16)),
         };
         s.params.extend(params.into_iter().map(p));
         s.returns.extend(ret.map(p));
@@ -69,6 +84,8 @@ pub mod names {
     pub const PARALLEL_FOR: &str = "kiln_parallel_for";
     pub const ALLOC: &str = "kiln_alloc";
     pub const FREE: &str = "kiln_free";
+    pub const F16_TO_F32: &str = "kiln_f16_to_f32";
+    pub const F32_TO_F16: &str = "kiln_f32_to_f16";
 }
 
 /// A hook: its symbol name, signature and (for the JIT) address.
@@ -146,6 +163,16 @@ pub const HOOKS: &[Hook] = &[
         sig: HookSig::Free,
         addr: || kiln_free as *const u8,
     },
+    Hook {
+        name: names::F16_TO_F32,
+        sig: HookSig::F16ToF32,
+        addr: || kiln_f16_to_f32 as *const u8,
+    },
+    Hook {
+        name: names::F32_TO_F16,
+        sig: HookSig::F32ToF16,
+        addr: || kiln_f32_to_f16 as *const u8,
+    },
 ];
 
 /// The hook called `name`.
@@ -191,6 +218,16 @@ extern "C" fn kiln_fmodf(x: f32, y: f32) -> f32 {
 
 extern "C" fn kiln_fmaf(x: f32, y: f32, z: f32) -> f32 {
     x.mul_add(y, z)
+}
+
+/// The `f16` with bits `bits`, widened to `f32` (exact).
+pub extern "C" fn kiln_f16_to_f32(bits: u16) -> f32 {
+    half::f16::from_bits(bits).to_f32()
+}
+
+/// The bits of the `f16` nearest `x` (ties to even).
+pub extern "C" fn kiln_f32_to_f16(x: f32) -> u16 {
+    half::f16::from_f32(x).to_bits()
 }
 
 /// The error function in `f64`: FreeBSD's `s_erf.c` rational approximations (error below one

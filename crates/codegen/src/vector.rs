@@ -5,7 +5,8 @@
 //! code. The proof obligations:
 //!
 //! - the extent is a multiple of 4 (a loop of extent 8 or 16 becomes 2 or 4 chunks of 4 lanes);
-//! - the body is straight-line stores (the verifier's rule) into `f32` or `i32` buffers, each
+//! - the body is straight-line stores (the verifier's rule) into `f32` or `i32` buffers (so
+//!   loops over `f16` data stay scalar code, except uniform `f16` scalars), each
 //!   *contiguous* in the loop variable `v` (the last index is affine in `v` with stride 1 and
 //!   the other indices do not mention `v`) or *strided* (every index affine in `v` with a
 //!   constant stride, the row-major element stride non-zero, so the 4 lanes are 4 distinct

@@ -1,6 +1,7 @@
 //! Operation semantics of compiled code against the interpreter: casts (NaN, inf, saturation),
 //! integer wrap-around and division flavours, float specials, comparisons, intrinsics, each in
-//! scalar and in vector form; division by zero; local buffers on the stack and the heap, shared
+//! scalar and in vector form; `f16` loads, stores, casts and arithmetic (bit for bit);
+//! division by zero; local buffers on the stack and the heap, shared
 //! and private to parallel loops.
 
 mod common;
@@ -8,7 +9,7 @@ mod common;
 use common::*;
 use kiln_codegen::{CodegenError, CodegenOptions, JitModule, Threads};
 use kiln_ir::{DType, Tensor, TensorData, TensorType};
-use kiln_tir::{interp, BinOp, CmpOp, Expr, ForKind, Intrinsic, PrimFunc, Stmt};
+use kiln_tir::{interp, BinOp, BufferId, CmpOp, Expr, ForKind, Intrinsic, PrimFunc, Stmt};
 
 const N: usize = 16;
 
@@ -396,14 +397,327 @@ fn intrinsics_match_the_interpreter_bit_for_bit() {
     }
 }
 
+/// The bits of every float of `t` (`f16` and `f32`), NaNs canonicalised when `any_nan` (the
+/// payload of a NaN made by arithmetic is the hardware's choice); other data as it is.
+fn float_bits(t: &Tensor, any_nan: bool) -> Result<Vec<u32>, TensorData> {
+    let canon = |nan: bool, bits: u32| if nan && any_nan { u32::MAX } else { bits };
+    match t.data() {
+        TensorData::F16(v) => Ok(v
+            .iter()
+            .map(|x| canon(x.is_nan(), x.to_bits() as u32))
+            .collect()),
+        TensorData::F32(v) => Ok(v.iter().map(|x| canon(x.is_nan(), x.to_bits())).collect()),
+        d => Err(d.clone()),
+    }
+}
+
+/// Like [`compare`], but floats bit for bit (NaN payloads too, unless `any_nan`) under every
+/// exact option set; returns the stats of each.
+fn compare_bits(f: &PrimFunc, inputs: &[Tensor], any_nan: bool) -> Vec<kiln_codegen::CompileStats> {
+    let out = &f.buffers[f.params[f.params.len() - 1].index()];
+    let mut want: Vec<Tensor> = inputs.to_vec();
+    want.push(Tensor::zeros(
+        TensorType::new(out.dtype, out.shape.clone()).unwrap(),
+    ));
+    interp::run(f, &mut want).unwrap();
+    let mut stats = vec![];
+    for o in opts() {
+        let mut got: Vec<Tensor> = inputs.to_vec();
+        got.push(Tensor::zeros(
+            TensorType::new(out.dtype, out.shape.clone()).unwrap(),
+        ));
+        let jit =
+            JitModule::compile(std::slice::from_ref(f), &o).unwrap_or_else(|e| panic!("{e}\n{f}"));
+        jit.kernel("ew").unwrap().run(&mut got).unwrap();
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                float_bits(g, any_nan),
+                float_bits(w, any_nan),
+                "{o:?}\n{f}\nparam {k}: got {g:?}, want {w:?}"
+            );
+        }
+        stats.push(jit.stats());
+    }
+    stats
+}
+
+/// `f16` specials: NaNs (quiet, with a payload, negative), infinities, zeros, the extreme
+/// normals and subnormals, and ordinary values.
+fn special_f16() -> Tensor {
+    let bits: [u16; N] = [
+        0x7e00, 0x7d01, 0xfe00, 0x7c00, 0xfc00, 0x0000, 0x8000, 0x7bff, 0xfbff, 0x0001, 0x83ff,
+        0x0400, 0x3c00, 0xc100, 0x2e66, 0x5640,
+    ];
+    tensor(
+        DType::F16,
+        TensorData::F16(bits.iter().map(|&b| half::f16::from_bits(b)).collect()),
+    )
+}
+
+/// `f32` values that round to `f16` in every way: ties to even (up and down), to the largest
+/// normal and past it to infinity, into the subnormals and to zero, NaN with a payload.
+fn rounding_f32() -> Tensor {
+    let v: [f32; N] = [
+        f32::from_bits(0x7fc0_1234),
+        f32::NEG_INFINITY,
+        1.0 + 1.0 / 2048.0,
+        1.0 + 3.0 / 2048.0,
+        -(1.0 + 3.0 / 2048.0 + 1e-7),
+        65519.0,
+        65520.0,
+        -1e9,
+        2f32.powi(-25),
+        2f32.powi(-25) * 1.0001,
+        1.5 * 2f32.powi(-24),
+        -2.5 * 2f32.powi(-24),
+        6.1e-5,
+        0.1,
+        -0.0,
+        2.71,
+    ];
+    tensor(DType::F32, TensorData::F32(v.to_vec()))
+}
+
 #[test]
-fn f16_is_rejected_with_a_clear_error() {
-    let f = elementwise(&[DType::F16], DType::F32, false, &|a| {
-        Expr::cast(DType::F32, a[0].clone())
-    });
-    let err = JitModule::compile(&[f], &CodegenOptions::default()).unwrap_err();
-    assert!(err.to_string().contains("f16"), "{err}");
-    assert!(err.to_string().contains("`ew`"), "{err}");
+fn f16_loads_stores_and_casts_round_like_the_interpreter() {
+    let h = special_f16();
+    let x = rounding_f32();
+    for vectorized in [false, true] {
+        // f16 -> f16 (load, store), f16 -> f32, f32 -> f16, f16 -> f16 through a cast.
+        let copy = elementwise(&[DType::F16], DType::F16, vectorized, &|a| a[0].clone());
+        for st in compare_bits(&copy, std::slice::from_ref(&h), false) {
+            assert_eq!(st.vector_loops, 0, "f16 loops fall back to scalar code");
+        }
+        let widen = elementwise(&[DType::F16], DType::F32, vectorized, &|a| {
+            Expr::cast(DType::F32, a[0].clone())
+        });
+        compare_bits(&widen, std::slice::from_ref(&h), false);
+        let narrow = elementwise(&[DType::F32], DType::F16, vectorized, &|a| {
+            Expr::cast(DType::F16, a[0].clone())
+        });
+        compare_bits(&narrow, std::slice::from_ref(&x), false);
+        // The cast rounds at once: later f32 arithmetic sees the rounded value.
+        let err = elementwise(&[DType::F32], DType::F32, vectorized, &|a| {
+            Expr::cast(DType::F32, Expr::cast(DType::F16, a[0].clone())) - a[0].clone()
+        });
+        compare_bits(&err, std::slice::from_ref(&x), true);
+        let twice = elementwise(&[DType::F16], DType::F32, vectorized, &|a| {
+            Expr::cast(
+                DType::F32,
+                Expr::cast(
+                    DType::F16,
+                    a[0].clone() * Expr::float(1.0009765625, DType::F16),
+                ),
+            )
+        });
+        compare_bits(&twice, std::slice::from_ref(&h), true);
+        // f16 to every integer dtype and bool (truncating, saturating, NaN to 0).
+        for to in [
+            DType::I8,
+            DType::U8,
+            DType::I16,
+            DType::I32,
+            DType::I64,
+            DType::Bool,
+        ] {
+            let f = elementwise(&[DType::F16], to, vectorized, &|a| {
+                Expr::cast(to, a[0].clone())
+            });
+            compare_bits(&f, std::slice::from_ref(&h), false);
+        }
+    }
+}
+
+#[test]
+fn integers_and_bools_cast_to_f16_round_once() {
+    let mut rng = Rng(11);
+    for from in [
+        DType::I8,
+        DType::U8,
+        DType::I16,
+        DType::I32,
+        DType::I64,
+        DType::Bool,
+    ] {
+        let mut x = random_data(from, N, &mut rng);
+        // Values that round (ties to even), overflow to infinity, or sit at the edge.
+        let edges: [i64; 8] = [2049, 2051, -4097, 65504, 65519, 65520, -70000, i64::MIN];
+        match &mut x {
+            TensorData::I32(v) => v
+                .iter_mut()
+                .zip(edges)
+                .for_each(|(s, e)| *s = e.clamp(i32::MIN as i64, i32::MAX as i64) as i32),
+            TensorData::I64(v) => v.iter_mut().zip(edges).for_each(|(s, e)| *s = e),
+            TensorData::I16(v) => v
+                .iter_mut()
+                .zip([2049, 2051, -4097])
+                .for_each(|(s, e)| *s = e),
+            _ => {}
+        }
+        let x = tensor(from, x);
+        for vectorized in [false, true] {
+            let f = elementwise(&[from], DType::F16, vectorized, &|a| {
+                Expr::cast(DType::F16, a[0].clone())
+            });
+            compare_bits(&f, std::slice::from_ref(&x), false);
+            let f = elementwise(&[from], DType::F32, vectorized, &|a| {
+                Expr::cast(DType::F32, Expr::cast(DType::F16, a[0].clone()))
+            });
+            compare_bits(&f, std::slice::from_ref(&x), false);
+        }
+    }
+}
+
+#[test]
+fn f16_arithmetic_is_f32_arithmetic_rounded_on_store() {
+    let a = special_f16();
+    let mut b = a.clone();
+    if let TensorData::F16(v) = b.data() {
+        let mut v = v.clone();
+        v.rotate_left(5);
+        b = tensor(DType::F16, TensorData::F16(v));
+    }
+    let ab = [a.clone(), b.clone()];
+    for vectorized in [false, true] {
+        for op in [
+            BinOp::Add,
+            BinOp::Sub,
+            BinOp::Mul,
+            BinOp::Div,
+            BinOp::Rem,
+            BinOp::Min,
+            BinOp::Max,
+        ] {
+            let f = elementwise(&[DType::F16, DType::F16], DType::F16, vectorized, &|x| {
+                Expr::binary(op, x[0].clone(), x[1].clone())
+            });
+            compare_bits(&f, &ab, true);
+        }
+        // The intermediate product is not rounded to f16: only the store rounds.
+        let f = elementwise(&[DType::F16, DType::F16], DType::F32, vectorized, &|x| {
+            Expr::cast(
+                DType::F32,
+                x[0].clone() * x[1].clone() + Expr::float(0.1, DType::F16),
+            )
+        });
+        compare_bits(&f, &ab, true);
+        let f = elementwise(&[DType::F16, DType::F16], DType::F16, vectorized, &|x| {
+            x[0].clone() * x[0].clone() * x[1].clone() - Expr::float(1.0 / 3.0, DType::F16)
+        });
+        compare_bits(&f, &ab, true);
+        for intrinsic in [
+            Intrinsic::Sqrt,
+            Intrinsic::Exp,
+            Intrinsic::Abs,
+            Intrinsic::Floor,
+            Intrinsic::Round,
+            Intrinsic::Tanh,
+        ] {
+            let f = elementwise(&[DType::F16], DType::F16, vectorized, &|x| {
+                Expr::call(intrinsic, vec![x[0].clone()])
+            });
+            compare_bits(&f, std::slice::from_ref(&a), true);
+        }
+        for op in [CmpOp::Eq, CmpOp::Lt, CmpOp::Ge] {
+            let f = elementwise(&[DType::F16, DType::F16], DType::F16, vectorized, &|x| {
+                Expr::select(
+                    Expr::cmp(op, x[0].clone(), x[1].clone()),
+                    x[0].clone(),
+                    Expr::float(-2.0, DType::F16),
+                )
+            });
+            compare_bits(&f, &ab, false);
+        }
+        // f16 mixed into f32 code: a per-lane f16 load falls back to scalar code, a uniform one
+        // (broadcast) stays vector code.
+        let f = elementwise(&[DType::F32, DType::F16], DType::F32, vectorized, &|x| {
+            x[0].clone() * Expr::cast(DType::F32, x[1].clone())
+        });
+        compare_bits(&f, &[x_f32(), b.clone()], true);
+        let f = elementwise(&[DType::F32, DType::F16], DType::F32, vectorized, &|x| {
+            let uniform = Expr::load(BufferId(1), vec![Expr::int(14)]);
+            x[0].clone() * Expr::cast(DType::F32, uniform * Expr::float(1.5, DType::F16))
+        });
+        let stats = compare_bits(&f, &[x_f32(), b.clone()], true);
+        for (st, o) in stats.iter().zip(opts()) {
+            let vector = usize::from(vectorized && o.vectorize);
+            assert_eq!(st.vector_loops, vector, "{o:?}");
+        }
+    }
+}
+
+fn x_f32() -> Tensor {
+    tensor(DType::F32, TensorData::F32(SPECIAL_F32.to_vec()))
+}
+
+#[test]
+fn f16_local_buffers_round_on_store_in_memory_and_in_registers() {
+    // for i { t[j] = a[i, j] * 1.001 (j unrolled: t promoted); m[10k] = a[i, k] * 3 (k serial:
+    //         m in memory); out[i, l] = cast<f32>(m[10l]) + cast<f32>(t[l]) (l unrolled) }
+    let mut f = PrimFunc::new("ew");
+    let a = f.add_param("a", DType::F16, vec![4, 4]);
+    let out = f.add_param("out", DType::F32, vec![4, 4]);
+    let t = f.add_local("t", DType::F16, vec![4]);
+    let m = f.add_local("m", DType::F16, vec![40]);
+    let (i, j, k, l) = (
+        f.new_var("i"),
+        f.new_var("j"),
+        f.new_var("k"),
+        f.new_var("l"),
+    );
+    let (vi, vj, vk, vl) = (Expr::var(i), Expr::var(j), Expr::var(k), Expr::var(l));
+    f.body = Stmt::for_(
+        i,
+        4,
+        ForKind::Serial,
+        Stmt::seq(vec![
+            Stmt::for_(
+                j,
+                4,
+                ForKind::Unrolled,
+                Stmt::store(
+                    t,
+                    vec![vj.clone()],
+                    Expr::load(a, vec![vi.clone(), vj]) * Expr::float(1.001, DType::F16),
+                ),
+            ),
+            Stmt::for_(
+                k,
+                4,
+                ForKind::Serial,
+                Stmt::store(
+                    m,
+                    vec![Expr::int(10) * vk.clone()],
+                    Expr::load(a, vec![vi.clone(), vk]) * Expr::float(3.0, DType::F16),
+                ),
+            ),
+            Stmt::for_(
+                l,
+                4,
+                ForKind::Unrolled,
+                Stmt::store(
+                    out,
+                    vec![vi, vl.clone()],
+                    Expr::cast(DType::F32, Expr::load(m, vec![Expr::int(10) * vl.clone()]))
+                        + Expr::cast(DType::F32, Expr::load(t, vec![vl])),
+                ),
+            ),
+        ]),
+    );
+    kiln_tir::verify(&f).unwrap();
+    let mut rng = Rng(5);
+    let promoted = |st: &kiln_codegen::CompileStats| st.promoted_buffers;
+    let x = Tensor::from_data(
+        TensorType::new(DType::F16, vec![4, 4]).unwrap(),
+        TensorData::F16(
+            (0..16)
+                .map(|_| half::f16::from_f32(rng.unit() * 30000.0))
+                .collect(),
+        ),
+    )
+    .unwrap();
+    let stats = compare_bits(&f, &[x], true);
+    assert!(stats.iter().any(|st| promoted(st) > 0), "{stats:?}");
 }
 
 #[test]
