@@ -211,8 +211,10 @@ pub(crate) fn compile(
         args.push(call.into_iter().map(to_arg).collect());
     }
 
-    // An elementwise kernel may write over an input of its own size that dies there: each output
-    // element is computed from the input elements at the same index, read before the write.
+    // An elementwise kernel may write over an input of its own shape and byte size that dies
+    // there: each output element is computed from the input elements at the same index, read
+    // before the write. (A broadcast input of equal byte size, e.g. f32[2,1] under an f16[2,2]
+    // output, is read at other indices and must not be reused.)
     let mut reused = vec![false; p.requests.len()];
     for (k, kernel) in kernels.iter().enumerate() {
         let [out_value] = kernel.outputs.as_slice() else {
@@ -230,7 +232,13 @@ pub(crate) fn compile(
             };
             if let Some(&Storage::Arena(r)) = p.storage.get(v) {
                 let q = &p.requests[r];
-                if r < out && !reused[r] && q.last_use == k && q.size == p.requests[out].size {
+                let same_shape = graph.ty(*v).shape == graph.ty(*out_value).shape;
+                if r < out
+                    && !reused[r]
+                    && same_shape
+                    && q.last_use == k
+                    && q.size == p.requests[out].size
+                {
                     p.requests[out].in_place_of = Some(r);
                     reused[r] = true;
                     break;

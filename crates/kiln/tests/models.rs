@@ -109,3 +109,38 @@ fn elementwise_kernels_write_in_place_over_dying_inputs() {
     let want = kiln_reference::run(&g, &[input]).unwrap();
     assert!(max_abs_diff(&got[0], &want[0]) <= 1e-6);
 }
+
+#[test]
+fn a_broadcast_input_of_equal_byte_size_is_not_overwritten_in_place() {
+    use kiln::{DType, Graph, TensorType};
+    use kiln_ir::op::BinaryOp;
+    use kiln_ir::Op;
+    // t: i32[1,2] (8 bytes) dies at the add, whose output i16[2,2] is also 8 bytes; the add reads
+    // t again for its second row, after the first row was written where t lives: overwriting t
+    // in place would corrupt that row.
+    let mut g = Graph::new();
+    let x = g.add_input("x", TensorType::new(DType::I32, vec![2, 1]).unwrap());
+    let y = g.add_input("y", TensorType::new(DType::I16, vec![2, 2]).unwrap());
+    let t = g
+        .add_node(Op::Transpose { perm: vec![1, 0] }, &[x], "t")
+        .unwrap();
+    let h = g.add_node(Op::Cast { to: DType::I16 }, &[t], "h").unwrap();
+    let e = g
+        .add_node(Op::Binary(BinaryOp::Add), &[h, y], "add")
+        .unwrap();
+    let out = g
+        .add_node(Op::Transpose { perm: vec![1, 0] }, &[e], "out")
+        .unwrap();
+    g.set_outputs(vec![out]).unwrap();
+    let compiled = Compiler::new(Target::host())
+        .with_options(CompileOptions { threads: 1 })
+        .compile(&g)
+        .unwrap();
+    let inputs = [
+        Tensor::new(vec![2, 1], vec![1000i32, -3]).unwrap(),
+        Tensor::new(vec![2, 2], vec![5i16, 7, 11, 13]).unwrap(),
+    ];
+    let got = compiled.run(&inputs).unwrap();
+    let want = kiln_reference::run(&g, &inputs).unwrap();
+    assert_eq!(got, want);
+}
