@@ -48,6 +48,8 @@ pub enum CliError {
         line: usize,
         reason: String,
     },
+    #[error("cannot compile the library")]
+    Compile(#[source] Box<kiln::AotError>),
     #[error("{0}")]
     Usage(String),
 }

@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod bench;
 pub mod compare;
+pub mod compile;
 pub mod conformance;
 pub mod data;
 pub mod error;
@@ -118,6 +119,28 @@ pub enum Command {
         #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = shapes::parse_binding)]
         input_shapes: Vec<ShapeBinding>,
     },
+    /// Compile a model into a self-contained native shared library with a C ABI.
+    Compile {
+        /// The ONNX model file.
+        model: PathBuf,
+        /// The shared library to write (e.g. `libmodel.so`).
+        #[arg(short, long, value_name = "OUT.so")]
+        out: PathBuf,
+        /// A built-in target (see `kiln targets`), `host`, or the path of a target .toml file.
+        #[arg(long, default_value = "host")]
+        target: String,
+        /// Also write the C header of the library's ABI, with this model's inputs and outputs.
+        #[arg(long, value_name = "OUT.h")]
+        header: Option<PathBuf>,
+        /// Build a library whose code never uses threads (no pool, smaller).
+        #[arg(long)]
+        single_thread: bool,
+        /// Bind an input's shape, e.g. `input=1,3,224,224` (repeatable).
+        #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = shapes::parse_binding)]
+        input_shapes: Vec<ShapeBinding>,
+    },
+    /// List the built-in compilation targets.
+    Targets,
 }
 
 /// `--rtol` / `--atol`: an element matches when `|a - b| <= atol + rtol * |b|`.
@@ -244,6 +267,26 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
                 input_shapes,
             };
             bench::print(&bench::bench(&req)?, json);
+            Ok(Outcome::Pass)
+        }
+        Command::Compile {
+            model,
+            out,
+            target,
+            header,
+            single_thread,
+            input_shapes,
+        } => compile::compile(&compile::CompileRequest {
+            model,
+            out,
+            target,
+            header,
+            single_thread,
+            input_shapes,
+        })
+        .map(|()| Outcome::Pass),
+        Command::Targets => {
+            compile::targets();
             Ok(Outcome::Pass)
         }
     }

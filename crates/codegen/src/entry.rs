@@ -22,7 +22,7 @@ use cranelift_codegen::ir::{
     StackSlotKind, UserFuncName,
 };
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
-use cranelift_module::{FuncId, Linkage, Module};
+use cranelift_module::{FuncId, Module};
 use kiln_tir::{PrimFunc, Stmt};
 use std::collections::BTreeSet;
 
@@ -165,7 +165,7 @@ pub(crate) fn define_entry<M: Module>(
     let sig = entry_signature(em);
     let id = em
         .module
-        .declare_function(&entry.name, Linkage::Export, &sig)
+        .declare_function(&entry.name, em.entry_linkage, &sig)
         .map_err(|e| cl_err(&entry.name, e))?;
     let ptr = em.host.ptr;
     let mut func = Function::with_name_signature(UserFuncName::user(1, id.as_u32()), sig);

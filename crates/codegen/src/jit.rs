@@ -9,7 +9,7 @@
 #![allow(unsafe_code)]
 
 use crate::entry::{self, EntryLayout, ModelEntry};
-use crate::isa::{host_isa, HostInfo};
+use crate::isa::{target_isa, HostInfo};
 use crate::kernel::{elem_bytes, EmitState};
 use crate::runtime::HOOKS;
 use crate::{CodegenError, CodegenOptions, CompileStats, Threads};
@@ -111,7 +111,7 @@ impl JitModule {
             .iter()
             .map(|e| entry::layout(e, funcs))
             .collect::<Result<Vec<_>, _>>()?;
-        let isa = host_isa(false, opts.verify_ir)?;
+        let isa = target_isa(&opts.isa, false, opts.verify_ir)?;
         let host = HostInfo::of(&*isa);
         let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
         for h in HOOKS {

@@ -105,6 +105,10 @@ pub(crate) struct EmitState<'m, M: Module> {
     hooks: HashMap<&'static str, FuncId>,
     outlined: usize,
     pub stats: crate::CompileStats,
+    /// Linkage of kernels and model entries: `Export` in the JIT (looked up by name), `Local`
+    /// and `Hidden` in AOT objects (only the C ABI wrapper is visible outside the library).
+    pub kernel_linkage: Linkage,
+    pub entry_linkage: Linkage,
 }
 
 impl<'m, M: Module> EmitState<'m, M> {
@@ -120,6 +124,8 @@ impl<'m, M: Module> EmitState<'m, M> {
             hooks: HashMap::new(),
             outlined: 0,
             stats: crate::CompileStats::default(),
+            kernel_linkage: Linkage::Export,
+            entry_linkage: Linkage::Export,
         }
     }
 
@@ -200,7 +206,7 @@ impl<'m, M: Module> EmitState<'m, M> {
     pub fn declare_kernel(&mut self, f: &PrimFunc) -> Result<FuncId, CodegenError> {
         let sig = self.kernel_signature();
         self.module
-            .declare_function(&f.name, Linkage::Export, &sig)
+            .declare_function(&f.name, self.kernel_linkage, &sig)
             .map_err(|e| cl_err(&f.name, e))
     }
 

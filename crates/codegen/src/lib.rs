@@ -28,8 +28,10 @@
 //! Modules: [`isa`] (host flags), [`kernel`] (scalar lowering), [`vector`] (f32x4 / i32x4 code for
 //! vectorized loops), [`promote`] (small local tiles held in registers), [`parallel`] (outlining
 //! and private locals), [`runtime`] (the `extern "C"` hooks compiled code calls), [`entry`] (the
-//! whole-model entry function), [`jit`] (the safe JIT API).
+//! whole-model entry function), [`jit`] (the safe JIT API), [`aot`] (relocatable objects for a
+//! target ISA, linked into shared libraries by the `kiln` crate).
 
+pub mod aot;
 pub mod entry;
 pub mod isa;
 pub mod jit;
@@ -39,7 +41,9 @@ pub mod promote;
 pub mod runtime;
 pub mod vector;
 
+pub use aot::{compile_object, ObjectCode};
 pub use entry::{Arg, KernelCall, ModelEntry};
+pub use isa::IsaSpec;
 pub use jit::{JitModule, Kernel, ModelFn};
 
 use kiln_tir::VerifyError;
@@ -82,6 +86,8 @@ pub struct CodegenOptions {
     pub contract_fma: bool,
     /// Run Cranelift's IR verifier on every generated function (slower compiles; on in tests).
     pub verify_ir: bool,
+    /// The ISA to generate code for (the JIT needs one this machine runs natively).
+    pub isa: IsaSpec,
 }
 
 impl Default for CodegenOptions {
@@ -92,6 +98,7 @@ impl Default for CodegenOptions {
             use_fma: true,
             contract_fma: false,
             verify_ir: cfg!(debug_assertions),
+            isa: IsaSpec::Host,
         }
     }
 }

@@ -86,7 +86,7 @@ fn matmul_256_gflops() {
     };
     let par = CodegenOptions {
         threads: Threads::Global,
-        ..single
+        ..single.clone()
     };
     time(&naive, &single, "naive, 1 thread");
     let threads = rayon::current_num_threads();
@@ -97,7 +97,7 @@ fn matmul_256_gflops() {
         time(&f, &par, &format!("{tile}, {threads} threads"));
         let fast = CodegenOptions {
             contract_fma: true,
-            ..single
+            ..single.clone()
         };
         time(&f, &fast, &format!("{tile} + FMA contraction, 1 thread"));
     }

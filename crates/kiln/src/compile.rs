@@ -8,7 +8,7 @@
 //! entry returns.
 
 use crate::bytes::{tensor_bytes, tensor_from_bytes};
-use crate::CompileOptions;
+use crate::{CompileOptions, Target};
 use kiln_codegen::{Arg, CodegenOptions, JitModule, KernelCall, ModelEntry, Threads};
 use kiln_ir::{ConstId, Graph, Op, Tensor, TensorType, ValueDef, ValueId};
 use kiln_operators::kernel::{lower_graph, Kernel, KernelError, KernelInput};
@@ -28,6 +28,8 @@ pub enum CompileError {
     Plan(#[from] PlanError),
     #[error("code generation failed: {0}")]
     Codegen(#[from] kiln_codegen::CodegenError),
+    #[error("target `{0}` does not run on this machine: the JIT needs a native target (compile a library instead)")]
+    NotNative(String),
 }
 
 /// Why a compiled model could not run.
@@ -70,7 +72,7 @@ enum Storage {
 
 /// Where a graph output computed by no kernel is copied from after the entry returns.
 #[derive(Clone, Copy, Debug)]
-enum CopySource {
+pub(crate) enum CopySource {
     Input(usize),
     Constant(usize),
     Output(usize),
@@ -123,11 +125,68 @@ impl Planner<'_> {
     }
 }
 
+/// A graph lowered to kernels with its memory planned: what the JIT and the AOT library are
+/// both built from.
+#[derive(Debug)]
+pub(crate) struct PlannedModel {
+    pub funcs: Vec<kiln_tir::PrimFunc>,
+    pub entry: ModelEntry,
+    pub constants: Vec<Vec<u8>>,
+    pub copies: Vec<(usize, CopySource)>,
+    pub input_types: Vec<TensorType>,
+    pub input_names: Vec<String>,
+    pub output_types: Vec<TensorType>,
+    pub output_names: Vec<String>,
+    pub arena_bytes: usize,
+    pub naive_bytes: usize,
+}
+
+impl PlannedModel {
+    /// JIT code generation options for `threads` threads.
+    pub fn codegen_options(threads: usize, isa: kiln_codegen::IsaSpec) -> CodegenOptions {
+        CodegenOptions {
+            isa,
+            threads: if threads <= 1 {
+                Threads::Single
+            } else {
+                Threads::Pool(threads)
+            },
+            ..CodegenOptions::default()
+        }
+    }
+}
+
 pub(crate) fn compile(
     graph: &Graph,
+    target: &Target,
     options: &CompileOptions,
 ) -> Result<CompiledModel, CompileError> {
+    if !target.runs_natively() {
+        return Err(CompileError::NotNative(target.name().into()));
+    }
     let start = Instant::now();
+    let planned = plan_model(graph, ENTRY)?;
+    let codegen = PlannedModel::codegen_options(options.threads, target.isa_spec());
+    let jit = JitModule::compile_with_entries(&planned.funcs, &[planned.entry], &codegen)?;
+    let stats = CompileStats {
+        kernels: planned.funcs.len(),
+        arena_bytes: planned.arena_bytes,
+        naive_bytes: planned.naive_bytes,
+        compile_ms: start.elapsed().as_secs_f64() * 1e3,
+    };
+    Ok(CompiledModel {
+        jit,
+        input_types: planned.input_types,
+        input_names: planned.input_names,
+        output_types: planned.output_types,
+        constants: planned.constants,
+        copies: planned.copies,
+        stats,
+    })
+}
+
+/// Lowers `graph` to kernels, plans its memory and builds the entry `entry_name` calling them.
+pub(crate) fn plan_model(graph: &Graph, entry_name: &str) -> Result<PlannedModel, CompileError> {
     graph.verify()?;
     let folded = crate::empty::fold_empty_tensors(graph)?;
     let graph = folded.as_ref().unwrap_or(graph);
@@ -248,7 +307,7 @@ pub(crate) fn compile(
     }
     let memory = plan(&p.requests)?;
     let entry = ModelEntry {
-        name: ENTRY.into(),
+        name: entry_name.into(),
         calls: kernels
             .iter()
             .enumerate()
@@ -277,41 +336,26 @@ pub(crate) fn compile(
             f
         })
         .collect();
-    let codegen = CodegenOptions {
-        threads: if options.threads <= 1 {
-            Threads::Single
-        } else {
-            Threads::Pool(options.threads)
-        },
-        ..CodegenOptions::default()
-    };
-    let jit = JitModule::compile_with_entries(&funcs, &[entry], &codegen)?;
-    let stats = CompileStats {
-        kernels: funcs.len(),
-        arena_bytes: memory.arena_bytes,
-        naive_bytes: memory.naive_bytes,
-        compile_ms: start.elapsed().as_secs_f64() * 1e3,
-    };
-    Ok(CompiledModel {
-        jit,
-        input_types: graph
-            .inputs()
-            .iter()
-            .map(|&v| graph.ty(v).clone())
-            .collect(),
-        input_names: graph
-            .inputs()
+    let names = |values: &[ValueId]| -> Vec<String> {
+        values
             .iter()
             .map(|&v| graph.value(v).name.clone().unwrap_or_default())
-            .collect(),
-        output_types: graph
-            .outputs()
-            .iter()
-            .map(|&v| graph.ty(v).clone())
-            .collect(),
+            .collect()
+    };
+    let types = |values: &[ValueId]| -> Vec<TensorType> {
+        values.iter().map(|&v| graph.ty(v).clone()).collect()
+    };
+    Ok(PlannedModel {
+        funcs,
+        entry,
         constants: p.constants,
         copies,
-        stats,
+        input_types: types(graph.inputs()),
+        input_names: names(graph.inputs()),
+        output_types: types(graph.outputs()),
+        output_names: names(graph.outputs()),
+        arena_bytes: memory.arena_bytes,
+        naive_bytes: memory.naive_bytes,
     })
 }
 

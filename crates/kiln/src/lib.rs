@@ -17,36 +17,20 @@
 //! graph (up to float rounding of reordered reductions), allocating nothing per run but its one
 //! arena, whose size the memory plan fixed at compile time.
 
+pub mod aot;
 mod bytes;
 mod compile;
 mod empty;
+pub mod target;
 
+pub use aot::{AotError, AotOptions, LibraryInfo};
 pub use bytes::{tensor_bytes, tensor_from_bytes};
 pub use compile::{CompileError, CompileStats, CompiledModel, RunError};
 pub use kiln_ir::{DType, Graph, Tensor, TensorType};
 pub use kiln_onnx::{ImportError, ImportOptions, Model};
+pub use target::{Target, TargetError};
 
 use std::path::Path;
-
-/// The machine code is generated for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
-    name: String,
-}
-
-impl Target {
-    /// The machine Kiln runs on, with every ISA feature it has (JIT).
-    pub fn host() -> Target {
-        Target {
-            name: "host".into(),
-        }
-    }
-
-    /// The target's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-}
 
 /// Options of a compilation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,9 +74,19 @@ impl Compiler {
         &self.target
     }
 
-    /// Compiles a verified graph into native code.
+    /// Compiles a verified graph into a self-contained shared library at `out` (see [`aot`]).
+    pub fn compile_library(
+        &self,
+        graph: &Graph,
+        options: &AotOptions,
+        out: &Path,
+    ) -> Result<LibraryInfo, AotError> {
+        aot::compile_library(graph, &self.target, options, out)
+    }
+
+    /// Compiles a verified graph into native code (JIT) for this machine.
     pub fn compile(&self, graph: &Graph) -> Result<CompiledModel, CompileError> {
-        compile::compile(graph, &self.options)
+        compile::compile(graph, &self.target, &self.options)
     }
 }
 

@@ -29,8 +29,33 @@ pub struct HostInfo {
     pub has_vector_round: bool,
 }
 
+/// Which machine code is generated for.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum IsaSpec {
+    /// The machine codegen runs on, with every feature `cranelift_native` detects (the JIT).
+    #[default]
+    Host,
+    /// Another machine (AOT): a target triple (`x86_64-unknown-linux-gnu`,
+    /// `aarch64-unknown-linux-gnu`) and Cranelift ISA flags set on top of that architecture's
+    /// baseline (`has_avx2 = true`, ...).
+    Triple {
+        triple: String,
+        flags: Vec<(String, String)>,
+    },
+}
+
 /// The native ISA, `pic` for position-independent code (AOT); the JIT needs `pic = false`.
 pub fn host_isa(pic: bool, verify_ir: bool) -> Result<OwnedTargetIsa, CodegenError> {
+    target_isa(&IsaSpec::Host, pic, verify_ir)
+}
+
+/// The ISA `spec` names, with codegen's shared settings; an unknown triple or flag is an error
+/// naming it.
+pub fn target_isa(
+    spec: &IsaSpec,
+    pic: bool,
+    verify_ir: bool,
+) -> Result<OwnedTargetIsa, CodegenError> {
     let err = |e: &dyn std::fmt::Display| CodegenError::Isa(e.to_string());
     let mut flags = settings::builder();
     for (name, value) in [
@@ -43,7 +68,19 @@ pub fn host_isa(pic: bool, verify_ir: bool) -> Result<OwnedTargetIsa, CodegenErr
     ] {
         flags.set(name, value).map_err(|e| err(&e))?;
     }
-    let builder = cranelift_native::builder().map_err(|e| err(&e))?;
+    let builder = match spec {
+        IsaSpec::Host => cranelift_native::builder().map_err(|e| err(&e))?,
+        IsaSpec::Triple { triple, flags } => {
+            let mut b = cranelift_codegen::isa::lookup_by_name(triple)
+                .map_err(|e| CodegenError::Isa(format!("target triple `{triple}`: {e}")))?;
+            for (name, value) in flags {
+                b.set(name, value).map_err(|e| {
+                    CodegenError::Isa(format!("ISA flag `{name} = {value}` for `{triple}`: {e}"))
+                })?;
+            }
+            b
+        }
+    };
     let isa = builder
         .finish(settings::Flags::new(flags))
         .map_err(|e| err(&e))?;

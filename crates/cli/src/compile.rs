@@ -1,0 +1,63 @@
+//! `kiln compile` (a model into a native shared library) and `kiln targets`.
+//!
+//! Invariant: `compile` either writes the library (and the header when asked) and prints one
+//! summary line, or fails with a [`CliError`] that names the missing linker's package, the
+//! unknown target or the import error; it never leaves a half-written library at `-o` that a
+//! later step could mistake for a good one (the linker writes it last).
+
+use crate::error::CliError;
+use crate::shapes::ShapeBinding;
+use kiln::{AotOptions, Compiler, Target};
+use std::path::PathBuf;
+
+/// What `kiln compile` was asked to do.
+#[derive(Debug)]
+pub struct CompileRequest {
+    pub model: PathBuf,
+    pub out: PathBuf,
+    pub target: String,
+    pub header: Option<PathBuf>,
+    pub single_thread: bool,
+    pub input_shapes: Vec<ShapeBinding>,
+}
+
+/// Compiles the model into a shared library and prints what was built.
+pub fn compile(req: &CompileRequest) -> Result<(), CliError> {
+    let target = Target::named(&req.target).map_err(|e| CliError::Usage(e.to_string()))?;
+    let model = crate::load(&req.model, &req.input_shapes)?;
+    let options = AotOptions {
+        parallel: !req.single_thread,
+        header: req.header.clone(),
+    };
+    let info = Compiler::new(target.clone())
+        .compile_library(&model.graph, &options, &req.out)
+        .map_err(|e| CliError::Compile(Box::new(e)))?;
+    println!(
+        "{}: {} bytes for {} ({} kernels, {} bytes of weights, arena {} bytes; codegen {:.0} ms, link {:.0} ms)",
+        info.path.display(),
+        info.library_bytes,
+        target.name(),
+        info.kernels,
+        info.constant_bytes,
+        info.arena_bytes,
+        info.codegen_ms,
+        info.link_ms
+    );
+    if let Some(h) = &req.header {
+        println!("{}: C header", h.display());
+    }
+    Ok(())
+}
+
+/// Prints every built-in target: name, triple, linker and description.
+pub fn targets() {
+    for t in Target::builtin() {
+        println!(
+            "{:<26} {:<26} linker {:<22} {}",
+            t.name(),
+            t.triple().unwrap_or("(native)"),
+            t.linker(),
+            t.description()
+        );
+    }
+}

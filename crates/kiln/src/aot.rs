@@ -1,0 +1,383 @@
+//! Ahead-of-time compilation into a self-contained native shared library with a C ABI.
+//!
+//! The model is planned exactly as for the JIT ([`crate::compile::plan_model`]); Cranelift
+//! compiles its kernels, entry and weights into one object for the target
+//! ([`kiln_codegen::compile_object`]); Kiln then writes a small C file (the model's input and
+//! output tables, followed by the runtime `crates/runtime/c/kiln_model_rt.c`) and links both with
+//! the target's C compiler into `lib*.so`. The C ABI is `crates/runtime/c/kiln_model.h`.
+//!
+//! Invariant: the library runs exactly the machine code the JIT runs for the same graph (the
+//! same lowering, memory plan and entry function); it needs nothing at run time but libc, libm
+//! and pthread; and it exports only the symbols of [`EXPORTED_SYMBOLS`] (a linker version script
+//! hides everything else).
+
+use crate::compile::{plan_model, CompileError, CopySource, PlannedModel};
+use crate::target::Target;
+use kiln_codegen::{CodegenOptions, Threads};
+use kiln_ir::{DType, Graph};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// The C header of every compiled library (model-specific macros are appended).
+pub const HEADER: &str = include_str!("../../runtime/c/kiln_model.h");
+/// The runtime compiled into every library.
+const RUNTIME_C: &str = include_str!("../../runtime/c/kiln_model_rt.c");
+
+/// The symbols a compiled library exports: the functions of [`HEADER`].
+pub const EXPORTED_SYMBOLS: &[&str] = &[
+    "kiln_abi_version",
+    "kiln_model_num_inputs",
+    "kiln_model_num_outputs",
+    "kiln_model_input_info",
+    "kiln_model_output_info",
+    "kiln_model_arena_bytes",
+    "kiln_model_create",
+    "kiln_model_run",
+    "kiln_model_destroy",
+    "kiln_status_string",
+];
+
+const ENTRY: &str = "kiln__entry";
+const CONSTANTS: &str = "kiln__constants";
+
+/// Why a library could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AotError {
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the linker `{linker}` for target `{target}` is not installed (on Debian/Ubuntu: \
+         apt-get install {packages})"
+    )]
+    LinkerMissing {
+        linker: String,
+        target: String,
+        packages: String,
+    },
+    #[error("linking failed: `{command}` exited with {status}:\n{stderr}")]
+    LinkFailed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+/// Options of an AOT compilation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AotOptions {
+    /// Emit parallel loops that run on the library's thread pool (`false`: a single-threaded
+    /// library whose code never calls the pool).
+    pub parallel: bool,
+    /// Where to write the C header (`None`: no header).
+    pub header: Option<PathBuf>,
+}
+
+impl Default for AotOptions {
+    fn default() -> Self {
+        AotOptions {
+            parallel: true,
+            header: None,
+        }
+    }
+}
+
+/// What was built.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LibraryInfo {
+    /// The shared library.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub library_bytes: u64,
+    /// Bytes of embedded weights.
+    pub constant_bytes: usize,
+    /// Kernels the entry calls.
+    pub kernels: usize,
+    /// The arena each context allocates.
+    pub arena_bytes: usize,
+    /// Wall time of lowering and code generation, in milliseconds.
+    pub codegen_ms: f64,
+    /// Wall time of the C compiler and linker, in milliseconds.
+    pub link_ms: f64,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AotError + '_ {
+    move |source| AotError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Compiles `graph` for `target` into the shared library `out`.
+pub fn compile_library(
+    graph: &Graph,
+    target: &Target,
+    options: &AotOptions,
+    out: &Path,
+) -> Result<LibraryInfo, AotError> {
+    let linker = find_program(target.linker()).ok_or_else(|| AotError::LinkerMissing {
+        linker: target.linker().into(),
+        target: target.name().into(),
+        packages: target.linker_packages().into(),
+    })?;
+    let start = Instant::now();
+    let planned = plan_model(graph, ENTRY)?;
+    let codegen = CodegenOptions {
+        threads: if options.parallel {
+            Threads::Global
+        } else {
+            Threads::Single
+        },
+        isa: target.isa_spec(),
+        ..CodegenOptions::default()
+    };
+    let constants: Vec<&[u8]> = planned.constants.iter().map(Vec::as_slice).collect();
+    let object = kiln_codegen::compile_object(
+        "kiln_model",
+        &planned.funcs,
+        std::slice::from_ref(&planned.entry),
+        &constants,
+        CONSTANTS,
+        &codegen,
+    )
+    .map_err(CompileError::from)?;
+    let codegen_ms = start.elapsed().as_secs_f64() * 1e3;
+
+    let start = Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix("kiln-aot-")
+        .tempdir()
+        .map_err(io_err(&std::env::temp_dir()))?;
+    let header = model_header(&planned);
+    let files = [
+        ("kiln_model.o", object.bytes.clone()),
+        ("kiln_model.h", header.clone().into_bytes()),
+        ("kiln_model_rt.c", RUNTIME_C.as_bytes().to_vec()),
+        (
+            "kiln_model.c",
+            model_tables(&planned, options.parallel).into_bytes(),
+        ),
+        ("exports.map", version_script().into_bytes()),
+    ];
+    for (name, bytes) in &files {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).map_err(io_err(&path))?;
+    }
+    let mut cmd = Command::new(&linker);
+    cmd.current_dir(dir.path())
+        .args(["-shared", "-fPIC", "-O2", "-std=gnu99", "-o"])
+        .arg(absolute(out))
+        .args([
+            "kiln_model.c",
+            "kiln_model.o",
+            "-Wl,--version-script=exports.map",
+            "-Wl,--no-undefined",
+            "-Wl,-z,noexecstack",
+            "-lm",
+            "-lpthread",
+        ]);
+    let output = cmd.output().map_err(io_err(&linker))?;
+    if !output.status.success() {
+        return Err(AotError::LinkFailed {
+            command: format!("{cmd:?}"),
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    if let Some(h) = &options.header {
+        std::fs::write(h, header).map_err(io_err(h))?;
+    }
+    let library_bytes = std::fs::metadata(out).map_err(io_err(out))?.len();
+    Ok(LibraryInfo {
+        path: out.to_path_buf(),
+        library_bytes,
+        constant_bytes: constants.iter().map(|c| c.len()).sum(),
+        kernels: planned.funcs.len(),
+        arena_bytes: planned.arena_bytes,
+        codegen_ms,
+        link_ms: start.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// The program `name` as the OS would find it: a path, or the first match on `PATH`.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return p.is_file().then_some(p);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+fn version_script() -> String {
+    let mut s = String::from("{\n  global:\n");
+    for sym in EXPORTED_SYMBOLS {
+        let _ = writeln!(s, "    {sym};");
+    }
+    s.push_str("  local:\n    *;\n};\n");
+    s
+}
+
+/// The C value of a dtype (`KILN_DTYPE_*`).
+fn dtype_code(d: DType) -> i32 {
+    match d {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::I8 => 2,
+        DType::U8 => 3,
+        DType::I16 => 4,
+        DType::I32 => 5,
+        DType::I64 => 6,
+        DType::Bool => 7,
+    }
+}
+
+/// `s` as a C string literal.
+fn c_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for b in s.bytes() {
+        match b {
+            b'"' | b'\\' => {
+                out.push('\\');
+                out.push(b as char);
+            }
+            0x20..=0x7e if b != b'?' => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\{b:03o}");
+            }
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The header: [`HEADER`] with the model's inputs and outputs described before its end.
+fn model_header(m: &PlannedModel) -> String {
+    let mut block = String::from("/* This model:\n");
+    let describe =
+        |block: &mut String, what: &str, names: &[String], types: &[kiln_ir::TensorType]| {
+            for (i, (n, t)) in names.iter().zip(types).enumerate() {
+                let name = n.replace("*/", "* /");
+                let _ = writeln!(block, " *   {what} {i}: `{name}` {t}");
+            }
+        };
+    describe(&mut block, "input", &m.input_names, &m.input_types);
+    describe(&mut block, "output", &m.output_names, &m.output_types);
+    let _ = writeln!(
+        block,
+        " */\n#define KILN_MODEL_NUM_INPUTS {}\n#define KILN_MODEL_NUM_OUTPUTS {}\n",
+        m.input_types.len(),
+        m.output_types.len()
+    );
+    let end = "#endif /* KILN_MODEL_H */";
+    HEADER.replace(end, &format!("{block}{end}"))
+}
+
+/// The generated C file: the tables the runtime reads, then the runtime itself.
+fn model_tables(m: &PlannedModel, parallel: bool) -> String {
+    let mut c = String::from(
+        "/* Generated by Kiln: the model's tables, then the runtime (kiln_model_rt.c). */\n\
+         #include \"kiln_model.h\"\n\n",
+    );
+    let _ = writeln!(c, "#define KILN__ENTRY {ENTRY}");
+    let _ = writeln!(c, "#define KILN__CONSTANTS {CONSTANTS}");
+    let _ = writeln!(c, "#define KILN__NUM_INPUTS {}", m.input_types.len());
+    let _ = writeln!(c, "#define KILN__NUM_OUTPUTS {}", m.output_types.len());
+    let _ = writeln!(c, "#define KILN__NUM_COPIES {}", m.copies.len());
+    let _ = writeln!(c, "#define KILN__ARENA_BYTES ((size_t){}u)", m.arena_bytes);
+    let _ = writeln!(c, "#define KILN__PARALLEL {}\n", u8::from(parallel));
+    let _ = writeln!(
+        c,
+        "typedef struct kiln__copy {{\n    int32_t output, kind, source; /* kind: 0 input, 1 constant, 2 output */\n}} kiln__copy;\n"
+    );
+    let table = |c: &mut String, what: &str, names: &[String], types: &[kiln_ir::TensorType]| {
+        for (i, t) in types.iter().enumerate() {
+            let dims: Vec<String> = t.shape.iter().map(|d| format!("{d}")).collect();
+            let dims = if dims.is_empty() {
+                "0".to_string()
+            } else {
+                dims.join(", ")
+            };
+            let _ = writeln!(
+                c,
+                "static const int64_t kiln__{what}_shape_{i}[] = {{{dims}}};"
+            );
+        }
+        let _ = writeln!(c, "static const kiln_tensor_info kiln__{what}s[] = {{");
+        for (i, (n, t)) in names.iter().zip(types).enumerate() {
+            let _ = writeln!(
+                c,
+                "    {{{}, {}, {}, kiln__{what}_shape_{i}, (size_t){}u}},",
+                c_string(n),
+                dtype_code(t.dtype),
+                t.shape.len(),
+                t.byte_size()
+            );
+        }
+        if types.is_empty() {
+            c.push_str("    {0, 0, 0, 0, 0},\n");
+        }
+        c.push_str("};\n\n");
+    };
+    table(&mut c, "input", &m.input_names, &m.input_types);
+    table(&mut c, "output", &m.output_names, &m.output_types);
+    c.push_str("static const kiln__copy kiln__copies[] = {\n");
+    for &(output, source) in &m.copies {
+        let (kind, index) = match source {
+            CopySource::Input(i) => (0, i),
+            CopySource::Constant(k) => (1, k),
+            CopySource::Output(o) => (2, o),
+        };
+        let _ = writeln!(c, "    {{{output}, {kind}, {index}}},");
+    }
+    if m.copies.is_empty() {
+        c.push_str("    {0, 0, 0},\n");
+    }
+    c.push_str("};\n\n#include \"kiln_model_rt.c\"\n");
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn c_strings_escape_everything_unusual() {
+        assert_eq!(c_string("in:0"), "\"in:0\"");
+        assert_eq!(c_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(c_string("x\ny??=é"), "\"x\\012y\\077\\077=\\303\\251\"");
+    }
+
+    #[test]
+    fn the_version_script_exports_exactly_the_abi() {
+        let v = version_script();
+        for s in EXPORTED_SYMBOLS {
+            assert!(v.contains(&format!("{s};")));
+            assert!(
+                HEADER.contains(&format!("{s}(")),
+                "{s} is not in the header"
+            );
+        }
+        assert!(v.contains("local:\n    *;"));
+    }
+}
