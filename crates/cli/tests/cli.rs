@@ -374,3 +374,81 @@ fn conformance_on_a_folder_without_cases_is_an_error() {
     let o = kiln(["conformance".as_ref(), empty.as_os_str()]);
     expect_error(&o, "empty suite");
 }
+
+#[test]
+fn compile_writes_a_library_and_header_and_targets_lists_every_target() {
+    let dir = scratch("cli-compile");
+    let (model, _) = &bundled()[1];
+    let (lib, header) = (dir.join("libkws.so"), dir.join("kws.h"));
+    let o = kiln([
+        "compile".as_ref(),
+        model.as_os_str(),
+        "-o".as_ref(),
+        lib.as_os_str(),
+        "--header".as_ref(),
+        header.as_os_str(),
+        "--target".as_ref(),
+        "x86_64-linux-gnu-avx2".as_ref(),
+    ]);
+    let (out, _) = expect_code(&o, 0, "compile");
+    assert!(out.contains("x86_64-linux-gnu-avx2"), "{out}");
+    assert!(fs::metadata(&lib).unwrap().len() > 1000);
+    assert!(fs::read_to_string(&header)
+        .unwrap()
+        .contains("kiln_model_run"));
+    let (out, _) = expect_code(&kiln(["targets"]), 0, "targets");
+    for name in [
+        "host",
+        "x86_64-linux-gnu ",
+        "x86_64-linux-gnu-avx2",
+        "x86_64-linux-gnu-avx512",
+        "aarch64-linux-gnu",
+    ] {
+        assert!(out.contains(name), "{name} missing:\n{out}");
+    }
+}
+
+#[test]
+fn compile_errors_are_clean() {
+    let dir = scratch("cli-compile-errors");
+    let (model, _) = &bundled()[0];
+    let lib = dir.join("lib.so");
+    let err = expect_error(
+        &kiln([
+            "compile".as_ref(),
+            model.as_os_str(),
+            "-o".as_ref(),
+            lib.as_os_str(),
+            "--target".as_ref(),
+            "sparc-solaris".as_ref(),
+        ]),
+        "unknown target",
+    );
+    assert!(err.contains("unknown target `sparc-solaris`"), "{err}");
+    let bad = dir.join("bad.toml");
+    fs::write(&bad, "name = \"x\"\n").unwrap();
+    let err = expect_error(
+        &kiln([
+            "compile".as_ref(),
+            model.as_os_str(),
+            "-o".as_ref(),
+            lib.as_os_str(),
+            "--target".as_ref(),
+            bad.as_os_str(),
+        ]),
+        "bad target file",
+    );
+    assert!(err.contains("bad.toml"), "{err}");
+    expect_error(&kiln(["compile".as_ref(), model.as_os_str()]), "missing -o");
+    let missing = dir.join("missing.onnx");
+    expect_error(
+        &kiln([
+            "compile".as_ref(),
+            missing.as_os_str(),
+            "-o".as_ref(),
+            lib.as_os_str(),
+        ]),
+        "missing model",
+    );
+    assert!(!lib.exists());
+}

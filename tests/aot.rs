@@ -1,0 +1,545 @@
+//! AOT shared libraries end to end: compiled for x86-64 (host and the x86 targets) and aarch64,
+//! loaded from C (`examples/c/run_model.c`, under qemu-user for aarch64) and from Rust
+//! (`dlopen`), and compared with each model's expected outputs.
+//!
+//! Invariant: every library built here is checked against the model's reference outputs; its
+//! exported symbols are exactly the documented C ABI and its header compiles as strict C99. The
+//! aarch64 checks need `aarch64-linux-gnu-gcc` and `qemu-aarch64`: without them they say so and
+//! pass, unless `KILN_REQUIRE_CROSS=1` (set by CI), where their absence fails the test. Models of
+//! `../shared/models` are checked too when that folder exists (it does in CI, not in a user's
+//! clone).
+
+#![allow(unsafe_code)]
+
+use kiln::{AotOptions, Compiler, DType, Target, Tensor, TensorType};
+use kiln_tests::tests_dir;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A model with test data and the tolerance its outputs are compared with.
+#[derive(Clone, Debug)]
+struct Case {
+    name: String,
+    model: PathBuf,
+    data: PathBuf,
+    atol: f64,
+}
+
+fn repo() -> PathBuf {
+    tests_dir().join("..")
+}
+
+fn case(dir: &Path, name: &str) -> Case {
+    Case {
+        name: name.to_string(),
+        model: dir.join(format!("{name}.onnx")),
+        data: dir.join(format!("{name}_data")),
+        // The int8 model's output is dequantized: one quantization step is 1/255.
+        atol: if name.contains("int8") {
+            1.0 / 255.0 + 1e-6
+        } else {
+            1e-4
+        },
+    }
+}
+
+fn bundled_cases() -> Vec<Case> {
+    let dir = tests_dir().join("models");
+    ["resnet8_cifar", "dscnn_kws", "resnet8_cifar_int8"]
+        .iter()
+        .map(|n| case(&dir, n))
+        .collect()
+}
+
+/// The bundled models, plus those of `../shared/models` when it exists.
+fn all_cases() -> Vec<Case> {
+    let mut cases = bundled_cases();
+    let shared = repo().join("../shared/models");
+    if let Ok(entries) = std::fs::read_dir(&shared) {
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let p = e.path();
+                let stem = p.file_stem()?.to_str()?.to_string();
+                (p.extension()? == "onnx" && shared.join(format!("{stem}_data")).is_dir())
+                    .then_some(stem)
+            })
+            .collect();
+        names.sort();
+        cases.extend(names.iter().map(|n| Case {
+            name: format!("shared/{n}"),
+            ..case(&shared, n)
+        }));
+    } else {
+        eprintln!(
+            "note: no {} here: only the bundled models",
+            shared.display()
+        );
+    }
+    cases
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-aot-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn have(program: &str) -> bool {
+    kiln::aot::find_program(program).is_some()
+}
+
+/// Whether the cross tools are here; without them, fails under `KILN_REQUIRE_CROSS=1`.
+fn cross_tools_or_skip(target: &Target) -> bool {
+    let runner = target.runner().first().map(String::as_str).unwrap_or("");
+    if have(target.linker()) && (runner.is_empty() || have(runner)) {
+        return true;
+    }
+    let msg = format!(
+        "{} needs `{}` and `{runner}` (apt-get install {} {})",
+        target.name(),
+        target.linker(),
+        target.linker_packages(),
+        target.runner_packages()
+    );
+    assert!(
+        std::env::var("KILN_REQUIRE_CROSS").as_deref() != Ok("1"),
+        "{msg}"
+    );
+    eprintln!("SKIPPED (set KILN_REQUIRE_CROSS=1 to make this an error): {msg}");
+    false
+}
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `examples/c/run_model.c` built by `cc`, strict C99.
+fn build_runner(cc: &str, out: &Path) {
+    run(Command::new(cc)
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", "-I"])
+        .arg(repo().join("crates/runtime/c"))
+        .arg(repo().join("examples/c/run_model.c"))
+        .arg("-o")
+        .arg(out)
+        .arg("-ldl"));
+}
+
+fn load(c: &Case) -> (kiln::Model, Vec<Tensor>, Vec<Tensor>) {
+    let model = kiln::load_onnx(&c.model, &Default::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", c.name));
+    let read = |prefix: &str, n: usize| -> Vec<Tensor> {
+        (0..n)
+            .map(|i| {
+                kiln::read_tensor(c.data.join(format!("{prefix}_{i}.pb")))
+                    .unwrap_or_else(|e| panic!("{}: {e}", c.name))
+                    .1
+            })
+            .collect()
+    };
+    let inputs = read("input", model.graph.inputs().len());
+    let expected = read("output", model.graph.outputs().len());
+    (model, inputs, expected)
+}
+
+fn assert_close(c: &Case, what: &str, got: &Tensor, expected: &Tensor) {
+    assert_eq!(got.ty(), expected.ty(), "{}: {what}", c.name);
+    let (g, e) = (got.data().to_f64_vec(), expected.data().to_f64_vec());
+    let worst = g
+        .iter()
+        .zip(&e)
+        .map(|(a, b)| (a - b).abs() - 1e-3 * b.abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst <= c.atol,
+        "{} ({what}): off by {worst} beyond rtol 1e-3 (atol {})",
+        c.name,
+        c.atol
+    );
+    println!("{} ({what}): within tolerance (excess {worst:.2e})", c.name);
+}
+
+/// Compiles `c` for `target`, runs it through the C runner (with `prefix`, e.g. qemu) and
+/// compares every output.
+fn check_through_c(c: &Case, target: &Target, runner: &Path, prefix: &[String], dir: &Path) {
+    let (model, inputs, expected) = load(c);
+    let lib = dir.join(format!("lib{}.so", c.name.replace('/', "_")));
+    Compiler::new(target.clone())
+        .compile_library(&model.graph, &AotOptions::default(), &lib)
+        .unwrap_or_else(|e| panic!("{} for {}: {e}", c.name, target.name()));
+    let out = dir.join(format!("{}-out", c.name.replace('/', "_")));
+    std::fs::create_dir_all(&out).unwrap();
+    let mut args: Vec<PathBuf> = vec![lib.clone(), out.clone()];
+    for (i, t) in inputs.iter().enumerate() {
+        let p = out.join(format!("input_{i}.bin"));
+        std::fs::write(&p, kiln::tensor_bytes(t)).unwrap();
+        args.push(p);
+    }
+    let mut cmd = match prefix.split_first() {
+        Some((program, rest)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(rest).arg(runner);
+            cmd
+        }
+        None => Command::new(runner),
+    };
+    run(cmd.args(&args).env("KILN_NUM_THREADS", "2"));
+    for (j, e) in expected.iter().enumerate() {
+        let bytes = std::fs::read(out.join(format!("output_{j}.bin"))).unwrap();
+        let got = kiln::tensor_from_bytes(e.ty(), &bytes)
+            .unwrap_or_else(|| panic!("{} output {j}: wrong size", c.name));
+        assert_close(c, &format!("{} output {j} via C", target.name()), &got, e);
+    }
+}
+
+#[test]
+fn x86_64_libraries_run_from_c_and_match() {
+    let dir = scratch("x86");
+    let runner = dir.join("run_model");
+    build_runner("cc", &runner);
+    for c in all_cases() {
+        check_through_c(&c, &Target::host(), &runner, &[], &dir);
+    }
+    // Every x86-64 target runs here (this machine has AVX-512): the ISA flags change the code.
+    for name in [
+        "x86_64-linux-gnu",
+        "x86_64-linux-gnu-avx2",
+        "x86_64-linux-gnu-avx512",
+    ] {
+        let target = Target::named(name).unwrap();
+        for c in bundled_cases() {
+            check_through_c(&c, &target, &runner, &[], &dir);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn aarch64_libraries_run_under_qemu_and_match() {
+    let target = Target::named("aarch64-linux-gnu").unwrap();
+    if !cross_tools_or_skip(&target) {
+        return;
+    }
+    let dir = scratch("aarch64");
+    let runner = dir.join("run_model");
+    build_runner(target.linker(), &runner);
+    for c in all_cases() {
+        check_through_c(&c, &target, &runner, target.runner(), &dir);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_missing_linker_is_an_error_naming_its_package() {
+    let text = std::fs::read_to_string(repo().join("targets/aarch64-linux-gnu.toml"))
+        .unwrap()
+        .replace("aarch64-linux-gnu-gcc\"", "kiln-test-no-such-gcc\"");
+    let target = Target::parse(&text, "test.toml").unwrap();
+    let c = &bundled_cases()[0];
+    let (model, _, _) = load(c);
+    let dir = scratch("nolinker");
+    let err = Compiler::new(target)
+        .compile_library(&model.graph, &AotOptions::default(), &dir.join("x.so"))
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("kiln-test-no-such-gcc") && msg.contains("apt-get install gcc-aarch64"),
+        "{msg}"
+    );
+    assert!(!dir.join("x.so").exists());
+}
+
+#[test]
+fn only_the_c_abi_is_exported_and_the_header_is_strict_c99() {
+    let dir = scratch("abi");
+    let c = &bundled_cases()[1];
+    let (model, _, _) = load(c);
+    let (lib, header) = (dir.join("libm.so"), dir.join("model.h"));
+    let options = AotOptions {
+        header: Some(header.clone()),
+        ..AotOptions::default()
+    };
+    Compiler::new(Target::host())
+        .compile_library(&model.graph, &options, &lib)
+        .unwrap();
+    let nm = run(Command::new("nm").args(["-D", "--defined-only"]).arg(&lib));
+    let mut exported: Vec<String> = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_string))
+        .collect();
+    exported.sort();
+    let mut documented: Vec<String> = kiln::aot::EXPORTED_SYMBOLS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    documented.sort();
+    assert_eq!(exported, documented);
+    let text = std::fs::read_to_string(&header).unwrap();
+    assert!(text.contains("#define KILN_MODEL_NUM_INPUTS 1"), "{text}");
+    // The header alone, and used by a C file, compiles without a warning.
+    let user = dir.join("user.c");
+    std::fs::write(
+        &user,
+        "#include \"model.h\"\nint main(void) { kiln_tensor_info i; (void)i; \
+         return KILN_MODEL_NUM_INPUTS == 1 ? 0 : 1; }\n",
+    )
+    .unwrap();
+    run(Command::new("cc")
+        .args([
+            "-std=c99",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-c",
+            "-o",
+        ])
+        .arg(dir.join("user.o"))
+        .arg(&user));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The C ABI, called from Rust through `dlopen`.
+mod ffi {
+    use super::*;
+    use std::ffi::{c_char, c_void, CStr};
+
+    #[repr(C)]
+    pub struct TensorInfo {
+        pub name: *const c_char,
+        pub dtype: i32,
+        pub rank: i32,
+        pub shape: *const i64,
+        pub bytes: usize,
+    }
+
+    type InfoFn = unsafe extern "C" fn(i32, *mut TensorInfo) -> i32;
+    type CreateFn = unsafe extern "C" fn(i32, *mut *mut c_void) -> i32;
+    type RunFn = unsafe extern "C" fn(*mut c_void, *const *const c_void, *const *mut c_void) -> i32;
+    type DestroyFn = unsafe extern "C" fn(*mut c_void);
+    type CountFn = unsafe extern "C" fn() -> i32;
+
+    /// A loaded model library.
+    pub struct Library {
+        lib: libloading::Library,
+    }
+
+    /// One context of a loaded library.
+    pub struct Context<'l> {
+        lib: &'l Library,
+        ptr: *mut c_void,
+    }
+
+    impl Library {
+        pub fn open(path: &Path) -> Library {
+            // SAFETY: loading a library Kiln just built runs no initialisers beyond libc's.
+            let lib = unsafe { libloading::Library::new(path) }.unwrap();
+            Library { lib }
+        }
+
+        fn sym<T: Copy>(&self, name: &str) -> T {
+            // SAFETY: each call site names a function of kiln_model.h with its C signature.
+            unsafe { *self.lib.get::<T>(name.as_bytes()).unwrap() }
+        }
+
+        pub fn count(&self, name: &str) -> i32 {
+            // SAFETY: `kiln_model_num_*` take nothing and return an int32_t.
+            unsafe { self.sym::<CountFn>(name)() }
+        }
+
+        /// `(status, name, dtype, shape, bytes)` of input or output `i`.
+        pub fn info(&self, output: bool, i: i32) -> (i32, String, i32, Vec<i64>, usize) {
+            let f: InfoFn = self.sym(if output {
+                "kiln_model_output_info"
+            } else {
+                "kiln_model_input_info"
+            });
+            let mut info = TensorInfo {
+                name: std::ptr::null(),
+                dtype: -1,
+                rank: 0,
+                shape: std::ptr::null(),
+                bytes: 0,
+            };
+            // SAFETY: `info` is a valid, writable TensorInfo.
+            let s = unsafe { f(i, &mut info) };
+            if s != 0 {
+                return (s, String::new(), -1, vec![], 0);
+            }
+            // SAFETY: on success the library filled in a NUL-terminated name and `rank` dims
+            // that live as long as the library.
+            let (name, shape) = unsafe {
+                (
+                    CStr::from_ptr(info.name).to_string_lossy().into_owned(),
+                    std::slice::from_raw_parts(info.shape, info.rank as usize).to_vec(),
+                )
+            };
+            (s, name, info.dtype, shape, info.bytes)
+        }
+
+        pub fn create(&self, threads: i32) -> Context<'_> {
+            let f: CreateFn = self.sym("kiln_model_create");
+            let mut ptr = std::ptr::null_mut();
+            // SAFETY: `ptr` is a valid out-pointer.
+            let s = unsafe { f(threads, &mut ptr) };
+            assert_eq!(s, 0, "kiln_model_create");
+            assert!(!ptr.is_null());
+            Context { lib: self, ptr }
+        }
+
+        /// `kiln_model_run` with raw pointers (for the argument checks).
+        pub fn run_raw(
+            &self,
+            ctx: *mut c_void,
+            inputs: *const *const c_void,
+            outputs: *const *mut c_void,
+        ) -> i32 {
+            let f: RunFn = self.sym("kiln_model_run");
+            // SAFETY: callers pass null or arrays of live buffers of the declared sizes.
+            unsafe { f(ctx, inputs, outputs) }
+        }
+    }
+
+    impl Context<'_> {
+        /// The context pointer, for calls that must fail before using it.
+        pub fn raw(&self) -> *mut c_void {
+            self.ptr
+        }
+
+        /// Runs on byte buffers sized from the infos; returns the status.
+        pub fn run(&mut self, inputs: &[Vec<u8>], outputs: &mut [Vec<u8>]) -> i32 {
+            let ins: Vec<*const c_void> = inputs.iter().map(|b| b.as_ptr().cast()).collect();
+            let outs: Vec<*mut c_void> =
+                outputs.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
+            self.lib.run_raw(self.ptr, ins.as_ptr(), outs.as_ptr())
+        }
+    }
+
+    impl Drop for Context<'_> {
+        fn drop(&mut self) {
+            let f: DestroyFn = self.lib.sym("kiln_model_destroy");
+            // SAFETY: `ptr` came from kiln_model_create and is destroyed once.
+            unsafe { f(self.ptr) }
+        }
+    }
+}
+
+fn dtype_code(d: DType) -> i32 {
+    DType::ALL.iter().position(|&x| x == d).unwrap() as i32
+}
+
+#[test]
+fn a_library_loaded_from_rust_matches_and_describes_its_model() {
+    let dir = scratch("rust");
+    for c in all_cases() {
+        let (model, inputs, expected) = load(&c);
+        let lib = dir.join(format!("lib{}.so", c.name.replace('/', "_")));
+        Compiler::new(Target::host())
+            .compile_library(&model.graph, &AotOptions::default(), &lib)
+            .unwrap();
+        let l = ffi::Library::open(&lib);
+        assert_eq!(l.count("kiln_model_num_inputs"), inputs.len() as i32);
+        assert_eq!(l.count("kiln_model_num_outputs"), expected.len() as i32);
+        for (i, &v) in model.graph.inputs().iter().enumerate() {
+            let (s, name, dtype, shape, bytes) = l.info(false, i as i32);
+            let ty: &TensorType = model.graph.ty(v);
+            assert_eq!(s, 0);
+            assert_eq!(Some(name), model.graph.value(v).name.clone());
+            assert_eq!(dtype, dtype_code(ty.dtype));
+            assert_eq!(
+                shape,
+                ty.shape.iter().map(|&d| d as i64).collect::<Vec<_>>()
+            );
+            assert_eq!(bytes, ty.byte_size());
+        }
+        assert_eq!(
+            l.info(false, inputs.len() as i32).0,
+            1,
+            "index out of range"
+        );
+        assert_eq!(l.info(true, -1).0, 1, "index out of range");
+        let in_bytes: Vec<Vec<u8>> = inputs.iter().map(kiln::tensor_bytes).collect();
+        let mut outs: Vec<Vec<u8>> = expected
+            .iter()
+            .map(|e| vec![0; e.ty().byte_size()])
+            .collect();
+        for threads in [1, 2, 3] {
+            let mut ctx = l.create(threads);
+            assert_eq!(ctx.run(&in_bytes, &mut outs), 0);
+            for (o, e) in outs.iter().zip(&expected) {
+                let got = kiln::tensor_from_bytes(e.ty(), o).unwrap();
+                assert_close(&c, &format!("Rust, {threads} threads"), &got, e);
+            }
+        }
+        // Null arguments are errors, never crashes.
+        let ctx = l.create(1);
+        let no_outputs: Vec<*mut std::ffi::c_void> = vec![std::ptr::null_mut(); outs.len()];
+        let ins: Vec<*const std::ffi::c_void> =
+            in_bytes.iter().map(|b| b.as_ptr().cast()).collect();
+        assert_eq!(
+            l.run_raw(std::ptr::null_mut(), ins.as_ptr(), no_outputs.as_ptr()),
+            1
+        );
+        assert_eq!(
+            l.run_raw(ctx.raw(), std::ptr::null(), no_outputs.as_ptr()),
+            1
+        );
+        assert_eq!(l.run_raw(ctx.raw(), ins.as_ptr(), no_outputs.as_ptr()), 1);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn four_threads_with_their_own_contexts_get_identical_results() {
+    let dir = scratch("threads");
+    let c = &bundled_cases()[0];
+    let (model, inputs, expected) = load(c);
+    let lib = dir.join("libm.so");
+    Compiler::new(Target::host())
+        .compile_library(&model.graph, &AotOptions::default(), &lib)
+        .unwrap();
+    let l = ffi::Library::open(&lib);
+    let in_bytes: Vec<Vec<u8>> = inputs.iter().map(kiln::tensor_bytes).collect();
+    let results: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let (l, in_bytes, expected) = (&l, &in_bytes, &expected);
+                s.spawn(move || {
+                    // Each thread: its own context (1 or 2 pool threads), several runs.
+                    let mut ctx = l.create(1 + t % 2);
+                    let mut last = vec![];
+                    for _ in 0..5 {
+                        let mut outs: Vec<Vec<u8>> = expected
+                            .iter()
+                            .map(|e| vec![0; e.ty().byte_size()])
+                            .collect();
+                        assert_eq!(ctx.run(in_bytes, &mut outs), 0);
+                        if !last.is_empty() {
+                            assert_eq!(last, outs, "thread {t}: runs differ");
+                        }
+                        last = outs;
+                    }
+                    last
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &results[1..] {
+        assert_eq!(r, &results[0], "threads disagree");
+    }
+    let got = kiln::tensor_from_bytes(expected[0].ty(), &results[0][0]).unwrap();
+    assert_close(c, "4 threads", &got, &expected[0]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
