@@ -7,8 +7,11 @@ InferenceSession with intra_op_num_threads=T on the same input, alternating the 
 that machine noise hits both alike, and prints the median latencies and the ratio kiln/onnxruntime
 (lower is better for Kiln). Nothing here asserts a timing: the numbers are for reading.
 
+With --aot it also compiles each model into a shared library (`kiln compile`, target host) and
+times it through examples/c/run_model.c (KILN_BENCH_ITERS), printing the AOT/JIT ratio.
+
 Usage: python3 benches/compare_onnxruntime.py [--models DIR] [--threads 1,2] [--iters 50]
-                                              [--kiln PATH] [--markdown]
+                                              [--kiln PATH] [--markdown] [--aot]
 Needs: pip install onnxruntime numpy onnx; a release build of kiln (cargo build --release -p kiln-cli).
 """
 import argparse
@@ -18,6 +21,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -62,6 +66,35 @@ def kiln_bench(kiln, model, threads, iters):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def build_runner(tmp):
+    runner = os.path.join(tmp, "run_model")
+    subprocess.run(["cc", "-std=c99", "-O2", "-I", os.path.join(ROOT, "crates/runtime/c"),
+                    os.path.join(ROOT, "examples/c/run_model.c"), "-o", runner, "-ldl"],
+                   check=True)
+    return runner
+
+
+def aot_bench(kiln, runner, tmp, model, data_dir, threads, iters):
+    """Median and min ms of the AOT library of `model`, run through the C runner."""
+    name = os.path.basename(model)[:-5]
+    lib = os.path.join(tmp, f"lib{name}.so")
+    if not os.path.exists(lib):
+        subprocess.run([kiln, "compile", model, "-o", lib], check=True, capture_output=True)
+    inputs = []
+    for i in range(len(glob.glob(os.path.join(data_dir, "input_*.pb")))):
+        t = onnx.TensorProto()
+        with open(os.path.join(data_dir, f"input_{i}.pb"), "rb") as f:
+            t.ParseFromString(f.read())
+        path = os.path.join(tmp, f"{name}_input_{i}.bin")
+        np.ascontiguousarray(numpy_helper.to_array(t)).tofile(path)
+        inputs.append(path)
+    env = dict(os.environ, KILN_NUM_THREADS=str(threads), KILN_BENCH_ITERS=str(iters))
+    out = subprocess.run([runner, lib, tmp] + inputs, check=True, capture_output=True, text=True,
+                         env=env).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    return r["median_ms"], r["min_ms"], os.path.getsize(lib)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=default_models_dir())
@@ -69,7 +102,11 @@ def main():
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--kiln", default=os.path.join(ROOT, "target", "release", "kiln"))
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    ap.add_argument("--aot", action="store_true",
+                    help="also time the AOT shared library (needs cc)")
     args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="kiln-bench-")
+    runner = build_runner(tmp) if args.aot else None
     models = sorted(glob.glob(os.path.join(args.models, "*.onnx")))
     if not models:
         sys.exit(f"no *.onnx in {args.models}")
@@ -80,18 +117,33 @@ def main():
         for threads in [int(t) for t in args.threads.split(",")]:
             k = kiln_bench(args.kiln, model, threads, args.iters)
             o_med, _ = ort_median_ms(model, data, threads, args.iters)
-            rows.append((name, threads, k["median_ms"], o_med, k["median_ms"] / o_med,
-                         k["compile_ms"], k["arena_bytes"]))
-    header = ("model", "threads", "kiln ms", "ort ms", "kiln/ort", "compile ms", "arena bytes")
+            row = [name, threads, k["median_ms"], o_med, k["median_ms"] / o_med,
+                   k["compile_ms"], k["arena_bytes"]]
+            if args.aot:
+                a_med, _, size = aot_bench(args.kiln, runner, tmp, model, data, threads,
+                                           args.iters)
+                row += [a_med, a_med / k["median_ms"], size]
+            rows.append(row)
+    header = ["model", "threads", "kiln ms", "ort ms", "kiln/ort", "compile ms", "arena bytes"]
+    if args.aot:
+        header += ["aot ms", "aot/jit", ".so bytes"]
+    def cells(r):
+        out = [r[0], str(r[1]), f"{r[2]:.3f}", f"{r[3]:.3f}", f"{r[4]:.2f}", f"{r[5]:.0f}",
+               str(r[6])]
+        if args.aot:
+            out += [f"{r[7]:.3f}", f"{r[8]:.2f}", str(r[9])]
+        return out
     if args.markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
         for r in rows:
-            print(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.3f} | {r[4]:.2f} | {r[5]:.0f} | {r[6]} |")
+            print("| " + " | ".join(cells(r)) + " |")
     else:
-        print("{:<20} {:>7} {:>10} {:>10} {:>9} {:>11} {:>12}".format(*header))
+        widths = [20] + [max(len(h), 9) for h in header[1:]]
+        print(" ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths))))
         for r in rows:
-            print(f"{r[0]:<20} {r[1]:>7} {r[2]:>10.3f} {r[3]:>10.3f} {r[4]:>9.2f} {r[5]:>11.0f} {r[6]:>12}")
+            print(" ".join(c.rjust(w) if i else c.ljust(w)
+                           for i, (c, w) in enumerate(zip(cells(r), widths))))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
  *
  * Each IN_k.bin is a raw little-endian tensor of input k's declared dtype and shape (exactly its
  * byte size); the outputs are written as OUT_DIR/output_N.bin the same way. The number of threads
- * comes from KILN_NUM_THREADS (default 0: one per CPU). Any error is a message on stderr and exit
- * status 1 (2 for bad usage).
+ * comes from KILN_NUM_THREADS (default 0: one per CPU). With KILN_BENCH_ITERS=N it also times N
+ * more runs after the first and prints one JSON line {"median_ms": .., "min_ms": ..} on stdout.
+ * Any error is a message on stderr and exit status 1 (2 for bad usage).
  *
  * Build: cc -std=c99 -Wall -Werror -I crates/runtime/c examples/c/run_model.c -o run_model -ldl
  */
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kiln_model.h"
 
@@ -37,6 +39,11 @@ static void *symbol(void *lib, const char *name) {
         fprintf(stderr, "run_model: the library lacks %s (not a Kiln model?)\n", name);
     }
     return p;
+}
+
+static int compare_doubles(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
 }
 
 /* Reads exactly `bytes` bytes of `path` into a new buffer; NULL (with a message) otherwise. */
@@ -123,6 +130,24 @@ int main(int argc, char **argv) {
         return fail("cannot create a context", status_string(s));
     }
     s = run(model, inputs, outputs);
+    const char *iters_env = getenv("KILN_BENCH_ITERS");
+    int iters = iters_env ? atoi(iters_env) : 0;
+    if (s == KILN_OK && iters > 0) {
+        double *ms = malloc((size_t)iters * sizeof(double));
+        if (ms == NULL) {
+            return fail("out of memory", NULL);
+        }
+        for (int k = 0; k < iters && s == KILN_OK; k++) {
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            s = run(model, inputs, outputs);
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            ms[k] = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+        }
+        qsort(ms, (size_t)iters, sizeof(double), compare_doubles);
+        printf("{\"median_ms\": %.4f, \"min_ms\": %.4f}\n", ms[iters / 2], ms[0]);
+        free(ms);
+    }
     destroy(model);
     if (s != KILN_OK) {
         return fail("the model failed", status_string(s));
