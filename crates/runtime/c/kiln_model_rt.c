@@ -37,10 +37,10 @@ typedef struct kiln__pool {
     int32_t threads;       /* workers + the caller */
     int32_t started;       /* workers running */
     pthread_t *workers;
-    uint64_t generation;
-    int32_t shutdown;
-    int32_t pending;       /* workers not yet finished with the current job */
-    /* the current job */
+    uint64_t generation;   /* atomic: bumped (release) once a job is published */
+    int32_t shutdown;      /* atomic */
+    int32_t pending;       /* atomic: workers not yet finished with the current job */
+    /* the current job, written before `generation` is bumped */
     kiln__body body;
     const uint8_t *ctx;
     int64_t n;
@@ -48,6 +48,18 @@ typedef struct kiln__pool {
     int64_t next_chunk;    /* atomic */
     int32_t status;        /* atomic: first non-zero status */
 } kiln__pool;
+
+/* How long a worker (or the caller) spins before it sleeps on a condition variable: a model
+ * calls one parallel loop per kernel, microseconds apart, and a futex wake-up per loop would
+ * cost more than many kernels take. About 0.1-0.3 ms of pause instructions. */
+#define KILN__SPINS 16384
+#if defined(__x86_64__) || defined(__i386__)
+#define KILN__PAUSE() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define KILN__PAUSE() __asm__ __volatile__("yield" ::: "memory")
+#else
+#define KILN__PAUSE() ((void)0)
+#endif
 
 static __thread kiln__pool *kiln__current_pool;
 
@@ -68,29 +80,46 @@ static void kiln__run_chunks(kiln__pool *p) {
     }
 }
 
+/* Waits until the generation differs from `seen` (returns it) or the pool shuts down (0). */
+static uint64_t kiln__await_job(kiln__pool *p, uint64_t seen) {
+    for (int i = 0; i < KILN__SPINS; i++) {
+        uint64_t g = __atomic_load_n(&p->generation, __ATOMIC_ACQUIRE);
+        if (g != seen) {
+            return g;
+        }
+        if (__atomic_load_n(&p->shutdown, __ATOMIC_RELAXED)) {
+            return 0;
+        }
+        KILN__PAUSE();
+    }
+    uint64_t g;
+    pthread_mutex_lock(&p->mu);
+    while ((g = __atomic_load_n(&p->generation, __ATOMIC_ACQUIRE)) == seen &&
+           !__atomic_load_n(&p->shutdown, __ATOMIC_RELAXED)) {
+        pthread_cond_wait(&p->work, &p->mu);
+    }
+    int stop = __atomic_load_n(&p->shutdown, __ATOMIC_RELAXED) && g == seen;
+    pthread_mutex_unlock(&p->mu);
+    return stop ? 0 : g;
+}
+
 static void *kiln__worker(void *arg) {
     kiln__pool *p = (kiln__pool *)arg;
     /* Generation 0 is the pool's state before any job: a worker that starts late still takes
-     * part in the first job (which must wait for it). */
+     * part in the first job (which waits for it). */
     uint64_t seen = 0;
-    pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->shutdown && p->generation == seen) {
-            pthread_cond_wait(&p->work, &p->mu);
+        seen = kiln__await_job(p, seen);
+        if (seen == 0) {
+            return NULL;
         }
-        if (p->shutdown) {
-            break;
-        }
-        seen = p->generation;
-        pthread_mutex_unlock(&p->mu);
         kiln__run_chunks(p);
-        pthread_mutex_lock(&p->mu);
-        if (--p->pending == 0) {
+        if (__atomic_sub_fetch(&p->pending, 1, __ATOMIC_ACQ_REL) == 0) {
+            pthread_mutex_lock(&p->mu);
             pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->mu);
         }
     }
-    pthread_mutex_unlock(&p->mu);
-    return NULL;
 }
 
 static void kiln__pool_destroy(kiln__pool *p) {
@@ -98,7 +127,7 @@ static void kiln__pool_destroy(kiln__pool *p) {
         return;
     }
     pthread_mutex_lock(&p->mu);
-    p->shutdown = 1;
+    __atomic_store_n(&p->shutdown, 1, __ATOMIC_RELAXED);
     pthread_cond_broadcast(&p->work);
     pthread_mutex_unlock(&p->mu);
     for (int32_t i = 0; i < p->started; i++) {
@@ -154,26 +183,34 @@ int32_t kiln_parallel_for(kiln__body body, const uint8_t *ctx, int64_t n) {
     if (chunks > n) {
         chunks = n;
     }
-    pthread_mutex_lock(&p->mu);
     p->body = body;
     p->ctx = ctx;
     p->n = n;
     p->chunks = chunks;
-    p->next_chunk = 0;
-    p->status = 0;
-    p->pending = p->started;
-    p->generation++;
+    __atomic_store_n(&p->next_chunk, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->status, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->pending, p->started, __ATOMIC_RELAXED);
+    /* Publish the job (release: its fields are visible to whoever sees the new generation),
+     * then wake the workers that went to sleep (under the mutex: none misses it). */
+    __atomic_add_fetch(&p->generation, 1, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&p->mu);
     pthread_cond_broadcast(&p->work);
     pthread_mutex_unlock(&p->mu);
     /* Loops nested in the body run serially: the pool is busy with this one. */
     kiln__current_pool = NULL;
     kiln__run_chunks(p);
     kiln__current_pool = p;
-    pthread_mutex_lock(&p->mu);
-    while (p->pending > 0) {
-        pthread_cond_wait(&p->done, &p->mu);
+    int waited = 0;
+    while (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) > 0 && waited++ < KILN__SPINS) {
+        KILN__PAUSE();
     }
-    pthread_mutex_unlock(&p->mu);
+    if (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) > 0) {
+        pthread_mutex_lock(&p->mu);
+        while (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) > 0) {
+            pthread_cond_wait(&p->done, &p->mu);
+        }
+        pthread_mutex_unlock(&p->mu);
+    }
     return __atomic_load_n(&p->status, __ATOMIC_RELAXED);
 }
 
