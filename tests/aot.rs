@@ -222,6 +222,26 @@ fn x86_64_libraries_run_from_c_and_match() {
             check_through_c(&c, &target, &runner, &[], &dir);
         }
     }
+    // Bad input files are a message and exit status 1, never a crash or a silent run.
+    let lib = dir.join("libresnet8_cifar.so");
+    let short = dir.join("short.bin");
+    std::fs::write(&short, [0u8; 7]).unwrap();
+    for (args, expect) in [
+        (
+            vec![lib.clone(), dir.clone(), short.clone()],
+            "expected exactly",
+        ),
+        (
+            vec![lib.clone(), dir.clone()],
+            "has 1 inputs, 0 files given",
+        ),
+        (vec![dir.join("nope.so"), dir.clone(), short], "cannot load"),
+    ] {
+        let out = Command::new(&runner).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
