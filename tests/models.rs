@@ -4,7 +4,7 @@
 //! Invariant: each bundled model imports to a verified graph, and the reference interpreter
 //! reproduces its expected outputs within the default tolerance, deterministically.
 
-use kiln_cli::backend::Backend;
+use kiln_cli::backend::{Backend, ExecOptions};
 use kiln_cli::compare::Tolerance;
 use kiln_cli::data::{check_data_set, read_inputs};
 use kiln_onnx::{import_bytes, load_model, ImportOptions};
@@ -39,8 +39,14 @@ fn import_from_bytes_equals_import_from_file() {
 fn reference_reproduces_expected_outputs() {
     for m in bundled_models() {
         let model = load_model(&m.model, &ImportOptions::default()).unwrap();
-        let checks = check_data_set(&model.graph, Backend::Reference, 1, &m.data, Tolerance::RUN)
-            .unwrap_or_else(|e| panic!("{}: {}", m.name, kiln_cli::error::one_line(&e)));
+        let checks = check_data_set(
+            &model.graph,
+            Backend::Reference,
+            &ExecOptions::threads(1),
+            &m.data,
+            Tolerance::RUN,
+        )
+        .unwrap_or_else(|e| panic!("{}: {}", m.name, kiln_cli::error::one_line(&e)));
         assert!(!checks.is_empty());
         for c in &checks {
             let cmp = c.comparison.as_ref().expect("expected output present");

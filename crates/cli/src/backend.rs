@@ -15,6 +15,26 @@ pub enum Backend {
     Reference,
 }
 
+/// How compiled backends build and run a graph.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecOptions {
+    /// Threads compiled code may use (0: the number of CPUs).
+    pub threads: usize,
+    /// Graph rewriting and dumps before compiling (the reference backend runs the imported graph
+    /// as it is).
+    pub graph: kiln::GraphOptions,
+}
+
+impl ExecOptions {
+    /// `threads` threads, default graph options (rewriting on).
+    pub fn threads(threads: usize) -> ExecOptions {
+        ExecOptions {
+            threads,
+            graph: kiln::GraphOptions::default(),
+        }
+    }
+}
+
 /// Why a backend could not run a graph.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -35,17 +55,24 @@ impl Backend {
         }
     }
 
-    /// Runs `graph` on `inputs`; `threads` is the parallelism compiled code may use.
+    /// Runs `graph` on `inputs` as `exec` says.
     pub fn run(
         self,
         graph: &Graph,
         inputs: &[Tensor],
-        threads: usize,
+        exec: &ExecOptions,
     ) -> Result<Vec<Tensor>, BackendError> {
         match self {
             Backend::Jit => {
+                let threads = match exec.threads {
+                    0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    n => n,
+                };
                 let compiled = kiln::Compiler::new(kiln::Target::host())
-                    .with_options(kiln::CompileOptions { threads })
+                    .with_options(kiln::CompileOptions {
+                        threads,
+                        graph: exec.graph.clone(),
+                    })
                     .compile(graph)?;
                 Ok(compiled.run(inputs)?)
             }

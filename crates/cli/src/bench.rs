@@ -20,6 +20,7 @@ pub struct BenchRequest {
     pub iters: usize,
     pub json: bool,
     pub input_shapes: Vec<ShapeBinding>,
+    pub graph: kiln::GraphOptions,
 }
 
 /// The measured numbers.
@@ -32,6 +33,8 @@ pub struct BenchReport {
     pub naive_bytes: usize,
     pub kernels: usize,
     pub threads: usize,
+    /// Graph nodes (not constants) before and after rewriting, and the saturation time.
+    pub rewrite: Option<(usize, usize, f64)>,
 }
 
 /// Deterministic inputs when no data folder is given: floats in [-1, 1), integers 0.
@@ -67,6 +70,7 @@ pub fn bench(req: &BenchRequest) -> Result<BenchReport, CliError> {
     let compiled = kiln::Compiler::new(kiln::Target::host())
         .with_options(kiln::CompileOptions {
             threads: req.threads,
+            graph: req.graph.clone(),
         })
         .compile(&model.graph)
         .map_err(|e| backend_err(e.into()))?;
@@ -100,6 +104,10 @@ pub fn bench(req: &BenchRequest) -> Result<BenchReport, CliError> {
         naive_bytes: stats.naive_bytes,
         kernels: stats.kernels,
         threads: req.threads,
+        rewrite: stats
+            .rewrite
+            .as_ref()
+            .map(|r| (r.nodes_before, r.nodes_after, r.saturation_ms)),
     })
 }
 
@@ -114,6 +122,9 @@ pub fn print(report: &BenchReport, json: bool) {
             "naive_bytes": report.naive_bytes,
             "kernels": report.kernels,
             "threads": report.threads,
+            "rewrite": report.rewrite.map(|(before, after, ms)| serde_json::json!({
+                "nodes_before": before, "nodes_after": after, "saturation_ms": ms,
+            })),
         });
         println!("{v}");
     } else {
@@ -122,6 +133,12 @@ pub fn print(report: &BenchReport, json: bool) {
         println!("min          {:.3} ms", report.min_ms);
         println!("compile      {:.1} ms", report.compile_ms);
         println!("kernels      {}", report.kernels);
+        match report.rewrite {
+            Some((before, after, ms)) => {
+                println!("rewrite      {before} -> {after} graph nodes ({ms:.1} ms saturation)")
+            }
+            None => println!("rewrite      off"),
+        }
         println!(
             "arena        {} bytes (naive sum of intermediates: {} bytes)",
             report.arena_bytes, report.naive_bytes

@@ -19,6 +19,7 @@ pub struct CompileRequest {
     pub header: Option<PathBuf>,
     pub single_thread: bool,
     pub input_shapes: Vec<ShapeBinding>,
+    pub graph: kiln::GraphOptions,
 }
 
 /// Compiles the model into a shared library and prints what was built.
@@ -28,6 +29,7 @@ pub fn compile(req: &CompileRequest) -> Result<(), CliError> {
     let options = AotOptions {
         parallel: !req.single_thread,
         header: req.header.clone(),
+        graph: req.graph.clone(),
     };
     let info = Compiler::new(target.clone())
         .compile_library(&model.graph, &options, &req.out)

@@ -13,6 +13,7 @@
 //! way of running the suite, and the summary says how many passes needed it.
 
 use crate::backend::Backend;
+use crate::backend::ExecOptions;
 use crate::compare::Tolerance;
 use crate::data::{check_outputs, read_named_inputs};
 use crate::error::{one_line, CliError};
@@ -139,8 +140,15 @@ pub fn run_case(case: &Path, backend: Backend, tol: Tolerance) -> Result<Passed,
             how = Passed::ShapeInputsFrozen;
         }
         // Cases already run in parallel: compiled code gets one thread each.
-        let checks = check_outputs(&model.graph, backend, 1, &set, &fed, tol)
-            .map_err(|e| format!("{set_name}: {}", one_line(&e)))?;
+        let checks = check_outputs(
+            &model.graph,
+            backend,
+            &ExecOptions::threads(1),
+            &set,
+            &fed,
+            tol,
+        )
+        .map_err(|e| format!("{set_name}: {}", one_line(&e)))?;
         for (n, check) in checks.iter().enumerate() {
             match &check.comparison {
                 None => return Err(format!("{set_name}: no expected output_{n}.pb")),

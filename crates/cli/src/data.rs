@@ -5,7 +5,7 @@
 //! only ever compared with the model output of the same index, and an `output_N.pb` beyond the
 //! model's outputs is an error, never silently ignored.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, ExecOptions};
 use crate::compare::{compare, Comparison, Tolerance};
 use crate::error::CliError;
 use kiln_ir::{Graph, Tensor};
@@ -88,31 +88,31 @@ impl OutputCheck {
     }
 }
 
-/// Runs `graph` with `backend` (using up to `threads` threads) on the inputs in `dir` and
+/// Runs `graph` with `backend` (as `exec` says) on the inputs in `dir` and
 /// compares with the outputs there.
 pub fn check_data_set(
     graph: &Graph,
     backend: Backend,
-    threads: usize,
+    exec: &ExecOptions,
     dir: &Path,
     tol: Tolerance,
 ) -> Result<Vec<OutputCheck>, CliError> {
     let inputs = read_inputs(dir)?;
-    check_outputs(graph, backend, threads, dir, &inputs, tol)
+    check_outputs(graph, backend, exec, dir, &inputs, tol)
 }
 
 /// Runs `graph` with `backend` on `inputs` and compares with the outputs in `dir`.
 pub fn check_outputs(
     graph: &Graph,
     backend: Backend,
-    threads: usize,
+    exec: &ExecOptions,
     dir: &Path,
     inputs: &[Tensor],
     tol: Tolerance,
 ) -> Result<Vec<OutputCheck>, CliError> {
     let expected = read_expected(dir, graph.outputs().len())?;
     let outputs = backend
-        .run(graph, inputs, threads)
+        .run(graph, inputs, exec)
         .map_err(|source| CliError::Backend {
             backend: backend.name(),
             source: Box::new(source),

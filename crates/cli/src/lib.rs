@@ -75,6 +75,8 @@ pub enum Command {
         /// Bind an input's shape, e.g. `input=1,3,224,224` (repeatable).
         #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = shapes::parse_binding)]
         input_shapes: Vec<ShapeBinding>,
+        #[command(flatten)]
+        graph: GraphArgs,
     },
     /// Run every `DIR/*/model.onnx` on its `test_data_set_*` folders (ONNX backend test layout).
     Conformance {
@@ -118,6 +120,8 @@ pub enum Command {
         /// Bind an input's shape, e.g. `input=1,3,224,224` (repeatable).
         #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = shapes::parse_binding)]
         input_shapes: Vec<ShapeBinding>,
+        #[command(flatten)]
+        graph: GraphArgs,
     },
     /// Compile a model into a self-contained native shared library with a C ABI.
     Compile {
@@ -138,9 +142,32 @@ pub enum Command {
         /// Bind an input's shape, e.g. `input=1,3,224,224` (repeatable).
         #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = shapes::parse_binding)]
         input_shapes: Vec<ShapeBinding>,
+        #[command(flatten)]
+        graph: GraphArgs,
     },
     /// List the built-in compilation targets.
     Targets,
+}
+
+/// `--no-rewrite` / `--dump-graph DIR`: the graph step before compiling.
+#[derive(Debug, clap::Args)]
+pub struct GraphArgs {
+    /// Compile the imported graph as it is, without e-graph rewriting (to compare).
+    #[arg(long)]
+    pub no_rewrite: bool,
+    /// Write the graph before and after rewriting into DIR (IR text and Graphviz dot).
+    #[arg(long, value_name = "DIR")]
+    pub dump_graph: Option<PathBuf>,
+}
+
+impl GraphArgs {
+    fn get(&self) -> kiln::GraphOptions {
+        kiln::GraphOptions {
+            rewrite: !self.no_rewrite,
+            dump_dir: self.dump_graph.clone(),
+            ..kiln::GraphOptions::default()
+        }
+    }
 }
 
 /// `--rtol` / `--atol`: an element matches when `|a - b| <= atol + rtol * |b|`.
@@ -201,6 +228,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             out,
             tolerance,
             input_shapes,
+            graph,
         } => run::run(&run::RunRequest {
             model,
             data,
@@ -208,6 +236,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             out,
             tolerance: tolerance.get(Tolerance::RUN)?,
             input_shapes,
+            graph: graph.get(),
         }),
         Command::Conformance {
             dir,
@@ -256,6 +285,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             iters,
             json,
             input_shapes,
+            graph,
         } => {
             let req = bench::BenchRequest {
                 model,
@@ -265,6 +295,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
                 iters,
                 json,
                 input_shapes,
+                graph: graph.get(),
             };
             bench::print(&bench::bench(&req)?, json);
             Ok(Outcome::Pass)
@@ -276,6 +307,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             header,
             single_thread,
             input_shapes,
+            graph,
         } => compile::compile(&compile::CompileRequest {
             model,
             out,
@@ -283,6 +315,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             header,
             single_thread,
             input_shapes,
+            graph: graph.get(),
         })
         .map(|()| Outcome::Pass),
         Command::Targets => {

@@ -3,7 +3,7 @@
 //! Invariant: the outcome is [`Outcome::Mismatch`] iff some expected output was present and did
 //! not match; outputs are written only when an output folder was asked for.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, ExecOptions};
 use crate::compare::Tolerance;
 use crate::data::{check_data_set, tensor_path};
 use crate::error::CliError;
@@ -20,6 +20,7 @@ pub struct RunRequest {
     pub out: Option<PathBuf>,
     pub tolerance: Tolerance,
     pub input_shapes: Vec<ShapeBinding>,
+    pub graph: kiln::GraphOptions,
 }
 
 /// Runs the request, printing one line per output.
@@ -34,8 +35,11 @@ pub fn run(req: &RunRequest) -> Result<Outcome, CliError> {
     for note in &model.notes {
         println!("note: {note}");
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let checks = check_data_set(&model.graph, req.backend, threads, &req.data, req.tolerance)?;
+    let exec = ExecOptions {
+        threads: 0,
+        graph: req.graph.clone(),
+    };
+    let checks = check_data_set(&model.graph, req.backend, &exec, &req.data, req.tolerance)?;
     if let Some(out) = &req.out {
         std::fs::create_dir_all(out).map_err(|e| CliError::io(out, e))?;
         for (n, check) in checks.iter().enumerate() {

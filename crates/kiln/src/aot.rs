@@ -78,6 +78,8 @@ pub struct AotOptions {
     pub parallel: bool,
     /// Where to write the C header (`None`: no header).
     pub header: Option<PathBuf>,
+    /// What happens to the graph before lowering.
+    pub graph: crate::GraphOptions,
 }
 
 impl Default for AotOptions {
@@ -85,6 +87,7 @@ impl Default for AotOptions {
         AotOptions {
             parallel: true,
             header: None,
+            graph: crate::GraphOptions::default(),
         }
     }
 }
@@ -128,7 +131,9 @@ pub fn compile_library(
         packages: target.linker_packages().into(),
     })?;
     let start = Instant::now();
-    let planned = plan_model(graph, ENTRY)?;
+    let (graph, _) =
+        crate::graph_opt::prepare(graph, &options.graph).map_err(CompileError::from)?;
+    let planned = plan_model(&graph, ENTRY)?;
     let codegen = CodegenOptions {
         threads: if options.parallel {
             Threads::Global

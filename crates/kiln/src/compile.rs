@@ -28,6 +28,8 @@ pub enum CompileError {
     Plan(#[from] PlanError),
     #[error("code generation failed: {0}")]
     Codegen(#[from] kiln_codegen::CodegenError),
+    #[error("graph optimisation failed: {0}")]
+    GraphOpt(#[from] crate::graph_opt::GraphOptError),
     #[error("target `{0}` does not run on this machine: the JIT needs a native target (compile a library instead)")]
     NotNative(String),
 }
@@ -59,6 +61,8 @@ pub struct CompileStats {
     pub naive_bytes: usize,
     /// Wall time of the compilation, in milliseconds.
     pub compile_ms: f64,
+    /// What the e-graph rewriting did (`None` when it was off).
+    pub rewrite: Option<crate::RewriteReport>,
 }
 
 /// Where a value lives during a run.
@@ -165,7 +169,8 @@ pub(crate) fn compile(
         return Err(CompileError::NotNative(target.name().into()));
     }
     let start = Instant::now();
-    let planned = plan_model(graph, ENTRY)?;
+    let (graph, rewrite) = crate::graph_opt::prepare(graph, &options.graph)?;
+    let planned = plan_model(&graph, ENTRY)?;
     let codegen = PlannedModel::codegen_options(options.threads, target.isa_spec());
     let jit = JitModule::compile_with_entries(&planned.funcs, &[planned.entry], &codegen)?;
     let stats = CompileStats {
@@ -173,6 +178,7 @@ pub(crate) fn compile(
         arena_bytes: planned.arena_bytes,
         naive_bytes: planned.naive_bytes,
         compile_ms: start.elapsed().as_secs_f64() * 1e3,
+        rewrite,
     };
     Ok(CompiledModel {
         jit,

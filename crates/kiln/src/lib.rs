@@ -21,11 +21,13 @@ pub mod aot;
 mod bytes;
 mod compile;
 mod empty;
+pub mod graph_opt;
 pub mod target;
 
 pub use aot::{AotError, AotOptions, LibraryInfo};
 pub use bytes::{tensor_bytes, tensor_from_bytes};
 pub use compile::{CompileError, CompileStats, CompiledModel, RunError};
+pub use graph_opt::{GraphOptions, RewriteReport};
 pub use kiln_ir::{DType, Graph, Tensor, TensorType};
 pub use kiln_onnx::{ImportError, ImportOptions, Model};
 pub use target::{Target, TargetError};
@@ -37,12 +39,15 @@ use std::path::Path;
 pub struct CompileOptions {
     /// Threads for parallel loops: 1 runs everything on the calling thread.
     pub threads: usize,
+    /// What happens to the graph before lowering.
+    pub graph: GraphOptions,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
         CompileOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            graph: GraphOptions::default(),
         }
     }
 }

@@ -23,7 +23,10 @@ fn check(name: &str, threads: usize, tolerance: f64) {
     let (_, input) = kiln::read_tensor(dir.join(format!("{name}_data/input_0.pb"))).unwrap();
     let (_, expected) = kiln::read_tensor(dir.join(format!("{name}_data/output_0.pb"))).unwrap();
     let compiled = Compiler::new(Target::host())
-        .with_options(CompileOptions { threads })
+        .with_options(CompileOptions {
+            threads,
+            ..Default::default()
+        })
         .compile(&model.graph)
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let reference = kiln_reference::run(&model.graph, std::slice::from_ref(&input)).unwrap();
@@ -95,7 +98,10 @@ fn elementwise_kernels_write_in_place_over_dying_inputs() {
         .unwrap();
     g.set_outputs(vec![y]).unwrap();
     let compiled = Compiler::new(Target::host())
-        .with_options(CompileOptions { threads: 1 })
+        .with_options(CompileOptions {
+            threads: 1,
+            ..Default::default()
+        })
         .compile(&g)
         .unwrap();
     assert_eq!(compiled.stats().kernels, 3);
@@ -133,7 +139,10 @@ fn a_broadcast_input_of_equal_byte_size_is_not_overwritten_in_place() {
         .unwrap();
     g.set_outputs(vec![out]).unwrap();
     let compiled = Compiler::new(Target::host())
-        .with_options(CompileOptions { threads: 1 })
+        .with_options(CompileOptions {
+            threads: 1,
+            ..Default::default()
+        })
         .compile(&g)
         .unwrap();
     let inputs = [

@@ -1,0 +1,104 @@
+//! Extraction cost: what an equivalent graph is worth on the target.
+//!
+//! Invariant: the cost of an e-node is finite only when its type is known (a node the analysis
+//! could not type is never extracted); constants and inputs cost nothing; the cost of a class is
+//! the cheapest of its nodes plus its operands (egg's tree cost, so a value used twice counts
+//! twice, which favours graphs that share less only when they are cheaper anyway).
+
+use crate::analysis::GraphEGraph;
+use crate::lang::{op_of, Node};
+use egg::{CostFunction, Id};
+use kiln_ir::{Op, TensorType};
+
+/// The cost of one op, given its operand and result types. A learned model can implement it.
+pub trait CostModel {
+    fn op_cost(&self, op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64;
+}
+
+/// A roofline-style estimate: arithmetic (multiply-adds count two), bytes moved (operands read,
+/// the result written), and a fixed cost per kernel launch. The units are nominal cycles of an
+/// edge core: 8 flops, 4 bytes per cycle, 2000 cycles per kernel.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RooflineCost;
+
+impl RooflineCost {
+    const FLOPS_PER_CYCLE: f64 = 8.0;
+    const BYTES_PER_CYCLE: f64 = 4.0;
+    const KERNEL: f64 = 2000.0;
+}
+
+impl CostModel for RooflineCost {
+    fn op_cost(&self, op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64 {
+        let out = output.num_elements() as f64;
+        let flops = match op {
+            Op::Conv2d(_) | Op::DepthwiseConv2d(_) | Op::TransposeConv2d(_) => {
+                let w = inputs
+                    .get(1)
+                    .map_or(1.0, |w| w.shape.iter().skip(1).product::<usize>() as f64);
+                2.0 * out * w
+            }
+            Op::MatMul(_) => {
+                let k = inputs
+                    .first()
+                    .and_then(|a| a.shape.last())
+                    .copied()
+                    .unwrap_or(1);
+                2.0 * out * k as f64
+            }
+            Op::Identity | Op::Reshape { .. } => 0.0,
+            _ => out,
+        };
+        let bytes: f64 =
+            inputs.iter().map(|t| t.byte_size() as f64).sum::<f64>() + output.byte_size() as f64;
+        let launch = match op {
+            // Row-major reshapes and identities are aliases, not kernels.
+            Op::Identity | Op::Reshape { .. } => 0.0,
+            _ => Self::KERNEL,
+        };
+        flops / Self::FLOPS_PER_CYCLE + bytes / Self::BYTES_PER_CYCLE + launch
+    }
+}
+
+/// egg's view of a [`CostModel`] over one e-graph.
+#[derive(Clone, Copy)]
+pub struct GraphCost<'a, M: CostModel> {
+    pub egraph: &'a GraphEGraph,
+    pub model: &'a M,
+}
+
+impl<M: CostModel> std::fmt::Debug for GraphCost<'_, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphCost").finish_non_exhaustive()
+    }
+}
+
+impl<M: CostModel> CostFunction<Node> for GraphCost<'_, M> {
+    type Cost = f64;
+
+    fn cost<C: FnMut(Id) -> f64>(&mut self, enode: &Node, mut costs: C) -> f64 {
+        match enode {
+            Node::Index(_) | Node::Op(_) | Node::Input(_) | Node::Const(_) => 0.0,
+            Node::Outputs(children) => children.iter().map(|&c| costs(c)).sum(),
+            Node::Apply(children) => {
+                let Some((&op_id, operands)) = children.split_first() else {
+                    return f64::INFINITY;
+                };
+                let Some(op) = op_of(self.egraph, op_id) else {
+                    return f64::INFINITY;
+                };
+                let types: Option<Vec<&TensorType>> = operands
+                    .iter()
+                    .map(|&c| self.egraph[c].data.ty.as_ref())
+                    .collect();
+                let Some(types) = types else {
+                    return f64::INFINITY;
+                };
+                let Ok(out) = kiln_ir::infer_type(op, &types) else {
+                    return f64::INFINITY;
+                };
+                self.model.op_cost(op, &types, &out)
+                    + operands.iter().map(|&c| costs(c)).sum::<f64>()
+            }
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Kiln's graph optimiser: equality saturation with [egg] over the graph IR.
+//!
+//! A verified [`Graph`] becomes an e-graph ([`to_egraph`]): graph inputs, constants of a pool and
+//! op applications, with an analysis ([`analysis`]) that types every class and folds constant
+//! subgraphs. Every rule of [`rules::rules`] is applied at once until saturation or a limit of
+//! [`RewriteOptions`]; then the cheapest equivalent graph under a [`CostModel`] is extracted
+//! ([`from_expr`]) and verified.
+//!
+//! Invariant: [`optimize`] returns a verified graph with the same inputs (names, types, order)
+//! and outputs (types, order, names) that computes what the input graph computes (up to float
+//! rounding of folded constants); on any internal failure it returns an error, never a graph it
+//! has not verified. The result is deterministic for the same input (egg's `deterministic`
+//! feature, deterministic costs and tie-breaks).
+
+pub mod analysis;
+pub mod cost;
+pub mod dot;
+pub mod lang;
+pub mod rules;
+
+pub use analysis::{ClassData, GraphAnalysis, GraphEGraph};
+pub use cost::{CostModel, GraphCost, RooflineCost};
+pub use lang::{Index, Node, OpLeaf};
+
+use egg::{Extractor, Id, RecExpr, Runner};
+use kiln_ir::{ConstId, Graph, Op, Tensor, ValueDef, ValueId};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why a graph could not be optimised.
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError {
+    #[error("the input graph does not verify: {0}")]
+    Input(#[source] kiln_ir::IrError),
+    #[error("the extracted graph is invalid (a bug in a rule): {0}")]
+    Extracted(#[source] kiln_ir::IrError),
+}
+
+/// Limits of a saturation run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RewriteOptions {
+    /// Stop when the e-graph has this many e-nodes.
+    pub node_limit: usize,
+    /// Stop after this many iterations.
+    pub iter_limit: usize,
+    /// Stop after this long.
+    pub time_limit: Duration,
+    /// Largest tensor (elements) constant folding computes.
+    pub fold_limit: usize,
+}
+
+impl Default for RewriteOptions {
+    fn default() -> Self {
+        RewriteOptions {
+            node_limit: 50_000,
+            iter_limit: 30,
+            time_limit: Duration::from_secs(10),
+            fold_limit: 1 << 22,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RewriteReport {
+    /// Non-constant nodes before and after.
+    pub nodes_before: usize,
+    pub nodes_after: usize,
+    /// Saturation iterations and why it stopped.
+    pub iterations: usize,
+    pub stop_reason: String,
+    /// E-graph size at the end.
+    pub egraph_nodes: usize,
+    pub egraph_classes: usize,
+    /// Wall time of saturation and of extraction, in milliseconds.
+    pub saturation_ms: f64,
+    pub extraction_ms: f64,
+    /// Applications per rule.
+    pub applied: BTreeMap<String, usize>,
+}
+
+/// Nodes of `graph` that compute something (not `const`).
+pub fn op_node_count(graph: &Graph) -> usize {
+    graph
+        .nodes()
+        .iter()
+        .filter(|n| !matches!(n.op, Op::Const(_)))
+        .count()
+}
+
+/// The e-graph of `graph` and the id of its root `(outputs ...)` class.
+pub fn to_egraph(graph: &Graph, fold_limit: usize) -> (GraphEGraph, Id) {
+    let analysis = GraphAnalysis {
+        inputs: graph
+            .inputs()
+            .iter()
+            .map(|&v| graph.ty(v).clone())
+            .collect(),
+        pool: graph.consts().iter().cloned().map(Arc::new).collect(),
+        fold_limit,
+    };
+    let mut eg = GraphEGraph::new(analysis);
+    let mut ids: HashMap<ValueId, Id> = HashMap::new();
+    for (i, &v) in graph.inputs().iter().enumerate() {
+        let k = eg.add(Node::Index(Index(i as u32)));
+        ids.insert(v, eg.add(Node::Input([k])));
+    }
+    for node in graph.nodes() {
+        let id = match &node.op {
+            Op::Const(c) => {
+                let k = eg.add(Node::Index(Index(c.index() as u32)));
+                eg.add(Node::Const([k]))
+            }
+            op => {
+                let leaf = eg.add(Node::Op(OpLeaf::new(op.clone())));
+                let mut children = vec![leaf];
+                children.extend(node.inputs.iter().map(|v| ids[v]));
+                eg.add(Node::Apply(children.into_boxed_slice()))
+            }
+        };
+        ids.insert(node.output, id);
+    }
+    let outputs: Vec<Id> = graph.outputs().iter().map(|v| ids[v]).collect();
+    let root = eg.add(Node::Outputs(outputs.into_boxed_slice()));
+    eg.rebuild();
+    (eg, root)
+}
+
+/// Builds the graph of an extracted expression: the inputs of `original` in order, the
+/// expression's constants (from `pool`) and ops, and its root's outputs, named as `original`'s.
+pub fn from_expr(
+    expr: &RecExpr<Node>,
+    original: &Graph,
+    pool: &[Arc<Tensor>],
+) -> Result<Graph, RewriteError> {
+    let bad = |m: String| RewriteError::Extracted(kiln_ir::IrError::Invalid(m));
+    let mut g = Graph::new();
+    let inputs: Vec<ValueId> = original
+        .inputs()
+        .iter()
+        .map(|&v| {
+            let name = original.value(v).name.clone().unwrap_or_default();
+            g.add_input(name, original.ty(v).clone())
+        })
+        .collect();
+    let mut value: Vec<Option<ValueId>> = vec![None; expr.len()];
+    let mut consts: HashMap<u32, ValueId> = HashMap::new();
+    let index = |id: Id| -> Option<u32> {
+        match expr[id] {
+            Node::Index(Index(i)) => Some(i),
+            _ => None,
+        }
+    };
+    let mut outputs = None;
+    for (i, node) in expr.as_ref().iter().enumerate() {
+        match node {
+            Node::Index(_) | Node::Op(_) => {}
+            Node::Input([k]) => {
+                let k = index(*k).ok_or_else(|| bad("input without index".into()))?;
+                value[i] = Some(
+                    *inputs
+                        .get(k as usize)
+                        .ok_or_else(|| bad(format!("no input {k}")))?,
+                );
+            }
+            Node::Const([k]) => {
+                let k = index(*k).ok_or_else(|| bad("const without index".into()))?;
+                let v = match consts.get(&k) {
+                    Some(&v) => v,
+                    None => {
+                        let t = pool
+                            .get(k as usize)
+                            .ok_or_else(|| bad(format!("no constant {k}")))?;
+                        let c: ConstId = g.add_const(Tensor::clone(t));
+                        let v = g
+                            .add_node(Op::Const(c), &[], format!("c{k}"))
+                            .map_err(RewriteError::Extracted)?;
+                        consts.insert(k, v);
+                        v
+                    }
+                };
+                value[i] = Some(v);
+            }
+            Node::Apply(children) => {
+                let (&op_id, operands) = children
+                    .split_first()
+                    .ok_or_else(|| bad("op without children".into()))?;
+                let Node::Op(leaf) = &expr[op_id] else {
+                    return Err(bad("op without its leaf".into()));
+                };
+                let args: Option<Vec<ValueId>> =
+                    operands.iter().map(|&c| value[usize::from(c)]).collect();
+                let args = args.ok_or_else(|| bad("operand not computed".into()))?;
+                let name = format!("{}_{i}", leaf.op().name());
+                value[i] = Some(
+                    g.add_node(leaf.op().clone(), &args, name)
+                        .map_err(RewriteError::Extracted)?,
+                );
+            }
+            Node::Outputs(children) => {
+                let outs: Option<Vec<ValueId>> =
+                    children.iter().map(|&c| value[usize::from(c)]).collect();
+                outputs = Some(outs.ok_or_else(|| bad("output not computed".into()))?);
+            }
+        }
+    }
+    let outputs = outputs.ok_or_else(|| bad("no outputs".into()))?;
+    for (&new, &old) in outputs.iter().zip(original.outputs()) {
+        let named = g.value(new).name.is_some();
+        let is_input = matches!(g.value(new).def, ValueDef::Input(_));
+        if let (false, false, Some(name)) = (named, is_input, original.value(old).name.clone()) {
+            g.set_name(new, name);
+        }
+    }
+    g.set_outputs(outputs).map_err(RewriteError::Extracted)?;
+    g.verify().map_err(RewriteError::Extracted)?;
+    Ok(g)
+}
+
+/// Saturates `graph` with every rule and extracts the cheapest equivalent graph under `model`.
+pub fn optimize_with(
+    graph: &Graph,
+    options: &RewriteOptions,
+    model: &impl CostModel,
+) -> Result<(Graph, RewriteReport), RewriteError> {
+    graph.verify().map_err(RewriteError::Input)?;
+    let start = Instant::now();
+    let (eg, root) = to_egraph(graph, options.fold_limit);
+    let runner = Runner::default()
+        .with_egraph(eg)
+        .with_node_limit(options.node_limit)
+        .with_iter_limit(options.iter_limit)
+        .with_time_limit(options.time_limit)
+        .run(&rules::rules());
+    let saturation_ms = start.elapsed().as_secs_f64() * 1e3;
+    let mut applied = BTreeMap::new();
+    for it in &runner.iterations {
+        for (rule, n) in &it.applied {
+            *applied.entry(rule.to_string()).or_insert(0) += n;
+        }
+    }
+    let start = Instant::now();
+    let eg = &runner.egraph;
+    let extractor = Extractor::new(eg, GraphCost { egraph: eg, model });
+    let (_, expr) = extractor.find_best(root);
+    let out = from_expr(&expr, graph, &eg.analysis.pool)?;
+    let report = RewriteReport {
+        nodes_before: op_node_count(graph),
+        nodes_after: op_node_count(&out),
+        iterations: runner.iterations.len(),
+        stop_reason: format!("{:?}", runner.stop_reason),
+        egraph_nodes: eg.total_size(),
+        egraph_classes: eg.number_of_classes(),
+        saturation_ms,
+        extraction_ms: start.elapsed().as_secs_f64() * 1e3,
+        applied,
+    };
+    Ok((out, report))
+}
+
+/// [`optimize_with`] under the default [`RooflineCost`].
+pub fn optimize(
+    graph: &Graph,
+    options: &RewriteOptions,
+) -> Result<(Graph, RewriteReport), RewriteError> {
+    optimize_with(graph, options, &RooflineCost)
+}

@@ -1,0 +1,288 @@
+//! The rewrite rules, each named and with the reason it is sound.
+//!
+//! Invariant: a rule only ever unions a class with an expression of the same tensor type (the
+//! applier checks the type of what it built and does nothing otherwise), and every rule is an
+//! identity of the IR semantics as [`kiln_operators::evaluate`] defines them: exact for data
+//! movement and the algebraic identities; for folding per-channel scales and shifts into a
+//! convolution's weights and bias, exact up to float rounding (the product is rounded once more
+//! or less, as in every compiler that folds BatchNormalization).
+//!
+//! Every rule has a test in `tests/rules.rs` that proves its goal (`before => after`).
+
+use crate::analysis::{GraphAnalysis, GraphEGraph};
+use crate::lang::{op_of, Node, OpLeaf};
+use egg::{Applier, Id, Pattern, PatternAst, Rewrite, Subst, Symbol, Var};
+use kiln_ir::op::BinaryOp;
+use kiln_ir::{DType, Op, Tensor, TensorType};
+
+/// What a rule's applier computes: the class to union with the match (`None`: the match does
+/// not qualify).
+type ApplyFn = fn(&mut GraphEGraph, Id, &Subst) -> Option<Id>;
+
+/// An applier running a Rust function, guarded by a type check.
+struct FnApplier(ApplyFn);
+
+impl Applier<Node, GraphAnalysis> for FnApplier {
+    fn apply_one(
+        &self,
+        egraph: &mut GraphEGraph,
+        eclass: Id,
+        subst: &Subst,
+        _ast: Option<&PatternAst<Node>>,
+        _rule: Symbol,
+    ) -> Vec<Id> {
+        let Some(new) = (self.0)(egraph, eclass, subst) else {
+            return vec![];
+        };
+        let (a, b) = (&egraph[eclass].data.ty, &egraph[new].data.ty);
+        if a.is_none() || a != b {
+            return vec![];
+        }
+        if egraph.union(eclass, new) {
+            vec![eclass]
+        } else {
+            vec![]
+        }
+    }
+}
+
+fn rule(name: &str, pattern: &str, f: ApplyFn) -> Rewrite<Node, GraphAnalysis> {
+    let searcher: Pattern<Node> = pattern.parse().expect("rule patterns parse");
+    Rewrite::new(name, searcher, FnApplier(f)).expect("rules are well formed")
+}
+
+fn var(s: &str) -> Var {
+    s.parse().expect("pattern variables parse")
+}
+
+/// The op of the leaf bound to `v`.
+fn op(egraph: &GraphEGraph, subst: &Subst, v: &str) -> Option<Op> {
+    op_of(egraph, subst[var(v)]).cloned()
+}
+
+fn ty(egraph: &GraphEGraph, id: Id) -> Option<TensorType> {
+    egraph[id].data.ty.clone()
+}
+
+fn constant(egraph: &GraphEGraph, id: Id) -> Option<Tensor> {
+    egraph[id].data.value.as_deref().cloned()
+}
+
+/// Adds `(op OP operands...)` when it type-checks.
+fn add_op(egraph: &mut GraphEGraph, op: Op, operands: &[Id]) -> Option<Id> {
+    let types: Option<Vec<TensorType>> = operands.iter().map(|&c| ty(egraph, c)).collect();
+    let types = types?;
+    kiln_ir::infer_type(&op, &types.iter().collect::<Vec<_>>()).ok()?;
+    let leaf = egraph.add(Node::Op(OpLeaf::new(op)));
+    let mut children = vec![leaf];
+    children.extend_from_slice(operands);
+    Some(egraph.add(Node::Apply(children.into_boxed_slice())))
+}
+
+/// Every element of `t` equals `v` (as f64).
+fn all_equal(t: &Tensor, v: f64) -> bool {
+    t.data().to_f64_vec().iter().all(|&x| x == v)
+}
+
+/// Every rule.
+pub fn rules() -> Vec<Rewrite<Node, GraphAnalysis>> {
+    vec![
+        // transpose(pa, transpose(pb, x)): out[i] takes axis pb[pa[i]] of x. One transpose with
+        // that permutation, or x itself when it is the identity.
+        rule("transpose-transpose", "(op ?a (op ?b ?x))", |eg, _, s| {
+            let (Op::Transpose { perm: pa }, Op::Transpose { perm: pb }) =
+                (op(eg, s, "?a")?, op(eg, s, "?b")?)
+            else {
+                return None;
+            };
+            let perm: Vec<usize> = pa.iter().map(|&i| pb[i]).collect();
+            if perm.iter().enumerate().all(|(i, &p)| i == p) {
+                Some(s[var("?x")])
+            } else {
+                add_op(eg, Op::Transpose { perm }, &[s[var("?x")]])
+            }
+        }),
+        // reshape(reshape(x)): row-major reshapes only reinterpret the element order, so the
+        // outer shape alone decides the result.
+        rule("reshape-reshape", "(op ?a (op ?b ?x))", |eg, _, s| {
+            let (Op::Reshape { shape }, Op::Reshape { .. }) = (op(eg, s, "?a")?, op(eg, s, "?b")?)
+            else {
+                return None;
+            };
+            add_op(eg, Op::Reshape { shape }, &[s[var("?x")]])
+        }),
+        // identity(x), a reshape to x's own shape, a transpose by the identity permutation: x.
+        rule("no-op-movement", "(op ?a ?x)", |eg, _, s| {
+            let x = s[var("?x")];
+            let xt = ty(eg, x)?;
+            match op(eg, s, "?a")? {
+                Op::Identity => Some(x),
+                Op::Reshape { shape } if shape == xt.shape => Some(x),
+                Op::Transpose { perm } if perm.iter().enumerate().all(|(i, &p)| i == p) => Some(x),
+                _ => None,
+            }
+        }),
+        // x * 1 and x + 0 (either operand order), x - 0: x, when the constant does not widen x
+        // by broadcasting (the applier's type check) and x is a float or integer tensor (the
+        // values are unchanged: 1 and 0 are exact in every dtype; -0.0 + 0 = +0 differs only in
+        // the sign of zero, which no op of the IR distinguishes but division, so x + 0 is only
+        // folded for integer x).
+        rule("neutral-right", "(op ?a ?x ?c)", |eg, _, s| {
+            neutral(eg, s, "?x", "?c", true)
+        }),
+        rule("neutral-left", "(op ?a ?c ?x)", |eg, _, s| {
+            neutral(eg, s, "?x", "?c", false)
+        }),
+        // negate(negate(x)) = x: negation is exact (a sign flip) in floats; in integers it wraps
+        // (TOSA), and -(-MIN) = MIN, so it is exact there too.
+        rule("negate-negate", "(op ?a (op ?b ?x))", |eg, _, s| {
+            let neg = Op::Unary(kiln_ir::op::UnaryOp::Negate);
+            (op(eg, s, "?a")? == neg && op(eg, s, "?b")? == neg).then(|| s[var("?x")])
+        }),
+        // conv(x, w, b) * s, s a per-output-channel constant ([1,O,1,1] or a scalar): conv is
+        // linear in (w, b), so it equals conv(x, w * s[o], b * s[o]). This folds the scale of
+        // BatchNormalization (imported as y = x * a + c) into the weights.
+        rule(
+            "scale-into-conv",
+            "(op ?m (op ?conv ?x ?w ?b) ?s)",
+            |eg, _, s| scale_into_conv(eg, s),
+        ),
+        rule(
+            "scale-into-conv-left",
+            "(op ?m ?s (op ?conv ?x ?w ?b))",
+            |eg, _, s| scale_into_conv(eg, s),
+        ),
+        // conv(x, w, b) + c, c a per-output-channel constant: conv(x, w, b + c[o]) (the bias is
+        // added to every output of channel o). The shift of BatchNormalization.
+        rule(
+            "shift-into-conv",
+            "(op ?m (op ?conv ?x ?w ?b) ?s)",
+            |eg, _, s| shift_into_conv(eg, s),
+        ),
+        rule(
+            "shift-into-conv-left",
+            "(op ?m ?s (op ?conv ?x ?w ?b))",
+            |eg, _, s| shift_into_conv(eg, s),
+        ),
+        // conv(pad(x, zeros on H and W), w, b) = conv(x, w, b) with the pads added to the conv's
+        // own (which pads with the input zero point: 0 for floats).
+        rule(
+            "pad-into-conv",
+            "(op ?conv (op ?p ?x) ?w ?b)",
+            |eg, _, s| {
+                let (Op::Pad { pads, mode, value }, conv) = (op(eg, s, "?p")?, op(eg, s, "?conv")?)
+                else {
+                    return None;
+                };
+                let (Op::Conv2d(mut a) | Op::DepthwiseConv2d(mut a)) = conv.clone() else {
+                    return None;
+                };
+                if mode != kiln_ir::op::PadMode::Constant
+                    || value.0 != a.input_zp as f64
+                    || pads.len() != 4
+                    || pads[0] != [0, 0]
+                    || pads[1] != [0, 0]
+                {
+                    return None;
+                }
+                a.pad = [
+                    a.pad[0] + pads[2][0],
+                    a.pad[1] + pads[2][1],
+                    a.pad[2] + pads[3][0],
+                    a.pad[3] + pads[3][1],
+                ];
+                let new = match conv {
+                    Op::Conv2d(_) => Op::Conv2d(a),
+                    _ => Op::DepthwiseConv2d(a),
+                };
+                add_op(eg, new, &[s[var("?x")], s[var("?w")], s[var("?b")]])
+            },
+        ),
+    ]
+}
+
+fn neutral(eg: &mut GraphEGraph, s: &Subst, x: &str, c: &str, c_on_right: bool) -> Option<Id> {
+    let Op::Binary(b) = op(eg, s, "?a")? else {
+        return None;
+    };
+    let (x, c) = (s[var(x)], s[var(c)]);
+    let xt = ty(eg, x)?;
+    let k = constant(eg, c)?;
+    let is_int = !matches!(xt.dtype, DType::F32 | DType::F16 | DType::Bool);
+    let ok = match b {
+        BinaryOp::Mul => xt.dtype != DType::Bool && all_equal(&k, 1.0),
+        BinaryOp::Add => is_int && all_equal(&k, 0.0),
+        BinaryOp::Sub => c_on_right && is_int && all_equal(&k, 0.0),
+        _ => false,
+    };
+    ok.then_some(x)
+}
+
+/// The conv op bound to `?conv` when it is a float conv with zero zero points, with its output
+/// channel count.
+fn float_conv(eg: &GraphEGraph, s: &Subst) -> Option<(Op, usize)> {
+    let conv = op(eg, s, "?conv")?;
+    let (Op::Conv2d(a) | Op::DepthwiseConv2d(a)) = &conv else {
+        return None;
+    };
+    let w = ty(eg, s[var("?w")])?;
+    (a.input_zp == 0 && a.weight_zp == 0 && w.dtype == DType::F32)
+        .then(|| (conv.clone(), w.shape[0]))
+}
+
+/// The per-output-channel constant bound to `?s` as a `[O]` vector, for a conv output of
+/// `o` channels: shapes `[1, O, 1, 1]` or all ones (a scalar).
+fn per_channel(eg: &GraphEGraph, s: &Subst, o: usize) -> Option<Vec<f32>> {
+    let k = constant(eg, s[var("?s")])?;
+    if k.dtype() != DType::F32 || k.shape().len() != 4 {
+        return None;
+    }
+    let v: Vec<f32> = k.data().to_f64_vec().iter().map(|&x| x as f32).collect();
+    match k.shape() {
+        [1, c, 1, 1] if *c == o => Some(v),
+        [1, 1, 1, 1] => Some(vec![v[0]; o]),
+        _ => None,
+    }
+}
+
+fn vector_const(eg: &mut GraphEGraph, v: Vec<f32>, shape: Vec<usize>) -> Option<Id> {
+    let t = Tensor::new(shape, v).ok()?;
+    eg.analysis.pool.push(std::sync::Arc::new(t));
+    let k = eg.add(Node::Index(crate::lang::Index(
+        eg.analysis.pool.len() as u32 - 1,
+    )));
+    Some(eg.add(Node::Const([k])))
+}
+
+fn scale_into_conv(eg: &mut GraphEGraph, s: &Subst) -> Option<Id> {
+    if op(eg, s, "?m")? != Op::Binary(BinaryOp::Mul) {
+        return None;
+    }
+    let (conv, o) = float_conv(eg, s)?;
+    let scale = per_channel(eg, s, o)?;
+    let (w, b) = (s[var("?w")], s[var("?b")]);
+    let bt = ty(eg, b)?;
+    let w_scale = vector_const(eg, scale.clone(), vec![o, 1, 1, 1])?;
+    let new_w = add_op(eg, Op::Binary(BinaryOp::Mul), &[w, w_scale])?;
+    // A bias of one element broadcasts over the channels: scale it to O elements.
+    let b_scale = vector_const(eg, scale, vec![o])?;
+    let new_b = if bt.shape == [o] {
+        add_op(eg, Op::Binary(BinaryOp::Mul), &[b, b_scale])?
+    } else {
+        let wide = add_op(eg, Op::Tile { multiples: vec![o] }, &[b])?;
+        add_op(eg, Op::Binary(BinaryOp::Mul), &[wide, b_scale])?
+    };
+    add_op(eg, conv, &[s[var("?x")], new_w, new_b])
+}
+
+fn shift_into_conv(eg: &mut GraphEGraph, s: &Subst) -> Option<Id> {
+    if op(eg, s, "?m")? != Op::Binary(BinaryOp::Add) {
+        return None;
+    }
+    let (conv, o) = float_conv(eg, s)?;
+    let shift = per_channel(eg, s, o)?;
+    let b = s[var("?b")];
+    let shift = vector_const(eg, shift, vec![o])?;
+    let new_b = add_op(eg, Op::Binary(BinaryOp::Add), &[b, shift])?;
+    add_op(eg, conv, &[s[var("?x")], s[var("?w")], new_b])
+}

@@ -1,0 +1,276 @@
+//! Every rule proves its goal (`before => after`) on a small graph in the IR text form, and the
+//! rewritten graph computes what the original computes (reference interpreter).
+
+use kiln_ir::{parse_graph, DType, Graph, Tensor};
+use kiln_rewrite::{optimize, RewriteOptions};
+
+/// Deterministic inputs in [-2, 2).
+fn inputs(g: &Graph) -> Vec<Tensor> {
+    g.inputs()
+        .iter()
+        .enumerate()
+        .map(|(k, &v)| {
+            let ty = g.ty(v);
+            let n = ty.num_elements();
+            let vals: Vec<f64> = (0..n)
+                .map(|i| (((i * 7919 + k * 104_729 + 13) % 4001) as f64 / 1000.25) - 2.0)
+                .collect();
+            match ty.dtype {
+                DType::F32 => {
+                    Tensor::new(ty.shape.clone(), vals.iter().map(|&x| x as f32).collect()).unwrap()
+                }
+                DType::I32 => Tensor::new(
+                    ty.shape.clone(),
+                    vals.iter().map(|&x| (x * 10.0) as i32).collect(),
+                )
+                .unwrap(),
+                other => panic!("test inputs of {other}"),
+            }
+        })
+        .collect()
+}
+
+/// Optimizes `before`; checks that the result has `present` ops and none of `absent` (by op
+/// name), and that it computes the same outputs within `tol`. Returns the rewritten graph.
+fn prove(before: &str, present: &[&str], absent: &[&str], tol: f64) -> Graph {
+    let g = parse_graph(before).unwrap_or_else(|e| panic!("{e}\n{before}"));
+    let (after, report) = optimize(&g, &RewriteOptions::default()).unwrap();
+    let text = after.to_string();
+    let names: Vec<&str> = after.nodes().iter().map(|n| n.op.name()).collect();
+    for p in present {
+        assert!(
+            names.contains(p),
+            "{p} missing after rewriting:\n{text}\n{report:?}"
+        );
+    }
+    for a in absent {
+        assert!(
+            !names.contains(a),
+            "{a} left after rewriting:\n{text}\n{report:?}"
+        );
+    }
+    let x = inputs(&g);
+    let want = kiln_reference::run(&g, &x).unwrap();
+    let got = kiln_reference::run(&after, &x).unwrap();
+    for (w, o) in want.iter().zip(&got) {
+        assert_eq!(w.ty(), o.ty());
+        for (a, b) in w.data().to_f64_vec().iter().zip(o.data().to_f64_vec()) {
+            assert!((a - b).abs() <= tol * (1.0 + a.abs()), "{a} vs {b}\n{text}");
+        }
+    }
+    after
+}
+
+#[test]
+fn transpose_pairs_compose_or_cancel() {
+    prove(
+        r#"graph {
+  input %0 "x": f32[2,3,4]
+  %1: f32[3,2,4] = transpose(%0) {"perm":[1,0,2]}
+  %2: f32[2,3,4] = transpose(%1) {"perm":[1,0,2]}
+  output %2
+}"#,
+        &[],
+        &["transpose"],
+        0.0,
+    );
+    let after = prove(
+        r#"graph {
+  input %0 "x": f32[2,3,4]
+  %1: f32[3,4,2] = transpose(%0) {"perm":[1,2,0]}
+  %2: f32[4,3,2] = transpose(%1) {"perm":[1,0,2]}
+  output %2
+}"#,
+        &["transpose"],
+        &[],
+        0.0,
+    );
+    assert_eq!(kiln_rewrite::op_node_count(&after), 1);
+}
+
+#[test]
+fn reshape_chains_collapse_and_no_op_movement_vanishes() {
+    let after = prove(
+        r#"graph {
+  input %0 "x": f32[2,3,4]
+  %1: f32[6,4] = reshape(%0) {"shape":[6,4]}
+  %2: f32[24] = reshape(%1) {"shape":[24]}
+  output %2
+}"#,
+        &["reshape"],
+        &[],
+        0.0,
+    );
+    assert_eq!(kiln_rewrite::op_node_count(&after), 1);
+    prove(
+        r#"graph {
+  input %0 "x": f32[2,3]
+  %1: f32[2,3] = identity(%0)
+  %2: f32[2,3] = reshape(%1) {"shape":[2,3]}
+  %3: f32[2,3] = transpose(%2) {"perm":[0,1]}
+  %4: f32[2,3] = abs(%3)
+  output %4
+}"#,
+        &["abs"],
+        &["identity", "reshape", "transpose"],
+        0.0,
+    );
+}
+
+#[test]
+fn neutral_elements_vanish_unless_they_broadcast_or_touch_the_sign_of_zero() {
+    prove(
+        r#"graph {
+  const @0: f32[1,1] = [1]
+  input %0 "x": f32[2,3]
+  %1: f32[1,1] = const(@0)
+  %2: f32[2,3] = mul(%0, %1)
+  %3: f32[2,3] = mul(%1, %2)
+  %4: f32[2,3] = abs(%3)
+  output %4
+}"#,
+        &["abs"],
+        &["mul"],
+        0.0,
+    );
+    // Broadcasting widens x: the multiplication stays (it is a broadcast copy).
+    prove(
+        r#"graph {
+  const @0: f32[2,3] = [1, 1, 1, 1, 1, 1]
+  input %0 "x": f32[1,3]
+  %1: f32[2,3] = const(@0)
+  %2: f32[2,3] = mul(%0, %1)
+  output %2
+}"#,
+        &["mul"],
+        &[],
+        0.0,
+    );
+    // Integers: x + 0 and x - 0 are x; floats keep x + 0 (-0.0 + 0 = +0.0).
+    prove(
+        r#"graph {
+  const @0: i32[1] = [0]
+  input %0 "x": i32[4]
+  %1: i32[1] = const(@0)
+  %2: i32[4] = add(%1, %0)
+  %3: i32[4] = sub(%2, %1)
+  %4: i32[4] = abs(%3)
+  output %4
+}"#,
+        &["abs"],
+        &["add", "sub"],
+        0.0,
+    );
+    prove(
+        r#"graph {
+  const @0: f32[1] = [0]
+  input %0 "x": f32[4]
+  %1: f32[1] = const(@0)
+  %2: f32[4] = add(%0, %1)
+  output %2
+}"#,
+        &["add"],
+        &[],
+        0.0,
+    );
+}
+
+#[test]
+fn double_negation_vanishes() {
+    prove(
+        r#"graph {
+  input %0 "x": f32[5]
+  %1: f32[5] = negate(%0)
+  %2: f32[5] = negate(%1)
+  %3: f32[5] = exp(%2)
+  output %3
+}"#,
+        &["exp"],
+        &["negate"],
+        0.0,
+    );
+}
+
+#[test]
+fn constant_subgraphs_fold() {
+    let after = prove(
+        r#"graph {
+  const @0: f32[3] = [1, 2, 3]
+  const @1: f32[3] = [0.5, 0.25, 2]
+  input %0 "x": f32[3]
+  %1: f32[3] = const(@0)
+  %2: f32[3] = const(@1)
+  %3: f32[3] = mul(%1, %2)
+  %4: f32[3] = exp(%3)
+  %5: f32[3] = add(%0, %4)
+  output %5
+}"#,
+        &["add"],
+        &["mul", "exp"],
+        0.0,
+    );
+    assert_eq!(kiln_rewrite::op_node_count(&after), 1);
+}
+
+/// conv -> mul(scale) -> add(shift): BatchNormalization as the importer writes it.
+const CONV_BN: &str = r#"graph {
+  const @0: f32[2,1,3,3] = [1, 0, -1, 2, 0, -2, 1, 0, -1, 0.5, 0.25, 0, 0, 0, 0, 0, 0, 3]
+  const @1: f32[2] = [0.5, -0.5]
+  const @2: f32[1,2,1,1] = [2, -0.25]
+  const @3: f32[1,2,1,1] = [0.125, 4]
+  input %0 "image": f32[1,1,5,5]
+  %1: f32[2,1,3,3] = const(@0)
+  %2: f32[2] = const(@1)
+  %3: f32[1,2,3,3] = conv2d(%0, %1, %2) {"dilation":[1,1],"input_zp":0,"pad":[0,0,0,0],"stride":[1,1],"weight_zp":0}
+  %4: f32[1,2,1,1] = const(@2)
+  %5: f32[1,2,3,3] = mul(%3, %4)
+  %6: f32[1,2,1,1] = const(@3)
+  %7: f32[1,2,3,3] = add(%6, %5)
+  %8: f32[1,2,3,3] = clamp(%7) {"max":6.0,"min":0.0}
+  output %8
+}"#;
+
+#[test]
+fn batch_norm_scale_and_shift_fold_into_the_convolution() {
+    let after = prove(CONV_BN, &["conv2d", "clamp"], &["mul", "add"], 1e-6);
+    assert_eq!(kiln_rewrite::op_node_count(&after), 2);
+}
+
+#[test]
+fn zero_padding_folds_into_the_convolution() {
+    let after = prove(
+        r#"graph {
+  const @0: f32[2,1,3,3] = [1, 0, -1, 2, 0, -2, 1, 0, -1, 0.5, 0.25, 0, 0, 0, 0, 0, 0, 3]
+  const @1: f32[2] = [0.5, -0.5]
+  input %0 "image": f32[1,1,5,5]
+  %1: f32[1,1,7,8] = pad(%0) {"mode":"constant","pads":[[0,0],[0,0],[1,1],[2,1]],"value":0.0}
+  %2: f32[2,1,3,3] = const(@0)
+  %3: f32[2] = const(@1)
+  %4: f32[1,2,5,6] = conv2d(%1, %2, %3) {"dilation":[1,1],"input_zp":0,"pad":[0,0,0,0],"stride":[1,1],"weight_zp":0}
+  output %4
+}"#,
+        &["conv2d"],
+        &["pad"],
+        0.0,
+    );
+    let conv = after
+        .nodes()
+        .iter()
+        .find(|n| n.op.name() == "conv2d")
+        .unwrap();
+    match &conv.op {
+        kiln_ir::Op::Conv2d(a) => assert_eq!(a.pad, [1, 1, 2, 1]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn rewriting_is_deterministic_and_keeps_the_signature() {
+    let g = parse_graph(CONV_BN).unwrap();
+    let (a, _) = optimize(&g, &RewriteOptions::default()).unwrap();
+    let (b, _) = optimize(&g, &RewriteOptions::default()).unwrap();
+    assert_eq!(a.to_string(), b.to_string());
+    assert_eq!(a.inputs().len(), g.inputs().len());
+    assert_eq!(a.value(a.inputs()[0]).name.as_deref(), Some("image"));
+    assert_eq!(a.ty(a.outputs()[0]), g.ty(g.outputs()[0]));
+}
