@@ -164,6 +164,103 @@ pub fn rules() -> Vec<Rewrite<Node, GraphAnalysis>> {
             "(op ?m ?s (op ?conv ?x ?w ?b))",
             |eg, _, s| shift_into_conv(eg, s),
         ),
+        // Elementwise ops commute with any permutation of the axes (each output element depends
+        // only on the operand elements at its own index; size-1 broadcast axes move along):
+        // f(transpose(x)) = transpose(f(x)), so transposes sink towards the outputs, where a
+        // pair cancels (transpose-transpose).
+        rule(
+            "transpose-through-unary",
+            "(op ?u (op ?t ?x))",
+            |eg, _, s| {
+                let (u, Op::Transpose { perm }) = (op(eg, s, "?u")?, op(eg, s, "?t")?) else {
+                    return None;
+                };
+                if !matches!(u, Op::Unary(_) | Op::Clamp { .. } | Op::Cast { .. }) {
+                    return None;
+                }
+                let inner = add_op(eg, u, &[s[var("?x")]])?;
+                add_op(eg, Op::Transpose { perm }, &[inner])
+            },
+        ),
+        rule(
+            "transpose-through-binary",
+            "(op ?b (op ?t1 ?x) (op ?t2 ?y))",
+            |eg, _, s| {
+                let (b, t1, t2) = (op(eg, s, "?b")?, op(eg, s, "?t1")?, op(eg, s, "?t2")?);
+                let (Op::Binary(_), Op::Transpose { perm }) = (&b, &t1) else {
+                    return None;
+                };
+                if t1 != t2 {
+                    return None;
+                }
+                let inner = add_op(eg, b.clone(), &[s[var("?x")], s[var("?y")]])?;
+                add_op(eg, Op::Transpose { perm: perm.clone() }, &[inner])
+            },
+        ),
+        // binary(transpose(x), c) = transpose(binary(x, transpose⁻¹(c))) for a constant c (the
+        // inverse transpose of c folds at compile time); either operand order.
+        rule(
+            "transpose-through-binary-const",
+            "(op ?b (op ?t ?x) ?c)",
+            |eg, _, s| transpose_through_const(eg, s, true),
+        ),
+        rule(
+            "transpose-through-binary-const-left",
+            "(op ?b ?c (op ?t ?x))",
+            |eg, _, s| transpose_through_const(eg, s, false),
+        ),
+        // A slice of everything with unit strides is the tensor itself.
+        rule("full-slice", "(op ?a ?x)", |eg, _, s| {
+            let Op::Slice {
+                start,
+                size,
+                stride,
+            } = op(eg, s, "?a")?
+            else {
+                return None;
+            };
+            let xt = ty(eg, s[var("?x")])?;
+            (start.iter().all(|&v| v == 0) && size == xt.shape && stride.iter().all(|&v| v == 1))
+                .then(|| s[var("?x")])
+        }),
+        // slice(slice(x, s1, _, t1), s2, z2, t2): element i of the outer slice is element
+        // s2 + i*t2 of the inner, which is element s1 + (s2 + i*t2)*t1 of x: one slice with start
+        // s1 + s2*t1, size z2, stride t1*t2.
+        rule("slice-slice", "(op ?a (op ?b ?x))", |eg, _, s| {
+            let (
+                Op::Slice {
+                    start: s2,
+                    size: z2,
+                    stride: t2,
+                },
+                Op::Slice {
+                    start: s1,
+                    stride: t1,
+                    ..
+                },
+            ) = (op(eg, s, "?a")?, op(eg, s, "?b")?)
+            else {
+                return None;
+            };
+            let start = (0..s1.len()).map(|d| s1[d] + s2[d] * t1[d]).collect();
+            let stride = (0..s1.len()).map(|d| t1[d] * t2[d]).collect();
+            add_op(
+                eg,
+                Op::Slice {
+                    start,
+                    size: z2,
+                    stride,
+                },
+                &[s[var("?x")]],
+            )
+        }),
+        // A concat of one tensor is that tensor.
+        rule("concat-single", "(op ?a ?x)", |eg, _, s| {
+            matches!(op(eg, s, "?a")?, Op::Concat { .. }).then(|| s[var("?x")])
+        }),
+        // A slice that lies within one operand of a concat along the concat axis reads only that
+        // operand (the split of a concat: Split after Concat in exported models).
+        rule("slice-of-concat", "(op ?a ?c)", slice_of_concat),
         // conv(pad(x, zeros on H and W), w, b) = conv(x, w, b) with the pads added to the conv's
         // own (which pads with the input zero point: 0 for floats).
         rule(
@@ -285,4 +382,71 @@ fn shift_into_conv(eg: &mut GraphEGraph, s: &Subst) -> Option<Id> {
     let shift = vector_const(eg, shift, vec![o])?;
     let new_b = add_op(eg, Op::Binary(BinaryOp::Add), &[b, shift])?;
     add_op(eg, conv, &[s[var("?x")], s[var("?w")], new_b])
+}
+
+fn transpose_through_const(eg: &mut GraphEGraph, s: &Subst, t_on_left: bool) -> Option<Id> {
+    let (b, Op::Transpose { perm }) = (op(eg, s, "?b")?, op(eg, s, "?t")?) else {
+        return None;
+    };
+    if !matches!(b, Op::Binary(_)) {
+        return None;
+    }
+    let c = s[var("?c")];
+    eg[c].data.value.as_ref()?;
+    let mut inverse = vec![0; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        inverse[p] = i;
+    }
+    let c_back = add_op(eg, Op::Transpose { perm: inverse }, &[c])?;
+    let x = s[var("?x")];
+    let operands = if t_on_left { [x, c_back] } else { [c_back, x] };
+    let inner = add_op(eg, b, &operands)?;
+    add_op(eg, Op::Transpose { perm }, &[inner])
+}
+
+fn slice_of_concat(eg: &mut GraphEGraph, _: Id, s: &Subst) -> Option<Id> {
+    let Op::Slice {
+        mut start,
+        size,
+        stride,
+    } = op(eg, s, "?a")?
+    else {
+        return None;
+    };
+    // The concat nodes of the sliced class, with their operands.
+    let concats: Vec<(usize, Vec<Id>)> = eg[s[var("?c")]]
+        .nodes
+        .iter()
+        .filter_map(|n| match n {
+            Node::Apply(ch) => match op_of(eg, ch[0]) {
+                Some(Op::Concat { axis }) => Some((*axis, ch[1..].to_vec())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    for (axis, operands) in concats {
+        if size[axis] == 0 {
+            continue;
+        }
+        let last = start[axis] + (size[axis] - 1) * stride[axis];
+        let mut offset = 0;
+        for &operand in &operands {
+            let len = ty(eg, operand)?.shape[axis];
+            if start[axis] >= offset && last < offset + len {
+                start[axis] -= offset;
+                return add_op(
+                    eg,
+                    Op::Slice {
+                        start,
+                        size,
+                        stride,
+                    },
+                    &[operand],
+                );
+            }
+            offset += len;
+        }
+    }
+    None
 }

@@ -274,3 +274,61 @@ fn rewriting_is_deterministic_and_keeps_the_signature() {
     assert_eq!(a.value(a.inputs()[0]).name.as_deref(), Some("image"));
     assert_eq!(a.ty(a.outputs()[0]), g.ty(g.outputs()[0]));
 }
+
+#[test]
+fn transposes_sink_through_elementwise_ops_and_cancel() {
+    // NCHW -> NHWC, relu and a per-channel bias in NHWC, back to NCHW: no transpose is left.
+    let after = prove(
+        r#"graph {
+  const @0: f32[1,1,1,3] = [0.5, -1, 2]
+  input %0 "x": f32[1,3,2,2]
+  input %1 "y": f32[1,3,2,2]
+  %2: f32[1,2,2,3] = transpose(%0) {"perm":[0,2,3,1]}
+  %3: f32[1,2,2,3] = transpose(%1) {"perm":[0,2,3,1]}
+  %4: f32[1,2,2,3] = clamp(%2) {"max":"inf","min":0.0}
+  %5: f32[1,1,1,3] = const(@0)
+  %6: f32[1,2,2,3] = add(%4, %5)
+  %7: f32[1,2,2,3] = mul(%3, %6)
+  %8: f32[1,3,2,2] = transpose(%7) {"perm":[0,3,1,2]}
+  output %8
+}"#,
+        &["clamp", "add", "mul"],
+        &["transpose"],
+        0.0,
+    );
+    assert_eq!(kiln_rewrite::op_node_count(&after), 3);
+}
+
+#[test]
+fn slices_compose_vanish_when_full_and_see_through_concats() {
+    prove(
+        r#"graph {
+  input %0 "x": f32[4,10]
+  %1: f32[4,10] = slice(%0) {"size":[4,10],"start":[0,0],"stride":[1,1]}
+  %2: f32[2,4] = slice(%1) {"size":[2,4],"start":[1,1],"stride":[2,2]}
+  %3: f32[1,2] = slice(%2) {"size":[1,2],"start":[1,1],"stride":[1,2]}
+  output %3
+}"#,
+        &["slice"],
+        &[],
+        0.0,
+    );
+    let after = prove(
+        r#"graph {
+  input %0 "a": f32[2,3]
+  input %1 "b": f32[2,5]
+  %2: f32[2,8] = concat(%0, %1) {"axis":1}
+  %3: f32[2,5] = slice(%2) {"size":[2,5],"start":[0,3],"stride":[1,1]}
+  %4: f32[2,3] = slice(%2) {"size":[2,3],"start":[0,0],"stride":[1,1]}
+  %5: f32[2,3] = concat(%4) {"axis":0}
+  %6: f32[2,5] = exp(%3)
+  %7: f32[2,3] = exp(%5)
+  output %6
+  output %7
+}"#,
+        &["exp"],
+        &["slice", "concat"],
+        0.0,
+    );
+    assert_eq!(kiln_rewrite::op_node_count(&after), 2);
+}
