@@ -49,24 +49,7 @@ pub fn compile_object(
     constants_symbol: &str,
     opts: &CodegenOptions,
 ) -> Result<ObjectCode, CodegenError> {
-    for f in funcs {
-        kiln_tir::verify(f).map_err(|source| CodegenError::Verify {
-            func: f.name.clone(),
-            source,
-        })?;
-    }
-    let mut names: Vec<&str> = funcs.iter().map(|f| f.name.as_str()).collect();
-    names.extend(entries.iter().map(|e| e.name.as_str()));
-    names.push(constants_symbol);
-    for (i, n) in names.iter().enumerate() {
-        if names[..i].contains(n) {
-            return Err(CodegenError::DuplicateName(n.to_string()));
-        }
-    }
-    let layouts = entries
-        .iter()
-        .map(|e| entry::layout(e, funcs))
-        .collect::<Result<Vec<_>, _>>()?;
+    let layouts = entry::check_module(funcs, entries, &[constants_symbol])?;
     let isa = target_isa(&opts.isa, true, opts.verify_ir)?;
     let target = HostInfo::of(&*isa);
     let builder = ObjectBuilder::new(isa, name, default_libcall_names())

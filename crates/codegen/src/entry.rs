@@ -146,6 +146,31 @@ pub fn layout(entry: &ModelEntry, funcs: &[PrimFunc]) -> Result<EntryLayout, Cod
     Ok(l)
 }
 
+/// Checks a whole module before any code is emitted: every function verifies, no two symbols
+/// (functions, entries, `extra` names such as data objects) share a name, and every entry is
+/// valid; returns the entries' layouts, in order.
+pub fn check_module(
+    funcs: &[PrimFunc],
+    entries: &[ModelEntry],
+    extra: &[&str],
+) -> Result<Vec<EntryLayout>, CodegenError> {
+    for f in funcs {
+        kiln_tir::verify(f).map_err(|source| CodegenError::Verify {
+            func: f.name.clone(),
+            source,
+        })?;
+    }
+    let mut names: Vec<&str> = funcs.iter().map(|f| f.name.as_str()).collect();
+    names.extend(entries.iter().map(|e| e.name.as_str()));
+    names.extend_from_slice(extra);
+    for (i, n) in names.iter().enumerate() {
+        if names[..i].contains(n) {
+            return Err(CodegenError::DuplicateName(n.to_string()));
+        }
+    }
+    entries.iter().map(|e| layout(e, funcs)).collect()
+}
+
 /// `int32_t (ptr inputs, ptr outputs, ptr arena, ptr constants)`.
 pub(crate) fn entry_signature<M: Module>(em: &EmitState<'_, M>) -> Signature {
     let mut s = Signature::new(em.call_conv);

@@ -94,23 +94,7 @@ impl JitModule {
         entries: &[ModelEntry],
         opts: &CodegenOptions,
     ) -> Result<JitModule, CodegenError> {
-        for f in funcs {
-            kiln_tir::verify(f).map_err(|source| CodegenError::Verify {
-                func: f.name.clone(),
-                source,
-            })?;
-        }
-        let mut names: Vec<&str> = funcs.iter().map(|f| f.name.as_str()).collect();
-        names.extend(entries.iter().map(|e| e.name.as_str()));
-        for (i, n) in names.iter().enumerate() {
-            if names[..i].contains(n) {
-                return Err(CodegenError::DuplicateName(n.to_string()));
-            }
-        }
-        let layouts = entries
-            .iter()
-            .map(|e| entry::layout(e, funcs))
-            .collect::<Result<Vec<_>, _>>()?;
+        let layouts = entry::check_module(funcs, entries, &[])?;
         let isa = target_isa(&opts.isa, false, opts.verify_ir)?;
         let host = HostInfo::of(&*isa);
         let mut builder = JITBuilder::with_isa(isa, default_libcall_names());

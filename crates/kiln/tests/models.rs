@@ -100,7 +100,12 @@ fn elementwise_kernels_write_in_place_over_dying_inputs() {
     let compiled = Compiler::new(Target::host())
         .with_options(CompileOptions {
             threads: 1,
-            ..Default::default()
+            // The graph as written: these tests are about the memory plan of these kernels
+            // (rewriting would cancel the transposes).
+            graph: kiln::GraphOptions {
+                rewrite: false,
+                ..Default::default()
+            },
         })
         .compile(&g)
         .unwrap();
@@ -141,7 +146,12 @@ fn a_broadcast_input_of_equal_byte_size_is_not_overwritten_in_place() {
     let compiled = Compiler::new(Target::host())
         .with_options(CompileOptions {
             threads: 1,
-            ..Default::default()
+            // The graph as written: these tests are about the memory plan of these kernels
+            // (rewriting would cancel the transposes).
+            graph: kiln::GraphOptions {
+                rewrite: false,
+                ..Default::default()
+            },
         })
         .compile(&g)
         .unwrap();
@@ -152,4 +162,45 @@ fn a_broadcast_input_of_equal_byte_size_is_not_overwritten_in_place() {
     let got = compiled.run(&inputs).unwrap();
     let want = kiln_reference::run(&g, &inputs).unwrap();
     assert_eq!(got, want);
+}
+
+#[test]
+fn rewriting_runs_before_lowering_and_can_be_turned_off() {
+    use kiln::{DType, Graph, GraphOptions, TensorType};
+    use kiln_ir::op::UnaryOp;
+    use kiln_ir::Op;
+    // transpose -> exp -> transpose: the e-graph sinks the first transpose through exp and
+    // cancels the pair, leaving one kernel.
+    let mut g = Graph::new();
+    let x = g.add_input("x", TensorType::new(DType::F32, vec![4, 6]).unwrap());
+    let t = g
+        .add_node(Op::Transpose { perm: vec![1, 0] }, &[x], "t0")
+        .unwrap();
+    let e = g.add_node(Op::Unary(UnaryOp::Exp), &[t], "exp").unwrap();
+    let y = g
+        .add_node(Op::Transpose { perm: vec![1, 0] }, &[e], "t1")
+        .unwrap();
+    g.set_outputs(vec![y]).unwrap();
+    let input = Tensor::new(vec![4, 6], (0..24).map(|i| i as f32 / 10.0).collect()).unwrap();
+    let want = kiln_reference::run(&g, std::slice::from_ref(&input)).unwrap();
+    for (rewrite, kernels) in [(true, 1), (false, 3)] {
+        let compiled = Compiler::new(Target::host())
+            .with_options(CompileOptions {
+                threads: 1,
+                graph: GraphOptions {
+                    rewrite,
+                    ..Default::default()
+                },
+            })
+            .compile(&g)
+            .unwrap();
+        assert_eq!(compiled.stats().kernels, kernels, "rewrite {rewrite}");
+        let report = compiled.stats().rewrite.as_ref();
+        assert_eq!(
+            report.map(|r| (r.nodes_before, r.nodes_after)),
+            rewrite.then_some((3, 1))
+        );
+        let got = compiled.run(std::slice::from_ref(&input)).unwrap();
+        assert!(max_abs_diff(&got[0], &want[0]) <= 1e-6);
+    }
 }

@@ -87,6 +87,17 @@ pub fn node_data(egraph: &GraphEGraph, node: &Node) -> ClassData {
     }
 }
 
+impl GraphAnalysis {
+    /// Adds `value` to the pool and returns the class of its `(const k)` node.
+    pub fn add_constant(egraph: &mut GraphEGraph, value: Arc<Tensor>) -> Id {
+        egraph.analysis.pool.push(value);
+        let k = egraph.add(Node::Index(crate::lang::Index(
+            egraph.analysis.pool.len() as u32 - 1,
+        )));
+        egraph.add(Node::Const([k]))
+    }
+}
+
 impl Analysis<Node> for GraphAnalysis {
     type Data = ClassData;
 
@@ -123,11 +134,7 @@ impl Analysis<Node> for GraphAnalysis {
         if egraph[id].nodes.iter().any(|n| matches!(n, Node::Const(_))) {
             return;
         }
-        egraph.analysis.pool.push(value);
-        let k = egraph.add(Node::Index(crate::lang::Index(
-            egraph.analysis.pool.len() as u32 - 1,
-        )));
-        let c = egraph.add(Node::Const([k]));
+        let c = GraphAnalysis::add_constant(egraph, value);
         egraph.union(id, c);
     }
 }

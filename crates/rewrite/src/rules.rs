@@ -344,11 +344,7 @@ fn per_channel(eg: &GraphEGraph, s: &Subst, o: usize) -> Option<Vec<f32>> {
 
 fn vector_const(eg: &mut GraphEGraph, v: Vec<f32>, shape: Vec<usize>) -> Option<Id> {
     let t = Tensor::new(shape, v).ok()?;
-    eg.analysis.pool.push(std::sync::Arc::new(t));
-    let k = eg.add(Node::Index(crate::lang::Index(
-        eg.analysis.pool.len() as u32 - 1,
-    )));
-    Some(eg.add(Node::Const([k])))
+    Some(GraphAnalysis::add_constant(eg, std::sync::Arc::new(t)))
 }
 
 fn scale_into_conv(eg: &mut GraphEGraph, s: &Subst) -> Option<Id> {
