@@ -261,6 +261,19 @@ pub fn rules() -> Vec<Rewrite<Node, GraphAnalysis>> {
         // A slice that lies within one operand of a concat along the concat axis reads only that
         // operand (the split of a concat: Split after Concat in exported models).
         rule("slice-of-concat", "(op ?a ?c)", slice_of_concat),
+        // matmul(a, W) * s, W a constant and s a constant per output column ([1|B, 1, N] or a
+        // scalar): each output column n is a dot product with column n of W, so scaling it
+        // scales W's column: matmul(a, W * s) (the product folds at compile time).
+        rule(
+            "scale-into-matmul",
+            "(op ?m (op ?mm ?a ?w) ?s)",
+            |eg, _, s| scale_into_matmul(eg, s),
+        ),
+        rule(
+            "scale-into-matmul-left",
+            "(op ?m ?s (op ?mm ?a ?w))",
+            |eg, _, s| scale_into_matmul(eg, s),
+        ),
         // conv(pad(x, zeros on H and W), w, b) = conv(x, w, b) with the pads added to the conv's
         // own (which pads with the input zero point: 0 for floats).
         rule(
@@ -445,4 +458,24 @@ fn slice_of_concat(eg: &mut GraphEGraph, _: Id, s: &Subst) -> Option<Id> {
         }
     }
     None
+}
+
+fn scale_into_matmul(eg: &mut GraphEGraph, s: &Subst) -> Option<Id> {
+    let (Op::Binary(BinaryOp::Mul), Op::MatMul(attrs)) = (op(eg, s, "?m")?, op(eg, s, "?mm")?)
+    else {
+        return None;
+    };
+    let (a, w, k) = (s[var("?a")], s[var("?w")], s[var("?s")]);
+    let (wt, kt) = (ty(eg, w)?, ty(eg, k)?);
+    eg[w].data.value.as_ref()?;
+    eg[k].data.value.as_ref()?;
+    let per_column = kt.shape.len() == 3
+        && (kt.shape[0] == 1 || kt.shape[0] == wt.shape[0])
+        && kt.shape[1] == 1
+        && (kt.shape[2] == 1 || kt.shape[2] == wt.shape[2]);
+    if attrs.a_zp != 0 || attrs.b_zp != 0 || wt.dtype != DType::F32 || !per_column {
+        return None;
+    }
+    let scaled = add_op(eg, Op::Binary(BinaryOp::Mul), &[w, k])?;
+    add_op(eg, Op::MatMul(attrs), &[a, scaled])
 }

@@ -169,3 +169,173 @@ fn bundled_models_keep_their_outputs_and_lose_their_batch_norms() {
         }
     }
 }
+
+/// A step of a random convolutional chain on an NCHW f32 tensor.
+#[derive(Clone, Debug)]
+enum ConvStep {
+    /// 3x3 or 1x1 convolution (depthwise when the flag is set) with pseudo-random weights.
+    Conv { seed: u8, k3: bool, depthwise: bool },
+    /// Per-channel (or scalar) multiply or add by a constant, either operand order.
+    Affine {
+        seed: u8,
+        add: bool,
+        scalar: bool,
+        left: bool,
+    },
+    /// Zero padding of H and W.
+    Pad(u8),
+    /// Clamp to [0, 6].
+    Relu6,
+    /// To NHWC, negate, back to NCHW.
+    RoundTrip,
+}
+
+fn arb_conv_step() -> impl Strategy<Value = ConvStep> {
+    prop_oneof![
+        (any::<u8>(), any::<bool>(), any::<bool>()).prop_map(|(seed, k3, depthwise)| {
+            ConvStep::Conv {
+                seed,
+                k3,
+                depthwise,
+            }
+        }),
+        (any::<u8>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+            |(seed, add, scalar, left)| ConvStep::Affine {
+                seed,
+                add,
+                scalar,
+                left
+            }
+        ),
+        any::<u8>().prop_map(ConvStep::Pad),
+        Just(ConvStep::Relu6),
+        Just(ConvStep::RoundTrip),
+    ]
+}
+
+fn pseudo(seed: u8, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i * 37 + seed as usize * 101 + 7) % 29) as f32 - 14.0) / 16.0)
+        .collect()
+}
+
+fn build_conv(steps: &[ConvStep]) -> Graph {
+    let mut g = Graph::new();
+    let mut cur = g.add_input("x", TensorType::new(DType::F32, vec![1, 3, 6, 6]).unwrap());
+    for (i, s) in steps.iter().enumerate() {
+        let shape = g.ty(cur).shape.clone();
+        let c = shape[1];
+        let name = format!("n{i}");
+        cur = match *s {
+            ConvStep::Conv {
+                seed,
+                k3,
+                depthwise,
+            } => {
+                let k = if k3 && shape[2] >= 3 && shape[3] >= 3 {
+                    3
+                } else {
+                    1
+                };
+                let (o, ci) = if depthwise {
+                    (c, 1)
+                } else {
+                    (2 + seed as usize % 3, c)
+                };
+                let w = Tensor::new(vec![o, ci, k, k], pseudo(seed, o * ci * k * k)).unwrap();
+                let b = Tensor::new(vec![o], pseudo(seed.wrapping_add(1), o)).unwrap();
+                let (w, b) = (g.add_const_value(w, "w"), g.add_const_value(b, "b"));
+                let attrs = kiln_ir::op::ConvAttrs {
+                    stride: [1, 1],
+                    dilation: [1, 1],
+                    ..Default::default()
+                };
+                let op = if depthwise {
+                    Op::DepthwiseConv2d(attrs)
+                } else {
+                    Op::Conv2d(attrs)
+                };
+                g.add_node(op, &[cur, w, b], name).unwrap()
+            }
+            ConvStep::Affine {
+                seed,
+                add,
+                scalar,
+                left,
+            } => {
+                let ch = if scalar { 1 } else { c };
+                let k = Tensor::new(vec![1, ch, 1, 1], pseudo(seed, ch)).unwrap();
+                let k = g.add_const_value(k, "k");
+                let op = Op::Binary(if add { BinaryOp::Add } else { BinaryOp::Mul });
+                let args = if left { [k, cur] } else { [cur, k] };
+                g.add_node(op, &args, name).unwrap()
+            }
+            ConvStep::Pad(p) => {
+                let (a, b) = ((p % 2) as usize, (p / 2 % 2) as usize);
+                g.add_node(
+                    Op::Pad {
+                        pads: vec![[0, 0], [0, 0], [a, b], [b, a]],
+                        mode: kiln_ir::op::PadMode::Constant,
+                        value: kiln_ir::OrderedF64(0.0),
+                    },
+                    &[cur],
+                    name,
+                )
+                .unwrap()
+            }
+            ConvStep::Relu6 => g
+                .add_node(
+                    Op::Clamp {
+                        min: kiln_ir::OrderedF64(0.0),
+                        max: kiln_ir::OrderedF64(6.0),
+                    },
+                    &[cur],
+                    name,
+                )
+                .unwrap(),
+            ConvStep::RoundTrip => {
+                let t = g
+                    .add_node(
+                        Op::Transpose {
+                            perm: vec![0, 2, 3, 1],
+                        },
+                        &[cur],
+                        format!("t{i}"),
+                    )
+                    .unwrap();
+                let n = g
+                    .add_node(Op::Unary(UnaryOp::Negate), &[t], format!("neg{i}"))
+                    .unwrap();
+                g.add_node(
+                    Op::Transpose {
+                        perm: vec![0, 3, 1, 2],
+                    },
+                    &[n],
+                    name,
+                )
+                .unwrap()
+            }
+        };
+    }
+    g.set_outputs(vec![cur]).unwrap();
+    g
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 150, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_conv_chains_compute_the_same_after_rewriting(steps in prop::collection::vec(arb_conv_step(), 1..8)) {
+        let g = build_conv(&steps);
+        let (after, _) = optimize(&g, &RewriteOptions::default()).unwrap();
+        let x = [Tensor::new(vec![1, 3, 6, 6], pseudo(3, 108)).unwrap()];
+        let want = kiln_reference::run(&g, &x).unwrap();
+        let got = kiln_reference::run(&after, &x).unwrap();
+        prop_assert_eq!(want[0].ty(), got[0].ty());
+        let scale = want[0].data().to_f64_vec().iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        for (a, b) in want[0].data().to_f64_vec().iter().zip(got[0].data().to_f64_vec()) {
+            // Folding scales into weights rounds differently: relative to the output's range.
+            prop_assert!((a - b).abs() <= 1e-5 * scale, "{} vs {}\n{}\n=>\n{}", a, b, g, after);
+        }
+    }
+}

@@ -332,3 +332,39 @@ fn slices_compose_vanish_when_full_and_see_through_concats() {
     );
     assert_eq!(kiln_rewrite::op_node_count(&after), 2);
 }
+
+#[test]
+fn a_per_column_scale_folds_into_constant_matmul_weights() {
+    let after = prove(
+        r#"graph {
+  const @0: f32[1,3,2] = [1, 2, 3, 4, 5, 6]
+  const @1: f32[1,1,2] = [0.5, -2]
+  input %0 "a": f32[1,4,3]
+  %1: f32[1,3,2] = const(@0)
+  %2: f32[1,4,2] = matmul(%0, %1) {"a_zp":0,"b_zp":0}
+  %3: f32[1,1,2] = const(@1)
+  %4: f32[1,4,2] = mul(%3, %2)
+  output %4
+}"#,
+        &["matmul"],
+        &["mul"],
+        1e-6,
+    );
+    assert_eq!(kiln_rewrite::op_node_count(&after), 1);
+    // A per-row scale is not a column scale: the multiplication stays.
+    prove(
+        r#"graph {
+  const @0: f32[1,3,2] = [1, 2, 3, 4, 5, 6]
+  const @1: f32[1,4,1] = [0.5, -2, 1, 3]
+  input %0 "a": f32[1,4,3]
+  %1: f32[1,3,2] = const(@0)
+  %2: f32[1,4,2] = matmul(%0, %1) {"a_zp":0,"b_zp":0}
+  %3: f32[1,4,1] = const(@1)
+  %4: f32[1,4,2] = mul(%2, %3)
+  output %4
+}"#,
+        &["matmul", "mul"],
+        &[],
+        1e-6,
+    );
+}
