@@ -5,7 +5,9 @@
 //! kernel's `func` params are exactly `inputs` (in order) followed by `outputs`, each with the
 //! graph type of the value it binds, and running every kernel in order with
 //! [`kiln_tir::interp::run`] computes the graph outputs `kiln_reference::run` computes (see the
-//! tolerance notes of [`crate::compute`]).
+//! tolerance notes of [`crate::compute`]). Every input param is read by the kernel: a placeholder
+//! the schedule never reads (a weight replaced by its pre-transposed table) is dropped from the
+//! params and the inputs ([`drop_unread_inputs`]), so no caller passes or embeds it.
 
 use crate::compute::{define, Builder, ComputeError, Operand};
 use crate::fusion::{group_inputs, group_output, partition, Group};
@@ -150,11 +152,13 @@ pub fn lower_graph(graph: &Graph) -> Result<Vec<Kernel>, KernelError> {
         if dag.outputs().len() != 1 {
             return Err(KernelError::Outputs(name));
         }
-        let (trace, func) =
+        let (trace, mut func) =
             default_schedule(&dag, g.class, &keep).map_err(|e| KernelError::Lower {
                 kernel: name.clone(),
                 source: e,
             })?;
+        let mut inputs = inputs;
+        drop_unread_inputs(&mut func, &mut inputs);
         kernels.push(Kernel {
             name,
             dag,
@@ -167,6 +171,20 @@ pub fn lower_graph(graph: &Graph) -> Result<Vec<Kernel>, KernelError> {
         });
     }
     Ok(kernels)
+}
+
+/// Removes the input params `func` never reads from its params (they become unallocated locals:
+/// codegen allocates only locals a body uses) and from `inputs`, which binds them.
+pub fn drop_unread_inputs(func: &mut PrimFunc, inputs: &mut Vec<KernelInput>) {
+    let used = func.body.buffers_accessed();
+    for i in (0..inputs.len().min(func.params.len())).rev() {
+        let p = func.params[i];
+        if !used.contains(&p) {
+            func.params.remove(i);
+            inputs.remove(i);
+            func.buffers[p.index()].scope = kiln_tir::Scope::Local;
+        }
+    }
 }
 
 /// Runs the kernels with the TIR interpreter on the graph inputs; returns the graph outputs.

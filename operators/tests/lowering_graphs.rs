@@ -177,6 +177,38 @@ fn check_model(name: &str) {
         .filter(|n| !matches!(n.op, Op::Const(_)))
         .count();
     assert!(kernels.len() < nodes, "{name}: no fusion happened");
+    // Every input param is read: weights replaced by their pre-transposed tables are not passed
+    // (nor embedded) beside them; and no weight is bound twice over.
+    for k in &kernels {
+        let used = k.func.body.buffers_accessed();
+        for (i, p) in k.func.params.iter().enumerate().take(k.inputs.len()) {
+            assert!(
+                used.contains(p),
+                "{name}: kernel {} never reads param {i}",
+                k.name
+            );
+        }
+    }
+    let embedded: usize = kernels
+        .iter()
+        .flat_map(|k| &k.inputs)
+        .map(|i| match i {
+            KernelInput::Const(c) => g.constant(*c).ty().byte_size(),
+            KernelInput::Table(t) => t.ty().byte_size(),
+            KernelInput::Value(_) => 0,
+        })
+        .sum();
+    let weights: usize = g.consts().iter().map(|t| t.ty().byte_size()).sum();
+    // (int8 models also bind RESCALE's per-channel multiplier and shift tables.)
+    let extra = if name.contains("int8") {
+        weights / 2
+    } else {
+        weights / 20
+    };
+    assert!(
+        embedded <= weights + extra,
+        "{name}: kernels bind {embedded} bytes of constants for {weights} bytes of weights"
+    );
     let got = run_kernels(g, &kernels, std::slice::from_ref(&input)).unwrap();
     let want = kiln_reference::run(g, &[input]).unwrap();
     for (i, (a, b)) in got.iter().zip(&want).enumerate() {

@@ -86,11 +86,7 @@ fn accesses(s: &Stmt, par: Option<VarId>, f: &mut dyn FnMut(BufferId, Option<Var
 
 /// The buffers `s` loads or stores.
 pub(crate) fn buffers_used(s: &Stmt) -> BTreeSet<BufferId> {
-    let mut used = BTreeSet::new();
-    accesses(s, None, &mut |b, _| {
-        used.insert(b);
-    });
-    used
+    s.buffers_accessed()
 }
 
 /// The local buffers private to a parallel loop: those all of whose accesses lie inside the same

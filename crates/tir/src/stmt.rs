@@ -100,6 +100,34 @@ impl Stmt {
         }
     }
 
+    /// The buffers this statement loads from or stores to (anywhere inside it).
+    pub fn buffers_accessed(&self) -> std::collections::BTreeSet<BufferId> {
+        let mut used = std::collections::BTreeSet::new();
+        self.walk(&mut |s| {
+            let mut expr = |e: &Expr| {
+                e.walk(&mut |x| {
+                    if let Expr::Load { buf, .. } = x {
+                        used.insert(*buf);
+                    }
+                })
+            };
+            match s {
+                Stmt::Store {
+                    buf,
+                    indices,
+                    value,
+                } => {
+                    indices.iter().for_each(&mut expr);
+                    expr(value);
+                    used.insert(*buf);
+                }
+                Stmt::IfThenElse { cond, .. } => expr(cond),
+                Stmt::For { .. } | Stmt::Seq(_) => {}
+            }
+        });
+        used
+    }
+
     /// Calls `f` on this statement and every nested statement, parents first.
     pub fn walk(&self, f: &mut dyn FnMut(&Stmt)) {
         f(self);
