@@ -138,11 +138,18 @@ pub fn group_dag(
     Ok((b, ordered, outputs))
 }
 
-/// Lowers every group of `graph` with its default schedule.
+/// Lowers every group of `graph` (the partition rule of [`crate::fusion`]) with its default
+/// schedule.
 pub fn lower_graph(graph: &Graph) -> Result<Vec<Kernel>, KernelError> {
+    lower_groups(graph, &partition(graph))
+}
+
+/// Lowers the given fusion groups of `graph` (each satisfying the invariant of
+/// [`crate::fusion`], in an executable order) with their default schedules.
+pub fn lower_groups(graph: &Graph, groups: &[Group]) -> Result<Vec<Kernel>, KernelError> {
     let mut kernels = vec![];
-    for g in partition(graph) {
-        let (b, inputs, outputs) = group_dag(graph, &g)?;
+    for g in groups {
+        let (b, inputs, outputs) = group_dag(graph, g)?;
         let (dag, _, keep) = b.into_parts();
         let name = dag
             .outputs()

@@ -35,6 +35,8 @@ pub struct BenchReport {
     pub threads: usize,
     /// Graph nodes (not constants) before and after rewriting, and the saturation time.
     pub rewrite: Option<(usize, usize, f64)>,
+    /// Fusion groups chosen by the e-graph, and whether it fell back to the partition rule.
+    pub fusion: Option<(usize, bool)>,
 }
 
 /// Deterministic inputs when no data folder is given: floats in [-1, 1), integers 0.
@@ -108,6 +110,11 @@ pub fn bench(req: &BenchRequest) -> Result<BenchReport, CliError> {
             .rewrite
             .as_ref()
             .map(|r| (r.nodes_before, r.nodes_after, r.saturation_ms)),
+        fusion: stats
+            .rewrite
+            .as_ref()
+            .and_then(|r| r.fusion.as_ref())
+            .map(|f| (f.kernels, f.fell_back)),
     })
 }
 
@@ -125,6 +132,9 @@ pub fn print(report: &BenchReport, json: bool) {
             "rewrite": report.rewrite.map(|(before, after, ms)| serde_json::json!({
                 "nodes_before": before, "nodes_after": after, "saturation_ms": ms,
             })),
+            "fusion": report.fusion.map(|(groups, fell_back)| serde_json::json!({
+                "groups": groups, "fell_back": fell_back,
+            })),
         });
         println!("{v}");
     } else {
@@ -138,6 +148,14 @@ pub fn print(report: &BenchReport, json: bool) {
                 println!("rewrite      {before} -> {after} graph nodes ({ms:.1} ms saturation)")
             }
             None => println!("rewrite      off"),
+        }
+        if let Some((groups, fell_back)) = report.fusion {
+            let how = if fell_back {
+                "partition rule (e-graph groups were invalid)"
+            } else {
+                "chosen by the e-graph"
+            };
+            println!("fusion       {groups} groups, {how}");
         }
         println!(
             "arena        {} bytes (naive sum of intermediates: {} bytes)",

@@ -131,9 +131,8 @@ pub fn compile_library(
         packages: target.linker_packages().into(),
     })?;
     let start = Instant::now();
-    let (graph, _) =
-        crate::graph_opt::prepare(graph, &options.graph).map_err(CompileError::from)?;
-    let planned = plan_model(&graph, ENTRY)?;
+    let prepared = crate::graph_opt::prepare(graph, &options.graph).map_err(CompileError::from)?;
+    let planned = plan_model(&prepared.graph, prepared.groups.as_deref(), ENTRY)?;
     let codegen = CodegenOptions {
         threads: if options.parallel {
             Threads::Global

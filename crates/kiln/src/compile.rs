@@ -11,7 +11,8 @@ use crate::bytes::{tensor_bytes, tensor_from_bytes};
 use crate::{CompileOptions, Target};
 use kiln_codegen::{Arg, CodegenOptions, JitModule, KernelCall, ModelEntry, Threads};
 use kiln_ir::{ConstId, Graph, Op, Tensor, TensorType, ValueDef, ValueId};
-use kiln_operators::kernel::{lower_graph, Kernel, KernelError, KernelInput};
+use kiln_operators::fusion::Group;
+use kiln_operators::kernel::{lower_graph, lower_groups, Kernel, KernelError, KernelInput};
 use kiln_operators::schedule::OpClass;
 use kiln_runtime::{plan, BufferRequest, PlanError};
 use std::collections::HashMap;
@@ -169,8 +170,9 @@ pub(crate) fn compile(
         return Err(CompileError::NotNative(target.name().into()));
     }
     let start = Instant::now();
-    let (graph, rewrite) = crate::graph_opt::prepare(graph, &options.graph)?;
-    let planned = plan_model(&graph, ENTRY)?;
+    let prepared = crate::graph_opt::prepare(graph, &options.graph)?;
+    let planned = plan_model(&prepared.graph, prepared.groups.as_deref(), ENTRY)?;
+    let rewrite = prepared.report;
     let codegen = PlannedModel::codegen_options(options.threads, target.isa_spec());
     let jit = JitModule::compile_with_entries(&planned.funcs, &[planned.entry], &codegen)?;
     let stats = CompileStats {
@@ -191,12 +193,21 @@ pub(crate) fn compile(
     })
 }
 
-/// Lowers `graph` to kernels, plans its memory and builds the entry `entry_name` calling them.
-pub(crate) fn plan_model(graph: &Graph, entry_name: &str) -> Result<PlannedModel, CompileError> {
+/// Lowers `graph` to kernels (its fusion `groups` when given, else the lowering's partition
+/// rule), plans its memory and builds the entry `entry_name` calling them.
+pub(crate) fn plan_model(
+    graph: &Graph,
+    groups: Option<&[Group]>,
+    entry_name: &str,
+) -> Result<PlannedModel, CompileError> {
     graph.verify()?;
     let folded = crate::empty::fold_empty_tensors(graph)?;
+    let kernels = match (&folded, groups) {
+        (None, Some(groups)) => lower_groups(graph, groups)?,
+        // Folding empty tensors renumbers the graph: the given groups no longer apply.
+        _ => lower_graph(folded.as_ref().unwrap_or(graph))?,
+    };
     let graph = folded.as_ref().unwrap_or(graph);
-    let kernels = lower_graph(graph)?;
     let mut p = Planner {
         graph,
         storage: HashMap::new(),

@@ -1,12 +1,14 @@
-//! The graph-level step of every compilation: e-graph rewriting ([`kiln_rewrite`]) and the
-//! optional dump of the graph before and after it.
+//! The graph-level step of every compilation: e-graph rewriting and fusion ([`kiln_rewrite`])
+//! and the optional dump of the graph before and after it.
 //!
 //! Invariant: the graph handed to lowering is verified and computes what the imported graph
-//! computes; with `rewrite` off it is the imported graph itself.
+//! computes, and its groups (when given) partition its ops as the lowering requires; with
+//! `rewrite` off it is the imported graph itself, grouped by the lowering's partition rule.
 
 use kiln_ir::Graph;
+use kiln_operators::fusion::Group;
 pub use kiln_rewrite::RewriteReport;
-use kiln_rewrite::{RewriteError, RewriteOptions};
+use kiln_rewrite::{RewriteError, RewriteOptions, RooflineCost};
 use std::borrow::Cow;
 use std::path::PathBuf;
 
@@ -63,22 +65,44 @@ fn dump(dir: &std::path::Path, stem: &str, g: &Graph) -> Result<(), GraphOptErro
     Ok(())
 }
 
-/// The graph to lower: `graph` rewritten (when asked), with the report of the rewriting.
+/// The graph to lower.
+#[derive(Debug)]
+pub struct Prepared<'g> {
+    /// The graph, rewritten when asked.
+    pub graph: Cow<'g, Graph>,
+    /// Its fusion groups chosen in the e-graph (`None`: the lowering's partition rule).
+    pub groups: Option<Vec<Group>>,
+    /// What rewriting and fusion did.
+    pub report: Option<RewriteReport>,
+}
+
+/// `graph` rewritten and its fusion groups chosen by equality saturation (when asked).
 pub fn prepare<'g>(
     graph: &'g Graph,
     options: &GraphOptions,
-) -> Result<(Cow<'g, Graph>, Option<RewriteReport>), GraphOptError> {
+) -> Result<Prepared<'g>, GraphOptError> {
     if let Some(dir) = &options.dump_dir {
         dump(dir, "before", graph)?;
     }
-    let (out, report) = if options.rewrite {
-        let (g, report) = kiln_rewrite::optimize(graph, &options.limits)?;
-        (Cow::Owned(g), Some(report))
+    let prepared = if options.rewrite {
+        let (g, mut report) = kiln_rewrite::optimize(graph, &options.limits)?;
+        let (g, groups, fusion) =
+            kiln_rewrite::fusion::fusion_groups(&g, &options.limits, &RooflineCost)?;
+        report.fusion = Some(fusion);
+        Prepared {
+            graph: Cow::Owned(g),
+            groups: Some(groups),
+            report: Some(report),
+        }
     } else {
-        (Cow::Borrowed(graph), None)
+        Prepared {
+            graph: Cow::Borrowed(graph),
+            groups: None,
+            report: None,
+        }
     };
     if let Some(dir) = &options.dump_dir {
-        dump(dir, "after", &out)?;
+        dump(dir, "after", &prepared.graph)?;
     }
-    Ok((out, report))
+    Ok(prepared)
 }

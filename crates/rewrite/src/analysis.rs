@@ -23,6 +23,22 @@ pub struct GraphAnalysis {
     pub pool: Vec<Arc<Tensor>>,
     /// Largest constant (in elements) the analysis computes at compile time.
     pub fold_limit: usize,
+    /// Fusion e-graphs: for the class of each op result (as added), how many graph nodes read
+    /// it, plus one when it is a graph output.
+    pub readers: Vec<(Id, usize)>,
+}
+
+impl GraphAnalysis {
+    /// The readers recorded for class `id` (0 when none were).
+    pub fn readers_of(egraph: &GraphEGraph, id: Id) -> usize {
+        let id = egraph.find(id);
+        egraph
+            .analysis
+            .readers
+            .iter()
+            .find(|(c, _)| egraph.find(*c) == id)
+            .map_or(0, |&(_, n)| n)
+    }
 }
 
 /// What the analysis knows about a class.
@@ -83,6 +99,7 @@ pub fn node_data(egraph: &GraphEGraph, node: &Node) -> ClassData {
                 value,
             }
         }
+        Node::Kernel([x]) => egraph[*x].data.clone(),
         Node::Outputs(_) | Node::Index(_) | Node::Op(_) => ClassData::default(),
     }
 }

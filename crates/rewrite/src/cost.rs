@@ -10,9 +10,15 @@ use crate::lang::{op_of, Node};
 use egg::{CostFunction, Id};
 use kiln_ir::{Op, TensorType};
 
-/// The cost of one op, given its operand and result types. A learned model can implement it.
+/// The cost of one op, given its operand and result types, and of materialising a kernel's
+/// output. A learned model can implement it.
 pub trait CostModel {
+    /// The op as a kernel of its own (arithmetic, memory traffic, launch).
     fn op_cost(&self, op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64;
+    /// The op fused into a kernel with its producer: its arithmetic only.
+    fn fused_op_cost(&self, op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64;
+    /// Ending a kernel at a value: a launch, writing the value and reading it back.
+    fn kernel_cost(&self, output: &TensorType) -> f64;
 }
 
 /// A roofline-style estimate: arithmetic (multiply-adds count two), bytes moved (operands read,
@@ -27,10 +33,10 @@ impl RooflineCost {
     const KERNEL: f64 = 2000.0;
 }
 
-impl CostModel for RooflineCost {
-    fn op_cost(&self, op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64 {
+impl RooflineCost {
+    fn flops(op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64 {
         let out = output.num_elements() as f64;
-        let flops = match op {
+        match op {
             Op::Conv2d(_) | Op::DepthwiseConv2d(_) | Op::TransposeConv2d(_) => {
                 let w = inputs
                     .get(1)
@@ -47,7 +53,13 @@ impl CostModel for RooflineCost {
             }
             Op::Identity | Op::Reshape { .. } => 0.0,
             _ => out,
-        };
+        }
+    }
+}
+
+impl CostModel for RooflineCost {
+    fn op_cost(&self, op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64 {
+        let flops = Self::flops(op, inputs, output);
         let bytes: f64 =
             inputs.iter().map(|t| t.byte_size() as f64).sum::<f64>() + output.byte_size() as f64;
         let launch = match op {
@@ -57,6 +69,14 @@ impl CostModel for RooflineCost {
         };
         flops / Self::FLOPS_PER_CYCLE + bytes / Self::BYTES_PER_CYCLE + launch
     }
+
+    fn fused_op_cost(&self, op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64 {
+        Self::flops(op, inputs, output) / Self::FLOPS_PER_CYCLE
+    }
+
+    fn kernel_cost(&self, output: &TensorType) -> f64 {
+        Self::KERNEL + 2.0 * output.byte_size() as f64 / Self::BYTES_PER_CYCLE
+    }
 }
 
 /// egg's view of a [`CostModel`] over one e-graph.
@@ -64,6 +84,8 @@ impl CostModel for RooflineCost {
 pub struct GraphCost<'a, M: CostModel> {
     pub egraph: &'a GraphEGraph,
     pub model: &'a M,
+    /// Fusion e-graphs: ops cost their arithmetic, `(kernel x)` nodes the materialisation.
+    pub fusion: bool,
 }
 
 impl<M: CostModel> std::fmt::Debug for GraphCost<'_, M> {
@@ -79,6 +101,10 @@ impl<M: CostModel> CostFunction<Node> for GraphCost<'_, M> {
         match enode {
             Node::Index(_) | Node::Op(_) | Node::Input(_) | Node::Const(_) => 0.0,
             Node::Outputs(children) => children.iter().map(|&c| costs(c)).sum(),
+            Node::Kernel([x]) => match &self.egraph[*x].data.ty {
+                Some(t) => self.model.kernel_cost(t) + costs(*x),
+                None => f64::INFINITY,
+            },
             Node::Apply(children) => {
                 let Some((&op_id, operands)) = children.split_first() else {
                     return f64::INFINITY;
@@ -96,8 +122,12 @@ impl<M: CostModel> CostFunction<Node> for GraphCost<'_, M> {
                 let Ok(out) = kiln_ir::infer_type(op, &types) else {
                     return f64::INFINITY;
                 };
-                self.model.op_cost(op, &types, &out)
-                    + operands.iter().map(|&c| costs(c)).sum::<f64>()
+                let own = if self.fusion {
+                    self.model.fused_op_cost(op, &types, &out)
+                } else {
+                    self.model.op_cost(op, &types, &out)
+                };
+                own + operands.iter().map(|&c| costs(c)).sum::<f64>()
             }
         }
     }

@@ -5,6 +5,8 @@
 //! (the IR op with all its attributes) followed by its operands in IR order, or the root
 //! `(outputs ...)` listing the graph outputs in order. Index and op leaves are never unioned
 //! with anything else, so a rule reads an op's attributes from its first child's only node.
+//! The fusion pass ([`crate::fusion`]) adds `(kernel x)`: the value of `x`, materialised in
+//! memory as a kernel's output (an identity that is deliberately kept in a class of its own).
 
 use egg::{define_language, EGraph, Id};
 use kiln_ir::Op;
@@ -102,6 +104,7 @@ define_language! {
         "const" = Const([Id; 1]),
         "op" = Apply(Box<[Id]>),
         "outputs" = Outputs(Box<[Id]>),
+        "kernel" = Kernel([Id; 1]),
         Index(Index),
         Op(OpLeaf),
     }

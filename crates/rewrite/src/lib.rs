@@ -15,6 +15,7 @@
 pub mod analysis;
 pub mod cost;
 pub mod dot;
+pub mod fusion;
 pub mod lang;
 pub mod rules;
 
@@ -78,6 +79,8 @@ pub struct RewriteReport {
     pub extraction_ms: f64,
     /// Applications per rule.
     pub applied: BTreeMap<String, usize>,
+    /// What fusion chose, when it ran ([`fusion::fusion_groups`]).
+    pub fusion: Option<fusion::FusionReport>,
 }
 
 /// Nodes of `graph` that compute something (not `const`).
@@ -91,6 +94,12 @@ pub fn op_node_count(graph: &Graph) -> usize {
 
 /// The e-graph of `graph` and the id of its root `(outputs ...)` class.
 pub fn to_egraph(graph: &Graph, fold_limit: usize) -> (GraphEGraph, Id) {
+    build_egraph(graph, fold_limit, false)
+}
+
+/// [`to_egraph`]; with `wrap`, every operand and output computed by an op is read through
+/// `(kernel x)` (every op its own kernel: the start of fusion).
+pub(crate) fn build_egraph(graph: &Graph, fold_limit: usize, wrap: bool) -> (GraphEGraph, Id) {
     let analysis = GraphAnalysis {
         inputs: graph
             .inputs()
@@ -99,12 +108,17 @@ pub fn to_egraph(graph: &Graph, fold_limit: usize) -> (GraphEGraph, Id) {
             .collect(),
         pool: graph.consts().iter().cloned().map(Arc::new).collect(),
         fold_limit,
+        readers: vec![],
     };
     let mut eg = GraphEGraph::new(analysis);
     let mut ids: HashMap<ValueId, Id> = HashMap::new();
+    // The class a consumer reads: through a kernel node for op results when wrapping.
+    let mut read: HashMap<ValueId, Id> = HashMap::new();
     for (i, &v) in graph.inputs().iter().enumerate() {
         let k = eg.add(Node::Index(Index(i as u32)));
-        ids.insert(v, eg.add(Node::Input([k])));
+        let id = eg.add(Node::Input([k]));
+        ids.insert(v, id);
+        read.insert(v, id);
     }
     for node in graph.nodes() {
         let id = match &node.op {
@@ -115,13 +129,29 @@ pub fn to_egraph(graph: &Graph, fold_limit: usize) -> (GraphEGraph, Id) {
             op => {
                 let leaf = eg.add(Node::Op(OpLeaf::new(op.clone())));
                 let mut children = vec![leaf];
-                children.extend(node.inputs.iter().map(|v| ids[v]));
+                children.extend(node.inputs.iter().map(|v| read[v]));
                 eg.add(Node::Apply(children.into_boxed_slice()))
             }
         };
         ids.insert(node.output, id);
+        let through = if wrap && !matches!(node.op, Op::Const(_)) {
+            eg.add(Node::Kernel([id]))
+        } else {
+            id
+        };
+        read.insert(node.output, through);
     }
-    let outputs: Vec<Id> = graph.outputs().iter().map(|v| ids[v]).collect();
+    if wrap {
+        let uses = kiln_operators::fusion::consumers(graph);
+        for (v, &id) in &ids {
+            let (readers, is_output) = &uses[v.index()];
+            eg.analysis
+                .readers
+                .push((id, readers.len() + usize::from(*is_output)));
+        }
+        eg.analysis.readers.sort();
+    }
+    let outputs: Vec<Id> = graph.outputs().iter().map(|v| read[v]).collect();
     let root = eg.add(Node::Outputs(outputs.into_boxed_slice()));
     eg.rebuild();
     (eg, root)
@@ -134,6 +164,24 @@ pub fn from_expr(
     original: &Graph,
     pool: &[Arc<Tensor>],
 ) -> Result<Graph, RewriteError> {
+    from_expr_marked(expr, original, pool).map(|(g, _)| g)
+}
+
+/// Where an extracted expression materialises values: those read through `(kernel x)`, and how
+/// many consumers read each value directly (fused).
+#[derive(Debug, Default)]
+pub(crate) struct Marks {
+    pub materialized: std::collections::HashSet<ValueId>,
+    pub fused_uses: HashMap<ValueId, usize>,
+}
+
+/// [`from_expr`], also returning the [`Marks`] of its kernel nodes.
+pub(crate) fn from_expr_marked(
+    expr: &RecExpr<Node>,
+    original: &Graph,
+    pool: &[Arc<Tensor>],
+) -> Result<(Graph, Marks), RewriteError> {
+    let mut marks = Marks::default();
     let bad = |m: String| RewriteError::Extracted(kiln_ir::IrError::Invalid(m));
     let mut g = Graph::new();
     let inputs: Vec<ValueId> = original
@@ -156,6 +204,11 @@ pub fn from_expr(
     for (i, node) in expr.as_ref().iter().enumerate() {
         match node {
             Node::Index(_) | Node::Op(_) => {}
+            Node::Kernel([x]) => {
+                let v = value[usize::from(*x)].ok_or_else(|| bad("kernel of nothing".into()))?;
+                marks.materialized.insert(v);
+                value[i] = Some(v);
+            }
             Node::Input([k]) => {
                 let k = index(*k).ok_or_else(|| bad("input without index".into()))?;
                 value[i] = Some(
@@ -192,6 +245,11 @@ pub fn from_expr(
                 let args: Option<Vec<ValueId>> =
                     operands.iter().map(|&c| value[usize::from(c)]).collect();
                 let args = args.ok_or_else(|| bad("operand not computed".into()))?;
+                for (&c, &v) in operands.iter().zip(&args) {
+                    if matches!(expr[c], Node::Apply(_)) {
+                        *marks.fused_uses.entry(v).or_insert(0) += 1;
+                    }
+                }
                 let name = format!("{}_{i}", leaf.op().name());
                 value[i] = Some(
                     g.add_node(leaf.op().clone(), &args, name)
@@ -215,7 +273,7 @@ pub fn from_expr(
     }
     g.set_outputs(outputs).map_err(RewriteError::Extracted)?;
     g.verify().map_err(RewriteError::Extracted)?;
-    Ok(g)
+    Ok((g, marks))
 }
 
 /// Saturates `graph` with every rule and extracts the cheapest equivalent graph under `model`.
@@ -242,7 +300,14 @@ pub fn optimize_with(
     }
     let start = Instant::now();
     let eg = &runner.egraph;
-    let extractor = Extractor::new(eg, GraphCost { egraph: eg, model });
+    let extractor = Extractor::new(
+        eg,
+        GraphCost {
+            egraph: eg,
+            model,
+            fusion: false,
+        },
+    );
     let (_, expr) = extractor.find_best(root);
     let out = from_expr(&expr, graph, &eg.analysis.pool)?;
     let report = RewriteReport {
@@ -255,6 +320,7 @@ pub fn optimize_with(
         saturation_ms,
         extraction_ms: start.elapsed().as_secs_f64() * 1e3,
         applied,
+        fusion: None,
     };
     Ok((out, report))
 }
