@@ -23,8 +23,8 @@ pub struct GraphAnalysis {
     pub pool: Vec<Arc<Tensor>>,
     /// Largest constant (in elements) the analysis computes at compile time.
     pub fold_limit: usize,
-    /// Fusion e-graphs: for the class of each op result (as added), how many graph nodes read
-    /// it, plus one when it is a graph output.
+    /// For the class of each value of the original graph (as added), how many graph nodes read
+    /// it, plus one when it is a graph output. Classes made by rules have no entry.
     pub readers: Vec<(Id, usize)>,
 }
 

@@ -141,7 +141,7 @@ pub(crate) fn build_egraph(graph: &Graph, fold_limit: usize, wrap: bool) -> (Gra
         };
         read.insert(node.output, through);
     }
-    if wrap {
+    {
         let uses = kiln_operators::fusion::consumers(graph);
         for (v, &id) in &ids {
             let (readers, is_output) = &uses[v.index()];

@@ -328,16 +328,28 @@ fn neutral(eg: &mut GraphEGraph, s: &Subst, x: &str, c: &str, c_on_right: bool) 
     ok.then_some(x)
 }
 
-/// The conv op bound to `?conv` when it is a float conv with zero zero points, with its output
-/// channel count.
+/// The conv op bound to `?conv` when it is a float conv with zero zero points whose result only
+/// the matched op reads, with its output channel count. (Folding into a conv that has other
+/// readers would compute the conv twice: extraction counts costs per tree, not per DAG.)
 fn float_conv(eg: &GraphEGraph, s: &Subst) -> Option<(Op, usize)> {
     let conv = op(eg, s, "?conv")?;
+    let operands = ["?conv", "?x", "?w", "?b"].map(|v| s[var(v)]);
+    if !single_reader(eg, &operands) {
+        return None;
+    }
     let (Op::Conv2d(a) | Op::DepthwiseConv2d(a)) = &conv else {
         return None;
     };
     let w = ty(eg, s[var("?w")])?;
     (a.input_zp == 0 && a.weight_zp == 0 && w.dtype == DType::F32)
         .then(|| (conv.clone(), w.shape[0]))
+}
+
+/// Whether the value of the application `(op children...)` (leaf first) is read by one graph
+/// node only (classes made by rules have no record and count as shared).
+fn single_reader(eg: &GraphEGraph, children: &[Id]) -> bool {
+    eg.lookup(Node::Apply(children.to_vec().into_boxed_slice()))
+        .is_some_and(|id| GraphAnalysis::readers_of(eg, id) == 1)
 }
 
 /// The per-output-channel constant bound to `?s` as a `[O]` vector, for a conv output of
@@ -466,6 +478,9 @@ fn scale_into_matmul(eg: &mut GraphEGraph, s: &Subst) -> Option<Id> {
         return None;
     };
     let (a, w, k) = (s[var("?a")], s[var("?w")], s[var("?s")]);
+    if !single_reader(eg, &[s[var("?mm")], a, w]) {
+        return None;
+    }
     let (wt, kt) = (ty(eg, w)?, ty(eg, k)?);
     eg[w].data.value.as_ref()?;
     eg[k].data.value.as_ref()?;

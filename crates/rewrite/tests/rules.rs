@@ -368,3 +368,26 @@ fn a_per_column_scale_folds_into_constant_matmul_weights() {
         1e-6,
     );
 }
+
+#[test]
+fn scales_do_not_fold_into_a_convolution_with_other_readers() {
+    // Folding would compute the convolution twice (once per reader): the multiply stays.
+    prove(
+        r#"graph {
+  const @0: f32[2,1,3,3] = [1, 0, -1, 2, 0, -2, 1, 0, -1, 0.5, 0.25, 0, 0, 0, 0, 0, 0, 3]
+  const @1: f32[2] = [0.5, -0.5]
+  const @2: f32[1,2,1,1] = [2, -0.25]
+  input %0 "image": f32[1,1,5,5]
+  %1: f32[2,1,3,3] = const(@0)
+  %2: f32[2] = const(@1)
+  %3: f32[1,2,3,3] = conv2d(%0, %1, %2) {"dilation":[1,1],"input_zp":0,"pad":[0,0,0,0],"stride":[1,1],"weight_zp":0}
+  %4: f32[1,2,1,1] = const(@2)
+  %5: f32[1,2,3,3] = mul(%3, %4)
+  %6: f32[1,2,3,3] = sub(%5, %3)
+  output %6
+}"#,
+        &["conv2d", "mul", "sub"],
+        &[],
+        0.0,
+    );
+}
