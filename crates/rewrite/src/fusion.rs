@@ -22,7 +22,7 @@ use crate::analysis::{GraphAnalysis, GraphEGraph};
 use crate::cost::{CostModel, GraphCost};
 use crate::lang::{op_of, Node, OpLeaf};
 use crate::{build_egraph, from_expr_marked, RewriteError, RewriteOptions};
-use egg::{Applier, Extractor, Id, Pattern, PatternAst, Rewrite, Runner, Subst, Symbol, Var};
+use egg::{Applier, Extractor, Id, Pattern, PatternAst, Rewrite, Subst, Symbol, Var};
 use kiln_ir::{Graph, NodeId, Op};
 use kiln_operators::fusion::{class_of, is_epilogue, partition, Group};
 use kiln_operators::schedule::OpClass;
@@ -155,12 +155,7 @@ pub fn fusion_groups(
 ) -> Result<(Graph, Vec<Group>, FusionReport), RewriteError> {
     let start = Instant::now();
     let (eg, root) = build_egraph(graph, options.fold_limit, true);
-    let runner = Runner::default()
-        .with_egraph(eg)
-        .with_node_limit(options.node_limit)
-        .with_iter_limit(options.iter_limit)
-        .with_time_limit(options.time_limit)
-        .run(&rules());
+    let runner = options.runner(eg).run(&rules());
     let eg = &runner.egraph;
     let cost = GraphCost {
         egraph: eg,

@@ -51,6 +51,17 @@ pub struct RewriteOptions {
     pub fold_limit: usize,
 }
 
+impl RewriteOptions {
+    /// A runner over `egraph` with these limits.
+    pub fn runner(&self, egraph: GraphEGraph) -> Runner<Node, GraphAnalysis> {
+        Runner::default()
+            .with_egraph(egraph)
+            .with_node_limit(self.node_limit)
+            .with_iter_limit(self.iter_limit)
+            .with_time_limit(self.time_limit)
+    }
+}
+
 impl Default for RewriteOptions {
     fn default() -> Self {
         RewriteOptions {
@@ -285,12 +296,7 @@ pub fn optimize_with(
     graph.verify().map_err(RewriteError::Input)?;
     let start = Instant::now();
     let (eg, root) = to_egraph(graph, options.fold_limit);
-    let runner = Runner::default()
-        .with_egraph(eg)
-        .with_node_limit(options.node_limit)
-        .with_iter_limit(options.iter_limit)
-        .with_time_limit(options.time_limit)
-        .run(&rules::rules());
+    let runner = options.runner(eg).run(&rules::rules());
     let saturation_ms = start.elapsed().as_secs_f64() * 1e3;
     let mut applied = BTreeMap::new();
     for it in &runner.iterations {
