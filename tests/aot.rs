@@ -278,6 +278,14 @@ fn a_missing_linker_is_an_error_naming_its_package() {
         "{msg}"
     );
     assert!(!dir.join("x.so").exists());
+    // A linker that fails leaves neither the library nor a partial file behind.
+    let text = text.replace("kiln-test-no-such-gcc\"", "false\"");
+    let target = Target::parse(&text, "test.toml").unwrap();
+    let err = Compiler::new(target)
+        .compile_library(&model.graph, &AotOptions::default(), &dir.join("x.so"))
+        .unwrap_err();
+    assert!(matches!(err, kiln::AotError::LinkFailed { .. }), "{err}");
+    assert!(!dir.join("x.so").exists() && !dir.join("x.so.partial").exists());
 }
 
 #[test]

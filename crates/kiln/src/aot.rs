@@ -160,24 +160,26 @@ pub fn compile_library(
         .tempdir()
         .map_err(io_err(&std::env::temp_dir()))?;
     let header = model_header(&planned);
-    let files = [
-        ("kiln_model.o", object.bytes.clone()),
-        ("kiln_model.h", header.clone().into_bytes()),
-        ("kiln_model_rt.c", RUNTIME_C.as_bytes().to_vec()),
-        (
-            "kiln_model.c",
-            model_tables(&planned, options.parallel).into_bytes(),
-        ),
-        ("exports.map", version_script().into_bytes()),
+    let tables = model_tables(&planned, options.parallel);
+    let exports = version_script();
+    let files: [(&str, &[u8]); 5] = [
+        ("kiln_model.o", &object.bytes),
+        ("kiln_model.h", header.as_bytes()),
+        ("kiln_model_rt.c", RUNTIME_C.as_bytes()),
+        ("kiln_model.c", tables.as_bytes()),
+        ("exports.map", exports.as_bytes()),
     ];
-    for (name, bytes) in &files {
+    for (name, bytes) in files {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).map_err(io_err(&path))?;
     }
+    // Link beside `out` and rename: `out` is either the old file or the complete new library.
+    let out = absolute(out);
+    let partial = out.with_extension("so.partial");
     let mut cmd = Command::new(&linker);
     cmd.current_dir(dir.path())
         .args(["-shared", "-fPIC", "-O2", "-std=gnu99", "-o"])
-        .arg(absolute(out))
+        .arg(&partial)
         .args([
             "kiln_model.c",
             "kiln_model.o",
@@ -189,18 +191,20 @@ pub fn compile_library(
         ]);
     let output = cmd.output().map_err(io_err(&linker))?;
     if !output.status.success() {
+        let _ = std::fs::remove_file(&partial);
         return Err(AotError::LinkFailed {
             command: format!("{cmd:?}"),
             status: output.status.to_string(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         });
     }
+    std::fs::rename(&partial, &out).map_err(io_err(&out))?;
     if let Some(h) = &options.header {
         std::fs::write(h, header).map_err(io_err(h))?;
     }
-    let library_bytes = std::fs::metadata(out).map_err(io_err(out))?.len();
+    let library_bytes = std::fs::metadata(&out).map_err(io_err(&out))?.len();
     Ok(LibraryInfo {
-        path: out.to_path_buf(),
+        path: out,
         library_bytes,
         constant_bytes: constants.iter().map(|c| c.len()).sum(),
         kernels: planned.funcs.len(),
