@@ -12,7 +12,7 @@ use crate::entry::{self, EntryLayout, ModelEntry};
 use crate::isa::{target_isa, HostInfo};
 use crate::kernel::EmitState;
 use crate::{CodegenError, CodegenOptions, CompileStats};
-use cranelift_module::{default_libcall_names, DataDescription, FuncId, Linkage, Module};
+use cranelift_module::{default_libcall_names, DataDescription, Linkage, Module};
 use cranelift_object::{ObjectBuilder, ObjectModule};
 use kiln_tir::PrimFunc;
 
@@ -60,16 +60,7 @@ pub fn compile_object(
         let mut em = EmitState::new(&mut module, target, opts.clone());
         em.kernel_linkage = Linkage::Local;
         em.entry_linkage = Linkage::Hidden;
-        let ids = funcs
-            .iter()
-            .map(|f| em.declare_kernel(f))
-            .collect::<Result<Vec<FuncId>, _>>()?;
-        for (f, &id) in funcs.iter().zip(&ids) {
-            em.define_kernel(id, f)?;
-        }
-        for e in entries {
-            entry::define_entry(&mut em, e, funcs, &ids)?;
-        }
+        entry::define_module(&mut em, funcs, entries)?;
         em.stats
     };
 

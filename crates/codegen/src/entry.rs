@@ -171,6 +171,27 @@ pub fn check_module(
     entries.iter().map(|e| layout(e, funcs)).collect()
 }
 
+/// Declares and defines every kernel of `funcs`, then every entry (all checked by
+/// [`check_module`]); returns the kernels' and the entries' ids, in order.
+pub(crate) fn define_module<M: Module>(
+    em: &mut EmitState<'_, M>,
+    funcs: &[PrimFunc],
+    entries: &[ModelEntry],
+) -> Result<(Vec<FuncId>, Vec<FuncId>), CodegenError> {
+    let kernels = funcs
+        .iter()
+        .map(|f| em.declare_kernel(f))
+        .collect::<Result<Vec<FuncId>, _>>()?;
+    for (f, &id) in funcs.iter().zip(&kernels) {
+        em.define_kernel(id, f)?;
+    }
+    let entries = entries
+        .iter()
+        .map(|e| define_entry(em, e, funcs, &kernels))
+        .collect::<Result<Vec<FuncId>, _>>()?;
+    Ok((kernels, entries))
+}
+
 /// `int32_t (ptr inputs, ptr outputs, ptr arena, ptr constants)`.
 pub(crate) fn entry_signature<M: Module>(em: &EmitState<'_, M>) -> Signature {
     let mut s = Signature::new(em.call_conv);

@@ -14,7 +14,7 @@ use crate::kernel::{elem_bytes, EmitState};
 use crate::runtime::HOOKS;
 use crate::{CodegenError, CodegenOptions, CompileStats, Threads};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, FuncId};
+use cranelift_module::default_libcall_names;
 use kiln_ir::{dispatch_data, DType, Tensor, TensorData, TensorType};
 use kiln_tir::PrimFunc;
 
@@ -123,19 +123,9 @@ impl JitModule {
         };
         let (kernel_ids, entry_ids) = {
             let mut em = EmitState::new(module, host, opts.clone());
-            let ids = funcs
-                .iter()
-                .map(|f| em.declare_kernel(f))
-                .collect::<Result<Vec<FuncId>, _>>()?;
-            for (f, &id) in funcs.iter().zip(&ids) {
-                em.define_kernel(id, f)?;
-            }
-            let entry_ids = entries
-                .iter()
-                .map(|e| entry::define_entry(&mut em, e, funcs, &ids))
-                .collect::<Result<Vec<FuncId>, _>>()?;
+            let ids = entry::define_module(&mut em, funcs, entries)?;
             jit.stats = em.stats;
-            (ids, entry_ids)
+            ids
         };
         module
             .finalize_definitions()

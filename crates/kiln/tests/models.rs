@@ -82,21 +82,9 @@ fn wrong_inputs_are_errors() {
 
 #[test]
 fn elementwise_kernels_write_in_place_over_dying_inputs() {
-    use kiln::{DType, Graph, TensorType};
-    use kiln_ir::op::UnaryOp;
-    use kiln_ir::Op;
     // transpose -> exp -> transpose: exp's input dies at exp and has its size, so exp writes over
     // it and the arena holds one 4x6 f32 buffer instead of two.
-    let mut g = Graph::new();
-    let x = g.add_input("x", TensorType::new(DType::F32, vec![4, 6]).unwrap());
-    let t = g
-        .add_node(Op::Transpose { perm: vec![1, 0] }, &[x], "t0")
-        .unwrap();
-    let e = g.add_node(Op::Unary(UnaryOp::Exp), &[t], "exp").unwrap();
-    let y = g
-        .add_node(Op::Transpose { perm: vec![1, 0] }, &[e], "t1")
-        .unwrap();
-    g.set_outputs(vec![y]).unwrap();
+    let g = transpose_exp_transpose();
     let compiled = Compiler::new(Target::host())
         .with_options(CompileOptions {
             threads: 1,
@@ -166,21 +154,10 @@ fn a_broadcast_input_of_equal_byte_size_is_not_overwritten_in_place() {
 
 #[test]
 fn rewriting_runs_before_lowering_and_can_be_turned_off() {
-    use kiln::{DType, Graph, GraphOptions, TensorType};
-    use kiln_ir::op::UnaryOp;
-    use kiln_ir::Op;
+    use kiln::GraphOptions;
     // transpose -> exp -> transpose: the e-graph sinks the first transpose through exp and
     // cancels the pair, leaving one kernel.
-    let mut g = Graph::new();
-    let x = g.add_input("x", TensorType::new(DType::F32, vec![4, 6]).unwrap());
-    let t = g
-        .add_node(Op::Transpose { perm: vec![1, 0] }, &[x], "t0")
-        .unwrap();
-    let e = g.add_node(Op::Unary(UnaryOp::Exp), &[t], "exp").unwrap();
-    let y = g
-        .add_node(Op::Transpose { perm: vec![1, 0] }, &[e], "t1")
-        .unwrap();
-    g.set_outputs(vec![y]).unwrap();
+    let g = transpose_exp_transpose();
     let input = Tensor::new(vec![4, 6], (0..24).map(|i| i as f32 / 10.0).collect()).unwrap();
     let want = kiln_reference::run(&g, std::slice::from_ref(&input)).unwrap();
     for (rewrite, kernels) in [(true, 1), (false, 3)] {
@@ -203,4 +180,24 @@ fn rewriting_runs_before_lowering_and_can_be_turned_off() {
         let got = compiled.run(std::slice::from_ref(&input)).unwrap();
         assert!(max_abs_diff(&got[0], &want[0]) <= 1e-6);
     }
+}
+
+/// `transpose(exp(transpose(x)))` over an f32[4,6] input.
+fn transpose_exp_transpose() -> kiln::Graph {
+    use kiln_ir::op::UnaryOp;
+    use kiln_ir::Op;
+    let mut g = kiln::Graph::new();
+    let x = g.add_input(
+        "x",
+        kiln::TensorType::new(kiln::DType::F32, vec![4, 6]).unwrap(),
+    );
+    let t = g
+        .add_node(Op::Transpose { perm: vec![1, 0] }, &[x], "t0")
+        .unwrap();
+    let e = g.add_node(Op::Unary(UnaryOp::Exp), &[t], "exp").unwrap();
+    let y = g
+        .add_node(Op::Transpose { perm: vec![1, 0] }, &[e], "t1")
+        .unwrap();
+    g.set_outputs(vec![y]).unwrap();
+    g
 }
