@@ -233,7 +233,11 @@ impl Target {
     pub fn runs_natively(&self) -> bool {
         match &self.triple {
             None => true,
-            Some(t) => t.starts_with(std::env::consts::ARCH) && self.runner.is_empty(),
+            Some(t) => {
+                t.starts_with(std::env::consts::ARCH)
+                    && self.runner.is_empty()
+                    && kiln_codegen::isa::host_has_flags(&self.isa_flags)
+            }
         }
     }
 }
@@ -250,6 +254,23 @@ mod tests {
             assert_eq!(Target::named(name).unwrap(), t);
         }
         assert_eq!(Target::builtin().len(), BUILTIN.len() + 1);
+    }
+
+    #[test]
+    fn a_target_runs_natively_only_where_the_host_has_its_flags() {
+        assert!(Target::host().runs_natively());
+        assert!(
+            !Target::named("aarch64-linux-gnu").unwrap().runs_natively()
+                || cfg!(target_arch = "aarch64")
+        );
+        if cfg!(target_arch = "x86_64") {
+            // Every x86-64 machine this builds on has SSE4.2 (x86-64-v2).
+            assert!(Target::named("x86_64-linux-gnu").unwrap().runs_natively());
+        }
+        let mut t = Target::named("x86_64-linux-gnu").unwrap();
+        t.isa_flags
+            .push(("has_no_such_feature".into(), "true".into()));
+        assert!(!t.runs_natively());
     }
 
     #[test]

@@ -50,13 +50,6 @@ pub struct ClassData {
     pub value: Option<Arc<Tensor>>,
 }
 
-impl ClassData {
-    /// The value when it is a constant of exactly type `ty`-compatible shape.
-    pub fn constant(&self) -> Option<&Tensor> {
-        self.value.as_deref()
-    }
-}
-
 /// The type and constant value `node` has in `egraph`.
 pub fn node_data(egraph: &GraphEGraph, node: &Node) -> ClassData {
     match node {

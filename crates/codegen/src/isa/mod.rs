@@ -49,6 +49,19 @@ pub fn host_isa(pic: bool, verify_ir: bool) -> Result<OwnedTargetIsa, CodegenErr
     target_isa(&IsaSpec::Host, pic, verify_ir)
 }
 
+/// Whether the machine codegen runs on has every boolean ISA flag that `flags` turns on (an
+/// unknown flag counts as missing).
+pub fn host_has_flags(flags: &[(String, String)]) -> bool {
+    let Ok(isa) = host_isa(false, false) else {
+        return false;
+    };
+    let host = isa.isa_flags();
+    flags.iter().filter(|(_, v)| v == "true").all(|(name, _)| {
+        host.iter()
+            .any(|f| f.name == name.as_str() && f.as_bool() == Some(true))
+    })
+}
+
 /// The ISA `spec` names, with codegen's shared settings; an unknown triple or flag is an error
 /// naming it.
 pub fn target_isa(
