@@ -9,7 +9,7 @@
 
 use crate::util::{float_data, float_vec, int_vec_minus, Acc};
 use crate::OpError;
-use kiln_ir::op::{ConvAttrs, TransposeConvAttrs};
+use kiln_ir::op::{ConvAttrs, DataLayout, TransposeConvAttrs};
 use kiln_ir::{DType, Tensor, TensorData, TensorType};
 
 /// The indices `i` in `0..count` with `0 <= i * stride + off < limit`, as a half-open range.
@@ -163,17 +163,65 @@ pub fn conv2d(
     } else {
         "conv2d"
     };
+    let layout = a.layout;
     let g = ConvGeom {
-        x: dims4(x.shape()),
+        x: layout.nchw_dims(x.shape()),
         w: dims4(w.shape()),
-        out: dims4(&out.shape),
-        groups: if depthwise { x.shape()[1].max(1) } else { 1 },
+        out: layout.nchw_dims(&out.shape),
+        groups: if depthwise {
+            g_channels(layout, x.shape())
+        } else {
+            1
+        },
         a,
     };
+    let xdims = dims4(x.shape());
     Ok(match operands(name, x, w, b, a.input_zp, a.weight_zp)? {
-        Operands::Float { x, w, b, half } => float_data(conv_kernel(&g, &x, &w, &b), half),
-        Operands::Int { x, w, b } => TensorData::I32(conv_kernel(&g, &x, &w, &b)),
+        Operands::Float { x, w, b, half } => {
+            float_data(conv_in_layout(&g, layout, xdims, x, &w, &b), half)
+        }
+        Operands::Int { x, w, b } => TensorData::I32(conv_in_layout(&g, layout, xdims, x, &w, &b)),
     })
+}
+
+/// [`conv_kernel`] over tensors of `layout`: channels-last tensors are computed as NCHW, the
+/// input (of shape `xdims`) transposed in and the output back.
+fn conv_in_layout<T: Acc>(
+    g: &ConvGeom,
+    layout: DataLayout,
+    xdims: [usize; 4],
+    x: Vec<T>,
+    w: &[T],
+    b: &[T],
+) -> Vec<T> {
+    let x = permute4(x, xdims, layout.to_nchw());
+    permute4(conv_kernel(g, &x, w, b), g.out, layout.from_nchw())
+}
+
+/// The channel count (at least 1) of a depthwise input of `layout`.
+fn g_channels(layout: DataLayout, shape: &[usize]) -> usize {
+    layout.nchw_dims(shape)[1].max(1)
+}
+
+/// `data` of row-major shape `dims`, transposed by `perm` (output axis `i` is input axis
+/// `perm[i]`); the identity permutation returns `data` as it is.
+fn permute4<T: Copy>(data: Vec<T>, dims: [usize; 4], perm: [usize; 4]) -> Vec<T> {
+    if perm == [0, 1, 2, 3] {
+        return data;
+    }
+    let strides = [dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1];
+    let od = perm.map(|p| dims[p]);
+    let os = perm.map(|p| strides[p]);
+    let mut out = Vec::with_capacity(data.len());
+    for a in 0..od[0] {
+        for b in 0..od[1] {
+            for c in 0..od[2] {
+                let base = a * os[0] + b * os[1] + c * os[2];
+                out.extend((0..od[3]).map(|d| data[base + d * os[3]]));
+            }
+        }
+    }
+    out
 }
 
 fn transpose_kernel<T: Acc>(

@@ -353,24 +353,40 @@ fn tile_conv_nhwc(r: &mut Recorder, o: BufferId, a: BufferId) -> bool {
     let Some(t) = dag.tensor(o) else {
         return false;
     };
-    if t.shape.len() != 4 || !t.shape[1].is_multiple_of(4) {
+    if t.shape.len() != 4 {
         return false;
     }
-    let (tw, toc) = nhwc_tile(t.shape[1], t.shape[3]);
-    if !r.split(&oname, "i1", toc) || !r.split(&oname, "i3", tw) {
+    // Output axes (channels, rows, columns): NCHW, or NHWC like the accumulator.
+    let (ch, row, col) = if output_is_channels_last(dag, a) {
+        (3, 1, 2)
+    } else {
+        (1, 2, 3)
+    };
+    if !t.shape[ch].is_multiple_of(4) {
         return false;
     }
-    let order: Vec<String> = ["i0", "i1.0", "i2", "i3.0", "i3.1", "i1.1"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let (tw, toc) = nhwc_tile(t.shape[ch], t.shape[col]);
+    let (ch, row, col) = (format!("i{ch}"), format!("i{row}"), format!("i{col}"));
+    if !r.split(&oname, &ch, toc) || !r.split(&oname, &col, tw) {
+        return false;
+    }
+    let (ch_o, ch_i) = (format!("{ch}.0"), format!("{ch}.1"));
+    let (col_o, col_i) = (format!("{col}.0"), format!("{col}.1"));
+    let order = vec![
+        "i0".to_string(),
+        ch_o,
+        row,
+        col_o.clone(),
+        col_i.clone(),
+        ch_i.clone(),
+    ];
     if !r.reorder(&oname, &order) {
         return false;
     }
     if !r.apply(Instruction::ComputeAt {
         stage: aname.clone(),
         target_stage: oname.clone(),
-        target_loop: "i3.0".into(),
+        target_loop: col_o,
     }) {
         return false;
     }
@@ -402,11 +418,34 @@ fn tile_conv_nhwc(r: &mut Recorder, o: BufferId, a: BufferId) -> bool {
     r.vectorize(&aname, "i3");
     r.apply(Instruction::Unroll {
         stage: oname.clone(),
-        loop_: "i3.1".into(),
+        loop_: col_i,
     });
     r.parallel_outer(&oname);
-    r.vectorize(&oname, "i1.1");
+    r.vectorize(&oname, &ch_i);
     true
+}
+
+/// Whether the stages reading the channels-last accumulator `a` load it at their own axes in
+/// order, i.e. the convolution's output is channels-last too (an NCHW output reads it
+/// transposed).
+fn output_is_channels_last(dag: &ComputeDag, a: BufferId) -> bool {
+    let mut in_order = None;
+    for t in dag.tensors() {
+        let Some(stage) = &t.stage else { continue };
+        stage.body.walk(&mut |e| {
+            if let kiln_tir::Expr::Load { buf, indices } = e {
+                if *buf == a {
+                    let own = indices.len() == stage.axes.len()
+                        && indices
+                            .iter()
+                            .zip(&stage.axes)
+                            .all(|(i, ax)| *i == kiln_tir::Expr::Var(ax.var));
+                    in_order = Some(in_order.unwrap_or(true) && own);
+                }
+            }
+        });
+    }
+    in_order.unwrap_or(false)
 }
 
 /// Tiles the output `o` and computes the anchor reduction `a` at its tile loop.

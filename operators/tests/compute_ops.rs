@@ -157,13 +157,13 @@ fn clamp_select_cast() {
 fn conv_case(rng: &mut Rng, depthwise: bool, dt: DType, a: ConvAttrs, c: usize, o: usize) {
     let (x, w, b) = if dt.is_float() {
         (
-            rand_default(rng, dt, &[1, c, 7, 8]),
+            rand_default(rng, dt, &a.layout.shape([1, c, 7, 8])),
             rand_default(rng, dt, &[o, if depthwise { 1 } else { c }, 3, 3]),
             rand_default(rng, dt, &[o]),
         )
     } else {
         (
-            rand(rng, dt, &[2, c, 7, 8], -128, 127),
+            rand(rng, dt, &a.layout.shape([2, c, 7, 8]), -128, 127),
             rand(
                 rng,
                 DType::I8,
@@ -196,6 +196,7 @@ fn convolutions() {
         dilation: [1, 1],
         input_zp: 0,
         weight_zp: 0,
+        layout: DataLayout::Nchw,
     };
     conv_case(&mut rng, false, DType::F32, base.clone(), 3, 4);
     let strided = ConvAttrs {
@@ -241,6 +242,88 @@ fn convolutions() {
     let w = rand_default(&mut rng, DType::I8, &[2, 4, 2, 3]);
     let b = rand(&mut rng, DType::I32, &[4], -100, 100);
     check_op(&Op::TransposeConv2d(t8), &[x, w, b], OpClass::Conv, 0.0);
+}
+
+/// Channels-last convolutions: the compiled kernels (channels-last accumulator paths for f32
+/// with output channels a multiple of 4, the generic path otherwise and for integers) against
+/// the reference, and the reference against the NCHW reference of the transposed input.
+#[test]
+fn channels_last_convolutions() {
+    let mut rng = Rng(15);
+    let nhwc = |a: ConvAttrs| ConvAttrs {
+        layout: DataLayout::Nhwc,
+        ..a
+    };
+    let padded = nhwc(ConvAttrs {
+        pad: [1, 1, 1, 1],
+        stride: [1, 1],
+        dilation: [1, 1],
+        ..ConvAttrs::default()
+    });
+    let strided = ConvAttrs {
+        pad: [0, 2, 1, 0],
+        stride: [2, 1],
+        dilation: [1, 2],
+        ..padded.clone()
+    };
+    let unpadded = ConvAttrs {
+        pad: [0; 4],
+        ..padded.clone()
+    };
+    let zp = ConvAttrs {
+        input_zp: -3,
+        weight_zp: 2,
+        ..padded.clone()
+    };
+    for a in [&padded, &strided, &unpadded] {
+        conv_case(&mut rng, false, DType::F32, a.clone(), 3, 8);
+        conv_case(&mut rng, false, DType::F32, a.clone(), 3, 5);
+        conv_case(&mut rng, true, DType::F32, a.clone(), 8, 8);
+        conv_case(&mut rng, true, DType::F32, a.clone(), 3, 6);
+    }
+    conv_case(&mut rng, false, DType::I8, zp.clone(), 3, 4);
+    conv_case(&mut rng, true, DType::I8, zp, 4, 4);
+
+    for (a, depthwise) in [(&strided, false), (&padded, true)] {
+        let x = rand_default(&mut rng, DType::F32, &[1, 4, 7, 8]);
+        let w = rand_default(
+            &mut rng,
+            DType::F32,
+            &[4, if depthwise { 1 } else { 4 }, 3, 3],
+        );
+        let b = rand_default(&mut rng, DType::F32, &[4]);
+        let (nchw, nhwc) = if depthwise {
+            (
+                Op::DepthwiseConv2d(ConvAttrs {
+                    layout: DataLayout::Nchw,
+                    ..a.clone()
+                }),
+                Op::DepthwiseConv2d(a.clone()),
+            )
+        } else {
+            (
+                Op::Conv2d(ConvAttrs {
+                    layout: DataLayout::Nchw,
+                    ..a.clone()
+                }),
+                Op::Conv2d(a.clone()),
+            )
+        };
+        let transpose = |t: &Tensor, perm: [usize; 4]| {
+            kiln_operators::evaluate(
+                &Op::Transpose {
+                    perm: perm.to_vec(),
+                },
+                &[t],
+            )
+            .unwrap()
+        };
+        let want = kiln_operators::evaluate(&nchw, &[&x, &w, &b]).unwrap();
+        let xt = transpose(&x, [0, 2, 3, 1]);
+        let got = kiln_operators::evaluate(&nhwc, &[&xt, &w, &b]).unwrap();
+        let want_t = transpose(&want, [0, 2, 3, 1]);
+        assert_eq!(got, want_t, "{nhwc:?}");
+    }
 }
 
 #[test]
@@ -611,6 +694,27 @@ fn default_schedules_are_not_trivial() {
     assert!(has(&t, &|i| matches!(i, I::ComputeAt { .. })), "{t:?}");
     assert!(has(&t, &|i| matches!(i, I::Vectorize { .. })), "{t:?}");
     assert!(has(&t, &|i| matches!(i, I::Parallel { .. })), "{t:?}");
+    // Channels-last output: the output's channel axis (i3) is split and its inner part vectorized
+    // (contiguous stores).
+    let xt = rand_default(&mut rng, DType::F32, &[1, 8, 8, 3]);
+    let w = rand_default(&mut rng, DType::F32, &[8, 3, 3, 3]);
+    let b = rand_default(&mut rng, DType::F32, &[8]);
+    let a = ConvAttrs {
+        pad: [1, 1, 1, 1],
+        stride: [1, 1],
+        dilation: [1, 1],
+        layout: DataLayout::Nhwc,
+        ..Default::default()
+    };
+    let t = check_op(&Op::Conv2d(a), &[xt, w, b], OpClass::Conv, 1e-4);
+    assert!(has(&t, &|i| matches!(i, I::ComputeAt { .. })), "{t:?}");
+    assert!(
+        has(
+            &t,
+            &|i| matches!(i, I::Vectorize { stage, loop_ } if stage.ends_with("bias") && loop_ == "i3.1")
+        ),
+        "{t:?}"
+    );
     let a = rand_default(&mut rng, DType::F32, &[1, 8, 5]);
     let bm = rand_default(&mut rng, DType::F32, &[1, 5, 8]);
     let t = check_op(

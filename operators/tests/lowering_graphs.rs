@@ -3,7 +3,7 @@
 
 mod lowering_common;
 
-use kiln_ir::op::{BinaryOp, ConvAttrs, UnaryOp};
+use kiln_ir::op::{BinaryOp, ConvAttrs, DataLayout, UnaryOp};
 use kiln_ir::{DType, Graph, Op, OrderedF64, Tensor, TensorType};
 use kiln_operators::fusion::partition;
 use kiln_operators::kernel::{lower_graph, run_kernels, KernelInput};
@@ -18,6 +18,7 @@ fn conv_attrs() -> ConvAttrs {
         dilation: [1, 1],
         input_zp: 0,
         weight_zp: 0,
+        layout: DataLayout::Nchw,
     }
 }
 

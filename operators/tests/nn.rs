@@ -1,7 +1,7 @@
 //! Convolution, matmul and pooling against hand-computed values.
 mod common;
 use common::*;
-use kiln_ir::op::{ConvAttrs, MatMulAttrs, PoolAttrs, TransposeConvAttrs};
+use kiln_ir::op::{ConvAttrs, DataLayout, MatMulAttrs, PoolAttrs, TransposeConvAttrs};
 use kiln_ir::Op;
 
 fn conv(pad: [usize; 4], stride: [usize; 2], dilation: [usize; 2]) -> ConvAttrs {
@@ -63,6 +63,7 @@ fn integer_conv_subtracts_zero_points_and_pads_with_input_zp() {
         dilation: [1, 1],
         input_zp: 10,
         weight_zp: 3,
+        layout: DataLayout::Nchw,
     };
     let r = run(&Op::Conv2d(attrs), &[&x, &w, &t(&[1], vec![7i32])]);
     // Every output sees all four inputs: (0 + 1 + 2 + 3) * (4 - 3) + 7.
@@ -74,6 +75,7 @@ fn integer_conv_subtracts_zero_points_and_pads_with_input_zp() {
         dilation: [1, 1],
         input_zp: 10,
         weight_zp: 3,
+        layout: DataLayout::Nchw,
     };
     let r = run(&Op::Conv2d(attrs), &[&x, &w, &t(&[1], vec![7i32])]);
     assert_eq!(r.shape(), &[1, 1, 3, 2]);

@@ -113,10 +113,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn conv_random_schedules(g in genes(), seed in 1u64..1000, depthwise: bool) {
+    fn conv_random_schedules(g in genes(), seed in 1u64..1000, depthwise: bool, nhwc: bool) {
         let mut rng = Rng(seed);
-        let a = ConvAttrs { pad: [1, 0, 1, 2], stride: [1, 2], dilation: [1, 1], input_zp: 0, weight_zp: 0 };
-        let x = rand_default(&mut rng, DType::F32, &[1, 2, 6, 7]);
+        let layout = if nhwc { DataLayout::Nhwc } else { DataLayout::Nchw };
+        let a = ConvAttrs { pad: [1, 0, 1, 2], stride: [1, 2], dilation: [1, 1], input_zp: 0, weight_zp: 0, layout };
+        let x = rand_default(&mut rng, DType::F32, &layout.shape([1, 2, 6, 7]));
         let (w, op) = if depthwise {
             (rand_default(&mut rng, DType::F32, &[4, 1, 3, 2]), Op::DepthwiseConv2d(a))
         } else {
@@ -129,7 +130,7 @@ proptest! {
     #[test]
     fn int_conv_random_schedules(g in genes(), seed in 1u64..1000) {
         let mut rng = Rng(seed);
-        let a = ConvAttrs { pad: [1, 1, 0, 1], stride: [1, 1], dilation: [2, 1], input_zp: 3, weight_zp: -1 };
+        let a = ConvAttrs { pad: [1, 1, 0, 1], stride: [1, 1], dilation: [2, 1], input_zp: 3, weight_zp: -1, layout: DataLayout::Nchw };
         let x = rand_default(&mut rng, DType::I8, &[1, 2, 6, 5]);
         let w = rand_default(&mut rng, DType::I8, &[3, 2, 2, 3]);
         let b = rand(&mut rng, DType::I32, &[3], -100, 100);

@@ -158,15 +158,33 @@ pub struct GraphArgs {
     /// Write the graph before and after rewriting into DIR (IR text and Graphviz dot).
     #[arg(long, value_name = "DIR")]
     pub dump_graph: Option<PathBuf>,
+    /// Activation layout of convolutions: chosen by the cost model, kept NCHW, or channels-last
+    /// wherever possible.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub layout: LayoutArg,
+}
+
+/// `--layout`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LayoutArg {
+    Auto,
+    Nchw,
+    Nhwc,
 }
 
 impl GraphArgs {
     fn get(&self) -> kiln::GraphOptions {
-        kiln::GraphOptions {
+        let mut options = kiln::GraphOptions {
             rewrite: !self.no_rewrite,
             dump_dir: self.dump_graph.clone(),
             ..kiln::GraphOptions::default()
-        }
+        };
+        options.limits.layout = match self.layout {
+            LayoutArg::Auto => kiln::LayoutChoice::Auto,
+            LayoutArg::Nchw => kiln::LayoutChoice::Nchw,
+            LayoutArg::Nhwc => kiln::LayoutChoice::Nhwc,
+        };
+        options
     }
 }
 

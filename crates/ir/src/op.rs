@@ -94,6 +94,8 @@ pub enum ReduceOp {
 /// CONV2D: input `[N,C,H,W]`, weight `[O,C,KH,KW]`, bias `[O]` -> `[N,O,OH,OW]`.
 /// DEPTHWISE_CONV2D: input `[N,C,H,W]`, weight `[C*M,1,KH,KW]`, bias `[C*M]`; output channel `o`
 /// reads input channel `o / M`.
+/// With [`DataLayout::Nhwc`] the input is `[N,H,W,C]` and the output `[N,OH,OW,O]` (the weights
+/// stay OIHW); the values are the same, transposed.
 /// Float inputs give the input dtype; integer inputs accumulate `(x - input_zp) * (w - weight_zp)`
 /// in i32 and give i32 (the bias is i32).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -105,6 +107,64 @@ pub struct ConvAttrs {
     pub dilation: [usize; 2],
     pub input_zp: i32,
     pub weight_zp: i32,
+    /// The activation layout of input and output (omitted from the text form when NCHW).
+    #[serde(skip_serializing_if = "DataLayout::is_nchw")]
+    pub layout: DataLayout,
+}
+
+/// The order of an activation tensor's axes: batch, channels, rows, columns (NCHW, the ONNX
+/// layout every import produces) or channels last (NHWC, which the graph rewriter may choose for
+/// convolution chains).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DataLayout {
+    #[default]
+    Nchw,
+    Nhwc,
+}
+
+impl DataLayout {
+    pub fn is_nchw(&self) -> bool {
+        *self == DataLayout::Nchw
+    }
+
+    /// The permutation that takes an NCHW tensor to this layout (`transpose(x, perm)`).
+    pub fn from_nchw(&self) -> [usize; 4] {
+        match self {
+            DataLayout::Nchw => [0, 1, 2, 3],
+            DataLayout::Nhwc => [0, 2, 3, 1],
+        }
+    }
+
+    /// The permutation that takes a tensor of this layout to NCHW.
+    pub fn to_nchw(&self) -> [usize; 4] {
+        match self {
+            DataLayout::Nchw => [0, 1, 2, 3],
+            DataLayout::Nhwc => [0, 3, 1, 2],
+        }
+    }
+
+    /// The `[n, c, h, w]` dimensions of a shape in this layout (of rank 4).
+    pub fn nchw_dims(&self, s: &[usize]) -> [usize; 4] {
+        self.nchw_of(s)
+    }
+
+    /// The shape in this layout of NCHW dimensions `[n, c, h, w]`.
+    pub fn shape(&self, nchw: [usize; 4]) -> Vec<usize> {
+        self.shape_of(nchw)
+    }
+
+    /// Any per-axis items (dimensions, index expressions) given in NCHW order, in this layout's
+    /// order.
+    pub fn shape_of<T: Clone>(&self, nchw: [T; 4]) -> Vec<T> {
+        self.from_nchw().iter().map(|&a| nchw[a].clone()).collect()
+    }
+
+    /// The items of this layout's axes (at least 4; the first 4 are used) in NCHW order.
+    pub fn nchw_of<T: Clone>(&self, axes: &[T]) -> [T; 4] {
+        let p = self.to_nchw();
+        [0, 1, 2, 3].map(|i| axes[p[i]].clone())
+    }
 }
 
 /// Attributes of TRANSPOSE_CONV2D: input `[N,C,H,W]`, weight `[C,O,KH,KW]`, bias `[O]`.

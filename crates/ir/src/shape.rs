@@ -101,7 +101,7 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
             let acc = conv_dtypes(name, x, w, bias)?;
             rank(name, "input", x, 4)?;
             rank(name, "weight", w, 4)?;
-            let (n, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+            let [n, c, h, wd] = a.layout.nchw_dims(&x.shape);
             let (o, i, kh, kw) = (w.shape[0], w.shape[1], w.shape[2], w.shape[3]);
             if matches!(op, Op::Conv2d(_)) {
                 if i != c {
@@ -135,7 +135,7 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
                 a.dilation[1],
                 false,
             )?;
-            out(acc, vec![n, o, oh, ow])
+            out(acc, a.layout.shape([n, o, oh, ow]))
         }
         Op::TransposeConv2d(a) => {
             arity(3)?;

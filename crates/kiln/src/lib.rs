@@ -30,6 +30,7 @@ pub use compile::{CompileError, CompileStats, CompiledModel, RunError};
 pub use graph_opt::{GraphOptions, RewriteReport};
 pub use kiln_ir::{DType, Graph, Tensor, TensorType};
 pub use kiln_onnx::{ImportError, ImportOptions, Model};
+pub use kiln_rewrite::{LayoutChoice, RewriteOptions};
 pub use target::{Target, TargetError};
 
 use std::path::Path;

@@ -8,6 +8,7 @@
 use crate::analysis::GraphEGraph;
 use crate::lang::{op_of, Node};
 use egg::{CostFunction, Id};
+use kiln_ir::op::DataLayout;
 use kiln_ir::{Op, TensorType};
 
 /// The cost of one op, given its operand and result types, and of materialising a kernel's
@@ -24,6 +25,10 @@ pub trait CostModel {
 /// A roofline-style estimate: arithmetic (multiply-adds count two), bytes moved (operands read,
 /// the result written), and a fixed cost per kernel launch. The units are nominal cycles of an
 /// edge core: 8 flops, 4 bytes per cycle, 2000 cycles per kernel.
+///
+/// Layout: the lowering computes float convolutions channels-last (channels are the vector
+/// lanes), so an NCHW float convolution also pays for converting its activations inside the
+/// kernel: its input and output move once more (a strided pass).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RooflineCost;
 
@@ -57,6 +62,20 @@ impl RooflineCost {
     }
 }
 
+impl RooflineCost {
+    /// The extra pass of an NCHW float convolution over its input and output (see the type doc).
+    fn layout_conversion(op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64 {
+        match (op, inputs.first()) {
+            (Op::Conv2d(a) | Op::DepthwiseConv2d(a), Some(x))
+                if a.layout == DataLayout::Nchw && x.dtype.is_float() =>
+            {
+                (x.byte_size() + output.byte_size()) as f64 / Self::BYTES_PER_CYCLE
+            }
+            _ => 0.0,
+        }
+    }
+}
+
 impl CostModel for RooflineCost {
     fn op_cost(&self, op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64 {
         let flops = Self::flops(op, inputs, output);
@@ -67,15 +86,54 @@ impl CostModel for RooflineCost {
             Op::Identity | Op::Reshape { .. } => 0.0,
             _ => Self::KERNEL,
         };
-        flops / Self::FLOPS_PER_CYCLE + bytes / Self::BYTES_PER_CYCLE + launch
+        flops / Self::FLOPS_PER_CYCLE
+            + bytes / Self::BYTES_PER_CYCLE
+            + launch
+            + Self::layout_conversion(op, inputs, output)
     }
 
     fn fused_op_cost(&self, op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64 {
         Self::flops(op, inputs, output) / Self::FLOPS_PER_CYCLE
+            + Self::layout_conversion(op, inputs, output)
     }
 
     fn kernel_cost(&self, output: &TensorType) -> f64 {
         Self::KERNEL + 2.0 * output.byte_size() as f64 / Self::BYTES_PER_CYCLE
+    }
+}
+
+/// `M` with every NCHW float convolution made prohibitively expensive, so that extraction takes
+/// the channels-last form wherever the e-graph has one ([`crate::LayoutChoice::Nhwc`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PreferChannelsLast<'a, M>(pub &'a M);
+
+impl<M: CostModel> PreferChannelsLast<'_, M> {
+    const PENALTY: f64 = 1e12;
+
+    fn penalty(op: &Op, inputs: &[&TensorType]) -> f64 {
+        match op {
+            Op::Conv2d(a) | Op::DepthwiseConv2d(a)
+                if a.layout == DataLayout::Nchw
+                    && inputs.first().is_some_and(|x| x.dtype.is_float()) =>
+            {
+                Self::PENALTY
+            }
+            _ => 0.0,
+        }
+    }
+}
+
+impl<M: CostModel> CostModel for PreferChannelsLast<'_, M> {
+    fn op_cost(&self, op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64 {
+        self.0.op_cost(op, inputs, output) + Self::penalty(op, inputs)
+    }
+
+    fn fused_op_cost(&self, op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64 {
+        self.0.fused_op_cost(op, inputs, output) + Self::penalty(op, inputs)
+    }
+
+    fn kernel_cost(&self, output: &TensorType) -> f64 {
+        self.0.kernel_cost(output)
     }
 }
 

@@ -17,6 +17,7 @@ pub mod cost;
 pub mod dot;
 pub mod fusion;
 pub mod lang;
+pub mod movement;
 pub mod rules;
 
 pub use analysis::{ClassData, GraphAnalysis, GraphEGraph};
@@ -49,6 +50,21 @@ pub struct RewriteOptions {
     pub time_limit: Duration,
     /// Largest tensor (elements) constant folding computes.
     pub fold_limit: usize,
+    /// How convolution layouts are chosen.
+    pub layout: LayoutChoice,
+}
+
+/// How the activation layout of convolutions is chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LayoutChoice {
+    /// Both layouts are in the e-graph and extraction picks the cheaper under the cost model.
+    #[default]
+    Auto,
+    /// Keep the imported layout (NCHW): the `conv-to-nhwc` rule is off.
+    Nchw,
+    /// Prefer channels-last wherever the rule applies (the cost of an NCHW convolution is
+    /// taken as infinite), to compare against `Auto`.
+    Nhwc,
 }
 
 impl RewriteOptions {
@@ -69,6 +85,7 @@ impl Default for RewriteOptions {
             iter_limit: 30,
             time_limit: Duration::from_secs(10),
             fold_limit: 1 << 22,
+            layout: LayoutChoice::Auto,
         }
     }
 }
@@ -296,7 +313,7 @@ pub fn optimize_with(
     graph.verify().map_err(RewriteError::Input)?;
     let start = Instant::now();
     let (eg, root) = to_egraph(graph, options.fold_limit);
-    let runner = options.runner(eg).run(&rules::rules());
+    let runner = options.runner(eg).run(&rules::rules_for(options.layout));
     let saturation_ms = start.elapsed().as_secs_f64() * 1e3;
     let mut applied = BTreeMap::new();
     for it in &runner.iterations {
@@ -306,16 +323,24 @@ pub fn optimize_with(
     }
     let start = Instant::now();
     let eg = &runner.egraph;
-    let extractor = Extractor::new(
-        eg,
-        GraphCost {
+    let (_, expr) = if options.layout == LayoutChoice::Nhwc {
+        let model = cost::PreferChannelsLast(model);
+        let cost = GraphCost {
+            egraph: eg,
+            model: &model,
+            fusion: false,
+        };
+        Extractor::new(eg, cost).find_best(root)
+    } else {
+        let cost = GraphCost {
             egraph: eg,
             model,
             fusion: false,
-        },
-    );
-    let (_, expr) = extractor.find_best(root);
+        };
+        Extractor::new(eg, cost).find_best(root)
+    };
     let out = from_expr(&expr, graph, &eg.analysis.pool)?;
+    let out = movement::sink_transposes(&out).map_err(RewriteError::Extracted)?;
     let report = RewriteReport {
         nodes_before: op_node_count(graph),
         nodes_after: op_node_count(&out),

@@ -12,7 +12,7 @@
 use crate::analysis::{GraphAnalysis, GraphEGraph};
 use crate::lang::{op_of, Node, OpLeaf};
 use egg::{Applier, Id, Pattern, PatternAst, Rewrite, Subst, Symbol, Var};
-use kiln_ir::op::BinaryOp;
+use kiln_ir::op::{BinaryOp, ConvAttrs, DataLayout};
 use kiln_ir::{DType, Op, Tensor, TensorType};
 
 /// What a rule's applier computes: the class to union with the match (`None`: the match does
@@ -84,6 +84,16 @@ fn all_equal(t: &Tensor, v: f64) -> bool {
     t.data().to_f64_vec().iter().all(|&x| x == v)
 }
 
+/// The rules a run with layout choice `layout` uses: every rule, less `conv-to-nhwc` when the
+/// layout is kept.
+pub fn rules_for(layout: crate::LayoutChoice) -> Vec<Rewrite<Node, GraphAnalysis>> {
+    let mut all = rules();
+    if layout == crate::LayoutChoice::Nchw {
+        all.retain(|r| r.name.as_str() != "conv-to-nhwc");
+    }
+    all
+}
+
 /// Every rule.
 pub fn rules() -> Vec<Rewrite<Node, GraphAnalysis>> {
     vec![
@@ -139,7 +149,8 @@ pub fn rules() -> Vec<Rewrite<Node, GraphAnalysis>> {
             let neg = Op::Unary(kiln_ir::op::UnaryOp::Negate);
             (op(eg, s, "?a")? == neg && op(eg, s, "?b")? == neg).then(|| s[var("?x")])
         }),
-        // conv(x, w, b) * s, s a per-output-channel constant ([1,O,1,1] or a scalar): conv is
+        // conv(x, w, b) * s, s a per-output-channel constant ([1,O,1,1], NHWC [1,1,1,O], or a
+        // scalar): conv is
         // linear in (w, b), so it equals conv(x, w * s[o], b * s[o]). This folds the scale of
         // BatchNormalization (imported as y = x * a + c) into the weights.
         rule(
@@ -275,7 +286,7 @@ pub fn rules() -> Vec<Rewrite<Node, GraphAnalysis>> {
             |eg, _, s| scale_into_matmul(eg, s),
         ),
         // conv(pad(x, zeros on H and W), w, b) = conv(x, w, b) with the pads added to the conv's
-        // own (which pads with the input zero point: 0 for floats).
+        // own (which pads with the input zero point: 0 for floats), in either layout.
         rule(
             "pad-into-conv",
             "(op ?conv (op ?p ?x) ?w ?b)",
@@ -290,16 +301,18 @@ pub fn rules() -> Vec<Rewrite<Node, GraphAnalysis>> {
                 if mode != kiln_ir::op::PadMode::Constant
                     || value.0 != a.input_zp as f64
                     || pads.len() != 4
-                    || pads[0] != [0, 0]
-                    || pads[1] != [0, 0]
                 {
                     return None;
                 }
+                let [pn, pc, ph, pw] = a.layout.nchw_of(&pads);
+                if pn != [0, 0] || pc != [0, 0] {
+                    return None;
+                }
                 a.pad = [
-                    a.pad[0] + pads[2][0],
-                    a.pad[1] + pads[2][1],
-                    a.pad[2] + pads[3][0],
-                    a.pad[3] + pads[3][1],
+                    a.pad[0] + ph[0],
+                    a.pad[1] + ph[1],
+                    a.pad[2] + pw[0],
+                    a.pad[3] + pw[1],
                 ];
                 let new = match conv {
                     Op::Conv2d(_) => Op::Conv2d(a),
@@ -308,7 +321,78 @@ pub fn rules() -> Vec<Rewrite<Node, GraphAnalysis>> {
                 add_op(eg, new, &[s[var("?x")], s[var("?w")], s[var("?b")]])
             },
         ),
+        // Layout choice. conv_nchw(x, w, b) = to_nchw(conv_nhwc(to_nhwc(x), w, b)): a
+        // convolution computes the same values whichever order its activations are stored in
+        // (the IR defines the NHWC form as the NCHW one with input and output transposed). The
+        // transposes it adds sink through elementwise ops and cancel between convolutions, so a
+        // chain of convolutions can run channels-last with one conversion at each end;
+        // extraction decides whether that is cheaper. Only for float convolutions with constant
+        // weights, which the lowering computes channels-last anyway (an NCHW one converts its
+        // tiles inside the kernel).
+        rule("conv-to-nhwc", "(op ?conv ?x ?w ?b)", conv_to_nhwc),
+        // reduce(transpose(x, p), axis a) = transpose(reduce(x, axis p[a]), p): a reduction
+        // keeps its axis (size 1), so reducing before or after moving the axes is the same.
+        rule(
+            "reduce-through-transpose",
+            "(op ?r (op ?t ?x))",
+            |eg, _, s| {
+                let (Op::Reduce { kind, axis }, Op::Transpose { perm }) =
+                    (op(eg, s, "?r")?, op(eg, s, "?t")?)
+                else {
+                    return None;
+                };
+                let inner = add_op(
+                    eg,
+                    Op::Reduce {
+                        kind,
+                        axis: *perm.get(axis)?,
+                    },
+                    &[s[var("?x")]],
+                )?;
+                add_op(eg, Op::Transpose { perm }, &[inner])
+            },
+        ),
+        // A transpose that keeps the order of the axes longer than 1 moves only unit axes: the
+        // elements keep their row-major order, so it is a reshape (an alias, not a copy).
+        rule("transpose-of-unit-axes", "(op ?t ?x)", |eg, _, s| {
+            let Op::Transpose { perm } = op(eg, s, "?t")? else {
+                return None;
+            };
+            let xt = ty(eg, s[var("?x")])?;
+            let moved: Vec<usize> = perm.iter().copied().filter(|&p| xt.shape[p] != 1).collect();
+            if !moved.is_sorted() {
+                return None;
+            }
+            let shape = perm.iter().map(|&p| xt.shape[p]).collect();
+            add_op(eg, Op::Reshape { shape }, &[s[var("?x")]])
+        }),
     ]
+}
+
+/// See the `conv-to-nhwc` rule.
+fn conv_to_nhwc(eg: &mut GraphEGraph, _: Id, s: &Subst) -> Option<Id> {
+    let conv = op(eg, s, "?conv")?;
+    let (Op::Conv2d(a) | Op::DepthwiseConv2d(a)) = &conv else {
+        return None;
+    };
+    let w = s[var("?w")];
+    if a.layout != DataLayout::Nchw || ty(eg, w)?.dtype != DType::F32 {
+        return None;
+    }
+    eg[w].data.value.as_ref()?;
+    let nhwc = ConvAttrs {
+        layout: DataLayout::Nhwc,
+        ..a.clone()
+    };
+    let new = match conv {
+        Op::Conv2d(_) => Op::Conv2d(nhwc),
+        _ => Op::DepthwiseConv2d(nhwc),
+    };
+    let to_nhwc = DataLayout::Nhwc.from_nchw().to_vec();
+    let to_nchw = DataLayout::Nhwc.to_nchw().to_vec();
+    let x = add_op(eg, Op::Transpose { perm: to_nhwc }, &[s[var("?x")]])?;
+    let y = add_op(eg, new, &[x, w, s[var("?b")]])?;
+    add_op(eg, Op::Transpose { perm: to_nchw }, &[y])
 }
 
 fn neutral(eg: &mut GraphEGraph, s: &Subst, x: &str, c: &str, c_on_right: bool) -> Option<Id> {
@@ -331,7 +415,7 @@ fn neutral(eg: &mut GraphEGraph, s: &Subst, x: &str, c: &str, c_on_right: bool) 
 /// The conv op bound to `?conv` when it is a float conv with zero zero points whose result only
 /// the matched op reads, with its output channel count. (Folding into a conv that has other
 /// readers would compute the conv twice: extraction counts costs per tree, not per DAG.)
-fn float_conv(eg: &GraphEGraph, s: &Subst) -> Option<(Op, usize)> {
+fn float_conv(eg: &GraphEGraph, s: &Subst) -> Option<(Op, usize, DataLayout)> {
     let conv = op(eg, s, "?conv")?;
     let operands = ["?conv", "?x", "?w", "?b"].map(|v| s[var(v)]);
     if !single_reader(eg, &operands) {
@@ -342,7 +426,7 @@ fn float_conv(eg: &GraphEGraph, s: &Subst) -> Option<(Op, usize)> {
     };
     let w = ty(eg, s[var("?w")])?;
     (a.input_zp == 0 && a.weight_zp == 0 && w.dtype == DType::F32)
-        .then(|| (conv.clone(), w.shape[0]))
+        .then(|| (conv.clone(), w.shape[0], a.layout))
 }
 
 /// Whether the value of the application `(op children...)` (leaf first) is read by one graph
@@ -353,17 +437,20 @@ fn single_reader(eg: &GraphEGraph, children: &[Id]) -> bool {
 }
 
 /// The per-output-channel constant bound to `?s` as a `[O]` vector, for a conv output of
-/// `o` channels: shapes `[1, O, 1, 1]` or all ones (a scalar).
-fn per_channel(eg: &GraphEGraph, s: &Subst, o: usize) -> Option<Vec<f32>> {
+/// `o` channels in `layout`: shapes `[1, O, 1, 1]` (NCHW; `[1, 1, 1, O]` NHWC) or all ones
+/// (a scalar).
+fn per_channel(eg: &GraphEGraph, s: &Subst, o: usize, layout: DataLayout) -> Option<Vec<f32>> {
     let k = constant(eg, s[var("?s")])?;
     if k.dtype() != DType::F32 || k.shape().len() != 4 {
         return None;
     }
     let v: Vec<f32> = k.data().to_f64_vec().iter().map(|&x| x as f32).collect();
-    match k.shape() {
-        [1, c, 1, 1] if *c == o => Some(v),
-        [1, 1, 1, 1] => Some(vec![v[0]; o]),
-        _ => None,
+    if k.shape() == layout.shape([1, o, 1, 1]) {
+        Some(v)
+    } else if k.shape() == [1, 1, 1, 1] {
+        Some(vec![v[0]; o])
+    } else {
+        None
     }
 }
 
@@ -376,8 +463,8 @@ fn scale_into_conv(eg: &mut GraphEGraph, s: &Subst) -> Option<Id> {
     if op(eg, s, "?m")? != Op::Binary(BinaryOp::Mul) {
         return None;
     }
-    let (conv, o) = float_conv(eg, s)?;
-    let scale = per_channel(eg, s, o)?;
+    let (conv, o, layout) = float_conv(eg, s)?;
+    let scale = per_channel(eg, s, o, layout)?;
     let (w, b) = (s[var("?w")], s[var("?b")]);
     let bt = ty(eg, b)?;
     let w_scale = vector_const(eg, scale.clone(), vec![o, 1, 1, 1])?;
@@ -397,8 +484,8 @@ fn shift_into_conv(eg: &mut GraphEGraph, s: &Subst) -> Option<Id> {
     if op(eg, s, "?m")? != Op::Binary(BinaryOp::Add) {
         return None;
     }
-    let (conv, o) = float_conv(eg, s)?;
-    let shift = per_channel(eg, s, o)?;
+    let (conv, o, layout) = float_conv(eg, s)?;
+    let shift = per_channel(eg, s, o, layout)?;
     let b = s[var("?b")];
     let shift = vector_const(eg, shift, vec![o])?;
     let new_b = add_op(eg, Op::Binary(BinaryOp::Add), &[b, shift])?;

@@ -1,8 +1,10 @@
 //! Every rule proves its goal (`before => after`) on a small graph in the IR text form, and the
 //! rewritten graph computes what the original computes (reference interpreter).
 
+use kiln_ir::op::DataLayout;
+use kiln_ir::Op;
 use kiln_ir::{parse_graph, DType, Graph, Tensor};
-use kiln_rewrite::{optimize, RewriteOptions};
+use kiln_rewrite::{optimize, LayoutChoice, RewriteOptions};
 
 /// Deterministic inputs in [-2, 2).
 fn inputs(g: &Graph) -> Vec<Tensor> {
@@ -33,8 +35,19 @@ fn inputs(g: &Graph) -> Vec<Tensor> {
 /// Optimizes `before`; checks that the result has `present` ops and none of `absent` (by op
 /// name), and that it computes the same outputs within `tol`. Returns the rewritten graph.
 fn prove(before: &str, present: &[&str], absent: &[&str], tol: f64) -> Graph {
+    prove_with(&RewriteOptions::default(), before, present, absent, tol)
+}
+
+/// [`prove`] under `options`.
+fn prove_with(
+    options: &RewriteOptions,
+    before: &str,
+    present: &[&str],
+    absent: &[&str],
+    tol: f64,
+) -> Graph {
     let g = parse_graph(before).unwrap_or_else(|e| panic!("{e}\n{before}"));
-    let (after, report) = optimize(&g, &RewriteOptions::default()).unwrap();
+    let (after, report) = optimize(&g, options).unwrap();
     let text = after.to_string();
     let names: Vec<&str> = after.nodes().iter().map(|n| n.op.name()).collect();
     for p in present {
@@ -390,4 +403,161 @@ fn scales_do_not_fold_into_a_convolution_with_other_readers() {
         &[],
         0.0,
     );
+}
+
+/// Deterministic constant values for a tensor of `n` elements, as IR text.
+fn values(n: usize, seed: usize) -> String {
+    let v: Vec<String> = (0..n)
+        .map(|i| format!("{}", (((i * 37 + seed * 11) % 17) as f32 - 8.0) / 16.0))
+        .collect();
+    v.join(", ")
+}
+
+/// conv 3x3 (4 -> 8 channels) + relu6, depthwise 3x3 + relu6, conv 1x1 + a residual add of the
+/// depthwise output: a MobileNet-style chain over a 32x32 NCHW input.
+fn conv_chain() -> String {
+    format!(
+        r#"graph {{
+  const @0: f32[8,4,3,3] = [{w0}]
+  const @1: f32[8] = [{b0}]
+  const @2: f32[8,1,3,3] = [{w1}]
+  const @3: f32[8] = [{b1}]
+  const @4: f32[8,8,1,1] = [{w2}]
+  const @5: f32[8] = [{b2}]
+  input %0 "x": f32[1,4,32,32]
+  %1: f32[8,4,3,3] = const(@0)
+  %2: f32[8] = const(@1)
+  %3: f32[1,8,32,32] = conv2d(%0, %1, %2) {{"dilation":[1,1],"input_zp":0,"pad":[1,1,1,1],"stride":[1,1],"weight_zp":0}}
+  %4: f32[1,8,32,32] = clamp(%3) {{"max":6.0,"min":0.0}}
+  %5: f32[8,1,3,3] = const(@2)
+  %6: f32[8] = const(@3)
+  %7: f32[1,8,32,32] = depthwise_conv2d(%4, %5, %6) {{"dilation":[1,1],"input_zp":0,"pad":[1,1,1,1],"stride":[1,1],"weight_zp":0}}
+  %8: f32[1,8,32,32] = clamp(%7) {{"max":6.0,"min":0.0}}
+  %9: f32[8,8,1,1] = const(@4)
+  %10: f32[8] = const(@5)
+  %11: f32[1,8,32,32] = conv2d(%8, %9, %10) {{"dilation":[1,1],"input_zp":0,"pad":[0,0,0,0],"stride":[1,1],"weight_zp":0}}
+  %12: f32[1,8,32,32] = add(%11, %8)
+  output %12
+}}"#,
+        w0 = values(288, 1),
+        b0 = values(8, 2),
+        w1 = values(72, 3),
+        b1 = values(8, 4),
+        w2 = values(64, 5),
+        b2 = values(8, 6),
+    )
+}
+
+fn conv_layouts(g: &Graph) -> Vec<DataLayout> {
+    g.nodes()
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::Conv2d(a) | Op::DepthwiseConv2d(a) => Some(a.layout),
+            _ => None,
+        })
+        .collect()
+}
+
+fn count(g: &Graph, op: &str) -> usize {
+    g.nodes().iter().filter(|n| n.op.name() == op).count()
+}
+
+#[test]
+fn a_convolution_chain_runs_channels_last_with_one_conversion_at_each_end() {
+    let after = prove(&conv_chain(), &["conv2d", "transpose"], &[], 1e-5);
+    assert_eq!(conv_layouts(&after), vec![DataLayout::Nhwc; 3], "{after}");
+    assert_eq!(count(&after, "transpose"), 2, "{after}");
+    // The clamps read their convolutions directly (so they fuse), not a transpose.
+    for n in after.nodes().iter().filter(|n| n.op.name() == "clamp") {
+        let producer = after
+            .nodes()
+            .iter()
+            .find(|m| m.output == n.inputs[0])
+            .unwrap();
+        assert_ne!(producer.op.name(), "transpose", "{after}");
+    }
+    // Kept NCHW on request: nothing moves.
+    let options = RewriteOptions {
+        layout: LayoutChoice::Nchw,
+        ..RewriteOptions::default()
+    };
+    let kept = prove_with(&options, &conv_chain(), &["conv2d"], &["transpose"], 1e-5);
+    assert_eq!(conv_layouts(&kept), vec![DataLayout::Nchw; 3]);
+}
+
+#[test]
+fn a_lone_small_convolution_keeps_its_layout_unless_forced() {
+    // Two conversions cost more than converting inside one small kernel.
+    let single = format!(
+        r#"graph {{
+  const @0: f32[8,4,3,3] = [{w}]
+  const @1: f32[8] = [{b}]
+  input %0 "x": f32[1,4,5,5]
+  %1: f32[8,4,3,3] = const(@0)
+  %2: f32[8] = const(@1)
+  %3: f32[1,8,5,5] = conv2d(%0, %1, %2) {{"dilation":[1,1],"input_zp":0,"pad":[1,1,1,1],"stride":[1,1],"weight_zp":0}}
+  output %3
+}}"#,
+        w = values(288, 7),
+        b = values(8, 8)
+    );
+    let after = prove(&single, &["conv2d"], &["transpose"], 1e-5);
+    assert_eq!(conv_layouts(&after), vec![DataLayout::Nchw]);
+    let options = RewriteOptions {
+        layout: LayoutChoice::Nhwc,
+        ..RewriteOptions::default()
+    };
+    let forced = prove_with(&options, &single, &["conv2d", "transpose"], &[], 1e-5);
+    assert_eq!(conv_layouts(&forced), vec![DataLayout::Nhwc]);
+}
+
+#[test]
+fn reductions_move_below_transposes_and_unit_axis_transposes_become_reshapes() {
+    // Both spatial reductions of a channels-last tensor read back as NCHW: the transpose sinks
+    // below them and, moving only unit axes then, becomes a reshape.
+    prove(
+        r#"graph {
+  input %0 "x": f32[1,3,4,5]
+  %1: f32[1,5,3,4] = transpose(%0) {"perm":[0,3,1,2]}
+  %2: f32[1,5,1,4] = reduce_sum(%1) {"axis":2}
+  %3: f32[1,5,1,1] = reduce_sum(%2) {"axis":3}
+  output %3
+}"#,
+        &["reduce_sum", "reshape"],
+        &["transpose"],
+        1e-6,
+    );
+}
+
+#[test]
+fn channels_last_convolutions_fold_padding_and_per_channel_scales() {
+    let after = prove(
+        &format!(
+            r#"graph {{
+  const @0: f32[4,2,3,3] = [{w}]
+  const @1: f32[4] = [0.5, -0.5, 1, 2]
+  const @2: f32[1,1,1,4] = [2, -1, 0.5, 3]
+  input %0 "image": f32[1,5,5,2]
+  %1: f32[1,6,8,2] = pad(%0) {{"mode":"constant","pads":[[0,0],[1,0],[2,1],[0,0]],"value":0.0}}
+  %2: f32[4,2,3,3] = const(@0)
+  %3: f32[4] = const(@1)
+  %4: f32[1,4,6,4] = conv2d(%1, %2, %3) {{"dilation":[1,1],"input_zp":0,"layout":"nhwc","pad":[0,0,0,0],"stride":[1,1],"weight_zp":0}}
+  %5: f32[1,1,1,4] = const(@2)
+  %6: f32[1,4,6,4] = mul(%4, %5)
+  output %6
+}}"#,
+            w = values(72, 9)
+        ),
+        &["conv2d"],
+        &["pad", "mul"],
+        1e-5,
+    );
+    let conv = after.nodes().iter().find(|n| n.op.name() == "conv2d");
+    match conv.map(|n| &n.op) {
+        Some(Op::Conv2d(a)) => {
+            assert_eq!(a.pad, [1, 0, 2, 1]);
+            assert_eq!(a.layout, DataLayout::Nhwc);
+        }
+        other => panic!("{other:?}"),
+    }
 }

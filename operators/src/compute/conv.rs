@@ -25,6 +25,7 @@
 
 use super::expr::{all, bload, c};
 use super::{unsupported, Builder, ComputeError, Operand};
+use kiln_ir::op::DataLayout;
 use kiln_ir::{DType, Op, Tensor, TensorType};
 use kiln_tir::{BufferId, Expr, ReduceKind};
 
@@ -63,10 +64,20 @@ pub(crate) fn define(
     let (x, w, bias) = (&xs[0], &xs[1], &xs[2]);
     let xd = x.ty.dtype;
     let acc = acc_dtype(xd);
-    let (xs_, ws_) = (&x.ty.shape, &w.ty.shape);
+    let ws_ = &w.ty.shape;
+    let layout = match op {
+        Op::Conv2d(a) | Op::DepthwiseConv2d(a) => a.layout,
+        _ => DataLayout::Nchw,
+    };
+    // Geometry in NCHW terms whatever the layout: `xs_` input dims, `shape` output dims.
+    let xs_ = layout.nchw_dims(&x.ty.shape);
+    let shape = layout.nchw_dims(&out.shape).to_vec();
     let (h, wd) = (xs_[2], xs_[3]);
     let zero = Expr::zero(acc);
-    let shape = out.shape.clone();
+    // A load of the input at NCHW coordinates.
+    let xload = |src: BufferId, [n, ch, iy, ix]: [Expr; 4]| {
+        Expr::load(src, layout.shape_of([n, ch, iy, ix]))
+    };
     let conv = match op {
         Op::Conv2d(a) | Op::DepthwiseConv2d(a) => {
             let depthwise = matches!(op, Op::DepthwiseConv2d(_));
@@ -110,10 +121,8 @@ pub(crate) fn define(
                     let xp = b.stage("pad_nhwc", &pshape, |ax| {
                         let iy = ax[1].clone() - c(pt);
                         let ix = ax[2].clone() - c(pl);
-                        let xv = Expr::load(
-                            x.id,
-                            vec![ax[0].clone(), ax[3].clone(), iy.clone(), ix.clone()],
-                        );
+                        let xv =
+                            xload(x.id, [ax[0].clone(), ax[3].clone(), iy.clone(), ix.clone()]);
                         pad.guard(&iy, h, &ix, wd, xv, zero.clone())
                     })?;
                     b.keep_stage(xp);
@@ -129,7 +138,7 @@ pub(crate) fn define(
                             );
                             xv * wv
                         })?;
-                    return bias_stage(b, acc_stage, true, bias, acc, out);
+                    return bias_stage(b, acc_stage, DataLayout::Nhwc, layout, bias, acc, out);
                 }
             }
             let nhwc = if depthwise {
@@ -149,14 +158,12 @@ pub(crate) fn define(
                         x_lo: pl > 0,
                         x_hi: wp as i64 - pl > wd as i64,
                     };
-                    let pshape = vec![xs_[0], xs_[1], hp, wp];
+                    let pshape = layout.shape([xs_[0], xs_[1], hp, wp]);
                     let xp = b.stage("pad", &pshape, |ax| {
-                        let iy = ax[2].clone() - c(pt);
-                        let ix = ax[3].clone() - c(pl);
-                        let xv = Expr::load(
-                            x.id,
-                            vec![ax[0].clone(), ax[1].clone(), iy.clone(), ix.clone()],
-                        );
+                        let [n, ch, y, xx] = layout.nchw_of(ax);
+                        let iy = y - c(pt);
+                        let ix = xx - c(pl);
+                        let xv = xload(x.id, [n, ch, iy.clone(), ix.clone()]);
                         pad.guard(&iy, h, &ix, wd, xv, zero.clone())
                     })?;
                     b.keep_stage(xp);
@@ -170,13 +177,14 @@ pub(crate) fn define(
                         let (ky, kx, ch) = (r[1].clone(), r[2].clone(), r[0].clone());
                         let iy = ax[1].clone() * c(sy) + ky.clone() * c(dy) - c(off_y);
                         let ix = ax[2].clone() * c(sx) + kx.clone() * c(dx) - c(off_x);
-                        let xv = Expr::load(src, vec![ax[0].clone(), ch.clone(), iy, ix]);
+                        let xv = xload(src, [ax[0].clone(), ch.clone(), iy, ix]);
                         let wv = Expr::load(wt, vec![ch, ky, kx, ax[3].clone()]);
                         xv * wv
                     })?;
-                return bias_stage(b, acc_stage, true, bias, acc, out);
+                return bias_stage(b, acc_stage, DataLayout::Nhwc, layout, bias, acc, out);
             }
-            b.reduce("conv", &shape, &raxes, ReduceKind::Sum, |ax, r| {
+            b.reduce("conv", &out.shape, &raxes, ReduceKind::Sum, |ax, r| {
+                let ax = layout.nchw_of(ax);
                 let (ky, kx, ch) = if depthwise {
                     let ch = if mult == 1 {
                         ax[1].clone()
@@ -189,7 +197,7 @@ pub(crate) fn define(
                 };
                 let iy = ax[2].clone() * c(sy) + ky.clone() * c(dy) - c(pt);
                 let ix = ax[3].clone() * c(sx) + kx.clone() * c(dx) - c(pl);
-                let xv = Expr::load(x.id, vec![ax[0].clone(), ch, iy.clone(), ix.clone()]);
+                let xv = xload(x.id, [ax[0].clone(), ch, iy.clone(), ix.clone()]);
                 let wch = if depthwise { c(0) } else { r[0].clone() };
                 let wv = Expr::load(w.id, vec![ax[1].clone(), wch, ky, kx]);
                 let prod =
@@ -246,7 +254,7 @@ pub(crate) fn define(
         }
         other => return Err(unsupported(other, "not a convolution")),
     };
-    bias_stage(b, conv, false, bias, acc, out)
+    bias_stage(b, conv, layout, layout, bias, acc, out)
 }
 
 /// The name of the channels-last accumulator stage of a float convolution (see the module doc).
@@ -322,29 +330,27 @@ fn nhwc_weights(
     ))
 }
 
-/// The bias (epilogue) stage over the accumulator `conv` (channels-last when `nhwc`).
+/// The bias (epilogue) stage over the accumulator `conv` of layout `conv_layout`, writing the
+/// output in `out_layout`.
 fn bias_stage(
     b: &mut Builder,
     conv: BufferId,
-    nhwc: bool,
+    conv_layout: DataLayout,
+    out_layout: DataLayout,
     bias: &Operand,
     acc: DType,
     out: &TensorType,
 ) -> Result<BufferId, ComputeError> {
     let out_dt = out.dtype;
     b.stage("bias", &out.shape, |ax| {
-        let bv = bload(bias.id, &bias.ty.shape, &[ax[1].clone()]);
+        let nchw = out_layout.nchw_of(ax);
+        let bv = bload(bias.id, &bias.ty.shape, std::slice::from_ref(&nchw[1]));
         let bv = if bias.ty.dtype == acc {
             bv
         } else {
             Expr::cast(acc, bv)
         };
-        let idx = if nhwc {
-            vec![ax[0].clone(), ax[2].clone(), ax[3].clone(), ax[1].clone()]
-        } else {
-            ax.to_vec()
-        };
-        let v = Expr::load(conv, idx) + bv;
+        let v = Expr::load(conv, conv_layout.shape_of(nchw)) + bv;
         if out_dt == acc {
             v
         } else {

@@ -6,7 +6,7 @@
 
 use crate::builder::{invalid, unsupported, Builder, NResult};
 use crate::node::NodeCx;
-use kiln_ir::op::{ConvAttrs, TransposeConvAttrs};
+use kiln_ir::op::{ConvAttrs, DataLayout, TransposeConvAttrs};
 use kiln_ir::{DType, Op, ValueId};
 
 /// Window attributes of a conv or pool node, normalised to two spatial axes.
@@ -185,6 +185,7 @@ pub(super) fn conv_core(
         dilation: win.dilation,
         input_zp,
         weight_zp,
+        layout: DataLayout::Nchw,
     };
     let y = if group == 1 {
         b.add(Op::Conv2d(attrs), &[x4, w4, bias])?

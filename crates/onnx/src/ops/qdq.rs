@@ -33,7 +33,7 @@ use crate::ops::conv::{conv_core, from_2d, to_2d, window};
 use crate::ops::matmul::matmul_nd;
 use crate::ops::quant::{rescale_by, weight_and_zero_point};
 use crate::proto::NodeProto;
-use kiln_ir::op::{BinaryOp, ConvAttrs, MatMulAttrs, ReduceOp};
+use kiln_ir::op::{BinaryOp, ConvAttrs, DataLayout, MatMulAttrs, ReduceOp};
 use kiln_ir::{DType, Op, ValueId};
 use std::collections::HashMap;
 
@@ -619,6 +619,7 @@ impl Fuser<'_, '_> {
             dilation: win.dilation,
             input_zp: x.zp,
             weight_zp: 0,
+            layout: DataLayout::Nchw,
         };
         let x4 = to_2d(self.b, x.q)?;
         let sum = self.b.add(Op::DepthwiseConv2d(attrs), &[x4, ones, zeros])?;
