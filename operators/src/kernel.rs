@@ -11,9 +11,10 @@
 
 use crate::compute::{define, Builder, ComputeError, Operand};
 use crate::fusion::{group_inputs, group_output, partition, Group};
-use crate::schedule::{default_schedule, OpClass};
+use crate::schedule::{default_schedule, lower_trace, OpClass};
 use kiln_ir::{ConstId, Graph, Op, Tensor, ValueDef, ValueId};
 use kiln_tir::{ComputeDag, LowerError, PrimFunc, Trace};
+use std::collections::HashMap;
 
 /// Why a graph could not be lowered.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,57 @@ pub struct Kernel {
     pub class: OpClass,
     /// The kernel copies its input unchanged (row-major reshape/identity): may be aliased.
     pub alias: bool,
+    /// The workload key of its group ([`workload_key`]).
+    pub workload: String,
+    /// Its trace came from [`TunedSchedules`] (not the default schedule).
+    pub tuned: bool,
+}
+
+/// Schedules chosen by tuning, by workload key: the trace to replay instead of the default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TunedSchedules {
+    pub traces: HashMap<String, Trace>,
+}
+
+/// 64-bit FNV-1a, hex: a hash that is the same on every platform and release.
+fn fnv1a_hex(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The canonical text of a group's workload: its class, then per node the op with its
+/// attributes and the operand types (constants marked `const`, group-internal operands by
+/// position), then the output type. Weight values are not part of it: they do not change how
+/// fast a schedule runs.
+pub fn workload_text(graph: &Graph, g: &Group) -> String {
+    let mut text = format!("{:?}", g.class);
+    for (pos, &n) in g.nodes.iter().enumerate() {
+        let node = graph.node(n);
+        let attrs = serde_json::to_string(&node.op).unwrap_or_default();
+        text.push_str(&format!("|{pos}:{attrs}("));
+        for &v in &node.inputs {
+            let inner = g.nodes[..pos]
+                .iter()
+                .position(|&m| graph.node(m).output == v);
+            match (inner, const_id(graph, v)) {
+                (Some(i), _) => text.push_str(&format!("#{i},")),
+                (None, Some(_)) => text.push_str(&format!("const {},", graph.ty(v))),
+                (None, None) => text.push_str(&format!("{},", graph.ty(v))),
+            }
+        }
+        text.push_str(&format!(")->{}", graph.ty(node.output)));
+    }
+    text
+}
+
+/// The workload key of a group: a hash of [`workload_text`]. Equal groups (same ops, attributes
+/// and types) in one model or across models share it, and so share tuning records.
+pub fn workload_key(graph: &Graph, g: &Group) -> String {
+    fnv1a_hex(&workload_text(graph, g))
 }
 
 /// The constant id behind a CONST node's value.
@@ -147,6 +199,17 @@ pub fn lower_graph(graph: &Graph) -> Result<Vec<Kernel>, KernelError> {
 /// Lowers the given fusion groups of `graph` (each satisfying the invariant of
 /// [`crate::fusion`], in an executable order) with their default schedules.
 pub fn lower_groups(graph: &Graph, groups: &[Group]) -> Result<Vec<Kernel>, KernelError> {
+    lower_groups_with(graph, groups, &TunedSchedules::default())
+}
+
+/// [`lower_groups`], replaying the trace `tuned` records for a group's workload where it has
+/// one. A recorded trace that no longer replays or lowers on the group's DAG (a changed
+/// operator library) is ignored: the kernel gets its default schedule.
+pub fn lower_groups_with(
+    graph: &Graph,
+    groups: &[Group],
+    tuned: &TunedSchedules,
+) -> Result<Vec<Kernel>, KernelError> {
     let mut kernels = vec![];
     for g in groups {
         let (b, inputs, outputs) = group_dag(graph, g)?;
@@ -159,11 +222,20 @@ pub fn lower_groups(graph: &Graph, groups: &[Group]) -> Result<Vec<Kernel>, Kern
         if dag.outputs().len() != 1 {
             return Err(KernelError::Outputs(name));
         }
-        let (trace, mut func) =
-            default_schedule(&dag, g.class, &keep).map_err(|e| KernelError::Lower {
+        let workload = workload_key(graph, g);
+        let replayed = tuned.traces.get(&workload).and_then(|trace| {
+            lower_trace(&dag, trace)
+                .ok()
+                .map(|func| (trace.clone(), func))
+        });
+        let is_tuned = replayed.is_some();
+        let (trace, mut func) = match replayed {
+            Some(found) => found,
+            None => default_schedule(&dag, g.class, &keep).map_err(|e| KernelError::Lower {
                 kernel: name.clone(),
                 source: e,
-            })?;
+            })?,
+        };
         let mut inputs = inputs;
         drop_unread_inputs(&mut func, &mut inputs);
         kernels.push(Kernel {
@@ -175,6 +247,8 @@ pub fn lower_groups(graph: &Graph, groups: &[Group]) -> Result<Vec<Kernel>, Kern
             outputs,
             class: g.class,
             alias: g.alias,
+            workload,
+            tuned: is_tuned,
         });
     }
     Ok(kernels)

@@ -20,7 +20,8 @@ mod pool;
 mod quant;
 mod reduce;
 mod resize;
-pub mod schedule;
+/// The schedule library (default schedules and the tuner's search space), re-exported.
+pub use kiln_schedules as schedule;
 mod util;
 
 use kiln_ir::{Op, Tensor, TensorType};

@@ -80,6 +80,8 @@ pub struct AotOptions {
     pub header: Option<PathBuf>,
     /// What happens to the graph before lowering.
     pub graph: crate::GraphOptions,
+    /// Tuned schedules (from a tuning log) replacing the default schedule of their workloads.
+    pub schedules: crate::TunedSchedules,
 }
 
 impl Default for AotOptions {
@@ -88,6 +90,7 @@ impl Default for AotOptions {
             parallel: true,
             header: None,
             graph: crate::GraphOptions::default(),
+            schedules: crate::TunedSchedules::default(),
         }
     }
 }
@@ -132,7 +135,12 @@ pub fn compile_library(
     })?;
     let start = Instant::now();
     let prepared = crate::graph_opt::prepare(graph, &options.graph).map_err(CompileError::from)?;
-    let planned = plan_model(&prepared.graph, prepared.groups.as_deref(), ENTRY)?;
+    let planned = plan_model(
+        &prepared.graph,
+        prepared.groups.as_deref(),
+        &options.schedules,
+        ENTRY,
+    )?;
     let codegen = CodegenOptions {
         threads: if options.parallel {
             Threads::Global

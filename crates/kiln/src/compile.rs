@@ -12,7 +12,9 @@ use crate::{CompileOptions, Target};
 use kiln_codegen::{Arg, CodegenOptions, JitModule, KernelCall, ModelEntry, Threads};
 use kiln_ir::{ConstId, Graph, Op, Tensor, TensorType, ValueDef, ValueId};
 use kiln_operators::fusion::Group;
-use kiln_operators::kernel::{lower_graph, lower_groups, Kernel, KernelError, KernelInput};
+use kiln_operators::kernel::{
+    lower_graph, lower_groups_with, Kernel, KernelError, KernelInput, TunedSchedules,
+};
 use kiln_operators::schedule::OpClass;
 use kiln_runtime::{plan, BufferRequest, PlanError};
 use std::collections::HashMap;
@@ -56,6 +58,8 @@ pub enum RunError {
 pub struct CompileStats {
     /// Kernels called per run (alias kernels excluded).
     pub kernels: usize,
+    /// Of those, kernels scheduled by a tuning record.
+    pub tuned_kernels: usize,
     /// Peak arena bytes of the memory plan.
     pub arena_bytes: usize,
     /// Bytes of all intermediate tensors without any reuse.
@@ -144,6 +148,8 @@ pub(crate) struct PlannedModel {
     pub output_names: Vec<String>,
     pub arena_bytes: usize,
     pub naive_bytes: usize,
+    /// Kernels whose schedule came from the tuned schedules.
+    pub tuned_kernels: usize,
 }
 
 impl PlannedModel {
@@ -171,12 +177,18 @@ pub(crate) fn compile(
     }
     let start = Instant::now();
     let prepared = crate::graph_opt::prepare(graph, &options.graph)?;
-    let planned = plan_model(&prepared.graph, prepared.groups.as_deref(), ENTRY)?;
+    let planned = plan_model(
+        &prepared.graph,
+        prepared.groups.as_deref(),
+        &options.schedules,
+        ENTRY,
+    )?;
     let rewrite = prepared.report;
     let codegen = PlannedModel::codegen_options(options.threads, target.isa_spec());
     let jit = JitModule::compile_with_entries(&planned.funcs, &[planned.entry], &codegen)?;
     let stats = CompileStats {
         kernels: planned.funcs.len(),
+        tuned_kernels: planned.tuned_kernels,
         arena_bytes: planned.arena_bytes,
         naive_bytes: planned.naive_bytes,
         compile_ms: start.elapsed().as_secs_f64() * 1e3,
@@ -198,12 +210,13 @@ pub(crate) fn compile(
 pub(crate) fn plan_model(
     graph: &Graph,
     groups: Option<&[Group]>,
+    schedules: &TunedSchedules,
     entry_name: &str,
 ) -> Result<PlannedModel, CompileError> {
     graph.verify()?;
     let folded = crate::empty::fold_empty_tensors(graph)?;
     let kernels = match (&folded, groups) {
-        (None, Some(groups)) => lower_groups(graph, groups)?,
+        (None, Some(groups)) => lower_groups_with(graph, groups, schedules)?,
         // Folding empty tensors renumbers the graph: the given groups no longer apply.
         _ => lower_graph(folded.as_ref().unwrap_or(graph))?,
     };
@@ -373,6 +386,11 @@ pub(crate) fn plan_model(
         output_names: names(graph.outputs()),
         arena_bytes: memory.arena_bytes,
         naive_bytes: memory.naive_bytes,
+        tuned_kernels: kernels
+            .iter()
+            .enumerate()
+            .filter(|(k, kernel)| kernel.tuned && !skipped[*k])
+            .count(),
     })
 }
 

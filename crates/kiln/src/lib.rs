@@ -30,6 +30,7 @@ pub use compile::{CompileError, CompileStats, CompiledModel, RunError};
 pub use graph_opt::{GraphOptions, RewriteReport};
 pub use kiln_ir::{DType, Graph, Tensor, TensorType};
 pub use kiln_onnx::{ImportError, ImportOptions, Model};
+pub use kiln_operators::kernel::TunedSchedules;
 pub use kiln_rewrite::{LayoutChoice, RewriteOptions};
 pub use target::{Target, TargetError};
 
@@ -42,6 +43,8 @@ pub struct CompileOptions {
     pub threads: usize,
     /// What happens to the graph before lowering.
     pub graph: GraphOptions,
+    /// Tuned schedules (from a tuning log) replacing the default schedule of their workloads.
+    pub schedules: TunedSchedules,
 }
 
 impl Default for CompileOptions {
@@ -49,6 +52,7 @@ impl Default for CompileOptions {
         CompileOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             graph: GraphOptions::default(),
+            schedules: TunedSchedules::default(),
         }
     }
 }

@@ -257,8 +257,9 @@ pub(crate) fn define(
     bias_stage(b, conv, layout, layout, bias, acc, out)
 }
 
-/// The name of the channels-last accumulator stage of a float convolution (see the module doc).
-pub(crate) const NHWC_STAGE: &str = "conv_nhwc";
+/// The name of the channels-last accumulator stage of a float convolution (see the module doc);
+/// the schedule library recognises it by this name.
+pub(crate) use kiln_schedules::NHWC_STAGE;
 
 /// Which input bounds a convolution tap may leave; the others hold for every tap.
 #[derive(Clone, Copy)]

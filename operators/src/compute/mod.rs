@@ -18,7 +18,6 @@
 //!   duplicate large expressions).
 
 mod conv;
-pub(crate) use conv::NHWC_STAGE;
 mod elementwise;
 pub(crate) mod expr;
 mod matmul;

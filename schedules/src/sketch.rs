@@ -11,7 +11,7 @@
 //! * elementwise / data-movement outputs: the innermost axis is split by 4 and vectorized when
 //!   divisible, the outermost axis is parallel (fused with the following loops while it has
 //!   fewer than 8 iterations);
-//! * channels-last conv / depthwise anchors ([`crate::compute`]'s `conv_nhwc` stages, every f32
+//! * channels-last conv / depthwise anchors (the operator library's `conv_nhwc` stages, every f32
 //!   convolution with constant weights): the NCHW output is tiled
 //!   `n, oc.o, oh, ow.o, ow.i(4..7, unrolled), oc.i(8 or 4, vectorized)` and the anchor computed
 //!   at `ow.o` into an `ow.i x oc.i` tile held in registers (reduction loops outside the tile,
@@ -32,6 +32,10 @@ use kiln_tir::{
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
+/// The name of the channels-last accumulator stage the operator library gives a float
+/// convolution (`*_conv_nhwc`); its sketch differs from other convolutions'.
+pub const NHWC_STAGE: &str = "conv_nhwc";
+
 /// The class of a fused group, which picks its default schedule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum OpClass {
@@ -44,17 +48,52 @@ pub enum OpClass {
     Movement,
 }
 
+/// The decisions a sketch leaves open. `None` takes the hand-written default rule (see the
+/// module doc), so `Knobs::default()` is the default schedule; the auto-tuner fills them in
+/// (see [`crate::space`]). Every value is legal: a knob that does not fit the DAG (a tile that
+/// does not divide, a loop that is not there) makes the sketch skip that step.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Knobs {
+    /// Inner tile of the output's vectorized axis (conv and matmul output channels / columns),
+    /// a multiple of 4.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vector_tile: Option<usize>,
+    /// Inner tile of the register-blocked axis (conv output columns or channels, matmul rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row_tile: Option<usize>,
+    /// Outer loops are fused into the parallel loop until it has this many iterations; 0 runs
+    /// the stage without a parallel loop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallel_min: Option<usize>,
+    /// Unroll the register tile's loop of the output (so the tile stays in registers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unroll_tile: Option<bool>,
+    /// Unroll the anchor's one-iteration window loops and tile loops.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unroll_window: Option<bool>,
+    /// Compute the anchor one loop further out (for a whole row of tiles).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attach_outer: Option<bool>,
+    /// Split factor of the vectorized inner loop of elementwise stages and reductions at root
+    /// (a multiple of 4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inner_vector: Option<usize>,
+}
+
 /// Records instructions that apply legally, skipping the others.
 struct Recorder<'a> {
     dag: &'a ComputeDag,
+    knobs: &'a Knobs,
     sched: Schedule,
     trace: Vec<Instruction>,
 }
 
 impl<'a> Recorder<'a> {
-    fn new(dag: &'a ComputeDag) -> Self {
+    fn new(dag: &'a ComputeDag, knobs: &'a Knobs) -> Self {
         Recorder {
             dag,
+            knobs,
             sched: Schedule::naive(dag),
             trace: vec![],
         }
@@ -117,8 +156,13 @@ impl<'a> Recorder<'a> {
     }
 
     /// Parallelises the outermost spatial loop, fused with the following spatial loops while it
-    /// has fewer than 8 iterations (the innermost loop is kept unless the prefix has only 1).
+    /// has fewer than 8 iterations ([`Knobs::parallel_min`]; the innermost loop is kept unless
+    /// the prefix has only 1).
     fn parallel_outer(&mut self, stage: &str) {
+        let min_iters = self.knobs.parallel_min.unwrap_or(8);
+        if min_iters == 0 {
+            return;
+        }
         let loops = self.loops(stage);
         let Some((first, kind, ext)) = loops.first().cloned() else {
             return;
@@ -130,7 +174,7 @@ impl<'a> Recorder<'a> {
         let mut total = ext;
         for (i, (name, kind, e)) in loops.iter().enumerate().skip(1) {
             let last = i + 1 == loops.len();
-            if total >= 8 || *kind != IterKind::Spatial || (last && total > 1) {
+            if total >= min_iters || *kind != IterKind::Spatial || (last && total > 1) {
                 break;
             }
             prefix.push(name.clone());
@@ -160,13 +204,13 @@ fn stage_name(dag: &ComputeDag, id: BufferId) -> String {
     dag.tensor(id).map(|t| t.name.clone()).unwrap_or_default()
 }
 
-fn is_reduction(dag: &ComputeDag, id: BufferId) -> bool {
+pub(crate) fn is_reduction(dag: &ComputeDag, id: BufferId) -> bool {
     dag.stage(id).is_some_and(|s| s.reduction.is_some())
 }
 
 /// The full default trace (before any fallback), see the module doc.
 pub fn default_trace(dag: &ComputeDag, class: OpClass, keep: &BTreeSet<BufferId>) -> Trace {
-    build(dag, class, keep, Level::Full)
+    build(dag, class, keep, Level::Full, &Knobs::default())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -179,8 +223,14 @@ enum Level {
     Full,
 }
 
-fn build(dag: &ComputeDag, class: OpClass, keep: &BTreeSet<BufferId>, level: Level) -> Trace {
-    let mut r = Recorder::new(dag);
+fn build(
+    dag: &ComputeDag,
+    class: OpClass,
+    keep: &BTreeSet<BufferId>,
+    level: Level,
+    knobs: &Knobs,
+) -> Trace {
+    let mut r = Recorder::new(dag, knobs);
     let outputs = dag.outputs();
     let ids: Vec<BufferId> = (0..dag.tensors().len())
         .map(|i| BufferId(i as u32))
@@ -236,14 +286,16 @@ fn build(dag: &ComputeDag, class: OpClass, keep: &BTreeSet<BufferId>, level: Lev
     r.trace()
 }
 
-/// Splits the innermost loop by 4 and vectorizes it when divisible; parallel outer loops.
+/// Splits the innermost loop by 4 ([`Knobs::inner_vector`]) and vectorizes it when divisible;
+/// parallel outer loops.
 fn elementwise(r: &mut Recorder, stage: &str) {
     let loops = r.loops(stage);
     let Some((inner, _, ext)) = loops.last().cloned() else {
         return;
     };
+    let f = r.knobs.inner_vector.unwrap_or(4);
     let mut vec_loop = None;
-    if ext % 4 == 0 && ext >= 8 && r.split(stage, &inner, 4) {
+    if ext % f == 0 && ext >= 2 * f && r.split(stage, &inner, f) {
         vec_loop = Some(format!("{inner}.1"));
     } else if ext == 4 && loops.len() > 1 {
         vec_loop = Some(inner);
@@ -263,8 +315,9 @@ fn reduction_root(r: &mut Recorder, stage: &str) {
         .map(|l| (l.0.clone(), l.2))
         .collect();
     let mut vec_loop = None;
+    let f = r.knobs.inner_vector.unwrap_or(4);
     if let Some((name, ext)) = spatial.last().cloned() {
-        if ext % 4 == 0 && spatial.len() > 1 && r.split(stage, &name, 4) {
+        if ext % f == 0 && spatial.len() > 1 && r.split(stage, &name, f) {
             let inner = format!("{name}.1");
             let mut order: Vec<String> = r
                 .loops(stage)
@@ -292,7 +345,10 @@ fn matmul_root(r: &mut Recorder, o: BufferId) -> bool {
         return false;
     };
     let (m, n) = (t.shape[1], t.shape[2]);
-    let ti = if m % 4 == 0 { 4 } else { 1 };
+    let ti = r
+        .knobs
+        .row_tile
+        .unwrap_or(if m % 4 == 0 { 4 } else { 1 });
     if n % 4 != 0 {
         return false;
     }
@@ -304,7 +360,10 @@ fn matmul_root(r: &mut Recorder, o: BufferId) -> bool {
     } else {
         order.push("i1".into());
     }
-    let tj = if n.is_multiple_of(8) { 8 } else { 4 };
+    let tj = r
+        .knobs
+        .vector_tile
+        .unwrap_or(if n.is_multiple_of(8) { 8 } else { 4 });
     if !r.split(&stage, "i2", tj) {
         return false;
     }
@@ -318,10 +377,12 @@ fn matmul_root(r: &mut Recorder, o: BufferId) -> bool {
     });
     // The accumulator's row loop unrolled: every access has a constant offset, so codegen
     // keeps the `ti x tj` accumulator in registers.
-    r.apply(Instruction::Unroll {
-        stage: stage.clone(),
-        loop_: "i1.1".into(),
-    });
+    if r.knobs.unroll_tile.unwrap_or(true) {
+        r.apply(Instruction::Unroll {
+            stage: stage.clone(),
+            loop_: "i1.1".into(),
+        });
+    }
     r.parallel_outer(&stage);
     r.vectorize(&stage, "i2.1");
     true
@@ -342,7 +403,7 @@ fn nhwc_tile(oc: usize, ow: usize) -> (usize, usize) {
     (tw, toc)
 }
 
-/// A channels-last conv anchor `a` ([`crate::compute::NHWC_STAGE`]) under an NCHW output `o`:
+/// A channels-last conv anchor `a` ([`NHWC_STAGE`]) under an NCHW output `o`:
 /// the output is tiled `n, oc.o, oh, ow.o, ow.i, oc.i` and the anchor computed at `ow.o` into a
 /// `ow.i x oc.i` register tile, its reduction loops outside the (unrolled) tile columns, window
 /// loops of one iteration unrolled, and the channels vectorized; the epilogue vectorizes
@@ -366,6 +427,10 @@ fn tile_conv_nhwc(r: &mut Recorder, o: BufferId, a: BufferId) -> bool {
         return false;
     }
     let (tw, toc) = nhwc_tile(t.shape[ch], t.shape[col]);
+    let (tw, toc) = (
+        r.knobs.row_tile.unwrap_or(tw),
+        r.knobs.vector_tile.unwrap_or(toc),
+    );
     let (ch, row, col) = (format!("i{ch}"), format!("i{row}"), format!("i{col}"));
     if !r.split(&oname, &ch, toc) || !r.split(&oname, &col, tw) {
         return false;
@@ -375,7 +440,7 @@ fn tile_conv_nhwc(r: &mut Recorder, o: BufferId, a: BufferId) -> bool {
     let order = vec![
         "i0".to_string(),
         ch_o,
-        row,
+        row.clone(),
         col_o.clone(),
         col_i.clone(),
         ch_i.clone(),
@@ -383,10 +448,15 @@ fn tile_conv_nhwc(r: &mut Recorder, o: BufferId, a: BufferId) -> bool {
     if !r.reorder(&oname, &order) {
         return false;
     }
+    let attach = if r.knobs.attach_outer.unwrap_or(false) {
+        row
+    } else {
+        col_o
+    };
     if !r.apply(Instruction::ComputeAt {
         stage: aname.clone(),
         target_stage: oname.clone(),
-        target_loop: col_o,
+        target_loop: attach,
     }) {
         return false;
     }
@@ -400,26 +470,30 @@ fn tile_conv_nhwc(r: &mut Recorder, o: BufferId, a: BufferId) -> bool {
     r.reorder(&aname, &aorder);
     // Window loops of one iteration (1x1 kernels) unrolled away; longer ones stay loops
     // (unrolling 3x3 windows measured slower: the 9x larger body hurts more than it saves).
-    for l in aloops
-        .iter()
-        .filter(|l| l.1 == IterKind::Reduce && l.2 == 1 && l.0 != "rc")
-    {
-        r.apply(Instruction::Unroll {
-            stage: aname.clone(),
-            loop_: l.0.clone(),
-        });
-    }
-    for l in ["i0", "i1", "i2"] {
-        r.apply(Instruction::Unroll {
-            stage: aname.clone(),
-            loop_: l.into(),
-        });
+    if r.knobs.unroll_window.unwrap_or(true) {
+        for l in aloops
+            .iter()
+            .filter(|l| l.1 == IterKind::Reduce && l.2 == 1 && l.0 != "rc")
+        {
+            r.apply(Instruction::Unroll {
+                stage: aname.clone(),
+                loop_: l.0.clone(),
+            });
+        }
+        for l in ["i0", "i1", "i2"] {
+            r.apply(Instruction::Unroll {
+                stage: aname.clone(),
+                loop_: l.into(),
+            });
+        }
     }
     r.vectorize(&aname, "i3");
-    r.apply(Instruction::Unroll {
-        stage: oname.clone(),
-        loop_: col_i,
-    });
+    if r.knobs.unroll_tile.unwrap_or(true) {
+        r.apply(Instruction::Unroll {
+            stage: oname.clone(),
+            loop_: col_i,
+        });
+    }
     r.parallel_outer(&oname);
     r.vectorize(&oname, &ch_i);
     true
@@ -428,7 +502,7 @@ fn tile_conv_nhwc(r: &mut Recorder, o: BufferId, a: BufferId) -> bool {
 /// Whether the stages reading the channels-last accumulator `a` load it at their own axes in
 /// order, i.e. the convolution's output is channels-last too (an NCHW output reads it
 /// transposed).
-fn output_is_channels_last(dag: &ComputeDag, a: BufferId) -> bool {
+pub(crate) fn output_is_channels_last(dag: &ComputeDag, a: BufferId) -> bool {
     let mut in_order = None;
     for t in dag.tensors() {
         let Some(stage) = &t.stage else { continue };
@@ -453,7 +527,7 @@ fn tile_anchor(r: &mut Recorder, class: OpClass, o: BufferId, a: BufferId) -> bo
     let dag = r.dag;
     let (oname, aname) = (stage_name(dag, o), stage_name(dag, a));
     if matches!(class, OpClass::Conv | OpClass::Depthwise)
-        && aname.ends_with(crate::compute::NHWC_STAGE)
+        && aname.ends_with(NHWC_STAGE)
     {
         return tile_conv_nhwc(r, o, a);
     }
@@ -470,13 +544,18 @@ fn tile_anchor(r: &mut Recorder, class: OpClass, o: BufferId, a: BufferId) -> bo
     };
     let row = format!("i{row_axis}");
     let col = format!("i{col_axis}");
-    let col_factor = if shape[col_axis].is_multiple_of(8) {
+    let col_factor = r.knobs.vector_tile.unwrap_or(if shape[col_axis].is_multiple_of(8) {
         8
     } else {
         4
-    };
-    let split_row = shape[row_axis].is_multiple_of(4) && r.split(&oname, &row, 4);
-    let split_col = shape[col_axis].is_multiple_of(4) && r.split(&oname, &col, col_factor);
+    });
+    let row_factor = r.knobs.row_tile.unwrap_or(4);
+    let split_row = row_factor > 1
+        && shape[row_axis].is_multiple_of(row_factor)
+        && r.split(&oname, &row, row_factor);
+    let split_col = shape[col_axis].is_multiple_of(4)
+        && col_factor.is_multiple_of(4)
+        && r.split(&oname, &col, col_factor);
     if !split_col {
         return false;
     }
@@ -522,17 +601,19 @@ fn tile_anchor(r: &mut Recorder, class: OpClass, o: BufferId, a: BufferId) -> bo
     r.reorder(&aname, &aorder);
     // The tile's other spatial loops unrolled: every tile access has a constant offset, so
     // codegen keeps the tile in registers.
-    for l in aloops
-        .iter()
-        .filter(|l| l.1 == IterKind::Spatial && l.0 != col)
-    {
-        r.apply(Instruction::Unroll {
-            stage: aname.clone(),
-            loop_: l.0.clone(),
-        });
+    if r.knobs.unroll_window.unwrap_or(true) {
+        for l in aloops
+            .iter()
+            .filter(|l| l.1 == IterKind::Spatial && l.0 != col)
+        {
+            r.apply(Instruction::Unroll {
+                stage: aname.clone(),
+                loop_: l.0.clone(),
+            });
+        }
     }
     r.vectorize(&aname, &col);
-    if split_row {
+    if split_row && r.knobs.unroll_tile.unwrap_or(true) {
         r.apply(Instruction::Unroll {
             stage: oname.clone(),
             loop_: format!("{row}.1"),
@@ -551,9 +632,21 @@ pub fn default_schedule(
     class: OpClass,
     keep: &BTreeSet<BufferId>,
 ) -> Result<(Trace, PrimFunc), LowerError> {
+    schedule_with(dag, class, keep, &Knobs::default())
+}
+
+/// The sketch of `class` filled in with `knobs`: the trace and the lowered function, falling
+/// back to simpler traces (with the same knobs, then inline-only, then naive) when lowering
+/// rejects one.
+pub fn schedule_with(
+    dag: &ComputeDag,
+    class: OpClass,
+    keep: &BTreeSet<BufferId>,
+    knobs: &Knobs,
+) -> Result<(Trace, PrimFunc), LowerError> {
     let mut last = None;
     for level in [Level::Full, Level::Simple, Level::Inline] {
-        let trace = build(dag, class, keep, level);
+        let trace = build(dag, class, keep, level, knobs);
         match lower_trace(dag, &trace) {
             Ok(f) => return Ok((trace, f)),
             Err(e) => last = Some(e),
