@@ -173,3 +173,97 @@ proptest! {
         check_random(&Op::Binary(BinaryOp::LogicalRightShift), &[i, s], &g, 0.0);
     }
 }
+
+/// One op of each sketch the tuner searches: (op, inputs, class).
+fn space_case(
+    case: usize,
+    rng: &mut lowering_common::Rng,
+) -> (Op, Vec<Tensor>, kiln_operators::schedule::OpClass) {
+    use kiln_operators::schedule::OpClass;
+    let conv = |layout| ConvAttrs {
+        pad: [1, 1, 1, 1],
+        stride: [1, 1],
+        dilation: [1, 1],
+        layout,
+        ..ConvAttrs::default()
+    };
+    match case {
+        0 | 1 => {
+            let layout = if case == 0 {
+                DataLayout::Nchw
+            } else {
+                DataLayout::Nhwc
+            };
+            let x = rand_default(rng, DType::F32, &layout.shape([1, 3, 6, 10]));
+            let w = rand_default(rng, DType::F32, &[16, 3, 3, 3]);
+            let b = rand_default(rng, DType::F32, &[16]);
+            (Op::Conv2d(conv(layout)), vec![x, w, b], OpClass::Conv)
+        }
+        2 => {
+            let x = rand_default(rng, DType::F32, &[1, 8, 6, 10]);
+            let w = rand_default(rng, DType::F32, &[8, 1, 3, 3]);
+            let b = rand_default(rng, DType::F32, &[8]);
+            (
+                Op::DepthwiseConv2d(conv(DataLayout::Nchw)),
+                vec![x, w, b],
+                OpClass::Depthwise,
+            )
+        }
+        3 => {
+            let a = rand_default(rng, DType::F32, &[1, 8, 12]);
+            let b = rand_default(rng, DType::F32, &[1, 12, 16]);
+            (
+                Op::MatMul(MatMulAttrs::default()),
+                vec![a, b],
+                OpClass::MatMul,
+            )
+        }
+        4 => {
+            let a = rand_default(rng, DType::F32, &[2, 4, 32]);
+            let b = rand_default(rng, DType::F32, &[2, 4, 32]);
+            (Op::Binary(BinaryOp::Add), vec![a, b], OpClass::Elementwise)
+        }
+        _ => {
+            let x = rand_default(rng, DType::F32, &[1, 4, 8, 16]);
+            let p = PoolAttrs {
+                kernel: [2, 2],
+                stride: [2, 2],
+                pad: [0; 4],
+                dilation: [1, 1],
+                ceil_mode: false,
+                count_include_pad: false,
+            };
+            (Op::AvgPool2d(p), vec![x], OpClass::Pool)
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Every point of the auto-tuner's search space is a correct schedule: knobs sampled from
+    /// a DAG's space, and mutations and crossovers of them, compute what the reference computes.
+    #[test]
+    fn search_space_points_compute_the_reference(seed in 0u64..1_000_000, case in 0usize..6) {
+        use kiln_operators::schedule::{schedule_with, SearchSpace, SplitMix};
+        let mut rng = lowering_common::Rng(seed + 1);
+        let (op, inputs, class) = space_case(case, &mut rng);
+        let types: Vec<TensorType> = inputs.iter().map(|t| t.ty().clone()).collect();
+        let consts: Vec<Option<Tensor>> = inputs.iter().map(|t| Some(t.clone())).collect();
+        let refs: Vec<&Tensor> = inputs.iter().collect();
+        let want = kiln_operators::evaluate(&op, &refs).unwrap();
+        let (b, out) = single_op(&op, &types, &consts).unwrap();
+        let space = SearchSpace::new(b.dag(), class);
+        prop_assert!(space.size() > 1, "{op:?}: {space:?}");
+        let mut pick = SplitMix(seed);
+        let k = space.sample(&mut pick);
+        let m = space.mutate(&k, &mut pick);
+        prop_assert_ne!(&k, &m);
+        let c = space.crossover(&k, &m, &mut pick);
+        for knobs in [k, m, c] {
+            let (trace, func) = schedule_with(b.dag(), class, b.keep(), &knobs).unwrap();
+            let got = run_func(&func, &b, &inputs, out);
+            assert_close(&format!("{op:?} {knobs:?} {trace:?}"), &got, &want, 1e-4);
+        }
+    }
+}

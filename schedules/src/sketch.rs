@@ -345,10 +345,7 @@ fn matmul_root(r: &mut Recorder, o: BufferId) -> bool {
         return false;
     };
     let (m, n) = (t.shape[1], t.shape[2]);
-    let ti = r
-        .knobs
-        .row_tile
-        .unwrap_or(if m % 4 == 0 { 4 } else { 1 });
+    let ti = r.knobs.row_tile.unwrap_or(if m % 4 == 0 { 4 } else { 1 });
     if n % 4 != 0 {
         return false;
     }
@@ -526,9 +523,7 @@ pub(crate) fn output_is_channels_last(dag: &ComputeDag, a: BufferId) -> bool {
 fn tile_anchor(r: &mut Recorder, class: OpClass, o: BufferId, a: BufferId) -> bool {
     let dag = r.dag;
     let (oname, aname) = (stage_name(dag, o), stage_name(dag, a));
-    if matches!(class, OpClass::Conv | OpClass::Depthwise)
-        && aname.ends_with(NHWC_STAGE)
-    {
+    if matches!(class, OpClass::Conv | OpClass::Depthwise) && aname.ends_with(NHWC_STAGE) {
         return tile_conv_nhwc(r, o, a);
     }
     let Some(t) = dag.tensor(o) else {
@@ -544,11 +539,14 @@ fn tile_anchor(r: &mut Recorder, class: OpClass, o: BufferId, a: BufferId) -> bo
     };
     let row = format!("i{row_axis}");
     let col = format!("i{col_axis}");
-    let col_factor = r.knobs.vector_tile.unwrap_or(if shape[col_axis].is_multiple_of(8) {
-        8
-    } else {
-        4
-    });
+    let col_factor = r
+        .knobs
+        .vector_tile
+        .unwrap_or(if shape[col_axis].is_multiple_of(8) {
+            8
+        } else {
+            4
+        });
     let row_factor = r.knobs.row_tile.unwrap_or(4);
     let split_row = row_factor > 1
         && shape[row_axis].is_multiple_of(row_factor)

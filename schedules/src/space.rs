@@ -161,7 +161,11 @@ impl SearchSpace {
 
     /// A uniformly random point.
     pub fn sample(&self, rng: &mut SplitMix) -> Knobs {
-        let choice: Vec<usize> = self.dims.iter().map(|d| rng.below(d.values.len())).collect();
+        let choice: Vec<usize> = self
+            .dims
+            .iter()
+            .map(|d| rng.below(d.values.len()))
+            .collect();
         self.knobs(&choice)
     }
 

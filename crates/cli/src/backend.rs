@@ -23,6 +23,8 @@ pub struct ExecOptions {
     /// Graph rewriting and dumps before compiling (the reference backend runs the imported graph
     /// as it is).
     pub graph: kiln::GraphOptions,
+    /// Tuned schedules (`--tuning-log`).
+    pub schedules: kiln::TunedSchedules,
 }
 
 impl ExecOptions {
@@ -31,6 +33,7 @@ impl ExecOptions {
         ExecOptions {
             threads,
             graph: kiln::GraphOptions::default(),
+            schedules: kiln::TunedSchedules::default(),
         }
     }
 }
@@ -72,6 +75,7 @@ impl Backend {
                     .with_options(kiln::CompileOptions {
                         threads,
                         graph: exec.graph.clone(),
+                        schedules: exec.schedules.clone(),
                     })
                     .compile(graph)?;
                 Ok(compiled.run(inputs)?)

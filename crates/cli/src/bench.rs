@@ -21,6 +21,8 @@ pub struct BenchRequest {
     pub json: bool,
     pub input_shapes: Vec<ShapeBinding>,
     pub graph: kiln::GraphOptions,
+    /// Tuned schedules (`--tuning-log`).
+    pub schedules: kiln::TunedSchedules,
 }
 
 /// The measured numbers.
@@ -32,6 +34,8 @@ pub struct BenchReport {
     pub arena_bytes: usize,
     pub naive_bytes: usize,
     pub kernels: usize,
+    /// Kernels scheduled by a tuning record (`--tuning-log`).
+    pub tuned_kernels: usize,
     pub threads: usize,
     /// Graph nodes (not constants) before and after rewriting, and the saturation time.
     pub rewrite: Option<(usize, usize, f64)>,
@@ -73,6 +77,7 @@ pub fn bench(req: &BenchRequest) -> Result<BenchReport, CliError> {
         .with_options(kiln::CompileOptions {
             threads: req.threads,
             graph: req.graph.clone(),
+            schedules: req.schedules.clone(),
         })
         .compile(&model.graph)
         .map_err(|e| backend_err(e.into()))?;
@@ -105,6 +110,7 @@ pub fn bench(req: &BenchRequest) -> Result<BenchReport, CliError> {
         arena_bytes: stats.arena_bytes,
         naive_bytes: stats.naive_bytes,
         kernels: stats.kernels,
+        tuned_kernels: stats.tuned_kernels,
         threads: req.threads,
         rewrite: stats
             .rewrite
@@ -128,6 +134,7 @@ pub fn print(report: &BenchReport, json: bool) {
             "arena_bytes": report.arena_bytes,
             "naive_bytes": report.naive_bytes,
             "kernels": report.kernels,
+            "tuned_kernels": report.tuned_kernels,
             "threads": report.threads,
             "rewrite": report.rewrite.map(|(before, after, ms)| serde_json::json!({
                 "nodes_before": before, "nodes_after": after, "saturation_ms": ms,
@@ -142,7 +149,10 @@ pub fn print(report: &BenchReport, json: bool) {
         println!("median       {:.3} ms", report.median_ms);
         println!("min          {:.3} ms", report.min_ms);
         println!("compile      {:.1} ms", report.compile_ms);
-        println!("kernels      {}", report.kernels);
+        println!(
+            "kernels      {} ({} with tuned schedules)",
+            report.kernels, report.tuned_kernels
+        );
         match report.rewrite {
             Some((before, after, ms)) => {
                 println!("rewrite      {before} -> {after} graph nodes ({ms:.1} ms saturation)")

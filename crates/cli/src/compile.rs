@@ -20,6 +20,8 @@ pub struct CompileRequest {
     pub single_thread: bool,
     pub input_shapes: Vec<ShapeBinding>,
     pub graph: kiln::GraphOptions,
+    /// Tuned schedules (`--tuning-log`).
+    pub schedules: kiln::TunedSchedules,
 }
 
 /// Compiles the model into a shared library and prints what was built.
@@ -30,6 +32,7 @@ pub fn compile(req: &CompileRequest) -> Result<(), CliError> {
         parallel: !req.single_thread,
         header: req.header.clone(),
         graph: req.graph.clone(),
+        schedules: req.schedules.clone(),
     };
     let info = Compiler::new(target.clone())
         .compile_library(&model.graph, &options, &req.out)

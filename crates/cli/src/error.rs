@@ -50,6 +50,8 @@ pub enum CliError {
     },
     #[error("cannot compile the library")]
     Compile(#[source] Box<kiln::AotError>),
+    #[error("tuning failed")]
+    Tune(#[source] Box<kiln_tune::TuneError>),
     #[error("{0}")]
     Usage(String),
 }

@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod panic_guard;
 pub mod run;
 pub mod shapes;
+pub mod tune;
 
 use backend::Backend;
 use clap::{Parser, Subcommand};
@@ -147,6 +148,57 @@ pub enum Command {
     },
     /// List the built-in compilation targets.
     Targets,
+    /// Tune the model's kernels on this machine: measured candidates go to an append-only
+    /// tuning log that `compile`, `run` and `bench` read with `--tuning-log`.
+    Tune {
+        /// The ONNX model file.
+        model: PathBuf,
+        /// Trials (measured candidates) for the model, counting those a resumed log holds.
+        #[arg(long, default_value_t = 200)]
+        trials: usize,
+        /// The tuning log (JSON lines); its cost model is kept beside it as LOG.model.json.
+        #[arg(long, value_name = "FILE")]
+        log: PathBuf,
+        /// The target to tune for (it must run on this machine).
+        #[arg(long, default_value = "host")]
+        target: String,
+        /// Draw the tuning curve (best latency against trials, per task and for the model).
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
+        /// Continue the log: its measurements are not repeated and count towards --trials.
+        #[arg(long)]
+        resume: bool,
+        /// Threads the kernels are measured with.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Candidates measured per round.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Seed of the search.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Each timed repeat of a candidate lasts at least this long (three repeats).
+        #[arg(long, default_value_t = 10.0)]
+        repeat_ms: f64,
+        /// A candidate that takes longer to build (schedule, lower, compile) is an error.
+        #[arg(long, default_value_t = 20_000)]
+        build_timeout_ms: u64,
+        /// A candidate whose timing runs take longer is an error.
+        #[arg(long, default_value_t = 10_000)]
+        run_timeout_ms: u64,
+        /// Bind an input's shape, e.g. `input=1,3,224,224` (repeatable).
+        #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = shapes::parse_binding)]
+        input_shapes: Vec<ShapeBinding>,
+        /// Tune the imported graph as it is, without e-graph rewriting.
+        #[arg(long)]
+        no_rewrite: bool,
+        /// Activation layout of convolutions (as for compile).
+        #[arg(long, value_enum, default_value = "auto")]
+        layout: LayoutArg,
+    },
+    /// Internal: measures tuning candidates sent on stdin (started by `kiln tune`).
+    #[command(hide = true)]
+    MeasureWorker,
 }
 
 /// `--no-rewrite` / `--dump-graph DIR`: the graph step before compiling.
@@ -162,6 +214,9 @@ pub struct GraphArgs {
     /// wherever possible.
     #[arg(long, value_enum, default_value = "auto")]
     pub layout: LayoutArg,
+    /// Use the fastest schedules this tuning log (from `kiln tune`) holds for the target.
+    #[arg(long, value_name = "FILE")]
+    pub tuning_log: Option<PathBuf>,
 }
 
 /// `--layout`.
@@ -170,6 +225,16 @@ pub enum LayoutArg {
     Auto,
     Nchw,
     Nhwc,
+}
+
+impl LayoutArg {
+    fn name(self) -> &'static str {
+        match self {
+            LayoutArg::Auto => "auto",
+            LayoutArg::Nchw => "nchw",
+            LayoutArg::Nhwc => "nhwc",
+        }
+    }
 }
 
 impl GraphArgs {
@@ -185,6 +250,14 @@ impl GraphArgs {
             LayoutArg::Nhwc => kiln::LayoutChoice::Nhwc,
         };
         options
+    }
+
+    /// The tuned schedules of `--tuning-log` for `target` (none without the option).
+    fn schedules(&self, target: &str) -> Result<kiln::TunedSchedules, CliError> {
+        match &self.tuning_log {
+            Some(log) => tune::schedules_from_log(log, target),
+            None => Ok(kiln::TunedSchedules::default()),
+        }
     }
 }
 
@@ -254,6 +327,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             out,
             tolerance: tolerance.get(Tolerance::RUN)?,
             input_shapes,
+            schedules: graph.schedules("host")?,
             graph: graph.get(),
         }),
         Command::Conformance {
@@ -313,6 +387,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
                 iters,
                 json,
                 input_shapes,
+                schedules: graph.schedules("host")?,
                 graph: graph.get(),
             };
             bench::print(&bench::bench(&req)?, json);
@@ -327,6 +402,11 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             input_shapes,
             graph,
         } => compile::compile(&compile::CompileRequest {
+            schedules: graph.schedules(
+                kiln::Target::named(&target)
+                    .map_err(|e| CliError::Usage(e.to_string()))?
+                    .name(),
+            )?,
             model,
             out,
             target,
@@ -340,6 +420,41 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             compile::targets();
             Ok(Outcome::Pass)
         }
+        Command::Tune {
+            model,
+            trials,
+            log,
+            target,
+            plot,
+            resume,
+            threads,
+            batch,
+            seed,
+            repeat_ms,
+            build_timeout_ms,
+            run_timeout_ms,
+            input_shapes,
+            no_rewrite,
+            layout,
+        } => tune::tune(&tune::TuneRequest {
+            repeat_ms,
+            build_timeout_ms,
+            run_timeout_ms,
+            model,
+            log,
+            trials,
+            target,
+            plot,
+            resume,
+            threads,
+            batch,
+            seed,
+            input_shapes,
+            rewrite: !no_rewrite,
+            layout: layout.name().to_string(),
+        })
+        .map(|()| Outcome::Pass),
+        Command::MeasureWorker => tune::measure_worker().map(|()| Outcome::Pass),
     }
 }
 

@@ -21,6 +21,8 @@ pub struct RunRequest {
     pub tolerance: Tolerance,
     pub input_shapes: Vec<ShapeBinding>,
     pub graph: kiln::GraphOptions,
+    /// Tuned schedules (`--tuning-log`).
+    pub schedules: kiln::TunedSchedules,
 }
 
 /// Runs the request, printing one line per output.
@@ -38,6 +40,7 @@ pub fn run(req: &RunRequest) -> Result<Outcome, CliError> {
     let exec = ExecOptions {
         threads: 0,
         graph: req.graph.clone(),
+        schedules: req.schedules.clone(),
     };
     let checks = check_data_set(&model.graph, req.backend, &exec, &req.data, req.tolerance)?;
     if let Some(out) = &req.out {

@@ -94,6 +94,7 @@ fn elementwise_kernels_write_in_place_over_dying_inputs() {
                 rewrite: false,
                 ..Default::default()
             },
+            ..Default::default()
         })
         .compile(&g)
         .unwrap();
@@ -140,6 +141,7 @@ fn a_broadcast_input_of_equal_byte_size_is_not_overwritten_in_place() {
                 rewrite: false,
                 ..Default::default()
             },
+            ..Default::default()
         })
         .compile(&g)
         .unwrap();
@@ -168,6 +170,7 @@ fn rewriting_runs_before_lowering_and_can_be_turned_off() {
                     rewrite,
                     ..Default::default()
                 },
+                ..Default::default()
             })
             .compile(&g)
             .unwrap();

@@ -1,0 +1,252 @@
+//! `kiln tune`: tunes a model's kernels on this machine and appends every measurement to a
+//! tuning log that `kiln compile/run/bench --tuning-log` read; and the hidden `measure-worker`
+//! command the tuner runs candidates in.
+//!
+//! Invariant: `kiln tune` never overwrites a log: a log that already has records is continued
+//! only with `--resume` (the trials it holds for this model count towards `--trials`), and
+//! every record is on disk before the next round starts.
+
+use crate::error::CliError;
+use crate::shapes::ShapeBinding;
+use kiln::Target;
+use kiln_tune::log::{read_log, TuningLog};
+use kiln_tune::measure::{LocalRunner, MeasureOptions, ModelSpec};
+use kiln_tune::model::{holdout_accuracy, CostModel, XgbCostModel};
+use kiln_tune::search::{TuneOptions, Tuner};
+use std::path::{Path, PathBuf};
+
+/// A `kiln tune` invocation.
+#[derive(Clone, Debug)]
+pub struct TuneRequest {
+    pub model: PathBuf,
+    pub log: PathBuf,
+    pub trials: usize,
+    pub target: String,
+    pub plot: Option<PathBuf>,
+    pub resume: bool,
+    pub threads: usize,
+    pub batch: usize,
+    pub seed: u64,
+    pub repeat_ms: f64,
+    pub build_timeout_ms: u64,
+    pub run_timeout_ms: u64,
+    pub input_shapes: Vec<ShapeBinding>,
+    pub rewrite: bool,
+    pub layout: String,
+}
+
+fn tune_err(e: kiln_tune::TuneError) -> CliError {
+    CliError::Tune(Box::new(e))
+}
+
+/// The cost model file kept beside a log (`LOG.model.json`).
+pub fn model_path(log: &Path) -> PathBuf {
+    let mut name = log.file_name().unwrap_or_default().to_os_string();
+    name.push(".model.json");
+    log.with_file_name(name)
+}
+
+/// Tunes the model and prints what it found.
+pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
+    if req.trials == 0 || req.batch == 0 || req.threads == 0 {
+        return Err(CliError::Usage(
+            "--trials, --batch and --threads must be positive".into(),
+        ));
+    }
+    if !(req.repeat_ms.is_finite() && req.repeat_ms >= 0.0)
+        || req.build_timeout_ms == 0
+        || req.run_timeout_ms == 0
+    {
+        return Err(CliError::Usage(
+            "--repeat-ms must be a non-negative number and the timeouts positive".into(),
+        ));
+    }
+    let target = Target::named(&req.target).map_err(|e| CliError::Usage(e.to_string()))?;
+    if !target.runs_natively() {
+        return Err(CliError::Usage(format!(
+            "target `{}` does not run on this machine: tuning measures candidates here",
+            target.name()
+        )));
+    }
+    let model = crate::load(&req.model, &req.input_shapes)?;
+    let spec = ModelSpec {
+        path: std::fs::canonicalize(&req.model).map_err(|e| CliError::io(&req.model, e))?,
+        input_shapes: req.input_shapes.clone(),
+        rewrite: req.rewrite,
+        layout: req.layout.clone(),
+    };
+    let set = kiln_tune::extract_tasks(&model.graph, &spec.graph_options()).map_err(tune_err)?;
+    let existing = read_log(&req.log).map_err(|e| tune_err(e.into()))?;
+    if !existing.records.is_empty() && !req.resume {
+        return Err(CliError::Usage(format!(
+            "tuning log {} already has {} records: pass --resume to continue it, or choose another file",
+            req.log.display(),
+            existing.records.len()
+        )));
+    }
+    if !existing.skipped_lines.is_empty() {
+        eprintln!(
+            "note: tuning log {}: skipped unreadable line(s) {:?} (a record cut short by a kill)",
+            req.log.display(),
+            existing.skipped_lines
+        );
+    }
+    let model_file = model_path(&req.log);
+    let cost_model: Box<dyn CostModel> = match (req.resume, model_file.is_file()) {
+        (true, true) => Box::new(XgbCostModel::load(&model_file).map_err(tune_err)?),
+        _ => Box::new(XgbCostModel::new()),
+    };
+    let options = TuneOptions {
+        trials: req.trials,
+        batch: req.batch,
+        seed: req.seed,
+        target: target.name().to_string(),
+        threads: req.threads,
+        model_path: Some(model_file),
+        ..TuneOptions::default()
+    };
+    let mut tuner = Tuner::new(&set, options, cost_model);
+    let resumed = if req.resume {
+        tuner.resume(&existing).map_err(tune_err)?
+    } else {
+        0
+    };
+    let remaining = req.trials.saturating_sub(resumed);
+    println!(
+        "{}: {} tasks ({} kernels), {} trials to run{}",
+        req.model.display(),
+        set.tasks.len(),
+        set.tasks.iter().map(|t| t.weight).sum::<usize>(),
+        remaining,
+        if req.resume {
+            format!(", {resumed} resumed from {}", req.log.display())
+        } else {
+            String::new()
+        }
+    );
+    let mut log = TuningLog::open(&req.log).map_err(|e| tune_err(e.into()))?;
+    let exe = std::env::current_exe().map_err(|e| CliError::io("current executable", e))?;
+    let mut runner = LocalRunner {
+        command: vec![exe.into_os_string(), "measure-worker".into()],
+        model: spec,
+        options: MeasureOptions {
+            threads: req.threads,
+            target: target.name().to_string(),
+            min_repeat_ms: req.repeat_ms,
+            build_timeout_ms: req.build_timeout_ms,
+            run_timeout_ms: req.run_timeout_ms,
+            ..MeasureOptions::default()
+        },
+    };
+    let bar = indicatif::ProgressBar::new(remaining as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} trials  {msg}  [{elapsed_precise}, ETA {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    if remaining > 0 {
+        tuner.set_trials(remaining);
+        tuner
+            .run(&mut runner, &mut log, &mut |p| {
+                bar.set_position(p.trials as u64);
+                let best = p.model_ms.map_or("-".to_string(), |m| format!("{m:.4} ms"));
+                bar.set_message(format!("best {best}, {} errors", p.errors));
+            })
+            .map_err(tune_err)?;
+    }
+    bar.finish_and_clear();
+    report(&set, &tuner);
+    if let Some(plot) = &req.plot {
+        let labels: Vec<String> = set
+            .tasks
+            .iter()
+            .map(|t| format!("{} x{}", t.desc, t.weight))
+            .collect();
+        let title = format!(
+            "{}: tuning curve",
+            req.model.file_stem().unwrap_or_default().to_string_lossy()
+        );
+        kiln_tune::plot::tuning_curve(
+            plot,
+            &title,
+            &kiln_tune::plot::series(&tuner.curve, &labels),
+        )
+        .map_err(tune_err)?;
+        println!("plot: {}", plot.display());
+    }
+    Ok(())
+}
+
+fn report(set: &kiln_tune::TaskSet, tuner: &Tuner) {
+    println!(
+        "{:>4}  {:>6}  {:>10}  {:>10}  {:>7}  task",
+        "x", "trials", "default ms", "best ms", "speedup"
+    );
+    for (t, s) in set.tasks.iter().zip(&tuner.states) {
+        let best = s.best.as_ref().map(|b| b.1);
+        let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+        let speedup = match (s.default_ms, best) {
+            (Some(d), Some(b)) if b > 0.0 => format!("{:.2}x", d / b),
+            _ => "-".into(),
+        };
+        println!(
+            "{:>4}  {:>6}  {:>10}  {:>10}  {:>7}  {}",
+            t.weight,
+            s.trials,
+            cell(s.default_ms),
+            cell(best),
+            speedup,
+            t.desc
+        );
+    }
+    if let (Some(d), Some(b)) = (tuner.default_model_ms(), tuner.model_ms()) {
+        println!(
+            "kernels summed (weight x time): default {d:.4} ms, tuned {b:.4} ms ({:.2}x)",
+            d / b
+        );
+    }
+    if let Some(n) = tuner.trials_to_within(0.05) {
+        println!("within 5% of the final best after {n} trials of this run");
+    }
+    println!("errors: {} of {} trials", tuner.errors, tuner.trials);
+    let samples = tuner.samples();
+    match holdout_accuracy(&samples, 7) {
+        Ok((acc, pairs)) if pairs > 0 => println!(
+            "cost model: pairwise ranking accuracy {acc:.3} on {pairs} held-out pairs (random: 0.5)"
+        ),
+        _ => println!("cost model: too few measurements for a held-out accuracy"),
+    }
+}
+
+/// The hidden worker command: one measurement job from stdin, events to stdout.
+pub fn measure_worker() -> Result<(), CliError> {
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    kiln_tune::measure::serve(&mut stdin.lock(), &mut stdout.lock()).map_err(tune_err)
+}
+
+/// The tuned schedules a `--tuning-log` holds for `target` (notes on stderr).
+pub fn schedules_from_log(log: &Path, target: &str) -> Result<kiln::TunedSchedules, CliError> {
+    if !log.is_file() {
+        return Err(CliError::io(
+            log,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such tuning log"),
+        ));
+    }
+    let contents = read_log(log).map_err(|e| tune_err(e.into()))?;
+    if !contents.skipped_lines.is_empty() {
+        eprintln!(
+            "note: tuning log {}: skipped unreadable line(s) {:?}",
+            log.display(),
+            contents.skipped_lines
+        );
+    }
+    let schedules = contents.best_schedules(target);
+    eprintln!(
+        "note: {} tuned schedule(s) for target `{target}` from {}",
+        schedules.traces.len(),
+        log.display()
+    );
+    Ok(schedules)
+}

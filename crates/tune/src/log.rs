@@ -1,0 +1,275 @@
+//! The tuning log: append-only JSON lines, one record per line.
+//!
+//! Two kinds of record share the file (TVM's workload and record tables): a `workload` record
+//! the first time a workload is tuned (its key, class and a readable description) and one
+//! `measure` record per measured candidate (workload key, target, threads, knobs, the trace to
+//! replay, the measured times or the error, a Unix timestamp).
+//!
+//! Invariant: a record is appended as one `write` of one complete line (the file is opened in
+//! append mode) and flushed to disk before [`TuningLog::append`] returns, so a `kill -9` loses at
+//! most the record being written and never touches earlier lines. Reading skips (and counts) a
+//! line that does not parse — at most the torn last line after a kill — and the first append
+//! after opening terminates such a line, so it never glues onto a new record.
+
+use kiln_schedules::{Knobs, OpClass};
+use kiln_tir::Trace;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Why the log could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("tuning log {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tuning log {path}: cannot encode a record: {source}")]
+    Encode {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A workload seen by the tuner.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadRecord {
+    pub workload: String,
+    pub class: OpClass,
+    /// The ops and types of the workload, for people reading the log.
+    pub desc: String,
+}
+
+/// One measured candidate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MeasureRecord {
+    pub workload: String,
+    /// The target name the candidate was built and run for.
+    pub target: String,
+    /// Threads the kernel ran with.
+    pub threads: usize,
+    pub knobs: Knobs,
+    pub trace: Trace,
+    /// Per-call times of each repeat, in milliseconds (empty on error).
+    pub times_ms: Vec<f64>,
+    /// Why the candidate failed to build or run (`None`: it ran).
+    pub error: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub timestamp: u64,
+}
+
+impl MeasureRecord {
+    /// The median of the repeats, when the candidate ran.
+    pub fn median_ms(&self) -> Option<f64> {
+        if self.error.is_some() || self.times_ms.is_empty() {
+            return None;
+        }
+        let mut t = self.times_ms.clone();
+        t.sort_by(f64::total_cmp);
+        Some(t[t.len() / 2])
+    }
+}
+
+/// A line of the log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    Workload(WorkloadRecord),
+    Measure(MeasureRecord),
+}
+
+/// The records of a log file and how many lines were skipped.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogContents {
+    pub records: Vec<Record>,
+    /// Lines that did not parse (a torn last line after a kill; anything else is reported).
+    pub skipped_lines: Vec<usize>,
+}
+
+impl LogContents {
+    /// The measurements, in log order.
+    pub fn measures(&self) -> impl Iterator<Item = &MeasureRecord> {
+        self.records.iter().filter_map(|r| match r {
+            Record::Measure(m) => Some(m),
+            Record::Workload(_) => None,
+        })
+    }
+
+    /// The fastest successful measurement per workload for `target` (any thread count when
+    /// `threads` is `None`).
+    pub fn best(&self, target: &str, threads: Option<usize>) -> HashMap<String, &MeasureRecord> {
+        let mut best: HashMap<String, &MeasureRecord> = HashMap::new();
+        for m in self.measures() {
+            if m.target != target || threads.is_some_and(|t| t != m.threads) {
+                continue;
+            }
+            let Some(ms) = m.median_ms() else { continue };
+            let better = best
+                .get(&m.workload)
+                .is_none_or(|b| b.median_ms().is_none_or(|bm| ms < bm));
+            if better {
+                best.insert(m.workload.clone(), m);
+            }
+        }
+        best
+    }
+
+    /// The traces of [`Self::best`], as the compiler takes them.
+    pub fn best_schedules(&self, target: &str) -> kiln::TunedSchedules {
+        kiln::TunedSchedules {
+            traces: self
+                .best(target, None)
+                .into_iter()
+                .map(|(k, m)| (k, m.trace.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Reads every record of the log at `path` (a missing file is an empty log).
+pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
+    let io = |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io(e)),
+    };
+    let mut contents = LogContents::default();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Record>(line) {
+            Ok(r) => contents.records.push(r),
+            Err(_) => contents.skipped_lines.push(i + 1),
+        }
+    }
+    Ok(contents)
+}
+
+/// A log open for appending.
+#[derive(Debug)]
+pub struct TuningLog {
+    path: PathBuf,
+    file: File,
+    /// The file did not end with a newline when opened: the first append starts a new line.
+    torn_tail: bool,
+}
+
+impl TuningLog {
+    /// Opens (creating) the log at `path` for appending.
+    pub fn open(path: &Path) -> Result<TuningLog, LogError> {
+        let io = |source| LogError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)
+            .map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let torn_tail = if len == 0 {
+            false
+        } else {
+            let mut last = [0u8; 1];
+            file.seek(SeekFrom::Start(len - 1)).map_err(io)?;
+            file.read_exact(&mut last).map_err(io)?;
+            last[0] != b'\n'
+        };
+        Ok(TuningLog {
+            path: path.to_path_buf(),
+            file,
+            torn_tail,
+        })
+    }
+
+    /// The log's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record as one line and flushes it to disk.
+    pub fn append(&mut self, record: &Record) -> Result<(), LogError> {
+        let mut line = if self.torn_tail {
+            b"\n".to_vec()
+        } else {
+            vec![]
+        };
+        serde_json::to_writer(&mut line, record).map_err(|source| LogError::Encode {
+            path: self.path.clone(),
+            source,
+        })?;
+        line.push(b'\n');
+        let io = |source| LogError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.file.write_all(&line).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.torn_tail = false;
+        Ok(())
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measure(workload: &str, ms: f64, error: Option<&str>) -> Record {
+        Record::Measure(MeasureRecord {
+            workload: workload.into(),
+            target: "host".into(),
+            threads: 1,
+            knobs: Knobs::default(),
+            trace: Trace::default(),
+            times_ms: if error.is_some() { vec![] } else { vec![ms] },
+            error: error.map(String::from),
+            timestamp: 1,
+        })
+    }
+
+    #[test]
+    fn a_torn_last_line_is_skipped_and_terminated_before_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let mut log = TuningLog::open(&path).unwrap();
+        log.append(&measure("a", 2.0, None)).unwrap();
+        log.append(&measure("a", 1.0, None)).unwrap();
+        drop(log);
+        // A kill in the middle of a write leaves part of a line.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"kind":"measure","workload":"b","tar"#)
+            .unwrap();
+        drop(f);
+        let read = read_log(&path).unwrap();
+        assert_eq!(read.records.len(), 2);
+        assert_eq!(read.skipped_lines, vec![3]);
+        let mut log = TuningLog::open(&path).unwrap();
+        log.append(&measure("b", 3.0, Some("crashed"))).unwrap();
+        log.append(&measure("b", 4.0, None)).unwrap();
+        let read = read_log(&path).unwrap();
+        assert_eq!(read.records.len(), 4);
+        assert_eq!(read.skipped_lines, vec![3]);
+        let best = read.best("host", None);
+        assert_eq!(best["a"].median_ms(), Some(1.0));
+        assert_eq!(best["b"].median_ms(), Some(4.0));
+        assert!(read.best("other", None).is_empty());
+    }
+}

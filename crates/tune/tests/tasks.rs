@@ -1,0 +1,75 @@
+//! Task extraction and features on a bundled model.
+
+use kiln_schedules::{schedule_with, Knobs, OpClass};
+use kiln_tune::extract_tasks;
+use kiln_tune::features::{feature_names, kernel_features, FEATURE_COUNT};
+use kiln_tune::measure::ModelSpec;
+
+fn dscnn() -> ModelSpec {
+    ModelSpec {
+        path: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/models/dscnn_kws.onnx"),
+        input_shapes: vec![],
+        rewrite: true,
+        layout: "auto".into(),
+    }
+}
+
+#[test]
+fn tasks_are_the_distinct_kernels_weighted_by_count() {
+    let spec = dscnn();
+    let model = spec.load().unwrap();
+    let set = extract_tasks(&model.graph, &spec.graph_options()).unwrap();
+    let keys: std::collections::HashSet<&str> = set.tasks.iter().map(|t| t.key.as_str()).collect();
+    assert_eq!(keys.len(), set.tasks.len());
+    // Every kernel the compiler runs is a task occurrence (plus reshapes it aliases away).
+    let compiled = kiln::Compiler::new(kiln::Target::host())
+        .compile(&model.graph)
+        .unwrap();
+    let weights: usize = set.tasks.iter().map(|t| t.weight).sum();
+    assert!(weights >= compiled.stats().kernels, "{weights}");
+    assert!(weights <= compiled.stats().kernels + 3, "{weights}");
+    // The four pointwise convolutions share one workload.
+    assert!(set
+        .tasks
+        .iter()
+        .any(|t| t.weight == 4 && t.class == OpClass::Conv));
+    // Extraction is deterministic (workers rebuild tasks from the model file).
+    let again = extract_tasks(&model.graph, &spec.graph_options()).unwrap();
+    let k1: Vec<&str> = set.tasks.iter().map(|t| t.key.as_str()).collect();
+    let k2: Vec<&str> = again.tasks.iter().map(|t| t.key.as_str()).collect();
+    assert_eq!(k1, k2);
+}
+
+#[test]
+fn features_see_what_the_knobs_change() {
+    let spec = dscnn();
+    let model = spec.load().unwrap();
+    let set = extract_tasks(&model.graph, &spec.graph_options()).unwrap();
+    let conv = set
+        .tasks
+        .iter()
+        .find(|t| t.class == OpClass::Conv && t.weight == 4)
+        .unwrap();
+    let features = |k: &Knobs| {
+        let (_, f) = schedule_with(&conv.dag, conv.class, &conv.keep, k).unwrap();
+        kernel_features(&f)
+    };
+    let default = features(&Knobs::default());
+    assert_eq!(default.len(), FEATURE_COUNT);
+    assert!(default.iter().all(|x| x.is_finite()));
+    let rolled = features(&Knobs {
+        unroll_tile: Some(false),
+        unroll_window: Some(false),
+        ..Knobs::default()
+    });
+    let names = feature_names();
+    let at = |name: &str| names.iter().position(|n| n == name).unwrap();
+    // Unrolled register tiles keep the accumulator in registers; rolled loops do not.
+    assert!(default[at("register_local_bytes")] > rolled[at("register_local_bytes")]);
+    let wide = features(&Knobs {
+        vector_tile: Some(16),
+        ..Knobs::default()
+    });
+    assert_ne!(default, wide);
+}
