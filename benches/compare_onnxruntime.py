@@ -10,8 +10,12 @@ that machine noise hits both alike, and prints the median latencies and the rati
 With --aot it also compiles each model into a shared library (`kiln compile`, target host) and
 times it through examples/c/run_model.c (KILN_BENCH_ITERS), printing the AOT/JIT ratio.
 
+With --tuning-logs DIR, a model with a tuning log DIR/NAME.jsonl (from `kiln tune`) is also timed
+with `--tuning-log` in the same alternation, printing tuned ms, tuned/untuned and tuned/ort.
+
 Usage: python3 benches/compare_onnxruntime.py [--models DIR] [--threads 1,2] [--iters 50]
                                               [--kiln PATH] [--markdown] [--aot]
+                                              [--tuning-logs DIR]
 Needs: pip install onnxruntime numpy onnx; a release build of kiln (cargo build --release -p kiln-cli).
 """
 import argparse
@@ -58,9 +62,10 @@ def ort_median_ms(model, data_dir, threads, iters):
     return statistics.median(times), min(times)
 
 
-def kiln_bench(kiln, model, threads, iters):
+def kiln_bench(kiln, model, threads, iters, tuning_log=None):
+    extra = ["--tuning-log", tuning_log] if tuning_log else []
     out = subprocess.run(
-        [kiln, "bench", model, "--threads", str(threads), "--iters", str(iters), "--json"],
+        [kiln, "bench", model, "--threads", str(threads), "--iters", str(iters), "--json"] + extra,
         check=True, capture_output=True, text=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -104,6 +109,8 @@ def main():
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     ap.add_argument("--aot", action="store_true",
                     help="also time the AOT shared library (needs cc)")
+    ap.add_argument("--tuning-logs", metavar="DIR",
+                    help="also time models that have DIR/NAME.jsonl with that tuning log")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="kiln-bench-")
     runner = build_runner(tmp) if args.aot else None
@@ -123,15 +130,30 @@ def main():
                 a_med, _, size = aot_bench(args.kiln, runner, tmp, model, data, threads,
                                            args.iters)
                 row += [a_med, a_med / k["median_ms"], size]
+            if args.tuning_logs:
+                log = os.path.join(args.tuning_logs, f"{name}.jsonl")
+                if os.path.exists(log):
+                    t = kiln_bench(args.kiln, model, threads, args.iters, log)
+                    row += [t["median_ms"], t["median_ms"] / k["median_ms"],
+                            t["median_ms"] / o_med]
+                else:
+                    row += [None, None, None]
             rows.append(row)
     header = ["model", "threads", "kiln ms", "ort ms", "kiln/ort", "compile ms", "arena bytes"]
     if args.aot:
         header += ["aot ms", "aot/jit", ".so bytes"]
+    if args.tuning_logs:
+        header += ["tuned ms", "tuned/untuned", "tuned/ort"]
     def cells(r):
         out = [r[0], str(r[1]), f"{r[2]:.3f}", f"{r[3]:.3f}", f"{r[4]:.2f}", f"{r[5]:.0f}",
                str(r[6])]
+        rest = r[7:]
         if args.aot:
-            out += [f"{r[7]:.3f}", f"{r[8]:.2f}", str(r[9])]
+            out += [f"{rest[0]:.3f}", f"{rest[1]:.2f}", str(rest[2])]
+            rest = rest[3:]
+        if args.tuning_logs:
+            out += ["-" if v is None else f"{v:.3f}" if i == 0 else f"{v:.2f}"
+                    for i, v in enumerate(rest[:3])]
         return out
     if args.markdown:
         print("| " + " | ".join(header) + " |")

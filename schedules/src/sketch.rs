@@ -194,6 +194,33 @@ impl<'a> Recorder<'a> {
         }
     }
 
+    /// Computes the anchor stage `a` at loop `target` of `o`, its reduction loops outside its
+    /// spatial (tile) loops, which keep their order; returns the anchor's loops as they were
+    /// before the reorder, or `None` when the compute-at is illegal.
+    fn attach_anchor(
+        &mut self,
+        a: &str,
+        o: &str,
+        target: String,
+    ) -> Option<Vec<(String, IterKind, usize)>> {
+        let attached = self.apply(Instruction::ComputeAt {
+            stage: a.to_string(),
+            target_stage: o.to_string(),
+            target_loop: target,
+        });
+        if !attached {
+            return None;
+        }
+        let loops = self.loops(a);
+        let order: Vec<String> = [IterKind::Reduce, IterKind::Spatial]
+            .iter()
+            .flat_map(|&kind| loops.iter().filter(move |l| l.1 == kind))
+            .map(|l| l.0.clone())
+            .collect();
+        self.reorder(a, &order);
+        Some(loops)
+    }
+
     fn trace(self) -> Trace {
         Trace(self.trace)
     }
@@ -450,21 +477,9 @@ fn tile_conv_nhwc(r: &mut Recorder, o: BufferId, a: BufferId) -> bool {
     } else {
         col_o
     };
-    if !r.apply(Instruction::ComputeAt {
-        stage: aname.clone(),
-        target_stage: oname.clone(),
-        target_loop: attach,
-    }) {
+    let Some(aloops) = r.attach_anchor(&aname, &oname, attach) else {
         return false;
-    }
-    let aloops = r.loops(&aname);
-    let mut aorder: Vec<String> = aloops
-        .iter()
-        .filter(|l| l.1 == IterKind::Reduce)
-        .map(|l| l.0.clone())
-        .collect();
-    aorder.extend(["i0", "i1", "i2", "i3"].iter().map(|s| s.to_string()));
-    r.reorder(&aname, &aorder);
+    };
     // Window loops of one iteration (1x1 kernels) unrolled away; longer ones stay loops
     // (unrolling 3x3 windows measured slower: the 9x larger body hurts more than it saves).
     if r.knobs.unroll_window.unwrap_or(true) {
@@ -576,27 +591,10 @@ fn tile_anchor(r: &mut Recorder, class: OpClass, o: BufferId, a: BufferId) -> bo
     if !r.reorder(&oname, &order) {
         return false;
     }
-    if !r.apply(Instruction::ComputeAt {
-        stage: aname.clone(),
-        target_stage: oname.clone(),
-        target_loop: attach,
-    }) {
-        return false;
-    }
     // Anchor: reduction loops outside its (tile-sized) spatial loops, the column vectorized.
-    let aloops = r.loops(&aname);
-    let mut aorder: Vec<String> = aloops
-        .iter()
-        .filter(|l| l.1 == IterKind::Reduce)
-        .map(|l| l.0.clone())
-        .collect();
-    aorder.extend(
-        aloops
-            .iter()
-            .filter(|l| l.1 == IterKind::Spatial)
-            .map(|l| l.0.clone()),
-    );
-    r.reorder(&aname, &aorder);
+    let Some(aloops) = r.attach_anchor(&aname, &oname, attach) else {
+        return false;
+    };
     // The tile's other spatial loops unrolled: every tile access has a constant offset, so
     // codegen keeps the tile in registers.
     if r.knobs.unroll_window.unwrap_or(true) {
