@@ -141,28 +141,31 @@ pub fn group_dag(
         .first()
         .map(|&n| graph.node(n).name.clone())
         .unwrap_or_default();
-    for v in group_inputs(graph, g) {
+    // Buffer and stage names depend only on positions within the group (weights `w0, w1...`,
+    // values `v0...`, stages `s0_conv2d_...`), so every group of one workload has the same DAG
+    // and a trace recorded on one replays on all of them.
+    for (i, v) in group_inputs(graph, g).into_iter().enumerate() {
         let ty = graph.ty(v).clone();
         let (name, binding, constant) = match const_id(graph, v) {
             Some(c) => (
-                format!("w{}", c.0),
+                format!("w{i}"),
                 KernelInput::Const(c),
                 Some(graph.constant(c).clone()),
             ),
-            None => (format!("v{}", v.0), KernelInput::Value(v), None),
+            None => (format!("v{i}"), KernelInput::Value(v), None),
         };
         let id = b.placeholder(&name, &ty).map_err(|e| def_err(&first, e))?;
         inputs.push((id, binding));
         bound.push((v, Operand { id, ty, constant }));
     }
-    for &n in &g.nodes {
+    for (pos, &n) in g.nodes.iter().enumerate() {
         let node = graph.node(n);
         let ops: Vec<Operand> = node
             .inputs
             .iter()
             .filter_map(|v| bound.iter().find(|(b, _)| b == v).map(|(_, o)| o.clone()))
             .collect();
-        b.set_prefix(&format!("n{}_{}", n.0, node.op.name()));
+        b.set_prefix(&format!("s{pos}_{}", node.op.name()));
         let id = define(&mut b, &node.op, &ops).map_err(|e| def_err(&node.name, e))?;
         bound.push((
             node.output,
@@ -214,11 +217,17 @@ pub fn lower_groups_with(
     for g in groups {
         let (b, inputs, outputs) = group_dag(graph, g)?;
         let (dag, _, keep) = b.into_parts();
-        let name = dag
+        // The graph node's name (stage names are positional), then the output stage's.
+        let node = g
+            .nodes
+            .last()
+            .map_or_else(String::new, |&n| graph.node(n).name.clone());
+        let stage = dag
             .outputs()
             .last()
             .and_then(|o| dag.tensor(*o))
             .map_or_else(String::new, |t| t.name.clone());
+        let name = format!("{node}.{stage}");
         if dag.outputs().len() != 1 {
             return Err(KernelError::Outputs(name));
         }

@@ -252,10 +252,15 @@ impl GraphArgs {
         options
     }
 
-    /// The tuned schedules of `--tuning-log` for `target` (none without the option).
-    fn schedules(&self, target: &str) -> Result<kiln::TunedSchedules, CliError> {
+    /// The tuned schedules of `--tuning-log` for `target`, measured with `threads` threads
+    /// (any count when `None`); none without the option.
+    fn schedules(
+        &self,
+        target: &str,
+        threads: Option<usize>,
+    ) -> Result<kiln::TunedSchedules, CliError> {
         match &self.tuning_log {
-            Some(log) => tune::schedules_from_log(log, target),
+            Some(log) => tune::schedules_from_log(log, target, threads),
             None => Ok(kiln::TunedSchedules::default()),
         }
     }
@@ -327,7 +332,11 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             out,
             tolerance: tolerance.get(Tolerance::RUN)?,
             input_shapes,
-            schedules: graph.schedules("host")?,
+            // `run` uses every CPU.
+            schedules: graph.schedules(
+                "host",
+                Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            )?,
             graph: graph.get(),
         }),
         Command::Conformance {
@@ -379,15 +388,16 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             input_shapes,
             graph,
         } => {
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let req = bench::BenchRequest {
                 model,
                 data,
-                threads: threads
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                threads,
                 iters,
                 json,
                 input_shapes,
-                schedules: graph.schedules("host")?,
+                schedules: graph.schedules("host", Some(threads))?,
                 graph: graph.get(),
             };
             bench::print(&bench::bench(&req)?, json);
@@ -402,10 +412,13 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             input_shapes,
             graph,
         } => compile::compile(&compile::CompileRequest {
+            // A single-threaded library takes records measured on one thread; a parallel one,
+            // whose pool size is chosen when it runs, takes the fastest of any thread count.
             schedules: graph.schedules(
                 kiln::Target::named(&target)
                     .map_err(|e| CliError::Usage(e.to_string()))?
                     .name(),
+                single_thread.then_some(1),
             )?,
             model,
             out,

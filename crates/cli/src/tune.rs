@@ -226,8 +226,13 @@ pub fn measure_worker() -> Result<(), CliError> {
     kiln_tune::measure::serve(&mut stdin.lock(), &mut stdout.lock()).map_err(tune_err)
 }
 
-/// The tuned schedules a `--tuning-log` holds for `target` (notes on stderr).
-pub fn schedules_from_log(log: &Path, target: &str) -> Result<kiln::TunedSchedules, CliError> {
+/// The tuned schedules a `--tuning-log` holds for `target`, measured with `threads` threads
+/// (any when `None`; notes on stderr).
+pub fn schedules_from_log(
+    log: &Path,
+    target: &str,
+    threads: Option<usize>,
+) -> Result<kiln::TunedSchedules, CliError> {
     if !log.is_file() {
         return Err(CliError::io(
             log,
@@ -242,9 +247,10 @@ pub fn schedules_from_log(log: &Path, target: &str) -> Result<kiln::TunedSchedul
             contents.skipped_lines
         );
     }
-    let schedules = contents.best_schedules(target);
+    let schedules = contents.best_schedules(target, threads);
+    let on = threads.map_or(String::new(), |t| format!(" on {t} thread(s)"));
     eprintln!(
-        "note: {} tuned schedule(s) for target `{target}` from {}",
+        "note: {} tuned schedule(s) for target `{target}`{on} from {}",
         schedules.traces.len(),
         log.display()
     );

@@ -119,11 +119,13 @@ impl LogContents {
         best
     }
 
-    /// The traces of [`Self::best`], as the compiler takes them.
-    pub fn best_schedules(&self, target: &str) -> kiln::TunedSchedules {
+    /// The traces of [`Self::best`], as the compiler takes them. A schedule tuned on one
+    /// thread count can be slow on another (it may have no parallel loop at all), so a compile
+    /// for a known thread count takes only records measured with it.
+    pub fn best_schedules(&self, target: &str, threads: Option<usize>) -> kiln::TunedSchedules {
         kiln::TunedSchedules {
             traces: self
-                .best(target, None)
+                .best(target, threads)
                 .into_iter()
                 .map(|(k, m)| (k, m.trace.clone()))
                 .collect(),
@@ -271,5 +273,7 @@ mod tests {
         assert_eq!(best["a"].median_ms(), Some(1.0));
         assert_eq!(best["b"].median_ms(), Some(4.0));
         assert!(read.best("other", None).is_empty());
+        assert_eq!(read.best_schedules("host", Some(1)).traces.len(), 2);
+        assert!(read.best_schedules("host", Some(2)).traces.is_empty());
     }
 }
