@@ -52,7 +52,7 @@ pub enum OpClass {
 /// module doc), so `Knobs::default()` is the default schedule; the auto-tuner fills them in
 /// (see [`crate::space`]). Every value is legal: a knob that does not fit the DAG (a tile that
 /// does not divide, a loop that is not there) makes the sketch skip that step.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Knobs {
     /// Inner tile of the output's vectorized axis (conv and matmul output channels / columns),

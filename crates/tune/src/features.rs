@@ -366,6 +366,8 @@ fn store_features(
         .map(|a| access_features(func, a, loops, exec))
         .collect();
     per_load.sort_by(|a, b| b[0].total_cmp(&a[0]));
+    let load_bytes: f64 = per_load.iter().map(|f| f[0]).sum();
+    let load_unique: f64 = per_load.iter().map(|f| f[1]).sum();
     per_load.resize(LOADS, [0.0; 6]);
     for f in per_load.iter().take(LOADS) {
         values.extend(f);
@@ -376,8 +378,8 @@ fn store_features(
             .iter()
             .map(|a| (a.buf, constant_offset(a.indices, loops))),
     );
-    let bytes = store_f[0] + loads.len() as f64 * exec * 4.0;
-    let unique = store_f[1] + per_load.iter().map(|f| f[1]).sum::<f64>();
+    let bytes = store_f[0] + load_bytes;
+    let unique = store_f[1] + load_unique;
     let flops = ops.flops() * exec;
     values.push(flops / unique.max(1.0));
     StoreFeatures {

@@ -323,7 +323,7 @@ impl<'a> Tuner<'a> {
                 .iter()
                 .filter_map(|(k, ms)| ms.map(|m| (k, m)))
                 .collect();
-            ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+            ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
             let mut population: Vec<Knobs> = ranked
                 .iter()
                 .take(self.options.population / 4)
@@ -361,9 +361,9 @@ impl<'a> Tuner<'a> {
                 }
                 population = next;
             }
-            let all: Vec<Knobs> = seen.into_iter().filter(|k| fresh(k, &batch)).collect();
-            let mut all = all;
-            all.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+            // In a fixed order: the run is reproducible from its seed.
+            let mut all: Vec<Knobs> = seen.into_iter().filter(|k| fresh(k, &batch)).collect();
+            all.sort();
             let scores = self.score(t, &all)?;
             let mut scored: Vec<(Knobs, f32)> = all.into_iter().zip(scores).collect();
             scored.sort_by(|a, b| b.1.total_cmp(&a.1));
