@@ -66,13 +66,21 @@ pub struct MeasureRecord {
 impl MeasureRecord {
     /// The median of the repeats, when the candidate ran.
     pub fn median_ms(&self) -> Option<f64> {
-        if self.error.is_some() || self.times_ms.is_empty() {
+        if self.error.is_some() {
             return None;
         }
-        let mut t = self.times_ms.clone();
-        t.sort_by(f64::total_cmp);
-        Some(t[t.len() / 2])
+        median(&self.times_ms)
     }
+}
+
+/// The median of `times` (the upper one of an even count), `None` when empty.
+pub fn median(times: &[f64]) -> Option<f64> {
+    if times.is_empty() {
+        return None;
+    }
+    let mut t = times.to_vec();
+    t.sort_by(f64::total_cmp);
+    Some(t[t.len() / 2])
 }
 
 /// A line of the log.

@@ -15,7 +15,7 @@
 //! task is always one that ran without error.
 
 use crate::features::kernel_features;
-use crate::log::{now_secs, LogContents, MeasureRecord, Record, TuningLog, WorkloadRecord};
+use crate::log::{median, now_secs, LogContents, MeasureRecord, Record, TuningLog, WorkloadRecord};
 use crate::measure::{Measured, Runner};
 use crate::model::{CostModel, Sample};
 use crate::task::{Task, TaskSet};
@@ -122,15 +122,6 @@ impl std::fmt::Debug for Tuner<'_> {
             .field("trials", &self.trials)
             .finish_non_exhaustive()
     }
-}
-
-fn median(times: &[f64]) -> Option<f64> {
-    if times.is_empty() {
-        return None;
-    }
-    let mut t = times.to_vec();
-    t.sort_by(f64::total_cmp);
-    Some(t[t.len() / 2])
 }
 
 impl<'a> Tuner<'a> {
