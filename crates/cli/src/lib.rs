@@ -71,6 +71,9 @@ pub enum Command {
         /// Write the outputs to `DIR/output_N.pb`.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Threads for parallel loops of the JIT (default: the number of CPUs).
+        #[arg(long)]
+        threads: Option<usize>,
         #[command(flatten)]
         tolerance: ToleranceArgs,
         /// Bind an input's shape, e.g. `input=1,3,224,224` (repeatable).
@@ -322,23 +325,28 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             data,
             backend,
             out,
+            threads,
             tolerance,
             input_shapes,
             graph,
-        } => run::run(&run::RunRequest {
-            model,
-            data,
-            backend,
-            out,
-            tolerance: tolerance.get(Tolerance::RUN)?,
-            input_shapes,
-            // `run` uses every CPU.
-            schedules: graph.schedules(
-                "host",
-                Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
-            )?,
-            graph: graph.get(),
-        }),
+        } => {
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            if threads == 0 {
+                return Err(CliError::Usage("--threads must be positive".into()));
+            }
+            run::run(&run::RunRequest {
+                model,
+                data,
+                backend,
+                out,
+                threads,
+                tolerance: tolerance.get(Tolerance::RUN)?,
+                input_shapes,
+                schedules: graph.schedules("host", Some(threads))?,
+                graph: graph.get(),
+            })
+        }
         Command::Conformance {
             dir,
             backend,

@@ -18,6 +18,8 @@ pub struct RunRequest {
     pub data: PathBuf,
     pub backend: Backend,
     pub out: Option<PathBuf>,
+    /// Threads of the JIT's parallel loops.
+    pub threads: usize,
     pub tolerance: Tolerance,
     pub input_shapes: Vec<ShapeBinding>,
     pub graph: kiln::GraphOptions,
@@ -38,7 +40,7 @@ pub fn run(req: &RunRequest) -> Result<Outcome, CliError> {
         println!("note: {note}");
     }
     let exec = ExecOptions {
-        threads: 0,
+        threads: req.threads,
         graph: req.graph.clone(),
         schedules: req.schedules.clone(),
     };

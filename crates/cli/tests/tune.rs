@@ -220,13 +220,21 @@ fn compiles_with_a_tuning_log_use_its_records_and_stay_correct() {
             m,
             "--data",
             data.to_str().unwrap(),
+            "--threads",
+            "1",
             "--tuning-log",
             log.to_str().unwrap(),
         ],
         &[],
     );
+    // The tuned kernels (measured on one thread, so run on one) compute the expected outputs.
     assert!(o.status.success(), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("PASS"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("10 tuned schedule(s)"),
+        "{}",
+        show(&o)
+    );
     let o = run(
         &[
             "bench",
