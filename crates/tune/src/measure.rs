@@ -151,6 +151,13 @@ enum FromWorker {
     Closed,
 }
 
+/// How a worker's job ended.
+enum Ended {
+    Finished,
+    Died,
+    TimedOut,
+}
+
 fn describe_exit(child: &mut Child) -> String {
     match child.wait() {
         Ok(status) => {
@@ -168,15 +175,26 @@ fn describe_exit(child: &mut Child) -> String {
 }
 
 impl LocalRunner {
-    fn spawn(&self, job: &Job) -> Result<(Child, mpsc::Receiver<FromWorker>), String> {
+    fn spawn(&self, job: &Job) -> Result<Worker, String> {
         let (program, args) = self.command.split_first().ok_or("no measurement command")?;
         let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start the measurement process: {e}"))?;
+        // What the worker says on stderr (its error or panic message), for the error record.
+        let stderr = child.stderr.take().ok_or("no worker error output")?;
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut text);
+            text.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(|l| l.chars().take(300).collect())
+                .unwrap_or_default()
+        });
         let line = serde_json::to_string(job).map_err(|e| e.to_string())?;
         if let Some(mut stdin) = child.stdin.take() {
             // A worker that dies before reading is reported when its output ends.
@@ -195,7 +213,37 @@ impl LocalRunner {
             }
             let _ = tx.send(FromWorker::Closed);
         });
-        Ok((child, rx))
+        Ok(Worker {
+            child,
+            events: rx,
+            stderr,
+        })
+    }
+}
+
+/// A running worker process: its events, and the last line it wrote to stderr once it ends.
+struct Worker {
+    child: Child,
+    events: mpsc::Receiver<FromWorker>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Worker {
+    /// Waits for the process that ended by itself and describes how, with its last stderr
+    /// line.
+    fn end(mut self) -> String {
+        let why = describe_exit(&mut self.child);
+        match self.stderr.join() {
+            Ok(last) if !last.is_empty() => format!("{why} ({last})"),
+            _ => why,
+        }
+    }
+
+    /// Kills the process and reaps it. Its output threads are left to finish on their own (a
+    /// process it started could still hold the pipes open).
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -218,8 +266,8 @@ impl Runner for LocalRunner {
                 candidates: candidates[next..].to_vec(),
                 options: self.options.clone(),
             };
-            let (mut child, rx) = match self.spawn(&job) {
-                Ok(x) => x,
+            let worker = match self.spawn(&job) {
+                Ok(w) => w,
                 Err(e) => {
                     for r in results.iter_mut().skip(next) {
                         *r = Some(Measured::Error(e.clone()));
@@ -231,66 +279,68 @@ impl Runner for LocalRunner {
             // The candidate in flight and what it is doing, with the deadline of that phase.
             let mut in_flight: Option<(usize, &str)> = None;
             let mut deadline = Instant::now() + build;
-            loop {
+            let ended = loop {
                 let wait = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(wait) {
-                    Ok(FromWorker::Event(ev)) => match ev {
-                        Event::Start { index } => {
-                            in_flight = Some((offset + index, "building"));
-                            deadline = Instant::now() + build;
-                        }
-                        Event::Built { index, .. } => {
-                            in_flight = Some((offset + index, "running"));
-                            deadline = Instant::now() + run;
-                        }
-                        Event::Done { index, times_ms } => {
-                            let i = offset + index;
+                match worker.events.recv_timeout(wait) {
+                    Ok(FromWorker::Event(ev)) => {
+                        let finished = match ev {
+                            Event::Start { index } => {
+                                in_flight = Some((offset + index, "building"));
+                                deadline = Instant::now() + build;
+                                None
+                            }
+                            Event::Built { index, .. } => {
+                                in_flight = Some((offset + index, "running"));
+                                deadline = Instant::now() + run;
+                                None
+                            }
+                            Event::Done { index, times_ms } => {
+                                Some((offset + index, Measured::Times(times_ms)))
+                            }
+                            Event::Error { index, error } => {
+                                Some((offset + index, Measured::Error(error)))
+                            }
+                        };
+                        if let Some((i, m)) = finished {
                             if i < results.len() {
-                                results[i] = Some(Measured::Times(times_ms));
+                                results[i] = Some(m);
                             }
                             in_flight = None;
                             next = next.max(i + 1);
                             deadline = Instant::now() + build;
                         }
-                        Event::Error { index, error } => {
-                            let i = offset + index;
-                            if i < results.len() {
-                                results[i] = Some(Measured::Error(error));
-                            }
-                            in_flight = None;
-                            next = next.max(i + 1);
-                            deadline = Instant::now() + build;
+                        if next >= candidates.len() {
+                            break Ended::Finished;
                         }
-                    },
-                    Ok(FromWorker::Closed) => {
-                        let why = describe_exit(&mut child);
-                        let i = in_flight.map_or(next, |(i, _)| i);
-                        if i < results.len() && results[i].is_none() {
-                            let phase = in_flight.map_or("starting", |(_, p)| p);
-                            results[i] = Some(Measured::Error(format!("{why} while {phase}")));
-                        }
-                        next = next.max(i + 1);
-                        break;
                     }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        let (i, phase) = in_flight.unwrap_or((next, "starting"));
-                        let limit = if phase == "running" { run } else { build };
-                        if i < results.len() {
-                            results[i] = Some(Measured::Error(format!(
-                                "timed out after {} ms while {phase}",
-                                limit.as_millis()
-                            )));
-                        }
-                        next = next.max(i + 1);
-                        break;
+                    Ok(FromWorker::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        break Ended::Died
                     }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(mpsc::RecvTimeoutError::Timeout) => break Ended::TimedOut,
                 }
-                if next >= candidates.len() {
-                    let _ = child.wait();
-                    break;
+            };
+            let (i, phase) = in_flight.unwrap_or((next, "starting"));
+            match ended {
+                Ended::Finished => {
+                    worker.end();
+                }
+                Ended::Died => {
+                    let why = worker.end();
+                    if i < results.len() && results[i].is_none() {
+                        results[i] = Some(Measured::Error(format!("{why} while {phase}")));
+                    }
+                    next = next.max(i + 1);
+                }
+                Ended::TimedOut => {
+                    worker.kill();
+                    let limit = if phase == "running" { run } else { build };
+                    if i < results.len() {
+                        results[i] = Some(Measured::Error(format!(
+                            "timed out after {} ms while {phase}",
+                            limit.as_millis()
+                        )));
+                    }
+                    next = next.max(i + 1);
                 }
             }
         }
@@ -447,4 +497,76 @@ pub fn serve(input: &mut dyn Read, output: &mut dyn Write) -> Result<(), TuneErr
         send(ev)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runner(script: &str) -> LocalRunner {
+        LocalRunner {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            model: ModelSpec {
+                path: "unused.onnx".into(),
+                input_shapes: vec![],
+                rewrite: true,
+                layout: "auto".into(),
+            },
+            options: MeasureOptions {
+                build_timeout_ms: 500,
+                run_timeout_ms: 500,
+                ..MeasureOptions::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_worker_that_fails_gives_every_candidate_an_error_with_its_message() {
+        let mut r = runner("cat >/dev/null; echo 'error: no such model' >&2; exit 3");
+        let knobs = [Knobs::default(), Knobs::default()];
+        let results = r.measure("w", 0, &knobs);
+        assert_eq!(results.len(), 2);
+        for m in results {
+            let Measured::Error(e) = m else {
+                panic!("{m:?}")
+            };
+            assert!(
+                e.contains("exit status: 3") && e.contains("no such model"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_silent_worker_times_out_and_the_next_candidate_gets_a_new_one() {
+        // Reports `start` for the first candidate of its job, then hangs.
+        let script = r#"read job; echo '{"event":"start","index":0}'; exec sleep 30"#;
+        let mut r = runner(script);
+        let results = r.measure("w", 0, &[Knobs::default(), Knobs::default()]);
+        for m in &results {
+            assert!(
+                matches!(m, Measured::Error(e) if e.contains("timed out after 500 ms while building")),
+                "{results:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn results_of_a_worker_are_taken_in_order() {
+        let script = r#"read job
+echo '{"event":"start","index":0}'
+echo '{"event":"built","index":0,"build_ms":1.0}'
+echo '{"event":"done","index":0,"times_ms":[1.0,2.0,3.0]}'
+echo '{"event":"start","index":1}'
+echo '{"event":"error","index":1,"error":"does not lower"}'"#;
+        let mut r = runner(script);
+        let results = r.measure("w", 0, &[Knobs::default(), Knobs::default()]);
+        assert_eq!(
+            results,
+            vec![
+                Measured::Times(vec![1.0, 2.0, 3.0]),
+                Measured::Error("does not lower".into())
+            ]
+        );
+    }
 }
