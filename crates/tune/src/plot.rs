@@ -17,8 +17,10 @@ pub struct Series {
     pub points: Vec<(usize, f64)>,
 }
 
-/// The model line and one line per task (its best time after each of its trials) of a curve.
+/// The model line and one line per task (its best time after each of its trials, held to the
+/// end of the run) of a curve.
 pub fn series(curve: &[CurvePoint], task_labels: &[String]) -> Vec<Series> {
+    let last_trial = curve.last().map_or(0, |p| p.trial);
     let mut out = vec![Series {
         label: "model (sum of weight x best)".into(),
         points: curve
@@ -27,13 +29,19 @@ pub fn series(curve: &[CurvePoint], task_labels: &[String]) -> Vec<Series> {
             .collect(),
     }];
     for (t, label) in task_labels.iter().enumerate() {
+        let mut points: Vec<(usize, f64)> = curve
+            .iter()
+            .filter(|p| p.task == t && p.task_best_ms.is_finite())
+            .map(|p| (p.trial, p.task_best_ms))
+            .collect();
+        if let Some(&(trial, ms)) = points.last() {
+            if trial < last_trial {
+                points.push((last_trial, ms));
+            }
+        }
         out.push(Series {
             label: label.clone(),
-            points: curve
-                .iter()
-                .filter(|p| p.task == t && p.task_best_ms.is_finite())
-                .map(|p| (p.trial, p.task_best_ms))
-                .collect(),
+            points,
         });
     }
     out.retain(|s| !s.points.is_empty());
