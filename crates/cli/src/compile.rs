@@ -20,19 +20,27 @@ pub struct CompileRequest {
     pub single_thread: bool,
     pub input_shapes: Vec<ShapeBinding>,
     pub graph: kiln::GraphOptions,
-    /// Tuned schedules (`--tuning-log`).
-    pub schedules: kiln::TunedSchedules,
+    /// `--tuning-log`.
+    pub tuning_log: Option<PathBuf>,
 }
 
 /// Compiles the model into a shared library and prints what was built.
 pub fn compile(req: &CompileRequest) -> Result<(), CliError> {
     let target = Target::named(&req.target).map_err(|e| CliError::Usage(e.to_string()))?;
     let model = crate::load(&req.model, &req.input_shapes)?;
+    // A single-threaded library takes records measured on one thread; a parallel one, whose
+    // pool size is chosen when it runs, takes the fastest of any thread count.
+    let schedules = match &req.tuning_log {
+        Some(log) => {
+            crate::tune::schedules_from_log(log, target.name(), req.single_thread.then_some(1))?
+        }
+        None => kiln::TunedSchedules::default(),
+    };
     let options = AotOptions {
         parallel: !req.single_thread,
         header: req.header.clone(),
         graph: req.graph.clone(),
-        schedules: req.schedules.clone(),
+        schedules,
     };
     let info = Compiler::new(target.clone())
         .compile_library(&model.graph, &options, &req.out)

@@ -313,6 +313,11 @@ pub fn load(path: &Path, input_shapes: &[ShapeBinding]) -> Result<Model, CliErro
     })
 }
 
+/// The number of CPUs (the default thread count).
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Executes a parsed command line.
 pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
     match cli.command {
@@ -330,8 +335,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             input_shapes,
             graph,
         } => {
-            let threads = threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let threads = threads.unwrap_or_else(cpus);
             if threads == 0 {
                 return Err(CliError::Usage("--threads must be positive".into()));
             }
@@ -375,7 +379,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             let jobs = match jobs {
                 Some(0) => return Err(CliError::Usage("--jobs must be at least 1".into())),
                 Some(j) => j,
-                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                None => cpus(),
             };
             conformance::conformance(&conformance::ConformanceRequest {
                 dir,
@@ -396,8 +400,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             input_shapes,
             graph,
         } => {
-            let threads = threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let threads = threads.unwrap_or_else(cpus);
             let req = bench::BenchRequest {
                 model,
                 data,
@@ -420,14 +423,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             input_shapes,
             graph,
         } => compile::compile(&compile::CompileRequest {
-            // A single-threaded library takes records measured on one thread; a parallel one,
-            // whose pool size is chosen when it runs, takes the fastest of any thread count.
-            schedules: graph.schedules(
-                kiln::Target::named(&target)
-                    .map_err(|e| CliError::Usage(e.to_string()))?
-                    .name(),
-                single_thread.then_some(1),
-            )?,
+            tuning_log: graph.tuning_log.clone(),
             model,
             out,
             target,

@@ -65,15 +65,20 @@ impl RooflineCost {
 impl RooflineCost {
     /// The extra pass of an NCHW float convolution over its input and output (see the type doc).
     fn layout_conversion(op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64 {
-        match (op, inputs.first()) {
-            (Op::Conv2d(a) | Op::DepthwiseConv2d(a), Some(x))
-                if a.layout == DataLayout::Nchw && x.dtype.is_float() =>
-            {
+        match inputs.first() {
+            Some(x) if nchw_float_conv(op, inputs) => {
                 (x.byte_size() + output.byte_size()) as f64 / Self::BYTES_PER_CYCLE
             }
             _ => 0.0,
         }
     }
+}
+
+/// A float convolution over NCHW activations: the lowering computes it channels-last and
+/// converts inside the kernel (see [`RooflineCost`]).
+fn nchw_float_conv(op: &Op, inputs: &[&TensorType]) -> bool {
+    matches!(op, Op::Conv2d(a) | Op::DepthwiseConv2d(a) if a.layout == DataLayout::Nchw)
+        && inputs.first().is_some_and(|x| x.dtype.is_float())
 }
 
 impl CostModel for RooflineCost {
@@ -111,14 +116,10 @@ impl<M: CostModel> PreferChannelsLast<'_, M> {
     const PENALTY: f64 = 1e12;
 
     fn penalty(op: &Op, inputs: &[&TensorType]) -> f64 {
-        match op {
-            Op::Conv2d(a) | Op::DepthwiseConv2d(a)
-                if a.layout == DataLayout::Nchw
-                    && inputs.first().is_some_and(|x| x.dtype.is_float()) =>
-            {
-                Self::PENALTY
-            }
-            _ => 0.0,
+        if nchw_float_conv(op, inputs) {
+            Self::PENALTY
+        } else {
+            0.0
         }
     }
 }

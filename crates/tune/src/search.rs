@@ -21,6 +21,7 @@ use crate::model::{CostModel, Sample};
 use crate::task::{Task, TaskSet};
 use crate::TuneError;
 use kiln_schedules::{schedule_with, Knobs, SplitMix};
+use kiln_tir::Trace;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
@@ -76,7 +77,8 @@ pub struct TaskState {
     last_gain: f64,
     /// Rounds spent on the task (in this run).
     rounds: usize,
-    features: HashMap<Knobs, Vec<f32>>,
+    /// Each candidate lowered once: its trace and features.
+    lowered: HashMap<Knobs, (Trace, Vec<f32>)>,
 }
 
 /// A point of the tuning curve: after `trial` trials, the best time of the task just measured
@@ -141,18 +143,23 @@ impl<'a> Tuner<'a> {
         }
     }
 
-    /// The features of a candidate (cached; a candidate that does not lower gets zeros).
-    fn features(&mut self, t: usize, knobs: &Knobs) -> Vec<f32> {
-        if let Some(f) = self.states[t].features.get(knobs) {
-            return f.clone();
-        }
+    /// The trace and features of a candidate, lowered once (a candidate that does not lower
+    /// gets an empty trace and zero features).
+    fn lowered(&mut self, t: usize, knobs: &Knobs) -> &(Trace, Vec<f32>) {
         let task = &self.set.tasks[t];
-        let f = match schedule_with(&task.dag, task.class, &task.keep, knobs) {
-            Ok((_, func)) => kernel_features(&func),
-            Err(_) => vec![0.0; crate::features::FEATURE_COUNT],
-        };
-        self.states[t].features.insert(knobs.clone(), f.clone());
-        f
+        self.states[t]
+            .lowered
+            .entry(knobs.clone())
+            .or_insert_with(
+                || match schedule_with(&task.dag, task.class, &task.keep, knobs) {
+                    Ok((trace, func)) => (trace, kernel_features(&func)),
+                    Err(_) => (Trace::default(), vec![0.0; crate::features::FEATURE_COUNT]),
+                },
+            )
+    }
+
+    fn features(&mut self, t: usize, knobs: &Knobs) -> Vec<f32> {
+        self.lowered(t, knobs).1.clone()
     }
 
     fn record(&mut self, t: usize, knobs: &Knobs, ms: Option<f64>) {
@@ -423,10 +430,7 @@ impl<'a> Tuner<'a> {
                     Measured::Times(t) => (t, None),
                     Measured::Error(e) => (vec![], Some(e)),
                 };
-                let trace = match schedule_with(&task.dag, task.class, &task.keep, knobs) {
-                    Ok((trace, _)) => trace,
-                    Err(_) => Default::default(),
-                };
+                let trace = self.lowered(t, knobs).0.clone();
                 let ms = if error.is_none() {
                     median(&times_ms)
                 } else {
