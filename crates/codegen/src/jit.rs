@@ -396,3 +396,88 @@ impl ModelFn<'_> {
         CodegenError::from_status(&self.info.name, status)
     }
 }
+
+/// Runs micro-kernel `kernel` of family `isa` once on this machine: a safe entry for tests
+/// and benchmarks of the generators. Each buffer comes with the element index of its access's
+/// base; checks that the machine runs `isa` and that every access lies inside its slice.
+pub fn run_microkernel(
+    isa: crate::isa::microkernel::MicroIsa,
+    kernel: &crate::isa::microkernel::ContractionKernel,
+    lhs: crate::isa::microkernel::Slot,
+    rhs: crate::isa::microkernel::Slot,
+    out: (&mut [f32], usize),
+    inputs: &[crate::isa::microkernel::Slot],
+) -> Result<(), CodegenError> {
+    use cranelift_codegen::ir::{AbiParam, Signature};
+    use cranelift_module::{Linkage, Module};
+    let bad = |reason: String| CodegenError::BadArguments {
+        func: "microkernel".into(),
+        reason,
+    };
+    if !isa.runs_here() {
+        return Err(CodegenError::Isa(format!(
+            "this machine does not run {} micro-kernels",
+            isa.name()
+        )));
+    }
+    if inputs.len() != kernel.inputs.len() {
+        return Err(bad(format!(
+            "{} epilogue inputs given, {} expected",
+            inputs.len(),
+            kernel.inputs.len()
+        )));
+    }
+    let (out, out_base) = out;
+    let slots: Vec<(usize, usize)> = [
+        (lhs.0.len(), lhs.1),
+        (rhs.0.len(), rhs.1),
+        (out.len(), out_base),
+    ]
+    .into_iter()
+    .chain(inputs.iter().map(|(b, i)| (b.len(), *i)))
+    .collect();
+    for (i, ((lo, hi), (len, base))) in kernel.byte_ranges().into_iter().zip(&slots).enumerate() {
+        let base = 4 * *base as i64;
+        if base + lo < 0 || base + hi > 4 * *len as i64 {
+            return Err(bad(format!(
+                "pointer {i}: accesses bytes {}..{} of a {len}-element buffer",
+                base + lo,
+                base + hi
+            )));
+        }
+    }
+    let bytes = crate::isa::microkernel::generate(isa, kernel)
+        .map_err(|e| CodegenError::Isa(e.to_string()))?;
+    let host = target_isa(&crate::IsaSpec::Host, false, false)?;
+    let mut module = JITModule::new(JITBuilder::with_isa(host, default_libcall_names()));
+    let mut sig = Signature::new(module.isa().default_call_conv());
+    sig.params.push(AbiParam::new(module.isa().pointer_type()));
+    let err = |e: cranelift_module::ModuleError| CodegenError::Cranelift {
+        func: "microkernel".into(),
+        message: e.to_string(),
+    };
+    let id = module
+        .declare_function("microkernel", Linkage::Local, &sig)
+        .map_err(err)?;
+    module
+        .define_function_bytes(id, 64, &bytes, &[])
+        .map_err(err)?;
+    module.finalize_definitions().map_err(err)?;
+    let addr = module.get_finalized_function(id);
+    // In-bounds element pointers (checked above: each base index lies inside its slice).
+    let mut ptrs: Vec<*const u8> = vec![
+        lhs.0[lhs.1..].as_ptr().cast(),
+        rhs.0[rhs.1..].as_ptr().cast(),
+        out[out_base..].as_mut_ptr().cast_const().cast(),
+    ];
+    ptrs.extend(inputs.iter().map(|(b, i)| b[*i..].as_ptr().cast::<u8>()));
+    // SAFETY: `addr` is the kernel's code in live executable memory; the kernel follows the
+    // micro-kernel ABI (System V, one pointer argument) and, as checked above, reads and
+    // writes only inside the given slices (the output only through `out`).
+    unsafe {
+        let f: unsafe extern "C" fn(*const *const u8) = std::mem::transmute(addr);
+        f(ptrs.as_ptr());
+        module.free_memory();
+    }
+    Ok(())
+}

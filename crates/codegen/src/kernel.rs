@@ -105,6 +105,8 @@ pub(crate) struct EmitState<'m, M: Module> {
     hooks: HashMap<&'static str, FuncId>,
     outlined: usize,
     pub stats: crate::CompileStats,
+    /// Micro-kernels defined in the module, by machine code.
+    pub(crate) microkernels: HashMap<Vec<u8>, FuncId>,
     /// Linkage of kernels and model entries: `Export` in the JIT (looked up by name), `Local`
     /// and `Hidden` in AOT objects (only the C ABI wrapper is visible outside the library).
     pub kernel_linkage: Linkage,
@@ -124,6 +126,7 @@ impl<'m, M: Module> EmitState<'m, M> {
             hooks: HashMap::new(),
             outlined: 0,
             stats: crate::CompileStats::default(),
+            microkernels: HashMap::new(),
             kernel_linkage: Linkage::Export,
             entry_linkage: Linkage::Export,
         }
@@ -518,6 +521,7 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
                 body,
             } => self.for_loop(*var, *extent, *kind, body),
             Stmt::Seq(v) => v.iter().try_for_each(|s| self.stmt(s)),
+            Stmt::Tensorized { intrinsic, body } => self.tensorized(*intrinsic, body),
             Stmt::Store {
                 buf,
                 indices,

@@ -25,8 +25,8 @@
 //! the runtime hook `kiln_parallel_for(body, ctx, n)` (see [`parallel`]); whole models get an
 //! entry function that calls the kernels in order (see [`entry`]).
 //!
-//! Modules: [`isa`] (host flags), [`kernel`] (scalar lowering), [`vector`] (f32x4 / i32x4 code for
-//! vectorized loops), [`promote`] (small local tiles held in registers), [`parallel`] (outlining
+//! Modules: [`isa`] (host flags; target micro-kernels per ISA), [`kernel`] (scalar lowering), [`vector`] (f32x4 / i32x4 code for
+//! vectorized loops), [`promote`] (small local tiles held in registers), `tensorized` (micro-kernel calls), [`parallel`] (outlining
 //! and private locals), [`runtime`] (the `extern "C"` hooks compiled code calls), [`entry`] (the
 //! whole-model entry function), [`jit`] (the safe JIT API), [`aot`] (relocatable objects for a
 //! target ISA, linked into shared libraries by the `kiln` crate).
@@ -39,6 +39,7 @@ pub mod kernel;
 pub mod parallel;
 pub mod promote;
 pub mod runtime;
+mod tensorized;
 pub mod vector;
 
 pub use aot::{compile_object, ObjectCode};
@@ -86,6 +87,9 @@ pub struct CodegenOptions {
     pub contract_fma: bool,
     /// Run Cranelift's IR verifier on every generated function (slower compiles; on in tests).
     pub verify_ir: bool,
+    /// Call target micro-kernels for tensorized regions where the ISA has them (otherwise the
+    /// regions compile as loop nests).
+    pub microkernels: bool,
     /// The ISA to generate code for (the JIT needs one this machine runs natively).
     pub isa: IsaSpec,
 }
@@ -98,6 +102,7 @@ impl Default for CodegenOptions {
             use_fma: true,
             contract_fma: false,
             verify_ir: cfg!(debug_assertions),
+            microkernels: true,
             isa: IsaSpec::Host,
         }
     }
@@ -114,6 +119,10 @@ pub struct CompileStats {
     pub parallel_bodies: usize,
     /// Local buffers held in registers instead of memory (see [`promote`]).
     pub promoted_buffers: usize,
+    /// Tensorized regions emitted as micro-kernel calls.
+    pub microkernel_calls: usize,
+    /// Distinct micro-kernels defined.
+    pub microkernels: usize,
 }
 
 /// Why code generation or a call of generated code failed.

@@ -61,6 +61,7 @@ fn accesses(s: &Stmt, par: Option<VarId>, f: &mut dyn FnMut(BufferId, Option<Var
             accesses(body, p, f);
         }
         Stmt::Seq(v) => v.iter().for_each(|s| accesses(s, par, f)),
+        Stmt::Tensorized { body, .. } => accesses(body, par, f),
         Stmt::Store {
             buf,
             indices,
@@ -126,7 +127,7 @@ fn free_vars(s: &Stmt, bound: VarId) -> Vec<VarId> {
                 expr(value);
             }
             Stmt::IfThenElse { cond, .. } => expr(cond),
-            Stmt::Seq(_) => {}
+            Stmt::Seq(_) | Stmt::Tensorized { .. } => {}
         }
     });
     read.difference(&binds).copied().collect()

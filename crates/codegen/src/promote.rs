@@ -231,6 +231,10 @@ impl Walk<'_> {
                 }
             }
             Stmt::Seq(v) => v.iter().for_each(|s| self.stmt(s)),
+            // Accesses of a micro-kernel call are through memory: the tile may still be
+            // promoted (the call never touches it, a loop-nest fallback uses the variables),
+            // but the operands are read through their base pointers (see `crate::tensorized`).
+            Stmt::Tensorized { body, .. } => self.stmt(body),
             Stmt::Store {
                 buf,
                 indices,

@@ -19,6 +19,7 @@ fn options(pick: u8) -> CodegenOptions {
         use_fma: pick & 8 == 0,
         contract_fma: pick & 16 != 0,
         verify_ir: true,
+        microkernels: pick & 32 == 0,
         isa: kiln_codegen::IsaSpec::Host,
     }
 }

@@ -201,6 +201,7 @@ impl Machine<'_> {
                 Ok(())
             }
             Stmt::Seq(v) => v.iter().try_for_each(|s| self.stmt(s)),
+            Stmt::Tensorized { body, .. } => self.stmt(body),
             Stmt::Store {
                 buf,
                 indices,

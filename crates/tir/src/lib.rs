@@ -10,12 +10,14 @@
 //! schedule it computes the same values as the naive schedule of the same DAG (up to the order
 //! of floating-point reductions when a reduction loop is reordered).
 
+mod affine;
 pub mod compute;
 pub mod expr;
 pub mod interp;
 pub mod lower;
 pub mod schedule;
 pub mod stmt;
+pub mod tensorize;
 pub mod text;
 pub mod tir;
 pub mod verify;
@@ -26,7 +28,8 @@ pub use lower::{lower, lower_naive, LowerError};
 pub use schedule::{
     Attach, Instruction, IterKind, LoopInfo, Pack, Schedule, ScheduleError, StageSchedule, Trace,
 };
-pub use stmt::{ForKind, Stmt};
+pub use stmt::{ForKind, Stmt, TensorIntrinsic};
+pub use tensorize::{Access, Contraction, Epilogue, TensorizeError};
 pub use text::{parse_func, ParseError};
 pub use tir::{BufferDecl, PrimFunc, Scope};
 pub use verify::{verify, Bounds, Interval, VerifyError};

@@ -23,6 +23,7 @@
 //!   the consumer loops inside the attach point, `base + Σ a_v v + c`, with the same `base` (an
 //!   expression of outer loops) in every load; the region is `base + [min, max]`.
 
+use crate::affine::{linearize, sum_expr, Lin};
 use crate::compute::{ComputeDag, Stage};
 use crate::expr::{BufferId, Expr, VarId};
 use crate::schedule::{
@@ -33,7 +34,7 @@ use crate::stmt::{ForKind, Stmt};
 use crate::tir::PrimFunc;
 use crate::verify::{verify, Bounds, VerifyError};
 use kiln_ir::TensorType;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 /// Largest extent of an unrolled loop.
 pub const MAX_UNROLL: usize = 64;
@@ -84,6 +85,7 @@ pub fn lower(dag: &ComputeDag, sched: &Schedule) -> Result<PrimFunc, LowerError>
         packed: vec![None; n],
         tiles: vec![None; n],
         attached: vec![vec![]; n],
+        fma_update: false,
     };
     let mut body = vec![];
     for (i, t) in dag.tensors().iter().enumerate() {
@@ -120,8 +122,28 @@ pub fn lower(dag: &ComputeDag, sched: &Schedule) -> Result<PrimFunc, LowerError>
     }
     l.func.body = Stmt::seq(body);
     let func = l.func.canonicalize();
+    check_tensorized(&func, &func.body)?;
     verify(&func)?;
     Ok(func)
+}
+
+/// Checks that every tensorized region of `func` is an instance of its intrinsic.
+fn check_tensorized(func: &PrimFunc, s: &Stmt) -> Result<(), LowerError> {
+    let mut err = None;
+    s.walk(&mut |s| {
+        if let Stmt::Tensorized { intrinsic, body } = s {
+            if err.is_none() {
+                if let Err(e) = crate::tensorize::analyze(*intrinsic, body, func) {
+                    err = Some(illegal(
+                        &func.name,
+                        "-",
+                        format!("tensorize {}: {e}", intrinsic.name()),
+                    ));
+                }
+            }
+        }
+    });
+    err.map_or(Ok(()), Err)
 }
 
 /// A compute_at region: per dimension, the base expression and the extent.
@@ -146,127 +168,9 @@ struct Lowerer<'a> {
     tiles: Vec<Option<Tile>>,
     /// Per target stage: (leaf iter var, stage computed there), in DAG order.
     attached: Vec<Vec<(usize, BufferId)>>,
-}
-
-/// An index expression in the form `Σ coeffs[v] * v + rest + c`, where `rest` is free of the
-/// inner variables.
-#[derive(Clone, Debug, Default, PartialEq)]
-struct Lin {
-    coeffs: BTreeMap<VarId, i128>,
-    rest: Vec<(i128, Expr)>,
-    c: i128,
-}
-
-impl Lin {
-    fn scale(mut self, k: i128) -> Option<Lin> {
-        for v in self.coeffs.values_mut() {
-            *v = v.checked_mul(k)?;
-        }
-        for (s, _) in &mut self.rest {
-            *s = s.checked_mul(k)?;
-        }
-        self.c = self.c.checked_mul(k)?;
-        Some(self)
-    }
-
-    fn add(mut self, o: Lin) -> Option<Lin> {
-        for (v, a) in o.coeffs {
-            let e = self.coeffs.entry(v).or_insert(0);
-            *e = e.checked_add(a)?;
-        }
-        self.coeffs.retain(|_, a| *a != 0);
-        self.rest.extend(o.rest);
-        self.c = self.c.checked_add(o.c)?;
-        Some(self)
-    }
-
-    /// The `rest` part as one expression (`None` when empty).
-    fn rest_expr(&self) -> Option<Expr> {
-        let mut acc: Option<Expr> = None;
-        for (s, e) in &self.rest {
-            let term = if *s == 1 || *s == -1 {
-                e.clone()
-            } else {
-                e.clone() * Expr::int(s.unsigned_abs() as i64)
-            };
-            acc = Some(match (acc, *s < 0) {
-                (None, false) => term,
-                (None, true) => Expr::int(0) - term,
-                (Some(a), false) => a + term,
-                (Some(a), true) => a - term,
-            });
-        }
-        acc
-    }
-}
-
-fn mentions(e: &Expr, vars: &BTreeSet<VarId>) -> bool {
-    e.any(&|x| matches!(x, Expr::Var(v) if vars.contains(v)))
-}
-
-fn linearize(e: &Expr, inner: &BTreeSet<VarId>) -> Option<Lin> {
-    use crate::expr::BinOp;
-    if !mentions(e, inner) {
-        return Some(match e {
-            Expr::Int { value, .. } => Lin {
-                c: *value as i128,
-                ..Lin::default()
-            },
-            _ => Lin {
-                rest: vec![(1, e.clone())],
-                ..Lin::default()
-            },
-        });
-    }
-    match e {
-        Expr::Var(v) => Some(Lin {
-            coeffs: [(*v, 1)].into(),
-            ..Lin::default()
-        }),
-        Expr::Binary {
-            op: BinOp::Add,
-            a,
-            b,
-        } => linearize(a, inner)?.add(linearize(b, inner)?),
-        Expr::Binary {
-            op: BinOp::Sub,
-            a,
-            b,
-        } => linearize(a, inner)?.add(linearize(b, inner)?.scale(-1)?),
-        Expr::Binary {
-            op: BinOp::Mul,
-            a,
-            b,
-        } => match (a.as_int(), b.as_int()) {
-            (_, Some(k)) => linearize(a, inner)?.scale(k as i128),
-            (Some(k), _) => linearize(b, inner)?.scale(k as i128),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// `Σ terms + c` as an expression.
-fn sum_expr(coeffs: &BTreeMap<VarId, i128>, c: i128) -> Option<Expr> {
-    let mut acc: Option<Expr> = None;
-    for (v, a) in coeffs {
-        let term = if *a == 1 {
-            Expr::Var(*v)
-        } else {
-            Expr::Var(*v) * Expr::int(i64::try_from(*a).ok()?)
-        };
-        acc = Some(match acc {
-            None => term,
-            Some(x) => x + term,
-        });
-    }
-    let c64 = i64::try_from(c).ok()?;
-    Some(match acc {
-        None => Expr::int(c64),
-        Some(x) if c == 0 => x,
-        Some(x) if c < 0 => x - Expr::int(-c64),
-        Some(x) => x + Expr::int(c64),
-    })
+    /// A reduction emitted now accumulates with an explicit `fma` (it is computed inside a
+    /// tensorized loop).
+    fma_update: bool,
 }
 
 fn and_all(conds: Vec<Expr>) -> Option<Expr> {
@@ -813,7 +717,11 @@ impl Lowerer<'_> {
                 .func
                 .add_local(format!("{}_tile", xt.name), xt.dtype, tile_shape);
             self.buf_of[x.index()] = Some(tbuf);
-            let s = self.emit_stage(x, Some(reg))?;
+            let in_tensorized = ss.tensorize.is_some_and(|(t, _)| t == iter);
+            let outer_fma = std::mem::replace(&mut self.fma_update, in_tensorized);
+            let s = self.emit_stage(x, Some(reg));
+            self.fma_update = outer_fma;
+            let s = s?;
             self.tiles[x.index()] = Some(Tile { inner, offsets });
             attached_stmts.push((p, s));
         }
@@ -881,9 +789,26 @@ impl Lowerer<'_> {
                         (out_buf, out_idx(&vals_update)?),
                     ),
                 };
-                let value = red
-                    .kind
-                    .combine(Expr::load(upd_target.0, upd_target.1.clone()), body);
+                let acc_now = Expr::load(upd_target.0, upd_target.1.clone());
+                // Inside a tensorized loop (or when this stage's own loop is tensorized) a
+                // float sum accumulates `x * y` with one rounding, as micro-kernels do.
+                let own = ss.tensorize.is_some_and(|(t, _)| {
+                    leaves.iter().position(|&l| l == t).is_some_and(|p| p < k)
+                });
+                let value = match (&body, red.kind) {
+                    (
+                        Expr::Binary {
+                            op: crate::expr::BinOp::Mul,
+                            a,
+                            b,
+                        },
+                        crate::compute::ReduceKind::Sum,
+                    ) if (self.fma_update || own) && t.dtype == kiln_ir::DType::F32 => Expr::call(
+                        crate::expr::Intrinsic::Fma,
+                        vec![(**a).clone(), (**b).clone(), acc_now],
+                    ),
+                    _ => red.kind.combine(acc_now, body),
+                };
                 let upd_store = Stmt::store(upd_target.0, upd_target.1, value);
                 let tail = |g: &Guard| g.deepest >= k;
                 let mut no_attached = vec![];
@@ -927,6 +852,9 @@ fn build(
     attached: &mut Vec<(usize, Stmt)>,
     inner: Stmt,
 ) -> Result<Stmt, LowerError> {
+    let tensorized = ss
+        .tensorize
+        .and_then(|(iv, intrinsic)| Some((ss.leaves.iter().position(|&l| l == iv)?, intrinsic)));
     let mut body = inner;
     for (li, lvl) in levels.iter().enumerate().rev() {
         let next = levels.get(li + 1).map_or(usize::MAX, |l| l.pos);
@@ -957,6 +885,19 @@ fn build(
         }
         here.push(body);
         body = Stmt::seq(here);
+        if let Some((_, intrinsic)) = tensorized.filter(|(p, _)| *p == lvl.pos) {
+            if !gs.is_empty() {
+                return Err(illegal(
+                    stage,
+                    loop_name,
+                    "the tensorized loop would contain a tail guard; use dividing split factors",
+                ));
+            }
+            body = Stmt::Tensorized {
+                intrinsic,
+                body: Box::new(body),
+            };
+        }
         if let Some(c) = and_all(gs) {
             body = Stmt::if_then(c, body);
         }

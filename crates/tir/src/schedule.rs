@@ -30,10 +30,15 @@
 //!   inside its outermost reduction loop and writes back after the reduction.
 //! * `pack` a placeholder: dimension `axis` is split by `factor` and the inner part moved last
 //!   (OIHW weights with `axis: 0, factor: oc` become `[ceil(O/oc), I, KH, KW, oc]`, zero-padded).
+//! * `tensorize` a leaf loop of a stage computed at root with an intrinsic: the loop's body (the
+//!   stages computed at it and the stage's inner loops) becomes a `Tensorized` statement, which
+//!   lowering checks is an instance of the intrinsic (see [`crate::tensorize`]); a stage
+//!   computed there accumulates with an explicit `fma`. The loop cannot be split, fused or
+//!   vectorized afterwards; a stage has at most one tensorized loop.
 
 use crate::compute::ComputeDag;
 use crate::expr::BufferId;
-use crate::stmt::ForKind;
+use crate::stmt::{ForKind, TensorIntrinsic};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -88,6 +93,12 @@ pub enum Instruction {
         buffer: String,
         axis: usize,
         factor: usize,
+    },
+    Tensorize {
+        stage: String,
+        #[serde(rename = "loop")]
+        loop_: String,
+        intrinsic: TensorIntrinsic,
     },
 }
 
@@ -174,6 +185,9 @@ pub struct StageSchedule {
     pub leaves: Vec<usize>,
     pub attach: Attach,
     pub cache_write: bool,
+    /// The leaf loop (iteration variable) whose body is tensorized, with the intrinsic.
+    #[serde(default)]
+    pub tensorize: Option<(usize, TensorIntrinsic)>,
 }
 
 /// Layout packing of a placeholder: dimension `axis` split by `factor`, the inner part moved last.
@@ -288,6 +302,7 @@ impl Schedule {
                         relations: vec![],
                         attach: Attach::Root,
                         cache_write: false,
+                        tensorize: None,
                     }
                 })
             })
@@ -380,6 +395,11 @@ impl Schedule {
             .any(|s| s.attach == Attach::At { stage: id, iter })
     }
 
+    fn is_tensorized(&self, id: BufferId, iter: usize) -> bool {
+        self.stage(id)
+            .is_some_and(|s| s.tensorize.is_some_and(|(i, _)| i == iter))
+    }
+
     fn ss_mut(&mut self, id: BufferId) -> Result<&mut StageSchedule, ScheduleError> {
         self.stages
             .get_mut(id.index())
@@ -419,6 +439,9 @@ impl Schedule {
                 }
                 if self.is_attach_target(id, iv) {
                     return Err(illegal(stage, loop_, "a stage is computed at this loop"));
+                }
+                if self.is_tensorized(id, iv) {
+                    return Err(illegal(stage, loop_, "the loop is tensorized"));
                 }
                 let ss = self.ss_mut(id)?;
                 let var = &ss.iter_vars[iv];
@@ -523,6 +546,9 @@ impl Schedule {
                     if self.is_attach_target(id, *iv) {
                         return Err(illegal(stage, l, "a stage is computed at this loop"));
                     }
+                    if self.is_tensorized(id, *iv) {
+                        return Err(illegal(stage, l, "the loop is tensorized"));
+                    }
                 }
                 let name = format!("{}.fused", loops.join("."));
                 if ss.iter_vars.iter().any(|v| v.name == name) {
@@ -564,7 +590,38 @@ impl Schedule {
                 Ok(())
             }
             Instruction::Vectorize { stage, loop_ } => {
+                let id = self.stage_id(dag, stage)?;
+                let (_, iv) = self.leaf(id, stage, loop_)?;
+                if self.is_tensorized(id, iv) {
+                    return Err(illegal(stage, loop_, "the loop is tensorized"));
+                }
                 self.annotate(dag, stage, loop_, ForKind::Vectorized)
+            }
+            Instruction::Tensorize {
+                stage,
+                loop_,
+                intrinsic,
+            } => {
+                let id = self.stage_id(dag, stage)?;
+                self.not_inlined(id, stage)?;
+                let (_, iv) = self.leaf(id, stage, loop_)?;
+                let ss = self.ss_mut(id)?;
+                if ss.tensorize.is_some() {
+                    return Err(illegal(
+                        stage,
+                        loop_,
+                        "the stage already has a tensorized loop",
+                    ));
+                }
+                if ss.iter_vars[iv].annotation == ForKind::Vectorized {
+                    return Err(illegal(
+                        stage,
+                        loop_,
+                        "a vectorized loop cannot be tensorized",
+                    ));
+                }
+                ss.tensorize = Some((iv, *intrinsic));
+                Ok(())
             }
             Instruction::Unroll { stage, loop_ } => {
                 self.annotate(dag, stage, loop_, ForKind::Unrolled)
@@ -818,6 +875,23 @@ impl Schedule {
                         name,
                         loop_name,
                         format!("compute_at target `{tname}` must be the only consumer"),
+                    ));
+                }
+            }
+            if let Some((iv, _)) = ss.tensorize {
+                let loop_name = ss.iter_vars.get(iv).map_or("?", |v| v.name.as_str());
+                if !ss.leaves.contains(&iv) {
+                    return Err(illegal(
+                        name,
+                        loop_name,
+                        "the tensorized loop is not a loop",
+                    ));
+                }
+                if ss.attach != Attach::Root {
+                    return Err(illegal(
+                        name,
+                        loop_name,
+                        "only a stage computed at root can be tensorized",
                     ));
                 }
             }

@@ -3,7 +3,9 @@
 //! Invariant: statements never allocate; every buffer a statement touches is declared in its
 //! [`crate::PrimFunc`]. A `For` binds a fresh variable ranging over `0..extent`; its `kind` is a
 //! promise about independence of iterations that the verifier checks where it can (see
-//! [`crate::verify`]).
+//! [`crate::verify`]). A `Tensorized` statement is its body, marked as an instance of a
+//! micro-kernel pattern ([`TensorIntrinsic`]) that codegen may replace by a target micro-kernel
+//! computing exactly the same values (see [`crate::tensorize`]).
 
 use crate::expr::{BufferId, Expr, VarId};
 use serde::{Deserialize, Serialize};
@@ -33,6 +35,33 @@ impl ForKind {
     }
 }
 
+/// A micro-kernel pattern a [`Stmt::Tensorized`] body is an instance of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TensorIntrinsic {
+    /// A register tile `out[m, n] = epilogue(Σ_r lhs[m, n, r] * rhs[m, n, r])`: GEMM, 1x1 and
+    /// general convolutions (one operand broadcast along `n`), depthwise convolutions (both
+    /// operands vectors along `n`). See [`crate::tensorize::Contraction`].
+    Contraction,
+}
+
+impl TensorIntrinsic {
+    /// Every intrinsic.
+    pub const ALL: [TensorIntrinsic; 1] = [TensorIntrinsic::Contraction];
+
+    /// The name used in the text form and in traces.
+    pub fn name(self) -> &'static str {
+        match self {
+            TensorIntrinsic::Contraction => "contraction",
+        }
+    }
+
+    /// The intrinsic called `name`.
+    pub fn from_name(name: &str) -> Option<TensorIntrinsic> {
+        TensorIntrinsic::ALL.into_iter().find(|i| i.name() == name)
+    }
+}
+
 /// A statement.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Stmt {
@@ -52,6 +81,12 @@ pub enum Stmt {
         cond: Expr,
         then: Box<Stmt>,
         otherwise: Option<Box<Stmt>>,
+    },
+    /// `body`, which is an instance of `intrinsic` (checked when it is built, see
+    /// [`crate::tensorize`]); its meaning is that of `body`.
+    Tensorized {
+        intrinsic: TensorIntrinsic,
+        body: Box<Stmt>,
     },
 }
 
@@ -122,7 +157,7 @@ impl Stmt {
                     used.insert(*buf);
                 }
                 Stmt::IfThenElse { cond, .. } => expr(cond),
-                Stmt::For { .. } | Stmt::Seq(_) => {}
+                Stmt::For { .. } | Stmt::Seq(_) | Stmt::Tensorized { .. } => {}
             }
         });
         used
@@ -132,7 +167,7 @@ impl Stmt {
     pub fn walk(&self, f: &mut dyn FnMut(&Stmt)) {
         f(self);
         match self {
-            Stmt::For { body, .. } => body.walk(f),
+            Stmt::For { body, .. } | Stmt::Tensorized { body, .. } => body.walk(f),
             Stmt::Seq(v) => v.iter().for_each(|s| s.walk(f)),
             Stmt::Store { .. } => {}
             Stmt::IfThenElse {

@@ -181,6 +181,10 @@ impl Printer<'_> {
                 // Only reached for a sequence nested in a non-block position; print as a block.
                 self.block(out, s, depth)?;
             }
+            Stmt::Tensorized { intrinsic, body } => {
+                write!(out, "tensorize.{} ", intrinsic.name())?;
+                self.block(out, body, depth)?;
+            }
             Stmt::Store {
                 buf,
                 indices,
@@ -693,6 +697,18 @@ impl Parser {
                 let body = self.block();
                 self.scope.pop();
                 Ok(Stmt::for_(var, extent, kind, body?))
+            }
+            Tok::Ident(kw) if kw.starts_with("tensorize.") => {
+                self.next();
+                let name = &kw["tensorize.".len()..];
+                let Some(intrinsic) = crate::stmt::TensorIntrinsic::from_name(name) else {
+                    return self.err(format!("unknown tensor intrinsic `{name}`"));
+                };
+                let body = self.block()?;
+                Ok(Stmt::Tensorized {
+                    intrinsic,
+                    body: Box::new(body),
+                })
             }
             Tok::Ident(kw) if kw == "if" => {
                 self.next();

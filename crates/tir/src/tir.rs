@@ -290,6 +290,10 @@ impl Canon<'_> {
                 Stmt::for_(new, *extent, *kind, body)
             }
             Stmt::Seq(v) => Stmt::seq(v.iter().map(|s| self.stmt(s)).collect()),
+            Stmt::Tensorized { intrinsic, body } => Stmt::Tensorized {
+                intrinsic: *intrinsic,
+                body: Box::new(self.stmt(body)),
+            },
             Stmt::Store {
                 buf,
                 indices,

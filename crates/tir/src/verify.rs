@@ -52,6 +52,8 @@ pub enum VerifyError {
     UnknownBuffer(u32),
     #[error("loop `{name}`: {reason}")]
     BadLoop { name: String, reason: String },
+    #[error("{context}: the tensorized region is not an instance of its intrinsic: {reason}")]
+    Tensorized { context: String, reason: String },
 }
 
 /// A closed integer interval; `lo > hi` never happens for reachable code.
@@ -435,6 +437,15 @@ impl<'a> Verifier<'a> {
                 r
             }
             Stmt::Seq(v) => v.iter().try_for_each(|s| self.stmt(s)),
+            Stmt::Tensorized { intrinsic, body } => {
+                self.stmt(body)?;
+                crate::tensorize::analyze(*intrinsic, body, self.func)
+                    .map(|_| ())
+                    .map_err(|e| VerifyError::Tensorized {
+                        context: self.context(),
+                        reason: e.to_string(),
+                    })
+            }
             Stmt::Store {
                 buf,
                 indices,
@@ -571,6 +582,7 @@ fn non_straight_line(s: &Stmt) -> Option<&'static str> {
     match s {
         Stmt::For { .. } => Some("a nested loop"),
         Stmt::IfThenElse { .. } => Some("a branch"),
+        Stmt::Tensorized { .. } => Some("a tensorized region"),
         Stmt::Store { .. } => None,
         Stmt::Seq(v) => v.iter().find_map(non_straight_line),
     }

@@ -413,6 +413,8 @@ fn walk(func: &PrimFunc, s: &Stmt, loops: &mut Vec<Loop>, out: &mut Vec<StoreFea
                 walk(func, s, loops, out);
             }
         }
+        // A tensorized region is described by the loop nest it stands for.
+        Stmt::Tensorized { body, .. } => walk(func, body, loops, out),
         Stmt::Store {
             buf,
             indices,

@@ -5,10 +5,14 @@
 //! may keep up to a few hundred KiB of local buffers on the stack) and 64-bit pointers; and
 //! [`HostInfo`] says truthfully which optional instructions that ISA lowers natively.
 
+pub mod microkernel;
+pub mod x86_64;
+
 use crate::CodegenError;
 use cranelift_codegen::ir::{types, Type};
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
+use microkernel::MicroIsa;
 
 /// The architectures codegen knows about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +31,8 @@ pub struct HostInfo {
     pub has_fma: bool,
     /// The ISA lowers f32x4 `floor`/`ceil`/`nearest` natively (x86-64 SSE4.1, aarch64).
     pub has_vector_round: bool,
+    /// The target micro-kernels the ISA runs (`None`: tensorized regions compile as loops).
+    pub micro: Option<MicroIsa>,
 }
 
 /// Which machine code is generated for.
@@ -131,6 +137,7 @@ impl HostInfo {
                 Arch::Aarch64 => true,
                 Arch::Other => false,
             },
+            micro: MicroIsa::for_target(isa.name(), &flag),
         }
     }
 }

@@ -1,0 +1,273 @@
+//! Target micro-kernels: the one interface between code generation and the per-ISA kernel
+//! generators (`x86_64`: AVX2+FMA and AVX-512F, encoded with iced-x86).
+//!
+//! A micro-kernel is machine code defined into the same Cranelift module as the kernels that
+//! call it (`Module::define_function_bytes`), so the JIT and AOT libraries run identical code.
+//! It is a frameless leaf function with the C signature
+//!
+//! ```c
+//! void microkernel(const uint8_t *const ptrs[]);  /* lhs, rhs, out, epilogue inputs... */
+//! ```
+//!
+//! where each pointer is the address of its access at `m = n = r = 0`. It touches no
+//! callee-saved register, keeps its constants inside its own bytes (addressed RIP-relative, so
+//! it needs no relocation), and ends with `vzeroupper`.
+//!
+//! Invariant: [`generate`] returns code only for a kernel it implements completely, and that code
+//! computes exactly what [`ContractionKernel::reference`] computes (which is what the
+//! `Tensorized` loop nest it came from computes): accumulation by fused multiply-add in the
+//! kernel's reduction order, then the epilogue operation by operation, NaN-propagating
+//! `min`/`max` included.
+
+use kiln_tir::{Contraction, Epilogue};
+
+/// A family of target micro-kernels, chosen from the target's ISA flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MicroIsa {
+    /// x86-64 AVX2 + FMA: 8 f32 lanes, 16 vector registers.
+    X86Avx2,
+    /// x86-64 AVX-512F: 16 f32 lanes, 32 vector registers, mask registers for ragged tails.
+    X86Avx512,
+}
+
+impl MicroIsa {
+    /// Every family.
+    pub const ALL: [MicroIsa; 2] = [MicroIsa::X86Avx2, MicroIsa::X86Avx512];
+
+    /// A short name (`avx2`, `avx512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MicroIsa::X86Avx2 => "avx2",
+            MicroIsa::X86Avx512 => "avx512",
+        }
+    }
+
+    /// f32 lanes per vector register.
+    pub fn f32_lanes(self) -> usize {
+        match self {
+            MicroIsa::X86Avx2 => 8,
+            MicroIsa::X86Avx512 => 16,
+        }
+    }
+
+    /// Vector registers.
+    pub fn vector_registers(self) -> usize {
+        match self {
+            MicroIsa::X86Avx2 => 16,
+            MicroIsa::X86Avx512 => 32,
+        }
+    }
+
+    /// The CPU features the kernels execute, as GCC's `__builtin_cpu_supports` names them:
+    /// a library containing such kernels checks them when a context is created.
+    pub fn cpu_features(self) -> &'static [&'static str] {
+        match self {
+            MicroIsa::X86Avx2 => &["avx", "avx2", "fma"],
+            MicroIsa::X86Avx512 => &["avx", "avx2", "fma", "avx512f"],
+        }
+    }
+
+    /// Whether this machine can execute the kernels.
+    pub fn runs_here(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let base = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma");
+            match self {
+                MicroIsa::X86Avx2 => base,
+                MicroIsa::X86Avx512 => base && std::arch::is_x86_feature_detected!("avx512f"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// The family a target with these Cranelift ISA flags runs (`None`: no micro-kernels; its
+    /// tensorized regions compile as ordinary loops).
+    pub fn for_target(arch: &str, flag: &dyn Fn(&str) -> bool) -> Option<MicroIsa> {
+        if arch != "x64" || !flag("has_fma") || !flag("has_avx2") {
+            return None;
+        }
+        Some(if flag("has_avx512f") {
+            MicroIsa::X86Avx512
+        } else {
+            MicroIsa::X86Avx2
+        })
+    }
+}
+
+/// How a contraction operand is addressed, in bytes from its pointer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct OperandStrides {
+    pub row: i64,
+    /// 0 (broadcast along the tile's columns) or 4 (contiguous f32).
+    pub col: i64,
+    /// Per reduction loop, outermost first.
+    pub reduce: Vec<i64>,
+}
+
+/// A contraction micro-kernel: [`kiln_tir::Contraction`] with byte strides and no base
+/// expressions (the caller passes the base addresses).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContractionKernel {
+    pub rows: usize,
+    pub cols: usize,
+    pub reduce: Vec<usize>,
+    pub lhs: OperandStrides,
+    pub rhs: OperandStrides,
+    /// Byte stride of the output per tile row (columns are contiguous).
+    pub out_row: i64,
+    /// Epilogue inputs: `(row, col)` byte strides, `col` 0 or 4.
+    pub inputs: Vec<(i64, i64)>,
+    pub epilogue: Epilogue,
+}
+
+/// Why a kernel was not generated (the caller compiles the loop nest instead).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("micro-kernel not generated: {0}")]
+pub struct MicrokernelError(pub String);
+
+impl ContractionKernel {
+    /// The kernel of a contraction over f32 buffers.
+    pub fn of(c: &Contraction) -> ContractionKernel {
+        let operand = |a: &kiln_tir::Access| OperandStrides {
+            row: a.row * 4,
+            col: a.col * 4,
+            reduce: a.reduce.iter().map(|s| s * 4).collect(),
+        };
+        ContractionKernel {
+            rows: c.rows,
+            cols: c.cols,
+            reduce: c.reduce.clone(),
+            lhs: operand(&c.lhs),
+            rhs: operand(&c.rhs),
+            out_row: c.out.row * 4,
+            inputs: c.inputs.iter().map(|a| (a.row * 4, a.col * 4)).collect(),
+            epilogue: c.epilogue.clone(),
+        }
+    }
+
+    /// The byte range `[lo, hi)` each pointer's accesses cover, in ABI order (lhs, rhs, out,
+    /// inputs), relative to the pointer.
+    pub fn byte_ranges(&self) -> Vec<(i64, i64)> {
+        let (rows, cols) = (self.rows as i64 - 1, self.cols as i64 - 1);
+        let range = |terms: &[(i64, i64)]| {
+            let (mut lo, mut hi) = (0i64, 4i64);
+            for &(stride, n) in terms {
+                let span = stride.saturating_mul(n);
+                if span < 0 {
+                    lo = lo.saturating_add(span);
+                } else {
+                    hi = hi.saturating_add(span);
+                }
+            }
+            (lo, hi)
+        };
+        let operand = |o: &OperandStrides| {
+            let mut t = vec![(o.row, rows), (o.col, cols)];
+            t.extend(
+                o.reduce
+                    .iter()
+                    .zip(&self.reduce)
+                    .map(|(&s, &e)| (s, e as i64 - 1)),
+            );
+            range(&t)
+        };
+        let mut out = vec![
+            operand(&self.lhs),
+            operand(&self.rhs),
+            range(&[(self.out_row, rows), (4, cols)]),
+        ];
+        out.extend(
+            self.inputs
+                .iter()
+                .map(|&(row, col)| range(&[(row, rows), (col, cols)])),
+        );
+        out
+    }
+
+    /// Reads the f32 at byte offset `off` from element `base` of `buf` (`None` outside).
+    fn read((buf, base): Slot, off: i64) -> Option<f32> {
+        if off % 4 != 0 {
+            return None;
+        }
+        let i = i64::try_from(base).ok()?.checked_add(off / 4)?;
+        buf.get(usize::try_from(i).ok()?).copied()
+    }
+
+    /// What the kernel computes. Each buffer is a slice with the element index of its access's
+    /// base; returns `None` when an access leaves its slice (tests compare generated code with
+    /// this).
+    pub fn reference(
+        &self,
+        lhs: Slot,
+        rhs: Slot,
+        (out, out_base): (&mut [f32], usize),
+        inputs: &[Slot],
+    ) -> Option<()> {
+        let steps = |s: &OperandStrides| {
+            let a = kiln_tir::Access {
+                buf: kiln_tir::BufferId(0),
+                base: kiln_tir::Expr::int(0),
+                row: s.row,
+                col: s.col,
+                reduce: s.reduce.clone(),
+            };
+            kiln_tir::tensorize::reduce_offsets(&a, &self.reduce)
+        };
+        let (ls, rs) = (steps(&self.lhs), steps(&self.rhs));
+        for m in 0..self.rows as i64 {
+            for n in 0..self.cols as i64 {
+                let mut acc = 0f32;
+                for (l, r) in ls.iter().zip(&rs) {
+                    let x = Self::read(lhs, m * self.lhs.row + n * self.lhs.col + l)?;
+                    let y = Self::read(rhs, m * self.rhs.row + n * self.rhs.col + r)?;
+                    acc = x.mul_add(y, acc);
+                }
+                let vals = self
+                    .inputs
+                    .iter()
+                    .zip(inputs)
+                    .map(|(&(row, col), &slot)| Self::read(slot, m * row + n * col))
+                    .collect::<Option<Vec<f32>>>()?;
+                let v = self.epilogue.eval(acc, &|i| vals[i]);
+                let i = i64::try_from(out_base).ok()? + (m * self.out_row) / 4 + n;
+                *out.get_mut(usize::try_from(i).ok()?)? = v;
+            }
+        }
+        Some(())
+    }
+}
+
+/// A buffer and the element index of an access's base in it.
+pub type Slot<'a> = (&'a [f32], usize);
+
+/// Machine code of `kernel` for `isa`.
+pub fn generate(isa: MicroIsa, kernel: &ContractionKernel) -> Result<Vec<u8>, MicrokernelError> {
+    match isa {
+        MicroIsa::X86Avx2 => super::x86_64::contraction(super::x86_64::VecIsa::Avx2, kernel),
+        MicroIsa::X86Avx512 => super::x86_64::contraction(super::x86_64::VecIsa::Avx512, kernel),
+    }
+}
+
+/// The instructions of x86-64 machine code `bytes`, one per line (Intel syntax): for tests and
+/// dumps of kernels this machine may not be able to run.
+pub fn disassemble(bytes: &[u8]) -> String {
+    use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+    let mut d = Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE);
+    let mut f = IntelFormatter::new();
+    let mut out = String::new();
+    let mut line = String::new();
+    for ins in &mut d {
+        line.clear();
+        f.format(&ins, &mut line);
+        out.push_str(&line);
+        out.push('\n');
+        if ins.mnemonic() == iced_x86::Mnemonic::Ret {
+            break;
+        }
+    }
+    out
+}

@@ -1,0 +1,265 @@
+//! The epilogue of a contraction kernel: the expression compiled once into a program of vector
+//! operations (common sub-expressions computed once), then emitted per accumulator register
+//! with a linear-scan register allocation.
+//!
+//! Invariant: the emitted code computes [`kiln_tir::Epilogue::eval`] lane by lane, bit for bit:
+//! one IEEE operation per node, `min`/`max` propagating NaN from either operand, comparisons
+//! ordered (false on NaN, except `!=`), `select` choosing per lane.
+
+use super::asm::{Addr, Arith, Asm, Pred};
+use iced_x86::code_asm::AsmRegister64;
+use kiln_tir::{BinOp, CmpOp, Epilogue, Intrinsic};
+use std::collections::HashMap;
+
+/// One operation; operands are earlier nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Node {
+    Acc,
+    /// An f32 constant, by bits.
+    Const(u32),
+    Input(usize),
+    Bin(BinOp, usize, usize),
+    Select(CmpOp, usize, usize, usize, usize),
+    Call(Intrinsic, Vec<usize>),
+}
+
+impl Node {
+    /// The operands in order (as read by the operation).
+    fn operands(&self) -> Vec<usize> {
+        match self {
+            Node::Acc | Node::Const(_) | Node::Input(_) => vec![],
+            Node::Bin(_, a, b) => vec![*a, *b],
+            Node::Select(_, a, b, t, o) => vec![*a, *b, *t, *o],
+            Node::Call(_, args) => args.clone(),
+        }
+    }
+
+    /// The distinct operands.
+    fn distinct_operands(&self) -> Vec<usize> {
+        let mut v = self.operands();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Whether the result may be written over an operand that dies here.
+    fn may_overwrite_operand(&self) -> bool {
+        !matches!(
+            self,
+            Node::Bin(BinOp::Min | BinOp::Max, _, _)
+                | Node::Call(Intrinsic::Fma | Intrinsic::Abs, _)
+        )
+    }
+
+    /// Scratch vector registers the operation needs besides its operands and result.
+    fn scratch(&self, avx2: bool) -> usize {
+        match self {
+            Node::Bin(BinOp::Min | BinOp::Max, _, _) | Node::Select(..) if avx2 => 1,
+            _ => 0,
+        }
+    }
+}
+
+/// An epilogue as a program in topological order.
+#[derive(Clone, Debug)]
+pub struct Program {
+    nodes: Vec<Node>,
+    /// Per node, the index of the last node reading it (itself for the root).
+    last_use: Vec<usize>,
+}
+
+/// Where the epilogue's inputs and output are, per accumulator.
+pub struct Place<'a> {
+    /// The accumulator's register.
+    pub acc: u8,
+    /// Tile row and vector column of the accumulator.
+    pub m: usize,
+    pub j: usize,
+    /// Whether this vector is the partial last one of its row.
+    pub masked: bool,
+    /// Per input: its base register and `(row, col)` byte strides.
+    pub inputs: &'a [(AsmRegister64, i64, i64)],
+}
+
+impl Program {
+    /// Compiles `e`.
+    pub fn new(e: &Epilogue) -> Program {
+        let mut p = Program {
+            nodes: vec![],
+            last_use: vec![],
+        };
+        let mut memo = HashMap::new();
+        let root = p.add(e, &mut memo);
+        p.last_use = vec![0; p.nodes.len()];
+        for (i, n) in p.nodes.iter().enumerate() {
+            for o in n.operands() {
+                p.last_use[o] = i;
+            }
+        }
+        p.last_use[root] = root;
+        p
+    }
+
+    fn add(&mut self, e: &Epilogue, memo: &mut HashMap<Node, usize>) -> usize {
+        let node = match e {
+            Epilogue::Acc => Node::Acc,
+            Epilogue::Const(c) => Node::Const(c.to_bits()),
+            Epilogue::Input(i) => Node::Input(*i),
+            Epilogue::Binary(op, a, b) => {
+                let (a, b) = (self.add(a, memo), self.add(b, memo));
+                Node::Bin(*op, a, b)
+            }
+            Epilogue::Select {
+                op,
+                a,
+                b,
+                then,
+                otherwise,
+            } => {
+                let xs = [a, b, then, otherwise].map(|x| self.add(x, memo));
+                Node::Select(*op, xs[0], xs[1], xs[2], xs[3])
+            }
+            Epilogue::Call(f, args) => {
+                let xs = args.iter().map(|a| self.add(a, memo)).collect();
+                Node::Call(*f, xs)
+            }
+        };
+        if let Some(&i) = memo.get(&node) {
+            return i;
+        }
+        self.nodes.push(node.clone());
+        memo.insert(node, self.nodes.len() - 1);
+        self.nodes.len() - 1
+    }
+
+    fn root(&self) -> usize {
+        self.nodes.len() - 1
+    }
+
+    /// Vector registers the program needs at once besides the accumulator (an upper bound of
+    /// what [`Program::emit`] allocates).
+    pub fn registers(&self, avx2: bool) -> usize {
+        let mut live = 0usize;
+        let mut most = 0usize;
+        for (i, n) in self.nodes.iter().enumerate() {
+            let dying = n
+                .distinct_operands()
+                .iter()
+                .filter(|&&o| self.last_use[o] == i && self.nodes[o] != Node::Acc)
+                .count();
+            let fresh = usize::from(*n != Node::Acc);
+            most = most.max(live + fresh + n.scratch(avx2));
+            live = live + fresh - dying;
+        }
+        most
+    }
+
+    /// Emits the program for one accumulator with registers from `pool` (at least
+    /// [`Program::registers`] of them); returns the register holding the result.
+    pub fn emit(&self, asm: &mut Asm, place: &Place, pool: &[u8]) -> Result<u8, String> {
+        let avx2 = asm.isa == super::asm::VecIsa::Avx2;
+        let mut free: Vec<u8> = pool.iter().rev().copied().collect();
+        let mut reg: Vec<Option<u8>> = vec![None; self.nodes.len()];
+        let take = |free: &mut Vec<u8>| {
+            free.pop()
+                .ok_or_else(|| "epilogue out of registers".to_string())
+        };
+        for (i, n) in self.nodes.iter().enumerate() {
+            let ops = n.operands();
+            let dying: Vec<usize> = n
+                .distinct_operands()
+                .into_iter()
+                .filter(|&o| self.last_use[o] == i)
+                .collect();
+            let release = |free: &mut Vec<u8>, reg: &[Option<u8>]| {
+                for &o in &dying {
+                    if let Some(r) = reg[o] {
+                        if !free.contains(&r) && (self.nodes[o] != Node::Acc) {
+                            free.push(r);
+                        }
+                    }
+                }
+            };
+            if *n == Node::Acc {
+                reg[i] = Some(place.acc);
+                continue;
+            }
+            // Scratch first: it must not alias an operand, even one that dies here.
+            let tmp = if n.scratch(avx2) > 0 {
+                Some(take(&mut free)?)
+            } else {
+                None
+            };
+            if n.may_overwrite_operand() {
+                release(&mut free, &reg);
+            }
+            let d = take(&mut free)?;
+            let r = |k: usize| reg[ops[k]].ok_or_else(|| "operand without register".to_string());
+            match n {
+                Node::Acc => unreachable!("handled above"),
+                Node::Const(bits) => asm.constant(d, f32::from_bits(*bits))?,
+                Node::Input(k) => {
+                    let (base, row, col) = place.inputs[*k];
+                    let disp = row * place.m as i64 + col / 4 * asm.isa.bytes() * place.j as i64;
+                    let addr = Addr { base, disp };
+                    if col == 0 {
+                        asm.bcast(d, addr)?;
+                    } else {
+                        asm.load(d, addr, place.masked)?;
+                    }
+                }
+                Node::Bin(op, _, _) => {
+                    let (a, b) = (r(0)?, r(1)?);
+                    let arith = match op {
+                        BinOp::Add => Arith::Add,
+                        BinOp::Sub => Arith::Sub,
+                        BinOp::Mul => Arith::Mul,
+                        BinOp::Div => Arith::Div,
+                        BinOp::Min => Arith::Min,
+                        BinOp::Max => Arith::Max,
+                        other => return Err(format!("epilogue operation {other:?}")),
+                    };
+                    asm.arith(arith, d, a, b)?;
+                    if matches!(op, BinOp::Min | BinOp::Max) {
+                        asm.nan_from(d, a, tmp.unwrap_or(d))?;
+                    }
+                }
+                Node::Select(op, ..) => {
+                    let (a, b, t, o) = (r(0)?, r(1)?, r(2)?, r(3)?);
+                    // `!=` is true on NaN (unordered); the others are ordered.
+                    let pred = match op {
+                        CmpOp::Eq => Pred::Eq,
+                        CmpOp::Ne => Pred::Neq,
+                        CmpOp::Lt => Pred::Lt,
+                        CmpOp::Le => Pred::Le,
+                        CmpOp::Gt => Pred::Gt,
+                        CmpOp::Ge => Pred::Ge,
+                    };
+                    asm.select(pred, a, b, t, o, d, tmp.unwrap_or(d))?;
+                }
+                Node::Call(f, _) => match f {
+                    Intrinsic::Abs => asm.abs(d, r(0)?)?,
+                    Intrinsic::Sqrt => asm.sqrt(d, r(0)?)?,
+                    Intrinsic::Round => asm.round(d, r(0)?, 0)?,
+                    Intrinsic::Floor => asm.round(d, r(0)?, 1)?,
+                    Intrinsic::Ceil => asm.round(d, r(0)?, 2)?,
+                    Intrinsic::Fma => {
+                        // `d` is fresh (fma never overwrites an operand): `d = x * y + c`.
+                        let (x, y, c) = (r(0)?, r(1)?, r(2)?);
+                        asm.mov(d, c)?;
+                        asm.fma(d, x, super::asm::Src::Reg(y), false)?;
+                    }
+                    other => return Err(format!("epilogue call {other:?}")),
+                },
+            }
+            reg[i] = Some(d);
+            if let Some(t) = tmp {
+                free.push(t);
+            }
+            if !n.may_overwrite_operand() {
+                release(&mut free, &reg);
+            }
+        }
+        reg[self.root()].ok_or_else(|| "epilogue without result".to_string())
+    }
+}

@@ -1,0 +1,109 @@
+//! Tensorized regions: a call of a target micro-kernel where the ISA has one, else the region's
+//! loop nest compiled like any other.
+//!
+//! Invariant: a `Tensorized` statement compiles to code with the statement's semantics. With a
+//! micro-kernel, the call passes the address of each access's base element (evaluated with the
+//! region's enclosing loop variables) in the order of the micro-kernel ABI; every accessed
+//! buffer has a base pointer in the function being emitted (a buffer held in registers, see
+//! [`crate::promote`], sends the region to the loop-nest path). Micro-kernels are defined
+//! once per module per distinct machine code and are local symbols.
+
+use crate::isa::microkernel::{self, ContractionKernel, MicroIsa};
+use crate::kernel::{cl_err, EmitState, FnLowerer};
+use crate::CodegenError;
+use cranelift_codegen::ir::{AbiParam, InstBuilder, Signature, StackSlotData, StackSlotKind};
+use cranelift_module::{FuncId, Linkage, Module};
+use kiln_tir::{Stmt, TensorIntrinsic};
+
+impl<M: Module> EmitState<'_, M> {
+    /// The module function of micro-kernel `kernel` for `isa`, defined on first use; `None`
+    /// when the generator does not implement it.
+    fn microkernel(
+        &mut self,
+        isa: MicroIsa,
+        kernel: &ContractionKernel,
+        caller: &str,
+    ) -> Result<Option<FuncId>, CodegenError> {
+        let Ok(bytes) = microkernel::generate(isa, kernel) else {
+            return Ok(None);
+        };
+        if let Some(&id) = self.microkernels.get(&bytes) {
+            return Ok(Some(id));
+        }
+        let name = format!("kiln_uk{}_{}", isa.name(), self.microkernels.len());
+        let mut sig = Signature::new(self.call_conv);
+        sig.params.push(AbiParam::new(self.host.ptr));
+        let id = self
+            .module
+            .declare_function(&name, Linkage::Local, &sig)
+            .map_err(|e| cl_err(caller, e))?;
+        self.module
+            .define_function_bytes(id, 64, &bytes, &[])
+            .map_err(|e| cl_err(&name, e))?;
+        self.microkernels.insert(bytes, id);
+        self.stats.microkernels += 1;
+        Ok(Some(id))
+    }
+}
+
+impl<M: Module> FnLowerer<'_, '_, '_, M> {
+    /// Emits `Tensorized { intrinsic, body }`.
+    pub(crate) fn tensorized(
+        &mut self,
+        intrinsic: TensorIntrinsic,
+        body: &Stmt,
+    ) -> Result<(), CodegenError> {
+        if let Some(isa) = self.em.host.micro.filter(|_| self.em.opts.microkernels) {
+            if self.call_microkernel(isa, intrinsic, body)? {
+                self.em.stats.microkernel_calls += 1;
+                return Ok(());
+            }
+        }
+        self.stmt(body)
+    }
+
+    /// Calls the micro-kernel of the region; `false` when there is none (nothing emitted).
+    fn call_microkernel(
+        &mut self,
+        isa: MicroIsa,
+        intrinsic: TensorIntrinsic,
+        body: &Stmt,
+    ) -> Result<bool, CodegenError> {
+        let c = kiln_tir::tensorize::analyze(intrinsic, body, self.f)
+            .map_err(|e| self.err_internal(format!("tensorized region: {e}")))?;
+        let accesses: Vec<&kiln_tir::Access> = [&c.lhs, &c.rhs, &c.out]
+            .into_iter()
+            .chain(&c.inputs)
+            .collect();
+        let held = accesses.iter().any(|a| {
+            self.promo.contains_key(&a.buf)
+                || self.bases.get(a.buf.index()).is_none_or(Option::is_none)
+        });
+        if held {
+            return Ok(false);
+        }
+        let kernel = ContractionKernel::of(&c);
+        let name = self.f.name.clone();
+        let Some(id) = self.em.microkernel(isa, &kernel, &name)? else {
+            return Ok(false);
+        };
+        let ptr = self.em.host.ptr;
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            8 * accesses.len() as u32,
+            3,
+        ));
+        for (i, a) in accesses.iter().enumerate() {
+            let base = self.bases[a.buf.index()]
+                .ok_or_else(|| self.err_internal("tensorized access without a base"))?;
+            let index = self.expr(&a.base)?;
+            let bytes = self.b.ins().imul_imm_s(index, 4);
+            let addr = self.b.ins().iadd(base, bytes);
+            self.b.ins().stack_store(ptr, addr, slot, 8 * i as i32);
+        }
+        let args = self.b.ins().stack_addr(ptr, slot, 0);
+        let r = self.func_ref(id);
+        self.b.ins().call(r, &[args]);
+        Ok(true)
+    }
+}

@@ -1,0 +1,332 @@
+//! Target micro-kernels against their reference: random contraction kernels (tile shapes with
+//! ragged tails, operand layouts of GEMM, depthwise and NCHW convolution, one to three
+//! reduction loops, random epilogues) generated for every x86-64 family, disassembled always and
+//! executed where this machine runs the family (otherwise the test says it skipped), compared
+//! bit for bit with `ContractionKernel::reference`.
+
+use kiln_codegen::isa::microkernel::{
+    disassemble, generate, ContractionKernel, MicroIsa, OperandStrides,
+};
+use kiln_codegen::jit::run_microkernel;
+use kiln_tir::{BinOp, CmpOp, Epilogue, Intrinsic};
+use proptest::prelude::*;
+
+/// How an operand moves: along rows / along columns.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// Broadcast, one value per row (GEMM lhs).
+    RowBcast,
+    /// A vector shared by all rows (GEMM rhs, depthwise weights).
+    SharedVec,
+    /// A vector per row (depthwise input).
+    RowVec,
+    /// One value for the whole tile (per reduction step).
+    Scalar,
+}
+
+fn strides(kind: Kind, row: i64, reduce: &[i64]) -> OperandStrides {
+    let (row, col) = match kind {
+        Kind::RowBcast => (row, 0),
+        Kind::SharedVec => (0, 4),
+        Kind::RowVec => (row, 4),
+        Kind::Scalar => (0, 0),
+    };
+    OperandStrides {
+        row,
+        col,
+        reduce: reduce.to_vec(),
+    }
+}
+
+fn epilogue(choice: u8, inputs: usize) -> Epilogue {
+    use Epilogue as E;
+    let b = Box::new;
+    let acc_bias = || {
+        if inputs > 0 {
+            E::Binary(BinOp::Add, b(E::Acc), b(E::Input(0)))
+        } else {
+            E::Acc
+        }
+    };
+    let x = acc_bias();
+    match choice % 8 {
+        0 => x,
+        // relu6 as the importer writes clamp: select(x < 0, 0, select(x > 6, 6, x)).
+        1 => E::Select {
+            op: CmpOp::Lt,
+            a: b(x.clone()),
+            b: b(E::Const(0.0)),
+            then: b(E::Const(0.0)),
+            otherwise: b(E::Select {
+                op: CmpOp::Gt,
+                a: b(x.clone()),
+                b: b(E::Const(6.0)),
+                then: b(E::Const(6.0)),
+                otherwise: b(x),
+            }),
+        },
+        2 => E::Binary(BinOp::Max, b(x), b(E::Const(0.0))),
+        3 => E::Binary(
+            BinOp::Min,
+            b(E::Const(1.5)),
+            b(E::Binary(BinOp::Mul, b(x.clone()), b(x))),
+        ),
+        4 => E::Call(
+            Intrinsic::Fma,
+            vec![x.clone(), E::Const(0.5), E::Call(Intrinsic::Abs, vec![x])],
+        ),
+        5 => E::Binary(
+            BinOp::Div,
+            b(E::Call(Intrinsic::Floor, vec![x.clone()])),
+            b(E::Call(
+                Intrinsic::Sqrt,
+                vec![E::Binary(
+                    BinOp::Add,
+                    b(E::Const(2.0)),
+                    b(E::Call(Intrinsic::Abs, vec![x])),
+                )],
+            )),
+        ),
+        6 => {
+            let last = if inputs > 1 {
+                E::Input(1)
+            } else {
+                E::Const(-1.0)
+            };
+            E::Binary(
+                BinOp::Sub,
+                b(E::Call(Intrinsic::Round, vec![x.clone()])),
+                b(E::Binary(
+                    BinOp::Max,
+                    b(last),
+                    b(E::Call(Intrinsic::Ceil, vec![x])),
+                )),
+            )
+        }
+        _ => E::Select {
+            op: CmpOp::Ne,
+            a: b(x.clone()),
+            b: b(E::Const(1.0)),
+            then: b(E::Binary(BinOp::Sub, b(E::Const(3.0)), b(x))),
+            otherwise: b(E::Const(7.0)),
+        },
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    kernel: ContractionKernel,
+    seed: u64,
+}
+
+fn kinds() -> impl Strategy<Value = (Kind, Kind)> {
+    prop_oneof![
+        Just((Kind::RowBcast, Kind::SharedVec)),
+        Just((Kind::SharedVec, Kind::RowBcast)),
+        Just((Kind::RowVec, Kind::SharedVec)),
+        Just((Kind::RowVec, Kind::RowBcast)),
+        Just((Kind::RowVec, Kind::RowVec)),
+        Just((Kind::Scalar, Kind::RowVec)),
+        Just((Kind::SharedVec, Kind::SharedVec)),
+    ]
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        1usize..=14,
+        1usize..=48,
+        prop::collection::vec(1usize..=5, 0..=2),
+        1usize..=19,
+        kinds(),
+        0u8..8,
+        0usize..=2,
+        any::<u64>(),
+    )
+        .prop_map(|(rows, cols, outer, inner, (kl, kr), ep, inputs, seed)| {
+            let mut reduce = outer;
+            reduce.push(inner);
+            // Contiguous innermost reduction, outer loops strided past it (and one going
+            // backwards, as a reversed tap order would).
+            let mut sl = vec![];
+            let mut sr = vec![];
+            let (mut al, mut ar) = (4i64, 4 * cols as i64);
+            for (i, &e) in reduce.iter().enumerate().rev() {
+                let sign = if i == 0 && reduce.len() > 2 { -1 } else { 1 };
+                sl.insert(0, sign * al);
+                sr.insert(0, sign * ar);
+                al *= e as i64 + 1;
+                ar *= e as i64;
+            }
+            let lhs_row = al + 4 * cols as i64;
+            let rhs_row = ar + 4 * cols as i64;
+            let kernel = ContractionKernel {
+                rows,
+                cols,
+                reduce,
+                lhs: strides(kl, lhs_row, &sl),
+                rhs: strides(kr, rhs_row, &sr),
+                out_row: 4 * (cols as i64 + (seed % 5) as i64),
+                inputs: (0..inputs)
+                    .map(|i| {
+                        if i == 0 {
+                            (0, 4)
+                        } else {
+                            (4 * cols as i64 + 12, 4)
+                        }
+                    })
+                    .collect(),
+                epilogue: epilogue(ep, inputs),
+            };
+            Case { kernel, seed }
+        })
+}
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            if i % 97 == 13 {
+                return f32::NAN;
+            }
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0
+        })
+        .collect()
+}
+
+/// Buffers for each pointer with the base placed so that every access is inside; returns the
+/// buffers and each base's element offset.
+fn buffers(k: &ContractionKernel, seed: u64) -> (Vec<Vec<f32>>, Vec<usize>) {
+    let mut bufs = vec![];
+    let mut offs = vec![];
+    for (i, (lo, hi)) in k.byte_ranges().into_iter().enumerate() {
+        let off = (-lo / 4) as usize;
+        let len = ((hi - lo) / 4) as usize + 3;
+        bufs.push(values(len, seed.wrapping_add(i as u64 * 7919)));
+        offs.push(off);
+    }
+    (bufs, offs)
+}
+
+fn same(a: &[f32], b: &[f32]) -> Result<(), String> {
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        if x.to_bits() != y.to_bits() && !(x.is_nan() && y.is_nan()) {
+            return Err(format!("element {i}: {x} vs reference {y}"));
+        }
+    }
+    Ok(())
+}
+
+fn check(isa: MicroIsa, c: &Case) -> Result<(), TestCaseError> {
+    let k = &c.kernel;
+    let code = generate(isa, k).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let text = disassemble(&code);
+    prop_assert!(text.contains("vfmadd231ps") || k.reduce.iter().product::<usize>() == 0);
+    prop_assert!(text.trim_end().ends_with("ret"), "{text}");
+    let reg = if isa == MicroIsa::X86Avx512 {
+        "zmm"
+    } else {
+        "ymm"
+    };
+    prop_assert!(text.contains(reg), "no {} register:\n{}", reg, text);
+    if !isa.runs_here() {
+        return Ok(());
+    }
+    let (bufs, offs) = buffers(k, c.seed);
+    let inputs: Vec<(&[f32], usize)> = (3..bufs.len()).map(|i| (&bufs[i][..], offs[i])).collect();
+    let mut want = bufs[2].clone();
+    k.reference(
+        (&bufs[0], offs[0]),
+        (&bufs[1], offs[1]),
+        (&mut want, offs[2]),
+        &inputs,
+    )
+    .ok_or_else(|| TestCaseError::fail("reference out of range"))?;
+    let mut got = bufs[2].clone();
+    run_microkernel(
+        isa,
+        k,
+        (&bufs[0], offs[0]),
+        (&bufs[1], offs[1]),
+        (&mut got, offs[2]),
+        &inputs,
+    )
+    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    same(&got, &want).map_err(|e| TestCaseError::fail(format!("{isa:?}: {e}\n{k:?}")))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    #[test]
+    fn generated_kernels_compute_their_reference(c in case()) {
+        for isa in MicroIsa::ALL {
+            check(isa, &c)?;
+        }
+    }
+}
+
+#[test]
+fn families_this_machine_cannot_run_are_only_encoded() {
+    for isa in MicroIsa::ALL {
+        if !isa.runs_here() {
+            println!(
+                "notice: this machine does not run {} micro-kernels; their tests only encode and \
+                 disassemble them",
+                isa.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_gemm_tile_uses_embedded_broadcasts_and_masks_its_tail_on_avx512() {
+    let k = ContractionKernel {
+        rows: 12,
+        cols: 20,
+        reduce: vec![64],
+        lhs: strides(Kind::RowBcast, 256, &[4]),
+        rhs: strides(Kind::SharedVec, 0, &[80]),
+        out_row: 80,
+        inputs: vec![(0, 4)],
+        epilogue: epilogue(1, 1),
+    };
+    let text = disassemble(&generate(MicroIsa::X86Avx512, &k).unwrap());
+    assert!(text.contains("{1to16}"), "{text}");
+    assert!(text.contains("{k1}"), "{text}");
+    assert!(text.contains("vzeroupper"), "{text}");
+    // No callee-saved register is touched.
+    for r in ["rbx", "rbp", "r12", "r13", "r14", "r15", "rsp"] {
+        assert!(!text.contains(r), "{r} used:\n{text}");
+    }
+    let text = disassemble(&generate(MicroIsa::X86Avx2, &k).unwrap());
+    assert!(text.contains("vmaskmovps"), "{text}");
+    assert!(!text.contains("zmm"), "{text}");
+}
+
+#[test]
+fn out_of_range_buffers_are_refused_before_running() {
+    let k = ContractionKernel {
+        rows: 2,
+        cols: 8,
+        reduce: vec![4],
+        lhs: strides(Kind::RowBcast, 16, &[4]),
+        rhs: strides(Kind::SharedVec, 0, &[32]),
+        out_row: 32,
+        inputs: vec![],
+        epilogue: Epilogue::Acc,
+    };
+    let isa = MicroIsa::X86Avx2;
+    if !isa.runs_here() {
+        println!("notice: skipped, this machine does not run AVX2 micro-kernels");
+        return;
+    }
+    let (lhs, rhs) = (vec![1f32; 8], vec![1f32; 31]);
+    let mut out = vec![0f32; 16];
+    let e = run_microkernel(isa, &k, (&lhs, 0), (&rhs, 0), (&mut out, 0), &[]).unwrap_err();
+    assert!(e.to_string().contains("pointer 1"), "{e}");
+    let rhs = vec![1f32; 32];
+    run_microkernel(isa, &k, (&lhs, 0), (&rhs, 0), (&mut out, 0), &[]).unwrap();
+    assert_eq!(out, vec![4f32; 16]);
+}

@@ -1,0 +1,158 @@
+//! Tensorized regions compiled: with the host's micro-kernels (where it has them) and as loop
+//! nests, both equal to the interpreter bit for bit (the update is an explicit fma in all three).
+
+mod common;
+
+use common::dags::*;
+use common::*;
+use kiln_codegen::{CodegenOptions, JitModule, Threads};
+use kiln_tir::{interp, lower, Instruction as I, PrimFunc, TensorIntrinsic, Trace};
+
+fn s(x: &str) -> String {
+    x.to_string()
+}
+
+fn scheduled(dag: &kiln_tir::ComputeDag, trace: Vec<I>) -> PrimFunc {
+    lower(dag, &Trace(trace).apply(dag).unwrap()).unwrap()
+}
+
+/// Compiles and runs `f` with and without micro-kernels (one and two threads) against the
+/// interpreter, exactly; returns the micro-kernel calls of the threaded compile.
+fn check_exact(f: &PrimFunc, seed: u64) -> usize {
+    let mut want = random_args(f, seed);
+    let args = want.clone();
+    interp::run(f, &mut want).unwrap();
+    let mut calls = 0;
+    for (threads, micro) in [
+        (Threads::Single, true),
+        (Threads::Pool(2), true),
+        (Threads::Single, false),
+    ] {
+        let opts = CodegenOptions {
+            threads,
+            microkernels: micro,
+            verify_ir: true,
+            ..CodegenOptions::default()
+        };
+        let jit = JitModule::compile(std::slice::from_ref(f), &opts).unwrap();
+        let mut got = args.clone();
+        jit.kernel(&f.name).unwrap().run(&mut got).unwrap();
+        assert_close(
+            &format!("micro {micro}, {threads:?}\n{f}"),
+            &got,
+            &want,
+            0.0,
+        );
+        if micro && threads != Threads::Single {
+            calls = jit.stats().microkernel_calls;
+        }
+    }
+    calls
+}
+
+fn host_has_microkernels() -> bool {
+    let host = kiln_codegen::isa::host_isa(false, false).unwrap();
+    match kiln_codegen::isa::HostInfo::of(&*host).micro {
+        Some(isa) => isa.runs_here(),
+        None => {
+            println!("notice: this machine has no target micro-kernels; only the loop-nest path of tensorized regions is checked");
+            false
+        }
+    }
+}
+
+#[test]
+fn a_cache_written_matmul_tile_runs_as_a_microkernel() {
+    let (m, n, k) = (12, 40, 9);
+    let dag = matmul(m, n, k);
+    let f = scheduled(
+        &dag,
+        vec![
+            I::Split {
+                stage: s("c"),
+                loop_: s("i"),
+                factors: vec![6],
+            },
+            I::Split {
+                stage: s("c"),
+                loop_: s("j"),
+                factors: vec![20],
+            },
+            I::Reorder {
+                stage: s("c"),
+                order: ["i.0", "j.0", "k", "i.1", "j.1"].map(s).to_vec(),
+            },
+            I::CacheWrite { stage: s("c") },
+            I::Parallel {
+                stage: s("c"),
+                loop_: s("i.0"),
+            },
+            I::Tensorize {
+                stage: s("c"),
+                loop_: s("j.0"),
+                intrinsic: TensorIntrinsic::Contraction,
+            },
+        ],
+    );
+    let calls = check_exact(&f, 3);
+    if host_has_microkernels() {
+        assert_eq!(calls, 1, "{f}");
+    }
+}
+
+#[test]
+fn a_convolution_tile_with_relu_runs_as_a_microkernel() {
+    let p = Conv {
+        n: 1,
+        c: 3,
+        h: 6,
+        w: 9,
+        o: 5,
+        kh: 3,
+        kw: 3,
+        pad: 1,
+        stride: 1,
+    };
+    let dag = p.dag();
+    let f = scheduled(
+        &dag,
+        vec![
+            I::Split {
+                stage: s("out"),
+                loop_: s("o"),
+                factors: vec![5],
+            },
+            I::Split {
+                stage: s("out"),
+                loop_: s("ow"),
+                factors: vec![9],
+            },
+            I::Reorder {
+                stage: s("out"),
+                order: ["n", "o.0", "oh", "ow.0", "o.1", "ow.1"].map(s).to_vec(),
+            },
+            I::ComputeAt {
+                stage: s("conv"),
+                target_stage: s("out"),
+                target_loop: s("ow.0"),
+            },
+            I::Reorder {
+                stage: s("conv"),
+                order: ["rc", "ry", "rx", "n", "o", "oh", "ow"].map(s).to_vec(),
+            },
+            I::Parallel {
+                stage: s("out"),
+                loop_: s("n"),
+            },
+            I::Tensorize {
+                stage: s("out"),
+                loop_: s("ow.0"),
+                intrinsic: TensorIntrinsic::Contraction,
+            },
+        ],
+    );
+    let calls = check_exact(&f, 5);
+    if host_has_microkernels() {
+        assert_eq!(calls, 1, "{f}");
+    }
+}

@@ -1,0 +1,619 @@
+//! Tensorization: the micro-kernel patterns a [`Stmt::Tensorized`] body may be an instance of,
+//! and their analysis into a description code generators build micro-kernels from.
+//!
+//! Invariant: [`analyze`] accepts a body only when it is an instance of its intrinsic, and the
+//! [`Contraction`] it returns addresses exactly the elements the body's statements access, in
+//! the order the body accumulates them. A micro-kernel that computes the description therefore
+//! computes what the body computes, bit for bit: the update is an explicit `fma` (one rounding
+//! per step, in the body's reduction order) and the epilogue is the body's own expression,
+//! evaluated operation by operation.
+//!
+//! # The contraction pattern
+//!
+//! Three loop nests over one `Local` f32 tile buffer `T` (loops of extent 1 are ignored: their
+//! variable is 0 everywhere):
+//!
+//! 1. *init*: `T[tile(m, n)] = 0.0` over the whole tile;
+//! 2. *update*: loops over `m`, `n` and reduction variables `r₁..r_k`, in any order and with any
+//!    annotation: `T[tile(m, n)] = fma(lhs[..], rhs[..], T[tile(m, n)])`;
+//! 3. *epilogue*: loops over `m` and `n`: `out[..] = E`, where `E` reads `T[tile(m, n)]` and
+//!    other buffers, with the operations of [`Epilogue`].
+//!
+//! `tile(m, n) = c + row_stride·m + n` (`row_stride ≥ cols`). Every other index is affine in the
+//! nest's variables: `base + row·m + col·n (+ Σ reduce_i·r_i)`, where `base` is an expression
+//! of the enclosing loops. `out` and every operand move along `n` by 0 (a broadcast) or 1 (a
+//! contiguous vector), so a micro-kernel holds the tile as `rows` registers rows of `cols`
+//! lanes and never gathers. All buffers are f32.
+
+use crate::affine::{linearize, Lin};
+use crate::expr::{BinOp, BufferId, CmpOp, Expr, Intrinsic, VarId};
+use crate::stmt::{Stmt, TensorIntrinsic};
+use crate::tir::{PrimFunc, Scope};
+use kiln_ir::DType;
+use std::collections::BTreeSet;
+
+/// Why a body is not an instance of its intrinsic.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TensorizeError(pub String);
+
+fn fail<T>(reason: impl Into<String>) -> Result<T, TensorizeError> {
+    Err(TensorizeError(reason.into()))
+}
+
+/// Intrinsic calls an [`Epilogue`] may contain: those whose f32 results are exactly specified
+/// (so every code generator computes them bit for bit).
+pub const EPILOGUE_CALLS: [Intrinsic; 6] = [
+    Intrinsic::Abs,
+    Intrinsic::Sqrt,
+    Intrinsic::Floor,
+    Intrinsic::Ceil,
+    Intrinsic::Round,
+    Intrinsic::Fma,
+];
+
+/// How one buffer is addressed by a contraction, in elements.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Access {
+    pub buf: BufferId,
+    /// The element offset at `m = n = r = 0`: an expression of the enclosing loops' variables.
+    pub base: Expr,
+    /// Element stride per tile row `m`.
+    pub row: i64,
+    /// Element stride per tile column `n`: 0 (broadcast) or 1 (contiguous).
+    pub col: i64,
+    /// Element stride per reduction loop (operands only; empty for the output and epilogue
+    /// inputs).
+    pub reduce: Vec<i64>,
+}
+
+/// The epilogue expression, over the accumulated value and the epilogue inputs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Epilogue {
+    /// The accumulated value `T[tile(m, n)]`.
+    Acc,
+    /// An f32 constant.
+    Const(f32),
+    /// `inputs[i]` at `(m, n)`.
+    Input(usize),
+    /// `Add`, `Sub`, `Mul`, `Div`, `Min`, `Max` (NaN-propagating), in f32.
+    Binary(BinOp, Box<Epilogue>, Box<Epilogue>),
+    /// `select(a op b, then, otherwise)` on f32 comparands.
+    Select {
+        op: CmpOp,
+        a: Box<Epilogue>,
+        b: Box<Epilogue>,
+        then: Box<Epilogue>,
+        otherwise: Box<Epilogue>,
+    },
+    /// One of [`EPILOGUE_CALLS`].
+    Call(Intrinsic, Vec<Epilogue>),
+}
+
+impl Epilogue {
+    /// Calls `f` on this node and every sub-node, parents first.
+    pub fn walk(&self, f: &mut dyn FnMut(&Epilogue)) {
+        f(self);
+        match self {
+            Epilogue::Acc | Epilogue::Const(_) | Epilogue::Input(_) => {}
+            Epilogue::Binary(_, a, b) => {
+                a.walk(f);
+                b.walk(f);
+            }
+            Epilogue::Select {
+                a,
+                b,
+                then,
+                otherwise,
+                ..
+            } => {
+                for e in [a, b, then, otherwise] {
+                    e.walk(f);
+                }
+            }
+            Epilogue::Call(_, args) => args.iter().for_each(|a| a.walk(f)),
+        }
+    }
+
+    /// Evaluates the expression in f32 (the reference semantics codegen matches).
+    pub fn eval(&self, acc: f32, inputs: &dyn Fn(usize) -> f32) -> f32 {
+        let ev = |e: &Epilogue| e.eval(acc, inputs);
+        match self {
+            Epilogue::Acc => acc,
+            Epilogue::Const(c) => *c,
+            Epilogue::Input(i) => inputs(*i),
+            Epilogue::Binary(op, a, b) => {
+                let (a, b) = (ev(a), ev(b));
+                match op {
+                    BinOp::Add => a + b,
+                    BinOp::Sub => a - b,
+                    BinOp::Mul => a * b,
+                    BinOp::Div => a / b,
+                    BinOp::Min if a.is_nan() || b.is_nan() => f32::NAN,
+                    BinOp::Max if a.is_nan() || b.is_nan() => f32::NAN,
+                    BinOp::Min => a.min(b),
+                    BinOp::Max => a.max(b),
+                    _ => f32::NAN,
+                }
+            }
+            Epilogue::Select {
+                op,
+                a,
+                b,
+                then,
+                otherwise,
+            } => {
+                let (a, b) = (ev(a), ev(b));
+                let c = match op {
+                    CmpOp::Eq => a == b,
+                    CmpOp::Ne => a != b,
+                    CmpOp::Lt => a < b,
+                    CmpOp::Le => a <= b,
+                    CmpOp::Gt => a > b,
+                    CmpOp::Ge => a >= b,
+                };
+                if c {
+                    ev(then)
+                } else {
+                    ev(otherwise)
+                }
+            }
+            Epilogue::Call(f, args) => {
+                let x: Vec<f32> = args.iter().map(ev).collect();
+                match (f, x.as_slice()) {
+                    (Intrinsic::Abs, [a]) => a.abs(),
+                    (Intrinsic::Sqrt, [a]) => a.sqrt(),
+                    (Intrinsic::Floor, [a]) => a.floor(),
+                    (Intrinsic::Ceil, [a]) => a.ceil(),
+                    (Intrinsic::Round, [a]) => a.round_ties_even(),
+                    (Intrinsic::Fma, [a, b, c]) => a.mul_add(*b, *c),
+                    _ => f32::NAN,
+                }
+            }
+        }
+    }
+}
+
+/// A register-tile contraction (see the module doc), element strides and extents.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Contraction {
+    /// Tile rows (`m` extent, 1 when the tile has no row loop).
+    pub rows: usize,
+    /// Tile columns (`n` extent).
+    pub cols: usize,
+    /// Extents of the reduction loops, outermost first (the accumulation order).
+    pub reduce: Vec<usize>,
+    pub lhs: Access,
+    pub rhs: Access,
+    pub out: Access,
+    /// The buffers the epilogue reads besides the tile, distinct accesses.
+    pub inputs: Vec<Access>,
+    pub epilogue: Epilogue,
+}
+
+impl Contraction {
+    /// Multiply-adds per call.
+    pub fn macs(&self) -> u64 {
+        (self.rows * self.cols) as u64 * self.reduce.iter().map(|&e| e as u64).product::<u64>()
+    }
+}
+
+/// Checks that `body` is an instance of `intrinsic` in `func` and describes it.
+pub fn analyze(
+    intrinsic: TensorIntrinsic,
+    body: &Stmt,
+    func: &PrimFunc,
+) -> Result<Contraction, TensorizeError> {
+    match intrinsic {
+        TensorIntrinsic::Contraction => contraction(body, func),
+    }
+}
+
+/// A perfect loop nest ending in one store; loops of extent 1 dropped (their variables are in
+/// `unit`).
+struct Nest<'a> {
+    loops: Vec<(VarId, usize)>,
+    unit: BTreeSet<VarId>,
+    buf: BufferId,
+    indices: &'a [Expr],
+    value: &'a Expr,
+}
+
+fn nest<'a>(s: &'a Stmt, what: &str) -> Result<Nest<'a>, TensorizeError> {
+    let mut loops = vec![];
+    let mut unit = BTreeSet::new();
+    let mut cur = s;
+    loop {
+        match cur {
+            Stmt::For {
+                var, extent, body, ..
+            } => {
+                if *extent == 1 {
+                    unit.insert(*var);
+                } else {
+                    loops.push((*var, *extent));
+                }
+                cur = body;
+            }
+            Stmt::Store {
+                buf,
+                indices,
+                value,
+            } => {
+                return Ok(Nest {
+                    loops,
+                    unit,
+                    buf: *buf,
+                    indices,
+                    value,
+                })
+            }
+            _ => {
+                return fail(format!(
+                    "the {what} is not a perfect loop nest around one store"
+                ))
+            }
+        }
+    }
+}
+
+impl Nest<'_> {
+    fn vars(&self) -> BTreeSet<VarId> {
+        self.loops.iter().map(|(v, _)| *v).collect()
+    }
+
+    fn extent(&self, v: VarId) -> usize {
+        self.loops
+            .iter()
+            .find(|(w, _)| *w == v)
+            .map_or(1, |(_, e)| *e)
+    }
+
+    /// The row-major element offset of `indices` into `buf`, affine in the nest's variables.
+    fn flat(
+        &self,
+        func: &PrimFunc,
+        buf: BufferId,
+        indices: &[Expr],
+    ) -> Result<Lin, TensorizeError> {
+        let Some(decl) = func.buffer(buf) else {
+            return fail(format!("unknown buffer {}", buf.0));
+        };
+        if decl.dtype != DType::F32 {
+            return fail(format!("%{} is {}, not f32", decl.name, decl.dtype));
+        }
+        if indices.len() != decl.shape.len() {
+            return fail(format!("%{}: wrong index count", decl.name));
+        }
+        let unit = &self.unit;
+        let zero = |v: VarId| unit.contains(&v).then(|| Expr::int(0));
+        let vars = self.vars();
+        let mut total = Lin::default();
+        let mut stride: i128 = 1;
+        for (i, &d) in indices.iter().zip(&decl.shape).rev() {
+            let lin = linearize(&i.substitute(&zero), &vars).ok_or_else(|| {
+                TensorizeError(format!("an index of %{} is not affine", decl.name))
+            })?;
+            total = total
+                .add(lin.scale(stride).ok_or_else(overflow)?)
+                .ok_or_else(overflow)?;
+            stride = stride.checked_mul(d as i128).ok_or_else(overflow)?;
+        }
+        Ok(total)
+    }
+}
+
+fn overflow() -> TensorizeError {
+    TensorizeError("index arithmetic overflows".into())
+}
+
+fn coeff(l: &Lin, v: Option<VarId>) -> i128 {
+    v.and_then(|v| l.coeffs.get(&v).copied()).unwrap_or(0)
+}
+
+fn small(x: i128) -> Result<i64, TensorizeError> {
+    i64::try_from(x).map_err(|_| overflow())
+}
+
+/// `rest + c` of a linear form as an expression of the enclosing loops.
+fn base_expr(l: &Lin) -> Result<Expr, TensorizeError> {
+    let c = small(l.c)?;
+    Ok(match l.rest_expr() {
+        None => Expr::int(c),
+        Some(r) if c == 0 => r,
+        Some(r) if c < 0 => r - Expr::int(-c),
+        Some(r) => r + Expr::int(c),
+    })
+}
+
+/// The tile's layout: `tile(m, n) = c + row_stride·m + n`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct TileLayout {
+    buf: BufferId,
+    c: i128,
+    row_stride: i128,
+    rows: usize,
+    cols: usize,
+}
+
+impl TileLayout {
+    /// The (row, column) variables of an access of the tile in `nest`; checks it covers the
+    /// whole tile exactly once.
+    fn vars_of(
+        &self,
+        lin: &Lin,
+        nest: &Nest,
+        what: &str,
+    ) -> Result<(Option<VarId>, Option<VarId>), TensorizeError> {
+        if !lin.rest.is_empty() || lin.c != self.c {
+            return fail(format!("the {what} addresses the tile at another offset"));
+        }
+        let (mut m, mut n) = (None, None);
+        for (&v, &a) in &lin.coeffs {
+            let e = nest.extent(v);
+            if a == 1 && n.is_none() && e == self.cols {
+                n = Some(v);
+            } else if a == self.row_stride && m.is_none() && e == self.rows && self.rows > 1 {
+                m = Some(v);
+            } else {
+                return fail(format!("the {what} does not cover the tile row by column"));
+            }
+        }
+        if n.is_none() && self.cols > 1 || m.is_none() && self.rows > 1 {
+            return fail(format!("the {what} does not cover the whole tile"));
+        }
+        Ok((m, n))
+    }
+}
+
+fn contraction(body: &Stmt, func: &PrimFunc) -> Result<Contraction, TensorizeError> {
+    let parts: &[Stmt] = match body {
+        Stmt::Seq(v) => v,
+        _ => return fail("a contraction is three loop nests: init, update, epilogue"),
+    };
+    let [init, update, epi] = parts else {
+        return fail("a contraction is three loop nests: init, update, epilogue");
+    };
+    let (init, update, epi) = (
+        nest(init, "init")?,
+        nest(update, "update")?,
+        nest(epi, "epilogue")?,
+    );
+
+    // The update fixes the tile and the operands.
+    let tile_buf = update.buf;
+    let tdecl = func
+        .buffer(tile_buf)
+        .ok_or_else(|| TensorizeError("unknown tile buffer".into()))?;
+    if tdecl.scope != Scope::Local {
+        return fail(format!(
+            "the accumulator %{} is not a local tile",
+            tdecl.name
+        ));
+    }
+    let Expr::Call {
+        intrinsic: Intrinsic::Fma,
+        args,
+    } = update.value
+    else {
+        return fail("the update is not `T = fma(lhs, rhs, T)`");
+    };
+    let [lhs, rhs, acc] = args.as_slice() else {
+        return fail("fma takes three arguments");
+    };
+    match acc {
+        Expr::Load { buf, indices } if *buf == tile_buf && indices == update.indices => {}
+        _ => return fail("the update does not accumulate into the element it stores"),
+    }
+    let t_upd = update.flat(func, tile_buf, update.indices)?;
+    if !t_upd.rest.is_empty() {
+        return fail("the tile index depends on enclosing loops");
+    }
+    // Tile columns move by 1, rows by a larger stride; every other update loop reduces.
+    let mut col_var = None;
+    let mut row_var = None;
+    for (&v, &a) in &t_upd.coeffs {
+        if a == 1 && col_var.is_none() {
+            col_var = Some(v);
+        } else if row_var.is_none() {
+            row_var = Some(v);
+        } else {
+            return fail("the tile has more than two dimensions");
+        }
+    }
+    let Some(col_var) = col_var else {
+        return fail("the tile has no contiguous column loop");
+    };
+    let cols = update.extent(col_var);
+    let rows = row_var.map_or(1, |v| update.extent(v));
+    let row_stride = coeff(&t_upd, row_var);
+    if rows > 1 && row_stride < cols as i128 {
+        return fail("tile rows overlap");
+    }
+    let layout = TileLayout {
+        buf: tile_buf,
+        c: t_upd.c,
+        row_stride,
+        rows,
+        cols,
+    };
+    let reduce_vars: Vec<(VarId, usize)> = update
+        .loops
+        .iter()
+        .copied()
+        .filter(|(v, _)| Some(*v) != row_var && *v != col_var)
+        .collect();
+    let operand = |e: &Expr, what: &str| -> Result<Access, TensorizeError> {
+        let Expr::Load { buf, indices } = e else {
+            return fail(format!("the {what} operand is not a load"));
+        };
+        if *buf == tile_buf {
+            return fail(format!("the {what} operand reads the tile"));
+        }
+        let lin = update.flat(func, *buf, indices)?;
+        let col = small(coeff(&lin, Some(col_var)))?;
+        if col != 0 && col != 1 {
+            return fail(format!(
+                "the {what} operand moves by {col} along the tile columns"
+            ));
+        }
+        Ok(Access {
+            buf: *buf,
+            base: base_expr(&lin)?,
+            row: small(coeff(&lin, row_var))?,
+            col,
+            reduce: reduce_vars
+                .iter()
+                .map(|(v, _)| small(coeff(&lin, Some(*v))))
+                .collect::<Result<_, _>>()?,
+        })
+    };
+    let lhs = operand(lhs, "left")?;
+    let rhs = operand(rhs, "right")?;
+
+    // The init zeroes exactly the tile.
+    if init.buf != tile_buf {
+        return fail("the init does not write the tile");
+    }
+    match init.value {
+        Expr::Float {
+            value,
+            dtype: DType::F32,
+        } if *value == 0.0 => {}
+        _ => return fail("the init does not store 0.0"),
+    }
+    let t_init = init.flat(func, tile_buf, init.indices)?;
+    layout.vars_of(&t_init, &init, "init")?;
+    if init.loops.len() != usize::from(rows > 1) + usize::from(cols > 1) {
+        return fail("the init has loops outside the tile");
+    }
+
+    // The epilogue: every load of the tile is T[tile(m, n)].
+    if epi.buf == tile_buf {
+        return fail("the epilogue writes the tile");
+    }
+    let mut tile_loads = vec![];
+    epi.value.walk(&mut |e| {
+        if let Expr::Load { buf, indices } = e {
+            if *buf == tile_buf {
+                tile_loads.push(indices.clone());
+            }
+        }
+    });
+    let Some(first) = tile_loads.first() else {
+        return fail("the epilogue does not read the tile");
+    };
+    if tile_loads.iter().any(|l| l != first) {
+        return fail("the epilogue reads more than one tile element");
+    }
+    let t_epi = epi.flat(func, tile_buf, first)?;
+    let (em, en) = layout.vars_of(&t_epi, &epi, "epilogue")?;
+    if epi.loops.len() != usize::from(em.is_some()) + usize::from(en.is_some()) {
+        return fail("the epilogue has loops outside the tile");
+    }
+    let access = |buf: BufferId, indices: &[Expr], what: &str| -> Result<Access, TensorizeError> {
+        let lin = epi.flat(func, buf, indices)?;
+        let col = small(coeff(&lin, en))?;
+        if col != 0 && col != 1 {
+            return fail(format!("the {what} moves by {col} along the tile columns"));
+        }
+        Ok(Access {
+            buf,
+            base: base_expr(&lin)?,
+            row: small(coeff(&lin, em))?,
+            col,
+            reduce: vec![],
+        })
+    };
+    let out = access(epi.buf, epi.indices, "output")?;
+    if out.col != 1 && cols > 1 {
+        return fail("the output is not contiguous along the tile columns");
+    }
+    let mut inputs: Vec<Access> = vec![];
+    let epilogue = epilogue_of(epi.value, &mut |buf, indices| {
+        if buf == tile_buf {
+            return Ok(Epilogue::Acc);
+        }
+        if buf == epi.buf {
+            return fail("the epilogue reads its output");
+        }
+        let a = access(buf, indices, "epilogue input")?;
+        let i = match inputs.iter().position(|x| *x == a) {
+            Some(i) => i,
+            None => {
+                inputs.push(a);
+                inputs.len() - 1
+            }
+        };
+        Ok(Epilogue::Input(i))
+    })?;
+    Ok(Contraction {
+        rows,
+        cols,
+        reduce: reduce_vars.iter().map(|(_, e)| *e).collect(),
+        lhs,
+        rhs,
+        out,
+        inputs,
+        epilogue,
+    })
+}
+
+type LoadFn<'a> = dyn FnMut(BufferId, &[Expr]) -> Result<Epilogue, TensorizeError> + 'a;
+
+fn epilogue_of(e: &Expr, load: &mut LoadFn) -> Result<Epilogue, TensorizeError> {
+    let bx = Box::new;
+    Ok(match e {
+        Expr::Load { buf, indices } => load(*buf, indices)?,
+        Expr::Float {
+            value,
+            dtype: DType::F32,
+        } => Epilogue::Const(*value as f32),
+        Expr::Binary { op, a, b }
+            if matches!(
+                op,
+                BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Min | BinOp::Max
+            ) =>
+        {
+            Epilogue::Binary(*op, bx(epilogue_of(a, load)?), bx(epilogue_of(b, load)?))
+        }
+        Expr::Select {
+            cond,
+            then,
+            otherwise,
+        } => match cond.as_ref() {
+            Expr::Cmp { op, a, b } => Epilogue::Select {
+                op: *op,
+                a: bx(epilogue_of(a, load)?),
+                b: bx(epilogue_of(b, load)?),
+                then: bx(epilogue_of(then, load)?),
+                otherwise: bx(epilogue_of(otherwise, load)?),
+            },
+            _ => return fail("an epilogue select tests something other than one comparison"),
+        },
+        Expr::Call { intrinsic, args } if EPILOGUE_CALLS.contains(intrinsic) => Epilogue::Call(
+            *intrinsic,
+            args.iter()
+                .map(|a| epilogue_of(a, load))
+                .collect::<Result<_, _>>()?,
+        ),
+        other => {
+            return fail(format!(
+                "the epilogue contains an unsupported operation: {other:?}"
+            ))
+        }
+    })
+}
+
+/// Per reduction step (outermost loop first), the element offsets of an operand relative to its
+/// base and tile position: `Σ reduce_i · r_i`, in accumulation order.
+pub fn reduce_offsets(a: &Access, extents: &[usize]) -> Vec<i64> {
+    let mut out = vec![0i64];
+    for (&e, &s) in extents.iter().zip(&a.reduce) {
+        out = out
+            .iter()
+            .flat_map(|&o| (0..e as i64).map(move |r| o + r * s))
+            .collect();
+    }
+    out
+}
