@@ -11,7 +11,7 @@
 
 use crate::compute::{define, Builder, ComputeError, Operand};
 use crate::fusion::{group_inputs, group_output, partition, Group};
-use crate::schedule::{default_schedule, lower_trace, OpClass};
+use crate::schedule::{default_schedule, lower_trace, OpClass, SketchTarget};
 use kiln_ir::{ConstId, Graph, Op, Tensor, ValueDef, ValueId};
 use kiln_tir::{ComputeDag, LowerError, PrimFunc, Trace};
 use std::collections::HashMap;
@@ -64,6 +64,8 @@ pub struct Kernel {
     pub workload: String,
     /// Its trace came from [`TunedSchedules`] (not the default schedule).
     pub tuned: bool,
+    /// Arithmetic of the group's ops ([`kiln_ir::Op::flops`]).
+    pub flops: f64,
 }
 
 /// Schedules chosen by tuning, by workload key: the trace to replay instead of the default.
@@ -200,18 +202,25 @@ pub fn lower_graph(graph: &Graph) -> Result<Vec<Kernel>, KernelError> {
 }
 
 /// Lowers the given fusion groups of `graph` (each satisfying the invariant of
-/// [`crate::fusion`], in an executable order) with their default schedules.
+/// [`crate::fusion`], in an executable order) with their default schedules for a target
+/// without micro-kernels.
 pub fn lower_groups(graph: &Graph, groups: &[Group]) -> Result<Vec<Kernel>, KernelError> {
-    lower_groups_with(graph, groups, &TunedSchedules::default())
+    lower_groups_with(
+        graph,
+        groups,
+        &TunedSchedules::default(),
+        &SketchTarget::default(),
+    )
 }
 
-/// [`lower_groups`], replaying the trace `tuned` records for a group's workload where it has
-/// one. A recorded trace that no longer replays or lowers on the group's DAG (a changed
-/// operator library) is ignored: the kernel gets its default schedule.
+/// [`lower_groups`] for `target`, replaying the trace `tuned` records for a group's workload
+/// where it has one. A recorded trace that no longer replays or lowers on the group's DAG (a
+/// changed operator library) is ignored: the kernel gets its default schedule.
 pub fn lower_groups_with(
     graph: &Graph,
     groups: &[Group],
     tuned: &TunedSchedules,
+    target: &SketchTarget,
 ) -> Result<Vec<Kernel>, KernelError> {
     let mut kernels = vec![];
     for g in groups {
@@ -240,13 +249,25 @@ pub fn lower_groups_with(
         let is_tuned = replayed.is_some();
         let (trace, mut func) = match replayed {
             Some(found) => found,
-            None => default_schedule(&dag, g.class, &keep).map_err(|e| KernelError::Lower {
-                kernel: name.clone(),
-                source: e,
-            })?,
+            None => {
+                default_schedule(&dag, g.class, &keep, target).map_err(|e| KernelError::Lower {
+                    kernel: name.clone(),
+                    source: e,
+                })?
+            }
         };
         let mut inputs = inputs;
         drop_unread_inputs(&mut func, &mut inputs);
+        let flops = g
+            .nodes
+            .iter()
+            .map(|&n| {
+                let node = graph.node(n);
+                let tys: Vec<&kiln_ir::TensorType> =
+                    node.inputs.iter().map(|&v| graph.ty(v)).collect();
+                node.op.flops(&tys, graph.ty(node.output))
+            })
+            .sum();
         kernels.push(Kernel {
             name,
             dag,
@@ -258,6 +279,7 @@ pub fn lower_groups_with(
             alias: g.alias,
             workload,
             tuned: is_tuned,
+            flops,
         });
     }
     Ok(kernels)

@@ -253,17 +253,19 @@ proptest! {
         let refs: Vec<&Tensor> = inputs.iter().collect();
         let want = kiln_operators::evaluate(&op, &refs).unwrap();
         let (b, out) = single_op(&op, &types, &consts).unwrap();
-        let space = SearchSpace::new(b.dag(), class);
-        prop_assert!(space.size() > 1, "{op:?}: {space:?}");
-        let mut pick = SplitMix(seed);
-        let k = space.sample(&mut pick);
-        let m = space.mutate(&k, &mut pick);
-        prop_assert_ne!(&k, &m);
-        let c = space.crossover(&k, &m, &mut pick);
-        for knobs in [k, m, c] {
-            let (trace, func) = schedule_with(b.dag(), class, b.keep(), &knobs).unwrap();
-            let got = run_func(&func, &b, &inputs, out);
-            assert_close(&format!("{op:?} {knobs:?} {trace:?}"), &got, &want, 1e-4);
+        for target in lowering_common::TARGETS {
+            let space = SearchSpace::new(b.dag(), class, &target);
+            prop_assert!(space.size() > 1, "{op:?}: {space:?}");
+            let mut pick = SplitMix(seed);
+            let k = space.sample(&mut pick);
+            let m = space.mutate(&k, &mut pick);
+            prop_assert_ne!(&k, &m);
+            let c = space.crossover(&k, &m, &mut pick);
+            for knobs in [k, m, c] {
+                let (trace, func) = schedule_with(b.dag(), class, b.keep(), &knobs, &target).unwrap();
+                let got = run_func(&func, &b, &inputs, out);
+                assert_close(&format!("{op:?} {target:?} {knobs:?} {trace:?}"), &got, &want, 1e-4);
+            }
         }
     }
 }

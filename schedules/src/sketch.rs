@@ -26,6 +26,7 @@
 //!   by 4, its inner part moved inside the reduction loops and vectorized, the outermost
 //!   spatial loop parallel.
 
+use crate::micro::{self, MicroShape, SketchTarget};
 use kiln_tir::{
     lower, BufferId, ComputeDag, Instruction, IterKind, LowerError, PrimFunc, Schedule, Trace,
 };
@@ -82,14 +83,34 @@ pub struct Knobs {
 }
 
 /// Records instructions that apply legally, skipping the others.
-struct Recorder<'a> {
-    dag: &'a ComputeDag,
-    knobs: &'a Knobs,
+pub(crate) struct Recorder<'a> {
+    pub(crate) dag: &'a ComputeDag,
+    pub(crate) knobs: &'a Knobs,
     sched: Schedule,
     trace: Vec<Instruction>,
 }
 
+/// A recorder's state, to return to (see [`Recorder::checkpoint`]).
+pub(crate) struct Checkpoint {
+    sched: Schedule,
+    len: usize,
+}
+
 impl<'a> Recorder<'a> {
+    /// The current state.
+    pub(crate) fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            sched: self.sched.clone(),
+            len: self.trace.len(),
+        }
+    }
+
+    /// Returns to a state taken by [`Recorder::checkpoint`].
+    pub(crate) fn restore(&mut self, c: Checkpoint) {
+        self.sched = c.sched;
+        self.trace.truncate(c.len);
+    }
+
     fn new(dag: &'a ComputeDag, knobs: &'a Knobs) -> Self {
         Recorder {
             dag,
@@ -100,7 +121,7 @@ impl<'a> Recorder<'a> {
     }
 
     /// Applies `inst` when legal; returns whether it was.
-    fn apply(&mut self, inst: Instruction) -> bool {
+    pub(crate) fn apply(&mut self, inst: Instruction) -> bool {
         let ok = self.sched.apply(self.dag, &inst).is_ok();
         if ok {
             self.trace.push(inst);
@@ -108,7 +129,7 @@ impl<'a> Recorder<'a> {
         ok
     }
 
-    fn loops(&self, stage: &str) -> Vec<(String, IterKind, usize)> {
+    pub(crate) fn loops(&self, stage: &str) -> Vec<(String, IterKind, usize)> {
         self.sched
             .loops(self.dag, stage)
             .unwrap_or_default()
@@ -117,7 +138,7 @@ impl<'a> Recorder<'a> {
             .collect()
     }
 
-    fn split(&mut self, stage: &str, loop_: &str, f: usize) -> bool {
+    pub(crate) fn split(&mut self, stage: &str, loop_: &str, f: usize) -> bool {
         self.apply(Instruction::Split {
             stage: stage.into(),
             loop_: loop_.into(),
@@ -125,7 +146,7 @@ impl<'a> Recorder<'a> {
         })
     }
 
-    fn reorder(&mut self, stage: &str, order: &[String]) -> bool {
+    pub(crate) fn reorder(&mut self, stage: &str, order: &[String]) -> bool {
         self.apply(Instruction::Reorder {
             stage: stage.into(),
             order: order.to_vec(),
@@ -158,7 +179,7 @@ impl<'a> Recorder<'a> {
     /// Parallelises the outermost spatial loop, fused with the following spatial loops while it
     /// has fewer than 8 iterations ([`Knobs::parallel_min`]; the innermost loop is kept unless
     /// the prefix has only 1).
-    fn parallel_outer(&mut self, stage: &str) {
+    pub(crate) fn parallel_outer(&mut self, stage: &str) {
         let min_iters = self.knobs.parallel_min.unwrap_or(8);
         if min_iters == 0 {
             return;
@@ -197,7 +218,7 @@ impl<'a> Recorder<'a> {
     /// Computes the anchor stage `a` at loop `target` of `o`, its reduction loops outside its
     /// spatial (tile) loops, which keep their order; returns the anchor's loops as they were
     /// before the reorder, or `None` when the compute-at is illegal.
-    fn attach_anchor(
+    pub(crate) fn attach_anchor(
         &mut self,
         a: &str,
         o: &str,
@@ -235,9 +256,19 @@ pub(crate) fn is_reduction(dag: &ComputeDag, id: BufferId) -> bool {
     dag.stage(id).is_some_and(|s| s.reduction.is_some())
 }
 
-/// The full default trace (before any fallback), see the module doc.
-pub fn default_trace(dag: &ComputeDag, class: OpClass, keep: &BTreeSet<BufferId>) -> Trace {
-    build(dag, class, keep, Level::Full, &Knobs::default())
+/// The full default trace for `target` (before any fallback), see the module doc.
+pub fn default_trace(
+    dag: &ComputeDag,
+    class: OpClass,
+    keep: &BTreeSet<BufferId>,
+    target: &SketchTarget,
+) -> Trace {
+    let level = if target.microkernels.is_some() {
+        Level::Tensorized
+    } else {
+        Level::Full
+    };
+    build(dag, class, keep, level, &Knobs::default(), target)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -248,6 +279,8 @@ enum Level {
     Simple,
     /// Everything, including compute_at tiling of anchors.
     Full,
+    /// Everything, the register tiles of anchors tensorized for the target's micro-kernels.
+    Tensorized,
 }
 
 fn build(
@@ -256,7 +289,9 @@ fn build(
     keep: &BTreeSet<BufferId>,
     level: Level,
     knobs: &Knobs,
+    target: &SketchTarget,
 ) -> Trace {
+    let micro = target.microkernels.filter(|_| level == Level::Tensorized);
     let mut r = Recorder::new(dag, knobs);
     let outputs = dag.outputs();
     let ids: Vec<BufferId> = (0..dag.tensors().len())
@@ -274,7 +309,7 @@ fn build(
         return r.trace();
     }
     let mut attached = BTreeSet::new();
-    if level == Level::Full && matches!(class, OpClass::Conv | OpClass::Depthwise | OpClass::MatMul)
+    if level >= Level::Full && matches!(class, OpClass::Conv | OpClass::Depthwise | OpClass::MatMul)
     {
         for &o in &outputs {
             let reads = r.sched.effective_reads(dag, o);
@@ -283,11 +318,15 @@ fn build(
                 .copied()
                 .find(|&t| is_reduction(dag, t) && !outputs.contains(&t));
             if let Some(a) = anchor {
-                if tile_anchor(&mut r, class, o, a) {
+                if tile_anchor(&mut r, class, o, a, micro) {
                     attached.insert(a);
                     attached.insert(o);
                 }
-            } else if class == OpClass::MatMul && is_reduction(dag, o) && matmul_root(&mut r, o) {
+            } else if class == OpClass::MatMul
+                && is_reduction(dag, o)
+                && (micro.is_some_and(|m| micro::matmul_root(&mut r, m, o))
+                    || matmul_root(&mut r, o))
+            {
                 attached.insert(o);
             }
         }
@@ -534,10 +573,29 @@ pub(crate) fn output_is_channels_last(dag: &ComputeDag, a: BufferId) -> bool {
     in_order.unwrap_or(false)
 }
 
-/// Tiles the output `o` and computes the anchor reduction `a` at its tile loop.
-fn tile_anchor(r: &mut Recorder, class: OpClass, o: BufferId, a: BufferId) -> bool {
+/// Tiles the output `o` and computes the anchor reduction `a` at its tile loop (a tensorized
+/// tile when the target has micro-kernels and the tile fits one).
+fn tile_anchor(
+    r: &mut Recorder,
+    class: OpClass,
+    o: BufferId,
+    a: BufferId,
+    micro: Option<MicroShape>,
+) -> bool {
     let dag = r.dag;
     let (oname, aname) = (stage_name(dag, o), stage_name(dag, a));
+    if let Some(m) = micro {
+        let done = match class {
+            OpClass::Conv | OpClass::Depthwise if aname.ends_with(NHWC_STAGE) => {
+                micro::conv_nhwc(r, m, o, a)
+            }
+            OpClass::MatMul => micro::matmul(r, m, o, a),
+            _ => false,
+        };
+        if done {
+            return true;
+        }
+    }
     if matches!(class, OpClass::Conv | OpClass::Depthwise) && aname.ends_with(NHWC_STAGE) {
         return tile_conv_nhwc(r, o, a);
     }
@@ -621,28 +679,35 @@ fn tile_anchor(r: &mut Recorder, class: OpClass, o: BufferId, a: BufferId) -> bo
     true
 }
 
-/// The default schedule of `dag` for `class`: the trace and the lowered function. Falls back
-/// to simpler traces when lowering rejects one (see the module doc).
+/// The default schedule of `dag` for `class` on `target`: the trace and the lowered function.
+/// Falls back to simpler traces when lowering rejects one (see the module doc).
 pub fn default_schedule(
     dag: &ComputeDag,
     class: OpClass,
     keep: &BTreeSet<BufferId>,
+    target: &SketchTarget,
 ) -> Result<(Trace, PrimFunc), LowerError> {
-    schedule_with(dag, class, keep, &Knobs::default())
+    schedule_with(dag, class, keep, &Knobs::default(), target)
 }
 
-/// The sketch of `class` filled in with `knobs`: the trace and the lowered function, falling
-/// back to simpler traces (with the same knobs, then inline-only, then naive) when lowering
-/// rejects one.
+/// The sketch of `class` filled in with `knobs` for `target`: the trace and the lowered
+/// function, falling back to simpler traces (with the same knobs: untensorized, then without
+/// tiling, then inline-only, then naive) when lowering rejects one.
 pub fn schedule_with(
     dag: &ComputeDag,
     class: OpClass,
     keep: &BTreeSet<BufferId>,
     knobs: &Knobs,
+    target: &SketchTarget,
 ) -> Result<(Trace, PrimFunc), LowerError> {
     let mut last = None;
-    for level in [Level::Full, Level::Simple, Level::Inline] {
-        let trace = build(dag, class, keep, level, knobs);
+    let levels: &[Level] = if target.microkernels.is_some() {
+        &[Level::Tensorized, Level::Full, Level::Simple, Level::Inline]
+    } else {
+        &[Level::Full, Level::Simple, Level::Inline]
+    };
+    for &level in levels {
+        let trace = build(dag, class, keep, level, knobs, target);
         match lower_trace(dag, &trace) {
             Ok(f) => return Ok((trace, f)),
             Err(e) => last = Some(e),

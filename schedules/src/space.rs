@@ -4,11 +4,12 @@
 //! one of the values listed for it here, so every candidate is a distinct point of the space and
 //! replays legally ([`crate::sketch::schedule_with`]). Tiles are chosen among divisors of the
 //! extent they split (no guarded partial tiles), vector tiles among multiples of 4 (Cranelift's
-//! f32x4).
+//! f32x4) or, on targets with micro-kernels, among the tiles of [`crate::micro`].
 //!
 //! Randomness comes from [`SplitMix`] (SplitMix64): a few lines, seedable and identical on
 //! every platform and version, so a tuning run is reproducible from its seed.
 
+use crate::micro::{MicroShape, SketchTarget};
 use crate::sketch::{is_reduction, output_is_channels_last, Knobs, OpClass, NHWC_STAGE};
 use kiln_tir::{BufferId, ComputeDag};
 use serde::{Deserialize, Serialize};
@@ -77,9 +78,33 @@ const ROW_TILES: [usize; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 14];
 const PARALLEL: [usize; 6] = [0, 2, 4, 8, 16, 64];
 const INNER_VECTOR: [usize; 3] = [4, 8, 16];
 
+/// Column tiles of an axis of `n` for micro-kernels of `shape`: divisors up to four vectors
+/// that use at least half of their last vector, and the default.
+fn micro_cols(shape: MicroShape, n: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (1..=n.min(4 * shape.lanes))
+        .filter(|&d| n.is_multiple_of(d))
+        .filter(|&d| d % shape.lanes == 0 || d % shape.lanes >= shape.lanes / 2 || d == n)
+        .collect();
+    let dflt = shape.cols_for(n);
+    if !v.contains(&dflt) {
+        v.push(dflt);
+    }
+    v.sort_unstable();
+    v
+}
+
+/// Row tiles of an axis of `m` for micro-kernels of `shape`: divisors that fit the registers
+/// with one-vector rows.
+fn micro_rows(shape: MicroShape, m: usize) -> Vec<usize> {
+    (1..=m.min(shape.max_rows(1)))
+        .filter(|&d| m.is_multiple_of(d))
+        .collect()
+}
+
 impl SearchSpace {
-    /// The space of `dag` (one kernel of class `class`), mirroring what its sketch reads.
-    pub fn new(dag: &ComputeDag, class: OpClass) -> SearchSpace {
+    /// The space of `dag` (one kernel of class `class`) on `target`, mirroring what its
+    /// sketch reads.
+    pub fn new(dag: &ComputeDag, class: OpClass, target: &SketchTarget) -> SearchSpace {
         let mut dims = vec![];
         let mut push = |knob: Knob, values: Vec<usize>| {
             if values.len() > 1 {
@@ -100,6 +125,24 @@ impl SearchSpace {
             .map(|t| t.name.clone())
             .unwrap_or_default();
         let tiled = matches!(class, OpClass::Conv | OpClass::Depthwise | OpClass::MatMul);
+        let micro = target.microkernels.filter(|_| tiled);
+        let micro_tiled = match (micro, anchor, shape.len()) {
+            (Some(m), Some(a), 4)
+                if anchor_name.ends_with(NHWC_STAGE) && output_is_channels_last(dag, a) =>
+            {
+                push(Knob::VectorTile, micro_cols(m, shape[3]));
+                push(Knob::RowTile, micro_rows(m, shape[2]));
+                true
+            }
+            (Some(m), _, 3) if class == OpClass::MatMul => {
+                push(Knob::VectorTile, micro_cols(m, shape[2]));
+                push(Knob::RowTile, micro_rows(m, shape[1]));
+                push(Knob::AttachOuter, BOOL.to_vec());
+                true
+            }
+            _ => false,
+        };
+        let tiled = tiled && !micro_tiled;
         match (tiled, anchor, shape.len()) {
             (true, Some(a), 4) if anchor_name.ends_with(NHWC_STAGE) => {
                 let (ch, col) = if output_is_channels_last(dag, a) {

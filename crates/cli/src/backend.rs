@@ -76,6 +76,7 @@ impl Backend {
                         threads,
                         graph: exec.graph.clone(),
                         schedules: exec.schedules.clone(),
+                        profile: false,
                     })
                     .compile(graph)?;
                 Ok(compiled.run(inputs)?)

@@ -23,6 +23,10 @@ pub struct BenchRequest {
     pub graph: kiln::GraphOptions,
     /// Tuned schedules (`--tuning-log`).
     pub schedules: kiln::TunedSchedules,
+    /// Time every kernel call (`--profile`).
+    pub profile: bool,
+    /// Write the profiled runs as a Chrome trace (`--profile-json FILE`; implies profiling).
+    pub profile_json: Option<PathBuf>,
 }
 
 /// The measured numbers.
@@ -41,6 +45,8 @@ pub struct BenchReport {
     pub rewrite: Option<(usize, usize, f64)>,
     /// Fusion groups chosen by the e-graph, and whether it fell back to the partition rule.
     pub fusion: Option<(usize, bool)>,
+    /// Per-kernel times, when profiled.
+    pub profile: Option<crate::profile::Profile>,
 }
 
 /// Deterministic inputs when no data folder is given: floats in [-1, 1), integers 0.
@@ -73,11 +79,13 @@ pub fn bench(req: &BenchRequest) -> Result<BenchReport, CliError> {
         backend: "jit",
         source: Box::new(source),
     };
+    let profiling = req.profile || req.profile_json.is_some();
     let compiled = kiln::Compiler::new(kiln::Target::host())
         .with_options(kiln::CompileOptions {
             threads: req.threads,
             graph: req.graph.clone(),
             schedules: req.schedules.clone(),
+            profile: profiling,
         })
         .compile(&model.graph)
         .map_err(|e| backend_err(e.into()))?;
@@ -90,10 +98,24 @@ pub fn bench(req: &BenchRequest) -> Result<BenchReport, CliError> {
         compiled.run(&inputs).map_err(|e| backend_err(e.into()))?;
     }
     let mut times = Vec::with_capacity(req.iters);
+    let mut runs = vec![];
     for _ in 0..req.iters {
         let start = Instant::now();
-        compiled.run(&inputs).map_err(|e| backend_err(e.into()))?;
+        if profiling {
+            runs.push(
+                compiled
+                    .run_profiled(&inputs)
+                    .map_err(|e| backend_err(e.into()))?,
+            );
+        } else {
+            compiled.run(&inputs).map_err(|e| backend_err(e.into()))?;
+        }
         times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let profile =
+        profiling.then(|| crate::profile::summarize(compiled.kernels(), &runs, req.threads));
+    if let Some(path) = &req.profile_json {
+        crate::profile::write_chrome_trace(path, compiled.kernels(), &runs)?;
     }
     times.sort_by(f64::total_cmp);
     let mid = times.len() / 2;
@@ -121,6 +143,7 @@ pub fn bench(req: &BenchRequest) -> Result<BenchReport, CliError> {
             .as_ref()
             .and_then(|r| r.fusion.as_ref())
             .map(|f| (f.kernels, f.fell_back)),
+        profile,
     })
 }
 
@@ -142,6 +165,7 @@ pub fn print(report: &BenchReport, json: bool) {
             "fusion": report.fusion.map(|(groups, fell_back)| serde_json::json!({
                 "groups": groups, "fell_back": fell_back,
             })),
+            "profile": report.profile.as_ref().map(crate::profile::json),
         });
         println!("{v}");
     } else {
@@ -171,5 +195,8 @@ pub fn print(report: &BenchReport, json: bool) {
             "arena        {} bytes (naive sum of intermediates: {} bytes)",
             report.arena_bytes, report.naive_bytes
         );
+        if let Some(p) = &report.profile {
+            crate::profile::print(p);
+        }
     }
 }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod inspect;
 pub mod manifest;
 pub mod panic_guard;
+pub mod profile;
 pub mod run;
 pub mod shapes;
 pub mod tune;
@@ -121,6 +122,14 @@ pub enum Command {
         /// Print one JSON object with `median_ms`, `min_ms`, `compile_ms`, `arena_bytes`.
         #[arg(long)]
         json: bool,
+        /// Time every kernel call: per kernel its median time, share, GFLOP/s and % of this
+        /// machine's peak, sorted.
+        #[arg(long)]
+        profile: bool,
+        /// Write the profiled runs as a Chrome trace (chrome://tracing, Perfetto); implies
+        /// `--profile`.
+        #[arg(long, value_name = "FILE")]
+        profile_json: Option<PathBuf>,
         /// Bind an input's shape, e.g. `input=1,3,224,224` (repeatable).
         #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = shapes::parse_binding)]
         input_shapes: Vec<ShapeBinding>,
@@ -397,6 +406,8 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             threads,
             iters,
             json,
+            profile,
+            profile_json,
             input_shapes,
             graph,
         } => {
@@ -407,6 +418,8 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
                 threads,
                 iters,
                 json,
+                profile,
+                profile_json,
                 input_shapes,
                 schedules: graph.schedules("host", Some(threads))?,
                 graph: graph.get(),

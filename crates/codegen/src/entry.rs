@@ -230,7 +230,17 @@ pub(crate) fn define_entry<M: Module>(
             (8 * max_params.max(1)) as u32,
             3,
         ));
-        for call in &entry.calls {
+        let mark = if em.opts.profile {
+            let id = em.hook(crate::runtime::names::PROFILE_MARK, &entry.name)?;
+            Some(em.module.declare_func_in_func(id, b.func))
+        } else {
+            None
+        };
+        for (index, call) in entry.calls.iter().enumerate() {
+            if let Some(m) = mark {
+                let i = b.ins().iconst(types::I64, index as i64);
+                b.ins().call(m, &[i]);
+            }
             let Some(k) = funcs.iter().position(|f| f.name == call.kernel) else {
                 return Err(CodegenError::BadEntry {
                     entry: entry.name.clone(),
@@ -263,6 +273,10 @@ pub(crate) fn define_entry<M: Module>(
             let cont = b.create_block();
             b.ins().brif(failed, exit, &[BlockArg::Value(s)], cont, &[]);
             b.switch_to_block(cont);
+        }
+        if let Some(m) = mark {
+            let i = b.ins().iconst(types::I64, entry.calls.len() as i64);
+            b.ins().call(m, &[i]);
         }
         let zero = b.ins().iconst(types::I32, 0);
         b.ins().jump(exit, &[BlockArg::Value(zero)]);

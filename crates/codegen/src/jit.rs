@@ -397,6 +397,75 @@ impl ModelFn<'_> {
     }
 }
 
+/// Executable memory holding one micro-kernel-ABI function defined from raw bytes.
+struct RawFunction {
+    module: Option<JITModule>,
+    addr: *const u8,
+}
+
+impl RawFunction {
+    fn new(bytes: &[u8]) -> Result<RawFunction, CodegenError> {
+        use cranelift_codegen::ir::{AbiParam, Signature};
+        use cranelift_module::{Linkage, Module};
+        let host = target_isa(&crate::IsaSpec::Host, false, false)?;
+        let mut module = JITModule::new(JITBuilder::with_isa(host, default_libcall_names()));
+        let mut sig = Signature::new(module.isa().default_call_conv());
+        sig.params.push(AbiParam::new(module.isa().pointer_type()));
+        let err = |e: cranelift_module::ModuleError| CodegenError::Cranelift {
+            func: "microkernel".into(),
+            message: e.to_string(),
+        };
+        let id = module
+            .declare_function("microkernel", Linkage::Local, &sig)
+            .map_err(err)?;
+        module
+            .define_function_bytes(id, 64, bytes, &[])
+            .map_err(err)?;
+        module.finalize_definitions().map_err(err)?;
+        let addr = module.get_finalized_function(id);
+        Ok(RawFunction {
+            module: Some(module),
+            addr,
+        })
+    }
+}
+
+impl Drop for RawFunction {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: `addr` is only used by methods borrowing `self`, which have ended.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+/// The f32 peak of one core of this machine with `isa`'s vectors, in GFLOP/s: the best of a
+/// few timed runs of [`crate::isa::microkernel::peak_loop`] (about a millisecond).
+pub fn measure_peak_gflops(isa: crate::isa::microkernel::MicroIsa) -> Result<f64, CodegenError> {
+    if !isa.runs_here() {
+        return Err(CodegenError::Isa(format!(
+            "this machine does not run {} micro-kernels",
+            isa.name()
+        )));
+    }
+    const ITERS: u32 = 20_000;
+    let bytes = crate::isa::microkernel::peak_loop(isa, ITERS)
+        .map_err(|e| CodegenError::Isa(e.to_string()))?;
+    let f = RawFunction::new(&bytes)?;
+    let flops = 24.0 * isa.f32_lanes() as f64 * f64::from(ITERS);
+    let mut best = f64::INFINITY;
+    for _ in 0..8 {
+        let t = std::time::Instant::now();
+        // SAFETY: the peak loop follows the micro-kernel ABI and touches no memory.
+        unsafe {
+            let call: unsafe extern "C" fn(*const u8) = std::mem::transmute(f.addr);
+            call(std::ptr::null());
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(flops / best / 1e9)
+}
+
 /// Runs micro-kernel `kernel` of family `isa` once on this machine: a safe entry for tests
 /// and benchmarks of the generators. Each buffer comes with the element index of its access's
 /// base; checks that the machine runs `isa` and that every access lies inside its slice.
@@ -408,8 +477,6 @@ pub fn run_microkernel(
     out: (&mut [f32], usize),
     inputs: &[crate::isa::microkernel::Slot],
 ) -> Result<(), CodegenError> {
-    use cranelift_codegen::ir::{AbiParam, Signature};
-    use cranelift_module::{Linkage, Module};
     let bad = |reason: String| CodegenError::BadArguments {
         func: "microkernel".into(),
         reason,
@@ -448,22 +515,7 @@ pub fn run_microkernel(
     }
     let bytes = crate::isa::microkernel::generate(isa, kernel)
         .map_err(|e| CodegenError::Isa(e.to_string()))?;
-    let host = target_isa(&crate::IsaSpec::Host, false, false)?;
-    let mut module = JITModule::new(JITBuilder::with_isa(host, default_libcall_names()));
-    let mut sig = Signature::new(module.isa().default_call_conv());
-    sig.params.push(AbiParam::new(module.isa().pointer_type()));
-    let err = |e: cranelift_module::ModuleError| CodegenError::Cranelift {
-        func: "microkernel".into(),
-        message: e.to_string(),
-    };
-    let id = module
-        .declare_function("microkernel", Linkage::Local, &sig)
-        .map_err(err)?;
-    module
-        .define_function_bytes(id, 64, &bytes, &[])
-        .map_err(err)?;
-    module.finalize_definitions().map_err(err)?;
-    let addr = module.get_finalized_function(id);
+    let f = RawFunction::new(&bytes)?;
     // In-bounds element pointers (checked above: each base index lies inside its slice).
     let mut ptrs: Vec<*const u8> = vec![
         lhs.0[lhs.1..].as_ptr().cast(),
@@ -475,9 +527,8 @@ pub fn run_microkernel(
     // micro-kernel ABI (System V, one pointer argument) and, as checked above, reads and
     // writes only inside the given slices (the output only through `out`).
     unsafe {
-        let f: unsafe extern "C" fn(*const *const u8) = std::mem::transmute(addr);
-        f(ptrs.as_ptr());
-        module.free_memory();
+        let call: unsafe extern "C" fn(*const *const u8) = std::mem::transmute(f.addr);
+        call(ptrs.as_ptr());
     }
     Ok(())
 }

@@ -90,6 +90,9 @@ pub struct CodegenOptions {
     /// Call target micro-kernels for tensorized regions where the ISA has them (otherwise the
     /// regions compile as loop nests).
     pub microkernels: bool,
+    /// Model entries record a timestamp before each kernel call and at their end
+    /// (`kiln_profile_mark`, read with [`runtime::take_profile_marks`]; JIT only).
+    pub profile: bool,
     /// The ISA to generate code for (the JIT needs one this machine runs natively).
     pub isa: IsaSpec,
 }
@@ -103,6 +106,7 @@ impl Default for CodegenOptions {
             contract_fma: false,
             verify_ir: cfg!(debug_assertions),
             microkernels: true,
+            profile: false,
             isa: IsaSpec::Host,
         }
     }

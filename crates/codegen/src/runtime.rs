@@ -12,6 +12,8 @@
 //! too large for the stack; `kiln_free(null, ..)` is a no-op. `kiln_f16_to_f32` widens the bits
 //! of an `f16` (exactly) and `kiln_f32_to_f16` rounds an `f32` to the bits of the nearest `f16`
 //! (ties to even, NaN stays NaN), as the interpreter does with the `half` crate.
+//! `kiln_profile_mark(i)` records a timestamp for entries compiled for profiling (see
+//! [`take_profile_marks`]).
 
 #![allow(unsafe_code)]
 
@@ -37,6 +39,8 @@ pub enum HookSig {
     Free,
     /// `u16 -> f32` (the bits of an `f16`, widened)
     F16ToF32,
+    /// `i64 -> ()` (a profiling mark)
+    Mark,
     /// `f32 -> u16` (rounded to the bits of an `f16`)
     F32ToF16,
 }
@@ -62,6 +66,7 @@ impl HookSig {
             HookSig::Free => (vec![ptr, types::I64, types::I64], None),
             HookSig::F16ToF32 => (vec![types::I16], Some(types::F32)),
             HookSig::F32ToF16 => (vec![types::F32], Some(types::I16)),
+            HookSig::Mark => (vec![types::I64], None),
         };
         s.params.extend(params.into_iter().map(p));
         s.returns.extend(ret.map(p));
@@ -86,6 +91,7 @@ pub mod names {
     pub const FREE: &str = "kiln_free";
     pub const F16_TO_F32: &str = "kiln_f16_to_f32";
     pub const F32_TO_F16: &str = "kiln_f32_to_f16";
+    pub const PROFILE_MARK: &str = "kiln_profile_mark";
 }
 
 /// A hook: its symbol name, signature and (for the JIT) address.
@@ -173,6 +179,11 @@ pub const HOOKS: &[Hook] = &[
         sig: HookSig::F32ToF16,
         addr: || kiln_f32_to_f16 as *const u8,
     },
+    Hook {
+        name: names::PROFILE_MARK,
+        sig: HookSig::Mark,
+        addr: || kiln_profile_mark as *const u8,
+    },
 ];
 
 /// The hook called `name`.
@@ -218,6 +229,24 @@ extern "C" fn kiln_fmodf(x: f32, y: f32) -> f32 {
 
 extern "C" fn kiln_fmaf(x: f32, y: f32, z: f32) -> f32 {
     x.mul_add(y, z)
+}
+
+/// Profiling marks `(call index, time)` recorded by entries compiled with
+/// [`crate::CodegenOptions::profile`], in the order they were made.
+static PROFILE_MARKS: std::sync::Mutex<Vec<(u32, std::time::Instant)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Records that an entry compiled for profiling reached kernel call `index` (or, one past the
+/// last, its end).
+extern "C" fn kiln_profile_mark(index: i64) {
+    let now = std::time::Instant::now();
+    let mut marks = PROFILE_MARKS.lock().unwrap_or_else(|p| p.into_inner());
+    marks.push((index as u32, now));
+}
+
+/// Takes the profiling marks recorded so far (process-wide: profile one run at a time).
+pub fn take_profile_marks() -> Vec<(u32, std::time::Instant)> {
+    std::mem::take(&mut *PROFILE_MARKS.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// The `f16` with bits `bits`, widened to `f32` (exact).

@@ -20,6 +20,7 @@ fn options(pick: u8) -> CodegenOptions {
         contract_fma: pick & 16 != 0,
         verify_ir: true,
         microkernels: pick & 32 == 0,
+        profile: false,
         isa: kiln_codegen::IsaSpec::Host,
     }
 }

@@ -440,6 +440,42 @@ impl std::hash::Hash for OrderedF64 {
 }
 
 impl Op {
+    /// Arithmetic operations the op performs for operands of `inputs` types and a result of
+    /// type `output`: a multiply-add counts two (convolutions, matmuls), other ops one per
+    /// output element, movement ops none. What profiles report as FLOPs and the roofline cost
+    /// charges.
+    pub fn flops(&self, inputs: &[&crate::TensorType], output: &crate::TensorType) -> f64 {
+        let out = output.num_elements() as f64;
+        match self {
+            Op::Conv2d(_) | Op::DepthwiseConv2d(_) | Op::TransposeConv2d(_) => {
+                let w = inputs
+                    .get(1)
+                    .map_or(1.0, |w| w.shape.iter().skip(1).product::<usize>() as f64);
+                2.0 * out * w
+            }
+            Op::MatMul(_) => {
+                let k = inputs
+                    .first()
+                    .and_then(|a| a.shape.last())
+                    .copied()
+                    .unwrap_or(1);
+                2.0 * out * k as f64
+            }
+            Op::Const(_)
+            | Op::Identity
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Concat { .. }
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Tile { .. }
+            | Op::Reverse { .. }
+            | Op::Gather { .. }
+            | Op::GatherElements { .. } => 0.0,
+            _ => out,
+        }
+    }
+
     /// The op's name in the text form.
     pub fn name(&self) -> &'static str {
         match self {

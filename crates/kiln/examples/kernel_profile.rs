@@ -1,7 +1,8 @@
-//! Per-kernel timing of a model's compiled code: lowers the model's kernels with their default
-//! schedules, JIT-compiles them single-threaded and times each one with its real weights and
-//! tables and pseudo-random activations in `[0, 1)` (f32 params; other dtypes get zeros, which
-//! keeps data-dependent indices in range).
+//! Per-kernel timing of a model's compiled code, kernel by kernel in isolation (`kiln bench
+//! --profile` times them in a real run): rewrites the graph and lowers its kernels with their
+//! default schedules for this machine as the compiler does, JIT-compiles them single-threaded
+//! and times each one with its real weights and tables and pseudo-random activations in
+//! `[0, 1)` (f32 params; other dtypes get zeros, which keeps data-dependent indices in range).
 //!
 //! ```text
 //! cargo run --release -p kiln --example kernel_profile -- MODEL.onnx [--iters N] [--top K] [--print K]
@@ -14,7 +15,8 @@
 //! `objdump -D -b binary -m i386:x86-64 DIR/NAME.bin`).
 
 use kiln_codegen::{CodegenOptions, JitModule, Threads};
-use kiln_operators::kernel::{lower_graph, KernelInput};
+use kiln_operators::fusion::partition;
+use kiln_operators::kernel::{lower_groups_with, KernelInput};
 use std::io::{Read, Seek, SeekFrom};
 use std::time::Instant;
 
@@ -40,7 +42,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .cloned();
     let (iters, top, print) = (opt("--iters", 10), opt("--top", 30), opt("--print", 0));
     let model = kiln::load_onnx(path, &Default::default())?;
-    let kernels = lower_graph(&model.graph)?;
+    let prepared = kiln::graph_opt::prepare(&model.graph, &Default::default())?;
+    let graph = prepared.graph.into_owned();
+    let groups = prepared.groups.unwrap_or_else(|| partition(&graph));
+    let target = kiln::Target::host().sketch_target();
+    let kernels = lower_groups_with(&graph, &groups, &Default::default(), &target)?;
     let mut funcs = vec![];
     for (k, kernel) in kernels.iter().enumerate() {
         if filter
@@ -83,9 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut seed = 0x9e37_79b9_u32;
         for (i, p) in compiled.params().iter().enumerate() {
             match kernel.inputs.get(i) {
-                Some(KernelInput::Const(c)) => {
-                    bufs[i] = kiln::tensor_bytes(model.graph.constant(*c))
-                }
+                Some(KernelInput::Const(c)) => bufs[i] = kiln::tensor_bytes(graph.constant(*c)),
                 Some(KernelInput::Table(t)) => bufs[i] = kiln::tensor_bytes(t),
                 _ if p.dtype == kiln::DType::F32 => {
                     for chunk in bufs[i].chunks_exact_mut(4) {

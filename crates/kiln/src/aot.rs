@@ -139,6 +139,7 @@ pub fn compile_library(
         &prepared.graph,
         prepared.groups.as_deref(),
         &options.schedules,
+        &target.sketch_target(),
         ENTRY,
     )?;
     let codegen = CodegenOptions {

@@ -8,14 +8,14 @@
 //! entry returns.
 
 use crate::bytes::{tensor_bytes, tensor_from_bytes};
+use crate::profile::KernelInfo;
 use crate::{CompileOptions, Target};
 use kiln_codegen::{Arg, CodegenOptions, JitModule, KernelCall, ModelEntry, Threads};
 use kiln_ir::{ConstId, Graph, Op, Tensor, TensorType, ValueDef, ValueId};
+use kiln_operators::fusion::partition;
 use kiln_operators::fusion::Group;
-use kiln_operators::kernel::{
-    lower_graph, lower_groups_with, Kernel, KernelError, KernelInput, TunedSchedules,
-};
-use kiln_operators::schedule::OpClass;
+use kiln_operators::kernel::{lower_groups_with, Kernel, KernelError, KernelInput, TunedSchedules};
+use kiln_operators::schedule::{OpClass, SketchTarget};
 use kiln_runtime::{plan, BufferRequest, PlanError};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -51,6 +51,10 @@ pub enum RunError {
     },
     #[error("compiled code failed: {0}")]
     Codegen(#[from] kiln_codegen::CodegenError),
+    #[error("the model was not compiled for profiling (CompileOptions::profile)")]
+    NotProfiled,
+    #[error("profile marks: {0}")]
+    Profile(String),
 }
 
 /// Numbers about a compilation.
@@ -99,6 +103,8 @@ pub struct CompiledModel {
     constants: Vec<Vec<u8>>,
     copies: Vec<(usize, CopySource)>,
     stats: CompileStats,
+    kernels: Vec<KernelInfo>,
+    profiled: bool,
 }
 
 struct Planner<'g> {
@@ -150,6 +156,8 @@ pub(crate) struct PlannedModel {
     pub naive_bytes: usize,
     /// Kernels whose schedule came from the tuned schedules.
     pub tuned_kernels: usize,
+    /// What each kernel call of the entry runs, in call order.
+    pub kernels: Vec<KernelInfo>,
 }
 
 impl PlannedModel {
@@ -181,10 +189,14 @@ pub(crate) fn compile(
         &prepared.graph,
         prepared.groups.as_deref(),
         &options.schedules,
+        &target.sketch_target(),
         ENTRY,
     )?;
     let rewrite = prepared.report;
-    let codegen = PlannedModel::codegen_options(options.threads, target.isa_spec());
+    let codegen = CodegenOptions {
+        profile: options.profile,
+        ..PlannedModel::codegen_options(options.threads, target.isa_spec())
+    };
     let jit = JitModule::compile_with_entries(&planned.funcs, &[planned.entry], &codegen)?;
     let stats = CompileStats {
         kernels: planned.funcs.len(),
@@ -202,6 +214,8 @@ pub(crate) fn compile(
         constants: planned.constants,
         copies: planned.copies,
         stats,
+        kernels: planned.kernels,
+        profiled: options.profile,
     })
 }
 
@@ -211,14 +225,18 @@ pub(crate) fn plan_model(
     graph: &Graph,
     groups: Option<&[Group]>,
     schedules: &TunedSchedules,
+    target: &SketchTarget,
     entry_name: &str,
 ) -> Result<PlannedModel, CompileError> {
     graph.verify()?;
     let folded = crate::empty::fold_empty_tensors(graph)?;
     let kernels = match (&folded, groups) {
-        (None, Some(groups)) => lower_groups_with(graph, groups, schedules)?,
+        (None, Some(groups)) => lower_groups_with(graph, groups, schedules, target)?,
         // Folding empty tensors renumbers the graph: the given groups no longer apply.
-        _ => lower_graph(folded.as_ref().unwrap_or(graph))?,
+        _ => {
+            let g = folded.as_ref().unwrap_or(graph);
+            lower_groups_with(g, &partition(g), schedules, target)?
+        }
     };
     let graph = folded.as_ref().unwrap_or(graph);
     let mut p = Planner {
@@ -366,6 +384,29 @@ pub(crate) fn plan_model(
             f
         })
         .collect();
+    let micro = target.microkernels.is_some();
+    let infos = kernels
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| !skipped[*k])
+        .map(|(k, kernel)| {
+            let mut tensorized = false;
+            kernel.func.body.walk(&mut |s| {
+                tensorized |= matches!(s, kiln_tir::Stmt::Tensorized { .. });
+            });
+            KernelInfo {
+                name: kernel_name(k, kernel),
+                class: format!("{:?}", kernel.class),
+                flops: kernel.flops,
+                output: kernel
+                    .outputs
+                    .first()
+                    .map(|&v| graph.ty(v).to_string())
+                    .unwrap_or_default(),
+                tensorized: tensorized && micro,
+            }
+        })
+        .collect();
     let names = |values: &[ValueId]| -> Vec<String> {
         values
             .iter()
@@ -391,6 +432,7 @@ pub(crate) fn plan_model(
             .enumerate()
             .filter(|(k, kernel)| kernel.tuned && !skipped[*k])
             .count(),
+        kernels: infos,
     })
 }
 
@@ -468,6 +510,16 @@ impl CompiledModel {
     /// Numbers about the compilation: kernel count, arena bytes, compile time.
     pub fn stats(&self) -> &CompileStats {
         &self.stats
+    }
+
+    /// The kernels a run calls, in order.
+    pub fn kernels(&self) -> &[KernelInfo] {
+        &self.kernels
+    }
+
+    /// Whether the model was compiled for profiling ([`CompiledModel::run_profiled`]).
+    pub fn profiled(&self) -> bool {
+        self.profiled
     }
 
     /// The input types, in order.

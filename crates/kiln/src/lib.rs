@@ -22,6 +22,7 @@ mod bytes;
 mod compile;
 mod empty;
 pub mod graph_opt;
+pub mod profile;
 pub mod target;
 
 pub use aot::{AotError, AotOptions, LibraryInfo};
@@ -32,6 +33,7 @@ pub use kiln_ir::{DType, Graph, Tensor, TensorType};
 pub use kiln_onnx::{ImportError, ImportOptions, Model};
 pub use kiln_operators::kernel::TunedSchedules;
 pub use kiln_rewrite::{LayoutChoice, RewriteOptions};
+pub use profile::{KernelInfo, ProfiledRun};
 pub use target::{Target, TargetError};
 
 use std::path::Path;
@@ -45,6 +47,8 @@ pub struct CompileOptions {
     pub graph: GraphOptions,
     /// Tuned schedules (from a tuning log) replacing the default schedule of their workloads.
     pub schedules: TunedSchedules,
+    /// Record a timestamp around every kernel call ([`CompiledModel::run_profiled`]).
+    pub profile: bool,
 }
 
 impl Default for CompileOptions {
@@ -53,6 +57,7 @@ impl Default for CompileOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             graph: GraphOptions::default(),
             schedules: TunedSchedules::default(),
+            profile: false,
         }
     }
 }

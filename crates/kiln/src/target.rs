@@ -7,6 +7,7 @@
 //! runs on, with every feature it detects.
 
 use kiln_codegen::IsaSpec;
+use kiln_operators::schedule::{MicroShape, SketchTarget};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -225,6 +226,24 @@ impl Target {
                 triple: triple.clone(),
                 flags: self.isa_flags.clone(),
             },
+        }
+    }
+
+    /// The family of target micro-kernels this target's code calls (`None`: none; an ISA that
+    /// cannot be built has none either, and compiling for it reports the error).
+    pub fn microkernels(&self) -> Option<kiln_codegen::isa::microkernel::MicroIsa> {
+        kiln_codegen::isa::micro_isa(&self.isa_spec())
+            .ok()
+            .flatten()
+    }
+
+    /// What the schedule library is told about this target.
+    pub fn sketch_target(&self) -> SketchTarget {
+        SketchTarget {
+            microkernels: self.microkernels().map(|m| MicroShape {
+                lanes: m.f32_lanes(),
+                registers: m.vector_registers(),
+            }),
         }
     }
 

@@ -39,25 +39,15 @@ impl RooflineCost {
 }
 
 impl RooflineCost {
+    /// Arithmetic as the roofline counts it: [`Op::flops`], except that movement ops other
+    /// than aliases (reshape, identity) cost a pass like elementwise ops.
     fn flops(op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64 {
-        let out = output.num_elements() as f64;
         match op {
-            Op::Conv2d(_) | Op::DepthwiseConv2d(_) | Op::TransposeConv2d(_) => {
-                let w = inputs
-                    .get(1)
-                    .map_or(1.0, |w| w.shape.iter().skip(1).product::<usize>() as f64);
-                2.0 * out * w
-            }
-            Op::MatMul(_) => {
-                let k = inputs
-                    .first()
-                    .and_then(|a| a.shape.last())
-                    .copied()
-                    .unwrap_or(1);
-                2.0 * out * k as f64
-            }
             Op::Identity | Op::Reshape { .. } => 0.0,
-            _ => out,
+            Op::Conv2d(_) | Op::DepthwiseConv2d(_) | Op::TransposeConv2d(_) | Op::MatMul(_) => {
+                op.flops(inputs, output)
+            }
+            _ => output.num_elements() as f64,
         }
     }
 }

@@ -391,8 +391,8 @@ fn measure_one(
     index: usize,
 ) -> Result<Vec<f64>, String> {
     let start = Instant::now();
-    let (_, mut func) =
-        schedule_with(&task.dag, task.class, &task.keep, knobs).map_err(|e| e.to_string())?;
+    let (_, mut func) = schedule_with(&task.dag, task.class, &task.keep, knobs, &task.target)
+        .map_err(|e| e.to_string())?;
     let mut inputs = task.inputs.clone();
     drop_unread_inputs(&mut func, &mut inputs);
     let target = kiln::Target::named(&options.target).map_err(|e| e.to_string())?;
@@ -461,7 +461,10 @@ pub fn serve(input: &mut dyn Read, output: &mut dyn Write) -> Result<(), TuneErr
         .map_err(TuneError::Io)?;
     let job: Job = serde_json::from_str(&line).map_err(|e| TuneError::Job(e.to_string()))?;
     let model = job.model.load()?;
-    let set = extract_tasks(&model.graph, &job.model.graph_options())?;
+    let target = kiln::Target::named(&job.options.target)
+        .map_err(|e| TuneError::Job(e.to_string()))?
+        .sketch_target();
+    let set = extract_tasks(&model.graph, &job.model.graph_options(), &target)?;
     let tasks: HashMap<&str, &crate::task::Task> =
         set.tasks.iter().map(|t| (t.key.as_str(), t)).collect();
     let task = tasks

@@ -150,12 +150,12 @@ impl<'a> Tuner<'a> {
         self.states[t]
             .lowered
             .entry(knobs.clone())
-            .or_insert_with(
-                || match schedule_with(&task.dag, task.class, &task.keep, knobs) {
+            .or_insert_with(|| {
+                match schedule_with(&task.dag, task.class, &task.keep, knobs, &task.target) {
                     Ok((trace, func)) => (trace, kernel_features(&func)),
                     Err(_) => (Trace::default(), vec![0.0; crate::features::FEATURE_COUNT]),
-                },
-            )
+                }
+            })
     }
 
     fn features(&mut self, t: usize, knobs: &Knobs) -> Vec<f32> {

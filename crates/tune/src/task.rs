@@ -11,7 +11,7 @@ use kiln::GraphOptions;
 use kiln_ir::{Graph, Op};
 use kiln_operators::fusion::{partition, Group};
 use kiln_operators::kernel::{group_dag, workload_key, KernelInput};
-use kiln_schedules::{OpClass, SearchSpace};
+use kiln_schedules::{OpClass, SearchSpace, SketchTarget};
 use kiln_tir::{BufferId, ComputeDag};
 use std::collections::BTreeSet;
 
@@ -31,6 +31,8 @@ pub struct Task {
     /// What each placeholder of the DAG binds, in DAG order.
     pub inputs: Vec<KernelInput>,
     pub space: SearchSpace,
+    /// The target the task's schedules are sketched for.
+    pub target: SketchTarget,
 }
 
 /// A model's tasks and the (rewritten) graph they come from.
@@ -50,8 +52,13 @@ fn describe(graph: &Graph, g: &Group) -> String {
     format!("{} -> {out}", ops.join("+"))
 }
 
-/// The tasks of `graph` compiled with `options` (rewriting and fusion as the compiler does them).
-pub fn extract_tasks(graph: &Graph, options: &GraphOptions) -> Result<TaskSet, TuneError> {
+/// The tasks of `graph` compiled with `options` (rewriting and fusion as the compiler does them)
+/// for `target`.
+pub fn extract_tasks(
+    graph: &Graph,
+    options: &GraphOptions,
+    target: &SketchTarget,
+) -> Result<TaskSet, TuneError> {
     let prepared = kiln::graph_opt::prepare(graph, options)?;
     let graph = prepared.graph.into_owned();
     let groups = prepared.groups.unwrap_or_else(|| partition(&graph));
@@ -72,7 +79,7 @@ pub fn extract_tasks(graph: &Graph, options: &GraphOptions) -> Result<TaskSet, T
         }
         let (b, inputs, _) = group_dag(&graph, g).map_err(TuneError::Lower)?;
         let (dag, _, keep) = b.into_parts();
-        let space = SearchSpace::new(&dag, g.class);
+        let space = SearchSpace::new(&dag, g.class, target);
         tasks.push(Task {
             key,
             desc: describe(&graph, g),
@@ -82,6 +89,7 @@ pub fn extract_tasks(graph: &Graph, options: &GraphOptions) -> Result<TaskSet, T
             keep,
             inputs,
             space,
+            target: *target,
         });
     }
     Ok(TaskSet { graph, tasks })

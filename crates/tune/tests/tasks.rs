@@ -1,6 +1,6 @@
 //! Task extraction and features on a bundled model.
 
-use kiln_schedules::{schedule_with, Knobs, OpClass};
+use kiln_schedules::{schedule_with, Knobs, MicroShape, OpClass, SketchTarget};
 use kiln_tune::extract_tasks;
 use kiln_tune::features::{feature_names, kernel_features, FEATURE_COUNT};
 use kiln_tune::measure::ModelSpec;
@@ -19,7 +19,12 @@ fn dscnn() -> ModelSpec {
 fn tasks_are_the_distinct_kernels_weighted_by_count() {
     let spec = dscnn();
     let model = spec.load().unwrap();
-    let set = extract_tasks(&model.graph, &spec.graph_options()).unwrap();
+    let set = extract_tasks(
+        &model.graph,
+        &spec.graph_options(),
+        &kiln::Target::host().sketch_target(),
+    )
+    .unwrap();
     let keys: std::collections::HashSet<&str> = set.tasks.iter().map(|t| t.key.as_str()).collect();
     assert_eq!(keys.len(), set.tasks.len());
     // Every kernel the compiler runs is a task occurrence (plus reshapes it aliases away).
@@ -35,7 +40,12 @@ fn tasks_are_the_distinct_kernels_weighted_by_count() {
         .iter()
         .any(|t| t.weight == 4 && t.class == OpClass::Conv));
     // Extraction is deterministic (workers rebuild tasks from the model file).
-    let again = extract_tasks(&model.graph, &spec.graph_options()).unwrap();
+    let again = extract_tasks(
+        &model.graph,
+        &spec.graph_options(),
+        &kiln::Target::host().sketch_target(),
+    )
+    .unwrap();
     let k1: Vec<&str> = set.tasks.iter().map(|t| t.key.as_str()).collect();
     let k2: Vec<&str> = again.tasks.iter().map(|t| t.key.as_str()).collect();
     assert_eq!(k1, k2);
@@ -45,14 +55,20 @@ fn tasks_are_the_distinct_kernels_weighted_by_count() {
 fn features_see_what_the_knobs_change() {
     let spec = dscnn();
     let model = spec.load().unwrap();
-    let set = extract_tasks(&model.graph, &spec.graph_options()).unwrap();
+    // The Cranelift sketch (a target without micro-kernels).
+    let set = extract_tasks(
+        &model.graph,
+        &spec.graph_options(),
+        &SketchTarget::default(),
+    )
+    .unwrap();
     let conv = set
         .tasks
         .iter()
         .find(|t| t.class == OpClass::Conv && t.weight == 4)
         .unwrap();
     let features = |k: &Knobs| {
-        let (_, f) = schedule_with(&conv.dag, conv.class, &conv.keep, k).unwrap();
+        let (_, f) = schedule_with(&conv.dag, conv.class, &conv.keep, k, &conv.target).unwrap();
         kernel_features(&f)
     };
     let default = features(&Knobs::default());
@@ -72,4 +88,26 @@ fn features_see_what_the_knobs_change() {
         ..Knobs::default()
     });
     assert_ne!(default, wide);
+    // Tensorized tiles of a target with micro-kernels: the tile shape shows in the features.
+    let micro = SketchTarget {
+        microkernels: Some(MicroShape {
+            lanes: 16,
+            registers: 32,
+        }),
+    };
+    let (_, small) = schedule_with(
+        &conv.dag,
+        conv.class,
+        &conv.keep,
+        &Knobs {
+            row_tile: Some(1),
+            ..Knobs::default()
+        },
+        &micro,
+    )
+    .unwrap();
+    let (_, big) =
+        schedule_with(&conv.dag, conv.class, &conv.keep, &Knobs::default(), &micro).unwrap();
+    assert!(big.to_string().contains("tensorize."), "{big}");
+    assert_ne!(kernel_features(&small), kernel_features(&big));
 }

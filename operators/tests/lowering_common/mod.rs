@@ -4,7 +4,7 @@
 use half::f16;
 use kiln_ir::{DType, Op, Tensor, TensorData, TensorType};
 use kiln_operators::compute::{single_op, Builder};
-use kiln_operators::schedule::{default_schedule, lower_trace, OpClass};
+use kiln_operators::schedule::{default_schedule, lower_trace, MicroShape, OpClass, SketchTarget};
 use kiln_tir::{BufferId, PrimFunc, Trace};
 
 /// A small deterministic generator (xorshift).
@@ -105,11 +105,38 @@ pub fn check_op(op: &Op, inputs: &[Tensor], class: OpClass, rel: f64) -> Trace {
     let naive = kiln_tir::lower_naive(b.dag()).unwrap_or_else(|e| panic!("{op:?}: {e}"));
     let got = run_func(&naive, &b, inputs, out);
     assert_close(&format!("{op:?} naive"), &got, &want, rel);
-    let (trace, func) =
-        default_schedule(b.dag(), class, b.keep()).unwrap_or_else(|e| panic!("{op:?}: {e}"));
-    let again = lower_trace(b.dag(), &trace).expect("the trace replays");
-    assert_eq!(again, func);
-    let got = run_func(&func, &b, inputs, out);
-    assert_close(&format!("{op:?} default {trace:?}"), &got, &want, rel);
-    trace
+    let mut first = None;
+    for target in TARGETS {
+        let (trace, func) = default_schedule(b.dag(), class, b.keep(), &target)
+            .unwrap_or_else(|e| panic!("{op:?}: {e}"));
+        let again = lower_trace(b.dag(), &trace).expect("the trace replays");
+        assert_eq!(again, func);
+        let got = run_func(&func, &b, inputs, out);
+        assert_close(
+            &format!("{op:?} default {target:?} {trace:?}"),
+            &got,
+            &want,
+            rel,
+        );
+        first.get_or_insert(trace);
+    }
+    first.unwrap_or_default()
 }
+
+/// The targets schedules are checked for: none with micro-kernels (the first), AVX-512- and
+/// AVX2-shaped micro-kernels (tensorized tiles, run by the interpreter here).
+pub const TARGETS: [SketchTarget; 3] = [
+    SketchTarget { microkernels: None },
+    SketchTarget {
+        microkernels: Some(MicroShape {
+            lanes: 16,
+            registers: 32,
+        }),
+    },
+    SketchTarget {
+        microkernels: Some(MicroShape {
+            lanes: 8,
+            registers: 16,
+        }),
+    },
+];

@@ -252,6 +252,17 @@ pub fn generate(isa: MicroIsa, kernel: &ContractionKernel) -> Result<Vec<u8>, Mi
     }
 }
 
+/// Machine code of `void f(const void *)` that runs `iterations` rounds of 12 independent
+/// fused multiply-adds on full vectors of `isa` (`24 * lanes * iterations` flops): what peak
+/// measurements time.
+pub fn peak_loop(isa: MicroIsa, iterations: u32) -> Result<Vec<u8>, MicrokernelError> {
+    let v = match isa {
+        MicroIsa::X86Avx2 => super::x86_64::VecIsa::Avx2,
+        MicroIsa::X86Avx512 => super::x86_64::VecIsa::Avx512,
+    };
+    super::x86_64::peak_loop(v, iterations).map_err(MicrokernelError)
+}
+
 /// The instructions of x86-64 machine code `bytes`, one per line (Intel syntax): for tests and
 /// dumps of kernels this machine may not be able to run.
 pub fn disassemble(bytes: &[u8]) -> String {

@@ -55,6 +55,12 @@ pub fn host_isa(pic: bool, verify_ir: bool) -> Result<OwnedTargetIsa, CodegenErr
     target_isa(&IsaSpec::Host, pic, verify_ir)
 }
 
+/// The target micro-kernels code for `spec` uses (`None` when its ISA has none).
+pub fn micro_isa(spec: &IsaSpec) -> Result<Option<MicroIsa>, CodegenError> {
+    let isa = target_isa(spec, false, false)?;
+    Ok(HostInfo::of(&*isa).micro)
+}
+
 /// Whether the machine codegen runs on has every boolean ISA flag that `flags` turns on (an
 /// unknown flag counts as missing).
 pub fn host_has_flags(flags: &[(String, String)]) -> bool {

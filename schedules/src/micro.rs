@@ -1,0 +1,270 @@
+//! Sketches for targets with micro-kernels: the register tile of a convolution or matmul is a
+//! tensorized region (see `kiln_tir::tensorize`), sized for the target's vector registers.
+//!
+//! Invariant: a tensorized sketch either records a complete trace (output tiled by dividing
+//! factors, the anchor reduction computed in the tile with its reduction loops outside the tile
+//! loops, the tile loop tensorized, the outer loops parallel) or leaves the recorder exactly as
+//! it found it, so the caller falls back to the Cranelift sketch. Tiles always divide the axes
+//! they split, so no tensorized region contains a tail guard.
+
+use crate::sketch::{output_is_channels_last, Recorder};
+use kiln_tir::{BufferId, Instruction, IterKind, TensorIntrinsic};
+use serde::{Deserialize, Serialize};
+
+/// What sketches know about the machine they schedule for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SketchTarget {
+    /// The shape of the target's micro-kernels; `None` when it has none (the sketches then
+    /// schedule for Cranelift's 128-bit vector code).
+    pub microkernels: Option<MicroShape>,
+}
+
+/// The register file the target's micro-kernels tile for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MicroShape {
+    /// f32 lanes per vector register.
+    pub lanes: usize,
+    /// Vector registers.
+    pub registers: usize,
+}
+
+/// Most tile rows ever chosen by default (longer rows add little once loads are amortised).
+const MAX_ROWS: usize = 14;
+/// Scratch registers the micro-kernels keep besides accumulators and hoisted operands.
+const SCRATCH: usize = 2;
+
+impl MicroShape {
+    /// Most tile rows that keep a tile of `vecs` vectors per row, one hoisted operand row and
+    /// the scratch registers in the register file.
+    pub fn max_rows(&self, vecs: usize) -> usize {
+        (self.registers.saturating_sub(vecs + SCRATCH) / vecs.max(1)).clamp(1, MAX_ROWS)
+    }
+
+    /// The default column tile (output channels, matmul columns) for an axis of `n`: among its
+    /// divisors up to four vectors, the best lane utilisation times load/fma balance, then two
+    /// vectors, three, one, four.
+    pub fn cols_for(&self, n: usize) -> usize {
+        let l = self.lanes;
+        let rank = |vecs: usize| match vecs {
+            2 => 0,
+            3 => 1,
+            1 => 2,
+            _ => 3,
+        };
+        (1..=n.min(4 * l))
+            .filter(|d| n.is_multiple_of(*d))
+            .map(|d| {
+                let vecs = d.div_ceil(l);
+                let rows = self.max_rows(vecs);
+                let util = d as f64 / (vecs * l) as f64;
+                let fmas = (rows * vecs) as f64;
+                let balance = fmas / fmas.max((rows + vecs) as f64);
+                (util * balance, std::cmp::Reverse(rank(vecs)), d)
+            })
+            .max_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal))
+            .map_or(n.min(l), |(_, _, d)| d)
+    }
+
+    /// The default row tile for an axis of `m` under a column tile of `cols`: its largest
+    /// divisor that fits the register file.
+    pub fn rows_for(&self, m: usize, cols: usize) -> usize {
+        let most = self.max_rows(cols.div_ceil(self.lanes));
+        (1..=most.min(m))
+            .rev()
+            .find(|d| m.is_multiple_of(*d))
+            .unwrap_or(1)
+    }
+}
+
+/// Runs `f` on the recorder; when it returns `false`, restores the recorder to its state
+/// before.
+fn transaction(r: &mut Recorder, f: impl FnOnce(&mut Recorder) -> bool) -> bool {
+    let saved = r.checkpoint();
+    let ok = f(r);
+    if !ok {
+        r.restore(saved);
+    }
+    ok
+}
+
+/// The tile `(rows, cols)` for a `m x n` output: knobs first, else the defaults; `None` when a
+/// knob does not divide its axis.
+fn tile(r: &Recorder, shape: MicroShape, m: usize, n: usize) -> Option<(usize, usize)> {
+    let cols = r.knobs.vector_tile.unwrap_or_else(|| shape.cols_for(n));
+    let rows = r.knobs.row_tile.unwrap_or_else(|| shape.rows_for(m, cols));
+    (cols > 0 && rows > 0 && n.is_multiple_of(cols) && m.is_multiple_of(rows))
+        .then_some((rows, cols))
+}
+
+fn tensorize(r: &mut Recorder, stage: &str, loop_: &str) -> bool {
+    r.apply(Instruction::Tensorize {
+        stage: stage.into(),
+        loop_: loop_.into(),
+        intrinsic: TensorIntrinsic::Contraction,
+    })
+}
+
+/// A channels-last convolution anchor `a` (`*_conv_nhwc`, direct or depthwise) under a
+/// channels-last output `o`: `n, oc.o, oh, ow.o | ow.i x oc.i` with the anchor computed at
+/// `ow.o` (reduction loops `ry, rx, rc`, the input's contiguous channels innermost) and `ow.o`
+/// tensorized.
+pub(crate) fn conv_nhwc(r: &mut Recorder, shape: MicroShape, o: BufferId, a: BufferId) -> bool {
+    let dag = r.dag;
+    let Some(t) = dag.tensor(o) else {
+        return false;
+    };
+    if t.shape.len() != 4 || !output_is_channels_last(dag, a) {
+        return false;
+    }
+    let (ow, oc) = (t.shape[2], t.shape[3]);
+    let Some((rows, cols)) = tile(r, shape, ow, oc) else {
+        return false;
+    };
+    let oname = t.name.clone();
+    let aname = dag.tensor(a).map(|t| t.name.clone()).unwrap_or_default();
+    transaction(r, |r| {
+        if !r.split(&oname, "i3", cols) || !r.split(&oname, "i2", rows) {
+            return false;
+        }
+        let order = ["i0", "i3.0", "i1", "i2.0", "i2.1", "i3.1"].map(String::from);
+        if !r.reorder(&oname, &order) {
+            return false;
+        }
+        if r.attach_anchor(&aname, &oname, "i2.0".into()).is_none() {
+            return false;
+        }
+        let reduce: Vec<String> = ["ry", "rx", "rc"]
+            .iter()
+            .filter(|n| {
+                r.loops(&aname)
+                    .iter()
+                    .any(|l| l.0 == **n && l.1 == IterKind::Reduce)
+            })
+            .map(|n| n.to_string())
+            .collect();
+        if reduce.len() > 1 && !r.reorder(&aname, &reduce) {
+            return false;
+        }
+        if !tensorize(r, &oname, "i2.0") {
+            return false;
+        }
+        r.parallel_outer(&oname);
+        true
+    })
+}
+
+/// A matmul anchor `a` under an elementwise output `o` (`[B, M, N]`): `b, i.o, j.o | i.i x j.i`
+/// (or `j.o` outside `i.o` when [`crate::Knobs::attach_outer`] asks for the weight panel to
+/// stay in cache), the anchor computed at the inner outer loop with `k` outside the tile, and
+/// that loop tensorized.
+pub(crate) fn matmul(r: &mut Recorder, shape: MicroShape, o: BufferId, a: BufferId) -> bool {
+    let dag = r.dag;
+    let Some(t) = dag.tensor(o) else {
+        return false;
+    };
+    if t.shape.len() != 3 {
+        return false;
+    }
+    let (m, n) = (t.shape[1], t.shape[2]);
+    let Some((rows, cols)) = tile(r, shape, m, n) else {
+        return false;
+    };
+    let oname = t.name.clone();
+    let aname = dag.tensor(a).map(|t| t.name.clone()).unwrap_or_default();
+    let panel_outer = r.knobs.attach_outer.unwrap_or(false);
+    transaction(r, |r| {
+        if !r.split(&oname, "i1", rows) || !r.split(&oname, "i2", cols) {
+            return false;
+        }
+        let (first, second) = if panel_outer {
+            ("i2.0", "i1.0")
+        } else {
+            ("i1.0", "i2.0")
+        };
+        let order = ["i0", first, second, "i1.1", "i2.1"].map(String::from);
+        if !r.reorder(&oname, &order) || r.attach_anchor(&aname, &oname, second.into()).is_none() {
+            return false;
+        }
+        if !tensorize(r, &oname, second) {
+            return false;
+        }
+        r.parallel_outer(&oname);
+        true
+    })
+}
+
+/// A matmul that is itself the output: tiled like [`matmul`], accumulating in a
+/// `cache_write` tile, the inner outer loop tensorized.
+pub(crate) fn matmul_root(r: &mut Recorder, shape: MicroShape, o: BufferId) -> bool {
+    let dag = r.dag;
+    let Some(t) = dag.tensor(o) else {
+        return false;
+    };
+    if t.shape.len() != 3 {
+        return false;
+    }
+    let (m, n) = (t.shape[1], t.shape[2]);
+    let Some((rows, cols)) = tile(r, shape, m, n) else {
+        return false;
+    };
+    let name = t.name.clone();
+    let panel_outer = r.knobs.attach_outer.unwrap_or(false);
+    transaction(r, |r| {
+        if !r.split(&name, "i1", rows) || !r.split(&name, "i2", cols) {
+            return false;
+        }
+        let (first, second) = if panel_outer {
+            ("i2.0", "i1.0")
+        } else {
+            ("i1.0", "i2.0")
+        };
+        let order = ["i0", first, second, "k", "i1.1", "i2.1"].map(String::from);
+        if !r.reorder(&name, &order)
+            || !r.apply(Instruction::CacheWrite {
+                stage: name.clone(),
+            })
+            || !tensorize(r, &name, second)
+        {
+            return false;
+        }
+        r.parallel_outer(&name);
+        true
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AVX512: MicroShape = MicroShape {
+        lanes: 16,
+        registers: 32,
+    };
+    const AVX2: MicroShape = MicroShape {
+        lanes: 8,
+        registers: 16,
+    };
+
+    #[test]
+    fn column_tiles_prefer_two_full_vectors_then_lane_utilisation() {
+        assert_eq!(AVX512.cols_for(64), 32);
+        assert_eq!(AVX512.cols_for(96), 32);
+        assert_eq!(AVX512.cols_for(144), 48);
+        assert_eq!(AVX512.cols_for(24), 24);
+        assert_eq!(AVX512.cols_for(1000), 40);
+        assert_eq!(AVX2.cols_for(64), 16);
+        assert_eq!(AVX2.cols_for(24), 24);
+        assert_eq!(AVX2.cols_for(3), 3);
+    }
+
+    #[test]
+    fn row_tiles_divide_their_axis_and_fit_the_registers() {
+        assert_eq!(AVX512.max_rows(2), 14);
+        assert_eq!(AVX2.max_rows(2), 6);
+        assert_eq!(AVX512.rows_for(112, 32), 14);
+        assert_eq!(AVX512.rows_for(7, 32), 7);
+        assert_eq!(AVX512.rows_for(32, 32), 8);
+        assert_eq!(AVX2.rows_for(56, 16), 4);
+        assert_eq!(AVX2.rows_for(13, 16), 1);
+    }
+}
