@@ -157,6 +157,9 @@ pub fn group_dag(
             None => (format!("v{i}"), KernelInput::Value(v), None),
         };
         let id = b.placeholder(&name, &ty).map_err(|e| def_err(&first, e))?;
+        if constant.is_some() {
+            b.mark_constant(id);
+        }
         inputs.push((id, binding));
         bound.push((v, Operand { id, ty, constant }));
     }
@@ -257,7 +260,7 @@ pub fn lower_groups_with(
             }
         };
         let mut inputs = inputs;
-        drop_unread_inputs(&mut func, &mut inputs);
+        finish_kernel(graph, &dag, &trace, &mut func, &mut inputs);
         let flops = g
             .nodes
             .iter()
@@ -283,6 +286,94 @@ pub fn lower_groups_with(
         });
     }
     Ok(kernels)
+}
+
+/// Prepares a lowered kernel's params for binding: constant inputs its schedule packs are
+/// packed now ([`fold_constant_packs`]) and inputs it never reads are dropped
+/// ([`drop_unread_inputs`]).
+pub fn finish_kernel(
+    graph: &Graph,
+    dag: &ComputeDag,
+    trace: &Trace,
+    func: &mut PrimFunc,
+    inputs: &mut Vec<KernelInput>,
+) {
+    fold_constant_packs(graph, dag, trace, func, inputs);
+    drop_unread_inputs(func, inputs);
+}
+
+/// Packs constant inputs at compile time: for each input bound to a weight or table that the
+/// schedule packs (`pack`), the packed tensor is computed here ([`kiln_tir::Pack::pack_tensor`],
+/// what the packing loop nest computes), becomes the binding of the param, which is now the
+/// `<name>_packed` buffer, and the packing loop nest is removed. `inputs` are in DAG placeholder
+/// order (the order of `func`'s leading params), as [`group_dag`] returns them.
+pub fn fold_constant_packs(
+    graph: &Graph,
+    dag: &ComputeDag,
+    trace: &Trace,
+    func: &mut PrimFunc,
+    inputs: &mut [KernelInput],
+) {
+    let Ok(sched) = trace.apply(dag) else {
+        return;
+    };
+    let placeholders: Vec<kiln_tir::BufferId> = (0..dag.tensors().len())
+        .map(|i| kiln_tir::BufferId(i as u32))
+        .filter(|&id| dag.stage(id).is_none())
+        .collect();
+    for (i, &ph) in placeholders.iter().enumerate() {
+        let Some(pack) = sched.pack(ph) else {
+            continue;
+        };
+        let (Some(input), Some(&p)) = (inputs.get(i), func.params.get(i)) else {
+            continue;
+        };
+        let value = match input {
+            KernelInput::Const(c) => graph.constant(*c),
+            KernelInput::Table(t) => t,
+            KernelInput::Value(_) => continue,
+        };
+        let Some(packed) = pack.pack_tensor(value) else {
+            continue;
+        };
+        let name = format!("{}_packed", func.buffers[p.index()].name);
+        let Some(q) = func
+            .buffers
+            .iter()
+            .position(|b| b.name == name && b.scope == kiln_tir::Scope::Local)
+            .map(|q| kiln_tir::BufferId(q as u32))
+        else {
+            continue;
+        };
+        if func.buffers[q.index()].shape != packed.shape() || !remove_writer(&mut func.body, q) {
+            continue;
+        }
+        func.params[i] = q;
+        func.buffers[q.index()].scope = kiln_tir::Scope::Param;
+        func.buffers[p.index()].scope = kiln_tir::Scope::Local;
+        inputs[i] = KernelInput::Table(packed);
+    }
+}
+
+/// Removes the top-level statement of `body` that writes `buf` and nothing else (a packing
+/// nest); whether there was one.
+fn remove_writer(body: &mut kiln_tir::Stmt, buf: kiln_tir::BufferId) -> bool {
+    let writes_only = |s: &kiln_tir::Stmt| {
+        let mut stored = std::collections::BTreeSet::new();
+        s.walk(&mut |x| {
+            if let kiln_tir::Stmt::Store { buf, .. } = x {
+                stored.insert(*buf);
+            }
+        });
+        stored.len() == 1 && stored.contains(&buf)
+    };
+    if let kiln_tir::Stmt::Seq(items) = body {
+        if let Some(pos) = items.iter().position(writes_only) {
+            items.remove(pos);
+            return true;
+        }
+    }
+    false
 }
 
 /// Removes the input params `func` never reads from its params (they become unallocated locals:

@@ -37,6 +37,32 @@ pub enum OpError {
     Unsupported { op: String, reason: String },
 }
 
+/// A pool over a channels-last tensor: the NCHW pool of the transposed input, transposed back
+/// (the values are the same; only the axis order differs).
+fn pool_in_layout(op: &Op, p: &kiln_ir::op::PoolAttrs, x: &Tensor) -> Result<Tensor, OpError> {
+    let nchw = kiln_ir::op::PoolAttrs {
+        layout: kiln_ir::op::DataLayout::Nchw,
+        ..p.clone()
+    };
+    let inner = match op {
+        Op::AvgPool2d(_) => Op::AvgPool2d(nchw),
+        _ => Op::MaxPool2d(nchw),
+    };
+    let x = evaluate(
+        &Op::Transpose {
+            perm: p.layout.to_nchw().to_vec(),
+        },
+        &[x],
+    )?;
+    let y = evaluate(&inner, &[&x])?;
+    evaluate(
+        &Op::Transpose {
+            perm: p.layout.from_nchw().to_vec(),
+        },
+        &[&y],
+    )
+}
+
 /// Evaluates `op` on `inputs`. [`Op::Const`] is resolved by the caller, not here.
 ///
 /// Data-dependent failures (an out-of-range gather index) are reported as
@@ -60,6 +86,9 @@ pub fn evaluate(op: &Op, inputs: &[&Tensor]) -> Result<Tensor, OpError> {
         Op::DepthwiseConv2d(a) => conv::conv2d(a, inputs[0], inputs[1], inputs[2], &out, true)?,
         Op::TransposeConv2d(a) => conv::transpose_conv2d(a, inputs[0], inputs[1], inputs[2], &out)?,
         Op::MatMul(a) => matmul::matmul(a, inputs[0], inputs[1], &out)?,
+        Op::AvgPool2d(p) | Op::MaxPool2d(p) if !p.layout.is_nchw() => {
+            return pool_in_layout(op, p, inputs[0]);
+        }
         Op::AvgPool2d(p) => pool::avg_pool(p, inputs[0], &out)?,
         Op::MaxPool2d(p) => pool::max_pool(p, inputs[0], &out)?,
         Op::ArgMax { axis } => reduce::argmax(inputs[0], *axis),

@@ -370,6 +370,7 @@ fn pools() {
             dilation: [1, 1],
             ceil_mode: false,
             count_include_pad: false,
+            layout: Default::default(),
         },
         PoolAttrs {
             kernel: [2, 3],
@@ -378,6 +379,7 @@ fn pools() {
             dilation: [1, 1],
             ceil_mode: true,
             count_include_pad: true,
+            layout: Default::default(),
         },
         PoolAttrs {
             kernel: [2, 2],
@@ -386,6 +388,7 @@ fn pools() {
             dilation: [2, 1],
             ceil_mode: true,
             count_include_pad: false,
+            layout: Default::default(),
         },
     ];
     for p in cases {

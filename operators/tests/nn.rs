@@ -190,6 +190,7 @@ fn pool(
         dilation: [1, 1],
         ceil_mode,
         count_include_pad,
+        layout: Default::default(),
     }
 }
 

@@ -148,7 +148,7 @@ proptest! {
     #[test]
     fn pool_random_schedules(g in genes(), seed in 1u64..1000, avg: bool) {
         let mut rng = Rng(seed);
-        let p = PoolAttrs { kernel: [3, 2], stride: [2, 1], pad: [1, 1, 0, 1], dilation: [1, 1], ceil_mode: true, count_include_pad: seed % 2 == 0 };
+        let p = PoolAttrs { kernel: [3, 2], stride: [2, 1], pad: [1, 1, 0, 1], dilation: [1, 1], ceil_mode: true, count_include_pad: seed % 2 == 0, layout: Default::default() };
         let x = rand_default(&mut rng, DType::F32, &[1, 3, 7, 6]);
         let op = if avg { Op::AvgPool2d(p) } else { Op::MaxPool2d(p) };
         check_random(&op, &[x], &g, 1e-5);
@@ -232,6 +232,7 @@ fn space_case(
                 dilation: [1, 1],
                 ceil_mode: false,
                 count_include_pad: false,
+                layout: Default::default(),
             };
             (Op::AvgPool2d(p), vec![x], OpClass::Pool)
         }

@@ -3,8 +3,9 @@
 //!
 //! Invariant: a tensorized sketch either records a complete trace (output tiled by dividing
 //! factors, the anchor reduction computed in the tile with its reduction loops outside the tile
-//! loops, the tile loop tensorized, the outer loops parallel) or leaves the recorder exactly as
-//! it found it, so the caller falls back to the Cranelift sketch. Tiles always divide the axes
+//! loops, its constant operand along the tile columns packed into panels of the tile's width,
+//! the tile loop tensorized, the outer loops parallel) or leaves the recorder exactly as it
+//! found it, so the caller falls back to the Cranelift sketch. Tiles always divide the axes
 //! they split, so no tensorized region contains a tail guard.
 
 use crate::sketch::{output_is_channels_last, Recorder};
@@ -96,6 +97,44 @@ fn tile(r: &Recorder, shape: MicroShape, m: usize, n: usize) -> Option<(usize, u
         .then_some((rows, cols))
 }
 
+/// Packs the constant operand of anchor `a` that runs along its output axis `axis` (the
+/// weights: their last dimension is that axis) into panels of `cols` columns, outer part first,
+/// so that a micro-kernel streams each panel contiguously. Nothing to pack is no failure.
+fn pack_panel(r: &mut Recorder, a: BufferId, axis: usize, cols: usize) -> bool {
+    let dag = r.dag;
+    let Some(stage) = dag.stage(a) else {
+        return true;
+    };
+    let Some(col_var) = stage.axes.get(axis).map(|x| x.var) else {
+        return true;
+    };
+    let mut found = None;
+    stage.body.walk(&mut |e| {
+        if let kiln_tir::Expr::Load { buf, indices } = e {
+            let last = indices.last() == Some(&kiln_tir::Expr::Var(col_var));
+            let elsewhere = indices[..indices.len().saturating_sub(1)]
+                .iter()
+                .any(|i| i.any(&|x| *x == kiln_tir::Expr::Var(col_var)));
+            if last && !elsewhere && dag.tensor(*buf).is_some_and(|t| t.constant) {
+                found = Some((*buf, indices.len()));
+            }
+        }
+    });
+    let Some((buf, rank)) = found else {
+        return true;
+    };
+    let Some(name) = dag.tensor(buf).map(|t| t.name.clone()) else {
+        return true;
+    };
+    r.apply(Instruction::Pack {
+        buffer: name,
+        axis: rank - 1,
+        factor: cols,
+        outer_first: true,
+    });
+    true
+}
+
 fn tensorize(r: &mut Recorder, stage: &str, loop_: &str) -> bool {
     r.apply(Instruction::Tensorize {
         stage: stage.into(),
@@ -145,6 +184,7 @@ pub(crate) fn conv_nhwc(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buf
         if reduce.len() > 1 && !r.reorder(&aname, &reduce) {
             return false;
         }
+        pack_panel(r, a, 3, cols);
         if !tensorize(r, &oname, "i2.0") {
             return false;
         }
@@ -185,6 +225,7 @@ pub(crate) fn matmul(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buffer
         if !r.reorder(&oname, &order) || r.attach_anchor(&aname, &oname, second.into()).is_none() {
             return false;
         }
+        pack_panel(r, a, 2, cols);
         if !tensorize(r, &oname, second) {
             return false;
         }
@@ -219,6 +260,7 @@ pub(crate) fn matmul_root(r: &mut Recorder, shape: MicroShape, o: BufferId) -> b
             ("i1.0", "i2.0")
         };
         let order = ["i0", first, second, "k", "i1.1", "i2.1"].map(String::from);
+        pack_panel(r, o, 2, cols);
         if !r.reorder(&name, &order)
             || !r.apply(Instruction::CacheWrite {
                 stage: name.clone(),

@@ -23,8 +23,9 @@
 //!   `j.o` (or `cache_write` when the matmul is itself the output), its row loop unrolled so
 //!   that codegen keeps it in registers;
 //! * other reductions (pools, reduce, argmax) at root: the innermost divisible spatial axis split
-//!   by 4, its inner part moved inside the reduction loops and vectorized, the outermost
-//!   spatial loop parallel.
+//!   by 16, 8 or 4 (the widest that divides), its inner part moved inside the reduction loops
+//!   and vectorized, accumulating in a
+//!   `cache_write` vector (kept in registers), the outermost spatial loop parallel.
 
 use crate::micro::{self, MicroShape, SketchTarget};
 use kiln_tir::{
@@ -381,8 +382,11 @@ fn reduction_root(r: &mut Recorder, stage: &str) {
         .map(|l| (l.0.clone(), l.2))
         .collect();
     let mut vec_loop = None;
-    let f = r.knobs.inner_vector.unwrap_or(4);
+    let widest = |ext: usize| [16, 8, 4].into_iter().find(|w| ext.is_multiple_of(*w)).unwrap_or(4);
     if let Some((name, ext)) = spatial.last().cloned() {
+        // As wide as divides (up to 16 lanes, four f32x4 registers): the window's index
+        // arithmetic and bounds tests are shared by more lanes.
+        let f = r.knobs.inner_vector.unwrap_or_else(|| widest(ext));
         if ext % f == 0 && spatial.len() > 1 && r.split(stage, &name, f) {
             let inner = format!("{name}.1");
             let mut order: Vec<String> = r
@@ -394,6 +398,11 @@ fn reduction_root(r: &mut Recorder, stage: &str) {
             order.push(inner.clone());
             if r.reorder(stage, &order) {
                 vec_loop = Some(inner);
+                // The vector of partial results stays in registers across the reduction
+                // instead of making a store-to-load round trip through the output per step.
+                r.apply(Instruction::CacheWrite {
+                    stage: stage.into(),
+                });
             }
         }
     }

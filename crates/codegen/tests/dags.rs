@@ -91,6 +91,7 @@ fn conv2d_tuned_schedule() {
                 buffer: s("w"),
                 axis: 0,
                 factor: 4,
+                outer_first: false,
             },
             split("conv", "o", &[4]),
             split("conv", "ow", &[4]),

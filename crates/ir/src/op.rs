@@ -207,6 +207,9 @@ pub struct PoolAttrs {
     pub dilation: [usize; 2],
     pub ceil_mode: bool,
     pub count_include_pad: bool,
+    /// The activation layout of input and output (omitted from the text form when NCHW).
+    #[serde(skip_serializing_if = "DataLayout::is_nchw")]
+    pub layout: DataLayout,
 }
 
 /// Padding modes of PAD.

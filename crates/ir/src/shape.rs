@@ -194,9 +194,10 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
             nonzero(name, "kernel", &p.kernel)?;
             nonzero(name, "stride", &p.stride)?;
             nonzero(name, "dilation", &p.dilation)?;
-            let oh = pool_out(name, x.shape[2], p, 0)?;
-            let ow = pool_out(name, x.shape[3], p, 1)?;
-            out(x.dtype, vec![x.shape[0], x.shape[1], oh, ow])
+            let [n, c, h, w] = p.layout.nchw_dims(&x.shape);
+            let oh = pool_out(name, h, p, 0)?;
+            let ow = pool_out(name, w, p, 1)?;
+            out(x.dtype, p.layout.shape([n, c, oh, ow]))
         }
         Op::ArgMax { axis } => {
             arity(1)?;

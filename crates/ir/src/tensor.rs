@@ -148,6 +148,25 @@ impl TensorData {
         }
     }
 
+    /// The elements at `index` (in its order), zero (false) where it is `None`.
+    pub fn gather(&self, index: &[Option<usize>]) -> TensorData {
+        macro_rules! pick {
+            ($variant:ident, $v:expr, $zero:expr) => {
+                TensorData::$variant(index.iter().map(|i| i.map_or($zero, |i| $v[i])).collect())
+            };
+        }
+        match self {
+            TensorData::F32(v) => pick!(F32, v, 0.0),
+            TensorData::F16(v) => pick!(F16, v, f16::ZERO),
+            TensorData::I8(v) => pick!(I8, v, 0),
+            TensorData::U8(v) => pick!(U8, v, 0),
+            TensorData::I16(v) => pick!(I16, v, 0),
+            TensorData::I32(v) => pick!(I32, v, 0),
+            TensorData::I64(v) => pick!(I64, v, 0),
+            TensorData::Bool(v) => pick!(Bool, v, false),
+        }
+    }
+
     /// Every element converted to f64 (exact for all dtypes but i64 beyond 2^53).
     pub fn to_f64_vec(&self) -> Vec<f64> {
         dispatch_data!(self, v => v.iter().map(|x| x.to_f64()).collect())

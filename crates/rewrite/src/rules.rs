@@ -12,7 +12,7 @@
 use crate::analysis::{GraphAnalysis, GraphEGraph};
 use crate::lang::{op_of, Node, OpLeaf};
 use egg::{Applier, Id, Pattern, PatternAst, Rewrite, Subst, Symbol, Var};
-use kiln_ir::op::{BinaryOp, ConvAttrs, DataLayout};
+use kiln_ir::op::{BinaryOp, ConvAttrs, DataLayout, PoolAttrs};
 use kiln_ir::{DType, Op, Tensor, TensorType};
 
 /// What a rule's applier computes: the class to union with the match (`None`: the match does
@@ -84,12 +84,12 @@ fn all_equal(t: &Tensor, v: f64) -> bool {
     t.data().to_f64_vec().iter().all(|&x| x == v)
 }
 
-/// The rules a run with layout choice `layout` uses: every rule, less `conv-to-nhwc` when the
-/// layout is kept.
+/// The rules a run with layout choice `layout` uses: every rule, less `conv-to-nhwc` and
+/// `pool-to-nhwc` when the layout is kept.
 pub fn rules_for(layout: crate::LayoutChoice) -> Vec<Rewrite<Node, GraphAnalysis>> {
     let mut all = rules();
     if layout == crate::LayoutChoice::Nchw {
-        all.retain(|r| r.name.as_str() != "conv-to-nhwc");
+        all.retain(|r| !matches!(r.name.as_str(), "conv-to-nhwc" | "pool-to-nhwc"));
     }
     all
 }
@@ -352,6 +352,32 @@ pub fn rules() -> Vec<Rewrite<Node, GraphAnalysis>> {
                 add_op(eg, Op::Transpose { perm }, &[inner])
             },
         ),
+        // A float pool equals its channels-last form between two layout conversions (the
+        // taps and their order are the same, only the axis order differs), so a channels-last
+        // network keeps its layout through pooling: the conversions cancel with its
+        // neighbours', or the one left behind meets a smaller (pooled) tensor.
+        rule("pool-to-nhwc", "(op ?pool ?x)", |eg, _, s| {
+            let (pool, x) = (op(eg, s, "?pool")?, s[var("?x")]);
+            let (Op::AvgPool2d(p) | Op::MaxPool2d(p)) = &pool else {
+                return None;
+            };
+            if p.layout != DataLayout::Nchw || !ty(eg, x)?.dtype.is_float() {
+                return None;
+            }
+            let nhwc = PoolAttrs {
+                layout: DataLayout::Nhwc,
+                ..p.clone()
+            };
+            let new = match pool {
+                Op::AvgPool2d(_) => Op::AvgPool2d(nhwc),
+                _ => Op::MaxPool2d(nhwc),
+            };
+            let to_nhwc = DataLayout::Nhwc.from_nchw().to_vec();
+            let to_nchw = DataLayout::Nhwc.to_nchw().to_vec();
+            let xt = add_op(eg, Op::Transpose { perm: to_nhwc }, &[x])?;
+            let y = add_op(eg, new, &[xt])?;
+            add_op(eg, Op::Transpose { perm: to_nchw }, &[y])
+        }),
         // A transpose that keeps the order of the axes longer than 1 moves only unit axes: the
         // elements keep their row-major order, so it is a reshape (an alias, not a copy).
         rule("transpose-of-unit-axes", "(op ?t ?x)", |eg, _, s| {

@@ -530,6 +530,49 @@ fn reductions_move_below_transposes_and_unit_axis_transposes_become_reshapes() {
 }
 
 #[test]
+fn pools_follow_their_convolution_into_channels_last() {
+    // conv -> relu -> max pool -> conv -> global average pool: the whole chain runs channels
+    // last, with one conversion in front and one (a reshape: the pooled tensor is 1x1) behind.
+    let g = format!(
+        r#"graph {{
+  const @0: f32[8,4,3,3] = [{w1}]
+  const @1: f32[8] = [{b1}]
+  const @2: f32[8,8,3,3] = [{w2}]
+  const @3: f32[8] = [{b2}]
+  input %0 "x": f32[1,4,64,64]
+  %1: f32[8,4,3,3] = const(@0)
+  %2: f32[8] = const(@1)
+  %3: f32[1,8,64,64] = conv2d(%0, %1, %2) {{"dilation":[1,1],"input_zp":0,"pad":[1,1,1,1],"stride":[1,1],"weight_zp":0}}
+  %4: f32[1,8,64,64] = clamp(%3) {{"max":1e30,"min":0.0}}
+  %5: f32[1,8,32,32] = max_pool2d(%4) {{"ceil_mode":false,"count_include_pad":false,"dilation":[1,1],"kernel":[2,2],"pad":[0,0,0,0],"stride":[2,2]}}
+  %6: f32[8,8,3,3] = const(@2)
+  %7: f32[8] = const(@3)
+  %8: f32[1,8,32,32] = conv2d(%5, %6, %7) {{"dilation":[1,1],"input_zp":0,"pad":[1,1,1,1],"stride":[1,1],"weight_zp":0}}
+  %9: f32[1,8,1,1] = avg_pool2d(%8) {{"ceil_mode":false,"count_include_pad":false,"dilation":[1,1],"kernel":[32,32],"pad":[0,0,0,0],"stride":[1,1]}}
+  output %9
+}}"#,
+        w1 = values(288, 3),
+        b1 = values(8, 4),
+        w2 = values(576, 5),
+        b2 = values(8, 6)
+    );
+    let after = prove(&g, &["conv2d", "max_pool2d", "avg_pool2d"], &[], 1e-5);
+    assert_eq!(conv_layouts(&after), vec![DataLayout::Nhwc; 2], "{after}");
+    for n in after.nodes() {
+        if let Op::AvgPool2d(p) | Op::MaxPool2d(p) = &n.op {
+            assert_eq!(p.layout, DataLayout::Nhwc, "{after}");
+        }
+    }
+    assert_eq!(count(&after, "transpose"), 1, "{after}");
+    // Kept NCHW on request.
+    let options = RewriteOptions {
+        layout: LayoutChoice::Nchw,
+        ..RewriteOptions::default()
+    };
+    prove_with(&options, &g, &["max_pool2d"], &["transpose"], 1e-5);
+}
+
+#[test]
 fn channels_last_convolutions_fold_padding_and_per_channel_scales() {
     let after = prove(
         &format!(

@@ -110,6 +110,10 @@ pub struct DagTensor {
     pub shape: Vec<usize>,
     /// `None` for a placeholder.
     pub stage: Option<Stage>,
+    /// A placeholder whose value is known when the kernel is compiled (a weight or table):
+    /// schedules may re-layout it once (see [`crate::Instruction::Pack`]).
+    #[serde(default)]
+    pub constant: bool,
 }
 
 /// Placeholders and stages in topological order.
@@ -222,8 +226,16 @@ impl ComputeDag {
             dtype,
             shape: shape.to_vec(),
             stage: None,
+            constant: false,
         });
         Ok(BufferId(self.tensors.len() as u32 - 1))
+    }
+
+    /// Marks placeholder `id` as known at compile time (no effect on stages).
+    pub fn mark_constant(&mut self, id: BufferId) {
+        if let Some(t) = self.tensors.get_mut(id.index()) {
+            t.constant = t.stage.is_none();
+        }
     }
 
     /// Adds an elementwise-style stage with axes named `i0, i1, ...`.
@@ -336,6 +348,7 @@ impl ComputeDag {
                 body,
                 reduction,
             }),
+            constant: false,
         });
         Ok(this)
     }

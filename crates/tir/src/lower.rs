@@ -173,6 +173,21 @@ struct Lowerer<'a> {
     fma_update: bool,
 }
 
+/// The terms of a sum (`a + b + ...`), in order.
+fn flatten_sum(e: &Expr, out: &mut Vec<Expr>) {
+    match e {
+        Expr::Binary {
+            op: crate::expr::BinOp::Add,
+            a,
+            b,
+        } => {
+            flatten_sum(a, out);
+            flatten_sum(b, out);
+        }
+        _ => out.push(e.clone()),
+    }
+}
+
 fn and_all(conds: Vec<Expr>) -> Option<Expr> {
     conds.into_iter().reduce(Expr::and)
 }
@@ -235,7 +250,6 @@ impl Lowerer<'_> {
             return Err(illegal(&name, "-", "bad packing"));
         }
         let (dtype, axis_extent) = (t.dtype, t.shape[pack.axis]);
-        let rank = t.shape.len();
         let pbuf = self
             .func
             .add_local(format!("{name}_packed"), dtype, pshape.clone());
@@ -244,9 +258,9 @@ impl Lowerer<'_> {
             .enumerate()
             .map(|(d, &e)| self.new_var(&format!("{name}_p{d}"), e))
             .collect();
-        let mut src_idx: Vec<Expr> = vars[..rank].iter().map(|v| Expr::Var(*v)).collect();
-        src_idx[pack.axis] =
-            Expr::Var(vars[pack.axis]) * Expr::int(pack.factor as i64) + Expr::Var(vars[rank]);
+        let packed: Vec<Expr> = vars.iter().map(|v| Expr::Var(*v)).collect();
+        let (mut src_idx, inner) = pack.unpacked_index(&packed);
+        src_idx[pack.axis] = src_idx[pack.axis].clone() * Expr::int(pack.factor as i64) + inner;
         let mut value = Expr::load(src, src_idx.clone());
         if axis_extent % pack.factor != 0 {
             let cond = Expr::lt(src_idx[pack.axis].clone(), Expr::int(axis_extent as i64));
@@ -408,19 +422,77 @@ impl Lowerer<'_> {
                     return Ok(Expr::load(target, out));
                 }
                 if let Some((pbuf, pack)) = self.packed[buf.index()] {
-                    let mut out = idx.clone();
-                    let f = Expr::int(pack.factor as i64);
                     let a = idx
                         .get(pack.axis)
                         .cloned()
                         .ok_or_else(|| illegal(&name, "-", "pack axis"))?;
-                    out[pack.axis] = Expr::floordiv(a.clone(), f.clone());
-                    out.push(Expr::floormod(a, f));
-                    return Ok(Expr::load(pbuf, out));
+                    let outer_extent = self
+                        .dag
+                        .tensor(*buf)
+                        .and_then(|t| t.shape.get(pack.axis))
+                        .map_or(0, |d| d.div_ceil(pack.factor.max(1)));
+                    let (outer, inner) = self.split_index(&a, pack.factor, outer_extent);
+                    return Ok(Expr::load(pbuf, pack.packed_index(&idx, outer, inner)));
                 }
                 Ok(Expr::load(target, idx))
             }
             _ => e.try_map_children(&mut |c| self.resolve(c)),
+        }
+    }
+
+    /// `(a // f, a % f)`, written without division when `a` is a sum of multiples of `f` and a
+    /// remainder whose range (from the loop extents) lies in `0..f`, and the quotient's range in
+    /// `0..outer_extent` (the index of a tile whose split factor is the packing factor), so
+    /// that the packed index stays affine.
+    fn split_index(&self, a: &Expr, f: usize, outer_extent: usize) -> (Expr, Expr) {
+        let general = || {
+            let fe = Expr::int(f as i64);
+            (
+                Expr::floordiv(a.clone(), fe.clone()),
+                Expr::floormod(a.clone(), fe),
+            )
+        };
+        let mut terms = vec![];
+        flatten_sum(a, &mut terms);
+        let f = f as i64;
+        let (mut quot, mut rem): (Vec<Expr>, Vec<Expr>) = (vec![], vec![]);
+        let (mut lo, mut hi) = (0i128, 0i128);
+        for t in terms {
+            match &t {
+                Expr::Int { value, .. } if value % f == 0 => quot.push(Expr::int(value / f)),
+                Expr::Binary {
+                    op: crate::expr::BinOp::Mul,
+                    a: x,
+                    b: k,
+                } if k.as_int().is_some_and(|k| k % f == 0) => {
+                    let k = k.as_int().unwrap_or(f) / f;
+                    quot.push(if k == 1 {
+                        (**x).clone()
+                    } else {
+                        (**x).clone() * Expr::int(k)
+                    });
+                }
+                Expr::Var(v) => {
+                    let e = *self.var_ext.get(v.index()).unwrap_or(&usize::MAX) as i128;
+                    hi += e - 1;
+                    rem.push(t.clone());
+                }
+                Expr::Int { value, .. } if *value >= 0 => {
+                    lo += *value as i128;
+                    hi += *value as i128;
+                    rem.push(t.clone());
+                }
+                _ => return general(),
+            }
+        }
+        if lo < 0 || hi >= f as i128 {
+            return general();
+        }
+        let sum = |v: Vec<Expr>| v.into_iter().reduce(|x, y| x + y).unwrap_or(Expr::int(0));
+        let q = sum(quot);
+        match self.bounds().interval(&q) {
+            Some(iv) if iv.lo >= 0 && iv.hi < outer_extent as i128 => (q, sum(rem)),
+            _ => general(),
         }
     }
 

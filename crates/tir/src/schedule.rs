@@ -29,7 +29,10 @@
 //! * `cache_write` a reduction stage: it accumulates into a local buffer covering the loops
 //!   inside its outermost reduction loop and writes back after the reduction.
 //! * `pack` a placeholder: dimension `axis` is split by `factor` and the inner part moved last
-//!   (OIHW weights with `axis: 0, factor: oc` become `[ceil(O/oc), I, KH, KW, oc]`, zero-padded).
+//!   (OIHW weights with `axis: 0, factor: oc` become `[ceil(O/oc), I, KH, KW, oc]`, zero-padded);
+//!   with `outer_first` the outer part moves first (`[KH, KW, I, O]` with `axis: 3` becomes the
+//!   panels `[ceil(O/oc), KH, KW, I, oc]`). A constant placeholder is packed once, when the
+//!   kernel is compiled.
 //! * `tensorize` a leaf loop of a stage computed at root with an intrinsic: the loop's body (the
 //!   stages computed at it and the stage's inner loops) becomes a `Tensorized` statement, which
 //!   lowering checks is an instance of the intrinsic (see [`crate::tensorize`]); a stage
@@ -93,6 +96,8 @@ pub enum Instruction {
         buffer: String,
         axis: usize,
         factor: usize,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        outer_first: bool,
     },
     Tensorize {
         stage: String,
@@ -190,11 +195,14 @@ pub struct StageSchedule {
     pub tensorize: Option<(usize, TensorIntrinsic)>,
 }
 
-/// Layout packing of a placeholder: dimension `axis` split by `factor`, the inner part moved last.
+/// Layout packing of a placeholder: dimension `axis` split by `factor`, the inner part moved last
+/// (and, with `outer_first`, the outer part moved first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Pack {
     pub axis: usize,
     pub factor: usize,
+    #[serde(default)]
+    pub outer_first: bool,
 }
 
 impl Pack {
@@ -204,8 +212,75 @@ impl Pack {
         if let Some(d) = s.get_mut(self.axis) {
             *d = d.div_ceil(self.factor.max(1));
         }
+        if self.outer_first && self.axis < s.len() {
+            let outer = s.remove(self.axis);
+            s.insert(0, outer);
+        }
         s.push(self.factor);
         s
+    }
+
+    /// The packed index of an element given its original index, with the packed axis already
+    /// split into `(outer, inner)`.
+    pub fn packed_index<T: Clone>(&self, index: &[T], outer: T, inner: T) -> Vec<T> {
+        let mut out = index.to_vec();
+        if self.axis >= out.len() {
+            return out;
+        }
+        if self.outer_first {
+            out.remove(self.axis);
+            out.insert(0, outer);
+        } else {
+            out[self.axis] = outer;
+        }
+        out.push(inner);
+        out
+    }
+
+    /// `t` in the packed layout (zero-padded along the axis): what the packing loop nest
+    /// lowering emits computes, done once for a constant. `None` when the packing does not fit
+    /// `t`'s rank or size.
+    pub fn pack_tensor(&self, t: &kiln_ir::Tensor) -> Option<kiln_ir::Tensor> {
+        let shape = t.shape();
+        if self.axis >= shape.len() || self.factor == 0 {
+            return None;
+        }
+        let pshape = self.packed_shape(shape);
+        let ty = kiln_ir::TensorType::new(t.dtype(), pshape.clone()).ok()?;
+        let n = ty.num_elements();
+        let mut index = Vec::with_capacity(n);
+        let mut pos = vec![0usize; pshape.len()];
+        for _ in 0..n {
+            let (mut src, inner) = self.unpacked_index(&pos);
+            src[self.axis] = src[self.axis] * self.factor + inner;
+            let inside = src[self.axis] < shape[self.axis];
+            index.push(inside.then(|| {
+                src.iter()
+                    .zip(shape)
+                    .fold(0usize, |acc, (&i, &d)| acc * d + i)
+            }));
+            for d in (0..pos.len()).rev() {
+                pos[d] += 1;
+                if pos[d] < pshape[d] {
+                    break;
+                }
+                pos[d] = 0;
+            }
+        }
+        kiln_ir::Tensor::from_data(ty, t.data().gather(&index)).ok()
+    }
+
+    /// The original index of the element at `packed` (rank + 1 entries): `(axis position's
+    /// outer, the other dimensions, inner)`; the original axis index is `outer * factor +
+    /// inner`, given back split as `(index with outer at the axis, inner)`.
+    pub fn unpacked_index<T: Clone>(&self, packed: &[T]) -> (Vec<T>, T) {
+        let mut idx = packed.to_vec();
+        let inner = idx.pop().unwrap_or_else(|| packed[0].clone());
+        if self.outer_first && !idx.is_empty() {
+            let outer = idx.remove(0);
+            idx.insert(self.axis.min(idx.len()), outer);
+        }
+        (idx, inner)
     }
 }
 
@@ -725,6 +800,7 @@ impl Schedule {
                 buffer,
                 axis,
                 factor,
+                outer_first,
             } => {
                 let id = dag
                     .find(buffer)
@@ -748,6 +824,7 @@ impl Schedule {
                 let packed = Pack {
                     axis: *axis,
                     factor: *factor,
+                    outer_first: *outer_first,
                 }
                 .packed_shape(&t.shape);
                 if kiln_ir::TensorType::new(t.dtype, packed).is_err() {
@@ -763,6 +840,7 @@ impl Schedule {
                 *slot = Some(Pack {
                     axis: *axis,
                     factor: *factor,
+                    outer_first: *outer_first,
                 });
                 Ok(())
             }

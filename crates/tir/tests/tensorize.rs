@@ -292,3 +292,44 @@ fn reduce_offsets_enumerate_in_accumulation_order() {
         vec![0, 1, 2, 10, 11, 12]
     );
 }
+
+#[test]
+fn packing_a_constant_at_compile_time_places_every_element_where_the_packed_loads_read_it() {
+    use kiln_ir::Tensor;
+    use kiln_tir::Pack;
+    for (shape, axis, factor, outer_first) in [
+        (vec![3, 2, 5], 2, 2, true),
+        (vec![3, 2, 5], 0, 2, false),
+        (vec![4, 6], 1, 3, true),
+        (vec![7], 0, 4, false),
+    ] {
+        let n: usize = shape.iter().product();
+        let t = Tensor::new(shape.clone(), (0..n).map(|i| i as f32 + 1.0).collect()).unwrap();
+        let pack = Pack {
+            axis,
+            factor,
+            outer_first,
+        };
+        let packed = pack.pack_tensor(&t).unwrap();
+        assert_eq!(packed.shape(), pack.packed_shape(&shape).as_slice());
+        let data = packed.as_slice::<f32>().unwrap();
+        let flat = |idx: &[usize], dims: &[usize]| {
+            idx.iter().zip(dims).fold(0usize, |a, (&i, &d)| a * d + i)
+        };
+        let mut seen = 0;
+        for i in 0..n {
+            let mut idx = vec![0; shape.len()];
+            let mut r = i;
+            for d in (0..shape.len()).rev() {
+                idx[d] = r % shape[d];
+                r /= shape[d];
+            }
+            let (outer, inner) = (idx[axis] / factor, idx[axis] % factor);
+            let p = pack.packed_index(&idx, outer, inner);
+            assert_eq!(data[flat(&p, packed.shape())], i as f32 + 1.0);
+            seen += 1;
+        }
+        // Everything else is the zero padding of the last partial block.
+        assert_eq!(data.iter().filter(|&&v| v != 0.0).count(), seen);
+    }
+}

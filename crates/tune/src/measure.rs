@@ -17,7 +17,7 @@ use crate::task::extract_tasks;
 use crate::TuneError;
 use kiln_codegen::{CodegenOptions, JitModule, Threads};
 use kiln_ir::{DType, TensorType};
-use kiln_operators::kernel::{drop_unread_inputs, KernelInput};
+use kiln_operators::kernel::{finish_kernel, KernelInput};
 use kiln_schedules::{schedule_with, Knobs};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -391,10 +391,10 @@ fn measure_one(
     index: usize,
 ) -> Result<Vec<f64>, String> {
     let start = Instant::now();
-    let (_, mut func) = schedule_with(&task.dag, task.class, &task.keep, knobs, &task.target)
+    let (trace, mut func) = schedule_with(&task.dag, task.class, &task.keep, knobs, &task.target)
         .map_err(|e| e.to_string())?;
     let mut inputs = task.inputs.clone();
-    drop_unread_inputs(&mut func, &mut inputs);
+    finish_kernel(graph, &task.dag, &trace, &mut func, &mut inputs);
     let target = kiln::Target::named(&options.target).map_err(|e| e.to_string())?;
     let codegen = CodegenOptions {
         isa: target.isa_spec(),

@@ -12,12 +12,12 @@
 //!
 //! An f32 CONV2D with constant weights and a multiple of 4 output channels accumulates
 //! channels-last instead: the anchor is `conv_nhwc[n, oy, ox, oc]` ([`NHWC_STAGE`]) over weights
-//! transposed at definition time to `[c, ky, kx, oc]` (a table), so output channels are the
+//! transposed at definition time to `[ky, kx, c, oc]` (a table), so output channels are the
 //! contiguous axis of both the accumulator and the weights (the default schedule vectorizes
 //! them, see `crate::schedule`); the `bias` stage reads it transposed back to NCHW. The sum and
 //! its order are the same; when taps can leave the input it reads a kept `pad` stage (the input
 //! zero-padded once, NCHW) instead, so its inner loops carry no guards. An f32 DEPTHWISE_CONV2D (multiplier 1, constant weights, channels a
-//! multiple of 4) does the same over weights `[1, ky, kx, c]` and a kept `pad_nhwc` stage, the
+//! multiple of 4) does the same over weights `[ky, kx, 1, c]` and a kept `pad_nhwc` stage, the
 //! input copied channels-last with the padding as zeros, so its taps need no guards at all.
 //!
 //! Transpose convolution is written as a gather: output row `oy` reads input row
@@ -134,7 +134,7 @@ pub(crate) fn define(
                             let xv = Expr::load(xp, vec![ax[0].clone(), iy, ix, ax[3].clone()]);
                             let wv = Expr::load(
                                 wt,
-                                vec![c(0), r[0].clone(), r[1].clone(), ax[3].clone()],
+                                vec![r[0].clone(), r[1].clone(), c(0), ax[3].clone()],
                             );
                             xv * wv
                         })?;
@@ -147,7 +147,7 @@ pub(crate) fn define(
                 nhwc_weights(b, x, w, shape[1])?
             };
             if let Some(wt) = nhwc {
-                // Channels-last accumulator: `conv_nhwc[n, oy, ox, oc]`, weights `[c, ky, kx, oc]`;
+                // Channels-last accumulator: `conv_nhwc[n, oy, ox, oc]`, weights `[ky, kx, c, oc]`;
                 // a padded convolution reads a kept zero-padded copy of the input instead.
                 let hp = reach(shape[2], sy, kh, dy, 0) as usize + 1;
                 let wp = reach(shape[3], sx, kw, dx, 0) as usize + 1;
@@ -178,7 +178,7 @@ pub(crate) fn define(
                         let iy = ax[1].clone() * c(sy) + ky.clone() * c(dy) - c(off_y);
                         let ix = ax[2].clone() * c(sx) + kx.clone() * c(dx) - c(off_x);
                         let xv = xload(src, [ax[0].clone(), ch.clone(), iy, ix]);
-                        let wv = Expr::load(wt, vec![ch, ky, kx, ax[3].clone()]);
+                        let wv = Expr::load(wt, vec![ky, kx, ch, ax[3].clone()]);
                         xv * wv
                     })?;
                 return bias_stage(b, acc_stage, DataLayout::Nhwc, layout, bias, acc, out);
@@ -300,7 +300,8 @@ impl TapBounds {
 }
 
 /// For an f32 convolution with constant OIHW weights and a multiple of 4 output channels: the
-/// weights transposed to `[c, ky, kx, oc]` as a definition-time table.
+/// weights transposed to `[ky, kx, c, oc]` (HWIO) as a definition-time table: for the tap order
+/// `ky, kx, c` a step of the reduction moves one row of output channels.
 fn nhwc_weights(
     b: &mut Builder,
     x: &Operand,
@@ -320,14 +321,14 @@ fn nhwc_weights(
         for cc in 0..ci {
             for y in 0..kh {
                 for xx in 0..kw {
-                    t[((cc * kh + y) * kw + xx) * o + oo] =
+                    t[((y * kw + xx) * ci + cc) * o + oo] =
                         values[((oo * ci + cc) * kh + y) * kw + xx];
                 }
             }
         }
     }
     Ok(Some(
-        b.table("w_nhwc", Tensor::new(vec![ci, kh, kw, o], t)?)?,
+        b.table("w_nhwc", Tensor::new(vec![kh, kw, ci, o], t)?)?,
     ))
 }
 

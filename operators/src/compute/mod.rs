@@ -123,8 +123,14 @@ impl Builder {
     pub(crate) fn table(&mut self, what: &str, t: Tensor) -> Result<BufferId, ComputeError> {
         let name = self.fresh(what);
         let id = self.dag.placeholder(&name, t.dtype(), t.shape())?;
+        self.dag.mark_constant(id);
         self.tables.push((id, t));
         Ok(id)
+    }
+
+    /// Marks placeholder `id` as bound to a constant (see `kiln_tir::DagTensor::constant`).
+    pub fn mark_constant(&mut self, id: BufferId) {
+        self.dag.mark_constant(id);
     }
 
     /// Adds an elementwise-style stage.

@@ -5,7 +5,8 @@
 //! minimum) and NaN propagates, like the reference. AVG_POOL2D sums in f32 and divides by the
 //! per-axis tap counts, computed at definition time exactly as the reference does (inside the
 //! input, or inside the padded input with `count_include_pad`) and bound as two f32 tables
-//! `[OH]` and `[OW]`; an empty count gives 0/0 = NaN as in the reference.
+//! `[OH]` and `[OW]`; an empty count gives 0/0 = NaN as in the reference. A channels-last
+//! pool indexes the same taps in its layout (channels are the innermost, vectorized axis).
 
 use super::expr::{all, c, in_range};
 use super::{unsupported, Builder, ComputeError, Operand};
@@ -48,20 +49,19 @@ pub(crate) fn define(
     };
     let x = &xs[0];
     let dt = x.ty.dtype;
-    let (h, w) = (x.ty.shape[2], x.ty.shape[3]);
+    let layout = p.layout;
+    let [_, _, h, w] = layout.nchw_dims(&x.ty.shape);
     let shape = out.shape.clone();
-    let (oh, ow) = (shape[2], shape[3]);
+    let [_, _, oh, ow] = layout.nchw_dims(&shape);
     let (sy, sx) = (p.stride[0] as i64, p.stride[1] as i64);
     let (dy, dx) = (p.dilation[0] as i64, p.dilation[1] as i64);
     let (pt, pl) = (p.pad[0] as i64, p.pad[2] as i64);
     let raxes = [("ky", p.kernel[0]), ("kx", p.kernel[1])];
     let tap = |ax: &[Expr], r: &[Expr]| {
-        let iy = ax[2].clone() * c(sy) + r[0].clone() * c(dy) - c(pt);
-        let ix = ax[3].clone() * c(sx) + r[1].clone() * c(dx) - c(pl);
-        let v = Expr::load(
-            x.id,
-            vec![ax[0].clone(), ax[1].clone(), iy.clone(), ix.clone()],
-        );
+        let [n, ch, y, xx] = layout.nchw_of(ax);
+        let iy = y * c(sy) + r[0].clone() * c(dy) - c(pt);
+        let ix = xx * c(sx) + r[1].clone() * c(dx) - c(pl);
+        let v = Expr::load(x.id, layout.shape_of([n, ch, iy.clone(), ix.clone()]));
         (all(vec![in_range(&iy, h), in_range(&ix, w)]), v)
     };
     if is_max {
@@ -93,7 +93,8 @@ pub(crate) fn define(
         Tensor::new(vec![ow], counts(p, 1, w, ow))?,
     )?;
     b.stage("avgpool", &shape, |ax| {
-        let count = Expr::load(ch, vec![ax[2].clone()]) * Expr::load(cw, vec![ax[3].clone()]);
+        let [_, _, y, xx] = layout.nchw_of(ax);
+        let count = Expr::load(ch, vec![y]) * Expr::load(cw, vec![xx]);
         let v = Expr::load(sum, ax.to_vec()) / count;
         if dt == DType::F32 {
             v

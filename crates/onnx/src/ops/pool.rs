@@ -33,6 +33,7 @@ pub(super) fn pool(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
         dilation: win.dilation,
         ceil_mode,
         count_include_pad: cx.flag("count_include_pad", false)?,
+        layout: Default::default(),
     };
     let x4 = to_2d(b, x)?;
     let op = if cx.op_type == "MaxPool" {
@@ -62,6 +63,7 @@ pub(super) fn global_pool(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
             dilation: [1, 1],
             ceil_mode: false,
             count_include_pad: false,
+            layout: Default::default(),
         };
         return b.add(Op::AvgPool2d(attrs), &[x]);
     }

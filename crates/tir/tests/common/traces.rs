@@ -102,6 +102,7 @@ pub fn random_trace(dag: &ComputeDag, choices: &[(u8, u32, u32, u32)]) -> Trace 
                     buffer: name,
                     axis: c as usize % rank,
                     factor: (c as usize >> 4) % 4 + 1,
+                    outer_first: c & 64 != 0,
                 }
             }
         };
