@@ -382,7 +382,12 @@ fn reduction_root(r: &mut Recorder, stage: &str) {
         .map(|l| (l.0.clone(), l.2))
         .collect();
     let mut vec_loop = None;
-    let widest = |ext: usize| [16, 8, 4].into_iter().find(|w| ext.is_multiple_of(*w)).unwrap_or(4);
+    let widest = |ext: usize| {
+        [16, 8, 4]
+            .into_iter()
+            .find(|w| ext.is_multiple_of(*w))
+            .unwrap_or(4)
+    };
     if let Some((name, ext)) = spatial.last().cloned() {
         // As wide as divides (up to 16 lanes, four f32x4 registers): the window's index
         // arithmetic and bounds tests are shared by more lanes.
