@@ -2,10 +2,11 @@
 //! compute DAG (one loop nest).
 //!
 //! Invariant: [`partition`] puts every non-`Const` node in exactly one group; within a group the
-//! nodes are in graph order and every value produced inside the group and read by a later group
-//! node has that node as its only consumer (it is not a graph output), so only a group's last
-//! value escapes; the groups are returned in an order in which every external input of a group
-//! is a graph input, a constant, or produced by an earlier group.
+//! nodes are in graph order and every value produced inside the group is read only by later
+//! nodes of the group (it is not a graph output; the partition rule makes chains, the e-graph's
+//! fusion may also give a value two readers of the group), so only a group's last value
+//! escapes; the groups are returned in an order in which every external input of a group is a
+//! graph input, a constant, or produced by an earlier group.
 //!
 //! The rule:
 //! * an *anchor* (conv2d, depthwise_conv2d, transpose_conv2d, matmul) starts a group and absorbs

@@ -8,8 +8,8 @@
 //!
 //! Rules (all stages):
 //! * every non-output, non-reduction stage not marked *keep* is inlined;
-//! * elementwise / data-movement outputs: the innermost axis is split by 4 and vectorized when
-//!   divisible, the outermost axis is parallel (fused with the following loops while it has
+//! * elementwise / data-movement outputs: the innermost axis is split by the widest of 16, 8, 4
+//!   that divides it twice and vectorized, the outermost axis is parallel (fused with the following loops while it has
 //!   fewer than 8 iterations);
 //! * channels-last conv / depthwise anchors (the operator library's `conv_nhwc` stages, every f32
 //!   convolution with constant weights): the NCHW output is tiled
@@ -360,11 +360,18 @@ fn elementwise(r: &mut Recorder, stage: &str) {
     let Some((inner, _, ext)) = loops.last().cloned() else {
         return;
     };
-    let f = r.knobs.inner_vector.unwrap_or(4);
+    // The widest vector (16, 8 or 4 lanes) that divides the innermost axis at least twice:
+    // per-vector index arithmetic and guards are shared by more lanes.
+    let f = r.knobs.inner_vector.unwrap_or_else(|| {
+        [16, 8, 4]
+            .into_iter()
+            .find(|&w| ext.is_multiple_of(w) && ext >= 2 * w)
+            .unwrap_or(4)
+    });
     let mut vec_loop = None;
     if ext % f == 0 && ext >= 2 * f && r.split(stage, &inner, f) {
         vec_loop = Some(format!("{inner}.1"));
-    } else if ext == 4 && loops.len() > 1 {
+    } else if [4, 8, 16].contains(&ext) && loops.len() > 1 {
         vec_loop = Some(inner);
     }
     r.parallel_outer(stage);

@@ -132,6 +132,7 @@ impl SearchSpace {
             {
                 push(Knob::VectorTile, micro_cols(m, shape[3]));
                 push(Knob::RowTile, micro_rows(m, shape[2]));
+                push(Knob::AttachOuter, BOOL.to_vec());
                 true
             }
             (Some(m), _, 3) if class == OpClass::MatMul => {

@@ -76,8 +76,7 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
         layout: req.layout.clone(),
     };
     let set =
-        kiln_tune::extract_tasks(&model.graph, &spec.graph_options(), &target.sketch_target())
-            .map_err(tune_err)?;
+        kiln_tune::extract_tasks(&model.graph, &spec.graph_options(), &target).map_err(tune_err)?;
     let existing = read_log(&req.log).map_err(|e| tune_err(e.into()))?;
     if !existing.records.is_empty() && !req.resume {
         return Err(CliError::Usage(format!(

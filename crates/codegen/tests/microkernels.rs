@@ -49,7 +49,17 @@ fn epilogue(choice: u8, inputs: usize) -> Epilogue {
         }
     };
     let x = acc_bias();
-    match choice % 8 {
+    match choice % 10 {
+        // swish, as efficientnet's convolutions end.
+        8 => E::Binary(
+            BinOp::Mul,
+            b(x.clone()),
+            b(E::Call(Intrinsic::Sigmoid, vec![x])),
+        ),
+        9 => E::Call(
+            Intrinsic::Exp,
+            vec![E::Binary(BinOp::Mul, b(x), b(E::Const(12.5)))],
+        ),
         0 => x,
         // relu6 as the importer writes clamp: select(x < 0, 0, select(x > 6, 6, x)).
         1 => E::Select {
@@ -138,7 +148,7 @@ fn case() -> impl Strategy<Value = Case> {
         prop::collection::vec(1usize..=5, 0..=2),
         1usize..=19,
         kinds(),
-        0u8..8,
+        0u8..10,
         0usize..=2,
         any::<u64>(),
     )

@@ -387,6 +387,16 @@ fn intrinsics_match_the_interpreter_bit_for_bit() {
                     Expr::call(f, a[..f.arity()].to_vec())
                 });
                 for o in opts() {
+                    // Vector exp and sigmoid are kiln_tir::math's approximations (checked bit
+                    // for bit against it in tests/tensorized.rs, and within its ulp bounds of
+                    // the exact values in kiln_tir's own tests).
+                    let approx = matches!(f, Intrinsic::Exp | Intrinsic::Sigmoid)
+                        && vectorized
+                        && o.vectorize
+                        && o.use_fma;
+                    if approx {
+                        continue;
+                    }
                     let stats = compare(&func, &[x.clone(), y.clone(), z.clone()], &o);
                     if vectorized && o.vectorize {
                         assert_eq!(stats.vector_loops, 1, "{}", f.name());

@@ -42,10 +42,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .cloned();
     let (iters, top, print) = (opt("--iters", 10), opt("--top", 30), opt("--print", 0));
     let model = kiln::load_onnx(path, &Default::default())?;
-    let prepared = kiln::graph_opt::prepare(&model.graph, &Default::default())?;
+    let host = kiln::Target::host();
+    let prepared = kiln::graph_opt::prepare(&model.graph, &Default::default(), &host)?;
     let graph = prepared.graph.into_owned();
     let groups = prepared.groups.unwrap_or_else(|| partition(&graph));
-    let target = kiln::Target::host().sketch_target();
+    let target = host.sketch_target();
     let kernels = lower_groups_with(&graph, &groups, &Default::default(), &target)?;
     let mut funcs = vec![];
     for (k, kernel) in kernels.iter().enumerate() {

@@ -134,7 +134,8 @@ pub fn compile_library(
         packages: target.linker_packages().into(),
     })?;
     let start = Instant::now();
-    let prepared = crate::graph_opt::prepare(graph, &options.graph).map_err(CompileError::from)?;
+    let prepared =
+        crate::graph_opt::prepare(graph, &options.graph, target).map_err(CompileError::from)?;
     let planned = plan_model(
         &prepared.graph,
         prepared.groups.as_deref(),

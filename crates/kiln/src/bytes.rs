@@ -1,9 +1,49 @@
 //! Tensors as the dense little-endian bytes compiled code reads and writes.
 //!
 //! Invariant: `tensor_from_bytes(ty, &tensor_bytes(t)) == t` for every tensor `t` of type `ty`;
-//! bool is one byte, 0 or 1.
+//! bool is one byte, 0 or 1. [`tensor_byte_view`] and [`data_bytes_mut`] give the same bytes
+//! without copying where the host is little-endian (every host Kiln's JIT runs on).
 
 use kiln_ir::{Tensor, TensorData, TensorType};
+use std::borrow::Cow;
+
+/// The bytes of `t` ([`tensor_bytes`]), borrowed when the layout in memory is already that.
+pub fn tensor_byte_view(t: &Tensor) -> Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        let view: Option<&[u8]> = match t.data() {
+            TensorData::F32(v) => Some(bytemuck::cast_slice(v)),
+            TensorData::F16(v) => Some(bytemuck::cast_slice(v)),
+            TensorData::I8(v) => Some(bytemuck::cast_slice(v)),
+            TensorData::U8(v) => Some(v),
+            TensorData::I16(v) => Some(bytemuck::cast_slice(v)),
+            TensorData::I32(v) => Some(bytemuck::cast_slice(v)),
+            TensorData::I64(v) => Some(bytemuck::cast_slice(v)),
+            TensorData::Bool(_) => None,
+        };
+        if let Some(b) = view {
+            return Cow::Borrowed(b);
+        }
+    }
+    Cow::Owned(tensor_bytes(t))
+}
+
+/// The bytes of `d` to write in place, when its layout in memory is the byte layout (not for
+/// bool, nor on a big-endian host).
+pub fn data_bytes_mut(d: &mut TensorData) -> Option<&mut [u8]> {
+    if !cfg!(target_endian = "little") {
+        return None;
+    }
+    match d {
+        TensorData::F32(v) => Some(bytemuck::cast_slice_mut(v)),
+        TensorData::F16(v) => Some(bytemuck::cast_slice_mut(v)),
+        TensorData::I8(v) => Some(bytemuck::cast_slice_mut(v)),
+        TensorData::U8(v) => Some(v),
+        TensorData::I16(v) => Some(bytemuck::cast_slice_mut(v)),
+        TensorData::I32(v) => Some(bytemuck::cast_slice_mut(v)),
+        TensorData::I64(v) => Some(bytemuck::cast_slice_mut(v)),
+        TensorData::Bool(_) => None,
+    }
+}
 
 /// The elements of `t`, little-endian, row-major.
 pub fn tensor_bytes(t: &Tensor) -> Vec<u8> {

@@ -7,11 +7,11 @@
 //! outputs but computed by no kernel (inputs, constants, repeated outputs) are copied after the
 //! entry returns.
 
-use crate::bytes::{tensor_bytes, tensor_from_bytes};
+use crate::bytes::{data_bytes_mut, tensor_byte_view, tensor_bytes, tensor_from_bytes};
 use crate::profile::KernelInfo;
 use crate::{CompileOptions, Target};
 use kiln_codegen::{Arg, CodegenOptions, JitModule, KernelCall, ModelEntry, Threads};
-use kiln_ir::{ConstId, Graph, Op, Tensor, TensorType, ValueDef, ValueId};
+use kiln_ir::{ConstId, Graph, Op, Tensor, TensorData, TensorType, ValueDef, ValueId};
 use kiln_operators::fusion::partition;
 use kiln_operators::fusion::Group;
 use kiln_operators::kernel::{lower_groups_with, Kernel, KernelError, KernelInput, TunedSchedules};
@@ -105,6 +105,8 @@ pub struct CompiledModel {
     stats: CompileStats,
     kernels: Vec<KernelInfo>,
     profiled: bool,
+    /// Arenas of finished runs, reused by later ones.
+    arenas: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 struct Planner<'g> {
@@ -184,7 +186,7 @@ pub(crate) fn compile(
         return Err(CompileError::NotNative(target.name().into()));
     }
     let start = Instant::now();
-    let prepared = crate::graph_opt::prepare(graph, &options.graph)?;
+    let prepared = crate::graph_opt::prepare(graph, &options.graph, target)?;
     let planned = plan_model(
         &prepared.graph,
         prepared.groups.as_deref(),
@@ -216,6 +218,7 @@ pub(crate) fn compile(
         stats,
         kernels: planned.kernels,
         profiled: options.profile,
+        arenas: std::sync::Mutex::new(Vec::new()),
     })
 }
 
@@ -273,6 +276,32 @@ pub(crate) fn plan_model(
         }
     }
 
+    // A value whose only reader is a reshape into a graph output is written straight into
+    // that output (the reshape, an alias, then costs nothing).
+    let readers = |v: ValueId| -> usize {
+        kernels
+            .iter()
+            .flat_map(|k| &k.inputs)
+            .filter(|i| **i == KernelInput::Value(v))
+            .count()
+    };
+    for kernel in &kernels {
+        if let (true, [KernelInput::Value(v)], [o]) = (
+            kernel.alias,
+            kernel.inputs.as_slice(),
+            kernel.outputs.as_slice(),
+        ) {
+            let into_output = matches!(p.storage.get(o), Some(Storage::Output(_)));
+            if into_output
+                && produced.contains_key(v)
+                && !p.storage.contains_key(v)
+                && readers(*v) == 1
+            {
+                p.storage.insert(*v, p.storage[o]);
+            }
+        }
+    }
+
     // Storage of every kernel output (aliases share their source's), and lifetimes.
     let mut skipped = vec![false; kernels.len()];
     let mut args: Vec<Vec<Arg>> = Vec::with_capacity(kernels.len());
@@ -294,13 +323,24 @@ pub(crate) fn plan_model(
             }
             call.push(s);
         }
-        // A reshape of an arena value into a non-output value is free: it shares the storage.
+        // A reshape of an arena value or a model input into a non-output value is free: it
+        // shares the storage (read-only for an input: only arena values are ever reused in
+        // place). One into a graph output whose source was placed in that output is free too.
         let alias_of = match (kernel.alias, call.as_slice(), kernel.outputs.as_slice()) {
-            (true, [Storage::Arena(r)], [o]) if !p.storage.contains_key(o) => Some(*r),
+            (true, [s @ (Storage::Arena(_) | Storage::Input(_))], [o])
+                if !p.storage.contains_key(o) =>
+            {
+                Some(*s)
+            }
+            (true, [s @ Storage::Output(j)], [o])
+                if p.storage.get(o) == Some(&Storage::Output(*j)) =>
+            {
+                Some(*s)
+            }
             _ => None,
         };
-        if let (Some(r), [o]) = (alias_of, kernel.outputs.as_slice()) {
-            p.storage.insert(*o, Storage::Arena(r));
+        if let (Some(s), [o]) = (alias_of, kernel.outputs.as_slice()) {
+            p.storage.insert(*o, s);
             skipped[k] = true;
         }
         for &o in &kernel.outputs {
@@ -476,35 +516,80 @@ impl CompiledModel {
                 });
             }
         }
-        let input_bytes: Vec<Vec<u8>> = inputs.iter().map(tensor_bytes).collect();
-        let mut outputs: Vec<Vec<u8>> = self
+        // Inputs are read in place and outputs written into the tensors returned (where the
+        // host's layout is the byte layout); the arena is reused between runs.
+        let input_bytes: Vec<std::borrow::Cow<'_, [u8]>> =
+            inputs.iter().map(tensor_byte_view).collect();
+        let mut outputs: Vec<TensorData> = self
             .output_types
             .iter()
-            .map(|t| vec![0u8; t.byte_size()])
+            .map(|t| TensorData::zeros(t.dtype, t.num_elements()))
             .collect();
-        let mut arena = vec![0u8; self.stats.arena_bytes];
+        // Outputs without an in-place byte view (bool) go through a byte buffer.
+        let mut staged: Vec<Option<Vec<u8>>> = outputs
+            .iter_mut()
+            .zip(&self.output_types)
+            .map(|(d, t)| {
+                data_bytes_mut(d)
+                    .is_none()
+                    .then(|| vec![0u8; t.byte_size()])
+            })
+            .collect();
+        let mut arena = self.take_arena();
         let entry = self
             .jit
             .entry(ENTRY)
             .expect("the entry is compiled with the module");
-        {
-            let ins: Vec<&[u8]> = input_bytes.iter().map(Vec::as_slice).collect();
-            let mut outs: Vec<&mut [u8]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();
+        let result = {
+            let ins: Vec<&[u8]> = input_bytes.iter().map(|b| b.as_ref()).collect();
+            let mut outs: Vec<&mut [u8]> = outputs
+                .iter_mut()
+                .zip(staged.iter_mut())
+                .map(|(d, s)| match s {
+                    Some(b) => b.as_mut_slice(),
+                    None => data_bytes_mut(d).unwrap_or_default(),
+                })
+                .collect();
             let consts: Vec<&[u8]> = self.constants.iter().map(Vec::as_slice).collect();
-            entry.run(&ins, &mut outs, &mut arena, &consts)?;
-        }
+            entry.run(&ins, &mut outs, &mut arena, &consts)
+        };
+        self.give_back_arena(arena);
+        result?;
+        let mut tensors: Vec<Tensor> = outputs
+            .into_iter()
+            .zip(staged)
+            .zip(&self.output_types)
+            .map(|((d, s), ty)| match s {
+                Some(bytes) => tensor_from_bytes(ty, &bytes),
+                None => Tensor::from_data(ty.clone(), d).ok(),
+            })
+            .map(|t| t.expect("outputs are sized from their types"))
+            .collect();
         for &(j, copy) in &self.copies {
-            outputs[j] = match copy {
-                CopySource::Input(i) => input_bytes[i].clone(),
-                CopySource::Constant(c) => self.constants[c].clone(),
-                CopySource::Output(o) => outputs[o].clone(),
+            let ty = &self.output_types[j];
+            tensors[j] = match copy {
+                CopySource::Input(i) => inputs[i].clone(),
+                CopySource::Constant(c) => tensor_from_bytes(ty, &self.constants[c])
+                    .expect("constants are sized from their types"),
+                CopySource::Output(o) => tensors[o].clone(),
             };
         }
-        Ok(outputs
-            .iter()
-            .zip(&self.output_types)
-            .map(|(b, ty)| tensor_from_bytes(ty, b).expect("outputs are sized from their types"))
-            .collect())
+        Ok(tensors)
+    }
+
+    /// An arena for one run: a buffer of an earlier run when one is free (no allocation and
+    /// no fresh pages), else a new one. Kernels write every arena byte before reading it.
+    fn take_arena(&self) -> Vec<u8> {
+        let mut free = self.arenas.lock().unwrap_or_else(|p| p.into_inner());
+        free.pop()
+            .unwrap_or_else(|| vec![0u8; self.stats.arena_bytes])
+    }
+
+    fn give_back_arena(&self, arena: Vec<u8>) {
+        let mut free = self.arenas.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < 4 {
+            free.push(arena);
+        }
     }
 
     /// Numbers about the compilation: kernel count, arena bytes, compile time.

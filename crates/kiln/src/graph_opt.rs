@@ -76,18 +76,27 @@ pub struct Prepared<'g> {
     pub report: Option<RewriteReport>,
 }
 
-/// `graph` rewritten and its fusion groups chosen by equality saturation (when asked).
+/// `graph` rewritten and its fusion groups chosen by equality saturation (when asked), for
+/// `target`.
 pub fn prepare<'g>(
     graph: &'g Graph,
     options: &GraphOptions,
+    target: &crate::Target,
 ) -> Result<Prepared<'g>, GraphOptError> {
     if let Some(dir) = &options.dump_dir {
         dump(dir, "before", graph)?;
     }
     let prepared = if options.rewrite {
-        let (g, mut report) = kiln_rewrite::optimize(graph, &options.limits)?;
-        let (g, groups, fusion) =
-            kiln_rewrite::fusion::fusion_groups(&g, &options.limits, &RooflineCost)?;
+        // The cost model knows whether the target runs micro-kernels.
+        let limits = RewriteOptions {
+            microkernels: target.microkernels().is_some(),
+            ..options.limits.clone()
+        };
+        let cost = RooflineCost {
+            microkernels: limits.microkernels,
+        };
+        let (g, mut report) = kiln_rewrite::optimize(graph, &limits)?;
+        let (g, groups, fusion) = kiln_rewrite::fusion::fusion_groups(&g, &limits, &cost)?;
         report.fusion = Some(fusion);
         Prepared {
             graph: Cow::Owned(g),

@@ -29,11 +29,19 @@ pub trait CostModel {
 /// Layout: the lowering computes float convolutions channels-last (channels are the vector
 /// lanes), so an NCHW float convolution also pays for converting its activations inside the
 /// kernel: its input and output move once more (a strided pass).
+///
+/// Micro-kernels: on a target that has them (`microkernels`), float convolutions whose output
+/// is channels-last and float matmuls run as tensorized register tiles, about four times the
+/// arithmetic rate of the loop code an NCHW convolution gets.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RooflineCost;
+pub struct RooflineCost {
+    pub microkernels: bool,
+}
 
 impl RooflineCost {
     const FLOPS_PER_CYCLE: f64 = 8.0;
+    /// How much faster micro-kernel arithmetic runs than loop code.
+    const MICRO_SPEEDUP: f64 = 4.0;
     const BYTES_PER_CYCLE: f64 = 4.0;
     const KERNEL: f64 = 2000.0;
 }
@@ -53,6 +61,22 @@ impl RooflineCost {
 }
 
 impl RooflineCost {
+    /// Arithmetic in loop-code flops: micro-kernel work counts a fraction (see the type doc).
+    fn arithmetic(&self, op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64 {
+        let flops = Self::flops(op, inputs, output);
+        let float = inputs.first().is_some_and(|x| x.dtype.is_float());
+        let tensorized = match op {
+            Op::Conv2d(a) | Op::DepthwiseConv2d(a) => a.layout == DataLayout::Nhwc,
+            Op::MatMul(_) => true,
+            _ => false,
+        };
+        if self.microkernels && float && tensorized {
+            flops / Self::MICRO_SPEEDUP
+        } else {
+            flops
+        }
+    }
+
     /// The extra pass of an NCHW float convolution over its input and output (see the type doc).
     fn layout_conversion(op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64 {
         match inputs.first() {
@@ -73,7 +97,7 @@ fn nchw_float_conv(op: &Op, inputs: &[&TensorType]) -> bool {
 
 impl CostModel for RooflineCost {
     fn op_cost(&self, op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64 {
-        let flops = Self::flops(op, inputs, output);
+        let flops = self.arithmetic(op, inputs, output);
         let bytes: f64 =
             inputs.iter().map(|t| t.byte_size() as f64).sum::<f64>() + output.byte_size() as f64;
         let launch = match op {
@@ -88,7 +112,7 @@ impl CostModel for RooflineCost {
     }
 
     fn fused_op_cost(&self, op: &Op, inputs: &[&TensorType], output: &TensorType) -> f64 {
-        Self::flops(op, inputs, output) / Self::FLOPS_PER_CYCLE
+        self.arithmetic(op, inputs, output) / Self::FLOPS_PER_CYCLE
             + Self::layout_conversion(op, inputs, output)
     }
 

@@ -11,9 +11,10 @@
 //! consumes.
 //!
 //! Invariant: every group [`fusion_groups`] returns is what the lowering can compile as one loop
-//! nest: at most one anchor, first; then a chain of epilogues, each reading the previous node
-//! and otherwise only values computed outside the group; no value inside a group is read outside
-//! it. A fused value that the extracted graph would need twice (two fusing consumers, or a
+//! nest: at most one anchor, first; then epilogues, each reading earlier nodes of the group
+//! (a chain, or a value read twice as in `x * sigmoid(x)`, see
+//! [`merge_multi_reader_epilogues`]) and otherwise only values computed outside the group; no
+//! value inside a group is read outside it. A fused value that the extracted graph would need twice (two fusing consumers, or a
 //! consumer and a kernel boundary) is materialised instead, so no work is duplicated. Should an
 //! extraction ever violate the invariant, the groups of [`kiln_operators::fusion::partition`]
 //! are returned instead and the report says so.
@@ -226,6 +227,7 @@ pub fn fusion_groups(
     if covered != ops {
         return Ok(fallback(g, start));
     }
+    let mut groups = merge_multi_reader_epilogues(&g, groups);
     groups.sort_by_key(|gr| gr.nodes.last().map_or(0, |n| n.index()));
     let report = FusionReport {
         kernels: groups.len(),
@@ -233,6 +235,65 @@ pub fn fusion_groups(
         fell_back: false,
     };
     Ok((g, groups, report))
+}
+
+/// Moves a group whose output several epilogue ops read into the group of those readers when
+/// they are all in one group of epilogue ops of the output's shape (`x * sigmoid(x)`,
+/// `x * relu6(x + 3) / 6`): the readers cannot fuse one by one (each alone would leave the
+/// value needed twice), but together they form one epilogue reading the value twice, which
+/// the lowering computes in registers. Repeated until nothing moves; the merged group runs
+/// where the readers' group ran, which is later, and only the readers read what it produced.
+fn merge_multi_reader_epilogues(g: &Graph, mut groups: Vec<Group>) -> Vec<Group> {
+    let group_of = |groups: &[Group], n: NodeId| groups.iter().position(|gr| gr.nodes.contains(&n));
+    loop {
+        let mut merged = false;
+        for a in 0..groups.len() {
+            let Some(&last) = groups[a].nodes.last() else {
+                continue;
+            };
+            let x = g.node(last).output;
+            if g.outputs().contains(&x) || groups[a].alias {
+                continue;
+            }
+            let readers: Vec<NodeId> = (0..g.nodes().len())
+                .map(|i| NodeId(i as u32))
+                .filter(|&n| g.node(n).inputs.contains(&x))
+                .collect();
+            let Some(&first) = readers.first() else {
+                continue;
+            };
+            let Some(b) = group_of(&groups, first) else {
+                continue;
+            };
+            let same_group = readers.iter().all(|&r| group_of(&groups, r) == Some(b));
+            let shape = &g.ty(x).shape;
+            let epilogues = groups[b].anchor.is_none()
+                && groups[b]
+                    .nodes
+                    .iter()
+                    .all(|&n| is_epilogue(&g.node(n).op) && g.ty(g.node(n).output).shape == *shape);
+            let tail_ok = groups[a].anchor.is_some()
+                || groups[a].nodes.iter().all(|&n| is_epilogue(&g.node(n).op));
+            if b == a || readers.len() < 2 || !same_group || !epilogues || !tail_ok {
+                continue;
+            }
+            let mut nodes = groups[a].nodes.clone();
+            nodes.extend(&groups[b].nodes);
+            let head = groups[a].clone();
+            groups[b] = Group {
+                nodes,
+                anchor: head.anchor,
+                class: head.class,
+                alias: false,
+            };
+            groups.remove(a);
+            merged = true;
+            break;
+        }
+        if !merged {
+            return groups;
+        }
+    }
 }
 
 fn fallback(g: Graph, start: Instant) -> (Graph, Vec<Group>, FusionReport) {

@@ -52,6 +52,9 @@ pub struct RewriteOptions {
     pub fold_limit: usize,
     /// How convolution layouts are chosen.
     pub layout: LayoutChoice,
+    /// The target runs tensorized convolutions and matmuls as micro-kernels (the cost model
+    /// counts their arithmetic accordingly, see [`RooflineCost`]).
+    pub microkernels: bool,
 }
 
 /// How the activation layout of convolutions is chosen.
@@ -86,6 +89,7 @@ impl Default for RewriteOptions {
             time_limit: Duration::from_secs(10),
             fold_limit: 1 << 22,
             layout: LayoutChoice::Auto,
+            microkernels: false,
         }
     }
 }
@@ -356,10 +360,16 @@ pub fn optimize_with(
     Ok((out, report))
 }
 
-/// [`optimize_with`] under the default [`RooflineCost`].
+/// [`optimize_with`] under the [`RooflineCost`] of the target `options` describe.
 pub fn optimize(
     graph: &Graph,
     options: &RewriteOptions,
 ) -> Result<(Graph, RewriteReport), RewriteError> {
-    optimize_with(graph, options, &RooflineCost)
+    optimize_with(
+        graph,
+        options,
+        &RooflineCost {
+            microkernels: options.microkernels,
+        },
+    )
 }

@@ -15,6 +15,7 @@ pub mod compute;
 pub mod expr;
 pub mod interp;
 pub mod lower;
+pub mod math;
 pub mod schedule;
 pub mod stmt;
 pub mod tensorize;

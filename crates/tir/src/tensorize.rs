@@ -6,7 +6,8 @@
 //! the order the body accumulates them. A micro-kernel that computes the description therefore
 //! computes what the body computes, bit for bit: the update is an explicit `fma` (one rounding
 //! per step, in the body's reduction order) and the epilogue is the body's own expression,
-//! evaluated operation by operation.
+//! evaluated operation by operation (`exp` and `sigmoid` by the approximations of
+//! [`crate::math`], within their ulp bounds, as every vector code path computes them).
 //!
 //! # The contraction pattern
 //!
@@ -42,14 +43,18 @@ fn fail<T>(reason: impl Into<String>) -> Result<T, TensorizeError> {
 }
 
 /// Intrinsic calls an [`Epilogue`] may contain: those whose f32 results are exactly specified
-/// (so every code generator computes them bit for bit).
-pub const EPILOGUE_CALLS: [Intrinsic; 6] = [
+/// (so every code generator computes them bit for bit), and `exp` and `sigmoid`, which
+/// micro-kernels compute by [`crate::math`]'s approximations (within its ulp bounds of the
+/// exact values the loop nest's interpretation gives).
+pub const EPILOGUE_CALLS: [Intrinsic; 8] = [
     Intrinsic::Abs,
     Intrinsic::Sqrt,
     Intrinsic::Floor,
     Intrinsic::Ceil,
     Intrinsic::Round,
     Intrinsic::Fma,
+    Intrinsic::Exp,
+    Intrinsic::Sigmoid,
 ];
 
 /// How one buffer is addressed by a contraction, in elements.
@@ -115,7 +120,8 @@ impl Epilogue {
         }
     }
 
-    /// Evaluates the expression in f32 (the reference semantics codegen matches).
+    /// Evaluates the expression in f32 as micro-kernels do (`exp` and `sigmoid` by
+    /// [`crate::math`]).
     pub fn eval(&self, acc: f32, inputs: &dyn Fn(usize) -> f32) -> f32 {
         let ev = |e: &Epilogue| e.eval(acc, inputs);
         match self {
@@ -167,6 +173,8 @@ impl Epilogue {
                     (Intrinsic::Ceil, [a]) => a.ceil(),
                     (Intrinsic::Round, [a]) => a.round_ties_even(),
                     (Intrinsic::Fma, [a, b, c]) => a.mul_add(*b, *c),
+                    (Intrinsic::Exp, [a]) => crate::math::exp(*a),
+                    (Intrinsic::Sigmoid, [a]) => crate::math::sigmoid(*a),
                     _ => f32::NAN,
                 }
             }

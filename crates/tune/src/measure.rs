@@ -461,9 +461,8 @@ pub fn serve(input: &mut dyn Read, output: &mut dyn Write) -> Result<(), TuneErr
         .map_err(TuneError::Io)?;
     let job: Job = serde_json::from_str(&line).map_err(|e| TuneError::Job(e.to_string()))?;
     let model = job.model.load()?;
-    let target = kiln::Target::named(&job.options.target)
-        .map_err(|e| TuneError::Job(e.to_string()))?
-        .sketch_target();
+    let target =
+        kiln::Target::named(&job.options.target).map_err(|e| TuneError::Job(e.to_string()))?;
     let set = extract_tasks(&model.graph, &job.model.graph_options(), &target)?;
     let tasks: HashMap<&str, &crate::task::Task> =
         set.tasks.iter().map(|t| (t.key.as_str(), t)).collect();

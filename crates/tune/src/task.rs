@@ -57,9 +57,10 @@ fn describe(graph: &Graph, g: &Group) -> String {
 pub fn extract_tasks(
     graph: &Graph,
     options: &GraphOptions,
-    target: &SketchTarget,
+    target: &kiln::Target,
 ) -> Result<TaskSet, TuneError> {
-    let prepared = kiln::graph_opt::prepare(graph, options)?;
+    let prepared = kiln::graph_opt::prepare(graph, options, target)?;
+    let sketch: SketchTarget = target.sketch_target();
     let graph = prepared.graph.into_owned();
     let groups = prepared.groups.unwrap_or_else(|| partition(&graph));
     let mut tasks: Vec<Task> = vec![];
@@ -79,7 +80,7 @@ pub fn extract_tasks(
         }
         let (b, inputs, _) = group_dag(&graph, g).map_err(TuneError::Lower)?;
         let (dag, _, keep) = b.into_parts();
-        let space = SearchSpace::new(&dag, g.class, target);
+        let space = SearchSpace::new(&dag, g.class, &sketch);
         tasks.push(Task {
             key,
             desc: describe(&graph, g),
@@ -89,7 +90,7 @@ pub fn extract_tasks(
             keep,
             inputs,
             space,
-            target: *target,
+            target: sketch,
         });
     }
     Ok(TaskSet { graph, tasks })

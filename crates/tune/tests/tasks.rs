@@ -19,12 +19,7 @@ fn dscnn() -> ModelSpec {
 fn tasks_are_the_distinct_kernels_weighted_by_count() {
     let spec = dscnn();
     let model = spec.load().unwrap();
-    let set = extract_tasks(
-        &model.graph,
-        &spec.graph_options(),
-        &kiln::Target::host().sketch_target(),
-    )
-    .unwrap();
+    let set = extract_tasks(&model.graph, &spec.graph_options(), &kiln::Target::host()).unwrap();
     let keys: std::collections::HashSet<&str> = set.tasks.iter().map(|t| t.key.as_str()).collect();
     assert_eq!(keys.len(), set.tasks.len());
     // Every kernel the compiler runs is a task occurrence (plus reshapes it aliases away).
@@ -40,12 +35,7 @@ fn tasks_are_the_distinct_kernels_weighted_by_count() {
         .iter()
         .any(|t| t.weight == 4 && t.class == OpClass::Conv));
     // Extraction is deterministic (workers rebuild tasks from the model file).
-    let again = extract_tasks(
-        &model.graph,
-        &spec.graph_options(),
-        &kiln::Target::host().sketch_target(),
-    )
-    .unwrap();
+    let again = extract_tasks(&model.graph, &spec.graph_options(), &kiln::Target::host()).unwrap();
     let k1: Vec<&str> = set.tasks.iter().map(|t| t.key.as_str()).collect();
     let k2: Vec<&str> = again.tasks.iter().map(|t| t.key.as_str()).collect();
     assert_eq!(k1, k2);
@@ -55,13 +45,9 @@ fn tasks_are_the_distinct_kernels_weighted_by_count() {
 fn features_see_what_the_knobs_change() {
     let spec = dscnn();
     let model = spec.load().unwrap();
-    // The Cranelift sketch (a target without micro-kernels).
-    let set = extract_tasks(
-        &model.graph,
-        &spec.graph_options(),
-        &SketchTarget::default(),
-    )
-    .unwrap();
+    // The Cranelift sketch (a target without micro-kernels: x86-64 with SSE4.2 only).
+    let baseline = kiln::Target::named("x86_64-linux-gnu").unwrap();
+    let set = extract_tasks(&model.graph, &spec.graph_options(), &baseline).unwrap();
     let conv = set
         .tasks
         .iter()

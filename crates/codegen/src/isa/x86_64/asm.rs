@@ -357,6 +357,101 @@ impl Asm {
         .map_err(e)
     }
 
+    /// `d = 2^k` for the i32 lanes `k` of register `k` (`-126 <= k <= 127`), via `t`.
+    fn pow2(&mut self, d: u8, k: u8, t: u8) -> Result<(), String> {
+        self.constant_bits(t, 127)?;
+        match self.isa {
+            VecIsa::Avx512 => {
+                self.a
+                    .vpaddd(Self::z(d), Self::z(k), Self::z(t))
+                    .map_err(e)?;
+                self.a.vpslld(Self::z(d), Self::z(d), 23).map_err(e)
+            }
+            VecIsa::Avx2 => {
+                self.a
+                    .vpaddd(Self::y(d), Self::y(k), Self::y(t))
+                    .map_err(e)?;
+                self.a.vpslld(Self::y(d), Self::y(d), 23).map_err(e)
+            }
+        }
+    }
+
+    /// `d = exp(x)` by the algorithm of `kiln_tir::math::exp`, operation by operation; `d`,
+    /// `t1`, `t2`, `t3` distinct from each other and from `x` (which is kept).
+    pub fn exp(&mut self, d: u8, x: u8, [t1, t2, t3]: [u8; 3]) -> Result<(), String> {
+        use kiln_tir::math;
+        // Clamp with the constant first: x86 min/max return their second operand when either
+        // is NaN, so a NaN `x` passes through.
+        self.constant(t1, math::CLAMP_HI)?;
+        self.arith(Arith::Min, d, t1, x)?;
+        self.constant(t1, math::CLAMP_LO)?;
+        self.arith(Arith::Max, d, t1, d)?;
+        self.constant(t1, math::LOG2E)?;
+        self.arith(Arith::Mul, t2, d, t1)?;
+        self.round(t2, t2, 0)?; // n
+        self.constant(t1, -math::C1)?;
+        self.fma(d, t2, Src::Reg(t1), false)?; // r = n * -C1 + x
+        self.constant(t1, -math::C2)?;
+        self.fma(d, t2, Src::Reg(t1), false)?; // r = n * -C2 + r
+        self.constant(t3, math::P[0])?;
+        for &c in &math::P[1..] {
+            // p = p * r + c
+            self.constant(t1, c)?;
+            self.fma(t1, t3, Src::Reg(d), false)?;
+            self.mov(t3, t1)?;
+        }
+        self.arith(Arith::Mul, t1, d, d)?; // r²
+        self.fma(d, t3, Src::Reg(t1), false)?; // y = p * r² + r
+        self.constant(t1, 1.0)?;
+        self.arith(Arith::Add, t3, d, t1)?; // y + 1
+                                            // n as i32 (exact: n is integral), split in two power-of-two factors.
+        match self.isa {
+            VecIsa::Avx512 => {
+                self.a.vcvtps2dq(Self::z(t2), Self::z(t2)).map_err(e)?;
+                self.a.vpsrad(Self::z(d), Self::z(t2), 1).map_err(e)?;
+                self.a
+                    .vpsubd(Self::z(t2), Self::z(t2), Self::z(d))
+                    .map_err(e)?;
+            }
+            VecIsa::Avx2 => {
+                self.a.vcvtps2dq(Self::y(t2), Self::y(t2)).map_err(e)?;
+                self.a.vpsrad(Self::y(d), Self::y(t2), 1).map_err(e)?;
+                self.a
+                    .vpsubd(Self::y(t2), Self::y(t2), Self::y(d))
+                    .map_err(e)?;
+            }
+        }
+        self.pow2(d, d, t1)?;
+        self.arith(Arith::Mul, t3, t3, d)?;
+        self.pow2(d, t2, t1)?;
+        self.arith(Arith::Mul, d, t3, d)
+    }
+
+    /// `d = 1 / (1 + exp(-x))` with [`Asm::exp`]; `d` and the four temporaries distinct from
+    /// each other and from `x` (which is kept).
+    pub fn sigmoid(&mut self, d: u8, x: u8, [t1, t2, t3, t4]: [u8; 4]) -> Result<(), String> {
+        // -x (the sign flipped by an xor) into t4.
+        let sign = self.label_of(0x8000_0000);
+        match self.isa {
+            VecIsa::Avx512 => self
+                .a
+                .vpxord(Self::z(t4), Self::z(x), dword_bcst(sign))
+                .map_err(e)?,
+            VecIsa::Avx2 => {
+                self.a
+                    .vbroadcastss(Self::y(t4), dword_ptr(sign))
+                    .map_err(e)?;
+                self.a
+                    .vxorps(Self::y(t4), Self::y(t4), Self::y(x))
+                    .map_err(e)?;
+            }
+        }
+        self.exp(d, t4, [t1, t2, t3])?;
+        self.constant(t1, 1.0)?;
+        self.arith(Arith::Add, t2, t1, d)?;
+        self.arith(Arith::Div, d, t1, t2)
+    }
+
     /// `d = s`.
     pub fn mov(&mut self, d: u8, s: u8) -> Result<(), String> {
         if d == s {

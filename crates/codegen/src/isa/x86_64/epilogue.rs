@@ -47,13 +47,18 @@ impl Node {
         !matches!(
             self,
             Node::Bin(BinOp::Min | BinOp::Max, _, _)
-                | Node::Call(Intrinsic::Fma | Intrinsic::Abs, _)
+                | Node::Call(
+                    Intrinsic::Fma | Intrinsic::Abs | Intrinsic::Exp | Intrinsic::Sigmoid,
+                    _
+                )
         )
     }
 
     /// Scratch vector registers the operation needs besides its operands and result.
     fn scratch(&self, avx2: bool) -> usize {
         match self {
+            Node::Call(Intrinsic::Exp, _) => 3,
+            Node::Call(Intrinsic::Sigmoid, _) => 4,
             Node::Bin(BinOp::Min | BinOp::Max, _, _) | Node::Select(..) if avx2 => 1,
             _ => 0,
         }
@@ -185,11 +190,11 @@ impl Program {
                 continue;
             }
             // Scratch first: it must not alias an operand, even one that dies here.
-            let tmp = if n.scratch(avx2) > 0 {
-                Some(take(&mut free)?)
-            } else {
-                None
-            };
+            let mut scratch = vec![];
+            for _ in 0..n.scratch(avx2) {
+                scratch.push(take(&mut free)?);
+            }
+            let tmp = scratch.first().copied();
             if n.may_overwrite_operand() {
                 release(&mut free, &reg);
             }
@@ -243,6 +248,10 @@ impl Program {
                     Intrinsic::Round => asm.round(d, r(0)?, 0)?,
                     Intrinsic::Floor => asm.round(d, r(0)?, 1)?,
                     Intrinsic::Ceil => asm.round(d, r(0)?, 2)?,
+                    Intrinsic::Exp => asm.exp(d, r(0)?, [scratch[0], scratch[1], scratch[2]])?,
+                    Intrinsic::Sigmoid => {
+                        asm.sigmoid(d, r(0)?, [scratch[0], scratch[1], scratch[2], scratch[3]])?
+                    }
                     Intrinsic::Fma => {
                         // `d` is fresh (fma never overwrites an operand): `d = x * y + c`.
                         let (x, y, c) = (r(0)?, r(1)?, r(2)?);
@@ -253,9 +262,7 @@ impl Program {
                 },
             }
             reg[i] = Some(d);
-            if let Some(t) = tmp {
-                free.push(t);
-            }
+            free.extend(scratch.iter().rev());
             if !n.may_overwrite_operand() {
                 release(&mut free, &reg);
             }
