@@ -211,16 +211,37 @@ fn x86_64_libraries_run_from_c_and_match() {
     for c in all_cases() {
         check_through_c(&c, &Target::host(), &runner, &[], &dir);
     }
-    // Every x86-64 target runs here (this machine has AVX-512): the ISA flags change the code.
+    // Every x86-64 target the host has the features of runs here (the ISA flags change the
+    // code, and the micro-kernels with them); on a host without them a library refuses to
+    // create a context, naming the feature, instead of executing an illegal instruction.
     for name in [
         "x86_64-linux-gnu",
         "x86_64-linux-gnu-avx2",
         "x86_64-linux-gnu-avx512",
     ] {
         let target = Target::named(name).unwrap();
-        for c in bundled_cases() {
-            check_through_c(&c, &target, &runner, &[], &dir);
+        if target.runs_natively() {
+            for c in bundled_cases() {
+                check_through_c(&c, &target, &runner, &[], &dir);
+            }
+            continue;
         }
+        println!("notice: this machine lacks features of {name}: checking that its libraries refuse to run");
+        let c = &bundled_cases()[0];
+        let (model, inputs, _) = load(c);
+        let lib = dir.join(format!("lib{name}.so"));
+        Compiler::new(target)
+            .compile_library(&model.graph, &AotOptions::default(), &lib)
+            .unwrap();
+        let bin = dir.join("in0.bin");
+        std::fs::write(&bin, kiln::tensor_bytes(&inputs[0])).unwrap();
+        let out = Command::new(&runner)
+            .args([&lib, &dir, &bin])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("lacks an instruction set extension"), "{err}");
     }
     // Bad input files are a message and exit status 1, never a crash or a silent run.
     let lib = dir.join("libresnet8_cifar.so");
@@ -241,6 +262,45 @@ fn x86_64_libraries_run_from_c_and_match() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains(expect), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_cpu_feature_check_names_the_first_feature_the_cpu_lacks() {
+    if !cfg!(target_arch = "x86_64") {
+        println!("notice: skipped, the check only exists on x86-64");
+        return;
+    }
+    let dir = scratch("cpucheck");
+    // sse2 is in every x86-64; avx512er only in Xeon Phi (never beside AVX-512 on other CPUs).
+    for (features, want) in [
+        (vec!["sse2"], "none"),
+        (vec!["sse2", "avx512er", "sse3"], "avx512er"),
+        (vec![], "none"),
+    ] {
+        let src = format!(
+            "#include <stdio.h>\n{}int main(void) {{ const char *m = kiln__missing_cpu_feature(); printf(\"%s|%s\", m ? m : \"none\", KILN__CPU_FEATURES); return 0; }}\n",
+            kiln::aot::cpu_check_c(&features)
+        );
+        let (c, exe) = (dir.join("check.c"), dir.join("check"));
+        std::fs::write(&c, src).unwrap();
+        let st = Command::new("cc")
+            .arg(&c)
+            .arg("-o")
+            .arg(&exe)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = Command::new(&exe).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (missing, listed) = text.split_once('|').unwrap();
+        assert_eq!(listed, features.join(" "));
+        if want == "avx512er" && missing == "none" {
+            println!("notice: this CPU has avx512er; the negative case is not exercised");
+            continue;
+        }
+        assert_eq!(missing, want, "{features:?}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

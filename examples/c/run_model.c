@@ -27,6 +27,7 @@ typedef int32_t (*create_fn)(int32_t, kiln_model **);
 typedef int32_t (*run_fn)(kiln_model *, const void *const *, void *const *);
 typedef void (*destroy_fn)(kiln_model *);
 typedef const char *(*status_fn)(int32_t);
+typedef const char *(*feature_fn)(void);
 
 static int fail(const char *what, const char *detail) {
     fprintf(stderr, "run_model: %s%s%s\n", what, detail ? ": " : "", detail ? detail : "");
@@ -126,6 +127,12 @@ int main(int argc, char **argv) {
     int32_t threads = threads_env ? (int32_t)atoi(threads_env) : 0;
     kiln_model *model = NULL;
     int32_t s = create(threads, &model);
+    if (s == KILN_ERROR_UNSUPPORTED_CPU) {
+        feature_fn missing = (feature_fn)symbol(lib, "kiln_model_missing_cpu_feature");
+        fprintf(stderr, "run_model: cannot create a context: %s: %s\n", status_string(s),
+                missing ? missing() : "?");
+        return 1;
+    }
     if (s != KILN_OK) {
         return fail("cannot create a context", status_string(s));
     }

@@ -56,6 +56,12 @@ pub fn compile(req: &CompileRequest) -> Result<(), CliError> {
         info.codegen_ms,
         info.link_ms
     );
+    if !info.cpu_features.is_empty() {
+        println!(
+            "requires CPU features: {} (checked by kiln_model_create)",
+            info.cpu_features.join(" ")
+        );
+    }
     if let Some(h) = &req.header {
         println!("{}: C header", h.display());
     }

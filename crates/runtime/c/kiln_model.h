@@ -27,7 +27,7 @@ extern "C" {
 #endif
 
 /* Version of this ABI: kiln_abi_version() of a library built for this header. */
-#define KILN_ABI_VERSION 1
+#define KILN_ABI_VERSION 2
 
 /* Status codes. */
 #define KILN_OK 0
@@ -36,6 +36,8 @@ extern "C" {
 #define KILN_ERROR_DIVISION_BY_ZERO 3 /* an integer division by zero in the model */
 #define KILN_ERROR_THREADS 4          /* worker threads could not be started */
 #define KILN_ERROR_INTERNAL 5         /* a kernel returned an unknown status */
+#define KILN_ERROR_UNSUPPORTED_CPU 6  /* this CPU lacks an instruction set extension the
+                                         library's code uses: kiln_model_missing_cpu_feature() */
 
 /* Element types. */
 #define KILN_DTYPE_F32 0
@@ -74,9 +76,19 @@ int32_t kiln_model_output_info(int32_t index, kiln_tensor_info *info);
 /* Bytes of working memory each context allocates. */
 size_t kiln_model_arena_bytes(void);
 
+/* The CPU features the library's code executes, space-separated in GCC's
+ * __builtin_cpu_supports names (e.g. "avx avx2 fma avx512f"; empty when the architecture's
+ * baseline suffices). */
+const char *kiln_model_cpu_features(void);
+
+/* The first of those features this CPU lacks, or null when it has them all. */
+const char *kiln_model_missing_cpu_feature(void);
+
 /* Creates a context running parallel loops on `num_threads` threads (the caller's included;
  * 0 picks one per online CPU, 1 runs everything on the caller's thread). On success *out holds
- * the context; on failure *out is null. */
+ * the context; on failure *out is null. On a CPU without a feature the code needs it returns
+ * KILN_ERROR_UNSUPPORTED_CPU (kiln_model_missing_cpu_feature() names the feature) and runs
+ * nothing. */
 int32_t kiln_model_create(int32_t num_threads, kiln_model **out);
 
 /* Runs the model: inputs[i] points to input i, outputs[j] to output j (see the infos for sizes).

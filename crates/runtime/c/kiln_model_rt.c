@@ -327,11 +327,18 @@ int32_t kiln_model_output_info(int32_t index, kiln_tensor_info *info) {
 
 size_t kiln_model_arena_bytes(void) { return KILN__ARENA_BYTES; }
 
+const char *kiln_model_cpu_features(void) { return KILN__CPU_FEATURES; }
+
+const char *kiln_model_missing_cpu_feature(void) { return kiln__missing_cpu_feature(); }
+
 int32_t kiln_model_create(int32_t num_threads, kiln_model **out) {
     if (out == NULL) {
         return KILN_ERROR_INVALID_ARGUMENT;
     }
     *out = NULL;
+    if (kiln__missing_cpu_feature() != NULL) {
+        return KILN_ERROR_UNSUPPORTED_CPU;
+    }
     if (num_threads < 0) {
         return KILN_ERROR_INVALID_ARGUMENT;
     }
@@ -423,6 +430,8 @@ const char *kiln_status_string(int32_t status) {
         return "worker threads could not be started";
     case KILN_ERROR_INTERNAL:
         return "internal error";
+    case KILN_ERROR_UNSUPPORTED_CPU:
+        return "this CPU lacks an instruction set extension the library needs";
     default:
         return "unknown status";
     }

@@ -55,6 +55,54 @@ pub fn host_isa(pic: bool, verify_ir: bool) -> Result<OwnedTargetIsa, CodegenErr
     target_isa(&IsaSpec::Host, pic, verify_ir)
 }
 
+/// The CPU features code for `spec` may execute, as GCC's `__builtin_cpu_supports` names them
+/// (x86-64: every extension the ISA's flags enable for Cranelift plus those of its
+/// micro-kernels; aarch64: none beyond the baseline). A library checks them when a context is
+/// created, so a CPU without one gets a status instead of an illegal instruction.
+pub fn required_cpu_features(spec: &IsaSpec) -> Result<Vec<&'static str>, CodegenError> {
+    let isa = target_isa(spec, false, false)?;
+    if isa.name() != "x64" {
+        return Ok(vec![]);
+    }
+    const NAMES: [(&str, &str); 17] = [
+        ("has_sse3", "sse3"),
+        ("has_ssse3", "ssse3"),
+        ("has_cmpxchg16b", "cmpxchg16b"),
+        ("has_sse41", "sse4.1"),
+        ("has_sse42", "sse4.2"),
+        ("has_popcnt", "popcnt"),
+        ("has_avx", "avx"),
+        ("has_avx2", "avx2"),
+        ("has_fma", "fma"),
+        ("has_bmi1", "bmi"),
+        ("has_bmi2", "bmi2"),
+        ("has_lzcnt", "lzcnt"),
+        ("has_avx512f", "avx512f"),
+        ("has_avx512vl", "avx512vl"),
+        ("has_avx512dq", "avx512dq"),
+        ("has_avx512bitalg", "avx512bitalg"),
+        ("has_avx512vbmi", "avx512vbmi"),
+    ];
+    let flags = isa.isa_flags();
+    let mut out: Vec<&'static str> = NAMES
+        .iter()
+        .filter(|(flag, _)| {
+            flags
+                .iter()
+                .any(|f| f.name == *flag && f.as_bool() == Some(true))
+        })
+        .map(|(_, name)| *name)
+        .collect();
+    if let Some(m) = HostInfo::of(&*isa).micro {
+        for f in m.cpu_features() {
+            if !out.contains(f) {
+                out.push(f);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The target micro-kernels code for `spec` uses (`None` when its ISA has none).
 pub fn micro_isa(spec: &IsaSpec) -> Result<Option<MicroIsa>, CodegenError> {
     let isa = target_isa(spec, false, false)?;
