@@ -13,9 +13,14 @@ times it through examples/c/run_model.c (KILN_BENCH_ITERS), printing the AOT/JIT
 With --tuning-logs DIR, a model with a tuning log DIR/NAME.jsonl (from `kiln tune`) is also timed
 with `--tuning-log` in the same alternation, printing tuned ms, tuned/untuned and tuned/ort.
 
+With --gemm N it also builds an N x N x N f32 MatMul model (random A input, constant B) and times
+it against numpy's matmul (OpenBLAS sgemm, in a subprocess with OPENBLAS_CORETYPE and
+OPENBLAS_L2_SIZE unset and OPENBLAS_NUM_THREADS = threads), alternating, printing GFLOP/s and
+numpy/kiln (above 1: Kiln is faster).
+
 Usage: python3 benches/compare_onnxruntime.py [--models DIR] [--threads 1,2] [--iters 50]
                                               [--kiln PATH] [--markdown] [--aot]
-                                              [--tuning-logs DIR]
+                                              [--tuning-logs DIR] [--gemm N]
 Needs: pip install onnxruntime numpy onnx; a release build of kiln (cargo build --release -p kiln-cli).
 """
 import argparse
@@ -71,6 +76,47 @@ def kiln_bench(kiln, model, threads, iters, tuning_log=None):
     return json.loads(out.strip().splitlines()[-1])
 
 
+NUMPY_GEMM = '''
+import sys, time, numpy as np
+n, iters = int(sys.argv[1]), int(sys.argv[2])
+rng = np.random.default_rng(0)
+a = rng.standard_normal((n, n), dtype=np.float32)
+b = rng.standard_normal((n, n), dtype=np.float32)
+for _ in range(max(3, iters // 10)):
+    a @ b
+ts = []
+for _ in range(iters):
+    t = time.perf_counter()
+    a @ b
+    ts.append((time.perf_counter() - t) * 1e3)
+ts.sort()
+print(ts[len(ts) // 2])
+'''
+
+
+def gemm_model(tmp, n):
+    """An n x n x n MatMul model (input a, constant b) in tmp; returns its path."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(0)
+    b = numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "b")
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["y"])], "gemm",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])], [b])
+    path = os.path.join(tmp, f"gemm{n}.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def numpy_gemm_ms(n, threads, iters):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    env["OPENBLAS_NUM_THREADS"] = str(threads)
+    out = subprocess.run([sys.executable, "-c", NUMPY_GEMM, str(n), str(iters)], env=env,
+                         check=True, capture_output=True, text=True).stdout
+    return float(out.strip())
+
+
 def build_runner(tmp):
     runner = os.path.join(tmp, "run_model")
     subprocess.run(["cc", "-std=c99", "-O2", "-I", os.path.join(ROOT, "crates/runtime/c"),
@@ -111,6 +157,8 @@ def main():
                     help="also time the AOT shared library (needs cc)")
     ap.add_argument("--tuning-logs", metavar="DIR",
                     help="also time models that have DIR/NAME.jsonl with that tuning log")
+    ap.add_argument("--gemm", type=int, metavar="N",
+                    help="also time an N x N x N f32 matmul against numpy (OpenBLAS)")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="kiln-bench-")
     runner = build_runner(tmp) if args.aot else None
@@ -155,6 +203,19 @@ def main():
             out += ["-" if v is None else f"{v:.3f}" if i == 0 else f"{v:.2f}"
                     for i, v in enumerate(rest[:3])]
         return out
+    if args.gemm:
+        n = args.gemm
+        model = gemm_model(tmp, n)
+        flops = 2.0 * n ** 3
+        print(f"\nf32 GEMM {n}x{n}x{n} (kiln: one MatMul with constant B; numpy: a @ b)")
+        print("| threads | kiln ms | numpy ms | kiln GFLOP/s | numpy GFLOP/s | numpy/kiln |")
+        print("|---|---|---|---|---|---|")
+        for threads in [int(t) for t in args.threads.split(",")]:
+            k = kiln_bench(args.kiln, model, threads, args.iters)["median_ms"]
+            npms = numpy_gemm_ms(n, threads, args.iters)
+            print(f"| {threads} | {k:.3f} | {npms:.3f} | {flops / k / 1e6:.1f} | "
+                  f"{flops / npms / 1e6:.1f} | {npms / k:.2f} |")
+        print()
     if args.markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))

@@ -163,7 +163,14 @@ pub fn group_dag(
         inputs.push((id, binding));
         bound.push((v, Operand { id, ty, constant }));
     }
-    for (pos, &n) in g.nodes.iter().enumerate() {
+    // A group ending in the zero padding of its output is lowered without it (see
+    // `crate::placement`): the caller places the output.
+    let defined = if crate::placement::group_placement(graph, g).is_some() {
+        &g.nodes[..g.nodes.len() - 1]
+    } else {
+        &g.nodes[..]
+    };
+    for (pos, &n) in defined.iter().enumerate() {
         let node = graph.node(n);
         let ops: Vec<Operand> = node
             .inputs
@@ -260,7 +267,15 @@ pub fn lower_groups_with(
             }
         };
         let mut inputs = inputs;
-        finish_kernel(graph, &dag, &trace, &mut func, &mut inputs);
+        let placement = crate::placement::group_placement(graph, g);
+        finish_kernel(
+            graph,
+            &dag,
+            &trace,
+            placement.as_ref(),
+            &mut func,
+            &mut inputs,
+        );
         let flops = g
             .nodes
             .iter()
@@ -289,16 +304,21 @@ pub fn lower_groups_with(
 }
 
 /// Prepares a lowered kernel's params for binding: constant inputs its schedule packs are
-/// packed now ([`fold_constant_packs`]) and inputs it never reads are dropped
+/// packed now ([`fold_constant_packs`]), its output is placed in the padding its group ends
+/// with ([`crate::placement::place_output`]), and inputs it never reads are dropped
 /// ([`drop_unread_inputs`]).
 pub fn finish_kernel(
     graph: &Graph,
     dag: &ComputeDag,
     trace: &Trace,
+    placement: Option<&crate::placement::OutputPlacement>,
     func: &mut PrimFunc,
     inputs: &mut Vec<KernelInput>,
 ) {
     fold_constant_packs(graph, dag, trace, func, inputs);
+    if let Some(p) = placement {
+        crate::placement::place_output(func, p);
+    }
     drop_unread_inputs(func, inputs);
 }
 

@@ -16,6 +16,7 @@ pub mod fusion;
 pub mod kernel;
 mod matmul;
 mod movement;
+pub mod placement;
 mod pool;
 mod quant;
 mod reduce;

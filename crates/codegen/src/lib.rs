@@ -3,9 +3,9 @@
 //! Invariant: every function handed to codegen is verified first ([`kiln_tir::verify()`]); a
 //! verified function either compiles or yields a [`CodegenError`] naming the function and the
 //! construct, never a panic, and compiled code computes what [`kiln_tir::interp::run`] computes
-//! (bit for bit, except transcendental intrinsics within an ulp, `exp` and `sigmoid` in vector code
-//! and micro-kernels within the ulp bounds of [`kiln_tir::math`], and float reductions whose order
-//! a schedule changed).
+//! (bit for bit, except transcendental intrinsics within an ulp, `exp` and `sigmoid` on an ISA with
+//! FMA within the ulp bounds of [`kiln_tir::math`] (scalar, vector and micro-kernel code compute
+//! its approximation identically), and float reductions whose order a schedule changed).
 //!
 //! # Kernel ABI
 //!

@@ -557,14 +557,8 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
         }
         if d == DType::F32 && host.has_fma && self.em.opts.use_fma && host.has_vector_round {
             match f {
-                Intrinsic::Exp => return Ok(self.vector_exp(x)),
-                Intrinsic::Sigmoid => {
-                    let neg = self.b.ins().fneg(x);
-                    let e = self.vector_exp(neg);
-                    let one = self.f32_splat(1.0);
-                    let den = self.b.ins().fadd(one, e);
-                    return Ok(self.b.ins().fdiv(one, den));
-                }
+                Intrinsic::Exp => return Ok(self.approx_exp(x, true)),
+                Intrinsic::Sigmoid => return Ok(self.approx_sigmoid(x, true)),
                 _ => {}
             }
         }
@@ -582,49 +576,5 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
             });
         }
         acc.ok_or_else(|| self.err_internal("empty vector"))
-    }
-
-    fn f32_splat(&mut self, x: f32) -> Value {
-        let c = self.b.ins().f32const(x);
-        self.b.ins().splat(types::F32X4, c)
-    }
-
-    /// `exp` of four lanes by [`kiln_tir::math::exp`]'s algorithm, operation by operation
-    /// (Cranelift's `fmin`/`fmax` keep a NaN operand, as the specification's clamp does).
-    fn vector_exp(&mut self, x: Value) -> Value {
-        use kiln_tir::math;
-        let lo = self.f32_splat(math::CLAMP_LO);
-        let hi = self.f32_splat(math::CLAMP_HI);
-        let x = self.b.ins().fmin(x, hi);
-        let x = self.b.ins().fmax(x, lo);
-        let log2e = self.f32_splat(math::LOG2E);
-        let t = self.b.ins().fmul(x, log2e);
-        let n = self.b.ins().nearest(t);
-        let c1 = self.f32_splat(-math::C1);
-        let c2 = self.f32_splat(-math::C2);
-        let r = self.b.ins().fma(n, c1, x);
-        let r = self.b.ins().fma(n, c2, r);
-        let mut p = self.f32_splat(math::P[0]);
-        for &c in &math::P[1..] {
-            let c = self.f32_splat(c);
-            p = self.b.ins().fma(p, r, c);
-        }
-        let r2 = self.b.ins().fmul(r, r);
-        let y = self.b.ins().fma(p, r2, r);
-        let one = self.f32_splat(1.0);
-        let y = self.b.ins().fadd(y, one);
-        let ni = self.b.ins().fcvt_to_sint_sat(types::I32X4, n);
-        let k1 = self.b.ins().sshr_imm_u(ni, 1);
-        let k2 = self.b.ins().isub(ni, k1);
-        let bias = self.b.ins().iconst(types::I32, 127);
-        let bias = self.b.ins().splat(types::I32X4, bias);
-        let mut scaled = y;
-        for k in [k1, k2] {
-            let e = self.b.ins().iadd(k, bias);
-            let e = self.b.ins().ishl_imm_u(e, 23);
-            let s = self.b.ins().bitcast(types::F32X4, MemFlagsData::new(), e);
-            scaled = self.b.ins().fmul(scaled, s);
-        }
-        scaled
     }
 }

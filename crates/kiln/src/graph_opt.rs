@@ -98,6 +98,11 @@ pub fn prepare<'g>(
         let (g, mut report) = kiln_rewrite::optimize(graph, &limits)?;
         let (g, groups, fusion) = kiln_rewrite::fusion::fusion_groups(&g, &limits, &cost)?;
         report.fusion = Some(fusion);
+        // Padded convolutions read their input from its producer's padded output.
+        let (g, groups) = match kiln_operators::placement::place_padding(&g, &groups) {
+            Some(placed) => placed,
+            None => (g, groups),
+        };
         Prepared {
             graph: Cow::Owned(g),
             groups: Some(groups),

@@ -102,7 +102,12 @@ impl Applier<Node, GraphAnalysis> for FuseOperand {
             .iter()
             .enumerate()
             .all(|(i, &c)| i == self.operand || materialized(eg, c));
-        if !is_epilogue(&op) || !fusable_producer || !others_materialized {
+        // The fused value must not be broadcast: an epilogue computes one result per element
+        // of its producer (a small value scaling a large one, as a squeeze-excitation gate
+        // does, would otherwise be recomputed for every element).
+        let (produced, result) = (eg[y].data.ty.as_ref(), eg[eclass].data.ty.as_ref());
+        let same_shape = matches!((produced, result), (Some(p), Some(r)) if p.shape == r.shape);
+        if !is_epilogue(&op) || !fusable_producer || !others_materialized || !same_shape {
             return vec![];
         }
         let leaf = eg.add(Node::Op(OpLeaf::new(op)));

@@ -60,7 +60,8 @@ pub struct RewriteOptions {
 /// How the activation layout of convolutions is chosen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum LayoutChoice {
-    /// Both layouts are in the e-graph and extraction picks the cheaper under the cost model.
+    /// Both layouts are in the e-graph and extraction picks the cheaper under the cost model;
+    /// on a target with micro-kernels ([`RewriteOptions::microkernels`]) as [`LayoutChoice::Nhwc`].
     #[default]
     Auto,
     /// Keep the imported layout (NCHW): the `conv-to-nhwc` rule is off.
@@ -327,7 +328,13 @@ pub fn optimize_with(
     }
     let start = Instant::now();
     let eg = &runner.egraph;
-    let (_, expr) = if options.layout == LayoutChoice::Nhwc {
+    // On a target with micro-kernels an NCHW convolution does not tensorize: `Auto` then
+    // prefers channels-last wherever the e-graph has it (the tree cost of egg's extraction
+    // counts values read twice, such as squeeze-excitation inputs, twice, which otherwise
+    // leaves whole blocks NCHW around them).
+    let channels_last = options.layout == LayoutChoice::Nhwc
+        || (options.layout == LayoutChoice::Auto && options.microkernels);
+    let (_, expr) = if channels_last {
         let model = cost::PreferChannelsLast(model);
         let cost = GraphCost {
             egraph: eg,

@@ -394,7 +394,14 @@ fn measure_one(
     let (trace, mut func) = schedule_with(&task.dag, task.class, &task.keep, knobs, &task.target)
         .map_err(|e| e.to_string())?;
     let mut inputs = task.inputs.clone();
-    finish_kernel(graph, &task.dag, &trace, &mut func, &mut inputs);
+    finish_kernel(
+        graph,
+        &task.dag,
+        &trace,
+        task.placement.as_ref(),
+        &mut func,
+        &mut inputs,
+    );
     let target = kiln::Target::named(&options.target).map_err(|e| e.to_string())?;
     let codegen = CodegenOptions {
         isa: target.isa_spec(),

@@ -11,6 +11,7 @@ use kiln::GraphOptions;
 use kiln_ir::{Graph, Op};
 use kiln_operators::fusion::{partition, Group};
 use kiln_operators::kernel::{group_dag, workload_key, KernelInput};
+use kiln_operators::placement::{group_placement, OutputPlacement};
 use kiln_schedules::{OpClass, SearchSpace, SketchTarget};
 use kiln_tir::{BufferId, ComputeDag};
 use std::collections::BTreeSet;
@@ -33,6 +34,8 @@ pub struct Task {
     pub space: SearchSpace,
     /// The target the task's schedules are sketched for.
     pub target: SketchTarget,
+    /// The padding the kernel's output is placed in (see `kiln_operators::placement`).
+    pub placement: Option<OutputPlacement>,
 }
 
 /// A model's tasks and the (rewritten) graph they come from.
@@ -91,6 +94,7 @@ pub fn extract_tasks(
             inputs,
             space,
             target: sketch,
+            placement: group_placement(&graph, g),
         });
     }
     Ok(TaskSet { graph, tasks })
