@@ -226,9 +226,29 @@ pub fn place_output(f: &mut PrimFunc, placement: &OutputPlacement) {
                     }
                 })
                 .collect();
+            // The innermost axis (channels, when it is not the padded one) in vectors where
+            // it divides.
+            let last = new.len() - 1;
+            let lanes = [16, 8, 4]
+                .into_iter()
+                .find(|&w| last != axis && new[last].is_multiple_of(w))
+                .unwrap_or(1);
+            let mut index = index;
+            let mut vector = None;
+            if lanes > 1 {
+                let lane = f.new_var(format!("pad{axis}_lane"));
+                index[last] = index[last].clone() * Expr::int(lanes as i64) + Expr::Var(lane);
+                vector = Some(lane);
+            }
             let mut s = Stmt::store(out, index, Expr::zero(dtype));
+            if let Some(lane) = vector {
+                s = Stmt::for_(lane, lanes, ForKind::Vectorized, s);
+            }
             for (d, &v) in vars.iter().enumerate().rev() {
-                let extent = if d == axis { len } else { new[d] };
+                let mut extent = if d == axis { len } else { new[d] };
+                if d == last {
+                    extent /= lanes;
+                }
                 s = Stmt::for_(v, extent, ForKind::Serial, s);
             }
             fills.push(s);

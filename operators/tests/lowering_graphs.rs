@@ -270,3 +270,74 @@ fn kernel_counts_of_models() {
         assert!(anchored > 0);
     }
 }
+
+#[test]
+fn a_padded_convolution_reads_its_producers_padded_output() {
+    // conv 1x1 + relu6 (NHWC) -> depthwise 3x3 pad 1 -> conv 3x3 stride 2 pad 1: both padded
+    // convolutions' inputs come from another kernel, which writes them padded.
+    let mut rng = Rng(5);
+    let nhwc = |pad: usize, stride: usize| ConvAttrs {
+        pad: [pad; 4],
+        stride: [stride, stride],
+        layout: DataLayout::Nhwc,
+        ..conv_attrs()
+    };
+    let mut g = Graph::new();
+    let x = g.add_input("x", TensorType::new(DType::F32, vec![1, 9, 7, 4]).unwrap());
+    let w1 = g.add_const_value(rand_default(&mut rng, DType::F32, &[8, 4, 1, 1]), "w1");
+    let b1 = g.add_const_value(rand_default(&mut rng, DType::F32, &[8]), "b1");
+    let c1 = g
+        .add_node(Op::Conv2d(nhwc(0, 1)), &[x, w1, b1], "pw")
+        .unwrap();
+    let r = g
+        .add_node(
+            Op::Clamp {
+                min: OrderedF64(0.0),
+                max: OrderedF64(6.0),
+            },
+            &[c1],
+            "relu6",
+        )
+        .unwrap();
+    let wd = g.add_const_value(rand_default(&mut rng, DType::F32, &[8, 1, 3, 3]), "wd");
+    let bd = g.add_const_value(rand_default(&mut rng, DType::F32, &[8]), "bd");
+    let d = g
+        .add_node(Op::DepthwiseConv2d(nhwc(1, 1)), &[r, wd, bd], "dw")
+        .unwrap();
+    let w3 = g.add_const_value(rand_default(&mut rng, DType::F32, &[4, 8, 3, 3]), "w3");
+    let b3 = g.add_const_value(rand_default(&mut rng, DType::F32, &[4]), "b3");
+    let c3 = g
+        .add_node(Op::Conv2d(nhwc(1, 2)), &[d, w3, b3], "c3")
+        .unwrap();
+    g.set_outputs(vec![c3]).unwrap();
+    let inputs = vec![rand_default(&mut rng, DType::F32, &[1, 9, 7, 4])];
+    let want = kiln_reference::run(&g, &inputs).unwrap();
+    let (placed, groups) = kiln_operators::placement::place_padding(&g, &partition(&g))
+        .expect("two convolutions qualify");
+    let pads = placed
+        .nodes()
+        .iter()
+        .filter(|n| matches!(n.op, Op::Pad { .. }))
+        .count();
+    assert_eq!(pads, 2, "{placed}");
+    // The placed graph means the same, and its kernels (for targets with and without
+    // micro-kernels) compute it.
+    let again = kiln_reference::run(&placed, &inputs).unwrap();
+    assert_close("placed graph", &again[0], &want[0], 1e-5);
+    for target in TARGETS {
+        let kernels = kiln_operators::kernel::lower_groups_with(
+            &placed,
+            &groups,
+            &Default::default(),
+            &target,
+        )
+        .unwrap();
+        assert_eq!(kernels.len(), 3);
+        let got = run_kernels(&placed, &kernels, &inputs).unwrap();
+        assert_close(&format!("{target:?}"), &got[0], &want[0], 1e-4);
+        // No kernel copies an input into a padded local.
+        for k in &kernels {
+            assert!(!k.func.to_string().contains("pad_nhwc"), "{}", k.func);
+        }
+    }
+}

@@ -356,7 +356,17 @@ fn build(
 /// Splits the innermost loop by 4 ([`Knobs::inner_vector`]) and vectorizes it when divisible;
 /// parallel outer loops.
 fn elementwise(r: &mut Recorder, stage: &str) {
-    let loops = r.loops(stage);
+    let mut loops = r.loops(stage);
+    // An innermost axis too short for a vector (the 3 channels of an image turned
+    // channels-last) swaps with the one before it: vectors along that axis, stores strided.
+    if loops.len() >= 2 && loops[loops.len() - 1].2 < 4 && loops[loops.len() - 2].2 >= 8 {
+        let n = loops.len();
+        let mut order: Vec<String> = loops.iter().map(|l| l.0.clone()).collect();
+        order.swap(n - 1, n - 2);
+        if r.reorder(stage, &order) {
+            loops = r.loops(stage);
+        }
+    }
     let Some((inner, _, ext)) = loops.last().cloned() else {
         return;
     };

@@ -18,7 +18,8 @@
 //! its order are the same; when taps can leave the input it reads a kept `pad` stage (the input
 //! zero-padded once, NCHW) instead, so its inner loops carry no guards. An f32 DEPTHWISE_CONV2D (multiplier 1, constant weights, channels a
 //! multiple of 4) does the same over weights `[ky, kx, 1, c]` and a kept `pad_nhwc` stage, the
-//! input copied channels-last with the padding as zeros, so its taps need no guards at all.
+//! input copied channels-last with the padding as zeros, so its taps need no guards at all (a
+//! channels-last input no tap leaves, as a producer's padded output, is read directly).
 //!
 //! Transpose convolution is written as a gather: output row `oy` reads input row
 //! `iy = (oy + pad_top - ky * dilation) / stride` when the division is exact and `iy` is inside.
@@ -118,14 +119,20 @@ pub(crate) fn define(
                         x_lo: pl > 0,
                         x_hi: wp as i64 - pl > wd as i64,
                     };
-                    let xp = b.stage("pad_nhwc", &pshape, |ax| {
-                        let iy = ax[1].clone() - c(pt);
-                        let ix = ax[2].clone() - c(pl);
-                        let xv =
-                            xload(x.id, [ax[0].clone(), ax[3].clone(), iy.clone(), ix.clone()]);
-                        pad.guard(&iy, h, &ix, wd, xv, zero.clone())
-                    })?;
-                    b.keep_stage(xp);
+                    // A channels-last input no tap leaves is read as it is.
+                    let xp = if layout == DataLayout::Nhwc && !pad.any() && !bounds.any() {
+                        x.id
+                    } else {
+                        let xp = b.stage("pad_nhwc", &pshape, |ax| {
+                            let iy = ax[1].clone() - c(pt);
+                            let ix = ax[2].clone() - c(pl);
+                            let xv =
+                                xload(x.id, [ax[0].clone(), ax[3].clone(), iy.clone(), ix.clone()]);
+                            pad.guard(&iy, h, &ix, wd, xv, zero.clone())
+                        })?;
+                        b.keep_stage(xp);
+                        xp
+                    };
                     let nshape = vec![shape[0], shape[2], shape[3], shape[1]];
                     let acc_stage =
                         b.reduce(NHWC_STAGE, &nshape, &raxes, ReduceKind::Sum, |ax, r| {
