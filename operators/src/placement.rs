@@ -1,32 +1,34 @@
-//! Output placement: the kernel producing a padded convolution's input writes straight into the
-//! zero-padded tensor, so the convolution reads it without a padded copy.
+//! Output placement: the kernel producing a padded window op's input writes straight into the
+//! padded tensor, so the window op reads it without a padded copy or bounds tests.
 //!
 //! [`place_padding`] rewrites a grouped graph: for every float channels-last convolution (or
-//! depthwise convolution) with zero padding whose input is the output of another group and read
-//! by nothing else, it inserts `pad` after the producer (as the last node of the producer's
-//! group) and gives the convolution padding 0. A group ending in such a zero `pad` is lowered
-//! without it and then *placed* ([`place_output`]): its output buffer is the padded tensor, its
-//! stores move by the padding, and it writes the zero border itself.
+//! depthwise convolution, padded with zeros) and max pool (padded with -inf) with padding whose input is the output of another group
+//! and read by nothing else, it inserts a constant `pad` after the producer (as the last node
+//! of the producer's group) and gives the window op padding 0. A group ending in such a `pad`
+//! is lowered without it and then *placed* ([`place_output`]): its output buffer is the padded
+//! tensor, its stores move by the padding, and it writes the border value itself.
 //!
-//! Invariant: the rewritten graph computes what the original computes (a zero-padded input
-//! read without padding is what zero padding means), its groups satisfy the invariant of
-//! [`crate::fusion`] (the pad reads its group's previous value, its output leaves the group),
-//! and a placed function writes every element of its output buffer: the interior through the
-//! original stores, the border with zeros.
+//! Invariant: the rewritten graph computes what the original computes (a convolution's padding
+//! is zeros; a max pool skips its padded taps, and -inf, max's identity, changes no window),
+//! its groups satisfy the invariant of [`crate::fusion`] (the pad reads its group's
+//! previous value, its output leaves the group), and a placed function writes every element of
+//! its output buffer: the interior through the original stores, the border with the value.
 
 use crate::fusion::Group;
-use kiln_ir::op::{ConvAttrs, DataLayout, PadMode};
+use kiln_ir::op::{ConvAttrs, DataLayout, OrderedF64, PadMode, PoolAttrs};
 use kiln_ir::{DType, Graph, NodeId, Op, ValueId};
 use kiln_tir::{Expr, ForKind, PrimFunc, Stmt};
 use std::collections::HashMap;
 
-/// The zero padding a group's output is placed in: `[before, after]` per axis.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The constant padding a group's output is placed in: `[before, after]` per axis, and the
+/// border's value.
+#[derive(Clone, Debug, PartialEq)]
 pub struct OutputPlacement {
     pub pads: Vec<[usize; 2]>,
+    pub value: f64,
 }
 
-/// The placement a group ends with: its last node is a zero constant `pad` of the value its
+/// The placement a group ends with: its last node is a constant `pad` of the value its
 /// previous node computes.
 pub fn group_placement(graph: &Graph, g: &Group) -> Option<OutputPlacement> {
     let (&last, rest) = g.nodes.split_last()?;
@@ -37,19 +39,25 @@ pub fn group_placement(graph: &Graph, g: &Group) -> Option<OutputPlacement> {
             pads,
             mode: PadMode::Constant,
             value,
-        } if value.0 == 0.0 && node.inputs == [graph.node(prev).output] => {
-            Some(OutputPlacement { pads: pads.clone() })
-        }
+        } if node.inputs == [graph.node(prev).output] => Some(OutputPlacement {
+            pads: pads.clone(),
+            value: value.0,
+        }),
         _ => None,
     }
 }
 
-fn padded_conv(op: &Op) -> Option<&ConvAttrs> {
+/// The padding `[top, bottom, left, right]` of a channels-last window op that reads its input
+/// through a border, and the border's value.
+fn padded_window(op: &Op) -> Option<([usize; 4], f64)> {
     match op {
         Op::Conv2d(a) | Op::DepthwiseConv2d(a)
             if a.layout == DataLayout::Nhwc && a.pad != [0; 4] =>
         {
-            Some(a)
+            Some((a.pad, 0.0))
+        }
+        Op::MaxPool2d(p) if p.layout == DataLayout::Nhwc && p.pad != [0; 4] => {
+            Some((p.pad, f64::NEG_INFINITY))
         }
         _ => None,
     }
@@ -70,12 +78,12 @@ pub fn place_padding(graph: &Graph, groups: &[Group]) -> Option<(Graph, Vec<Grou
             .filter(|n| n.inputs.contains(&v))
             .count()
     };
-    // Producer node -> the padded convolution reading its value.
+    // Producer node -> the padded window op reading its value.
     let mut moves: HashMap<NodeId, NodeId> = HashMap::new();
     for (i, node) in graph.nodes().iter().enumerate() {
-        let Some(_) = padded_conv(&node.op) else {
+        if padded_window(&node.op).is_none() {
             continue;
-        };
+        }
         let x = node.inputs[0];
         if graph.ty(x).dtype != DType::F32 || graph.outputs().contains(&x) || readers(x) != 1 {
             continue;
@@ -128,6 +136,10 @@ pub fn place_padding(graph: &Graph, groups: &[Group]) -> Option<(Graph, Vec<Grou
                 pad: [0; 4],
                 ..a.clone()
             }),
+            (Op::MaxPool2d(p), true) => Op::MaxPool2d(PoolAttrs {
+                pad: [0; 4],
+                ..p.clone()
+            }),
             (op, _) => op.clone(),
         };
         let nv = out.add_node(op, &inputs, node.name.clone()).ok()?;
@@ -137,14 +149,14 @@ pub fn place_padding(graph: &Graph, groups: &[Group]) -> Option<(Graph, Vec<Grou
         node_of.insert(id, NodeId(out.nodes().len() as u32 - 1));
         value.insert(node.output, nv);
         if let Some(&c) = moves.get(&id) {
-            let a = padded_conv(&graph.node(c).op)?;
-            let pads = vec![[0, 0], [a.pad[0], a.pad[1]], [a.pad[2], a.pad[3]], [0, 0]];
+            let (pad, border) = padded_window(&graph.node(c).op)?;
+            let pads = vec![[0, 0], [pad[0], pad[1]], [pad[2], pad[3]], [0, 0]];
             let padded = out
                 .add_node(
                     Op::Pad {
                         pads,
                         mode: PadMode::Constant,
-                        value: kiln_ir::op::OrderedF64(0.0),
+                        value: OrderedF64(border),
                     },
                     &[nv],
                     format!("{}.pad", node.name),
@@ -175,9 +187,9 @@ pub fn place_padding(graph: &Graph, groups: &[Group]) -> Option<(Graph, Vec<Grou
     Some((out, groups))
 }
 
-/// Places `f`'s output (its last param) in the zero padding `pads`: the buffer grows by the
-/// padding, every access to it moves by the padding before, and nests writing zeros to the
-/// border come first.
+/// Places `f`'s output (its last param) in the padding `pads`: the buffer grows by the
+/// padding, every access to it moves by the padding before, and nests writing the border value
+/// come first.
 pub fn place_output(f: &mut PrimFunc, placement: &OutputPlacement) {
     let Some(&out) = f.params.last() else {
         return;
@@ -202,8 +214,9 @@ pub fn place_output(f: &mut PrimFunc, placement: &OutputPlacement) {
     };
     shift_accesses(&mut f.body, out, &shift);
     // The border: for each padded axis, the slabs before and after the interior (corners are
-    // written twice, with the same zero).
+    // written twice, with the same value).
     let dtype = f.buffers[out.index()].dtype;
+    let border = crate::compute::expr::constant(placement.value, dtype);
     let mut fills = vec![];
     for (axis, p) in pads.iter().enumerate() {
         for (start, len) in [(0, p[0]), (p[0] + old[axis], p[1])] {
@@ -240,7 +253,7 @@ pub fn place_output(f: &mut PrimFunc, placement: &OutputPlacement) {
                 index[last] = index[last].clone() * Expr::int(lanes as i64) + Expr::Var(lane);
                 vector = Some(lane);
             }
-            let mut s = Stmt::store(out, index, Expr::zero(dtype));
+            let mut s = Stmt::store(out, index, border.clone());
             if let Some(lane) = vector {
                 s = Stmt::for_(lane, lanes, ForKind::Vectorized, s);
             }

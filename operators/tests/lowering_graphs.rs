@@ -3,7 +3,7 @@
 
 mod lowering_common;
 
-use kiln_ir::op::{BinaryOp, ConvAttrs, DataLayout, UnaryOp};
+use kiln_ir::op::{BinaryOp, ConvAttrs, DataLayout, PoolAttrs, UnaryOp};
 use kiln_ir::{DType, Graph, Op, OrderedF64, Tensor, TensorType};
 use kiln_operators::fusion::partition;
 use kiln_operators::kernel::{lower_graph, run_kernels, KernelInput};
@@ -272,9 +272,10 @@ fn kernel_counts_of_models() {
 }
 
 #[test]
-fn a_padded_convolution_reads_its_producers_padded_output() {
-    // conv 1x1 + relu6 (NHWC) -> depthwise 3x3 pad 1 -> conv 3x3 stride 2 pad 1: both padded
-    // convolutions' inputs come from another kernel, which writes them padded.
+fn padded_convolutions_and_pools_read_their_producers_padded_output() {
+    // conv 1x1 + relu6 (NHWC) -> depthwise 3x3 pad 1 -> conv 3x3 stride 2 pad 1 -> max pool
+    // 3x3 stride 2 pad 1 (ceil mode): every padded op's input comes from another kernel, which
+    // writes it padded (with -inf for the pool: the conv's outputs go negative).
     let mut rng = Rng(5);
     let nhwc = |pad: usize, stride: usize| ConvAttrs {
         pad: [pad; 4],
@@ -309,17 +310,30 @@ fn a_padded_convolution_reads_its_producers_padded_output() {
     let c3 = g
         .add_node(Op::Conv2d(nhwc(1, 2)), &[d, w3, b3], "c3")
         .unwrap();
-    g.set_outputs(vec![c3]).unwrap();
+    let pool = PoolAttrs {
+        kernel: [3, 3],
+        stride: [2, 2],
+        pad: [1; 4],
+        dilation: [1, 1],
+        ceil_mode: true,
+        count_include_pad: false,
+        layout: DataLayout::Nhwc,
+    };
+    let p = g.add_node(Op::MaxPool2d(pool), &[c3], "pool").unwrap();
+    g.set_outputs(vec![p]).unwrap();
     let inputs = vec![rand_default(&mut rng, DType::F32, &[1, 9, 7, 4])];
     let want = kiln_reference::run(&g, &inputs).unwrap();
     let (placed, groups) = kiln_operators::placement::place_padding(&g, &partition(&g))
-        .expect("two convolutions qualify");
-    let pads = placed
+        .expect("two convolutions and a pool qualify");
+    let pads: Vec<f64> = placed
         .nodes()
         .iter()
-        .filter(|n| matches!(n.op, Op::Pad { .. }))
-        .count();
-    assert_eq!(pads, 2, "{placed}");
+        .filter_map(|n| match n.op {
+            Op::Pad { value, .. } => Some(value.0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pads, [0.0, 0.0, f64::NEG_INFINITY], "{placed}");
     // The placed graph means the same, and its kernels (for targets with and without
     // micro-kernels) compute it.
     let again = kiln_reference::run(&placed, &inputs).unwrap();
@@ -332,7 +346,7 @@ fn a_padded_convolution_reads_its_producers_padded_output() {
             &target,
         )
         .unwrap();
-        assert_eq!(kernels.len(), 3);
+        assert_eq!(kernels.len(), 4);
         let got = run_kernels(&placed, &kernels, &inputs).unwrap();
         assert_close(&format!("{target:?}"), &got[0], &want[0], 1e-4);
         // No kernel copies an input into a padded local.

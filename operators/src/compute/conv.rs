@@ -24,7 +24,7 @@
 //! Transpose convolution is written as a gather: output row `oy` reads input row
 //! `iy = (oy + pad_top - ky * dilation) / stride` when the division is exact and `iy` is inside.
 
-use super::expr::{all, bload, c};
+use super::expr::{all, bload, c, reach, TapBounds};
 use super::{unsupported, Builder, ComputeError, Operand};
 use kiln_ir::op::DataLayout;
 use kiln_ir::{DType, Op, Tensor, TensorType};
@@ -93,9 +93,6 @@ pub(crate) fn define(
             let (pt, pl) = (a.pad[0] as i64, a.pad[2] as i64);
             let (xzp, wzp) = (a.input_zp, a.weight_zp);
             // Which bounds a tap can leave (the others are statically true and not tested).
-            let reach = |o: usize, s: i64, k: usize, d: i64, p: i64| {
-                (o as i64 - 1) * s + (k as i64 - 1) * d - p
-            };
             let bounds = TapBounds {
                 y_lo: pt > 0,
                 y_hi: reach(shape[2], sy, kh, dy, pt) >= h as i64,
@@ -108,7 +105,7 @@ pub(crate) fn define(
                 vec![("rc", cin), ("ry", kh), ("rx", kw)]
             };
             if depthwise && mult == 1 {
-                if let Some(wt) = nhwc_weights(b, x, w, shape[1])? {
+                if let Some(wt) = nhwc_weights(b, x, w, layout, shape[1])? {
                     // Channels-last over a zero-padded channels-last copy of the input: no guards.
                     let hp = reach(shape[2], sy, kh, dy, 0) as usize + 1;
                     let wp = reach(shape[3], sx, kw, dx, 0) as usize + 1;
@@ -151,7 +148,7 @@ pub(crate) fn define(
             let nhwc = if depthwise {
                 None
             } else {
-                nhwc_weights(b, x, w, shape[1])?
+                nhwc_weights(b, x, w, layout, shape[1])?
             };
             if let Some(wt) = nhwc {
                 // Channels-last accumulator: `conv_nhwc[n, oy, ox, oc]`, weights `[ky, kx, c, oc]`;
@@ -268,54 +265,19 @@ pub(crate) fn define(
 /// the schedule library recognises it by this name.
 pub(crate) use kiln_schedules::NHWC_STAGE;
 
-/// Which input bounds a convolution tap may leave; the others hold for every tap.
-#[derive(Clone, Copy)]
-struct TapBounds {
-    y_lo: bool,
-    y_hi: bool,
-    x_lo: bool,
-    x_hi: bool,
-}
-
-impl TapBounds {
-    /// Whether any tap can leave the input.
-    fn any(&self) -> bool {
-        self.y_lo || self.y_hi || self.x_lo || self.x_hi
-    }
-
-    /// `select(tap inside, value, zero)`, testing only the bounds a tap may leave.
-    fn guard(&self, iy: &Expr, h: usize, ix: &Expr, w: usize, value: Expr, zero: Expr) -> Expr {
-        let mut conds = vec![];
-        if self.y_lo {
-            conds.push(Expr::ge(iy.clone(), c(0)));
-        }
-        if self.y_hi {
-            conds.push(Expr::lt(iy.clone(), c(h as i64)));
-        }
-        if self.x_lo {
-            conds.push(Expr::ge(ix.clone(), c(0)));
-        }
-        if self.x_hi {
-            conds.push(Expr::lt(ix.clone(), c(w as i64)));
-        }
-        if conds.is_empty() {
-            value
-        } else {
-            Expr::select(all(conds), value, zero)
-        }
-    }
-}
-
-/// For an f32 convolution with constant OIHW weights and a multiple of 4 output channels: the
-/// weights transposed to `[ky, kx, c, oc]` (HWIO) as a definition-time table: for the tap order
-/// `ky, kx, c` a step of the reduction moves one row of output channels.
+/// For an f32 convolution with constant OIHW weights that is channels-last or has a multiple of
+/// 4 output channels (an NCHW one with few or ragged channels vectorizes better over pixels):
+/// the weights transposed to `[ky, kx, c, oc]` (HWIO) as a definition-time table: for the tap
+/// order `ky, kx, c` a step of the reduction moves one row of output channels.
 fn nhwc_weights(
     b: &mut Builder,
     x: &Operand,
     w: &Operand,
+    layout: DataLayout,
     oc: usize,
 ) -> Result<Option<BufferId>, ComputeError> {
-    if x.ty.dtype != DType::F32 || w.ty.dtype != DType::F32 || !oc.is_multiple_of(4) {
+    let channels_fit = layout == DataLayout::Nhwc || oc.is_multiple_of(4);
+    if x.ty.dtype != DType::F32 || w.ty.dtype != DType::F32 || !channels_fit {
         return Ok(None);
     }
     let Some(values) = w.constant.as_ref().and_then(|t| t.as_slice::<f32>()) else {

@@ -152,3 +152,48 @@ pub fn bitwise(a: &Expr, b: &Expr, width: u32, f: impl Fn(Expr, Expr) -> Expr) -
         .collect();
     balanced_sum(terms, c(0))
 }
+
+/// Which input bounds a window tap (of a convolution or pool) may leave; the others hold for
+/// every tap.
+#[derive(Clone, Copy)]
+pub struct TapBounds {
+    pub y_lo: bool,
+    pub y_hi: bool,
+    pub x_lo: bool,
+    pub x_hi: bool,
+}
+
+impl TapBounds {
+    /// Whether any tap can leave the input.
+    pub fn any(&self) -> bool {
+        self.y_lo || self.y_hi || self.x_lo || self.x_hi
+    }
+
+    /// `select(tap inside, value, zero)`, testing only the bounds a tap may leave.
+    pub fn guard(&self, iy: &Expr, h: usize, ix: &Expr, w: usize, value: Expr, zero: Expr) -> Expr {
+        let mut conds = vec![];
+        if self.y_lo {
+            conds.push(Expr::ge(iy.clone(), c(0)));
+        }
+        if self.y_hi {
+            conds.push(Expr::lt(iy.clone(), c(h as i64)));
+        }
+        if self.x_lo {
+            conds.push(Expr::ge(ix.clone(), c(0)));
+        }
+        if self.x_hi {
+            conds.push(Expr::lt(ix.clone(), c(w as i64)));
+        }
+        if conds.is_empty() {
+            value
+        } else {
+            Expr::select(all(conds), value, zero)
+        }
+    }
+}
+
+/// The last input position a window along one axis reads (before clipping): output size `o`,
+/// stride `s`, kernel `k`, dilation `d`, leading padding `p`.
+pub fn reach(o: usize, s: i64, k: usize, d: i64, p: i64) -> i64 {
+    (o as i64 - 1) * s + (k as i64 - 1) * d - p
+}

@@ -1,14 +1,14 @@
 //! AVG_POOL2D and MAX_POOL2D as reductions over the window `(ky, kx)`.
 //!
 //! Invariant: window taps outside the input are masked with a `select` (the identity of max, 0
-//! of the sum), so they never count; MAX_POOL2D's empty windows give the identity (-inf / dtype
+//! of the sum; only the bounds a tap can leave are tested), so they never count; MAX_POOL2D's empty windows give the identity (-inf / dtype
 //! minimum) and NaN propagates, like the reference. AVG_POOL2D sums in f32 and divides by the
 //! per-axis tap counts, computed at definition time exactly as the reference does (inside the
 //! input, or inside the padded input with `count_include_pad`) and bound as two f32 tables
 //! `[OH]` and `[OW]`; an empty count gives 0/0 = NaN as in the reference. A channels-last
 //! pool indexes the same taps in its layout (channels are the innermost, vectorized axis).
 
-use super::expr::{all, c, in_range};
+use super::expr::{c, reach, TapBounds};
 use super::{unsupported, Builder, ComputeError, Operand};
 use kiln_ir::op::PoolAttrs;
 use kiln_ir::{DType, Op, Tensor, TensorType};
@@ -57,32 +57,36 @@ pub(crate) fn define(
     let (dy, dx) = (p.dilation[0] as i64, p.dilation[1] as i64);
     let (pt, pl) = (p.pad[0] as i64, p.pad[2] as i64);
     let raxes = [("ky", p.kernel[0]), ("kx", p.kernel[1])];
-    let tap = |ax: &[Expr], r: &[Expr]| {
+    // Only the bounds a tap can leave are tested (an unpadded pool reads unguarded).
+    let bounds = TapBounds {
+        y_lo: pt > 0,
+        y_hi: reach(oh, sy, p.kernel[0], dy, pt) >= h as i64,
+        x_lo: pl > 0,
+        x_hi: reach(ow, sx, p.kernel[1], dx, pl) >= w as i64,
+    };
+    // A tap's value, or `outside` where it leaves the input.
+    let tap = |ax: &[Expr], r: &[Expr], outside: Expr| {
         let [n, ch, y, xx] = layout.nchw_of(ax);
         let iy = y * c(sy) + r[0].clone() * c(dy) - c(pt);
         let ix = xx * c(sx) + r[1].clone() * c(dx) - c(pl);
         let v = Expr::load(x.id, layout.shape_of([n, ch, iy.clone(), ix.clone()]));
-        (all(vec![in_range(&iy, h), in_range(&ix, w)]), v)
+        let v = if is_max || dt == DType::F32 {
+            v
+        } else {
+            Expr::cast(DType::F32, v)
+        };
+        bounds.guard(&iy, h, &ix, w, v, outside)
     };
     if is_max {
         let ident = ReduceKind::Max
             .identity(dt)
             .ok_or_else(|| unsupported(op, format!("does not accept {dt}")))?;
         return b.reduce("maxpool", &shape, &raxes, ReduceKind::Max, |ax, r| {
-            let (inside, v) = tap(ax, r);
-            Expr::select(inside, v, ident)
+            tap(ax, r, ident.clone())
         });
     }
-    let widen = |v: Expr| {
-        if dt == DType::F32 {
-            v
-        } else {
-            Expr::cast(DType::F32, v)
-        }
-    };
     let sum = b.reduce("avgpool_sum", &shape, &raxes, ReduceKind::Sum, |ax, r| {
-        let (inside, v) = tap(ax, r);
-        Expr::select(inside, widen(v), Expr::f32(0.0))
+        tap(ax, r, Expr::f32(0.0))
     })?;
     let ch = b.table(
         "avgpool_count_h",
