@@ -146,8 +146,33 @@ pub fn group_dag(
     // Buffer and stage names depend only on positions within the group (weights `w0, w1...`,
     // values `v0...`, stages `s0_conv2d_...`), so every group of one workload has the same DAG
     // and a trace recorded on one replays on all of them.
+    // A group of one movement op is defined over its operands' collapsed views (see
+    // `crate::collapse`): the kernel's buffers are row-major reshapes of the graph's values.
+    let collapsed = match g.nodes.as_slice() {
+        [n] if crate::placement::group_placement(graph, g).is_none() => {
+            let node = graph.node(*n);
+            let types: Vec<&kiln_ir::TensorType> =
+                node.inputs.iter().map(|&v| graph.ty(v)).collect();
+            let constant = node.inputs.iter().any(|&v| const_id(graph, v).is_some());
+            crate::collapse::collapse(&node.op, &types)
+                .filter(|_| !constant)
+                .map(|c| (node, c))
+        }
+        _ => None,
+    };
+    let view = |v: ValueId| {
+        let mut ty = graph.ty(v).clone();
+        if let Some((node, c)) = &collapsed {
+            if let Some(i) = node.inputs.iter().position(|&x| x == v) {
+                ty.shape = c.inputs[i].clone();
+            } else if node.output == v {
+                ty.shape = c.output.clone();
+            }
+        }
+        ty
+    };
     for (i, v) in group_inputs(graph, g).into_iter().enumerate() {
-        let ty = graph.ty(v).clone();
+        let ty = view(v);
         let (name, binding, constant) = match const_id(graph, v) {
             Some(c) => (
                 format!("w{i}"),
@@ -178,12 +203,13 @@ pub fn group_dag(
             .filter_map(|v| bound.iter().find(|(b, _)| b == v).map(|(_, o)| o.clone()))
             .collect();
         b.set_prefix(&format!("s{pos}_{}", node.op.name()));
-        let id = define(&mut b, &node.op, &ops).map_err(|e| def_err(&node.name, e))?;
+        let op = collapsed.as_ref().map_or(&node.op, |(_, c)| &c.op);
+        let id = define(&mut b, op, &ops).map_err(|e| def_err(&node.name, e))?;
         bound.push((
             node.output,
             Operand {
                 id,
-                ty: graph.ty(node.output).clone(),
+                ty: view(node.output),
                 constant: None,
             },
         ));
@@ -426,23 +452,43 @@ pub fn run_kernels(
         }
     }
     for k in kernels {
+        // A kernel's buffers may be row-major views of the graph's values (see
+        // `crate::collapse`): arguments are reshaped to its params' shapes and back.
+        let view = |t: Tensor, i: usize| -> Result<Tensor, String> {
+            match k
+                .func
+                .params
+                .get(i)
+                .map(|&p| &k.func.buffers[p.index()].shape)
+            {
+                Some(shape) if *shape != t.shape() => t
+                    .reshaped(shape.clone())
+                    .map_err(|e| format!("kernel {}: argument {i}: {e}", k.name)),
+                _ => Ok(t),
+            }
+        };
         let mut args = vec![];
         for inp in &k.inputs {
-            args.push(match inp {
+            let t = match inp {
                 KernelInput::Value(v) => values[v.index()]
                     .clone()
                     .ok_or_else(|| format!("kernel {}: value {v} not computed", k.name))?,
                 KernelInput::Const(c) => graph.constant(*c).clone(),
                 KernelInput::Table(t) => t.clone(),
-            });
+            };
+            args.push(view(t, args.len())?);
         }
         for &o in &k.outputs {
-            args.push(Tensor::zeros(graph.ty(o).clone()));
+            args.push(view(Tensor::zeros(graph.ty(o).clone()), args.len())?);
         }
         kiln_tir::interp::run(&k.func, &mut args).map_err(|e| format!("kernel {}: {e}", k.name))?;
         let n_in = k.inputs.len();
         for (j, &o) in k.outputs.iter().enumerate() {
-            values[o.index()] = args.get(n_in + j).cloned();
+            let out = args.get(n_in + j).cloned();
+            values[o.index()] = out
+                .map(|t| t.reshaped(graph.ty(o).shape.clone()))
+                .transpose()
+                .map_err(|e| format!("kernel {}: output {j}: {e}", k.name))?;
         }
     }
     graph

@@ -9,6 +9,7 @@
 //! same semantics, [`fusion`] partitions a graph into groups, [`schedule`] gives each op class
 //! its default schedule and [`kernel::lower_graph`] turns a graph into lowered kernels.
 
+pub mod collapse;
 pub mod compute;
 mod conv;
 mod elementwise;
