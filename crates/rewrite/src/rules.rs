@@ -272,6 +272,26 @@ pub fn rules() -> Vec<Rewrite<Node, GraphAnalysis>> {
         // A slice that lies within one operand of a concat along the concat axis reads only that
         // operand (the split of a concat: Split after Concat in exported models).
         rule("slice-of-concat", "(op ?a ?c)", slice_of_concat),
+        // concat(transpose(x0, p), transpose(x1, p), ..., axis) = transpose(concat(x0, x1, ...,
+        // axis p[axis]), p): output axis `axis` of the transposes is axis p[axis] of each x, so
+        // joining the operands before or after moving the axes is the same. A channels-last
+        // network keeps its layout through concatenations (SqueezeNet's fire modules,
+        // ShuffleNet's branches). For 2 to 4 operands.
+        rule(
+            "transpose-through-concat",
+            "(op ?c (op ?t0 ?x0) (op ?t1 ?x1))",
+            transpose_through_concat,
+        ),
+        rule(
+            "transpose-through-concat-3",
+            "(op ?c (op ?t0 ?x0) (op ?t1 ?x1) (op ?t2 ?x2))",
+            transpose_through_concat,
+        ),
+        rule(
+            "transpose-through-concat-4",
+            "(op ?c (op ?t0 ?x0) (op ?t1 ?x1) (op ?t2 ?x2) (op ?t3 ?x3))",
+            transpose_through_concat,
+        ),
         // matmul(a, W) * s, W a constant and s a constant per output column ([1|B, 1, N] or a
         // scalar): each output column n is a dot product with column n of W, so scaling it
         // scales W's column: matmul(a, W * s) (the product folds at compile time).
@@ -535,6 +555,31 @@ fn transpose_through_const(eg: &mut GraphEGraph, s: &Subst, t_on_left: bool) -> 
     let x = s[var("?x")];
     let operands = if t_on_left { [x, c_back] } else { [c_back, x] };
     let inner = add_op(eg, b, &operands)?;
+    add_op(eg, Op::Transpose { perm }, &[inner])
+}
+
+/// See the `transpose-through-concat` rules: every operand `?xI` under a transpose `?tI` by
+/// one permutation.
+fn transpose_through_concat(eg: &mut GraphEGraph, _: Id, s: &Subst) -> Option<Id> {
+    let Op::Concat { axis } = op(eg, s, "?c")? else {
+        return None;
+    };
+    let mut perm: Option<Vec<usize>> = None;
+    let mut operands = vec![];
+    for i in 0.. {
+        let Some(&x) = s.get(var(&format!("?x{i}"))) else {
+            break;
+        };
+        let Op::Transpose { perm: p } = op(eg, s, &format!("?t{i}"))? else {
+            return None;
+        };
+        if *perm.get_or_insert_with(|| p.clone()) != p {
+            return None;
+        }
+        operands.push(x);
+    }
+    let perm = perm?;
+    let inner = add_op(eg, Op::Concat { axis: perm[axis] }, &operands)?;
     add_op(eg, Op::Transpose { perm }, &[inner])
 }
 

@@ -347,6 +347,41 @@ fn slices_compose_vanish_when_full_and_see_through_concats() {
 }
 
 #[test]
+fn transposes_move_through_concats_and_cancel() {
+    // Two channels-last branches joined in NCHW and brought back to NHWC (a fire module between
+    // channels-last convolutions): the concat runs channels-last and no transpose is left.
+    for n in [2, 3, 4] {
+        let mut text = String::from("graph {\n");
+        for i in 0..n {
+            text += &format!("  input %{i} \"x{i}\": f32[1,2,2,{}]\n", i + 1);
+        }
+        let mut operands = vec![];
+        for i in 0..n {
+            text += &format!(
+                "  %{}: f32[1,{},2,2] = transpose(%{i}) {{\"perm\":[0,3,1,2]}}\n",
+                n + i,
+                i + 1
+            );
+            operands.push(format!("%{}", n + i));
+        }
+        let channels: usize = (1..=n).sum();
+        text += &format!(
+            "  %{}: f32[1,{channels},2,2] = concat({}) {{\"axis\":1}}\n",
+            2 * n,
+            operands.join(", ")
+        );
+        text += &format!(
+            "  %{}: f32[1,2,2,{channels}] = transpose(%{}) {{\"perm\":[0,2,3,1]}}\n",
+            2 * n + 1,
+            2 * n
+        );
+        text += &format!("  output %{}\n}}", 2 * n + 1);
+        let after = prove(&text, &["concat"], &["transpose"], 0.0);
+        assert_eq!(kiln_rewrite::op_node_count(&after), 1, "{n} operands");
+    }
+}
+
+#[test]
 fn a_per_column_scale_folds_into_constant_matmul_weights() {
     let after = prove(
         r#"graph {
