@@ -15,7 +15,9 @@
 //!   broadcast) or is contiguous (one vector load) or strided (a gather of 4 scalar loads) of
 //!   dtype `f32`/`i32`;
 //! - `v` itself appears only inside such indices and in conditions; a `select` whose condition
-//!   is uniform branches on a scalar and never evaluates a guarded load it should not; a
+//!   is uniform, or uniform over each chunk of 4 lanes (`x < k` with `x` stepping by 1 per lane
+//!   from a multiple of 4 and `k` a multiple of 4: computed at the chunk's first lane), branches
+//!   on a scalar and never evaluates a guarded load it should not; a
 //!   `select` whose condition varies per lane (comparisons of 32-bit lanes, `&&`, `||`, `!`)
 //!   evaluates both arms for all 4 lanes and blends them bit by bit, which is allowed only when
 //!   every load in its arms is also evaluated by its condition (so no load is speculated that
@@ -141,6 +143,45 @@ fn has_int_division(f: &PrimFunc, e: &Expr) -> bool {
     })
 }
 
+/// `e` is a multiple of [`LANES`] whenever `v` is (as at the first lane of every chunk).
+fn chunk_aligned(e: &Expr, v: VarId) -> bool {
+    let lanes = LANES as i64;
+    match e {
+        Expr::Var(w) => *w == v,
+        Expr::Binary { op, a, b } => match op {
+            BinOp::Add | BinOp::Sub => chunk_aligned(a, v) && chunk_aligned(b, v),
+            BinOp::Mul => match (a.as_int(), b.as_int()) {
+                (Some(k), _) => k % lanes == 0 || chunk_aligned(b, v),
+                (_, Some(k)) => k % lanes == 0 || chunk_aligned(a, v),
+                _ => false,
+            },
+            _ => false,
+        },
+        _ => e.as_int().is_some_and(|c| c % lanes == 0),
+    }
+}
+
+/// Whether condition `c` has one value on all lanes of each chunk, though it mentions `v`:
+/// `x < k` or `x >= k` (and their combinations) where `x` steps by 1 per lane from a multiple
+/// of [`LANES`] and `k` is a multiple of it, so the 4 lanes `x .. x + 3` lie on one side. (The
+/// split of a concat along a vectorized axis at a boundary the vectors do not straddle.)
+fn chunk_uniform(c: &Expr, v: VarId) -> bool {
+    if !mentions(c, v) {
+        return true;
+    }
+    match c {
+        Expr::Cmp { op, a, b } => {
+            matches!(op, CmpOp::Lt | CmpOp::Ge)
+                && b.as_int().is_some_and(|k| k % LANES as i64 == 0)
+                && stride(a, v) == Some(1)
+                && chunk_aligned(a, v)
+        }
+        Expr::And(a, b) | Expr::Or(a, b) => chunk_uniform(a, v) && chunk_uniform(b, v),
+        Expr::Not(a) => chunk_uniform(a, v),
+        _ => false,
+    }
+}
+
 /// Whether a condition varying per lane can be computed as a 32-bit lane mask.
 fn mask_ok(f: &PrimFunc, c: &Expr, v: VarId) -> bool {
     if !mentions(c, v) {
@@ -214,13 +255,14 @@ fn classify(f: &PrimFunc, e: &Expr, v: VarId) -> Option<Kind> {
             then,
             otherwise,
         } => {
-            if mentions(cond, v)
-                && !(mask_ok(f, cond, v)
-                    && loads_covered(then, cond)
-                    && loads_covered(otherwise, cond)
-                    && !has_int_division(f, then)
-                    && !has_int_division(f, otherwise))
-            {
+            // A condition varying within a chunk is a lane mask over both arms, evaluated on
+            // every lane: only loads the condition performs too, and no division.
+            let blend_ok = mask_ok(f, cond, v)
+                && loads_covered(then, cond)
+                && loads_covered(otherwise, cond)
+                && !has_int_division(f, then)
+                && !has_int_division(f, otherwise);
+            if !(chunk_uniform(cond, v) || blend_ok) {
                 return None;
             }
             classify(f, then, v)?;
@@ -476,7 +518,7 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
                 cond,
                 then,
                 otherwise,
-            } if mentions(cond, var) => {
+            } if !chunk_uniform(cond, var) => {
                 let m = self.vmask(cond, var)?;
                 let (t, o) = (self.vexpr(then, var)?, self.vexpr(otherwise, var)?);
                 let (t, o) = (self.vector_of(t, d)?, self.vector_of(o, d)?);

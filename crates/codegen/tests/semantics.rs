@@ -291,6 +291,45 @@ fn i32_vector_ops_are_vectorized() {
     assert_eq!(stats.vector_loops, 1);
 }
 
+/// `out[i] = i < split ? a[i] : b[i - split]` over `0..N` in vectorized chunks of 4 (a
+/// concat): each operand is read only inside its range.
+fn concat_func(split: usize) -> PrimFunc {
+    let mut f = PrimFunc::new("ew");
+    let a = f.add_param("a", DType::F32, vec![split]);
+    let b = f.add_param("b", DType::F32, vec![N - split]);
+    let o = f.add_param("out", DType::F32, vec![N]);
+    let (i0, i1) = (f.new_var("i0"), f.new_var("i1"));
+    let i = Expr::int(4) * Expr::var(i0) + Expr::var(i1);
+    let value = Expr::select(
+        Expr::cmp(CmpOp::Lt, i.clone(), Expr::int(split as i64)),
+        Expr::load(a, vec![i.clone()]),
+        Expr::load(b, vec![i.clone() - Expr::int(split as i64)]),
+    );
+    f.body = Stmt::for_(
+        i0,
+        N / 4,
+        ForKind::Serial,
+        Stmt::for_(i1, 4, ForKind::Vectorized, Stmt::store(o, vec![i], value)),
+    );
+    f
+}
+
+#[test]
+fn a_select_uniform_over_each_chunk_branches_per_chunk_and_others_stay_scalar() {
+    // At 8 every chunk of 4 lies on one side: vector code, each chunk reading one operand. At
+    // 6 a chunk straddles the split and each lane would read out of bounds in the other
+    // operand: scalar code.
+    for (split, vectorized) in [(8, 1), (12, 1), (6, 0)] {
+        let f = concat_func(split);
+        let t = |n: usize, base: f32| {
+            let v: Vec<f32> = (0..n).map(|i| base + i as f32).collect();
+            Tensor::new(vec![n], v).unwrap()
+        };
+        let stats = compare(&f, &[t(split, 100.0), t(N - split, -50.0)], &opts()[0]);
+        assert_eq!(stats.vector_loops, vectorized, "split at {split}");
+    }
+}
+
 #[test]
 fn integer_division_by_zero_is_an_error() {
     let a = tensor(DType::I32, TensorData::I32((0..N as i32).collect()));
