@@ -66,14 +66,15 @@ impl MicroShape {
             .map_or(n.min(l), |(_, _, d)| d)
     }
 
-    /// The default row tile for an axis of `m` under a column tile of `cols`: its largest
-    /// divisor that fits the register file.
+    /// The default row tile for an axis of `m` under a column tile of `cols`: as few tiles as
+    /// the register file allows, of equal rows where a divisor of `m` gives that many tiles,
+    /// else balanced (`ceil(m / tiles)` rows, the last tile ragged: a micro-kernel of its own).
     pub fn rows_for(&self, m: usize, cols: usize) -> usize {
-        let most = self.max_rows(cols.div_ceil(self.lanes));
-        (1..=most.min(m))
-            .rev()
+        let most = self.max_rows(cols.div_ceil(self.lanes)).min(m).max(1);
+        let balanced = m.div_ceil(m.div_ceil(most));
+        (balanced..=most)
             .find(|d| m.is_multiple_of(*d))
-            .unwrap_or(1)
+            .unwrap_or(balanced)
     }
 }
 
@@ -88,13 +89,13 @@ fn transaction(r: &mut Recorder, f: impl FnOnce(&mut Recorder) -> bool) -> bool 
     ok
 }
 
-/// The tile `(rows, cols)` for a `m x n` output: knobs first, else the defaults; `None` when a
-/// knob does not divide its axis.
+/// The tile `(rows, cols)` for a `m x n` output: knobs first, else the defaults; `None` when the
+/// column knob does not divide its axis or the row knob exceeds its axis (rows need not divide
+/// theirs: the last tile is ragged).
 fn tile(r: &Recorder, shape: MicroShape, m: usize, n: usize) -> Option<(usize, usize)> {
     let cols = r.knobs.vector_tile.unwrap_or_else(|| shape.cols_for(n));
     let rows = r.knobs.row_tile.unwrap_or_else(|| shape.rows_for(m, cols));
-    (cols > 0 && rows > 0 && n.is_multiple_of(cols) && m.is_multiple_of(rows))
-        .then_some((rows, cols))
+    (cols > 0 && rows > 0 && n.is_multiple_of(cols) && rows <= m).then_some((rows, cols))
 }
 
 /// Packs the constant operand of anchor `a` that runs along its output axis `axis` (the
@@ -308,13 +309,23 @@ mod tests {
     }
 
     #[test]
-    fn row_tiles_divide_their_axis_and_fit_the_registers() {
+    fn row_tiles_are_few_fit_the_registers_and_divide_where_that_costs_no_tile() {
         assert_eq!(AVX512.max_rows(2), 14);
         assert_eq!(AVX2.max_rows(2), 6);
         assert_eq!(AVX512.rows_for(112, 32), 14);
         assert_eq!(AVX512.rows_for(7, 32), 7);
-        assert_eq!(AVX512.rows_for(32, 32), 8);
-        assert_eq!(AVX2.rows_for(56, 16), 4);
-        assert_eq!(AVX2.rows_for(13, 16), 1);
+        // 3 tiles of at most 14 rows: 11, 11, 10.
+        assert_eq!(AVX512.rows_for(32, 32), 11);
+        // 4 tiles (14, 14, 14, 13) rather than the divisor 11's 5.
+        assert_eq!(AVX512.rows_for(55, 32), 14);
+        // 2 tiles of at most 9 (three vectors): 7 and 6.
+        assert_eq!(AVX512.max_rows(3), 9);
+        assert_eq!(AVX512.rows_for(13, 48), 7);
+        // 10 tiles of at most 6: 6 rows, a tail of 2.
+        assert_eq!(AVX2.rows_for(56, 16), 6);
+        // 3 tiles: 5, 5, 3.
+        assert_eq!(AVX2.rows_for(13, 16), 5);
+        assert_eq!(AVX2.rows_for(12, 16), 6);
+        assert_eq!(AVX2.rows_for(1, 16), 1);
     }
 }

@@ -5,13 +5,18 @@
 //! micro-kernel, the call passes the address of each access's base element (evaluated with the
 //! region's enclosing loop variables) in the order of the micro-kernel ABI; every accessed
 //! buffer has a base pointer in the function being emitted (a buffer held in registers, see
-//! [`crate::promote`], sends the region to the loop-nest path). Micro-kernels are defined
+//! [`crate::promote`], sends the region to the loop-nest path). A region with a row limit calls
+//! the full kernel when all its rows exist, the kernel of the tail's rows when some do, and
+//! nothing otherwise. Micro-kernels are defined
 //! once per module per distinct machine code and are local symbols.
 
 use crate::isa::microkernel::{self, ContractionKernel, MicroIsa};
 use crate::kernel::{cl_err, EmitState, FnLowerer};
 use crate::CodegenError;
-use cranelift_codegen::ir::{AbiParam, InstBuilder, Signature, StackSlotData, StackSlotKind};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{
+    types, AbiParam, InstBuilder, Signature, StackSlotData, StackSlotKind,
+};
 use cranelift_module::{FuncId, Linkage, Module};
 use kiln_tir::{Stmt, TensorIntrinsic};
 
@@ -84,9 +89,78 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
         }
         let kernel = ContractionKernel::of(&c);
         let name = self.f.name.clone();
-        let Some(id) = self.em.microkernel(isa, &kernel, &name)? else {
+        let Some(full) = self.em.microkernel(isa, &kernel, &name)? else {
             return Ok(false);
         };
+        // A ragged row split: the tile's rows that exist decide between the full kernel, the
+        // kernel of the tail's rows, and nothing.
+        let limit = match &c.row_limit {
+            None => None,
+            Some(l) => {
+                let tail = l.tail(c.rows);
+                let tail_kernel = ContractionKernel {
+                    rows: tail,
+                    ..kernel.clone()
+                };
+                let tail = match tail {
+                    0 => None,
+                    _ => match self.em.microkernel(isa, &tail_kernel, &name)? {
+                        Some(id) => Some(id),
+                        None => return Ok(false),
+                    },
+                };
+                Some((l, tail))
+            }
+        };
+        let args = self.microkernel_args(&accesses)?;
+        let Some((limit, tail)) = limit else {
+            let r = self.func_ref(full);
+            self.b.ins().call(r, &[args]);
+            return Ok(true);
+        };
+        // rows_left = bound - offset: full when >= rows, the tail when in (0, rows).
+        let offset = self.expr(&limit.offset)?;
+        let bound = self.b.ins().iconst(types::I64, limit.bound);
+        let left = self.b.ins().isub(bound, offset);
+        let is_full = self
+            .b
+            .ins()
+            .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, left, c.rows as i64);
+        let (full_block, partial_block, done) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        self.b
+            .ins()
+            .brif(is_full, full_block, &[], partial_block, &[]);
+        self.b.switch_to_block(full_block);
+        self.b.seal_block(full_block);
+        let r = self.func_ref(full);
+        self.b.ins().call(r, &[args]);
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(partial_block);
+        self.b.seal_block(partial_block);
+        if let Some(tail) = tail {
+            let some = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, left, 0);
+            let call_block = self.b.create_block();
+            self.b.ins().brif(some, call_block, &[], done, &[]);
+            self.b.switch_to_block(call_block);
+            self.b.seal_block(call_block);
+            let r = self.func_ref(tail);
+            self.b.ins().call(r, &[args]);
+        }
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(done);
+        self.b.seal_block(done);
+        Ok(true)
+    }
+
+    /// The micro-kernel ABI's argument: a stack array of the accesses' base addresses.
+    fn microkernel_args(
+        &mut self,
+        accesses: &[&kiln_tir::Access],
+    ) -> Result<cranelift_codegen::ir::Value, CodegenError> {
         let ptr = self.em.host.ptr;
         let slot = self.b.create_sized_stack_slot(StackSlotData::new(
             StackSlotKind::ExplicitSlot,
@@ -101,9 +175,6 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
             let addr = self.b.ins().iadd(base, bytes);
             self.b.ins().stack_store(ptr, addr, slot, 8 * i as i32);
         }
-        let args = self.b.ins().stack_addr(ptr, slot, 0);
-        let r = self.func_ref(id);
-        self.b.ins().call(r, &[args]);
-        Ok(true)
+        Ok(self.b.ins().stack_addr(ptr, slot, 0))
     }
 }

@@ -143,24 +143,6 @@ fn has_int_division(f: &PrimFunc, e: &Expr) -> bool {
     })
 }
 
-/// `e` is a multiple of [`LANES`] whenever `v` is (as at the first lane of every chunk).
-fn chunk_aligned(e: &Expr, v: VarId) -> bool {
-    let lanes = LANES as i64;
-    match e {
-        Expr::Var(w) => *w == v,
-        Expr::Binary { op, a, b } => match op {
-            BinOp::Add | BinOp::Sub => chunk_aligned(a, v) && chunk_aligned(b, v),
-            BinOp::Mul => match (a.as_int(), b.as_int()) {
-                (Some(k), _) => k % lanes == 0 || chunk_aligned(b, v),
-                (_, Some(k)) => k % lanes == 0 || chunk_aligned(a, v),
-                _ => false,
-            },
-            _ => false,
-        },
-        _ => e.as_int().is_some_and(|c| c % lanes == 0),
-    }
-}
-
 /// Whether condition `c` has one value on all lanes of each chunk, though it mentions `v`:
 /// `x < k` or `x >= k` (and their combinations) where `x` steps by 1 per lane from a multiple
 /// of [`LANES`] and `k` is a multiple of it, so the 4 lanes `x .. x + 3` lie on one side. (The
@@ -174,7 +156,7 @@ fn chunk_uniform(c: &Expr, v: VarId) -> bool {
             matches!(op, CmpOp::Lt | CmpOp::Ge)
                 && b.as_int().is_some_and(|k| k % LANES as i64 == 0)
                 && stride(a, v) == Some(1)
-                && chunk_aligned(a, v)
+                && a.is_multiple_of(LANES as i64, &|w| w == v)
         }
         Expr::And(a, b) | Expr::Or(a, b) => chunk_uniform(a, v) && chunk_uniform(b, v),
         Expr::Not(a) => chunk_uniform(a, v),

@@ -101,6 +101,49 @@ fn a_cache_written_matmul_tile_runs_as_a_microkernel() {
 }
 
 #[test]
+fn ragged_row_tiles_run_the_full_and_the_tail_microkernel() {
+    // Row splits that do not divide the rows: the last tile of 13 = 6 + 6 + 1 rows, 11 = 6 + 5,
+    // 4 < 6 (one partial tile), and a tile of 5 rows in 12 = 5 + 5 + 2.
+    for (m, rows) in [(13, 6), (11, 6), (4, 6), (12, 5)] {
+        let dag = matmul(m, 24, 7);
+        let f = scheduled(
+            &dag,
+            vec![
+                I::Split {
+                    stage: s("c"),
+                    loop_: s("i"),
+                    factors: vec![rows],
+                },
+                I::Split {
+                    stage: s("c"),
+                    loop_: s("j"),
+                    factors: vec![24],
+                },
+                I::Reorder {
+                    stage: s("c"),
+                    order: ["i.0", "j.0", "k", "i.1", "j.1"].map(s).to_vec(),
+                },
+                I::CacheWrite { stage: s("c") },
+                I::Parallel {
+                    stage: s("c"),
+                    loop_: s("i.0"),
+                },
+                I::Tensorize {
+                    stage: s("c"),
+                    loop_: s("j.0"),
+                    intrinsic: TensorIntrinsic::Contraction,
+                },
+            ],
+        );
+        assert!(f.to_string().contains("if "), "a ragged split guards: {f}");
+        let calls = check_exact(&f, m as u64);
+        if host_has_microkernels() {
+            assert_eq!(calls, 1, "{m} rows in tiles of {rows}: {f}");
+        }
+    }
+}
+
+#[test]
 fn a_convolution_tile_with_relu_runs_as_a_microkernel() {
     let p = Conv {
         n: 1,

@@ -381,6 +381,25 @@ impl Expr {
         }
     }
 
+    /// Whether this integer expression is provably a multiple of `k` for every value of its
+    /// variables, given that the variables `aligned` accepts are multiples of `k`: sums,
+    /// differences and products of such terms and of constants (a product by a multiple of
+    /// `k` is one whatever its other factor).
+    pub fn is_multiple_of(&self, k: i64, aligned: &dyn Fn(VarId) -> bool) -> bool {
+        match self {
+            Expr::Int { value, .. } => k != 0 && value % k == 0,
+            Expr::Var(v) => aligned(*v),
+            Expr::Binary { op, a, b } => match op {
+                BinOp::Add | BinOp::Sub => {
+                    a.is_multiple_of(k, aligned) && b.is_multiple_of(k, aligned)
+                }
+                BinOp::Mul => a.is_multiple_of(k, aligned) || b.is_multiple_of(k, aligned),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// The direct sub-expressions, in evaluation order.
     pub fn children(&self) -> Vec<&Expr> {
         match self {

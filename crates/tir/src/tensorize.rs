@@ -20,6 +20,11 @@
 //! 3. *epilogue*: loops over `m` and `n`: `out[..] = E`, where `E` reads `T[tile(m, n)]` and
 //!    other buffers, with the operations of [`Epilogue`].
 //!
+//! Each nest may guard its store with `if offset + m < bound` (the same guard in all three: a
+//! row split that does not divide its axis), where `offset` is an expression of the enclosing
+//! loops that is always a multiple of the tile's rows: the tile then holds `bound - offset` rows
+//! when that is fewer than `rows`, which is always `bound mod rows` ([`RowLimit`]).
+//!
 //! `tile(m, n) = c + row_stride·m + n` (`row_stride ≥ cols`). Every other index is affine in the
 //! nest's variables: `base + row·m + col·n (+ Σ reduce_i·r_i)`, where `base` is an expression
 //! of the enclosing loops. `out` and every operand move along `n` by 0 (a broadcast) or 1 (a
@@ -197,6 +202,25 @@ pub struct Contraction {
     /// The buffers the epilogue reads besides the tile, distinct accesses.
     pub inputs: Vec<Access>,
     pub epilogue: Epilogue,
+    /// The guard of a ragged row split: only rows `m` with `offset + m < bound` exist.
+    pub row_limit: Option<RowLimit>,
+}
+
+/// Tile rows `m` exist where `offset + m < bound`; `offset` (an expression of the enclosing
+/// loops) is always a multiple of the tile's rows, so a partial tile has [`RowLimit::tail`]
+/// rows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowLimit {
+    pub offset: Expr,
+    pub bound: i64,
+}
+
+impl RowLimit {
+    /// The rows of a partial tile of `rows` rows: `bound mod rows` (0: tiles are full or
+    /// empty).
+    pub fn tail(&self, rows: usize) -> usize {
+        self.bound.rem_euclid(rows.max(1) as i64) as usize
+    }
 }
 
 impl Contraction {
@@ -222,6 +246,8 @@ pub fn analyze(
 struct Nest<'a> {
     loops: Vec<(VarId, usize)>,
     unit: BTreeSet<VarId>,
+    /// The condition of the one `if` (without `else`) around the store, if any.
+    guard: Option<&'a Expr>,
     buf: BufferId,
     indices: &'a [Expr],
     value: &'a Expr,
@@ -230,9 +256,18 @@ struct Nest<'a> {
 fn nest<'a>(s: &'a Stmt, what: &str) -> Result<Nest<'a>, TensorizeError> {
     let mut loops = vec![];
     let mut unit = BTreeSet::new();
+    let mut guard = None;
     let mut cur = s;
     loop {
         match cur {
+            Stmt::IfThenElse {
+                cond,
+                then,
+                otherwise: None,
+            } if guard.is_none() => {
+                guard = Some(cond);
+                cur = then;
+            }
             Stmt::For {
                 var, extent, body, ..
             } => {
@@ -251,6 +286,7 @@ fn nest<'a>(s: &'a Stmt, what: &str) -> Result<Nest<'a>, TensorizeError> {
                 return Ok(Nest {
                     loops,
                     unit,
+                    guard,
                     buf: *buf,
                     indices,
                     value,
@@ -374,6 +410,55 @@ impl TileLayout {
     }
 }
 
+impl Nest<'_> {
+    /// The nest's guard as a row limit on its row variable `m`: `offset + m < bound` with
+    /// `offset` free of the nest's loops and a multiple of `rows`.
+    fn row_limit(
+        &self,
+        m: Option<VarId>,
+        rows: usize,
+        what: &str,
+    ) -> Result<Option<RowLimit>, TensorizeError> {
+        let Some(cond) = self.guard else {
+            return Ok(None);
+        };
+        let bad = || {
+            fail(format!(
+                "the {what}'s guard is not a limit on the tile rows"
+            ))
+        };
+        let (
+            Expr::Cmp {
+                op: CmpOp::Lt,
+                a,
+                b,
+            },
+            Some(m),
+        ) = (cond, m)
+        else {
+            return bad();
+        };
+        let Some(bound) = b.as_int() else {
+            return bad();
+        };
+        let unit = &self.unit;
+        let a = a.substitute(&|v: VarId| unit.contains(&v).then(|| Expr::int(0)));
+        let Some(lin) = linearize(&a, &self.vars()) else {
+            return bad();
+        };
+        if lin.coeffs.len() != 1 || coeff(&lin, Some(m)) != 1 {
+            return bad();
+        }
+        let offset = base_expr(&lin)?;
+        if !offset.is_multiple_of(rows as i64, &|_| false) {
+            return fail(format!(
+                "the {what}'s row guard starts tiles off a multiple of {rows} rows"
+            ));
+        }
+        Ok(Some(RowLimit { offset, bound }))
+    }
+}
+
 fn contraction(body: &Stmt, func: &PrimFunc) -> Result<Contraction, TensorizeError> {
     let parts: &[Stmt] = match body {
         Stmt::Seq(v) => v,
@@ -491,7 +576,7 @@ fn contraction(body: &Stmt, func: &PrimFunc) -> Result<Contraction, TensorizeErr
         _ => return fail("the init does not store 0.0"),
     }
     let t_init = init.flat(func, tile_buf, init.indices)?;
-    layout.vars_of(&t_init, &init, "init")?;
+    let (init_m, _) = layout.vars_of(&t_init, &init, "init")?;
     if init.loops.len() != usize::from(rows > 1) + usize::from(cols > 1) {
         return fail("the init has loops outside the tile");
     }
@@ -555,6 +640,16 @@ fn contraction(body: &Stmt, func: &PrimFunc) -> Result<Contraction, TensorizeErr
         };
         Ok(Epilogue::Input(i))
     })?;
+    // A ragged row split guards all three nests alike.
+    let limits = [
+        init.row_limit(init_m, rows, "init")?,
+        update.row_limit(row_var, rows, "update")?,
+        epi.row_limit(em, rows, "epilogue")?,
+    ];
+    if limits.iter().any(|l| *l != limits[0]) {
+        return fail("the init, update and epilogue guard different rows");
+    }
+    let [row_limit, ..] = limits;
     Ok(Contraction {
         rows,
         cols,
@@ -564,6 +659,7 @@ fn contraction(body: &Stmt, func: &PrimFunc) -> Result<Contraction, TensorizeErr
         out,
         inputs,
         epilogue,
+        row_limit,
     })
 }
 

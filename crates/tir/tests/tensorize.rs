@@ -124,6 +124,33 @@ fn a_tiled_matmul_tensorizes_into_one_contraction_per_tile() {
 }
 
 #[test]
+fn a_ragged_row_split_tensorizes_with_a_row_limit() {
+    // 7 rows in tiles of 3: 3 + 3 + 1; every nest guards `i.0 * 3 + i < 7`.
+    let (m, n, k) = (7, 16, 5);
+    let dag = matmul_bias_relu(m, n, k);
+    let f = lower(&dag, &tile_trace(3, 8, true).apply(&dag).unwrap()).unwrap();
+    let bodies = tensorized_bodies(&f.body);
+    let c = tensorize::analyze(TensorIntrinsic::Contraction, &bodies[0], &f).unwrap();
+    let limit = c.row_limit.clone().expect("a row limit");
+    assert_eq!((c.rows, limit.bound, limit.tail(c.rows)), (3, 7, 1));
+    assert_eq!(c.lhs.row, k as i64);
+    // Interpreted, it computes what the untensorized schedule computes.
+    let plain = lower(&dag, &tile_trace(3, 8, false).apply(&dag).unwrap()).unwrap();
+    let inputs = inputs_for(&dag, 11);
+    assert_eq!(run(&f, &dag, &inputs), run(&plain, &dag, &inputs));
+    // A divisible split has no limit.
+    let dag = matmul_bias_relu(6, n, k);
+    let f = lower(&dag, &tile_trace(3, 8, true).apply(&dag).unwrap()).unwrap();
+    let c = tensorize::analyze(
+        TensorIntrinsic::Contraction,
+        &tensorized_bodies(&f.body)[0],
+        &f,
+    )
+    .unwrap();
+    assert_eq!(c.row_limit, None);
+}
+
+#[test]
 fn tensorized_functions_print_and_parse_back() {
     let dag = matmul_bias_relu(4, 8, 3);
     let f = lower(&dag, &tile_trace(2, 4, true).apply(&dag).unwrap()).unwrap();
