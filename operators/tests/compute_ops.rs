@@ -678,25 +678,34 @@ fn resizes() {
     check_op(&Op::Resize(r), &[xi], OpClass::Movement, 0.0);
 }
 
-/// The default schedules really tile, vectorize and parallelise the anchor classes.
+/// The default schedules really tile, vectorize and parallelise the anchor classes (kernels
+/// with enough work to pay for a thread: tiny ones stay serial).
 #[test]
 fn default_schedules_are_not_trivial() {
     use kiln_tir::Instruction as I;
     let mut rng = Rng(12);
-    let x = rand_default(&mut rng, DType::F32, &[1, 3, 8, 8]);
-    let w = rand_default(&mut rng, DType::F32, &[8, 3, 3, 3]);
-    let b = rand_default(&mut rng, DType::F32, &[8]);
+    let has = |t: &kiln_tir::Trace, f: &dyn Fn(&I) -> bool| t.0.iter().any(f);
     let a = ConvAttrs {
         pad: [1, 1, 1, 1],
         stride: [1, 1],
         dilation: [1, 1],
         ..Default::default()
     };
-    let t = check_op(&Op::Conv2d(a), &[x.clone(), w, b], OpClass::Conv, 1e-4);
-    let has = |t: &kiln_tir::Trace, f: &dyn Fn(&I) -> bool| t.0.iter().any(f);
+    // 16 x 16 x 16 outputs of 72 taps: above kiln_schedules::SERIAL_WORK.
+    let x = rand_default(&mut rng, DType::F32, &[1, 8, 16, 16]);
+    let w = rand_default(&mut rng, DType::F32, &[16, 8, 3, 3]);
+    let b = rand_default(&mut rng, DType::F32, &[16]);
+    let t = check_op(&Op::Conv2d(a.clone()), &[x, w, b], OpClass::Conv, 1e-4);
     assert!(has(&t, &|i| matches!(i, I::ComputeAt { .. })), "{t:?}");
     assert!(has(&t, &|i| matches!(i, I::Vectorize { .. })), "{t:?}");
     assert!(has(&t, &|i| matches!(i, I::Parallel { .. })), "{t:?}");
+    // 8 x 8 x 8 outputs of 27 taps: serial.
+    let x = rand_default(&mut rng, DType::F32, &[1, 3, 8, 8]);
+    let w = rand_default(&mut rng, DType::F32, &[8, 3, 3, 3]);
+    let b = rand_default(&mut rng, DType::F32, &[8]);
+    let t = check_op(&Op::Conv2d(a), &[x.clone(), w, b], OpClass::Conv, 1e-4);
+    assert!(has(&t, &|i| matches!(i, I::Vectorize { .. })), "{t:?}");
+    assert!(!has(&t, &|i| matches!(i, I::Parallel { .. })), "{t:?}");
     // Channels-last output: the output's channel axis (i3) is split and its inner part vectorized
     // (contiguous stores).
     let xt = rand_default(&mut rng, DType::F32, &[1, 8, 8, 3]);
@@ -734,12 +743,8 @@ fn default_schedules_are_not_trivial() {
         dilation: [1, 1],
         ..Default::default()
     };
-    let t = check_op(
-        &Op::MaxPool2d(p),
-        std::slice::from_ref(&x),
-        OpClass::Pool,
-        0.0,
-    );
+    let big = rand_default(&mut rng, DType::F32, &[1, 32, 128, 128]);
+    let t = check_op(&Op::MaxPool2d(p), &[big], OpClass::Pool, 0.0);
     assert!(has(&t, &|i| matches!(i, I::Parallel { .. })), "{t:?}");
     let t = check_op(&Op::Unary(UnaryOp::Exp), &[x], OpClass::Elementwise, REL);
     assert!(has(&t, &|i| matches!(i, I::Vectorize { .. })), "{t:?}");

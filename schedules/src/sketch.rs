@@ -179,9 +179,14 @@ impl<'a> Recorder<'a> {
 
     /// Parallelises the outermost spatial loop, fused with the following spatial loops while it
     /// has fewer than 8 iterations ([`Knobs::parallel_min`]; the innermost loop is kept unless
-    /// the prefix has only 1).
+    /// the prefix has only 1). By default a kernel with less than [`SERIAL_WORK`] work stays
+    /// serial: waking another thread costs more than it saves.
     pub(crate) fn parallel_outer(&mut self, stage: &str) {
-        let min_iters = self.knobs.parallel_min.unwrap_or(8);
+        let min_iters = match self.knobs.parallel_min {
+            Some(m) => m,
+            None if dag_work(self.dag) < SERIAL_WORK => return,
+            None => 8,
+        };
         if min_iters == 0 {
             return;
         }
@@ -249,6 +254,24 @@ impl<'a> Recorder<'a> {
 }
 
 /// Names of the stages and whether each is a reduction.
+/// Work (see [`dag_work`]) below which a kernel's default schedule stays serial: on the order
+/// of 10 µs of compute, what waking a pool thread costs on a loaded machine.
+pub const SERIAL_WORK: u64 = 1 << 18;
+
+/// A kernel's work: per stage, its elements times its reduction's extent (multiply-adds for a
+/// convolution or matmul, element operations for the rest), summed.
+pub fn dag_work(dag: &ComputeDag) -> u64 {
+    dag.tensors()
+        .iter()
+        .filter_map(|t| {
+            let stage = t.stage.as_ref()?;
+            let elements: u64 = t.shape.iter().map(|&d| d as u64).product();
+            let reduce: u64 = stage.reduce_axes.iter().map(|a| a.extent as u64).product();
+            Some(elements.saturating_mul(reduce))
+        })
+        .fold(0, u64::saturating_add)
+}
+
 fn stage_name(dag: &ComputeDag, id: BufferId) -> String {
     dag.tensor(id).map(|t| t.name.clone()).unwrap_or_default()
 }

@@ -47,7 +47,7 @@ pub struct JitModule {
     module: Option<JITModule>,
     kernels: Vec<KernelInfo>,
     entries: Vec<EntryInfo>,
-    pool: Option<rayon::ThreadPool>,
+    pool: Option<crate::pool::SpinPool>,
     host: HostInfo,
     stats: CompileStats,
 }
@@ -103,9 +103,7 @@ impl JitModule {
         }
         let pool = match opts.threads {
             Threads::Pool(n) => Some(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
-                    .build()
+                crate::pool::SpinPool::new(n)
                     .map_err(|e| CodegenError::ThreadPool(e.to_string()))?,
             ),
             Threads::Single | Threads::Global => None,
@@ -187,8 +185,9 @@ impl JitModule {
         self.host
     }
 
-    /// Runs `f` on the module's own pool when it has one.
-    fn in_pool(&self, f: impl FnOnce() -> i32 + Send) -> i32 {
+    /// Runs `f` on the calling thread, its parallel loops on the module's own pool when it
+    /// has one.
+    fn in_pool(&self, f: impl FnOnce() -> i32) -> i32 {
         match &self.pool {
             Some(p) => p.install(f),
             None => f(),
@@ -201,17 +200,6 @@ impl JitModule {
 pub struct Kernel<'m> {
     jit: &'m JitModule,
     info: &'m KernelInfo,
-}
-
-/// Pointers that may cross into the pool's thread for the duration of one call.
-#[derive(Clone, Copy)]
-struct SendPtr(usize);
-
-impl SendPtr {
-    /// The address (a method, so that closures capture the whole wrapper).
-    fn addr(self) -> usize {
-        self.0
-    }
 }
 
 impl Kernel<'_> {
@@ -302,12 +290,11 @@ impl Kernel<'_> {
         // SAFETY: `addr` is the finalized address of a function compiled with the kernel
         // signature `KernelFn`; the module owning it outlives `self`.
         let f = unsafe { std::mem::transmute::<*const u8, KernelFn>(self.info.addr) };
-        let params = SendPtr(ptrs.as_ptr() as usize);
-        self.jit.in_pool(move || {
+        self.jit.in_pool(|| {
             // SAFETY: callers (`run`, `run_bytes`) checked that there is one pointer per param,
             // each to a distinct live buffer of the param's byte size; the verified kernel
             // accesses only elements inside those shapes.
-            unsafe { f(params.addr() as *const *mut u8) }
+            unsafe { f(ptrs.as_ptr()) }
         })
     }
 }
@@ -369,29 +356,16 @@ impl ModelFn<'_> {
         let ins: Vec<*const u8> = inputs.iter().map(|s| s.as_ptr()).collect();
         let outs: Vec<*mut u8> = outputs.iter_mut().map(|s| s.as_mut_ptr()).collect();
         let consts: Vec<*const u8> = constants.iter().map(|s| s.as_ptr()).collect();
-        let ptrs = [
-            SendPtr(ins.as_ptr() as usize),
-            SendPtr(outs.as_ptr() as usize),
-            SendPtr(arena.as_mut_ptr() as usize),
-            SendPtr(consts.as_ptr() as usize),
-        ];
         // SAFETY: `addr` is the finalized address of an entry compiled with signature `EntryFn`;
         // the module owning it outlives `self`.
         let f = unsafe { std::mem::transmute::<*const u8, EntryFn>(self.info.addr) };
-        let status = self.jit.in_pool(move || {
-            let [i, o, a, c] = ptrs;
+        let arena = arena.as_mut_ptr();
+        let status = self.jit.in_pool(|| {
             // SAFETY: the sizes were checked against the layout, which covers every byte any
             // kernel call touches; outputs and the arena are exclusive borrows, inputs and
             // constants are only read (checked when the entry was compiled), and the arena
             // ranges of one call are disjoint.
-            unsafe {
-                f(
-                    i.addr() as *const *const u8,
-                    o.addr() as *const *mut u8,
-                    a.addr() as *mut u8,
-                    c.addr() as *const *const u8,
-                )
-            }
+            unsafe { f(ins.as_ptr(), outs.as_ptr(), arena, consts.as_ptr()) }
         });
         CodegenError::from_status(&self.info.name, status)
     }

@@ -38,6 +38,7 @@ pub mod isa;
 pub mod jit;
 pub mod kernel;
 pub mod parallel;
+pub mod pool;
 pub mod promote;
 pub mod runtime;
 mod tensorized;
@@ -67,7 +68,8 @@ pub enum Threads {
     #[default]
     Global,
     /// Parallel loops are outlined and split over a pool of this many threads owned by the
-    /// [`JitModule`].
+    /// [`JitModule`]: the calling thread and workers that spin briefly between loops (see
+    /// [`pool`]).
     Pool(usize),
 }
 

@@ -6,9 +6,10 @@
 //! bit. Hooks never unwind: nothing in them panics.
 //!
 //! `kiln_parallel_for(body, ctx, n)` splits `0..n` into at most `4 × threads` contiguous chunks
-//! and runs `body(ctx, begin, end)` for each on the current rayon pool (the caller's pool when it
-//! runs inside one, e.g. a [`crate::JitModule`]'s own pool, else rayon's global pool); it returns
-//! the first non-zero status a chunk returned, or 0. `kiln_alloc`/`kiln_free` back local buffers
+//! and runs `body(ctx, begin, end)` for each on the [`crate::pool::SpinPool`] the caller runs
+//! inside (a [`crate::JitModule`]'s own), else on the current rayon pool (rayon's global pool
+//! unless the caller runs inside another); it returns the first non-zero status a chunk
+//! returned, or 0. `kiln_alloc`/`kiln_free` back local buffers
 //! too large for the stack; `kiln_free(null, ..)` is a no-op. `kiln_f16_to_f32` widens the bits
 //! of an `f16` (exactly) and `kiln_f32_to_f16` rounds an `f32` to the bits of the nearest `f16`
 //! (ties to even, NaN stays NaN), as the interpreter does with the `half` crate.
@@ -385,8 +386,7 @@ mod erf_coeffs {
 }
 use erf_coeffs::*;
 
-/// The signature of an outlined parallel loop body.
-type BodyFn = unsafe extern "C" fn(ctx: *const u8, begin: i64, end: i64) -> i32;
+use crate::pool::BodyFn;
 
 /// A context pointer that may cross threads: the body only reads it, and the caller keeps it
 /// alive until `kiln_parallel_for` returns.
@@ -413,6 +413,9 @@ extern "C" fn kiln_parallel_for(body: *const u8, ctx: *const u8, n: i64) -> i32 
     // SAFETY: codegen passes the address of an outlined body function, which has exactly the
     // `BodyFn` signature (see `crate::parallel`).
     let body: BodyFn = unsafe { std::mem::transmute::<*const u8, BodyFn>(body) };
+    if let Some(status) = crate::pool::parallel_for(body, ctx, n) {
+        return status;
+    }
     let chunks = n.min(4 * rayon::current_num_threads().max(1) as i64);
     let ctx = Ctx(ctx);
     let status = AtomicI32::new(0);
