@@ -202,6 +202,18 @@ pub(crate) fn conv_nhwc(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buf
     })
 }
 
+/// The outer tile loops of a `[B, M, N]` matmul, outermost first: row tiles `i1.0` outside
+/// column panels `i2.0`, or the panels outside (each panel stays in cache while the rows
+/// stream) when [`crate::Knobs::attach_outer`] asks or when one row tile covers `M` (a
+/// matrix-vector product: the panels are its only parallelism).
+fn tile_loop_order(r: &Recorder, m: usize, rows: usize) -> (&'static str, &'static str) {
+    if r.knobs.attach_outer.unwrap_or(m <= rows) {
+        ("i2.0", "i1.0")
+    } else {
+        ("i1.0", "i2.0")
+    }
+}
+
 /// A matmul anchor `a` under an elementwise output `o` (`[B, M, N]`): `b, i.o, j.o | i.i x j.i`
 /// (or `j.o` outside `i.o` when [`crate::Knobs::attach_outer`] asks for the weight panel to
 /// stay in cache), the anchor computed at the inner outer loop with `k` outside the tile, and
@@ -220,16 +232,11 @@ pub(crate) fn matmul(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buffer
     };
     let oname = t.name.clone();
     let aname = dag.tensor(a).map(|t| t.name.clone()).unwrap_or_default();
-    let panel_outer = r.knobs.attach_outer.unwrap_or(false);
+    let (first, second) = tile_loop_order(r, m, rows);
     transaction(r, |r| {
         if !r.split(&oname, "i1", rows) || !r.split(&oname, "i2", cols) {
             return false;
         }
-        let (first, second) = if panel_outer {
-            ("i2.0", "i1.0")
-        } else {
-            ("i1.0", "i2.0")
-        };
         let order = ["i0", first, second, "i1.1", "i2.1"].map(String::from);
         if !r.reorder(&oname, &order) || r.attach_anchor(&aname, &oname, second.into()).is_none() {
             return false;
@@ -258,16 +265,11 @@ pub(crate) fn matmul_root(r: &mut Recorder, shape: MicroShape, o: BufferId) -> b
         return false;
     };
     let name = t.name.clone();
-    let panel_outer = r.knobs.attach_outer.unwrap_or(false);
+    let (first, second) = tile_loop_order(r, m, rows);
     transaction(r, |r| {
         if !r.split(&name, "i1", rows) || !r.split(&name, "i2", cols) {
             return false;
         }
-        let (first, second) = if panel_outer {
-            ("i2.0", "i1.0")
-        } else {
-            ("i1.0", "i2.0")
-        };
         let order = ["i0", first, second, "k", "i1.1", "i2.1"].map(String::from);
         pack_panel(r, o, 2, cols);
         if !r.reorder(&name, &order)
