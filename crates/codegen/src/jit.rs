@@ -371,14 +371,16 @@ impl ModelFn<'_> {
     }
 }
 
-/// Executable memory holding one micro-kernel-ABI function defined from raw bytes.
+/// Executable memory holding one micro-kernel-ABI function: machine code, or IR compiled for
+/// the host.
 struct RawFunction {
     module: Option<JITModule>,
     addr: *const u8,
 }
 
 impl RawFunction {
-    fn new(bytes: &[u8]) -> Result<RawFunction, CodegenError> {
+    fn new(code: crate::isa::microkernel::MicroCode) -> Result<RawFunction, CodegenError> {
+        use crate::isa::microkernel::MicroCode;
         use cranelift_codegen::ir::{AbiParam, Signature};
         use cranelift_module::{Linkage, Module};
         let host = target_isa(&crate::IsaSpec::Host, false, false)?;
@@ -392,9 +394,16 @@ impl RawFunction {
         let id = module
             .declare_function("microkernel", Linkage::Local, &sig)
             .map_err(err)?;
-        module
-            .define_function_bytes(id, 64, bytes, &[])
-            .map_err(err)?;
+        match code {
+            MicroCode::Machine(bytes) => module
+                .define_function_bytes(id, 64, &bytes, &[])
+                .map_err(err)?,
+            MicroCode::Ir(mut func) => {
+                func.signature = sig;
+                let mut ctx = cranelift_codegen::Context::for_function(*func);
+                module.define_function(id, &mut ctx).map_err(err)?;
+            }
+        }
         module.finalize_definitions().map_err(err)?;
         let addr = module.get_finalized_function(id);
         Ok(RawFunction {
@@ -413,6 +422,12 @@ impl Drop for RawFunction {
     }
 }
 
+/// Whether Cranelift's host ISA lowers `fma` to an instruction (IR micro-kernels need it).
+pub fn host_has_fma() -> Result<bool, CodegenError> {
+    let isa = target_isa(&crate::IsaSpec::Host, false, false)?;
+    Ok(crate::isa::HostInfo::of(&*isa).has_fma)
+}
+
 /// The f32 peak of one core of this machine with `isa`'s vectors, in GFLOP/s: the best of a
 /// few timed runs of [`crate::isa::microkernel::peak_loop`] (about a millisecond).
 pub fn measure_peak_gflops(isa: crate::isa::microkernel::MicroIsa) -> Result<f64, CodegenError> {
@@ -425,7 +440,7 @@ pub fn measure_peak_gflops(isa: crate::isa::microkernel::MicroIsa) -> Result<f64
     const ITERS: u32 = 20_000;
     let bytes = crate::isa::microkernel::peak_loop(isa, ITERS)
         .map_err(|e| CodegenError::Isa(e.to_string()))?;
-    let f = RawFunction::new(&bytes)?;
+    let f = RawFunction::new(crate::isa::microkernel::MicroCode::Machine(bytes))?;
     let flops = 24.0 * isa.f32_lanes() as f64 * f64::from(ITERS);
     let mut best = f64::INFINITY;
     for _ in 0..8 {
@@ -442,7 +457,11 @@ pub fn measure_peak_gflops(isa: crate::isa::microkernel::MicroIsa) -> Result<f64
 
 /// Runs micro-kernel `kernel` of family `isa` once on this machine: a safe entry for tests
 /// and benchmarks of the generators. Each buffer comes with the element index of its access's
-/// base; checks that the machine runs `isa` and that every access lies inside its slice.
+/// base; checks that the machine runs `isa` and that every access lies inside its slice. A
+/// family whose kernels are Cranelift IR ([`MicroIsa::is_ir`]) runs that IR compiled for this
+/// machine when it has FMA: how its generator is tested on a host of another architecture.
+///
+/// [`MicroIsa::is_ir`]: crate::isa::microkernel::MicroIsa::is_ir
 pub fn run_microkernel(
     isa: crate::isa::microkernel::MicroIsa,
     kernel: &crate::isa::microkernel::ContractionKernel,
@@ -455,7 +474,7 @@ pub fn run_microkernel(
         func: "microkernel".into(),
         reason,
     };
-    if !isa.runs_here() {
+    if !(isa.runs_here() || isa.is_ir() && host_has_fma()?) {
         return Err(CodegenError::Isa(format!(
             "this machine does not run {} micro-kernels",
             isa.name()
@@ -487,9 +506,9 @@ pub fn run_microkernel(
             )));
         }
     }
-    let bytes = crate::isa::microkernel::generate(isa, kernel)
+    let code = crate::isa::microkernel::generate(isa, kernel)
         .map_err(|e| CodegenError::Isa(e.to_string()))?;
-    let f = RawFunction::new(&bytes)?;
+    let f = RawFunction::new(code)?;
     // In-bounds element pointers (checked above: each base index lies inside its slice).
     let mut ptrs: Vec<*const u8> = vec![
         lhs.0[lhs.1..].as_ptr().cast(),

@@ -105,7 +105,7 @@ pub(crate) struct EmitState<'m, M: Module> {
     hooks: HashMap<&'static str, FuncId>,
     outlined: usize,
     pub stats: crate::CompileStats,
-    /// Micro-kernels defined in the module, by machine code.
+    /// Micro-kernels defined in the module, by [`crate::isa::microkernel::MicroCode::key`].
     pub(crate) microkernels: HashMap<Vec<u8>, FuncId>,
     /// Linkage of kernels and model entries: `Export` in the JIT (looked up by name), `Local`
     /// and `Hidden` in AOT objects (only the C ABI wrapper is visible outside the library).
@@ -1137,8 +1137,8 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
         let host = self.em.host;
         if d == DType::F32 && host.has_fma && self.em.opts.use_fma && host.has_vector_round {
             match f {
-                Intrinsic::Exp => return Ok(self.approx_exp(x, false)),
-                Intrinsic::Sigmoid => return Ok(self.approx_sigmoid(x, false)),
+                Intrinsic::Exp => return Ok(crate::approx::exp(&mut self.b, x, false)),
+                Intrinsic::Sigmoid => return Ok(crate::approx::sigmoid(&mut self.b, x, false)),
                 _ => {}
             }
         }
@@ -1238,74 +1238,4 @@ pub fn speculatable(e: &Expr) -> bool {
         Expr::Call { .. } => true,
         _ => false,
     })
-}
-
-impl<M: Module> FnLowerer<'_, '_, '_, M> {
-    /// An f32 constant, splat to four lanes for vector code.
-    fn f32_const(&mut self, x: f32, vector: bool) -> Value {
-        let c = self.b.ins().f32const(x);
-        if vector {
-            self.b.ins().splat(types::F32X4, c)
-        } else {
-            c
-        }
-    }
-
-    /// `exp(x)` of an f32 (or f32x4) by [`kiln_tir::math::exp`]'s algorithm, operation by
-    /// operation (Cranelift's `fmin`/`fmax` keep a NaN operand, as the specification's clamp
-    /// does), so scalar, vector and micro-kernel code agree bit for bit.
-    pub(crate) fn approx_exp(&mut self, x: Value, vector: bool) -> Value {
-        use kiln_tir::math;
-        let (fty, ity) = if vector {
-            (types::F32X4, types::I32X4)
-        } else {
-            (types::F32, types::I32)
-        };
-        let lo = self.f32_const(math::CLAMP_LO, vector);
-        let hi = self.f32_const(math::CLAMP_HI, vector);
-        let x = self.b.ins().fmin(x, hi);
-        let x = self.b.ins().fmax(x, lo);
-        let log2e = self.f32_const(math::LOG2E, vector);
-        let t = self.b.ins().fmul(x, log2e);
-        let n = self.b.ins().nearest(t);
-        let c1 = self.f32_const(-math::C1, vector);
-        let c2 = self.f32_const(-math::C2, vector);
-        let r = self.b.ins().fma(n, c1, x);
-        let r = self.b.ins().fma(n, c2, r);
-        let mut p = self.f32_const(math::P[0], vector);
-        for &c in &math::P[1..] {
-            let c = self.f32_const(c, vector);
-            p = self.b.ins().fma(p, r, c);
-        }
-        let r2 = self.b.ins().fmul(r, r);
-        let y = self.b.ins().fma(p, r2, r);
-        let one = self.f32_const(1.0, vector);
-        let y = self.b.ins().fadd(y, one);
-        let ni = self.b.ins().fcvt_to_sint_sat(ity, n);
-        let k1 = self.b.ins().sshr_imm_u(ni, 1);
-        let k2 = self.b.ins().isub(ni, k1);
-        let bias = self.b.ins().iconst(types::I32, 127);
-        let bias = if vector {
-            self.b.ins().splat(ity, bias)
-        } else {
-            bias
-        };
-        let mut scaled = y;
-        for k in [k1, k2] {
-            let e = self.b.ins().iadd(k, bias);
-            let e = self.b.ins().ishl_imm_u(e, 23);
-            let s = self.b.ins().bitcast(fty, MemFlagsData::new(), e);
-            scaled = self.b.ins().fmul(scaled, s);
-        }
-        scaled
-    }
-
-    /// `1 / (1 + exp(-x))` with [`FnLowerer::approx_exp`].
-    pub(crate) fn approx_sigmoid(&mut self, x: Value, vector: bool) -> Value {
-        let neg = self.b.ins().fneg(x);
-        let e = self.approx_exp(neg, vector);
-        let one = self.f32_const(1.0, vector);
-        let den = self.b.ins().fadd(one, e);
-        self.b.ins().fdiv(one, den)
-    }
 }

@@ -33,6 +33,7 @@
 //! target ISA, linked into shared libraries by the `kiln` crate).
 
 pub mod aot;
+mod approx;
 pub mod entry;
 pub mod isa;
 pub mod jit;

@@ -7,10 +7,10 @@
 //! buffer has a base pointer in the function being emitted (a buffer held in registers, see
 //! [`crate::promote`], sends the region to the loop-nest path). A region with a row limit calls
 //! the full kernel when all its rows exist, the kernel of the tail's rows when some do, and
-//! nothing otherwise. Micro-kernels are defined
-//! once per module per distinct machine code and are local symbols.
+//! nothing otherwise. Micro-kernels are defined once per module per distinct code (machine code
+//! or IR) and are local symbols.
 
-use crate::isa::microkernel::{self, ContractionKernel, MicroIsa};
+use crate::isa::microkernel::{self, ContractionKernel, MicroCode, MicroIsa};
 use crate::kernel::{cl_err, EmitState, FnLowerer};
 use crate::CodegenError;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -29,10 +29,11 @@ impl<M: Module> EmitState<'_, M> {
         kernel: &ContractionKernel,
         caller: &str,
     ) -> Result<Option<FuncId>, CodegenError> {
-        let Ok(bytes) = microkernel::generate(isa, kernel) else {
+        let Ok(code) = microkernel::generate(isa, kernel) else {
             return Ok(None);
         };
-        if let Some(&id) = self.microkernels.get(&bytes) {
+        let key = code.key();
+        if let Some(&id) = self.microkernels.get(&key) {
             return Ok(Some(id));
         }
         let name = format!("kiln_uk{}_{}", isa.name(), self.microkernels.len());
@@ -42,10 +43,17 @@ impl<M: Module> EmitState<'_, M> {
             .module
             .declare_function(&name, Linkage::Local, &sig)
             .map_err(|e| cl_err(caller, e))?;
-        self.module
-            .define_function_bytes(id, 64, &bytes, &[])
-            .map_err(|e| cl_err(&name, e))?;
-        self.microkernels.insert(bytes, id);
+        match code {
+            MicroCode::Machine(bytes) => self
+                .module
+                .define_function_bytes(id, 64, &bytes, &[])
+                .map_err(|e| cl_err(&name, e))?,
+            MicroCode::Ir(mut func) => {
+                func.signature = sig;
+                self.define(id, *func, &name)?;
+            }
+        }
+        self.microkernels.insert(key, id);
         self.stats.microkernels += 1;
         Ok(Some(id))
     }

@@ -581,8 +581,8 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
         }
         if d == DType::F32 && host.has_fma && self.em.opts.use_fma && host.has_vector_round {
             match f {
-                Intrinsic::Exp => return Ok(self.approx_exp(x, true)),
-                Intrinsic::Sigmoid => return Ok(self.approx_sigmoid(x, true)),
+                Intrinsic::Exp => return Ok(crate::approx::exp(&mut self.b, x, true)),
+                Intrinsic::Sigmoid => return Ok(crate::approx::sigmoid(&mut self.b, x, true)),
                 _ => {}
             }
         }

@@ -1,13 +1,16 @@
 //! Target micro-kernels against their reference: random contraction kernels (tile shapes with
 //! ragged tails, operand layouts of GEMM, depthwise and NCHW convolution, one to three
-//! reduction loops, random epilogues) generated for every x86-64 family, disassembled always and
-//! executed where this machine runs the family (otherwise the test says it skipped), compared
-//! bit for bit with `ContractionKernel::reference`.
+//! reduction loops, random epilogues) generated for every family, compared bit for bit with
+//! `ContractionKernel::reference`. x86-64 machine code is disassembled always and executed where
+//! this machine runs the family (otherwise the test says it skipped); the aarch64 NEON kernels,
+//! Cranelift IR, are compiled for aarch64 always and executed compiled for this host (their
+//! aarch64 code runs under qemu in the AOT tests).
 
 use kiln_codegen::isa::microkernel::{
-    disassemble, generate, ContractionKernel, MicroIsa, OperandStrides,
+    disassemble, generate, ContractionKernel, MicroCode, MicroIsa, OperandStrides,
 };
-use kiln_codegen::jit::run_microkernel;
+use kiln_codegen::isa::{target_isa, IsaSpec};
+use kiln_codegen::jit::{host_has_fma, run_microkernel};
 use kiln_tir::{BinOp, CmpOp, Epilogue, Intrinsic};
 use proptest::prelude::*;
 
@@ -232,16 +235,28 @@ fn same(a: &[f32], b: &[f32]) -> Result<(), String> {
 fn check(isa: MicroIsa, c: &Case) -> Result<(), TestCaseError> {
     let k = &c.kernel;
     let code = generate(isa, k).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let text = disassemble(&code);
-    prop_assert!(text.contains("vfmadd231ps") || k.reduce.iter().product::<usize>() == 0);
-    prop_assert!(text.trim_end().ends_with("ret"), "{text}");
-    let reg = if isa == MicroIsa::X86Avx512 {
-        "zmm"
-    } else {
-        "ymm"
-    };
-    prop_assert!(text.contains(reg), "no {} register:\n{}", reg, text);
-    if !isa.runs_here() {
+    let fmas = k.reduce.iter().product::<usize>() != 0;
+    match &code {
+        MicroCode::Machine(bytes) => {
+            let text = disassemble(bytes);
+            prop_assert!(text.contains("vfmadd231ps") || !fmas);
+            prop_assert!(text.trim_end().ends_with("ret"), "{text}");
+            let reg = if isa == MicroIsa::X86Avx512 {
+                "zmm"
+            } else {
+                "ymm"
+            };
+            prop_assert!(text.contains(reg), "no {} register:\n{}", reg, text);
+        }
+        MicroCode::Ir(func) => {
+            let words = aarch64_code(func).map_err(TestCaseError::fail)?;
+            let vector_fmla = words
+                .iter()
+                .any(|w| w & 0xffe0_fc00 == 0x4e20_cc00 || w & 0xffc0_f400 == 0x4f80_1000);
+            prop_assert!(vector_fmla || !fmas || k.cols < 4, "no NEON fmla");
+        }
+    }
+    if !(isa.runs_here() || isa.is_ir() && host_has_fma().unwrap_or(false)) {
         return Ok(());
     }
     let (bufs, offs) = buffers(k, c.seed);
@@ -277,10 +292,35 @@ proptest! {
     }
 }
 
+/// The aarch64 machine code of an IR kernel, as 32-bit instruction words.
+fn aarch64_code(func: &cranelift_codegen::ir::Function) -> Result<Vec<u32>, String> {
+    let spec = IsaSpec::Triple {
+        triple: "aarch64-unknown-linux-gnu".into(),
+        flags: vec![],
+    };
+    let isa = target_isa(&spec, false, true).map_err(|e| e.to_string())?;
+    let mut ctx = cranelift_codegen::Context::for_function(func.clone());
+    let code = ctx
+        .compile(&*isa, &mut Default::default())
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(code
+        .code_buffer()
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect())
+}
+
 #[test]
 fn families_this_machine_cannot_run_are_only_encoded() {
     for isa in MicroIsa::ALL {
-        if !isa.runs_here() {
+        if isa.is_ir() && !isa.runs_here() {
+            println!(
+                "notice: this machine does not run {} micro-kernels; their tests compile them for \
+                 their target and run their IR compiled for this machine (the AOT tests run them \
+                 under qemu)",
+                isa.name()
+            );
+        } else if !isa.runs_here() {
             println!(
                 "notice: this machine does not run {} micro-kernels; their tests only encode and \
                  disassemble them",
@@ -302,7 +342,12 @@ fn a_gemm_tile_uses_embedded_broadcasts_and_masks_its_tail_on_avx512() {
         inputs: vec![(0, 4)],
         epilogue: epilogue(1, 1),
     };
-    let text = disassemble(&generate(MicroIsa::X86Avx512, &k).unwrap());
+    let text = disassemble(
+        generate(MicroIsa::X86Avx512, &k)
+            .unwrap()
+            .machine_code()
+            .unwrap(),
+    );
     assert!(text.contains("{1to16}"), "{text}");
     assert!(text.contains("{k1}"), "{text}");
     assert!(text.contains("vzeroupper"), "{text}");
@@ -310,7 +355,12 @@ fn a_gemm_tile_uses_embedded_broadcasts_and_masks_its_tail_on_avx512() {
     for r in ["rbx", "rbp", "r12", "r13", "r14", "r15", "rsp"] {
         assert!(!text.contains(r), "{r} used:\n{text}");
     }
-    let text = disassemble(&generate(MicroIsa::X86Avx2, &k).unwrap());
+    let text = disassemble(
+        generate(MicroIsa::X86Avx2, &k)
+            .unwrap()
+            .machine_code()
+            .unwrap(),
+    );
     assert!(text.contains("vmaskmovps"), "{text}");
     assert!(!text.contains("zmm"), "{text}");
 }

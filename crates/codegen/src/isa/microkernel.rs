@@ -1,17 +1,19 @@
 //! Target micro-kernels: the one interface between code generation and the per-ISA kernel
-//! generators (`x86_64`: AVX2+FMA and AVX-512F, encoded with iced-x86).
+//! generators (`x86_64`: AVX2+FMA and AVX-512F machine code encoded with iced-x86; `aarch64`:
+//! NEON register tiles written in Cranelift IR, whose `f32x4` is NEON's native width).
 //!
-//! A micro-kernel is machine code defined into the same Cranelift module as the kernels that
-//! call it (`Module::define_function_bytes`), so the JIT and AOT libraries run identical code.
-//! It is a frameless leaf function with the C signature
+//! A micro-kernel is defined into the same Cranelift module as the kernels that call it, so the
+//! JIT and AOT libraries run identical code: x86-64 machine code with
+//! `Module::define_function_bytes`, aarch64 IR compiled by the module's ISA. Either is a leaf
+//! function with the C signature
 //!
 //! ```c
 //! void microkernel(const uint8_t *const ptrs[]);  /* lhs, rhs, out, epilogue inputs... */
 //! ```
 //!
-//! where each pointer is the address of its access at `m = n = r = 0`. It touches no
-//! callee-saved register, keeps its constants inside its own bytes (addressed RIP-relative, so
-//! it needs no relocation), and ends with `vzeroupper`.
+//! where each pointer is the address of its access at `m = n = r = 0`. The x86-64 machine code
+//! is frameless, touches no callee-saved register, keeps its constants inside its own bytes
+//! (addressed RIP-relative, so it needs no relocation), and ends with `vzeroupper`.
 //!
 //! Invariant: [`generate`] returns code only for a kernel it implements completely, and that code
 //! computes exactly what [`ContractionKernel::reference`] computes (which is what the
@@ -19,6 +21,7 @@
 //! kernel's reduction order, then the epilogue operation by operation, NaN-propagating
 //! `min`/`max` included.
 
+use cranelift_codegen::ir::Function;
 use kiln_tir::{Contraction, Epilogue};
 
 /// A family of target micro-kernels, chosen from the target's ISA flags.
@@ -28,17 +31,24 @@ pub enum MicroIsa {
     X86Avx2,
     /// x86-64 AVX-512F: 16 f32 lanes, 32 vector registers, mask registers for ragged tails.
     X86Avx512,
+    /// aarch64 NEON (baseline ARMv8-A): 4 f32 lanes, 32 vector registers; Cranelift IR.
+    Aarch64Neon,
 }
 
 impl MicroIsa {
     /// Every family.
-    pub const ALL: [MicroIsa; 2] = [MicroIsa::X86Avx2, MicroIsa::X86Avx512];
+    pub const ALL: [MicroIsa; 3] = [
+        MicroIsa::X86Avx2,
+        MicroIsa::X86Avx512,
+        MicroIsa::Aarch64Neon,
+    ];
 
     /// A short name (`avx2`, `avx512`).
     pub fn name(self) -> &'static str {
         match self {
             MicroIsa::X86Avx2 => "avx2",
             MicroIsa::X86Avx512 => "avx512",
+            MicroIsa::Aarch64Neon => "neon",
         }
     }
 
@@ -47,6 +57,7 @@ impl MicroIsa {
         match self {
             MicroIsa::X86Avx2 => 8,
             MicroIsa::X86Avx512 => 16,
+            MicroIsa::Aarch64Neon => 4,
         }
     }
 
@@ -54,7 +65,7 @@ impl MicroIsa {
     pub fn vector_registers(self) -> usize {
         match self {
             MicroIsa::X86Avx2 => 16,
-            MicroIsa::X86Avx512 => 32,
+            MicroIsa::X86Avx512 | MicroIsa::Aarch64Neon => 32,
         }
     }
 
@@ -64,10 +75,17 @@ impl MicroIsa {
         match self {
             MicroIsa::X86Avx2 => &["avx", "avx2", "fma"],
             MicroIsa::X86Avx512 => &["avx", "avx2", "fma", "avx512f"],
+            MicroIsa::Aarch64Neon => &[],
         }
     }
 
-    /// Whether this machine can execute the kernels.
+    /// Whether the family's kernels are Cranelift IR (which any Cranelift ISA with FMA also
+    /// compiles: tests run them on the host) rather than machine code.
+    pub fn is_ir(self) -> bool {
+        self == MicroIsa::Aarch64Neon
+    }
+
+    /// Whether this machine can execute the kernels as the target does.
     pub fn runs_here(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
@@ -76,9 +94,14 @@ impl MicroIsa {
             match self {
                 MicroIsa::X86Avx2 => base,
                 MicroIsa::X86Avx512 => base && std::arch::is_x86_feature_detected!("avx512f"),
+                MicroIsa::Aarch64Neon => false,
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        {
+            self == MicroIsa::Aarch64Neon
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
             false
         }
@@ -87,6 +110,9 @@ impl MicroIsa {
     /// The family a target with these Cranelift ISA flags runs (`None`: no micro-kernels; its
     /// tensorized regions compile as ordinary loops).
     pub fn for_target(arch: &str, flag: &dyn Fn(&str) -> bool) -> Option<MicroIsa> {
+        if arch == "aarch64" {
+            return Some(MicroIsa::Aarch64Neon);
+        }
         if arch != "x64" || !flag("has_fma") || !flag("has_avx2") {
             return None;
         }
@@ -244,21 +270,56 @@ impl ContractionKernel {
 /// A buffer and the element index of an access's base in it.
 pub type Slot<'a> = (&'a [f32], usize);
 
-/// Machine code of `kernel` for `isa`.
-pub fn generate(isa: MicroIsa, kernel: &ContractionKernel) -> Result<Vec<u8>, MicrokernelError> {
-    match isa {
-        MicroIsa::X86Avx2 => super::x86_64::contraction(super::x86_64::VecIsa::Avx2, kernel),
-        MicroIsa::X86Avx512 => super::x86_64::contraction(super::x86_64::VecIsa::Avx512, kernel),
+/// The code of a micro-kernel, with the signature of the module doc.
+#[derive(Clone, Debug)]
+pub enum MicroCode {
+    /// Machine code (x86-64), defined as bytes.
+    Machine(Vec<u8>),
+    /// A Cranelift function (aarch64) in the System V calling convention: the module it is
+    /// defined in sets its own and compiles it.
+    Ir(Box<Function>),
+}
+
+impl MicroCode {
+    /// The machine code, for code that is machine code.
+    pub fn machine_code(&self) -> Option<&[u8]> {
+        match self {
+            MicroCode::Machine(b) => Some(b),
+            MicroCode::Ir(_) => None,
+        }
     }
+
+    /// Bytes that are equal exactly when two kernels' code is (to define each once).
+    pub fn key(&self) -> Vec<u8> {
+        match self {
+            MicroCode::Machine(b) => b.clone(),
+            MicroCode::Ir(f) => f.display().to_string().into_bytes(),
+        }
+    }
+}
+
+/// The code of `kernel` for `isa`.
+pub fn generate(isa: MicroIsa, kernel: &ContractionKernel) -> Result<MicroCode, MicrokernelError> {
+    use super::x86_64::{contraction, VecIsa};
+    Ok(match isa {
+        MicroIsa::X86Avx2 => MicroCode::Machine(contraction(VecIsa::Avx2, kernel)?),
+        MicroIsa::X86Avx512 => MicroCode::Machine(contraction(VecIsa::Avx512, kernel)?),
+        MicroIsa::Aarch64Neon => MicroCode::Ir(Box::new(super::aarch64::contraction(kernel)?)),
+    })
 }
 
 /// Machine code of `void f(const void *)` that runs `iterations` rounds of 12 independent
 /// fused multiply-adds on full vectors of `isa` (`24 * lanes * iterations` flops): what peak
-/// measurements time.
+/// measurements time (x86-64 families; kiln runs on x86-64 hosts only).
 pub fn peak_loop(isa: MicroIsa, iterations: u32) -> Result<Vec<u8>, MicrokernelError> {
     let v = match isa {
         MicroIsa::X86Avx2 => super::x86_64::VecIsa::Avx2,
         MicroIsa::X86Avx512 => super::x86_64::VecIsa::Avx512,
+        MicroIsa::Aarch64Neon => {
+            return Err(MicrokernelError(
+                "no peak loop for NEON (kiln runs on x86-64 hosts)".into(),
+            ));
+        }
     };
     super::x86_64::peak_loop(v, iterations).map_err(MicrokernelError)
 }

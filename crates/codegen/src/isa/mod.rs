@@ -5,6 +5,7 @@
 //! may keep up to a few hundred KiB of local buffers on the stack) and 64-bit pointers; and
 //! [`HostInfo`] says truthfully which optional instructions that ISA lowers natively.
 
+pub mod aarch64;
 pub mod microkernel;
 pub mod x86_64;
 

@@ -1,0 +1,401 @@
+//! The contraction micro-kernel in Cranelift IR: a tile of `rows x cols` f32 accumulators held
+//! in `f32x4` values (a ragged last column group as single `f32` lanes), the reduction loops as
+//! counted loops whose operand addresses step by their strides, and the epilogue applied to
+//! each accumulator before its store.
+//!
+//! Register pressure decides the shape of the code: operand loads are pure (read-only, movable)
+//! so that Cranelift places each at its first use, and reduction loops are not unrolled. (Loads
+//! with effects stay in program order while the pure `fma`s sink to the loop's back edge, so an
+//! unrolled step would hold every load of the iteration live at once and spill accumulators;
+//! for the same reason a step's loads, elaborated per accumulator chain, must stay few.)
+//!
+//! Invariant: for each accumulator the function performs exactly the fused multiply-adds of
+//! [`ContractionKernel::reference`] in the same order (a tile larger than [`ACCUMULATORS`]
+//! values is computed in chunks of rows and column groups, each running the whole reduction),
+//! then the epilogue operation by operation (`fmin`/`fmax` propagate NaN, `exp` and `sigmoid`
+//! by [`crate::approx`]); it reads only bytes the reference reads and writes only the output
+//! tile.
+
+use crate::isa::microkernel::{ContractionKernel, MicrokernelError, OperandStrides};
+use crate::kernel::mem_flags;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, Type, UserFuncName, Value,
+};
+use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use kiln_tir::{BinOp, CmpOp, Epilogue, Intrinsic};
+use std::collections::HashMap;
+use target_lexicon::PointerWidth;
+
+/// f32 lanes of a vector.
+const LANES: usize = 4;
+/// Accumulators live at once: of NEON's 32 vector registers, the rest hold a step's operands
+/// (the schedules' register tiles for 4 lanes and 32 registers fit).
+const ACCUMULATORS: usize = 28;
+
+fn err(s: impl Into<String>) -> MicrokernelError {
+    MicrokernelError(s.into())
+}
+
+/// A group of tile columns one accumulator holds: four lanes, or one column of a ragged tail.
+#[derive(Clone, Copy, Debug)]
+struct Group {
+    col: usize,
+    vector: bool,
+}
+
+impl Group {
+    fn ty(self) -> Type {
+        if self.vector {
+            types::F32X4
+        } else {
+            types::F32
+        }
+    }
+}
+
+/// The function of `k` (see the module doc): `void (const uint8_t *const ptrs[])` in the
+/// System V calling convention (the caller sets its module's).
+pub fn contraction(k: &ContractionKernel) -> Result<Function, MicrokernelError> {
+    check(k)?;
+    let mut sig = Signature::new(CallConv::SystemV);
+    sig.params.push(AbiParam::new(types::I64));
+    let mut func = Function::with_name_signature(UserFuncName::default(), sig);
+    let mut fctx = FunctionBuilderContext::new();
+    let mut b = FunctionBuilder::new(&mut func, &mut fctx);
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    b.seal_block(entry);
+    let ptrs = b.block_params(entry)[0];
+    let mut ptr = |i: usize| b.ins().load(types::I64, mem_flags(), ptrs, 8 * i as i32);
+    let (lhs, rhs, out) = (ptr(0), ptr(1), ptr(2));
+    let inputs: Vec<Value> = (0..k.inputs.len()).map(|i| ptr(3 + i)).collect();
+    let full = k.cols / LANES * LANES;
+    let groups: Vec<Group> = (0..full)
+        .step_by(LANES)
+        .map(|col| Group { col, vector: true })
+        .chain((full..k.cols).map(|col| Group { col, vector: false }))
+        .collect();
+    let per_chunk = groups.len().min(ACCUMULATORS);
+    let rows_per_chunk = (ACCUMULATORS / per_chunk).clamp(1, k.rows);
+    let mut g = Gen { b, k };
+    for chunk in groups.chunks(per_chunk) {
+        for m0 in (0..k.rows).step_by(rows_per_chunk) {
+            let rows: Vec<usize> = (m0..k.rows.min(m0 + rows_per_chunk)).collect();
+            let tile = Tile::new(&mut g.b, rows, chunk.to_vec());
+            // An empty reduction reads no operand: the accumulators stay zero.
+            if k.reduce.iter().all(|&e| e > 0) {
+                g.reduce_loops(0, lhs, rhs, &tile)?;
+            }
+            g.epilogue(&tile, out, &inputs)?;
+        }
+    }
+    g.b.ins().return_(&[]);
+    // The function keeps no stack slots or safepoints, for which the frontend would need the
+    // module's target; any 64-bit System V target describes it.
+    g.b.finalize(TargetFrontendConfig {
+        default_call_conv: CallConv::SystemV,
+        pointer_width: PointerWidth::U64,
+        page_size_align_log2: 12,
+    });
+    Ok(func)
+}
+
+fn check(k: &ContractionKernel) -> Result<(), MicrokernelError> {
+    if k.rows == 0 || k.cols == 0 {
+        return Err(err("empty tile"));
+    }
+    for o in [&k.lhs, &k.rhs] {
+        if o.col != 0 && o.col != 4 || o.reduce.len() != k.reduce.len() {
+            return Err(err("operand strides"));
+        }
+    }
+    if k.inputs.iter().any(|&(_, c)| c != 0 && c != 4) {
+        return Err(err("epilogue input strides"));
+    }
+    let mut supported = true;
+    k.epilogue.walk(&mut |e| match e {
+        Epilogue::Binary(op, ..) => {
+            supported &= matches!(
+                op,
+                BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Min | BinOp::Max
+            )
+        }
+        Epilogue::Call(f, _) => supported &= kiln_tir::tensorize::EPILOGUE_CALLS.contains(f),
+        Epilogue::Input(i) => supported &= *i < k.inputs.len(),
+        _ => {}
+    });
+    if !supported {
+        return Err(err("epilogue operation"));
+    }
+    Ok(())
+}
+
+/// The accumulators of one chunk: `accs[r][g]` for `rows[r]` and `groups[g]`.
+struct Tile {
+    rows: Vec<usize>,
+    groups: Vec<Group>,
+    accs: Vec<Vec<Variable>>,
+}
+
+impl Tile {
+    /// Accumulators set to zero.
+    fn new(b: &mut FunctionBuilder, rows: Vec<usize>, groups: Vec<Group>) -> Tile {
+        let zero = b.ins().f32const(0.0);
+        let zero4 = b.ins().splat(types::F32X4, zero);
+        let accs = rows
+            .iter()
+            .map(|_| {
+                groups
+                    .iter()
+                    .map(|g| {
+                        let v = b.declare_var(g.ty());
+                        b.def_var(v, if g.vector { zero4 } else { zero });
+                        v
+                    })
+                    .collect()
+            })
+            .collect();
+        Tile { rows, groups, accs }
+    }
+}
+
+struct Gen<'f> {
+    b: FunctionBuilder<'f>,
+    k: &'f ContractionKernel,
+}
+
+impl Gen<'_> {
+    /// Reduction loops `level..`, starting at operand addresses `lhs` and `rhs`.
+    fn reduce_loops(
+        &mut self,
+        level: usize,
+        lhs: Value,
+        rhs: Value,
+        tile: &Tile,
+    ) -> Result<(), MicrokernelError> {
+        let Some(&extent) = self.k.reduce.get(level) else {
+            return self.step(lhs, rhs, tile);
+        };
+        if extent == 1 {
+            return self.reduce_loops(level + 1, lhs, rhs, tile);
+        }
+        let (ls, rs) = (self.k.lhs.reduce[level], self.k.rhs.reduce[level]);
+        let (lv, rv, cv) = (
+            self.b.declare_var(types::I64),
+            self.b.declare_var(types::I64),
+            self.b.declare_var(types::I64),
+        );
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.b.def_var(lv, lhs);
+        self.b.def_var(rv, rhs);
+        self.b.def_var(cv, zero);
+        let (header, body, exit) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(header);
+        let c = self.b.use_var(cv);
+        let more = self
+            .b
+            .ins()
+            .icmp_imm_s(IntCC::SignedLessThan, c, extent as i64);
+        self.b.ins().brif(more, body, &[], exit, &[]);
+        self.b.switch_to_block(body);
+        self.b.seal_block(body);
+        let (l, r) = (self.b.use_var(lv), self.b.use_var(rv));
+        self.reduce_loops(level + 1, l, r, tile)?;
+        let l = self.b.ins().iadd_imm_s(l, ls);
+        let r = self.b.ins().iadd_imm_s(r, rs);
+        let c = self.b.use_var(cv);
+        let c = self.b.ins().iadd_imm_s(c, 1);
+        self.b.def_var(lv, l);
+        self.b.def_var(rv, r);
+        self.b.def_var(cv, c);
+        self.b.ins().jump(header, &[]);
+        self.b.seal_block(header);
+        self.b.switch_to_block(exit);
+        self.b.seal_block(exit);
+        Ok(())
+    }
+
+    /// One reduction step: `acc = fma(lhs, rhs, acc)` for every accumulator of the tile.
+    fn step(&mut self, lhs: Value, rhs: Value, tile: &Tile) -> Result<(), MicrokernelError> {
+        let mut loads = HashMap::new();
+        for (r, &m) in tile.rows.iter().enumerate() {
+            for (gi, &g) in tile.groups.iter().enumerate() {
+                let x = self.operand(&mut loads, 0, lhs, &self.k.lhs, m, g)?;
+                let y = self.operand(&mut loads, 1, rhs, &self.k.rhs, m, g)?;
+                let acc = self.b.use_var(tile.accs[r][gi]);
+                let acc = self.b.ins().fma(x, y, acc);
+                self.b.def_var(tile.accs[r][gi], acc);
+            }
+        }
+        Ok(())
+    }
+
+    /// Operand `o` (at `base`) for row `m` and column group `g`, each distinct load once per
+    /// step (keyed by operand, byte offset and type).
+    fn operand(
+        &mut self,
+        loads: &mut HashMap<(u8, i64, bool), Value>,
+        which: u8,
+        base: Value,
+        o: &OperandStrides,
+        m: usize,
+        g: Group,
+    ) -> Result<Value, MicrokernelError> {
+        let off = m as i64 * o.row + o.col * g.col as i64;
+        self.value(loads, which, base, off, o.col != 0, g.vector)
+    }
+
+    /// The f32 at `base + off` (a contiguous vector when `contiguous` and `vector`), splat to
+    /// four lanes when `vector` and not `contiguous`.
+    fn value(
+        &mut self,
+        loads: &mut HashMap<(u8, i64, bool), Value>,
+        which: u8,
+        base: Value,
+        off: i64,
+        contiguous: bool,
+        vector: bool,
+    ) -> Result<Value, MicrokernelError> {
+        if let Some(&v) = loads.get(&(which, off, vector)) {
+            return Ok(v);
+        }
+        let offset = i32::try_from(off).map_err(|_| err("offset beyond 32 bits"))?;
+        // The operands are never written by the kernel; epilogue inputs may alias the output
+        // element for element (in-place residual adds), so their loads keep their place.
+        let flags = if which < 2 {
+            mem_flags().with_readonly().with_can_move()
+        } else {
+            mem_flags()
+        };
+        let v = if vector && contiguous {
+            self.b.ins().load(types::F32X4, flags, base, offset)
+        } else {
+            let s = match loads.get(&(which, off, false)) {
+                Some(&s) => s,
+                None => {
+                    let s = self.b.ins().load(types::F32, flags, base, offset);
+                    loads.insert((which, off, false), s);
+                    s
+                }
+            };
+            if vector {
+                self.b.ins().splat(types::F32X4, s)
+            } else {
+                s
+            }
+        };
+        loads.insert((which, off, vector), v);
+        Ok(v)
+    }
+
+    /// The epilogue of every accumulator of the tile, stored to the output.
+    fn epilogue(
+        &mut self,
+        tile: &Tile,
+        out: Value,
+        inputs: &[Value],
+    ) -> Result<(), MicrokernelError> {
+        for (r, &m) in tile.rows.iter().enumerate() {
+            let mut loads = HashMap::new();
+            for (gi, &g) in tile.groups.iter().enumerate() {
+                let acc = self.b.use_var(tile.accs[r][gi]);
+                let v = self.eval(&self.k.epilogue, acc, &mut loads, inputs, m, g)?;
+                let off = m as i64 * self.k.out_row + 4 * g.col as i64;
+                let off = i32::try_from(off).map_err(|_| err("output offset"))?;
+                self.b.ins().store(mem_flags(), v, out, off);
+            }
+        }
+        Ok(())
+    }
+
+    fn eval(
+        &mut self,
+        e: &Epilogue,
+        acc: Value,
+        loads: &mut HashMap<(u8, i64, bool), Value>,
+        inputs: &[Value],
+        m: usize,
+        g: Group,
+    ) -> Result<Value, MicrokernelError> {
+        let vector = g.vector;
+        macro_rules! ev {
+            ($e:expr) => {
+                self.eval($e, acc, loads, inputs, m, g)?
+            };
+        }
+        Ok(match e {
+            Epilogue::Acc => acc,
+            Epilogue::Const(c) => crate::approx::f32_const(&mut self.b, *c, vector),
+            Epilogue::Input(i) => {
+                let (row, col) = self.k.inputs[*i];
+                let off = m as i64 * row + col * g.col as i64;
+                let which = u8::try_from(2 + i).map_err(|_| err("epilogue inputs"))?;
+                self.value(loads, which, inputs[*i], off, col != 0, vector)?
+            }
+            Epilogue::Binary(op, a, b) => {
+                let (a, b) = (ev!(a), ev!(b));
+                let ins = self.b.ins();
+                match op {
+                    BinOp::Add => ins.fadd(a, b),
+                    BinOp::Sub => ins.fsub(a, b),
+                    BinOp::Mul => ins.fmul(a, b),
+                    BinOp::Div => ins.fdiv(a, b),
+                    BinOp::Min => ins.fmin(a, b),
+                    BinOp::Max => ins.fmax(a, b),
+                    _ => return Err(err("epilogue operation")),
+                }
+            }
+            Epilogue::Select {
+                op,
+                a,
+                b,
+                then,
+                otherwise,
+            } => {
+                let (a, b) = (ev!(a), ev!(b));
+                let (t, o) = (ev!(then), ev!(otherwise));
+                let cc = match op {
+                    CmpOp::Eq => FloatCC::Equal,
+                    CmpOp::Ne => FloatCC::NotEqual,
+                    CmpOp::Lt => FloatCC::LessThan,
+                    CmpOp::Le => FloatCC::LessThanOrEqual,
+                    CmpOp::Gt => FloatCC::GreaterThan,
+                    CmpOp::Ge => FloatCC::GreaterThanOrEqual,
+                };
+                let c = self.b.ins().fcmp(cc, a, b);
+                if vector {
+                    let mask = self.b.ins().bitcast(types::F32X4, MemFlagsData::new(), c);
+                    self.b.ins().bitselect(mask, t, o)
+                } else {
+                    self.b.ins().select(c, t, o)
+                }
+            }
+            Epilogue::Call(f, args) => {
+                let mut x = Vec::with_capacity(args.len());
+                for a in args {
+                    x.push(ev!(a));
+                }
+                let ins = self.b.ins();
+                match (f, x.as_slice()) {
+                    (Intrinsic::Abs, &[a]) => ins.fabs(a),
+                    (Intrinsic::Sqrt, &[a]) => ins.sqrt(a),
+                    (Intrinsic::Floor, &[a]) => ins.floor(a),
+                    (Intrinsic::Ceil, &[a]) => ins.ceil(a),
+                    (Intrinsic::Round, &[a]) => ins.nearest(a),
+                    (Intrinsic::Fma, &[a, b, c]) => ins.fma(a, b, c),
+                    (Intrinsic::Exp, &[a]) => crate::approx::exp(&mut self.b, a, vector),
+                    (Intrinsic::Sigmoid, &[a]) => crate::approx::sigmoid(&mut self.b, a, vector),
+                    _ => return Err(err("epilogue call")),
+                }
+            }
+        })
+    }
+}
