@@ -3,7 +3,8 @@
 //! Invariant: the cost of an e-node is finite only when its type is known (a node the analysis
 //! could not type is never extracted); constants and inputs cost nothing; the cost of a class is
 //! the cheapest of its nodes plus its operands (egg's tree cost, so a value used twice counts
-//! twice, which favours graphs that share less only when they are cheaper anyway).
+//! twice, which favours graphs that share less only when they are cheaper anyway), summed
+//! exactly in whole cycles ([`Cycles`]).
 
 use crate::analysis::GraphEGraph;
 use crate::lang::{op_of, Node};
@@ -152,6 +153,54 @@ impl<M: CostModel> CostModel for PreferChannelsLast<'_, M> {
     }
 }
 
+/// An extraction cost in whole nominal cycles, summed exactly.
+///
+/// egg's tree cost counts a value read twice twice (`x * sigmoid(x)`, a residual add), so the
+/// cost of a class near the output of a deep network grows exponentially with the depth below
+/// it: EfficientNet-B0's last blocks reach about 2^70 cycles, where an f64 can no longer tell
+/// two alternatives apart by one transpose and extraction chose between them arbitrarily
+/// (duplicating a swish in NCHW for a pooling that had a channels-last form). Integers keep the
+/// difference exact up to 2^128; beyond that costs saturate (and tie) but stay finite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cycles {
+    Finite(u128),
+    /// A node that cannot be extracted (its type is unknown).
+    Infinite,
+}
+
+impl Cycles {
+    const MAX_FINITE: u128 = u128::MAX;
+
+    /// A model's estimate, rounded up to whole cycles (a NaN or infinite estimate is
+    /// [`Cycles::Infinite`]).
+    pub fn of(x: f64) -> Cycles {
+        if x.is_finite() {
+            // `as` saturates at the type's range.
+            Cycles::Finite(x.max(0.0).ceil() as u128)
+        } else {
+            Cycles::Infinite
+        }
+    }
+}
+
+impl std::ops::Add for Cycles {
+    type Output = Cycles;
+    fn add(self, other: Cycles) -> Cycles {
+        match (self, other) {
+            (Cycles::Finite(a), Cycles::Finite(b)) => {
+                Cycles::Finite(a.checked_add(b).unwrap_or(Self::MAX_FINITE))
+            }
+            _ => Cycles::Infinite,
+        }
+    }
+}
+
+impl std::iter::Sum for Cycles {
+    fn sum<I: Iterator<Item = Cycles>>(iter: I) -> Cycles {
+        iter.fold(Cycles::Finite(0), |a, b| a + b)
+    }
+}
+
 /// egg's view of a [`CostModel`] over one e-graph.
 #[derive(Clone, Copy)]
 pub struct GraphCost<'a, M: CostModel> {
@@ -168,39 +217,39 @@ impl<M: CostModel> std::fmt::Debug for GraphCost<'_, M> {
 }
 
 impl<M: CostModel> CostFunction<Node> for GraphCost<'_, M> {
-    type Cost = f64;
+    type Cost = Cycles;
 
-    fn cost<C: FnMut(Id) -> f64>(&mut self, enode: &Node, mut costs: C) -> f64 {
+    fn cost<C: FnMut(Id) -> Cycles>(&mut self, enode: &Node, mut costs: C) -> Cycles {
         match enode {
-            Node::Index(_) | Node::Op(_) | Node::Input(_) | Node::Const(_) => 0.0,
+            Node::Index(_) | Node::Op(_) | Node::Input(_) | Node::Const(_) => Cycles::Finite(0),
             Node::Outputs(children) => children.iter().map(|&c| costs(c)).sum(),
             Node::Kernel([x]) => match &self.egraph[*x].data.ty {
-                Some(t) => self.model.kernel_cost(t) + costs(*x),
-                None => f64::INFINITY,
+                Some(t) => Cycles::of(self.model.kernel_cost(t)) + costs(*x),
+                None => Cycles::Infinite,
             },
             Node::Apply(children) => {
                 let Some((&op_id, operands)) = children.split_first() else {
-                    return f64::INFINITY;
+                    return Cycles::Infinite;
                 };
                 let Some(op) = op_of(self.egraph, op_id) else {
-                    return f64::INFINITY;
+                    return Cycles::Infinite;
                 };
                 let types: Option<Vec<&TensorType>> = operands
                     .iter()
                     .map(|&c| self.egraph[c].data.ty.as_ref())
                     .collect();
                 let Some(types) = types else {
-                    return f64::INFINITY;
+                    return Cycles::Infinite;
                 };
                 let Ok(out) = kiln_ir::infer_type(op, &types) else {
-                    return f64::INFINITY;
+                    return Cycles::Infinite;
                 };
                 let own = if self.fusion {
                     self.model.fused_op_cost(op, &types, &out)
                 } else {
                     self.model.op_cost(op, &types, &out)
                 };
-                own + operands.iter().map(|&c| costs(c)).sum::<f64>()
+                Cycles::of(own) + operands.iter().map(|&c| costs(c)).sum::<Cycles>()
             }
         }
     }

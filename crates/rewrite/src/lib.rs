@@ -21,7 +21,7 @@ pub mod movement;
 pub mod rules;
 
 pub use analysis::{ClassData, GraphAnalysis, GraphEGraph};
-pub use cost::{CostModel, GraphCost, RooflineCost};
+pub use cost::{CostModel, Cycles, GraphCost, RooflineCost};
 pub use lang::{Index, Node, OpLeaf};
 
 use egg::{Extractor, Id, RecExpr, Runner};

@@ -639,3 +639,81 @@ fn channels_last_convolutions_fold_padding_and_per_channel_scales() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `blocks` EfficientNet-style blocks over a 1x8x4x4 NCHW input: depthwise 3x3, swish
+/// (`x * sigmoid(x)`), squeeze-excitation (global average pool, 1x1 conv, sigmoid, scale).
+fn swish_se_chain(blocks: usize) -> String {
+    let mut consts = String::new();
+    let mut body = String::new();
+    let mut v = 1;
+    let mut x = 0;
+    for b in 0..blocks {
+        let c = 4 * b;
+        consts += &format!(
+            "  const @{}: f32[8,1,3,3] = [{}]\n  const @{}: f32[8] = [{}]\n  const @{}: f32[8,8,1,1] = [{}]\n  const @{}: f32[8] = [{}]\n",
+            c,
+            values(72, c),
+            c + 1,
+            values(8, c + 1),
+            c + 2,
+            values(64, c + 2),
+            c + 3,
+            values(8, c + 3)
+        );
+        let conv = r#""dilation":[1,1],"input_zp":0,"stride":[1,1],"weight_zp":0"#;
+        let pool = r#""ceil_mode":false,"count_include_pad":false,"dilation":[1,1],"kernel":[4,4],"pad":[0,0,0,0],"stride":[1,1]"#;
+        body += &format!(
+            "  %{a}: f32[8,1,3,3] = const(@{c0})\n  %{bb}: f32[8] = const(@{c1})\n  %{d}: f32[1,8,4,4] = depthwise_conv2d(%{x}, %{a}, %{bb}) {{{conv},\"pad\":[1,1,1,1]}}\n  %{s}: f32[1,8,4,4] = sigmoid(%{d})\n  %{w}: f32[1,8,4,4] = mul(%{d}, %{s})\n  %{p}: f32[1,8,1,1] = avg_pool2d(%{w}) {{{pool}}}\n  %{f}: f32[8,8,1,1] = const(@{c2})\n  %{fb}: f32[8] = const(@{c3})\n  %{e}: f32[1,8,1,1] = conv2d(%{p}, %{f}, %{fb}) {{{conv},\"pad\":[0,0,0,0]}}\n  %{g}: f32[1,8,1,1] = sigmoid(%{e})\n  %{y}: f32[1,8,4,4] = mul(%{w}, %{g})\n",
+            a = v,
+            bb = v + 1,
+            d = v + 2,
+            s = v + 3,
+            w = v + 4,
+            p = v + 5,
+            f = v + 6,
+            fb = v + 7,
+            e = v + 8,
+            g = v + 9,
+            y = v + 10,
+            c0 = c,
+            c1 = c + 1,
+            c2 = c + 2,
+            c3 = c + 3,
+        );
+        x = v + 10;
+        v += 11;
+    }
+    format!("graph {{\n{consts}  input %0 \"x\": f32[1,8,4,4]\n{body}  output %{x}\n}}")
+}
+
+#[test]
+fn deep_networks_reading_values_twice_still_extract_channels_last_everywhere() {
+    // Every block reads its swish twice and its scaled output feeds the next: the tree cost of
+    // the last blocks is about 2^64 times a block's, beyond where an f64 tells one transpose
+    // from another. Extraction must still keep the whole chain channels-last, pools included,
+    // with one conversion at each end and no elementwise op computed twice.
+    let options = RewriteOptions {
+        microkernels: true,
+        ..RewriteOptions::default()
+    };
+    let blocks = 32;
+    let after = prove_with(
+        &options,
+        &swish_se_chain(blocks),
+        &["depthwise_conv2d"],
+        &[],
+        1e-4,
+    );
+    assert!(
+        conv_layouts(&after).iter().all(|&l| l == DataLayout::Nhwc),
+        "{after}"
+    );
+    let nchw_pools = after
+        .nodes()
+        .iter()
+        .filter(|n| matches!(&n.op, Op::AvgPool2d(a) if a.layout == DataLayout::Nchw))
+        .count();
+    assert_eq!(nchw_pools, 0, "{after}");
+    assert_eq!(count(&after, "transpose"), 2, "{after}");
+    assert_eq!(count(&after, "sigmoid"), 2 * blocks, "{after}");
+}
