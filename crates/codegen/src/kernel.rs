@@ -780,14 +780,7 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
                 let d = self.dtype(a)?;
                 let (a, b) = (self.expr(a)?, self.expr(b)?);
                 if d.is_float() {
-                    let cc = match op {
-                        CmpOp::Eq => FloatCC::Equal,
-                        CmpOp::Ne => FloatCC::NotEqual,
-                        CmpOp::Lt => FloatCC::LessThan,
-                        CmpOp::Le => FloatCC::LessThanOrEqual,
-                        CmpOp::Gt => FloatCC::GreaterThan,
-                        CmpOp::Ge => FloatCC::GreaterThanOrEqual,
-                    };
+                    let cc = float_cc(*op);
                     self.b.ins().fcmp(cc, a, b)
                 } else {
                     let unsigned = matches!(d, DType::U8 | DType::Bool);
@@ -1207,6 +1200,19 @@ pub fn fma_parts<'e>(a: &'e Expr, b: &'e Expr) -> Option<(&'e Expr, &'e Expr, &'
             },
         ) => Some((x, y, c)),
         _ => None,
+    }
+}
+
+/// The ordered float comparison `op` is (`Ne` unordered: true when either side is NaN), as the
+/// interpreter compares.
+pub(crate) fn float_cc(op: CmpOp) -> FloatCC {
+    match op {
+        CmpOp::Eq => FloatCC::Equal,
+        CmpOp::Ne => FloatCC::NotEqual,
+        CmpOp::Lt => FloatCC::LessThan,
+        CmpOp::Le => FloatCC::LessThanOrEqual,
+        CmpOp::Gt => FloatCC::GreaterThan,
+        CmpOp::Ge => FloatCC::GreaterThanOrEqual,
     }
 }
 

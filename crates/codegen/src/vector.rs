@@ -31,9 +31,8 @@
 //! `fma` (when the ISA has FMA); every other intrinsic is computed lane by lane with the scalar
 //! lowering, so results stay bit-identical to scalar code.
 
-use crate::kernel::{mem_flags, FnLowerer};
+use crate::kernel::{float_cc, mem_flags, FnLowerer};
 use crate::CodegenError;
-use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_module::Module;
 use kiln_ir::DType;
@@ -390,14 +389,7 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
                 let (x, y) = (self.vexpr(a, var)?, self.vexpr(b, var)?);
                 let (x, y) = (self.vector_of(x, d)?, self.vector_of(y, d)?);
                 if d == DType::F32 {
-                    let cc = match op {
-                        CmpOp::Eq => FloatCC::Equal,
-                        CmpOp::Ne => FloatCC::NotEqual,
-                        CmpOp::Lt => FloatCC::LessThan,
-                        CmpOp::Le => FloatCC::LessThanOrEqual,
-                        CmpOp::Gt => FloatCC::GreaterThan,
-                        CmpOp::Ge => FloatCC::GreaterThanOrEqual,
-                    };
+                    let cc = float_cc(*op);
                     let m = self.b.ins().fcmp(cc, x, y);
                     self.b.ins().bitcast(types::I32X4, MemFlagsData::new(), m)
                 } else {

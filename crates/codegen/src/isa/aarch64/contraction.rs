@@ -17,14 +17,14 @@
 //! tile.
 
 use crate::isa::microkernel::{ContractionKernel, MicrokernelError, OperandStrides};
-use crate::kernel::mem_flags;
-use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use crate::kernel::{float_cc, mem_flags};
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
     types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, Type, UserFuncName, Value,
 };
 use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
-use kiln_tir::{BinOp, CmpOp, Epilogue, Intrinsic};
+use kiln_tir::{BinOp, Epilogue, Intrinsic};
 use std::collections::HashMap;
 use target_lexicon::PointerWidth;
 
@@ -362,15 +362,7 @@ impl Gen<'_> {
             } => {
                 let (a, b) = (ev!(a), ev!(b));
                 let (t, o) = (ev!(then), ev!(otherwise));
-                let cc = match op {
-                    CmpOp::Eq => FloatCC::Equal,
-                    CmpOp::Ne => FloatCC::NotEqual,
-                    CmpOp::Lt => FloatCC::LessThan,
-                    CmpOp::Le => FloatCC::LessThanOrEqual,
-                    CmpOp::Gt => FloatCC::GreaterThan,
-                    CmpOp::Ge => FloatCC::GreaterThanOrEqual,
-                };
-                let c = self.b.ins().fcmp(cc, a, b);
+                let c = self.b.ins().fcmp(float_cc(*op), a, b);
                 if vector {
                     let mask = self.b.ins().bitcast(types::F32X4, MemFlagsData::new(), c);
                     self.b.ins().bitselect(mask, t, o)
