@@ -36,6 +36,7 @@ use crate::CodegenError;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_module::Module;
 use kiln_ir::DType;
+use kiln_tir::{linear_stride, var_stride as stride};
 use kiln_tir::{BinOp, BufferId, CmpOp, Expr, Intrinsic, PrimFunc, Stmt, VarId};
 
 /// Lanes of every vector.
@@ -61,47 +62,12 @@ fn mentions(e: &Expr, v: VarId) -> bool {
     e.any(&|x| matches!(x, Expr::Var(w) if *w == v))
 }
 
-/// The stride of `e` in `v` when `e` is affine in `v` with a constant stride.
-fn stride(e: &Expr, v: VarId) -> Option<i64> {
-    if !mentions(e, v) {
-        return Some(0);
-    }
-    match e {
-        Expr::Var(w) if *w == v => Some(1),
-        Expr::Binary { op, a, b } => match op {
-            BinOp::Add => stride(a, v)?.checked_add(stride(b, v)?),
-            BinOp::Sub => stride(a, v)?.checked_sub(stride(b, v)?),
-            BinOp::Mul => match (a.as_int(), b.as_int()) {
-                (Some(c), _) => stride(b, v)?.checked_mul(c),
-                (_, Some(c)) => stride(a, v)?.checked_mul(c),
-                _ => None,
-            },
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
 /// Consecutive lanes touch consecutive elements.
 pub(crate) fn contiguous(indices: &[Expr], v: VarId) -> bool {
     match indices.split_last() {
         Some((last, rest)) => stride(last, v) == Some(1) && !rest.iter().any(|i| mentions(i, v)),
         None => false,
     }
-}
-
-/// The row-major element stride between consecutive lanes of an access of a buffer of `shape`
-/// at `indices`, when every index is affine in `v` with a constant stride.
-fn linear_stride(shape: &[usize], indices: &[Expr], v: VarId) -> Option<i64> {
-    let mut total = 0i64;
-    for (i, e) in indices.iter().enumerate() {
-        let inner: i64 = shape
-            .get(i + 1..)?
-            .iter()
-            .try_fold(1i64, |acc, &d| acc.checked_mul(i64::try_from(d).ok()?))?;
-        total = total.checked_add(stride(e, v)?.checked_mul(inner)?)?;
-    }
-    Some(total)
 }
 
 /// An access of `buf` varying per lane that is a gather/scatter: strided (not contiguous) with a

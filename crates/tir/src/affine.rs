@@ -1,5 +1,6 @@
 //! Affine index expressions: `Σ a_v · v + rest + c` over a set of (inner) loop variables, where
-//! `rest` is free of them. Shared by compute_at region analysis and tensorization.
+//! `rest` is free of them. Shared by compute_at region analysis and tensorization, and (as the
+//! strides [`var_stride`] and [`linear_stride`]) by code generation and the schedules.
 //!
 //! Invariant: [`linearize`] returns a form only when the expression equals it for every value
 //! of the variables (sums, differences and products by integer constants; anything else that
@@ -127,4 +128,25 @@ pub(crate) fn sum_expr(coeffs: &BTreeMap<VarId, i128>, c: i128) -> Option<Expr> 
         Some(x) if c < 0 => x - Expr::int(-c64),
         Some(x) => x + Expr::int(c64),
     })
+}
+
+/// The stride of `e` in `v` when `e` is affine in `v` with a constant stride (0 when `e` does
+/// not mention `v`).
+pub fn var_stride(e: &Expr, v: VarId) -> Option<i64> {
+    let lin = linearize(e, &BTreeSet::from([v]))?;
+    i64::try_from(lin.coeffs.get(&v).copied().unwrap_or(0)).ok()
+}
+
+/// The row-major element stride in `v` of an access of a buffer of `shape` at `indices`, when
+/// every index is affine in `v` with a constant stride.
+pub fn linear_stride(shape: &[usize], indices: &[Expr], v: VarId) -> Option<i64> {
+    let mut total = 0i64;
+    for (i, e) in indices.iter().enumerate() {
+        let inner: i64 = shape
+            .get(i + 1..)?
+            .iter()
+            .try_fold(1i64, |acc, &d| acc.checked_mul(i64::try_from(d).ok()?))?;
+        total = total.checked_add(var_stride(e, v)?.checked_mul(inner)?)?;
+    }
+    Some(total)
 }

@@ -23,6 +23,7 @@ pub mod text;
 pub mod tir;
 pub mod verify;
 
+pub use affine::{linear_stride, var_stride};
 pub use compute::{Axis, ComputeDag, DagError, DagTensor, ReduceKind, Reduction, Stage};
 pub use expr::{BinOp, BufferId, CmpOp, Expr, Intrinsic, TypeError, VarId};
 pub use lower::{lower, lower_naive, LowerError};
