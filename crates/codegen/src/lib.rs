@@ -26,7 +26,7 @@
 //! the runtime hook `kiln_parallel_for(body, ctx, n)` (see [`parallel`]); whole models get an
 //! entry function that calls the kernels in order (see [`entry`]).
 //!
-//! Modules: [`isa`] (host flags; target micro-kernels per ISA), [`kernel`] (scalar lowering), [`vector`] (f32x4 / i32x4 code for
+//! Modules: [`isa`] (host flags; target micro-kernels per ISA), [`kernel`] (functions, statements and loops), `scalar` (expressions), [`vector`] (f32x4 / i32x4 code for
 //! vectorized loops), [`promote`] (small local tiles held in registers), `tensorized` (micro-kernel calls), [`parallel`] (outlining
 //! and private locals), [`runtime`] (the `extern "C"` hooks compiled code calls), [`entry`] (the
 //! whole-model entry function), [`jit`] (the safe JIT API), [`aot`] (relocatable objects for a
@@ -42,6 +42,7 @@ pub mod parallel;
 pub mod pool;
 pub mod promote;
 pub mod runtime;
+mod scalar;
 mod tensorized;
 pub mod vector;
 

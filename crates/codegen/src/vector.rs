@@ -31,7 +31,8 @@
 //! `fma` (when the ISA has FMA); every other intrinsic is computed lane by lane with the scalar
 //! lowering, so results stay bit-identical to scalar code.
 
-use crate::kernel::{float_cc, mem_flags, FnLowerer};
+use crate::kernel::{mem_flags, FnLowerer};
+use crate::scalar::float_cc;
 use crate::CodegenError;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_module::Module;
@@ -359,7 +360,7 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
                     let m = self.b.ins().fcmp(cc, x, y);
                     self.b.ins().bitcast(types::I32X4, MemFlagsData::new(), m)
                 } else {
-                    self.b.ins().icmp(crate::kernel::int_cc(*op, false), x, y)
+                    self.b.ins().icmp(crate::scalar::int_cc(*op, false), x, y)
                 }
             }
             Expr::And(a, b) => {
@@ -427,7 +428,7 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
             }
             Expr::Binary { op, a, b } if self.contracts(*op, a, b) => {
                 let (x, y, c) =
-                    crate::kernel::fma_parts(a, b).ok_or_else(|| self.err_internal("fma form"))?;
+                    crate::scalar::fma_parts(a, b).ok_or_else(|| self.err_internal("fma form"))?;
                 let mut v = vec![];
                 for e in [x, y, c] {
                     let x = self.vexpr(e, var)?;

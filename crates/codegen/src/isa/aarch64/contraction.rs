@@ -17,7 +17,8 @@
 //! tile.
 
 use crate::isa::microkernel::{ContractionKernel, MicrokernelError, OperandStrides};
-use crate::kernel::{float_cc, mem_flags};
+use crate::kernel::mem_flags;
+use crate::scalar::float_cc;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
     types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, Type, UserFuncName, Value,
