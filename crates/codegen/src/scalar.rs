@@ -12,6 +12,7 @@ use crate::runtime::{self, names};
 use crate::{CodegenError, STATUS_DIV_BY_ZERO};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, BlockArg, InstBuilder, Type, Value};
+use cranelift_frontend::FunctionBuilder;
 use cranelift_module::Module;
 use kiln_ir::DType;
 use kiln_tir::{BinOp, CmpOp, Expr, Intrinsic};
@@ -185,19 +186,13 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
         a: Value,
         b: Value,
     ) -> Result<Value, CodegenError> {
-        let ins = self.b.ins();
-        Ok(match op {
-            BinOp::Add => ins.fadd(a, b),
-            BinOp::Sub => ins.fsub(a, b),
-            BinOp::Mul => ins.fmul(a, b),
-            BinOp::Div => ins.fdiv(a, b),
-            BinOp::Min => ins.fmin(a, b),
-            BinOp::Max => ins.fmax(a, b),
-            BinOp::Rem => self.call_hook(names::FMOD, &[a, b])?,
-            BinOp::FloorDiv | BinOp::FloorMod => {
-                return Err(self.err_internal(format!("{op:?} on floats")))
-            }
-        })
+        if let Some(v) = float_arith(&mut self.b, op, a, b) {
+            return Ok(v);
+        }
+        match op {
+            BinOp::Rem => self.call_hook(names::FMOD, &[a, b]),
+            _ => Err(self.err_internal(format!("{op:?} on floats"))),
+        }
     }
 
     /// Calls a one-result runtime hook.
@@ -539,5 +534,21 @@ pub fn speculatable(e: &Expr) -> bool {
         ),
         Expr::Call { .. } => true,
         _ => false,
+    })
+}
+
+/// `a op b` for the float operations that are one IEEE instruction (`Add`, `Sub`, `Mul`, `Div`,
+/// and `Min`/`Max`, which propagate NaN as the interpreter's do); `None` for the others. Scalar
+/// and vector operands alike.
+pub(crate) fn float_arith(b: &mut FunctionBuilder, op: BinOp, x: Value, y: Value) -> Option<Value> {
+    let ins = b.ins();
+    Some(match op {
+        BinOp::Add => ins.fadd(x, y),
+        BinOp::Sub => ins.fsub(x, y),
+        BinOp::Mul => ins.fmul(x, y),
+        BinOp::Div => ins.fdiv(x, y),
+        BinOp::Min => ins.fmin(x, y),
+        BinOp::Max => ins.fmax(x, y),
+        _ => return None,
     })
 }

@@ -18,7 +18,7 @@
 
 use crate::isa::microkernel::{ContractionKernel, MicrokernelError, OperandStrides};
 use crate::kernel::mem_flags;
-use crate::scalar::float_cc;
+use crate::scalar::{float_arith, float_cc};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
     types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, Type, UserFuncName, Value,
@@ -343,16 +343,7 @@ impl Gen<'_> {
             }
             Epilogue::Binary(op, a, b) => {
                 let (a, b) = (ev!(a), ev!(b));
-                let ins = self.b.ins();
-                match op {
-                    BinOp::Add => ins.fadd(a, b),
-                    BinOp::Sub => ins.fsub(a, b),
-                    BinOp::Mul => ins.fmul(a, b),
-                    BinOp::Div => ins.fdiv(a, b),
-                    BinOp::Min => ins.fmin(a, b),
-                    BinOp::Max => ins.fmax(a, b),
-                    _ => return Err(err("epilogue operation")),
-                }
+                float_arith(&mut self.b, *op, a, b).ok_or_else(|| err("epilogue operation"))?
             }
             Epilogue::Select {
                 op,
