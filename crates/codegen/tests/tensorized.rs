@@ -61,39 +61,42 @@ fn host_has_microkernels() -> bool {
     }
 }
 
+/// A `matmul` tiled `rows x cols`, accumulated in a cache-written tile, the row tiles parallel
+/// and the column tile tensorized.
+fn matmul_tile(rows: usize, cols: usize) -> Vec<I> {
+    vec![
+        I::Split {
+            stage: s("c"),
+            loop_: s("i"),
+            factors: vec![rows],
+        },
+        I::Split {
+            stage: s("c"),
+            loop_: s("j"),
+            factors: vec![cols],
+        },
+        I::Reorder {
+            stage: s("c"),
+            order: ["i.0", "j.0", "k", "i.1", "j.1"].map(s).to_vec(),
+        },
+        I::CacheWrite { stage: s("c") },
+        I::Parallel {
+            stage: s("c"),
+            loop_: s("i.0"),
+        },
+        I::Tensorize {
+            stage: s("c"),
+            loop_: s("j.0"),
+            intrinsic: TensorIntrinsic::Contraction,
+        },
+    ]
+}
+
 #[test]
 fn a_cache_written_matmul_tile_runs_as_a_microkernel() {
     let (m, n, k) = (12, 40, 9);
     let dag = matmul(m, n, k);
-    let f = scheduled(
-        &dag,
-        vec![
-            I::Split {
-                stage: s("c"),
-                loop_: s("i"),
-                factors: vec![6],
-            },
-            I::Split {
-                stage: s("c"),
-                loop_: s("j"),
-                factors: vec![20],
-            },
-            I::Reorder {
-                stage: s("c"),
-                order: ["i.0", "j.0", "k", "i.1", "j.1"].map(s).to_vec(),
-            },
-            I::CacheWrite { stage: s("c") },
-            I::Parallel {
-                stage: s("c"),
-                loop_: s("i.0"),
-            },
-            I::Tensorize {
-                stage: s("c"),
-                loop_: s("j.0"),
-                intrinsic: TensorIntrinsic::Contraction,
-            },
-        ],
-    );
+    let f = scheduled(&dag, matmul_tile(6, 20));
     let calls = check_exact(&f, 3);
     if host_has_microkernels() {
         assert_eq!(calls, 1, "{f}");
@@ -106,35 +109,7 @@ fn ragged_row_tiles_run_the_full_and_the_tail_microkernel() {
     // 4 < 6 (one partial tile), and a tile of 5 rows in 12 = 5 + 5 + 2.
     for (m, rows) in [(13, 6), (11, 6), (4, 6), (12, 5)] {
         let dag = matmul(m, 24, 7);
-        let f = scheduled(
-            &dag,
-            vec![
-                I::Split {
-                    stage: s("c"),
-                    loop_: s("i"),
-                    factors: vec![rows],
-                },
-                I::Split {
-                    stage: s("c"),
-                    loop_: s("j"),
-                    factors: vec![24],
-                },
-                I::Reorder {
-                    stage: s("c"),
-                    order: ["i.0", "j.0", "k", "i.1", "j.1"].map(s).to_vec(),
-                },
-                I::CacheWrite { stage: s("c") },
-                I::Parallel {
-                    stage: s("c"),
-                    loop_: s("i.0"),
-                },
-                I::Tensorize {
-                    stage: s("c"),
-                    loop_: s("j.0"),
-                    intrinsic: TensorIntrinsic::Contraction,
-                },
-            ],
-        );
+        let f = scheduled(&dag, matmul_tile(rows, 24));
         assert!(f.to_string().contains("if "), "a ragged split guards: {f}");
         let calls = check_exact(&f, m as u64);
         if host_has_microkernels() {
