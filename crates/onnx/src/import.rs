@@ -362,7 +362,8 @@ fn input_type(
             for (i, d) in s.dim.iter().enumerate() {
                 let bound = binding.map(|b| b[i]);
                 let dim = match &d.value {
-                    Some(dimension::Value::DimValue(v)) => {
+                    // -1 is how some exporters (PaddlePaddle's) write an unknown dim.
+                    Some(dimension::Value::DimValue(v)) if *v != -1 => {
                         let v = usize::try_from(*v)
                             .map_err(|_| bad(format!("dim {i} is negative ({v})")))?;
                         if let Some(b) = bound {
@@ -378,6 +379,7 @@ fn input_type(
                     other => {
                         let sym = match other {
                             Some(dimension::Value::DimParam(p)) if !p.is_empty() => p.clone(),
+                            Some(dimension::Value::DimValue(-1)) => "-1".to_string(),
                             _ => "?".to_string(),
                         };
                         match bound {

@@ -514,3 +514,163 @@ fn requantization_multiplier() {
     let back = m as f64 / 2f64.powi(s as i32);
     assert!((back - 0.0123).abs() < 1e-9);
 }
+
+fn attr_float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(1),
+        f: Some(v),
+        ..Default::default()
+    }
+}
+
+/// Imports `bytes` and runs the reference interpreter on `inputs`.
+fn evaluate(bytes: &[u8], inputs: &[Tensor]) -> Vec<Tensor> {
+    let m = import(bytes).unwrap_or_else(|e| panic!("import failed: {e}"));
+    kiln_reference::run(&m.graph, inputs).expect("reference run")
+}
+
+fn assert_all_close(got: &[f32], expected: &[f64], tol: f64) {
+    assert_eq!(got.len(), expected.len());
+    for (i, (&g, &e)) in got.iter().zip(expected).enumerate() {
+        assert!(
+            (f64::from(g) - e).abs() <= tol * (1.0 + e.abs()),
+            "element {i}: got {g}, expected {e}"
+        );
+    }
+}
+
+/// Regression (the ONNX model zoo's AlexNet/GoogLeNet/ZFNet): LRN imports and computes
+/// `x / (bias + alpha / size * window sum of x^2)^beta` over the channels that exist.
+#[test]
+fn lrn_normalises_over_a_channel_window() {
+    let (n, c, hw) = (2, 5, 3);
+    let x: Vec<f32> = (0..n * c * hw)
+        .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.7)
+        .collect();
+    let (size, alpha, beta, bias) = (4usize, 0.3f32, 0.75f32, 2.0f32);
+    let m = model(
+        vec![node(
+            "LRN",
+            "lrn",
+            &["x"],
+            &["y"],
+            vec![
+                attr_int("size", size as i64),
+                attr_float("alpha", alpha),
+                attr_float("beta", beta),
+                attr_float("bias", bias),
+            ],
+        )],
+        vec![value_info("x", F, &["2", "5", "3"])],
+        vec![],
+        &["y"],
+        13,
+    );
+    let input = Tensor::new(vec![n, c, hw], x.clone()).unwrap();
+    let y = evaluate(&m, &[input]);
+    let mut expected = vec![0.0f64; x.len()];
+    for b in 0..n {
+        for ch in 0..c {
+            for p in 0..hw {
+                let lo = ch.saturating_sub((size - 1) / 2);
+                let hi = (ch + size / 2).min(c - 1);
+                let sq: f64 = (lo..=hi)
+                    .map(|k| f64::from(x[(b * c + k) * hw + p]).powi(2))
+                    .sum();
+                let at = (b * c + ch) * hw + p;
+                let denom =
+                    (f64::from(bias) + f64::from(alpha) / size as f64 * sq).powf(f64::from(beta));
+                expected[at] = f64::from(x[at]) / denom;
+            }
+        }
+    }
+    assert_all_close(y[0].as_slice::<f32>().unwrap(), &expected, 1e-5);
+
+    let missing_size = model(
+        vec![node("LRN", "lrn", &["x"], &["y"], vec![])],
+        vec![value_info("x", F, &["2", "5", "3"])],
+        vec![],
+        &["y"],
+        13,
+    );
+    let e = import(&missing_size).unwrap_err().to_string();
+    assert!(e.contains("lrn") && e.contains("size"), "{e}");
+}
+
+/// Regression (torch's dynamo exporter, opset 18): LayerNormalization with an explicit
+/// `stash_type` imports; a stash type Kiln cannot compute in is refused by name.
+#[test]
+fn layer_norm_reads_stash_type() {
+    let ln = |stash: i64| {
+        model(
+            vec![node(
+                "LayerNormalization",
+                "ln",
+                &["x", "g", "b"],
+                &["y"],
+                vec![attr_int("axis", -1), attr_int("stash_type", stash)],
+            )],
+            vec![value_info("x", F, &["2", "4"])],
+            vec![
+                init_f32("g", &[4], &[1.0, 2.0, 0.5, -1.0]),
+                init_f32("b", &[4], &[0.0, 0.1, 0.2, 0.3]),
+            ],
+            &["y"],
+            18,
+        )
+    };
+    let x = [1.0f32, 2.0, 3.0, 5.0, -1.0, 0.0, 4.0, 0.5];
+    let y = evaluate(&ln(1), &[Tensor::new(vec![2, 4], x.to_vec()).unwrap()]);
+    let (g, b) = ([1.0, 2.0, 0.5, -1.0], [0.0, 0.1, 0.2, 0.3]);
+    let mut expected = Vec::new();
+    for row in x.chunks(4) {
+        let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / 4.0;
+        let var = row
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / 4.0;
+        for (i, &v) in row.iter().enumerate() {
+            expected.push((f64::from(v) - mean) / (var + 1e-5).sqrt() * g[i] + b[i]);
+        }
+    }
+    assert_all_close(y[0].as_slice::<f32>().unwrap(), &expected, 1e-5);
+    let e = import(&ln(11)).unwrap_err().to_string();
+    assert!(e.contains("stash_type 11") && e.contains("`ln`"), "{e}");
+}
+
+/// Regression (PaddlePaddle's exporter): an input dim written as -1 is symbolic, so a leading
+/// one binds to 1 with a note, an inner one needs `--input-shape`; other negative dims stay
+/// invalid.
+#[test]
+fn minus_one_dims_are_symbolic() {
+    let relu = |dims: &[&str]| {
+        model(
+            vec![node("Relu", "r", &["x"], &["y"], vec![])],
+            vec![value_info("x", F, dims)],
+            vec![],
+            &["y"],
+            17,
+        )
+    };
+    let m = import(&relu(&["-1", "3"])).unwrap();
+    assert_eq!(m.graph.ty(m.graph.inputs()[0]).shape, vec![1, 3]);
+    assert!(
+        m.notes[0].contains("symbolic batch `-1` bound to 1"),
+        "{:?}",
+        m.notes
+    );
+    let inner = relu(&["1", "-1"]);
+    let e = import(&inner).unwrap_err().to_string();
+    assert!(
+        e.contains("dim 1 is symbolic") && e.contains("--input-shape"),
+        "{e}"
+    );
+    let mut opts = ImportOptions::default();
+    opts.input_shapes.insert("x".into(), vec![1, 6]);
+    let m = import_bytes(&inner, None, &opts).unwrap();
+    assert_eq!(m.graph.ty(m.graph.inputs()[0]).shape, vec![1, 6]);
+    let e = import(&relu(&["2", "-3"])).unwrap_err().to_string();
+    assert!(e.contains("negative (-3)"), "{e}");
+}

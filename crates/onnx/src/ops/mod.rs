@@ -57,6 +57,7 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         "InstanceNormalization" => one(norm::instance_norm(b, cx)),
         "LayerNormalization" => norm::layer_norm(b, cx),
         "RMSNormalization" => one(norm::rms_norm(b, cx)),
+        "LRN" => one(norm::lrn(b, cx)),
         "Softmax" | "LogSoftmax" => one(norm::softmax(b, cx)),
         "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1"
         | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" => {

@@ -1,5 +1,5 @@
 //! Normalisations (BatchNormalization in inference mode, InstanceNormalization,
-//! LayerNormalization, RMSNormalization) and Softmax/LogSoftmax.
+//! LayerNormalization, RMSNormalization, LRN) and Softmax/LogSoftmax.
 //!
 //! Invariant: statistics are computed with IR reductions in the input dtype; per-channel
 //! parameters are reshaped to broadcast along the channel axis; constant parameter arithmetic is
@@ -7,8 +7,8 @@
 
 use crate::builder::{invalid, norm_axis, unsupported, Builder, NResult};
 use crate::node::NodeCx;
-use kiln_ir::op::{BinaryOp, ReduceOp, UnaryOp};
-use kiln_ir::ValueId;
+use kiln_ir::op::{BinaryOp, DataLayout, Op, PoolAttrs, ReduceOp, UnaryOp};
+use kiln_ir::{DType, ValueId};
 
 /// Reshapes a `[C]` parameter to `[1, C, 1, ...]` for an input of rank `rank`.
 fn per_channel(b: &mut Builder, p: ValueId, rank: usize) -> NResult<ValueId> {
@@ -90,15 +90,34 @@ pub(super) fn instance_norm(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     b.binary(BinaryOp::Add, y, bias)
 }
 
+/// LayerNormalization (opset 17+). `stash_type` (default 1, float) is the element type of the
+/// statistics: the input is normalised in that type and the result cast back to the input's
+/// type (torch's dynamo exporter writes `stash_type=1` explicitly); the Mean and InvStdDev
+/// outputs have the stash type, as the spec says.
 pub(super) fn layer_norm(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
     let x = cx.input(0)?;
+    let dt = b.dtype(x);
     let r = b.rank(x);
     let axis = norm_axis(cx.int("axis", -1)?, r)?;
     let eps = cx.float("epsilon", 1e-5)? as f64;
+    let stash = match cx.int("stash_type", 1)? {
+        1 => DType::F32,
+        10 => DType::F16,
+        other => {
+            return unsupported(format!(
+                "stash_type {other} (only 1 = float and 10 = float16 are supported)"
+            ))
+        }
+    };
+    if !dt.is_float() {
+        return unsupported(format!("LayerNormalization of {dt}"));
+    }
+    let xs = b.cast(x, stash)?;
     let axes: Vec<usize> = (axis..r).collect();
-    let (mean, d) = center(b, x, &axes)?;
+    let (mean, d) = center(b, xs, &axes)?;
     let inv = inv_std(b, d, &axes, eps)?;
-    let mut y = b.binary(BinaryOp::Mul, d, inv)?;
+    let normalised = b.binary(BinaryOp::Mul, d, inv)?;
+    let mut y = b.cast(normalised, dt)?;
     y = b.binary(BinaryOp::Mul, y, cx.input(1)?)?;
     if let Some(bias) = cx.opt_input(2) {
         y = b.binary(BinaryOp::Add, y, bias)?;
@@ -160,4 +179,46 @@ pub(super) fn rms_norm(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let inv = inv_std(b, x, &axes, eps)?;
     let y = b.binary(BinaryOp::Mul, x, inv)?;
     b.binary(BinaryOp::Mul, y, cx.input(1)?)
+}
+
+/// LRN (local response normalisation across channels, AlexNet/GoogLeNet):
+/// `y = x / (bias + alpha / size * sum(x[c'] ^ 2))^beta`, the sum over the `size` channels
+/// `c - floor((size-1)/2) ..= c + ceil((size-1)/2)` that exist. The window sum is an average pool
+/// over the channel axis of `[N, 1, C, prod(spatial)]` that counts the zero padding, times `size`.
+pub(super) fn lrn(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
+    let x = cx.input(0)?;
+    let s = b.shape(x);
+    if s.len() < 3 {
+        return invalid(format!("LRN input must be [N, C, D1, ...], got {s:?}"));
+    }
+    if !b.dtype(x).is_float() {
+        return unsupported(format!("LRN of {}", b.dtype(x)));
+    }
+    let size = match cx.int_opt("size")? {
+        Some(n) if n >= 1 && n <= i64::from(u16::MAX) => n as usize,
+        Some(n) => return invalid(format!("size must be positive, got {n}")),
+        None => return invalid("the size attribute is required"),
+    };
+    let alpha = cx.float("alpha", 1e-4)? as f64;
+    let beta = cx.float("beta", 0.75)? as f64;
+    let bias = cx.float("bias", 1.0)? as f64;
+    let (lo, hi) = ((size - 1) / 2, size / 2);
+    let spatial: usize = s[2..].iter().product();
+    let sq = b.binary(BinaryOp::Mul, x, x)?;
+    let rows = b.reshape(sq, vec![s[0], 1, s[1], spatial])?;
+    let window = PoolAttrs {
+        kernel: [size, 1],
+        stride: [1, 1],
+        pad: [lo, hi, 0, 0],
+        dilation: [1, 1],
+        ceil_mode: false,
+        count_include_pad: true,
+        layout: DataLayout::Nchw,
+    };
+    let mean = b.add(Op::AvgPool2d(window), &[rows])?;
+    let mean = b.reshape(mean, s)?;
+    let scaled = b.binary_scalar(BinaryOp::Mul, mean, alpha)?;
+    let base = b.binary_scalar(BinaryOp::Add, scaled, bias)?;
+    let denom = b.binary_scalar(BinaryOp::Pow, base, beta)?;
+    b.binary(BinaryOp::Div, x, denom)
 }
