@@ -9,6 +9,7 @@ use crate::node::NodeCx;
 use kiln_ir::ValueId;
 
 mod activation;
+mod attention;
 mod conv;
 mod elementwise;
 mod matmul;
@@ -58,6 +59,7 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         "LayerNormalization" => norm::layer_norm(b, cx),
         "RMSNormalization" => one(norm::rms_norm(b, cx)),
         "LRN" => one(norm::lrn(b, cx)),
+        "Attention" => attention::attention(b, cx),
         "Softmax" | "LogSoftmax" => one(norm::softmax(b, cx)),
         "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1"
         | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" => {
