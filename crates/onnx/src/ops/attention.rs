@@ -1,4 +1,7 @@
-//! Attention (opsets 23-25): scaled dot-product attention with masks, causal and sliding-window
+//! Attention (opsets 23-25) and RotaryEmbedding (opset 23), the transformer blocks of the
+//! newer opsets.
+//!
+//! Attention: scaled dot-product attention with masks, causal and sliding-window
 //! frontiers, grouped-query heads, a KV cache (`past_*` inputs, `present_*` outputs) or an
 //! external cache with `nonpad_kv_seqlen`, softcap and the `qk_matmul_output` debug output.
 //!
@@ -393,4 +396,102 @@ pub(super) fn attention(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         y = b.reshape(y, vec![sy[0], sy[2], sy[1] * sy[3]])?;
     }
     Ok(vec![y, present_key, present_value, qk_out])
+}
+
+/// RotaryEmbedding (opset 23): rotates the first `rotary_embedding_dim` features of each head
+/// by the angles whose cosines and sines the caches hold, halves (`x[:d/2]`, `x[d/2:]`) or
+/// interleaved pairs (`x[0::2]`, `x[1::2]`) as the real and imaginary parts; the remaining
+/// features pass through. With `position_ids` the caches are `[max_position, d/2]` tables
+/// gathered per token, without them `[batch, sequence, d/2]`.
+pub(super) fn rotary_embedding(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
+    let x = cx.input(0)?;
+    let (mut cos, mut sin) = (cx.input(1)?, cx.input(2)?);
+    let interleaved = cx.flag("interleaved", false)?;
+    let shape = b.shape(x);
+    // As [batch, sequence, heads, head size].
+    let x4 = match shape.len() {
+        4 => b.transpose(x, vec![0, 2, 1, 3])?,
+        3 => {
+            let heads = match cx.int("num_heads", 0)? {
+                h if h >= 1 && shape[2].is_multiple_of(h as usize) => h as usize,
+                h => {
+                    return invalid(format!(
+                        "3-D input needs num_heads dividing its hidden size {}, got {h}",
+                        shape[2]
+                    ))
+                }
+            };
+            b.reshape(x, vec![shape[0], shape[1], heads, shape[2] / heads])?
+        }
+        r => return invalid(format!("input must be 3-D or 4-D, got rank {r}")),
+    };
+    let s4 = b.shape(x4);
+    let head = s4[3];
+    let dim = match cx.int("rotary_embedding_dim", 0)? {
+        0 => head,
+        d if d > 0 && d as usize <= head && d % 2 == 0 => d as usize,
+        d => {
+            return invalid(format!(
+                "rotary_embedding_dim must be even and at most the head size {head}, got {d}"
+            ))
+        }
+    };
+    if let Some(ids) = cx.opt_input(3) {
+        cos = b.add(Op::Gather { axis: 0 }, &[cos, ids])?;
+        sin = b.add(Op::Gather { axis: 0 }, &[sin, ids])?;
+    }
+    let half = dim / 2;
+    let table = vec![s4[0], s4[1], half];
+    for c in [cos, sin] {
+        if b.shape(c) != table {
+            return invalid(format!(
+                "the cos/sin caches must give {table:?} per token, got {:?}",
+                b.shape(c)
+            ));
+        }
+    }
+    let cos = b.reshape(cos, vec![s4[0], s4[1], 1, half])?;
+    let sin = b.reshape(sin, vec![s4[0], s4[1], 1, half])?;
+    let (x1, x2) = if interleaved {
+        (
+            b.slice_axis(x4, 3, 0, half, 2)?,
+            b.slice_axis(x4, 3, 1, half, 2)?,
+        )
+    } else {
+        (
+            b.slice_axis(x4, 3, 0, half, 1)?,
+            b.slice_axis(x4, 3, half, half, 1)?,
+        )
+    };
+    let (c1, s2) = (
+        b.binary(BinaryOp::Mul, cos, x1)?,
+        b.binary(BinaryOp::Mul, sin, x2)?,
+    );
+    let real = b.binary(BinaryOp::Sub, c1, s2)?;
+    let (s1, c2) = (
+        b.binary(BinaryOp::Mul, sin, x1)?,
+        b.binary(BinaryOp::Mul, cos, x2)?,
+    );
+    let imag = b.binary(BinaryOp::Add, s1, c2)?;
+    let rotated = if interleaved {
+        let mut pair = b.shape(real);
+        pair.push(1);
+        let r = b.reshape(real, pair.clone())?;
+        let i = b.reshape(imag, pair)?;
+        let both = b.concat(&[r, i], 4)?;
+        b.reshape(both, vec![s4[0], s4[1], s4[2], dim])?
+    } else {
+        b.concat(&[real, imag], 3)?
+    };
+    let y = if dim < head {
+        let rest = b.slice_axis(x4, 3, dim, head - dim, 1)?;
+        b.concat(&[rotated, rest], 3)?
+    } else {
+        rotated
+    };
+    if shape.len() == 3 {
+        b.reshape(y, shape)
+    } else {
+        b.transpose(y, vec![0, 2, 1, 3])
+    }
 }

@@ -60,6 +60,7 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         "RMSNormalization" => one(norm::rms_norm(b, cx)),
         "LRN" => one(norm::lrn(b, cx)),
         "Attention" => attention::attention(b, cx),
+        "RotaryEmbedding" => one(attention::rotary_embedding(b, cx)),
         "Softmax" | "LogSoftmax" => one(norm::softmax(b, cx)),
         "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1"
         | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" => {
