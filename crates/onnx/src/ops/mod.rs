@@ -12,6 +12,7 @@ mod activation;
 mod attention;
 mod conv;
 mod elementwise;
+mod loss;
 mod matmul;
 mod norm;
 mod pool;
@@ -61,6 +62,8 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         "LRN" => one(norm::lrn(b, cx)),
         "Attention" => attention::attention(b, cx),
         "RotaryEmbedding" => one(attention::rotary_embedding(b, cx)),
+        "NegativeLogLikelihoodLoss" => one(loss::negative_log_likelihood(b, cx)),
+        "SoftmaxCrossEntropyLoss" => loss::softmax_cross_entropy(b, cx),
         "Softmax" | "LogSoftmax" => one(norm::softmax(b, cx)),
         "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1"
         | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" => {

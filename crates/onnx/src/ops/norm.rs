@@ -157,6 +157,11 @@ pub(super) fn softmax(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     b.reshape(y, s)
 }
 
+/// LogSoftmax along `axis`.
+pub(super) fn log_softmax_axis(b: &mut Builder, x: ValueId, axis: usize) -> NResult<ValueId> {
+    softmax_axis(b, x, axis, true)
+}
+
 fn softmax_axis(b: &mut Builder, x: ValueId, axis: usize, log: bool) -> NResult<ValueId> {
     let m = b.reduce(ReduceOp::Max, x, &[axis], true)?;
     let d = b.binary(BinaryOp::Sub, x, m)?;
