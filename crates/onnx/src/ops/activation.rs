@@ -190,3 +190,23 @@ fn gelu(b: &mut Builder, cx: &NodeCx, x: ValueId) -> NResult<ValueId> {
     let h = b.binary_scalar(BinaryOp::Mul, x, 0.5)?;
     b.binary(BinaryOp::Mul, h, one)
 }
+
+/// SwiGLU: `a * sigmoid(alpha * a) * b` over equal shapes (`alpha` default 1).
+pub(super) fn swiglu(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
+    let (a, g) = (cx.input(0)?, cx.input(1)?);
+    if b.shape(a) != b.shape(g) || b.dtype(a) != b.dtype(g) {
+        return invalid("SwiGLU's A and B must have one shape and dtype (no broadcasting)");
+    }
+    if !b.dtype(a).is_float() {
+        return unsupported(format!("SwiGLU of {}", b.dtype(a)));
+    }
+    let alpha = cx.float("alpha", 1.0)? as f64;
+    let scaled = if alpha == 1.0 {
+        a
+    } else {
+        b.binary_scalar(BinaryOp::Mul, a, alpha)?
+    };
+    let gate = b.unary(UnaryOp::Sigmoid, scaled)?;
+    let swish = b.binary(BinaryOp::Mul, a, gate)?;
+    b.binary(BinaryOp::Mul, swish, g)
+}

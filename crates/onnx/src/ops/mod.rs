@@ -11,7 +11,9 @@ use kiln_ir::ValueId;
 mod activation;
 mod attention;
 mod conv;
+mod crop;
 mod elementwise;
+mod encode;
 mod loss;
 mod matmul;
 mod norm;
@@ -22,6 +24,7 @@ mod recurrent;
 mod reduce;
 mod resize;
 mod shape;
+mod signal;
 
 pub(crate) use qdq::{fuse_quantize, QdqGraph};
 
@@ -49,9 +52,10 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         "Relu" | "LeakyRelu" | "PRelu" | "Elu" | "Selu" | "Celu" | "Softplus" | "Softsign"
         | "HardSigmoid" | "HardSwish" | "Gelu" | "Mish" | "ThresholdedRelu" | "Shrink"
         | "Swish" => one(activation::activation(b, cx)),
+        "SwiGLU" => one(activation::swiglu(b, cx)),
         "Conv" => one(conv::conv(b, cx)),
         "ConvTranspose" => one(conv::conv_transpose(b, cx)),
-        "MaxPool" | "AveragePool" => one(pool::pool(b, cx)),
+        "MaxPool" | "AveragePool" | "LpPool" => one(pool::pool(b, cx)),
         "GlobalAveragePool" | "GlobalMaxPool" => one(pool::global_pool(b, cx)),
         "MatMul" => one(matmul::matmul(b, cx)),
         "Gemm" => one(matmul::gemm(b, cx)),
@@ -60,6 +64,9 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         "LayerNormalization" => norm::layer_norm(b, cx),
         "RMSNormalization" => one(norm::rms_norm(b, cx)),
         "LRN" => one(norm::lrn(b, cx)),
+        "LpNormalization" => one(norm::lp_normalization(b, cx)),
+        "MeanVarianceNormalization" => one(norm::mean_variance_normalization(b, cx)),
+        "GroupNormalization" => one(norm::group_normalization(b, cx)),
         "Attention" => attention::attention(b, cx),
         "RotaryEmbedding" => one(attention::rotary_embedding(b, cx)),
         "NegativeLogLikelihoodLoss" => one(loss::negative_log_likelihood(b, cx)),
@@ -70,6 +77,8 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
             one(reduce::reduce(b, cx))
         }
         "ArgMax" | "ArgMin" => one(reduce::arg(b, cx)),
+        "Hardmax" => one(encode::hardmax(b, cx)),
+        "OneHot" => one(encode::one_hot(b, cx)),
         "Identity" => one(cx.input(0)),
         "Dropout" => shape::dropout(b, cx),
         "Cast" | "CastLike" => one(shape::cast(b, cx)),
@@ -88,6 +97,8 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         "Split" => shape::split(b, cx),
         "Slice" => one(shape::slice(b, cx)),
         "Pad" => one(shape::pad(b, cx)),
+        "CenterCropPad" => one(crop::center_crop_pad(b, cx)),
+        "HannWindow" | "HammingWindow" | "BlackmanWindow" => one(signal::window(b, cx)),
         "Tile" => one(shape::tile(b, cx)),
         "Gather" => one(shape::gather(b, cx)),
         "GatherElements" => one(shape::gather_elements(b, cx)),
@@ -95,6 +106,7 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         "Trilu" => one(shape::trilu(b, cx)),
         "EyeLike" => one(shape::eye_like(b, cx)),
         "QuantizeLinear" => one(quant::quantize(b, cx)),
+        "DynamicQuantizeLinear" => quant::dynamic_quantize(b, cx),
         "DequantizeLinear" => one(quant::dequantize(b, cx)),
         "QLinearMatMul" => one(quant::qlinear_matmul(b, cx)),
         "MatMulInteger" => one(quant::matmul_integer(b, cx)),

@@ -1,9 +1,10 @@
 //! Normalisations (BatchNormalization in inference mode, InstanceNormalization,
-//! LayerNormalization, RMSNormalization, LRN) and Softmax/LogSoftmax.
+//! LayerNormalization, RMSNormalization, GroupNormalization, MeanVarianceNormalization,
+//! LpNormalization, LRN) and Softmax/LogSoftmax.
 //!
-//! Invariant: statistics are computed with IR reductions in the input dtype; per-channel
-//! parameters are reshaped to broadcast along the channel axis; constant parameter arithmetic is
-//! folded by the builder.
+//! Invariant: statistics are computed with IR reductions in the input dtype (in the stash type
+//! where the op has one); per-channel parameters are reshaped to broadcast along the channel
+//! axis; constant parameter arithmetic is folded by the builder.
 
 use crate::builder::{invalid, norm_axis, unsupported, Builder, NResult};
 use crate::node::NodeCx;
@@ -226,4 +227,90 @@ pub(super) fn lrn(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let base = b.binary_scalar(BinaryOp::Add, scaled, bias)?;
     let denom = b.binary_scalar(BinaryOp::Pow, base, beta)?;
     b.binary(BinaryOp::Div, x, denom)
+}
+
+/// LpNormalization: `x / ||x||_p` along `axis` (p = 1 or 2), 0 where the norm is 0.
+pub(super) fn lp_normalization(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
+    let x = cx.input(0)?;
+    let axis = norm_axis(cx.int("axis", -1)?, b.rank(x))?;
+    let norm = match cx.int("p", 2)? {
+        1 => {
+            let a = b.unary(UnaryOp::Abs, x)?;
+            b.reduce(ReduceOp::Sum, a, &[axis], true)?
+        }
+        2 => {
+            let sq = b.binary(BinaryOp::Mul, x, x)?;
+            let s = b.reduce(ReduceOp::Sum, sq, &[axis], true)?;
+            b.unary(UnaryOp::Sqrt, s)?
+        }
+        p => return invalid(format!("p must be 1 or 2, got {p}")),
+    };
+    let zero = b.scalar(b.dtype(x), 0.0);
+    let is_zero = b.binary(BinaryOp::Equal, norm, zero)?;
+    let y = b.binary(BinaryOp::Div, x, norm)?;
+    b.select(is_zero, zero, y)
+}
+
+/// MeanVarianceNormalization: `(x - E[x]) / (sqrt(E[x^2] - E[x]^2) + 1e-9)` over `axes`
+/// (default `[0, 2, 3]`), as its ONNX function body computes it.
+pub(super) fn mean_variance_normalization(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
+    let x = cx.input(0)?;
+    let r = b.rank(x);
+    let axes = crate::builder::norm_axes(&cx.ints_opt("axes")?.unwrap_or(vec![0, 2, 3]), r)?;
+    let s = b.shape(x);
+    let count: usize = axes.iter().map(|&a| s[a]).product();
+    let mean_of = |b: &mut Builder, v: ValueId| -> NResult<ValueId> {
+        let sum = b.reduce(ReduceOp::Sum, v, &axes, true)?;
+        b.binary_scalar(BinaryOp::Div, sum, count.max(1) as f64)
+    };
+    let mean = mean_of(b, x)?;
+    let sq = b.binary(BinaryOp::Mul, x, x)?;
+    let mean_sq = mean_of(b, sq)?;
+    let sq_mean = b.binary(BinaryOp::Mul, mean, mean)?;
+    let var = b.binary(BinaryOp::Sub, mean_sq, sq_mean)?;
+    let std = b.unary(UnaryOp::Sqrt, var)?;
+    let std = b.binary_scalar(BinaryOp::Add, std, 1e-9)?;
+    let d = b.binary(BinaryOp::Sub, x, mean)?;
+    b.binary(BinaryOp::Div, d, std)
+}
+
+/// GroupNormalization (opset 21: per-channel scale and bias; `stash_type` as LayerNorm's):
+/// the channels split into `num_groups` groups normalised over their channels and spatial
+/// positions.
+pub(super) fn group_normalization(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
+    let x = cx.input(0)?;
+    let s = b.shape(x);
+    let dt = b.dtype(x);
+    if s.len() < 3 || !dt.is_float() {
+        return invalid(format!("input must be float [N, C, D...], got {dt}{s:?}"));
+    }
+    if cx.opset < 21 {
+        return unsupported("GroupNormalization before opset 21 (per-group scale and bias)");
+    }
+    let groups = match cx.int_opt("num_groups")? {
+        Some(g) if g >= 1 && s[1].is_multiple_of(g as usize) => g as usize,
+        g => {
+            return invalid(format!(
+                "num_groups must divide the {} channels, got {g:?}",
+                s[1]
+            ))
+        }
+    };
+    let stash = match cx.int("stash_type", 1)? {
+        1 => DType::F32,
+        other => return unsupported(format!("stash_type {other}")),
+    };
+    let eps = cx.float("epsilon", 1e-5)? as f64;
+    let per_group: usize = s[1..].iter().product::<usize>() / groups;
+    let g = b.reshape(x, vec![s[0], groups, per_group])?;
+    let g = b.cast(g, stash)?;
+    let (_, d) = center(b, g, &[2])?;
+    let inv = inv_std(b, d, &[2], eps)?;
+    let y = b.binary(BinaryOp::Mul, d, inv)?;
+    let y = b.cast(y, dt)?;
+    let y = b.reshape(y, s.clone())?;
+    let scale = per_channel(b, cx.input(1)?, s.len())?;
+    let bias = per_channel(b, cx.input(2)?, s.len())?;
+    let y = b.binary(BinaryOp::Mul, y, scale)?;
+    b.binary(BinaryOp::Add, y, bias)
 }

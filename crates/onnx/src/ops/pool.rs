@@ -1,4 +1,4 @@
-//! MaxPool, AveragePool and the global pools.
+//! MaxPool, AveragePool, LpPool and the global pools.
 //!
 //! Invariant: 1-D and 2-D windows map to the IR 2-D pools (1-D through a unit height axis); global
 //! pools reduce every spatial axis and keep them with size 1, as ONNX does.
@@ -6,11 +6,29 @@
 use crate::builder::{unsupported, Builder, NResult};
 use crate::node::NodeCx;
 use crate::ops::conv::{from_2d, to_2d, window};
-use kiln_ir::op::{BinaryOp, PoolAttrs, ReduceOp};
+use kiln_ir::op::{BinaryOp, PoolAttrs, ReduceOp, UnaryOp};
 use kiln_ir::{Op, ValueId};
 
+/// MaxPool, AveragePool and LpPool (`(sum over the window of |x|^p)^(1/p)`: an average pool
+/// of `|x|^p` that counts the zero padding, times the window size).
 pub(super) fn pool(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
-    let x = cx.input(0)?;
+    let mut x = cx.input(0)?;
+    let lp = if cx.op_type == "LpPool" {
+        match cx.int("p", 2)? {
+            p if p >= 1 => Some(p),
+            p => return crate::builder::invalid(format!("p must be positive, got {p}")),
+        }
+    } else {
+        None
+    };
+    if let Some(p) = lp {
+        let a = b.unary(UnaryOp::Abs, x)?;
+        x = if p == 2 {
+            b.binary(BinaryOp::Mul, a, a)?
+        } else {
+            b.binary_scalar(BinaryOp::Pow, a, p as f64)?
+        };
+    }
     if cx.wants_output(1) {
         return unsupported("the Indices output of MaxPool is not supported");
     }
@@ -32,7 +50,7 @@ pub(super) fn pool(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
         pad: win.pad,
         dilation: win.dilation,
         ceil_mode,
-        count_include_pad: cx.flag("count_include_pad", false)?,
+        count_include_pad: lp.is_some() || cx.flag("count_include_pad", false)?,
         layout: Default::default(),
     };
     let x4 = to_2d(b, x)?;
@@ -42,7 +60,19 @@ pub(super) fn pool(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
         Op::AvgPool2d(attrs)
     };
     let y = b.add(op, &[x4])?;
-    from_2d(b, y, xs.len() == 3)
+    let y = from_2d(b, y, xs.len() == 3)?;
+    match lp {
+        Some(p) => {
+            let count: usize = kernel.iter().product();
+            let sum = b.binary_scalar(BinaryOp::Mul, y, count as f64)?;
+            if p == 1 {
+                Ok(sum)
+            } else {
+                b.binary_scalar(BinaryOp::Pow, sum, 1.0 / p as f64)
+            }
+        }
+        None => Ok(y),
+    }
 }
 
 pub(super) fn global_pool(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {

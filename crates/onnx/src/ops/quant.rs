@@ -299,3 +299,37 @@ pub(super) fn qlinear_conv(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     };
     requantize(b, acc, &scales, out_zp, to, 1)
 }
+
+/// DynamicQuantizeLinear: `x` (f32) -> `(y: u8, scale, zero_point)` with the range of `x`
+/// widened to include 0: `scale = (max - min) / 255` (1 when the range is empty), `zero_point =
+/// round(clamp(-min / scale, 0, 255))`, `y = clamp(round(x / scale) + zero_point, 0, 255)`,
+/// rounding half to even.
+pub(super) fn dynamic_quantize(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
+    use kiln_ir::op::ReduceOp;
+    let x = cx.input(0)?;
+    if b.dtype(x) != DType::F32 {
+        return invalid(format!("DynamicQuantizeLinear of {}", b.dtype(x)));
+    }
+    let axes: Vec<usize> = (0..b.rank(x)).collect();
+    let zero = b.scalar(DType::F32, 0.0);
+    let hi = b.reduce(ReduceOp::Max, x, &axes, false)?;
+    let hi = b.binary(BinaryOp::Maximum, hi, zero)?;
+    let lo = b.reduce(ReduceOp::Min, x, &axes, false)?;
+    let lo = b.binary(BinaryOp::Minimum, lo, zero)?;
+    let empty = b.binary(BinaryOp::Equal, hi, lo)?;
+    let range = b.binary(BinaryOp::Sub, hi, lo)?;
+    let one = b.scalar(DType::F32, 1.0);
+    let range = b.select(empty, one, range)?;
+    let scale = b.binary_scalar(BinaryOp::Div, range, 255.0)?;
+    let zp = b.binary(BinaryOp::Div, lo, scale)?;
+    let zp = b.binary(BinaryOp::Sub, zero, zp)?;
+    let zp = b.clamp(zp, 0.0, 255.0)?;
+    let zp = b.unary(UnaryOp::Round, zp)?;
+    let q = b.binary(BinaryOp::Div, x, scale)?;
+    let q = b.unary(UnaryOp::Round, q)?;
+    let q = b.binary(BinaryOp::Add, q, zp)?;
+    let q = b.clamp(q, 0.0, 255.0)?;
+    let y = b.cast(q, DType::U8)?;
+    let zp = b.cast(zp, DType::U8)?;
+    Ok(vec![y, scale, zp])
+}
