@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Print skip-manifest lines for the ONNX node cases Kiln cannot run by design.
 
-1. Element types: Kiln's IR has exactly f32, f16, i8, u8, i16, i32, i64 and bool
-   (crates/ir/src/dtype.rs). A case whose graph inputs, outputs, initializers, value_info or
-   Constant/Cast attributes need another type (double, string, bfloat16, float8*, int4,
-   uint16/32/64, ...) cannot run.
+1. Element types: Kiln's IR has exactly f64, f32, f16, bf16, i8, u8, i16, u16, i32, u32, i64,
+   u64 and bool (crates/ir/src/dtype.rs). A case whose graph inputs, outputs, initializers,
+   value_info or Constant/Cast attributes need another type (string, float8*, int4, int2,
+   float4, ...) cannot run.
 2. Non-tensor values: the IR holds tensors only, so graph inputs or outputs of sequence, optional
    or map type cannot be represented.
 3. Domains: only the default ONNX domain is in scope (an inference compiler for edge CPUs); models
@@ -22,7 +22,9 @@ import onnx
 from onnx import TensorProto
 
 SUPPORTED = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT8, TensorProto.UINT8,
-             TensorProto.INT16, TensorProto.INT32, TensorProto.INT64, TensorProto.BOOL}
+             TensorProto.INT16, TensorProto.INT32, TensorProto.INT64, TensorProto.BOOL,
+             TensorProto.DOUBLE, TensorProto.BFLOAT16, TensorProto.UINT16, TensorProto.UINT32,
+             TensorProto.UINT64}
 
 
 def non_tensor_kinds(values):

@@ -43,7 +43,7 @@ enum Operands {
         x: Vec<f32>,
         w: Vec<f32>,
         b: Vec<f32>,
-        half: bool,
+        dtype: DType,
     },
     Int {
         x: Vec<i32>,
@@ -71,7 +71,7 @@ fn operands(
             x: float_vec(x.data()).ok_or_else(bad)?,
             w: float_vec(w.data()).ok_or_else(bad)?,
             b: float_vec(b.data()).ok_or_else(bad)?,
-            half: x.dtype() == DType::F16,
+            dtype: x.dtype(),
         })
     } else {
         Ok(Operands::Int {
@@ -177,8 +177,8 @@ pub fn conv2d(
     };
     let xdims = dims4(x.shape());
     Ok(match operands(name, x, w, b, a.input_zp, a.weight_zp)? {
-        Operands::Float { x, w, b, half } => {
-            float_data(conv_in_layout(&g, layout, xdims, x, &w, &b), half)
+        Operands::Float { x, w, b, dtype } => {
+            float_data(conv_in_layout(&g, layout, xdims, x, &w, &b), dtype)
         }
         Operands::Int { x, w, b } => TensorData::I32(conv_in_layout(&g, layout, xdims, x, &w, &b)),
     })
@@ -294,8 +294,8 @@ pub fn transpose_conv2d(
     let (xs, ws, os) = (dims4(x.shape()), dims4(w.shape()), dims4(&out.shape));
     Ok(
         match operands("transpose_conv2d", x, w, b, a.input_zp, a.weight_zp)? {
-            Operands::Float { x, w, b, half } => {
-                float_data(transpose_kernel(a, xs, ws, os, &x, &w, &b), half)
+            Operands::Float { x, w, b, dtype } => {
+                float_data(transpose_kernel(a, xs, ws, os, &x, &w, &b), dtype)
             }
             Operands::Int { x, w, b } => {
                 TensorData::I32(transpose_kernel(a, xs, ws, os, &x, &w, &b))

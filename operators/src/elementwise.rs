@@ -1,21 +1,24 @@
 //! Elementwise ops: unary, binary (numpy broadcast over equal ranks), clamp, select and cast.
 //!
-//! Invariant: float math is done in f32 (transcendentals in f64, rounded once to f32); f16 is
-//! widened to f32 and rounded back to nearest even. Integer arithmetic wraps (numpy semantics),
+//! Invariant: float math is done in f32 (transcendentals in f64, rounded once to f32; computed
+//! as f64 and rounded, which for the basic operations is the correctly rounded f32 result); f16
+//! and bf16 are widened to f32 and rounded back to nearest even; f64 is computed in f64.
+//! Integer arithmetic wraps (numpy semantics; unsigned types divide and compare as unsigned),
 //! integer division and modulo by zero give 0, and shifts are logical on the unsigned bit pattern
 //! with amounts of at least the bit width giving 0. No input that passed `infer_type` panics.
 
 use crate::util::{broadcast_data, broadcast_vec, fail_named};
 use crate::OpError;
-use half::f16;
+use half::{bf16, f16};
 use kiln_ir::op::{BinaryOp, UnaryOp};
 use kiln_ir::{dispatch_data, DType, Element, Tensor, TensorData};
 
-/// Integer element types with the wrapping semantics the elementwise ops need.
+/// Integer element types with the wrapping semantics the elementwise ops need. Arithmetic is
+/// done on `i128`, which holds every value of every integer dtype (u64 included).
 trait Int: Element + Ord {
     const BITS: u32;
-    fn from_i64_wrapping(v: i64) -> Self;
-    fn as_i64(self) -> i64;
+    fn from_i128_wrapping(v: i128) -> Self;
+    fn as_i128(self) -> i128;
     fn bits(self) -> u64;
     fn from_bits(b: u64) -> Self;
 }
@@ -24,11 +27,11 @@ macro_rules! impl_int {
     ($t:ty, $u:ty) => {
         impl Int for $t {
             const BITS: u32 = <$t>::BITS;
-            fn from_i64_wrapping(v: i64) -> Self {
+            fn from_i128_wrapping(v: i128) -> Self {
                 v as $t
             }
-            fn as_i64(self) -> i64 {
-                self as i64
+            fn as_i128(self) -> i128 {
+                self as i128
             }
             fn bits(self) -> u64 {
                 (self as $u) as u64
@@ -42,8 +45,11 @@ macro_rules! impl_int {
 impl_int!(i8, u8);
 impl_int!(u8, u8);
 impl_int!(i16, u16);
+impl_int!(u16, u16);
 impl_int!(i32, u32);
+impl_int!(u32, u32);
 impl_int!(i64, u64);
+impl_int!(u64, u64);
 
 /// The error function, accurate to 1e-10 absolute (far below f32 resolution; the series
 /// cancels a little near 4): its Maclaurin series in f64 below |x| = 4,
@@ -70,24 +76,24 @@ pub fn erf(x: f64) -> f64 {
     sum * std::f64::consts::FRAC_2_SQRT_PI
 }
 
-fn float_unary(op: UnaryOp, x: f32) -> f32 {
-    let w = x as f64;
+/// A float unary op in f64 (rounded by the caller to the operand's dtype).
+fn float_unary(op: UnaryOp, x: f64) -> f64 {
     match op {
         UnaryOp::Abs => x.abs(),
         UnaryOp::Negate => -x,
-        UnaryOp::Exp => w.exp() as f32,
-        UnaryOp::Log => w.ln() as f32,
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
         UnaryOp::Reciprocal => 1.0 / x,
-        UnaryOp::Rsqrt => (1.0 / w.sqrt()) as f32,
+        UnaryOp::Rsqrt => 1.0 / x.sqrt(),
         UnaryOp::Sqrt => x.sqrt(),
         UnaryOp::Floor => x.floor(),
         UnaryOp::Ceil => x.ceil(),
         UnaryOp::Round => x.round_ties_even(),
-        UnaryOp::Sin => w.sin() as f32,
-        UnaryOp::Cos => w.cos() as f32,
-        UnaryOp::Erf => erf(w) as f32,
-        UnaryOp::Sigmoid => (1.0 / (1.0 + (-w).exp())) as f32,
-        UnaryOp::Tanh => w.tanh() as f32,
+        UnaryOp::Sin => x.sin(),
+        UnaryOp::Cos => x.cos(),
+        UnaryOp::Erf => erf(x),
+        UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        UnaryOp::Tanh => x.tanh(),
         UnaryOp::Sign => {
             if x.is_nan() {
                 x
@@ -107,11 +113,11 @@ fn float_unary(op: UnaryOp, x: f32) -> f32 {
 fn int_unary<T: Int>(op: UnaryOp, v: &[T]) -> Vec<T> {
     v.iter()
         .map(|&x| {
-            let i = x.as_i64();
+            let i = x.as_i128();
             match op {
-                UnaryOp::Abs => T::from_i64_wrapping(i.wrapping_abs()),
-                UnaryOp::Negate => T::from_i64_wrapping(i.wrapping_neg()),
-                UnaryOp::Sign => T::from_i64_wrapping(i.signum()),
+                UnaryOp::Abs => T::from_i128_wrapping(i.abs()),
+                UnaryOp::Negate => T::from_i128_wrapping(-i),
+                UnaryOp::Sign => T::from_i128_wrapping(i.signum()),
                 UnaryOp::BitwiseNot => T::from_bits(!x.bits()),
                 _ => x,
             }
@@ -144,54 +150,80 @@ pub fn unary(op: UnaryOp, x: &Tensor) -> Result<TensorData, OpError> {
         (UnaryOp::IsInf, TensorData::F16(v)) => {
             TensorData::Bool(v.iter().map(|x| x.is_infinite()).collect())
         }
+        (UnaryOp::IsNan, TensorData::BF16(v)) => {
+            TensorData::Bool(v.iter().map(|x| x.is_nan()).collect())
+        }
+        (UnaryOp::IsInf, TensorData::BF16(v)) => {
+            TensorData::Bool(v.iter().map(|x| x.is_infinite()).collect())
+        }
+        (UnaryOp::IsNan, TensorData::F64(v)) => {
+            TensorData::Bool(v.iter().map(|x| x.is_nan()).collect())
+        }
+        (UnaryOp::IsInf, TensorData::F64(v)) => {
+            TensorData::Bool(v.iter().map(|x| x.is_infinite()).collect())
+        }
         (UnaryOp::LogicalNot | UnaryOp::IsNan | UnaryOp::IsInf, _) => return Err(bad()),
-        (_, TensorData::F32(v)) => TensorData::F32(v.iter().map(|&x| float_unary(op, x)).collect()),
+        (_, TensorData::F32(v)) => TensorData::F32(
+            v.iter()
+                .map(|&x| float_unary(op, x as f64) as f32)
+                .collect(),
+        ),
+        (_, TensorData::F64(v)) => TensorData::F64(v.iter().map(|&x| float_unary(op, x)).collect()),
         (_, TensorData::F16(v)) => TensorData::F16(
             v.iter()
-                .map(|&x| f16::from_f32(float_unary(op, x.to_f32())))
+                .map(|&x| f16::from_f32(float_unary(op, x.to_f64()) as f32))
+                .collect(),
+        ),
+        (_, TensorData::BF16(v)) => TensorData::BF16(
+            v.iter()
+                .map(|&x| bf16::from_f32(float_unary(op, x.to_f64()) as f32))
                 .collect(),
         ),
         (UnaryOp::Abs | UnaryOp::Negate | UnaryOp::Sign | UnaryOp::BitwiseNot, d) => match d {
             TensorData::I8(v) => TensorData::I8(int_unary(op, v)),
             TensorData::U8(v) => TensorData::U8(int_unary(op, v)),
             TensorData::I16(v) => TensorData::I16(int_unary(op, v)),
+            TensorData::U16(v) => TensorData::U16(int_unary(op, v)),
             TensorData::I32(v) => TensorData::I32(int_unary(op, v)),
+            TensorData::U32(v) => TensorData::U32(int_unary(op, v)),
             TensorData::I64(v) => TensorData::I64(int_unary(op, v)),
+            TensorData::U64(v) => TensorData::U64(int_unary(op, v)),
             _ => return Err(bad()),
         },
         _ => return Err(bad()),
     })
 }
 
-fn float_binary(op: BinaryOp, a: f32, b: f32) -> f32 {
+/// A float binary op in f64 (rounded by the caller to the operands' dtype).
+fn float_binary(op: BinaryOp, a: f64, b: f64) -> f64 {
     match op {
         BinaryOp::Add => a + b,
         BinaryOp::Sub => a - b,
         BinaryOp::Mul => a * b,
         BinaryOp::Div => a / b,
         BinaryOp::Mod => a % b,
-        BinaryOp::Pow => (a as f64).powf(b as f64) as f32,
+        BinaryOp::Pow => a.powf(b),
         BinaryOp::Maximum => {
             if a.is_nan() || b.is_nan() {
-                f32::NAN
+                f64::NAN
             } else {
                 a.max(b)
             }
         }
         BinaryOp::Minimum => {
             if a.is_nan() || b.is_nan() {
-                f32::NAN
+                f64::NAN
             } else {
                 a.min(b)
             }
         }
         // Comparisons, logical and bitwise ops are dispatched elsewhere.
-        _ => f32::NAN,
+        _ => f64::NAN,
     }
 }
 
 /// Integer power with wrapping; negative exponents give `1/a^-e` truncated (0 unless |a| = 1).
-fn int_pow(a: i64, e: i64) -> i64 {
+fn int_pow(a: i128, e: i128) -> i128 {
     if e < 0 {
         return match a {
             1 => 1,
@@ -205,7 +237,8 @@ fn int_pow(a: i64, e: i64) -> i64 {
             _ => 0,
         };
     }
-    let (mut base, mut e, mut acc) = (a, e as u64, 1i64);
+    // Wrapping at 128 bits and truncating to the dtype gives the dtype's wrapping power.
+    let (mut base, mut e, mut acc) = (a, e as u128, 1i128);
     while e > 0 {
         if e & 1 == 1 {
             acc = acc.wrapping_mul(base);
@@ -217,8 +250,8 @@ fn int_pow(a: i64, e: i64) -> i64 {
 }
 
 fn int_binary_scalar<T: Int>(op: BinaryOp, a: T, b: T) -> T {
-    let (x, y) = (a.as_i64(), b.as_i64());
-    let w = T::from_i64_wrapping;
+    let (x, y) = (a.as_i128(), b.as_i128());
+    let w = T::from_i128_wrapping;
     match op {
         BinaryOp::Add => w(x.wrapping_add(y)),
         BinaryOp::Sub => w(x.wrapping_sub(y)),
@@ -306,6 +339,11 @@ pub fn binary(
             (D::I32(p), D::I32(q)) => compare(op, p, q),
             (D::I64(p), D::I64(q)) => compare(op, p, q),
             (D::Bool(p), D::Bool(q)) => compare(op, p, q),
+            (D::F64(p), D::F64(q)) => compare(op, p, q),
+            (D::BF16(p), D::BF16(q)) => compare(op, p, q),
+            (D::U16(p), D::U16(q)) => compare(op, p, q),
+            (D::U32(p), D::U32(q)) => compare(op, p, q),
+            (D::U64(p), D::U64(q)) => compare(op, p, q),
             _ => return Err(bad()),
         }));
     }
@@ -316,15 +354,24 @@ pub fn binary(
             BinaryOp::LogicalXor => zip(p, q, |s, t| s != t),
             _ => return Err(bad()),
         }),
-        (D::F32(p), D::F32(q)) => D::F32(zip(p, q, |s, t| float_binary(op, s, t))),
+        (D::F32(p), D::F32(q)) => D::F32(zip(p, q, |s, t| {
+            float_binary(op, s as f64, t as f64) as f32
+        })),
+        (D::F64(p), D::F64(q)) => D::F64(zip(p, q, |s, t| float_binary(op, s, t))),
         (D::F16(p), D::F16(q)) => D::F16(zip(p, q, |s, t| {
-            f16::from_f32(float_binary(op, s.to_f32(), t.to_f32()))
+            f16::from_f32(float_binary(op, s.to_f64(), t.to_f64()) as f32)
+        })),
+        (D::BF16(p), D::BF16(q)) => D::BF16(zip(p, q, |s, t| {
+            bf16::from_f32(float_binary(op, s.to_f64(), t.to_f64()) as f32)
         })),
         (D::I8(p), D::I8(q)) => D::I8(zip(p, q, |s, t| int_binary_scalar(op, s, t))),
         (D::U8(p), D::U8(q)) => D::U8(zip(p, q, |s, t| int_binary_scalar(op, s, t))),
         (D::I16(p), D::I16(q)) => D::I16(zip(p, q, |s, t| int_binary_scalar(op, s, t))),
         (D::I32(p), D::I32(q)) => D::I32(zip(p, q, |s, t| int_binary_scalar(op, s, t))),
         (D::I64(p), D::I64(q)) => D::I64(zip(p, q, |s, t| int_binary_scalar(op, s, t))),
+        (D::U16(p), D::U16(q)) => D::U16(zip(p, q, |s, t| int_binary_scalar(op, s, t))),
+        (D::U32(p), D::U32(q)) => D::U32(zip(p, q, |s, t| int_binary_scalar(op, s, t))),
+        (D::U64(p), D::U64(q)) => D::U64(zip(p, q, |s, t| int_binary_scalar(op, s, t))),
         _ => return Err(bad()),
     })
 }
@@ -385,6 +432,11 @@ pub fn select(
         DType::I32 => select_vec::<i32>(&c, a, b, out_shape).map(Element::wrap),
         DType::I64 => select_vec::<i64>(&c, a, b, out_shape).map(Element::wrap),
         DType::Bool => select_vec::<bool>(&c, a, b, out_shape).map(Element::wrap),
+        DType::F64 => select_vec::<f64>(&c, a, b, out_shape).map(Element::wrap),
+        DType::BF16 => select_vec::<bf16>(&c, a, b, out_shape).map(Element::wrap),
+        DType::U16 => select_vec::<u16>(&c, a, b, out_shape).map(Element::wrap),
+        DType::U32 => select_vec::<u32>(&c, a, b, out_shape).map(Element::wrap),
+        DType::U64 => select_vec::<u64>(&c, a, b, out_shape).map(Element::wrap),
     };
     data.ok_or_else(bad)
 }
@@ -392,13 +444,13 @@ pub fn select(
 /// A source element for CAST, keeping integers exact.
 #[derive(Clone, Copy)]
 enum Scalar {
-    Int(i64),
+    Int(i128),
     Float(f64),
 }
 
 fn cast_to<T: Int>(s: Scalar) -> T {
     match s {
-        Scalar::Int(i) => T::from_i64_wrapping(i),
+        Scalar::Int(i) => T::from_i128_wrapping(i),
         // `as` from f64 truncates toward zero, saturates and maps NaN to 0.
         Scalar::Float(f) => T::from_f64(f),
     }
@@ -411,8 +463,15 @@ pub fn cast(data: &TensorData, to: DType) -> TensorData {
     let src: Vec<Scalar> = match data {
         TensorData::F32(v) => v.iter().map(|&x| Scalar::Float(x as f64)).collect(),
         TensorData::F16(v) => v.iter().map(|x| Scalar::Float(x.to_f64())).collect(),
-        TensorData::Bool(v) => v.iter().map(|&x| Scalar::Int(x as i64)).collect(),
-        other => other.to_i64_vec().into_iter().map(Scalar::Int).collect(),
+        TensorData::BF16(v) => v.iter().map(|x| Scalar::Float(x.to_f64())).collect(),
+        TensorData::F64(v) => v.iter().map(|&x| Scalar::Float(x)).collect(),
+        TensorData::Bool(v) => v.iter().map(|&x| Scalar::Int(x as i128)).collect(),
+        TensorData::U64(v) => v.iter().map(|&x| Scalar::Int(x as i128)).collect(),
+        other => other
+            .to_i64_vec()
+            .into_iter()
+            .map(|i| Scalar::Int(i as i128))
+            .collect(),
     };
     let it = src.into_iter();
     match to {
@@ -430,6 +489,20 @@ pub fn cast(data: &TensorData, to: DType) -> TensorData {
             })
             .collect(),
         ),
+        DType::BF16 => TensorData::BF16(
+            it.map(|s| match s {
+                Scalar::Int(i) => bf16::from_f64(i as f64),
+                Scalar::Float(f) => bf16::from_f64(f),
+            })
+            .collect(),
+        ),
+        DType::F64 => TensorData::F64(
+            it.map(|s| match s {
+                Scalar::Int(i) => i as f64,
+                Scalar::Float(f) => f,
+            })
+            .collect(),
+        ),
         DType::Bool => TensorData::Bool(
             it.map(|s| match s {
                 Scalar::Int(i) => i != 0,
@@ -442,6 +515,9 @@ pub fn cast(data: &TensorData, to: DType) -> TensorData {
         DType::I16 => TensorData::I16(it.map(cast_to).collect()),
         DType::I32 => TensorData::I32(it.map(cast_to).collect()),
         DType::I64 => TensorData::I64(it.map(cast_to).collect()),
+        DType::U16 => TensorData::U16(it.map(cast_to).collect()),
+        DType::U32 => TensorData::U32(it.map(cast_to).collect()),
+        DType::U64 => TensorData::U64(it.map(cast_to).collect()),
     }
 }
 

@@ -1,13 +1,14 @@
 //! MATMUL: `[B,M,K] x [B,K,N] -> [B,M,N]`.
 //!
-//! Invariant: floats accumulate in f32 (f16 widened, rounded once at the end); integers
+//! Invariant: floats accumulate in f32 (f16 and bf16 widened, rounded once at the end; f64 in
+//! f64); integers
 //! accumulate `(a - a_zp) * (b - b_zp)` in wrapping i32 (an i32/i64 right operand is first
 //! narrowed to i32 with wrapping). The inner loop runs over contiguous rows of `b` and the output.
 
 use crate::util::{fail_named, float_data, float_vec, int_vec_minus, Acc};
 use crate::OpError;
 use kiln_ir::op::MatMulAttrs;
-use kiln_ir::{DType, Tensor, TensorData, TensorType};
+use kiln_ir::{Tensor, TensorData, TensorType};
 
 fn kernel<T: Acc>(a: &[T], b: &[T], batch: usize, m: usize, k: usize, n: usize) -> Vec<T> {
     let mut out = vec![T::default(); batch * m * n];
@@ -43,13 +44,13 @@ pub fn matmul(
     };
     let (batch, m, k) = (a.shape()[0], a.shape()[1], a.shape()[2]);
     let n = out.shape[2];
+    if let (TensorData::F64(x), TensorData::F64(y)) = (a.data(), b.data()) {
+        return Ok(TensorData::F64(kernel(x, y, batch, m, k, n)));
+    }
     if a.dtype().is_float() {
         let x = float_vec(a.data()).ok_or_else(bad)?;
         let y = float_vec(b.data()).ok_or_else(bad)?;
-        Ok(float_data(
-            kernel(&x, &y, batch, m, k, n),
-            a.dtype() == DType::F16,
-        ))
+        Ok(float_data(kernel(&x, &y, batch, m, k, n), a.dtype()))
     } else {
         let x = int_vec_minus(a.data(), attrs.a_zp).ok_or_else(bad)?;
         let y = int_vec_minus(b.data(), attrs.b_zp).ok_or_else(bad)?;

@@ -10,7 +10,7 @@ use crate::conv::valid_range;
 use crate::util::{fail_named, float_data, float_vec, is_nan};
 use crate::OpError;
 use kiln_ir::op::PoolAttrs;
-use kiln_ir::{DType, Element, Tensor, TensorData, TensorType};
+use kiln_ir::{Element, Tensor, TensorData, TensorType};
 
 /// For each output position along one axis: the kernel taps `[lo, hi)` inside the input, and the
 /// number of taps inside the padded input.
@@ -123,6 +123,11 @@ pub fn max_pool(p: &PoolAttrs, x: &Tensor, out: &TensorType) -> Result<TensorDat
         TensorData::I16(v) => TensorData::I16(max_vec(&g, v, i16::MIN)),
         TensorData::I32(v) => TensorData::I32(max_vec(&g, v, i32::MIN)),
         TensorData::I64(v) => TensorData::I64(max_vec(&g, v, i64::MIN)),
+        TensorData::F64(v) => TensorData::F64(max_vec(&g, v, f64::NEG_INFINITY)),
+        TensorData::BF16(v) => TensorData::BF16(max_vec(&g, v, half::bf16::NEG_INFINITY)),
+        TensorData::U16(v) => TensorData::U16(max_vec(&g, v, u16::MIN)),
+        TensorData::U32(v) => TensorData::U32(max_vec(&g, v, u32::MIN)),
+        TensorData::U64(v) => TensorData::U64(max_vec(&g, v, u64::MIN)),
         TensorData::Bool(_) => return Err(fail_named("max_pool2d", "does not accept bool")),
     })
 }
@@ -146,5 +151,5 @@ pub fn avg_pool(p: &PoolAttrs, x: &Tensor, out: &TensorType) -> Result<TensorDat
         };
         sum / count as f32
     });
-    Ok(float_data(res, x.dtype() == DType::F16))
+    Ok(float_data(res, x.dtype()))
 }

@@ -1,7 +1,7 @@
 //! REDUCE_* along one axis (kept with size 1) and ARGMAX (axis removed, i32 result).
 //!
 //! Invariant: a tensor is viewed as `[outer, len, inner]` around the axis. Float sums and products
-//! accumulate in f32 (f16 rounded once at the end), integer ones wrap. Max/min propagate NaN.
+//! accumulate in f32 (f16 and bf16 rounded once at the end; f64 in f64), integer ones wrap. Max/min propagate NaN.
 //! An empty axis gives the identity: sum 0, product 1, max -inf / dtype minimum, min +inf / dtype
 //! maximum, all true, any false. ARGMAX returns the first index of the maximum (the first NaN
 //! if there is one, like numpy).
@@ -9,7 +9,7 @@
 use crate::util::{fail_named, float_data, float_vec, is_nan};
 use crate::OpError;
 use kiln_ir::op::ReduceOp;
-use kiln_ir::{DType, Tensor, TensorData};
+use kiln_ir::{Tensor, TensorData};
 
 fn split(shape: &[usize], axis: usize) -> (usize, usize, usize) {
     let outer = shape[..axis].iter().product();
@@ -77,7 +77,13 @@ pub fn reduce(kind: ReduceOp, x: &Tensor, axis: usize) -> Result<TensorData, OpE
             TensorData::Bool(fold(v, dims, false, |a, b| a || b))
         }
         (ReduceOp::All | ReduceOp::Any, _) | (_, TensorData::Bool(_)) => return Err(bad()),
-        (_, TensorData::F32(_) | TensorData::F16(_)) => {
+        (_, TensorData::F64(v)) => TensorData::F64(match kind {
+            ReduceOp::Sum => fold(v, dims, 0.0f64, |a, b| a + b),
+            ReduceOp::Product => fold(v, dims, 1.0f64, |a, b| a * b),
+            ReduceOp::Max => fold(v, dims, f64::NEG_INFINITY, pick(true)),
+            _ => fold(v, dims, f64::INFINITY, pick(false)),
+        }),
+        (_, TensorData::F32(_) | TensorData::F16(_) | TensorData::BF16(_)) => {
             let v = float_vec(x.data()).ok_or_else(bad)?;
             let r = match kind {
                 ReduceOp::Sum => fold(&v, dims, 0.0f32, |a, b| a + b),
@@ -85,13 +91,16 @@ pub fn reduce(kind: ReduceOp, x: &Tensor, axis: usize) -> Result<TensorData, OpE
                 ReduceOp::Max => fold(&v, dims, f32::NEG_INFINITY, pick(true)),
                 _ => fold(&v, dims, f32::INFINITY, pick(false)),
             };
-            float_data(r, x.dtype() == DType::F16)
+            float_data(r, x.dtype())
         }
         (_, TensorData::I8(v)) => TensorData::I8(int_reduce!(v, i8, kind, dims)),
         (_, TensorData::U8(v)) => TensorData::U8(int_reduce!(v, u8, kind, dims)),
         (_, TensorData::I16(v)) => TensorData::I16(int_reduce!(v, i16, kind, dims)),
         (_, TensorData::I32(v)) => TensorData::I32(int_reduce!(v, i32, kind, dims)),
         (_, TensorData::I64(v)) => TensorData::I64(int_reduce!(v, i64, kind, dims)),
+        (_, TensorData::U16(v)) => TensorData::U16(int_reduce!(v, u16, kind, dims)),
+        (_, TensorData::U32(v)) => TensorData::U32(int_reduce!(v, u32, kind, dims)),
+        (_, TensorData::U64(v)) => TensorData::U64(int_reduce!(v, u64, kind, dims)),
     })
 }
 

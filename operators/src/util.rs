@@ -6,7 +6,7 @@
 
 use crate::OpError;
 use half::f16;
-use kiln_ir::{Element, Op, Tensor, TensorData};
+use kiln_ir::{DType, Element, Op, Tensor, TensorData};
 
 /// An [`OpError::Unsupported`] naming `op`.
 pub fn fail(op: &Op, reason: impl Into<String>) -> OpError {
@@ -103,16 +103,17 @@ pub fn float_vec(data: &TensorData) -> Option<Vec<f32>> {
     match data {
         TensorData::F32(v) => Some(v.clone()),
         TensorData::F16(v) => Some(v.iter().map(|x| x.to_f32()).collect()),
+        TensorData::BF16(v) => Some(v.iter().map(|x| x.to_f32()).collect()),
         _ => None,
     }
 }
 
-/// f32 results stored as f16 (round to nearest even) when `half` is set, as f32 otherwise.
-pub fn float_data(values: Vec<f32>, half: bool) -> TensorData {
-    if half {
-        TensorData::F16(values.into_iter().map(f16::from_f32).collect())
-    } else {
-        TensorData::F32(values)
+/// f32 results stored in `dtype`: f16 and bf16 round to nearest even, anything else is f32.
+pub fn float_data(values: Vec<f32>, dtype: DType) -> TensorData {
+    match dtype {
+        DType::F16 => TensorData::F16(values.into_iter().map(f16::from_f32).collect()),
+        DType::BF16 => TensorData::BF16(values.into_iter().map(half::bf16::from_f32).collect()),
+        _ => TensorData::F32(values),
     }
 }
 
@@ -138,6 +139,13 @@ pub trait Acc: Copy + Default + Send + Sync {
 impl Acc for f32 {
     #[inline]
     fn mac(self, a: f32, b: f32) -> f32 {
+        self + a * b
+    }
+}
+
+impl Acc for f64 {
+    #[inline]
+    fn mac(self, a: f64, b: f64) -> f64 {
         self + a * b
     }
 }

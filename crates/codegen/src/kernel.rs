@@ -47,25 +47,27 @@ const LOCAL_ALIGN: u64 = 64;
 /// `unrolled` loops longer than this are emitted as ordinary loops (code size).
 pub const MAX_UNROLL: usize = 64;
 
-/// The Cranelift type holding a value of `d` (`f16` values are held widened in `f32`).
+/// The Cranelift type holding a value of `d` (`f16` and `bf16` values are held widened in
+/// `f32`; unsigned integers in the signed type of their width).
 pub fn clif_type(d: DType) -> Type {
     match d {
-        DType::F32 | DType::F16 => types::F32,
+        DType::F32 | DType::F16 | DType::BF16 => types::F32,
+        DType::F64 => types::F64,
         DType::I8 | DType::U8 | DType::Bool => types::I8,
-        DType::I16 => types::I16,
-        DType::I32 => types::I32,
-        DType::I64 => types::I64,
+        DType::I16 | DType::U16 => types::I16,
+        DType::I32 | DType::U32 => types::I32,
+        DType::I64 | DType::U64 => types::I64,
     }
 }
 
 /// Bytes per element of `d`.
 pub fn elem_bytes(d: DType) -> u64 {
-    match d {
-        DType::F32 | DType::I32 => 4,
-        DType::F16 | DType::I16 => 2,
-        DType::I8 | DType::U8 | DType::Bool => 1,
-        DType::I64 => 8,
-    }
+    d.size_bytes() as u64
+}
+
+/// Whether values of `d` compare, divide and widen as unsigned (`bool` included).
+pub fn unsigned(d: DType) -> bool {
+    d.is_unsigned() || d == DType::Bool
 }
 
 /// Memory flags of every buffer access: in bounds (verified), not necessarily aligned.
@@ -531,20 +533,16 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
                 if self.promo.contains_key(buf) {
                     let var = self.promoted_var(*buf, indices, 1)?;
                     let v = self.expr(value)?;
-                    let v = if self.f.buffers[buf.index()].dtype == DType::F16 {
-                        self.round_f16(v)?
-                    } else {
-                        v
-                    };
+                    let v = self.round_half(self.f.buffers[buf.index()].dtype, v)?;
                     self.b.def_var(var, v);
                     return Ok(());
                 }
                 let addr = self.address(*buf, indices)?;
                 let v = self.expr(value)?;
-                let v = if self.f.buffers[buf.index()].dtype == DType::F16 {
-                    self.call_hook(names::F32_TO_F16, &[v])?
-                } else {
-                    v
+                let v = match self.f.buffers[buf.index()].dtype {
+                    DType::F16 => self.call_hook(names::F32_TO_F16, &[v])?,
+                    DType::BF16 => self.f32_to_bf16(v),
+                    _ => v,
                 };
                 self.b.ins().store(mem_flags(), v, addr, 0);
                 Ok(())
@@ -696,8 +694,8 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
         let d = self.dtype(e)?;
         let v = self.expr(e)?;
         Ok(match d {
-            DType::I64 => v,
-            DType::U8 | DType::Bool => self.b.ins().uextend(types::I64, v),
+            DType::I64 | DType::U64 => v,
+            d if unsigned(d) => self.b.ins().uextend(types::I64, v),
             _ => self.b.ins().sextend(types::I64, v),
         })
     }

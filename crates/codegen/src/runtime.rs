@@ -13,6 +13,7 @@
 //! too large for the stack; `kiln_free(null, ..)` is a no-op. `kiln_f16_to_f32` widens the bits
 //! of an `f16` (exactly) and `kiln_f32_to_f16` rounds an `f32` to the bits of the nearest `f16`
 //! (ties to even, NaN stays NaN), as the interpreter does with the `half` crate.
+//! The `f64` math hooks (`kiln_exp`, ...) are the same formulas without the rounding to `f32`.
 //! `kiln_profile_mark(i)` records a timestamp for entries compiled for profiling (see
 //! [`take_profile_marks`]).
 
@@ -44,6 +45,12 @@ pub enum HookSig {
     Mark,
     /// `f32 -> u16` (rounded to the bits of an `f16`)
     F32ToF16,
+    /// `f64 -> f64`
+    Unary64,
+    /// `(f64, f64) -> f64`
+    Binary64,
+    /// `(f64, f64, f64) -> f64`
+    Ternary64,
 }
 
 impl HookSig {
@@ -68,6 +75,9 @@ impl HookSig {
             HookSig::F16ToF32 => (vec![types::I16], Some(types::F32)),
             HookSig::F32ToF16 => (vec![types::F32], Some(types::I16)),
             HookSig::Mark => (vec![types::I64], None),
+            HookSig::Unary64 => (vec![types::F64], Some(types::F64)),
+            HookSig::Binary64 => (vec![types::F64; 2], Some(types::F64)),
+            HookSig::Ternary64 => (vec![types::F64; 3], Some(types::F64)),
         };
         s.params.extend(params.into_iter().map(p));
         s.returns.extend(ret.map(p));
@@ -93,6 +103,16 @@ pub mod names {
     pub const F16_TO_F32: &str = "kiln_f16_to_f32";
     pub const F32_TO_F16: &str = "kiln_f32_to_f16";
     pub const PROFILE_MARK: &str = "kiln_profile_mark";
+    pub const EXP64: &str = "kiln_exp";
+    pub const LOG64: &str = "kiln_log";
+    pub const TANH64: &str = "kiln_tanh";
+    pub const SIGMOID64: &str = "kiln_sigmoid";
+    pub const ERF64: &str = "kiln_erf";
+    pub const SIN64: &str = "kiln_sin";
+    pub const COS64: &str = "kiln_cos";
+    pub const POW64: &str = "kiln_pow";
+    pub const FMOD64: &str = "kiln_fmod";
+    pub const FMA64: &str = "kiln_fma";
 }
 
 /// A hook: its symbol name, signature and (for the JIT) address.
@@ -185,6 +205,56 @@ pub const HOOKS: &[Hook] = &[
         sig: HookSig::Mark,
         addr: || kiln_profile_mark as *const u8,
     },
+    Hook {
+        name: names::EXP64,
+        sig: HookSig::Unary64,
+        addr: || kiln_exp as *const u8,
+    },
+    Hook {
+        name: names::LOG64,
+        sig: HookSig::Unary64,
+        addr: || kiln_log as *const u8,
+    },
+    Hook {
+        name: names::TANH64,
+        sig: HookSig::Unary64,
+        addr: || kiln_tanh as *const u8,
+    },
+    Hook {
+        name: names::SIGMOID64,
+        sig: HookSig::Unary64,
+        addr: || kiln_sigmoid as *const u8,
+    },
+    Hook {
+        name: names::ERF64,
+        sig: HookSig::Unary64,
+        addr: || kiln_erf as *const u8,
+    },
+    Hook {
+        name: names::SIN64,
+        sig: HookSig::Unary64,
+        addr: || kiln_sin as *const u8,
+    },
+    Hook {
+        name: names::COS64,
+        sig: HookSig::Unary64,
+        addr: || kiln_cos as *const u8,
+    },
+    Hook {
+        name: names::POW64,
+        sig: HookSig::Binary64,
+        addr: || kiln_pow as *const u8,
+    },
+    Hook {
+        name: names::FMOD64,
+        sig: HookSig::Binary64,
+        addr: || kiln_fmod as *const u8,
+    },
+    Hook {
+        name: names::FMA64,
+        sig: HookSig::Ternary64,
+        addr: || kiln_fma as *const u8,
+    },
 ];
 
 /// The hook called `name`.
@@ -229,6 +299,46 @@ extern "C" fn kiln_fmodf(x: f32, y: f32) -> f32 {
 }
 
 extern "C" fn kiln_fmaf(x: f32, y: f32, z: f32) -> f32 {
+    x.mul_add(y, z)
+}
+
+extern "C" fn kiln_exp(x: f64) -> f64 {
+    x.exp()
+}
+
+extern "C" fn kiln_log(x: f64) -> f64 {
+    x.ln()
+}
+
+extern "C" fn kiln_tanh(x: f64) -> f64 {
+    x.tanh()
+}
+
+extern "C" fn kiln_sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+extern "C" fn kiln_erf(x: f64) -> f64 {
+    erf64(x)
+}
+
+extern "C" fn kiln_sin(x: f64) -> f64 {
+    x.sin()
+}
+
+extern "C" fn kiln_cos(x: f64) -> f64 {
+    x.cos()
+}
+
+extern "C" fn kiln_pow(x: f64, y: f64) -> f64 {
+    x.powf(y)
+}
+
+extern "C" fn kiln_fmod(x: f64, y: f64) -> f64 {
+    x % y
+}
+
+extern "C" fn kiln_fma(x: f64, y: f64, z: f64) -> f64 {
     x.mul_add(y, z)
 }
 

@@ -1,13 +1,14 @@
 //! Scalar expression lowering: one [`Expr`] to Cranelift values of its dtype, with the
 //! semantics the [`crate::kernel`] module doc states (wrapping integers, truncating and flooring
 //! division with a zero divisor leaving the function, NaN-propagating float min/max, saturating
-//! float-to-int casts, `f16` held in `f32`, `select` evaluating only the chosen branch).
+//! float-to-int casts, `f16` and `bf16` held in `f32`, unsigned integers compared, divided and
+//! widened as unsigned, `select` evaluating only the chosen branch).
 //!
 //! Invariant: every method emits code computing what [`kiln_tir::interp`] computes for the same
 //! expression, and the free functions ([`int_cc`], [`float_cc`], [`fma_parts`],
 //! [`speculatable`]) answer the same question for the vector and micro-kernel code.
 
-use crate::kernel::{clif_type, FnLowerer};
+use crate::kernel::{clif_type, unsigned, FnLowerer};
 use crate::runtime::{self, names};
 use crate::{CodegenError, STATUS_DIV_BY_ZERO};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
@@ -38,11 +39,12 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
             Expr::Int { value, dtype } => self.iconst_of(*dtype, *value),
             Expr::Float { value, dtype } => {
                 let x = *value as f32;
-                // Rounded at compile time exactly as the runtime hooks round.
-                let x = if *dtype == DType::F16 {
-                    runtime::kiln_f16_to_f32(runtime::kiln_f32_to_f16(x))
-                } else {
-                    x
+                // Rounded at compile time exactly as the runtime rounds.
+                let x = match dtype {
+                    DType::F64 => return Ok(self.b.ins().f64const(*value)),
+                    DType::F16 => runtime::kiln_f16_to_f32(runtime::kiln_f32_to_f16(x)),
+                    DType::BF16 => half::bf16::from_f32(x).to_f32(),
+                    _ => x,
                 };
                 self.b.ins().f32const(x)
             }
@@ -68,8 +70,7 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
                     let cc = float_cc(*op);
                     self.b.ins().fcmp(cc, a, b)
                 } else {
-                    let unsigned = matches!(d, DType::U8 | DType::Bool);
-                    self.b.ins().icmp(int_cc(*op, unsigned), a, b)
+                    self.b.ins().icmp(int_cc(*op, unsigned(d)), a, b)
                 }
             }
             Expr::And(a, b) => {
@@ -114,6 +115,10 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
                 if dtype == DType::F16 {
                     let bits = self.b.ins().load(types::I16, flags, addr, 0);
                     return self.call_hook(names::F16_TO_F32, &[bits]);
+                }
+                if dtype == DType::BF16 {
+                    let bits = self.b.ins().load(types::I16, flags, addr, 0);
+                    return Ok(self.bf16_to_f32(bits));
                 }
                 let v = self.b.ins().load(clif_type(dtype), flags, addr, 0);
                 if dtype == DType::Bool {
@@ -189,7 +194,9 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
         if let Some(v) = float_arith(&mut self.b, op, a, b) {
             return Ok(v);
         }
+        let double = self.b.func.dfg.value_type(a) == types::F64;
         match op {
+            BinOp::Rem if double => self.call_hook(names::FMOD64, &[a, b]),
             BinOp::Rem => self.call_hook(names::FMOD, &[a, b]),
             _ => Err(self.err_internal(format!("{op:?} on floats"))),
         }
@@ -208,7 +215,7 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
     }
 
     pub(crate) fn int_binary(&mut self, op: BinOp, d: DType, a: Value, b: Value) -> Value {
-        let unsigned = matches!(d, DType::U8 | DType::Bool);
+        let unsigned = unsigned(d);
         match op {
             BinOp::Add => self.b.ins().iadd(a, b),
             BinOp::Sub => self.b.ins().isub(a, b),
@@ -338,61 +345,125 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
         self.call_hook(names::F16_TO_F32, &[bits])
     }
 
+    /// `x` (an `f32`) rounded to the precision of a half dtype `d` (held in `f32`); other
+    /// dtypes unchanged.
+    pub fn round_half(&mut self, d: DType, x: Value) -> Result<Value, CodegenError> {
+        Ok(match d {
+            DType::F16 => self.round_f16(x)?,
+            DType::BF16 => {
+                let bits = self.f32_to_bf16(x);
+                self.bf16_to_f32(bits)
+            }
+            _ => x,
+        })
+    }
+
+    /// The bits of a `bf16` (an `i16`) widened to the `f32` they are the top half of.
+    pub fn bf16_to_f32(&mut self, bits: Value) -> Value {
+        let w = self.b.ins().uextend(types::I32, bits);
+        let w = self.b.ins().ishl_imm_s(w, 16);
+        self.b
+            .ins()
+            .bitcast(types::F32, cranelift_codegen::ir::MemFlagsData::new(), w)
+    }
+
+    /// `x` (an `f32`) rounded to the nearest `bf16` (ties to even; NaN stays a quiet NaN of
+    /// the same sign), as the bits of an `i16`: what `half::bf16::from_f32` computes.
+    pub fn f32_to_bf16(&mut self, x: Value) -> Value {
+        let ins = self.b.ins();
+        let bits = ins.bitcast(types::I32, cranelift_codegen::ir::MemFlagsData::new(), x);
+        let ins = self.b.ins();
+        let lsb = ins.ushr_imm_s(bits, 16);
+        let ins = self.b.ins();
+        let lsb = ins.band_imm_s(lsb, 1);
+        let ins = self.b.ins();
+        let bias = ins.iadd_imm_s(lsb, 0x7fff);
+        let ins = self.b.ins();
+        let rounded = ins.iadd(bits, bias);
+        let ins = self.b.ins();
+        let rounded = ins.ushr_imm_s(rounded, 16);
+        let ins = self.b.ins();
+        let quiet = ins.ushr_imm_s(bits, 16);
+        let ins = self.b.ins();
+        let quiet = ins.bor_imm_s(quiet, 0x40);
+        let ins = self.b.ins();
+        let nan = ins.fcmp(FloatCC::Unordered, x, x);
+        let ins = self.b.ins();
+        let r = ins.select(nan, quiet, rounded);
+        self.b.ins().ireduce(types::I16, r)
+    }
+
     /// A conversion with the semantics of `Expr::Cast`.
     pub fn cast(&mut self, from: DType, to: DType, v: Value) -> Result<Value, CodegenError> {
-        if to == DType::F16 && from != DType::Bool {
-            // Through `f32` (exact for every `f16` value, and for integers no double rounding:
-            // those beyond `f32`'s exact range are beyond `f16`'s finite range too), then
-            // rounded, as the interpreter does; `bool` gives 0 or 1 exactly.
+        if to.is_half() && from != DType::Bool {
+            // Through `f32` (exact for every `f16`/`bf16` value, and for integers no double
+            // rounding: those beyond `f32`'s exact range are beyond `f16`'s finite range too;
+            // `f64` values round twice, as the interpreter rounds them), then rounded, as the
+            // interpreter does; `bool` gives 0 or 1 exactly.
             let x = self.cast(from, DType::F32, v)?;
-            return self.round_f16(x);
+            return self.round_half(to, x);
         }
-        // `f16` values are held in `f32`: every other cast from or to `f16` is the `f32` one.
+        // `f16` and `bf16` values are held in `f32`: every other cast from or to them is the
+        // `f32` one.
         let (from, to) = (f16_as_f32(from), f16_as_f32(to));
         if from == to {
             return Ok(v);
         }
+        let tt = clif_type(to);
         Ok(match (from, to) {
             (_, DType::Bool) => {
-                if from.is_float() {
+                if from == DType::F64 {
+                    let z = self.b.ins().f64const(0.0);
+                    self.b.ins().fcmp(FloatCC::NotEqual, v, z)
+                } else if from.is_float() {
                     let z = self.b.ins().f32const(0.0);
                     self.b.ins().fcmp(FloatCC::NotEqual, v, z)
                 } else {
                     self.b.ins().icmp_imm_s(IntCC::NotEqual, v, 0)
                 }
             }
-            (DType::F32, DType::I32 | DType::I64) => {
-                self.b.ins().fcvt_to_sint_sat(clif_type(to), v)
+            (DType::F32, DType::F64) => self.b.ins().fpromote(types::F64, v),
+            (DType::F64, DType::F32) => self.b.ins().fdemote(types::F32, v),
+            (DType::F32 | DType::F64, DType::I32 | DType::I64) => {
+                self.b.ins().fcvt_to_sint_sat(tt, v)
             }
-            (DType::F32, _) => {
-                // i8 / u8 / i16: saturate to i32, clamp, then narrow (same as saturating
+            (DType::F32 | DType::F64, DType::U32 | DType::U64) => {
+                self.b.ins().fcvt_to_uint_sat(tt, v)
+            }
+            (DType::F32 | DType::F64, _) => {
+                // i8 / u8 / i16 / u16: saturate to i32, clamp, then narrow (same as saturating
                 // directly, since truncation and clamping are both monotone).
                 let w = self.b.ins().fcvt_to_sint_sat(types::I32, v);
                 let (lo, hi) = match to {
                     DType::I8 => (i8::MIN as i64, i8::MAX as i64),
                     DType::U8 => (0, u8::MAX as i64),
+                    DType::U16 => (0, u16::MAX as i64),
                     _ => (i16::MIN as i64, i16::MAX as i64),
                 };
                 let c = self.clamp(w, lo, hi);
-                self.b.ins().ireduce(clif_type(to), c)
+                self.b.ins().ireduce(tt, c)
             }
-            (_, DType::F32) => {
-                // From an integer or bool.
-                let w = match from {
-                    DType::I32 | DType::I64 => v,
-                    DType::U8 | DType::Bool => self.b.ins().uextend(types::I32, v),
-                    _ => self.b.ins().sextend(types::I32, v),
+            (_, DType::F32 | DType::F64) => {
+                // From an integer or bool: widened to 64 bits (exact), converted once.
+                let w = match clif_type(from) {
+                    types::I64 => v,
+                    _ if unsigned(from) => self.b.ins().uextend(types::I64, v),
+                    _ => self.b.ins().sextend(types::I64, v),
                 };
-                self.b.ins().fcvt_from_sint(types::F32, w)
+                if from == DType::U64 {
+                    self.b.ins().fcvt_from_uint(tt, w)
+                } else {
+                    self.b.ins().fcvt_from_sint(tt, w)
+                }
             }
             _ => {
                 // Integer (or bool) to integer: two's complement wrap.
-                let (tf, tt) = (clif_type(from), clif_type(to));
+                let tf = clif_type(from);
                 if tf.bits() == tt.bits() {
                     v
                 } else if tf.bits() > tt.bits() {
                     self.b.ins().ireduce(tt, v)
-                } else if matches!(from, DType::U8 | DType::Bool) {
+                } else if unsigned(from) {
                     self.b.ins().uextend(tt, v)
                 } else {
                     self.b.ins().sextend(tt, v)
@@ -411,7 +482,7 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
             v.ok_or_else(|| lw.err_internal(format!("{} with too few arguments", f.name())))
         };
         if f == Intrinsic::Abs && !d.is_float() {
-            if matches!(d, DType::U8 | DType::Bool) {
+            if unsigned(d) {
                 return Ok(x);
             }
             let neg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, x, 0);
@@ -425,6 +496,9 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
                 Intrinsic::Sigmoid => return Ok(crate::approx::sigmoid(&mut self.b, x, false)),
                 _ => {}
             }
+        }
+        if d == DType::F64 {
+            return self.call64(f, x, y, z);
         }
         Ok(match f {
             Intrinsic::Sqrt => self.b.ins().sqrt(x),
@@ -462,9 +536,52 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
     }
 }
 
-/// `d`, with `f16` (held in `f32`) as `f32`.
+impl<M: Module> FnLowerer<'_, '_, '_, M> {
+    /// A scalar intrinsic on `f64` values: IEEE instructions where there is one, the `f64`
+    /// runtime hooks otherwise.
+    fn call64(
+        &mut self,
+        f: Intrinsic,
+        x: Value,
+        y: Option<Value>,
+        z: Option<Value>,
+    ) -> Result<Value, CodegenError> {
+        let need = |v: Option<Value>, lw: &Self| {
+            v.ok_or_else(|| lw.err_internal(format!("{} with too few arguments", f.name())))
+        };
+        Ok(match f {
+            Intrinsic::Sqrt => self.b.ins().sqrt(x),
+            Intrinsic::Rsqrt => {
+                let s = self.b.ins().sqrt(x);
+                let one = self.b.ins().f64const(1.0);
+                self.b.ins().fdiv(one, s)
+            }
+            Intrinsic::Floor => self.b.ins().floor(x),
+            Intrinsic::Ceil => self.b.ins().ceil(x),
+            Intrinsic::Round => self.b.ins().nearest(x),
+            Intrinsic::Abs => self.b.ins().fabs(x),
+            Intrinsic::Fma => {
+                let (y, z) = (need(y, self)?, need(z, self)?);
+                self.call_hook(names::FMA64, &[x, y, z])?
+            }
+            Intrinsic::Pow => {
+                let y = need(y, self)?;
+                self.call_hook(names::POW64, &[x, y])?
+            }
+            Intrinsic::Exp => self.call_hook(names::EXP64, &[x])?,
+            Intrinsic::Log => self.call_hook(names::LOG64, &[x])?,
+            Intrinsic::Tanh => self.call_hook(names::TANH64, &[x])?,
+            Intrinsic::Sigmoid => self.call_hook(names::SIGMOID64, &[x])?,
+            Intrinsic::Erf => self.call_hook(names::ERF64, &[x])?,
+            Intrinsic::Sin => self.call_hook(names::SIN64, &[x])?,
+            Intrinsic::Cos => self.call_hook(names::COS64, &[x])?,
+        })
+    }
+}
+
+/// `d`, with `f16` and `bf16` (held in `f32`) as `f32`.
 pub(crate) fn f16_as_f32(d: DType) -> DType {
-    if d == DType::F16 {
+    if d.is_half() {
         DType::F32
     } else {
         d

@@ -107,20 +107,17 @@ const SPECIAL_F32: [f32; N] = [
 #[test]
 fn float_to_int_casts_truncate_saturate_and_map_nan_to_zero() {
     let x = tensor(DType::F32, TensorData::F32(SPECIAL_F32.to_vec()));
-    for to in [
-        DType::I8,
-        DType::U8,
-        DType::I16,
-        DType::I32,
-        DType::I64,
-        DType::Bool,
-    ] {
+    let x64 = tensor(
+        DType::F64,
+        TensorData::F64(SPECIAL_F32.iter().map(|&v| v as f64).collect()),
+    );
+    for to in INTEGERS.into_iter().chain([DType::Bool]) {
         for vectorized in [false, true] {
-            let f = elementwise(&[DType::F32], to, vectorized, &|a| {
-                Expr::cast(to, a[0].clone())
-            });
-            for o in opts() {
-                compare(&f, std::slice::from_ref(&x), &o);
+            for (from, x) in [(DType::F32, &x), (DType::F64, &x64)] {
+                let f = elementwise(&[from], to, vectorized, &|a| Expr::cast(to, a[0].clone()));
+                for o in opts() {
+                    compare(&f, std::slice::from_ref(x), &o);
+                }
             }
         }
     }
@@ -142,24 +139,15 @@ fn float_to_int_casts_truncate_saturate_and_map_nan_to_zero() {
 #[test]
 fn int_casts_wrap_and_int_to_float_rounds() {
     let mut rng = Rng(7);
-    for from in [
-        DType::I8,
-        DType::U8,
-        DType::I16,
-        DType::I32,
-        DType::I64,
-        DType::Bool,
-    ] {
+    for from in INTEGERS.into_iter().chain([DType::Bool]) {
         let x = tensor(from, random_data(from, N, &mut rng));
-        for to in [
-            DType::I8,
-            DType::U8,
-            DType::I16,
-            DType::I32,
-            DType::I64,
+        for to in INTEGERS.into_iter().chain([
             DType::Bool,
             DType::F32,
-        ] {
+            DType::F64,
+            DType::F16,
+            DType::BF16,
+        ]) {
             for vectorized in [false, true] {
                 let f = elementwise(&[from], to, vectorized, &|a| Expr::cast(to, a[0].clone()));
                 for o in opts() {
@@ -170,25 +158,47 @@ fn int_casts_wrap_and_int_to_float_rounds() {
     }
 }
 
-/// Integer data of dtype `d` from i64 values, wrapped to the width.
+/// Every integer dtype.
+const INTEGERS: [DType; 8] = [
+    DType::I8,
+    DType::U8,
+    DType::I16,
+    DType::U16,
+    DType::I32,
+    DType::U32,
+    DType::I64,
+    DType::U64,
+];
+
+/// Integer data of dtype `d` from i64 values, wrapped to the width (u64 from the bit pattern).
 fn wrap_i64(d: DType, v: Vec<i64>) -> TensorData {
     match d {
         DType::I8 => TensorData::I8(v.iter().map(|&x| x as i8).collect()),
         DType::U8 => TensorData::U8(v.iter().map(|&x| x as u8).collect()),
         DType::I16 => TensorData::I16(v.iter().map(|&x| x as i16).collect()),
+        DType::U16 => TensorData::U16(v.iter().map(|&x| x as u16).collect()),
         DType::I32 => TensorData::I32(v.iter().map(|&x| x as i32).collect()),
+        DType::U32 => TensorData::U32(v.iter().map(|&x| x as u32).collect()),
+        DType::U64 => TensorData::U64(v.iter().map(|&x| x as u64).collect()),
         _ => TensorData::I64(v),
     }
 }
 
-/// Random values with MIN, MAX, -1, 1, 7 and -7 first.
+/// Random values with MIN, MAX, -1, 1, 7 and -7 first (for unsigned dtypes -1 and -7 wrap to
+/// the top of the range, 2^63 and beyond for u64).
 fn int_edge_values(d: DType, rng: &mut Rng) -> TensorData {
-    let mut v = random_data(d, N, rng).to_i64_vec();
+    let mut v = match random_data(d, N, rng) {
+        TensorData::U64(u) => u.iter().map(|&x| x as i64).collect(),
+        other => other.to_i64_vec(),
+    };
     let (min, max) = match d {
         DType::I8 => (i8::MIN as i64, i8::MAX as i64),
         DType::U8 => (0, u8::MAX as i64),
         DType::I16 => (i16::MIN as i64, i16::MAX as i64),
+        DType::U16 => (0, u16::MAX as i64),
         DType::I32 => (i32::MIN as i64, i32::MAX as i64),
+        DType::U32 => (0, u32::MAX as i64),
+        DType::U64 => (0, -1),
         _ => (i64::MIN, i64::MAX),
     };
     v[..6].copy_from_slice(&[min, max, -1, 1, 7, -7]);
@@ -197,8 +207,11 @@ fn int_edge_values(d: DType, rng: &mut Rng) -> TensorData {
 
 /// Divisors without zero, with -1 and 1 among them.
 fn divisors(d: DType, rng: &mut Rng) -> TensorData {
-    let v: Vec<i64> = random_data(d, N, rng)
-        .to_i64_vec()
+    let raw = match random_data(d, N, rng) {
+        TensorData::U64(u) => u.iter().map(|&x| x as i64).collect(),
+        other => other.to_i64_vec(),
+    };
+    let v: Vec<i64> = raw
         .into_iter()
         .enumerate()
         .map(|(i, x)| match i {
@@ -216,7 +229,7 @@ fn divisors(d: DType, rng: &mut Rng) -> TensorData {
 #[test]
 fn integer_arithmetic_wraps_and_divisions_match() {
     let mut rng = Rng(11);
-    for d in [DType::I8, DType::U8, DType::I16, DType::I32, DType::I64] {
+    for d in INTEGERS {
         let a = tensor(d, int_edge_values(d, &mut rng));
         let b = tensor(d, divisors(d, &mut rng));
         for op in [
@@ -239,8 +252,8 @@ fn integer_arithmetic_wraps_and_divisions_match() {
                 }
             }
             // Constant divisors take the shift / mask / no-check paths.
-            let consts: &[i64] = if d == DType::U8 {
-                &[1, 2, 4, 3, 7, 128, 255]
+            let consts: &[i64] = if d.is_unsigned() {
+                &[1, 2, 4, 3, 7, 128, 255, -1]
             } else {
                 &[1, 2, 4, 8, 3, 7, -1, -4, -3]
             };
@@ -452,6 +465,10 @@ fn float_bits(t: &Tensor, any_nan: bool) -> Result<Vec<u32>, TensorData> {
             .iter()
             .map(|x| canon(x.is_nan(), x.to_bits() as u32))
             .collect()),
+        TensorData::BF16(v) => Ok(v
+            .iter()
+            .map(|x| canon(x.is_nan(), x.to_bits() as u32))
+            .collect()),
         TensorData::F32(v) => Ok(v.iter().map(|x| canon(x.is_nan(), x.to_bits())).collect()),
         d => Err(d.clone()),
     }
@@ -571,6 +588,56 @@ fn f16_loads_stores_and_casts_round_like_the_interpreter() {
             });
             compare_bits(&f, std::slice::from_ref(&h), false);
         }
+    }
+}
+
+/// `bf16` rounds like `f16` does (ties to even, NaN kept quiet) through its own loads, stores
+/// and casts; arithmetic is f32 arithmetic rounded on store.
+#[test]
+fn bf16_loads_stores_casts_and_arithmetic_round_like_the_interpreter() {
+    let x = rounding_f32();
+    // bf16 ties: 1 + 2^-8 (to even, down), 1 + 3 * 2^-8 (up), and what rounding_f32 has.
+    let ties = tensor(
+        DType::F32,
+        TensorData::F32(
+            [
+                1.0 + 1.0 / 256.0,
+                1.0 + 3.0 / 256.0,
+                -(1.0 + 1.0 / 256.0),
+                3.0e38,
+                -3.4e38,
+            ]
+            .into_iter()
+            .chain(std::iter::repeat_n(0.5, N - 5))
+            .collect(),
+        ),
+    );
+    for vectorized in [false, true] {
+        let narrow = elementwise(&[DType::F32], DType::BF16, vectorized, &|a| {
+            Expr::cast(DType::BF16, a[0].clone())
+        });
+        compare_bits(&narrow, std::slice::from_ref(&x), false);
+        compare_bits(&narrow, std::slice::from_ref(&ties), false);
+        let h = tensor(
+            DType::BF16,
+            TensorData::BF16(
+                x.as_slice::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|&v| half::bf16::from_f32(v))
+                    .collect(),
+            ),
+        );
+        let copy = elementwise(&[DType::BF16], DType::BF16, vectorized, &|a| a[0].clone());
+        compare_bits(&copy, std::slice::from_ref(&h), false);
+        let widen = elementwise(&[DType::BF16], DType::F32, vectorized, &|a| {
+            Expr::cast(DType::F32, a[0].clone())
+        });
+        compare_bits(&widen, std::slice::from_ref(&h), false);
+        let sum = elementwise(&[DType::BF16, DType::BF16], DType::BF16, vectorized, &|a| {
+            a[0].clone() * Expr::float(1.00390625, DType::BF16) + a[1].clone()
+        });
+        compare_bits(&sum, &[h.clone(), h.clone()], true);
     }
 }
 

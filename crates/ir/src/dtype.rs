@@ -16,11 +16,17 @@ pub enum DType {
     I32,
     I64,
     Bool,
+    F64,
+    /// bfloat16: the top half of an f32 (8 exponent bits, 7 mantissa bits).
+    BF16,
+    U16,
+    U32,
+    U64,
 }
 
 impl DType {
     /// All dtypes, in declaration order.
-    pub const ALL: [DType; 8] = [
+    pub const ALL: [DType; 13] = [
         DType::F32,
         DType::F16,
         DType::I8,
@@ -29,28 +35,50 @@ impl DType {
         DType::I32,
         DType::I64,
         DType::Bool,
+        DType::F64,
+        DType::BF16,
+        DType::U16,
+        DType::U32,
+        DType::U64,
     ];
 
     /// Size of one element in bytes.
     pub fn size_bytes(self) -> usize {
         match self {
-            DType::F32 | DType::I32 => 4,
-            DType::F16 | DType::I16 => 2,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
             DType::I8 | DType::U8 | DType::Bool => 1,
-            DType::I64 => 8,
+            DType::I64 | DType::U64 | DType::F64 => 8,
         }
     }
 
     /// Floating-point types.
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F16)
+        matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::F64)
+    }
+
+    /// Floats narrower than f32 (stored narrow, computed in f32 and rounded on store).
+    pub fn is_half(self) -> bool {
+        matches!(self, DType::F16 | DType::BF16)
+    }
+
+    /// Unsigned integers.
+    pub fn is_unsigned(self) -> bool {
+        matches!(self, DType::U8 | DType::U16 | DType::U32 | DType::U64)
     }
 
     /// Integer types (bool excluded).
     pub fn is_int(self) -> bool {
         matches!(
             self,
-            DType::I8 | DType::U8 | DType::I16 | DType::I32 | DType::I64
+            DType::I8
+                | DType::U8
+                | DType::I16
+                | DType::U16
+                | DType::I32
+                | DType::U32
+                | DType::I64
+                | DType::U64
         )
     }
 
@@ -70,6 +98,11 @@ impl DType {
             DType::I32 => "i32",
             DType::I64 => "i64",
             DType::Bool => "bool",
+            DType::F64 => "f64",
+            DType::BF16 => "bf16",
+            DType::U16 => "u16",
+            DType::U32 => "u32",
+            DType::U64 => "u64",
         }
     }
 }

@@ -513,13 +513,16 @@ fn index_dtype(op: &str, t: &TensorType) -> Result<()> {
 
 fn accumulator(op: &str, dtype: DType) -> Result<DType> {
     match dtype {
-        DType::F32 | DType::F16 => Ok(dtype),
+        DType::F32 | DType::F16 | DType::BF16 | DType::F64 => Ok(dtype),
         DType::I8 | DType::U8 | DType::I16 => Ok(DType::I32),
         other => Err(IrError::ty(op, format!("does not accept {other}"))),
     }
 }
 
 fn conv_dtypes(op: &str, x: &TensorType, w: &TensorType, bias: &TensorType) -> Result<DType> {
+    if x.dtype == DType::F64 {
+        return Err(IrError::ty(op, "does not accept f64"));
+    }
     let acc = accumulator(op, x.dtype)?;
     let weight_ok = if acc == DType::I32 {
         w.dtype.is_int() && w.dtype != DType::I64 && w.dtype != DType::I32

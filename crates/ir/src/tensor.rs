@@ -4,7 +4,7 @@
 //! variant matching its dtype, and no tensor type describes more than [`MAX_TENSOR_BYTES`] bytes.
 
 use crate::{DType, IrError, Result};
-use half::f16;
+use half::{bf16, f16};
 use std::fmt;
 
 /// The largest tensor Kiln will describe or allocate (8 GiB). Anything larger is a malformed or
@@ -90,6 +90,11 @@ pub enum TensorData {
     I32(Vec<i32>),
     I64(Vec<i64>),
     Bool(Vec<bool>),
+    F64(Vec<f64>),
+    BF16(Vec<bf16>),
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+    U64(Vec<u64>),
 }
 
 /// Runs `$body` with `$v` bound to the element vector of `$data`, whatever its dtype.
@@ -105,6 +110,11 @@ macro_rules! dispatch_data {
             $crate::TensorData::I32($v) => $body,
             $crate::TensorData::I64($v) => $body,
             $crate::TensorData::Bool($v) => $body,
+            $crate::TensorData::F64($v) => $body,
+            $crate::TensorData::BF16($v) => $body,
+            $crate::TensorData::U16($v) => $body,
+            $crate::TensorData::U32($v) => $body,
+            $crate::TensorData::U64($v) => $body,
         }
     };
 }
@@ -121,6 +131,11 @@ impl TensorData {
             TensorData::I32(_) => DType::I32,
             TensorData::I64(_) => DType::I64,
             TensorData::Bool(_) => DType::Bool,
+            TensorData::F64(_) => DType::F64,
+            TensorData::BF16(_) => DType::BF16,
+            TensorData::U16(_) => DType::U16,
+            TensorData::U32(_) => DType::U32,
+            TensorData::U64(_) => DType::U64,
         }
     }
 
@@ -145,6 +160,11 @@ impl TensorData {
             DType::I32 => TensorData::I32(vec![0; n]),
             DType::I64 => TensorData::I64(vec![0; n]),
             DType::Bool => TensorData::Bool(vec![false; n]),
+            DType::F64 => TensorData::F64(vec![0.0; n]),
+            DType::BF16 => TensorData::BF16(vec![bf16::ZERO; n]),
+            DType::U16 => TensorData::U16(vec![0; n]),
+            DType::U32 => TensorData::U32(vec![0; n]),
+            DType::U64 => TensorData::U64(vec![0; n]),
         }
     }
 
@@ -164,6 +184,11 @@ impl TensorData {
             TensorData::I32(v) => pick!(I32, v, 0),
             TensorData::I64(v) => pick!(I64, v, 0),
             TensorData::Bool(v) => pick!(Bool, v, false),
+            TensorData::F64(v) => pick!(F64, v, 0.0),
+            TensorData::BF16(v) => pick!(BF16, v, bf16::ZERO),
+            TensorData::U16(v) => pick!(U16, v, 0),
+            TensorData::U32(v) => pick!(U32, v, 0),
+            TensorData::U64(v) => pick!(U64, v, 0),
         }
     }
 
@@ -184,6 +209,11 @@ impl TensorData {
             DType::I32 => TensorData::I32(it.map(i32::from_f64).collect()),
             DType::I64 => TensorData::I64(it.map(i64::from_f64).collect()),
             DType::Bool => TensorData::Bool(it.map(bool::from_f64).collect()),
+            DType::F64 => TensorData::F64(it.collect()),
+            DType::BF16 => TensorData::BF16(it.map(bf16::from_f64).collect()),
+            DType::U16 => TensorData::U16(it.map(u16::from_f64).collect()),
+            DType::U32 => TensorData::U32(it.map(u32::from_f64).collect()),
+            DType::U64 => TensorData::U64(it.map(u64::from_f64).collect()),
         }
     }
 
@@ -263,6 +293,17 @@ impl_element!(u8, U8, |x| x as f64, |x| x as i64, |v| v as u8);
 impl_element!(i16, I16, |x| x as f64, |x| x as i64, |v| v as i16);
 impl_element!(i32, I32, |x| x as f64, |x| x as i64, |v| v as i32);
 impl_element!(i64, I64, |x| x as f64, |x| x, |v| v as i64);
+impl_element!(f64, F64, |x| x, |x| x as i64, |v| v);
+impl_element!(
+    bf16,
+    BF16,
+    |x| x.to_f64(),
+    |x| x.to_f64() as i64,
+    bf16::from_f64
+);
+impl_element!(u16, U16, |x| x as f64, |x| x as i64, |v| v as u16);
+impl_element!(u32, U32, |x| x as f64, |x| x as i64, |v| v as u32);
+impl_element!(u64, U64, |x| x as f64, |x| x as i64, |v| v as u64);
 impl_element!(
     bool,
     Bool,

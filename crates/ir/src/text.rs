@@ -87,6 +87,7 @@ fn write_elements(f: &mut impl fmt::Write, data: &TensorData) -> fmt::Result {
     }
     match data {
         TensorData::F16(v) => list(f, &v.iter().map(|x| x.to_f32()).collect::<Vec<_>>()),
+        TensorData::BF16(v) => list(f, &v.iter().map(|x| x.to_f32()).collect::<Vec<_>>()),
         other => dispatch_data!(other, v => list(f, v)),
     }
 }
@@ -315,6 +316,16 @@ fn parse_elements(ty: &TensorType, body: &str) -> LineResult<Tensor> {
         DType::I32 => TensorData::I32(parse_all(&items)?),
         DType::I64 => TensorData::I64(parse_all(&items)?),
         DType::Bool => TensorData::Bool(parse_all(&items)?),
+        DType::F64 => TensorData::F64(parse_all(&items)?),
+        DType::BF16 => TensorData::BF16(
+            parse_all::<f32>(&items)?
+                .into_iter()
+                .map(half::bf16::from_f32)
+                .collect(),
+        ),
+        DType::U16 => TensorData::U16(parse_all(&items)?),
+        DType::U32 => TensorData::U32(parse_all(&items)?),
+        DType::U64 => TensorData::U64(parse_all(&items)?),
     };
     Tensor::from_data(ty.clone(), data).map_err(|e| e.to_string())
 }

@@ -274,6 +274,11 @@ fn dtype_code(d: DType) -> i32 {
         DType::I32 => 5,
         DType::I64 => 6,
         DType::Bool => 7,
+        DType::F64 => 8,
+        DType::BF16 => 9,
+        DType::U16 => 10,
+        DType::U32 => 11,
+        DType::U64 => 12,
     }
 }
 

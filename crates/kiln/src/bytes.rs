@@ -18,6 +18,11 @@ pub fn tensor_byte_view(t: &Tensor) -> Cow<'_, [u8]> {
             TensorData::I16(v) => Some(bytemuck::cast_slice(v)),
             TensorData::I32(v) => Some(bytemuck::cast_slice(v)),
             TensorData::I64(v) => Some(bytemuck::cast_slice(v)),
+            TensorData::F64(v) => Some(bytemuck::cast_slice(v)),
+            TensorData::BF16(v) => Some(bytemuck::cast_slice(v)),
+            TensorData::U16(v) => Some(bytemuck::cast_slice(v)),
+            TensorData::U32(v) => Some(bytemuck::cast_slice(v)),
+            TensorData::U64(v) => Some(bytemuck::cast_slice(v)),
             TensorData::Bool(_) => None,
         };
         if let Some(b) = view {
@@ -41,6 +46,11 @@ pub fn data_bytes_mut(d: &mut TensorData) -> Option<&mut [u8]> {
         TensorData::I16(v) => Some(bytemuck::cast_slice_mut(v)),
         TensorData::I32(v) => Some(bytemuck::cast_slice_mut(v)),
         TensorData::I64(v) => Some(bytemuck::cast_slice_mut(v)),
+        TensorData::F64(v) => Some(bytemuck::cast_slice_mut(v)),
+        TensorData::BF16(v) => Some(bytemuck::cast_slice_mut(v)),
+        TensorData::U16(v) => Some(bytemuck::cast_slice_mut(v)),
+        TensorData::U32(v) => Some(bytemuck::cast_slice_mut(v)),
+        TensorData::U64(v) => Some(bytemuck::cast_slice_mut(v)),
         TensorData::Bool(_) => None,
     }
 }
@@ -55,6 +65,11 @@ pub fn tensor_bytes(t: &Tensor) -> Vec<u8> {
         TensorData::I16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         TensorData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::BF16(v) => v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect(),
+        TensorData::U16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::U32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        TensorData::U64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         TensorData::Bool(v) => v.iter().map(|&b| b as u8).collect(),
     }
 }
@@ -80,6 +95,13 @@ pub fn tensor_from_bytes(ty: &TensorType, bytes: &[u8]) -> Option<Tensor> {
         kiln_ir::DType::I32 => TensorData::I32(chunks(bytes, i32::from_le_bytes)),
         kiln_ir::DType::I64 => TensorData::I64(chunks(bytes, i64::from_le_bytes)),
         kiln_ir::DType::Bool => TensorData::Bool(bytes.iter().map(|&b| b != 0).collect()),
+        kiln_ir::DType::F64 => TensorData::F64(chunks(bytes, f64::from_le_bytes)),
+        kiln_ir::DType::BF16 => TensorData::BF16(chunks(bytes, |c| {
+            half::bf16::from_bits(u16::from_le_bytes(c))
+        })),
+        kiln_ir::DType::U16 => TensorData::U16(chunks(bytes, u16::from_le_bytes)),
+        kiln_ir::DType::U32 => TensorData::U32(chunks(bytes, u32::from_le_bytes)),
+        kiln_ir::DType::U64 => TensorData::U64(chunks(bytes, u64::from_le_bytes)),
     };
     Tensor::from_data(ty.clone(), data).ok()
 }

@@ -5,7 +5,7 @@
 //! external data is only ever read from inside the model's folder.
 
 use crate::proto::TensorProto;
-use half::f16;
+use half::{bf16, f16};
 use kiln_ir::{DType, Tensor, TensorData, TensorType};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path};
@@ -48,9 +48,18 @@ pub(crate) fn onnx_type_name(c: i32) -> String {
         14 => "COMPLEX64",
         15 => "COMPLEX128",
         code::BFLOAT16 => "BFLOAT16",
-        17..=20 => "FLOAT8",
+        17 => "FLOAT8E4M3FN",
+        18 => "FLOAT8E4M3FNUZ",
+        19 => "FLOAT8E5M2",
+        20 => "FLOAT8E5M2FNUZ",
         21 => "UINT4",
         22 => "INT4",
+        23 => "FLOAT4E2M1",
+        24 => "FLOAT8E8M0",
+        25 => "UINT2",
+        26 => "INT2",
+        27 => "FLOAT6E2M3",
+        28 => "FLOAT6E3M2",
         _ => return format!("data type {c}"),
     };
     name.to_string()
@@ -67,9 +76,14 @@ pub(crate) fn dtype_from_onnx(c: i32) -> Result<DType, String> {
         code::INT32 => DType::I32,
         code::INT64 => DType::I64,
         code::BOOL => DType::Bool,
+        code::DOUBLE => DType::F64,
+        code::BFLOAT16 => DType::BF16,
+        code::UINT16 => DType::U16,
+        code::UINT32 => DType::U32,
+        code::UINT64 => DType::U64,
         other => {
             return Err(format!(
-                "element type {} is not supported by Kiln (supported: float, float16, int8, uint8, int16, int32, int64, bool)",
+                "element type {} is not supported by Kiln (supported: float, double, float16, bfloat16, int8, uint8, int16, uint16, int32, uint32, int64, uint64, bool)",
                 onnx_type_name(other)
             ))
         }
@@ -87,6 +101,11 @@ pub(crate) fn dtype_to_onnx(d: DType) -> i32 {
         DType::I32 => code::INT32,
         DType::I64 => code::INT64,
         DType::Bool => code::BOOL,
+        DType::F64 => code::DOUBLE,
+        DType::BF16 => code::BFLOAT16,
+        DType::U16 => code::UINT16,
+        DType::U32 => code::UINT32,
+        DType::U64 => code::UINT64,
     }
 }
 
@@ -154,6 +173,15 @@ fn from_le_bytes(dtype: DType, raw: &[u8], n: usize) -> Result<TensorData, Strin
         DType::I32 => TensorData::I32(parse!(i32, 4)),
         DType::I64 => TensorData::I64(parse!(i64, 8)),
         DType::Bool => TensorData::Bool(raw.iter().map(|&b| b != 0).collect()),
+        DType::F64 => TensorData::F64(parse!(f64, 8)),
+        DType::BF16 => TensorData::BF16(
+            raw.chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        ),
+        DType::U16 => TensorData::U16(parse!(u16, 2)),
+        DType::U32 => TensorData::U32(parse!(u32, 4)),
+        DType::U64 => TensorData::U64(parse!(u64, 8)),
     })
 }
 
@@ -199,6 +227,27 @@ fn from_typed_fields(t: &TensorProto, dtype: DType, n: usize) -> Result<TensorDa
         DType::F16 => {
             check("int32_data", ints.len())?;
             TensorData::F16(ints.iter().map(|&v| f16::from_bits(v as u16)).collect())
+        }
+        DType::BF16 => {
+            check("int32_data", ints.len())?;
+            TensorData::BF16(ints.iter().map(|&v| bf16::from_bits(v as u16)).collect())
+        }
+        DType::U16 => {
+            check("int32_data", ints.len())?;
+            TensorData::U16(ints.iter().map(|&v| v as u16).collect())
+        }
+        DType::F64 => {
+            check("double_data", t.double_data.len())?;
+            TensorData::F64(t.double_data.clone())
+        }
+        // uint64_data carries uint32 and uint64.
+        DType::U32 => {
+            check("uint64_data", t.uint64_data.len())?;
+            TensorData::U32(t.uint64_data.iter().map(|&v| v as u32).collect())
+        }
+        DType::U64 => {
+            check("uint64_data", t.uint64_data.len())?;
+            TensorData::U64(t.uint64_data.clone())
         }
     })
 }
@@ -281,26 +330,25 @@ fn read_external(
 /// Encodes a tensor as a `TensorProto` with little-endian `raw_data`.
 pub(crate) fn encode_tensor(name: &str, t: &Tensor) -> TensorProto {
     let mut raw = Vec::with_capacity(t.ty().byte_size());
+    macro_rules! le {
+        ($v:expr) => {
+            $v.iter()
+                .for_each(|x| raw.extend_from_slice(&x.to_le_bytes()))
+        };
+    }
     match t.data() {
-        TensorData::F32(v) => v
-            .iter()
-            .for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
-        TensorData::F16(v) => v
-            .iter()
-            .for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
-        TensorData::I8(v) => v
-            .iter()
-            .for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
+        TensorData::F32(v) => le!(v),
+        TensorData::F16(v) => le!(v),
+        TensorData::BF16(v) => le!(v),
+        TensorData::F64(v) => le!(v),
+        TensorData::I8(v) => le!(v),
         TensorData::U8(v) => raw.extend_from_slice(v),
-        TensorData::I16(v) => v
-            .iter()
-            .for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
-        TensorData::I32(v) => v
-            .iter()
-            .for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
-        TensorData::I64(v) => v
-            .iter()
-            .for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
+        TensorData::I16(v) => le!(v),
+        TensorData::U16(v) => le!(v),
+        TensorData::I32(v) => le!(v),
+        TensorData::U32(v) => le!(v),
+        TensorData::I64(v) => le!(v),
+        TensorData::U64(v) => le!(v),
         TensorData::Bool(v) => raw.extend(v.iter().map(|&b| b as u8)),
     }
     TensorProto {

@@ -466,13 +466,38 @@ fn packed_int32_data_types() {
     assert_eq!(v.data().to_f64_vec(), vec![1.0]);
     let t = TensorProto {
         dims: vec![2],
+        data_type: Some(16), // BFLOAT16, bits of 1.0 and -2.0
+        int32_data: vec![0x3f80, 0xc000],
+        ..Default::default()
+    };
+    let v = crate::tensor_io::decode_tensor(&t, None).unwrap();
+    assert_eq!(v.dtype(), DType::BF16);
+    assert_eq!(v.data().to_f64_vec(), vec![1.0, -2.0]);
+    let t = TensorProto {
+        dims: vec![2],
         data_type: Some(11), // DOUBLE
-        double_data: vec![1.0, 2.0],
+        double_data: vec![1.0, 2.5],
+        ..Default::default()
+    };
+    let v = crate::tensor_io::decode_tensor(&t, None).unwrap();
+    assert_eq!(v, Tensor::new(vec![2], vec![1.0f64, 2.5]).unwrap());
+    let t = TensorProto {
+        dims: vec![2],
+        data_type: Some(13), // UINT64 (uint64_data), beyond i64
+        uint64_data: vec![u64::MAX, 7],
+        ..Default::default()
+    };
+    let v = crate::tensor_io::decode_tensor(&t, None).unwrap();
+    assert_eq!(v, Tensor::new(vec![2], vec![u64::MAX, 7]).unwrap());
+    let t = TensorProto {
+        dims: vec![1],
+        data_type: Some(17), // FLOAT8E4M3FN
+        int32_data: vec![0x38],
         ..Default::default()
     };
     assert!(crate::tensor_io::decode_tensor(&t, None)
         .unwrap_err()
-        .contains("DOUBLE"));
+        .contains("FLOAT8E4M3FN"));
 }
 
 #[test]

@@ -48,6 +48,11 @@ extern "C" {
 #define KILN_DTYPE_I32 5
 #define KILN_DTYPE_I64 6
 #define KILN_DTYPE_BOOL 7
+#define KILN_DTYPE_F64 8
+#define KILN_DTYPE_BF16 9
+#define KILN_DTYPE_U16 10
+#define KILN_DTYPE_U32 11
+#define KILN_DTYPE_U64 12
 
 /* One input or output of the model. The strings and arrays live as long as the library. */
 typedef struct kiln_tensor_info {

@@ -226,6 +226,16 @@ float kiln_cosf(float x) { return (float)cos((double)x); }
 float kiln_powf(float x, float y) { return (float)pow((double)x, (double)y); }
 float kiln_fmodf(float x, float y) { return fmodf(x, y); }
 float kiln_fmaf(float x, float y, float z) { return fmaf(x, y, z); }
+double kiln_exp(double x) { return exp(x); }
+double kiln_log(double x) { return log(x); }
+double kiln_tanh(double x) { return tanh(x); }
+double kiln_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
+double kiln_erf(double x) { return erf(x); }
+double kiln_sin(double x) { return sin(x); }
+double kiln_cos(double x) { return cos(x); }
+double kiln_pow(double x, double y) { return pow(x, y); }
+double kiln_fmod(double x, double y) { return fmod(x, y); }
+double kiln_fma(double x, double y, double z) { return fma(x, y, z); }
 
 void *kiln_alloc(int64_t size, int64_t align) {
     void *p = NULL;

@@ -17,13 +17,16 @@ pub fn c(v: i64) -> Expr {
 /// (floats round, integers truncate and saturate, bool is `!= 0`).
 pub fn constant(v: f64, dtype: DType) -> Expr {
     match dtype {
-        DType::F32 | DType::F16 => Expr::float(v, dtype),
+        DType::F32 | DType::F16 | DType::BF16 | DType::F64 => Expr::float(v, dtype),
         DType::Bool => Expr::Bool(v != 0.0),
         DType::I8 => Expr::int_of(v as i8 as i64, dtype),
         DType::U8 => Expr::int_of(v as u8 as i64, dtype),
         DType::I16 => Expr::int_of(v as i16 as i64, dtype),
+        DType::U16 => Expr::int_of(v as u16 as i64, dtype),
         DType::I32 => Expr::int_of(v as i32 as i64, dtype),
+        DType::U32 => Expr::int_of(v as u32 as i64, dtype),
         DType::I64 => Expr::int_of(v as i64, dtype),
+        DType::U64 => Expr::int_of(v as u64 as i64, dtype),
     }
 }
 
@@ -36,10 +39,11 @@ pub fn num(v: i64, dtype: DType) -> Expr {
     }
 }
 
-/// Rounds an f16-typed expression to f16 (a no-op cast for other dtypes is not emitted).
+/// Rounds an f16- or bf16-typed expression to its dtype (a no-op cast for other dtypes is not
+/// emitted).
 pub fn round(e: Expr, dtype: DType) -> Expr {
-    if dtype == DType::F16 {
-        Expr::cast(DType::F16, e)
+    if dtype.is_half() {
+        Expr::cast(dtype, e)
     } else {
         e
     }
@@ -113,8 +117,8 @@ fn balanced(terms: &mut Vec<Expr>, op: BinOp) -> Option<Expr> {
 pub fn bits(dtype: DType) -> u32 {
     match dtype {
         DType::I8 | DType::U8 => 8,
-        DType::I16 => 16,
-        DType::I32 => 32,
+        DType::I16 | DType::U16 => 16,
+        DType::I32 | DType::U32 => 32,
         _ => 64,
     }
 }

@@ -1,7 +1,7 @@
 //! MATMUL `[B,M,K] x [B,K,N]` as one reduction stage over `k` (the fusion anchor), plus a
 //! rounding stage for f16.
 //!
-//! Invariant: floats accumulate `a * b` in f32 in `k` order like the reference; integers
+//! Invariant: floats accumulate `a * b` in f32 (f64 in f64) in `k` order like the reference; integers
 //! accumulate `(a - a_zp) * (b - b_zp)` in wrapping i32, each operand first converted to i32
 //! with wrapping (so an i64 right operand is narrowed like the reference does).
 
@@ -21,7 +21,7 @@ pub(crate) fn define(
     let float = x.ty.dtype.is_float();
     let widen = |e: Expr, dt: DType, zp: i32| -> Expr {
         if float {
-            if dt == DType::F32 {
+            if matches!(dt, DType::F32 | DType::F64) {
                 e
             } else {
                 Expr::cast(DType::F32, e)

@@ -171,7 +171,7 @@ impl Builder {
         dtype: DType,
         shape: &[usize],
     ) -> Result<BufferId, ComputeError> {
-        if dtype == DType::F32 || !dtype.is_float() {
+        if matches!(dtype, DType::F32 | DType::F64) || !dtype.is_float() {
             return Ok(acc);
         }
         self.stage("round", shape, |ax| {

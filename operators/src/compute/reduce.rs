@@ -63,7 +63,7 @@ pub(crate) fn define(
                         ReduceOp::Max => ReduceKind::Max,
                         _ => ReduceKind::Min,
                     };
-                    let widen = dt == DType::F16;
+                    let widen = dt.is_half();
                     let r = b.reduce(op.name(), &shape, &raxes, rk, |ax, r| {
                         let v = Expr::load(x.id, input_index(ax, axis, &r[0], true));
                         if widen {

@@ -40,6 +40,11 @@ pub fn random_data(dtype: DType, n: usize, rng: &mut Rng) -> TensorData {
         DType::I32 => TensorData::I32((0..n).map(|_| rng.next() as i32).collect()),
         DType::I64 => TensorData::I64((0..n).map(|_| rng.next() as i64).collect()),
         DType::Bool => TensorData::Bool((0..n).map(|_| rng.next() & 1 == 1).collect()),
+        DType::F64 => TensorData::F64((0..n).map(|_| 3.0 * rng.unit() as f64).collect()),
+        DType::BF16 => TensorData::BF16((0..n).map(|_| half::bf16::from_f32(rng.unit())).collect()),
+        DType::U16 => TensorData::U16((0..n).map(|_| rng.next() as u16).collect()),
+        DType::U32 => TensorData::U32((0..n).map(|_| rng.next() as u32).collect()),
+        DType::U64 => TensorData::U64((0..n).map(|_| rng.next()).collect()),
     }
 }
 
@@ -61,16 +66,24 @@ pub fn random_args(f: &PrimFunc, seed: u64) -> Vec<Tensor> {
 pub fn assert_close(what: &str, got: &[Tensor], want: &[Tensor], rel: f32) {
     assert_eq!(got.len(), want.len());
     for (k, (g, w)) in got.iter().zip(want).enumerate() {
-        match (g.data(), w.data()) {
-            (TensorData::F32(g), TensorData::F32(w)) => {
-                for (i, (a, b)) in g.iter().zip(w).enumerate() {
+        let floats = |d: &TensorData| match d {
+            TensorData::F32(_) | TensorData::F64(_) | TensorData::F16(_) | TensorData::BF16(_) => {
+                Some(d.to_f64_vec())
+            }
+            _ => None,
+        };
+        match (floats(g.data()), floats(w.data())) {
+            (Some(gv), Some(wv)) if g.dtype() == w.dtype() => {
+                assert_eq!(gv.len(), wv.len(), "{what}: param {k}");
+                let rel = f64::from(rel);
+                for (i, (a, b)) in gv.iter().zip(&wv).enumerate() {
                     let ok = (a.is_nan() && b.is_nan())
                         || a == b
                         || (a - b).abs() <= rel * a.abs().max(b.abs()).max(1.0);
                     assert!(ok, "{what}: param {k} element {i}: got {a}, want {b}");
                 }
             }
-            (g, w) => assert_eq!(g, w, "{what}: param {k}"),
+            _ => assert_eq!(g.data(), w.data(), "{what}: param {k}"),
         }
     }
 }

@@ -46,9 +46,11 @@ impl AttentionAttrs {
             None => None,
             Some(1) => Some(DType::F32),
             Some(10) => Some(DType::F16),
+            Some(11) => Some(DType::F64),
+            Some(16) => Some(DType::BF16),
             Some(other) => {
                 return unsupported(format!(
-                    "softmax_precision {other} (only 1 = float and 10 = float16 are supported)"
+                    "softmax_precision {other} (float, float16, double or bfloat16 are supported)"
                 ))
             }
         };
