@@ -65,6 +65,8 @@ pub(crate) struct Builder {
     pub g: Graph,
     /// Name of the ONNX node being mapped; IR nodes created for it carry it.
     pub node_name: String,
+    /// Values of a sub-byte ONNX type, held widened (see [`Narrow`]).
+    pub narrow: std::collections::HashMap<ValueId, crate::tensor_io::Narrow>,
 }
 
 impl Builder {

@@ -147,6 +147,9 @@ impl Importer {
                 ImportError::InvalidModel(format!("initializer `{name}`: {reason}"))
             })?;
             let v = self.b.konst(tensor);
+            if let Some(n) = crate::tensor_io::Narrow::from_onnx(t.data_type.unwrap_or(0)) {
+                self.b.narrow.insert(v, n);
+            }
             self.b.g.set_name(v, name.clone());
             self.values.insert(name, v);
         }
@@ -184,7 +187,17 @@ impl Importer {
                 continue;
             }
             let ty = input_type(input, &name, options.input_shapes.get(&name), notes)?;
+            let narrow = input_elem_type(input).and_then(crate::tensor_io::Narrow::from_onnx);
+            if let Some(n) = narrow {
+                notes.push(format!(
+                    "input `{name}`: {}-bit integers are passed widened, one per byte ({})",
+                    n.bits, ty.dtype
+                ));
+            }
             let v = self.b.g.add_input(name.clone(), ty);
+            if let Some(n) = narrow {
+                self.b.narrow.insert(v, n);
+            }
             self.values.insert(name, v);
         }
         Ok(())
@@ -324,6 +337,14 @@ impl Importer {
             outs.push(v);
         }
         Ok(outs)
+    }
+}
+
+/// The ONNX element type code of a tensor-typed graph input.
+fn input_elem_type(input: &ValueInfoProto) -> Option<i32> {
+    match input.r#type.as_ref()?.value.as_ref()? {
+        type_proto::Value::TensorType(t) => t.elem_type,
+        _ => None,
     }
 }
 

@@ -26,6 +26,75 @@ pub(crate) mod code {
     pub const UINT32: i32 = 12;
     pub const UINT64: i32 = 13;
     pub const BFLOAT16: i32 = 16;
+    pub const UINT4: i32 = 21;
+    pub const INT4: i32 = 22;
+    pub const UINT2: i32 = 25;
+    pub const INT2: i32 = 26;
+}
+
+/// The sub-byte integer types (packed weights of quantised models). Kiln tensors hold them
+/// widened, one element per byte (`INT4`/`INT2` as `i8` sign-extended, `UINT4`/`UINT2` as `u8`);
+/// only decoding (unpacking) and the ops whose result range is the narrow type's (Cast,
+/// QuantizeLinear) know the difference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Narrow {
+    pub bits: u32,
+    pub signed: bool,
+}
+
+impl Narrow {
+    /// The narrow type of an ONNX type code, if it is one.
+    pub fn from_onnx(c: i32) -> Option<Narrow> {
+        match c {
+            code::INT4 => Some(Narrow {
+                bits: 4,
+                signed: true,
+            }),
+            code::UINT4 => Some(Narrow {
+                bits: 4,
+                signed: false,
+            }),
+            code::INT2 => Some(Narrow {
+                bits: 2,
+                signed: true,
+            }),
+            code::UINT2 => Some(Narrow {
+                bits: 2,
+                signed: false,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The Kiln dtype holding it.
+    pub fn widened(self) -> DType {
+        if self.signed {
+            DType::I8
+        } else {
+            DType::U8
+        }
+    }
+
+    /// The smallest and largest value.
+    pub fn range(self) -> (i64, i64) {
+        if self.signed {
+            (-(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1)
+        } else {
+            (0, (1 << self.bits) - 1)
+        }
+    }
+
+    /// Element `i` of little-endian packed `bytes` (the low bits first), sign-extended.
+    fn unpack(self, bytes: &[u8], i: usize) -> i64 {
+        let per_byte = 8 / self.bits as usize;
+        let shift = (i % per_byte) as u32 * self.bits;
+        let raw = (bytes[i / per_byte] >> shift) as i64 & ((1 << self.bits) - 1);
+        if self.signed && raw >= 1 << (self.bits - 1) {
+            raw - (1 << self.bits)
+        } else {
+            raw
+        }
+    }
 }
 
 /// The name of an ONNX data type code, for messages.
@@ -81,6 +150,9 @@ pub(crate) fn dtype_from_onnx(c: i32) -> Result<DType, String> {
         code::UINT16 => DType::U16,
         code::UINT32 => DType::U32,
         code::UINT64 => DType::U64,
+        other if Narrow::from_onnx(other).is_some() => {
+            Narrow::from_onnx(other).map_or(DType::I8, Narrow::widened)
+        }
         other => {
             return Err(format!(
                 "element type {} is not supported by Kiln (supported: float, double, float16, bfloat16, int8, uint8, int16, uint16, int32, uint32, int64, uint64, bool)",
@@ -124,6 +196,26 @@ pub(crate) fn decode_tensor(t: &TensorProto, base_dir: Option<&Path>) -> Result<
     let n = ty.num_elements();
     if t.segment.is_some() {
         return Err("segmented tensors are not supported".into());
+    }
+    if let Some(narrow) = Narrow::from_onnx(t.data_type.unwrap_or(0)) {
+        let packed_len = n.div_ceil(8 / narrow.bits as usize);
+        let packed: Vec<u8> = if t.data_location == Some(1) {
+            read_external(t, base_dir, packed_len)?
+        } else if let Some(raw) = &t.raw_data {
+            raw.clone()
+        } else {
+            t.int32_data.iter().map(|&v| v as u8).collect()
+        };
+        if packed.len() != packed_len {
+            return Err(format!(
+                "packed data has {} bytes but the dims need {packed_len} ({n} elements of {} bits)",
+                packed.len(),
+                narrow.bits
+            ));
+        }
+        let values = (0..n).map(|i| narrow.unpack(&packed, i) as f64);
+        return Tensor::from_data(ty, TensorData::from_f64(dtype, values))
+            .map_err(|e| e.to_string());
     }
     let data = if t.data_location == Some(1) {
         let bytes = read_external(t, base_dir, ty.byte_size())?;

@@ -489,6 +489,23 @@ fn packed_int32_data_types() {
     };
     let v = crate::tensor_io::decode_tensor(&t, None).unwrap();
     assert_eq!(v, Tensor::new(vec![2], vec![u64::MAX, 7]).unwrap());
+    // Sub-byte integers unpack low bits first, signed ones sign-extended, into one byte each.
+    let t = TensorProto {
+        dims: vec![3],
+        data_type: Some(22), // INT4: 0, -8, 7 (odd count: the last byte's high half is padding)
+        raw_data: Some(vec![0x80, 0x07]),
+        ..Default::default()
+    };
+    let v = crate::tensor_io::decode_tensor(&t, None).unwrap();
+    assert_eq!(v, Tensor::new(vec![3], vec![0i8, -8, 7]).unwrap());
+    let t = TensorProto {
+        dims: vec![5],
+        data_type: Some(25), // UINT2: 3, 2, 1, 0, 3
+        raw_data: Some(vec![0b00_01_10_11, 0b11]),
+        ..Default::default()
+    };
+    let v = crate::tensor_io::decode_tensor(&t, None).unwrap();
+    assert_eq!(v, Tensor::new(vec![5], vec![3u8, 2, 1, 0, 3]).unwrap());
     let t = TensorProto {
         dims: vec![1],
         data_type: Some(17), // FLOAT8E4M3FN

@@ -10,6 +10,7 @@ use kiln_ir::ValueId;
 
 mod activation;
 mod attention;
+mod cast;
 mod conv;
 mod crop;
 mod elementwise;
@@ -81,7 +82,7 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         "OneHot" => one(encode::one_hot(b, cx)),
         "Identity" => one(cx.input(0)),
         "Dropout" => shape::dropout(b, cx),
-        "Cast" | "CastLike" => one(shape::cast(b, cx)),
+        "Cast" | "CastLike" => one(cast::cast(b, cx)),
         "Constant" => one(shape::constant(b, cx)),
         "ConstantOfShape" => one(shape::constant_of_shape(b, cx)),
         "Shape" => one(shape::shape(b, cx)),

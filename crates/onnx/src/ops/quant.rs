@@ -106,11 +106,14 @@ fn along_axis(b: &mut Builder, p: ValueId, axis: usize, rank: usize) -> NResult<
 }
 
 /// The axis of per-axis quantisation (only read when the scale has several elements).
+/// The quantisation axis: `axis` for per-axis scales, 0 (unused) for a per-tensor scale, whose
+/// `axis` attribute is allowed but has no effect.
 fn quant_axis(b: &Builder, cx: &NodeCx, scale: ValueId, rank: usize) -> NResult<usize> {
+    let axis = cx.int("axis", 1)?;
     if b.ty(scale).num_elements() <= 1 {
         return Ok(0);
     }
-    norm_axis(cx.int("axis", 1)?, rank)
+    norm_axis(axis, rank)
 }
 
 fn check_block_size(cx: &NodeCx) -> NResult<()> {
@@ -149,19 +152,30 @@ pub(super) fn quantize(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let zp = cx.opt_input(2);
     let r = b.rank(x);
     let axis = quant_axis(b, cx, scale, r)?;
-    let out = match (zp, cx.int("output_dtype", 0)?) {
+    let code = cx.int("output_dtype", 0)?;
+    let narrow = match zp {
+        Some(z) => b.narrow.get(&z).copied(),
+        None => crate::tensor_io::Narrow::from_onnx(code as i32),
+    };
+    let out = match (zp, code) {
         (Some(z), _) => b.dtype(z),
         (None, 0) => DType::U8,
         (None, code) => {
             dtype_from_onnx(code as i32).map_err(crate::builder::NodeError::Unsupported)?
         }
     };
-    let (lo, hi) = match out {
-        DType::I8 => (-128.0, 127.0),
-        DType::U8 => (0.0, 255.0),
-        DType::I16 => (-32768.0, 32767.0),
-        DType::I32 => (i32::MIN as f64, i32::MAX as f64),
-        other => return unsupported(format!("quantizing to {other}")),
+    let (lo, hi) = match (narrow, out) {
+        (Some(n), _) => {
+            let (lo, hi) = n.range();
+            (lo as f64, hi as f64)
+        }
+        (None, out) => match out {
+            DType::I8 => (-128.0, 127.0),
+            DType::U8 => (0.0, 255.0),
+            DType::I16 => (-32768.0, 32767.0),
+            DType::I32 => (i32::MIN as f64, i32::MAX as f64),
+            other => return unsupported(format!("quantizing to {other}")),
+        },
     };
     let xf = b.cast(x, DType::F32)?;
     let s = along_axis(b, scale, axis, r)?;
@@ -174,7 +188,11 @@ pub(super) fn quantize(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
         y = b.binary(BinaryOp::Add, y, z)?;
     }
     y = b.clamp(y, lo, hi)?;
-    b.cast(y, out)
+    let y = b.cast(y, out)?;
+    if let Some(n) = narrow {
+        b.narrow.insert(y, n);
+    }
+    Ok(y)
 }
 
 /// The float scales of an integer product: input, weight (per tensor or per channel), output.

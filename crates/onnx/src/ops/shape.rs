@@ -1,5 +1,5 @@
 //! Shape and data-movement ops: constants, Shape/Size, Reshape, Flatten, Squeeze/Unsqueeze,
-//! Expand, Transpose, Concat, Split, Slice, Pad, Tile, Gather, GatherElements, Cast, Dropout,
+//! Expand, Transpose, Concat, Split, Slice, Pad, Tile, Gather, GatherElements, Dropout,
 //! DepthToSpace/SpaceToDepth, Trilu, EyeLike, Range.
 //!
 //! Invariant: every shape-like operand (target shapes, axes, starts, pads, repeats) must be a
@@ -29,25 +29,6 @@ pub(super) fn dropout(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         outs.push(b.konst(mask));
     }
     Ok(outs)
-}
-
-pub(super) fn cast(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
-    let x = cx.input(0)?;
-    // `saturate` and `round_mode` only concern float8/float4 targets, which Kiln does not have.
-    cx.flag("saturate", true)?;
-    cx.string("round_mode", "up")?;
-    let to = if cx.op_type == "CastLike" {
-        b.dtype(cx.input(1)?)
-    } else {
-        let code = cx.int_opt("to")?.ok_or(crate::builder::NodeError::Invalid(
-            "attribute `to` is required".into(),
-        ))?;
-        dtype_from_onnx(code as i32).map_err(crate::builder::NodeError::Unsupported)?
-    };
-    if b.dtype(x) == to {
-        return b.add(Op::Identity, &[x]);
-    }
-    b.add(Op::Cast { to }, &[x])
 }
 
 fn decode(t: &crate::proto::TensorProto) -> NResult<Tensor> {
