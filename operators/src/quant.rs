@@ -38,13 +38,9 @@ pub fn apply_scale(
 }
 
 fn range(dtype: DType) -> (i128, i128) {
-    match dtype {
-        DType::I8 => (i8::MIN.into(), i8::MAX.into()),
-        DType::U8 => (u8::MIN.into(), u8::MAX.into()),
-        DType::I16 => (i16::MIN.into(), i16::MAX.into()),
-        DType::I32 => (i32::MIN.into(), i32::MAX.into()),
-        _ => (i64::MIN.into(), i64::MAX.into()),
-    }
+    dtype
+        .int_range()
+        .unwrap_or((i64::MIN.into(), i64::MAX.into()))
 }
 
 /// RESCALE: `clamp(apply_scale(x - input_zp) + output_zp)` per element, with the

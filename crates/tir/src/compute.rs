@@ -40,13 +40,10 @@ impl ReduceKind {
         if !dtype.is_numeric() {
             return None;
         }
-        let (lo, hi) = match dtype {
-            DType::I8 => (i8::MIN as i64, i8::MAX as i64),
-            DType::U8 => (0, u8::MAX as i64),
-            DType::I16 => (i16::MIN as i64, i16::MAX as i64),
-            DType::I32 => (i32::MIN as i64, i32::MAX as i64),
-            _ => (i64::MIN, i64::MAX),
-        };
+        // Integer bounds as the i64 bits their dtype holds (u64::MAX is -1).
+        let (lo, hi) = dtype
+            .int_range()
+            .map_or((i64::MIN, i64::MAX), |(lo, hi)| (lo as i64, hi as i64));
         Some(match (self, dtype.is_float()) {
             (ReduceKind::Sum, _) => Expr::zero(dtype),
             (ReduceKind::Product, true) => Expr::Float { value: 1.0, dtype },

@@ -261,6 +261,8 @@ impl Expr {
     pub fn float(value: f64, dtype: DType) -> Expr {
         let value = match dtype {
             DType::F16 => half::f16::from_f64(value).to_f64(),
+            DType::BF16 => half::bf16::from_f64(value).to_f64(),
+            DType::F64 => value,
             _ => value as f32 as f64,
         };
         Expr::Float { value, dtype }

@@ -299,13 +299,7 @@ impl Bounds {
 }
 
 fn int_range(d: DType) -> (i128, i128) {
-    match d {
-        DType::I8 => (i8::MIN as i128, i8::MAX as i128),
-        DType::U8 => (0, u8::MAX as i128),
-        DType::I16 => (i16::MIN as i128, i16::MAX as i128),
-        DType::I32 => (i32::MIN as i128, i32::MAX as i128),
-        _ => (I64_RANGE.lo, I64_RANGE.hi),
-    }
+    d.int_range().unwrap_or((I64_RANGE.lo, I64_RANGE.hi))
 }
 
 /// Checks every invariant listed in the module doc.

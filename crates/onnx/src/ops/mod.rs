@@ -13,6 +13,7 @@ mod attention;
 mod cast;
 mod conv;
 mod crop;
+mod cumulative;
 mod elementwise;
 mod encode;
 mod loss;
@@ -26,6 +27,7 @@ mod reduce;
 mod resize;
 mod shape;
 mod signal;
+mod topk;
 
 pub(crate) use qdq::{fuse_quantize, QdqGraph};
 
@@ -78,6 +80,8 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
             one(reduce::reduce(b, cx))
         }
         "ArgMax" | "ArgMin" => one(reduce::arg(b, cx)),
+        "TopK" => topk::top_k(b, cx),
+        "CumSum" | "CumProd" => one(cumulative::cumulative(b, cx)),
         "Hardmax" => one(encode::hardmax(b, cx)),
         "OneHot" => one(encode::one_hot(b, cx)),
         "Identity" => one(cx.input(0)),
