@@ -14,6 +14,7 @@ mod cast;
 mod conv;
 mod crop;
 mod cumulative;
+mod einsum;
 mod elementwise;
 mod encode;
 mod loss;
@@ -61,6 +62,7 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         "MaxPool" | "AveragePool" | "LpPool" => one(pool::pool(b, cx)),
         "GlobalAveragePool" | "GlobalMaxPool" => one(pool::global_pool(b, cx)),
         "MatMul" => one(matmul::matmul(b, cx)),
+        "Einsum" => one(einsum::einsum(b, cx)),
         "Gemm" => one(matmul::gemm(b, cx)),
         "BatchNormalization" => one(norm::batch_norm(b, cx)),
         "InstanceNormalization" => one(norm::instance_norm(b, cx)),

@@ -7,6 +7,8 @@ use crate::{import_bytes, ImportError, ImportOptions};
 use kiln_ir::{DType, Tensor};
 use prost::Message;
 
+mod ops;
+
 const F: i32 = 1;
 const I64: i32 = 7;
 
@@ -580,106 +582,6 @@ fn assert_all_close(got: &[f32], expected: &[f64], tol: f64) {
             "element {i}: got {g}, expected {e}"
         );
     }
-}
-
-/// Regression (the ONNX model zoo's AlexNet/GoogLeNet/ZFNet): LRN imports and computes
-/// `x / (bias + alpha / size * window sum of x^2)^beta` over the channels that exist.
-#[test]
-fn lrn_normalises_over_a_channel_window() {
-    let (n, c, hw) = (2, 5, 3);
-    let x: Vec<f32> = (0..n * c * hw)
-        .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.7)
-        .collect();
-    let (size, alpha, beta, bias) = (4usize, 0.3f32, 0.75f32, 2.0f32);
-    let m = model(
-        vec![node(
-            "LRN",
-            "lrn",
-            &["x"],
-            &["y"],
-            vec![
-                attr_int("size", size as i64),
-                attr_float("alpha", alpha),
-                attr_float("beta", beta),
-                attr_float("bias", bias),
-            ],
-        )],
-        vec![value_info("x", F, &["2", "5", "3"])],
-        vec![],
-        &["y"],
-        13,
-    );
-    let input = Tensor::new(vec![n, c, hw], x.clone()).unwrap();
-    let y = evaluate(&m, &[input]);
-    let mut expected = vec![0.0f64; x.len()];
-    for b in 0..n {
-        for ch in 0..c {
-            for p in 0..hw {
-                let lo = ch.saturating_sub((size - 1) / 2);
-                let hi = (ch + size / 2).min(c - 1);
-                let sq: f64 = (lo..=hi)
-                    .map(|k| f64::from(x[(b * c + k) * hw + p]).powi(2))
-                    .sum();
-                let at = (b * c + ch) * hw + p;
-                let denom =
-                    (f64::from(bias) + f64::from(alpha) / size as f64 * sq).powf(f64::from(beta));
-                expected[at] = f64::from(x[at]) / denom;
-            }
-        }
-    }
-    assert_all_close(y[0].as_slice::<f32>().unwrap(), &expected, 1e-5);
-
-    let missing_size = model(
-        vec![node("LRN", "lrn", &["x"], &["y"], vec![])],
-        vec![value_info("x", F, &["2", "5", "3"])],
-        vec![],
-        &["y"],
-        13,
-    );
-    let e = import(&missing_size).unwrap_err().to_string();
-    assert!(e.contains("lrn") && e.contains("size"), "{e}");
-}
-
-/// Regression (torch's dynamo exporter, opset 18): LayerNormalization with an explicit
-/// `stash_type` imports; a stash type Kiln cannot compute in is refused by name.
-#[test]
-fn layer_norm_reads_stash_type() {
-    let ln = |stash: i64| {
-        model(
-            vec![node(
-                "LayerNormalization",
-                "ln",
-                &["x", "g", "b"],
-                &["y"],
-                vec![attr_int("axis", -1), attr_int("stash_type", stash)],
-            )],
-            vec![value_info("x", F, &["2", "4"])],
-            vec![
-                init_f32("g", &[4], &[1.0, 2.0, 0.5, -1.0]),
-                init_f32("b", &[4], &[0.0, 0.1, 0.2, 0.3]),
-            ],
-            &["y"],
-            18,
-        )
-    };
-    let x = [1.0f32, 2.0, 3.0, 5.0, -1.0, 0.0, 4.0, 0.5];
-    let y = evaluate(&ln(1), &[Tensor::new(vec![2, 4], x.to_vec()).unwrap()]);
-    let (g, b) = ([1.0, 2.0, 0.5, -1.0], [0.0, 0.1, 0.2, 0.3]);
-    let mut expected = Vec::new();
-    for row in x.chunks(4) {
-        let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / 4.0;
-        let var = row
-            .iter()
-            .map(|&v| (f64::from(v) - mean).powi(2))
-            .sum::<f64>()
-            / 4.0;
-        for (i, &v) in row.iter().enumerate() {
-            expected.push((f64::from(v) - mean) / (var + 1e-5).sqrt() * g[i] + b[i]);
-        }
-    }
-    assert_all_close(y[0].as_slice::<f32>().unwrap(), &expected, 1e-5);
-    let e = import(&ln(11)).unwrap_err().to_string();
-    assert!(e.contains("stash_type 11") && e.contains("`ln`"), "{e}");
 }
 
 /// Regression (PaddlePaddle's exporter): an input dim written as -1 is symbolic, so a leading
