@@ -26,6 +26,7 @@ mod quant;
 mod recurrent;
 mod reduce;
 mod resize;
+mod select;
 mod shape;
 mod signal;
 mod topk;
@@ -106,9 +107,13 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         "Pad" => one(shape::pad(b, cx)),
         "CenterCropPad" => one(crop::center_crop_pad(b, cx)),
         "HannWindow" | "HammingWindow" | "BlackmanWindow" => one(signal::window(b, cx)),
+        "DFT" => one(signal::dft(b, cx)),
         "Tile" => one(shape::tile(b, cx)),
         "Gather" => one(shape::gather(b, cx)),
         "GatherElements" => one(shape::gather_elements(b, cx)),
+        "GatherND" => one(select::gather_nd(b, cx)),
+        "Compress" => one(select::compress(b, cx)),
+        "ReverseSequence" => one(select::reverse_sequence(b, cx)),
         "DepthToSpace" | "SpaceToDepth" => one(shape::depth_space(b, cx)),
         "Trilu" => one(shape::trilu(b, cx)),
         "EyeLike" => one(shape::eye_like(b, cx)),
