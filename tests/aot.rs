@@ -45,10 +45,15 @@ fn case(dir: &Path, name: &str) -> Case {
 
 fn bundled_cases() -> Vec<Case> {
     let dir = tests_dir().join("models");
-    ["resnet8_cifar", "dscnn_kws", "resnet8_cifar_int8"]
-        .iter()
-        .map(|n| case(&dir, n))
-        .collect()
+    [
+        "resnet8_cifar",
+        "dscnn_kws",
+        "resnet8_cifar_int8",
+        "decoder_block",
+    ]
+    .iter()
+    .map(|n| case(&dir, n))
+    .collect()
 }
 
 /// The bundled models, plus those of `../shared/models` when it exists.

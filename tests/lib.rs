@@ -19,9 +19,9 @@ pub struct BundledModel {
     pub data: PathBuf,
 }
 
-/// The models under `tests/models`.
+/// The float models under `tests/models` (the int8 one has its own tests).
 pub fn bundled_models() -> Vec<BundledModel> {
-    ["resnet8_cifar", "dscnn_kws"]
+    ["resnet8_cifar", "dscnn_kws", "decoder_block"]
         .into_iter()
         .map(|name| BundledModel {
             name,

@@ -19,8 +19,8 @@ fn bundled_models_import_to_verified_graphs() {
             .graph
             .verify()
             .unwrap_or_else(|e| panic!("{}: {e}", m.name));
-        assert_eq!(model.graph.inputs().len(), 1, "{}", m.name);
-        assert_eq!(model.graph.outputs().len(), 1, "{}", m.name);
+        assert!(!model.graph.inputs().is_empty(), "{}", m.name);
+        assert!(!model.graph.outputs().is_empty(), "{}", m.name);
         assert!(model.graph.parameter_count() > 1000, "{}", m.name);
     }
 }

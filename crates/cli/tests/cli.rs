@@ -20,7 +20,7 @@ fn models() -> PathBuf {
 
 /// The bundled models: (model file, data folder).
 fn bundled() -> Vec<(PathBuf, PathBuf)> {
-    ["resnet8_cifar", "dscnn_kws"]
+    ["resnet8_cifar", "dscnn_kws", "decoder_block"]
         .iter()
         .map(|m| {
             (

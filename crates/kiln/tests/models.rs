@@ -17,11 +17,22 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Compiles bundled model `name` and checks every output against the reference interpreter
+/// and the expected output files.
 fn check(name: &str, threads: usize, tolerance: f64) {
     let dir = models_dir();
     let model = kiln::load_onnx(dir.join(format!("{name}.onnx")), &Default::default()).unwrap();
-    let (_, input) = kiln::read_tensor(dir.join(format!("{name}_data/input_0.pb"))).unwrap();
-    let (_, expected) = kiln::read_tensor(dir.join(format!("{name}_data/output_0.pb"))).unwrap();
+    let read = |prefix: &str, n: usize| -> Vec<Tensor> {
+        (0..n)
+            .map(|i| {
+                kiln::read_tensor(dir.join(format!("{name}_data/{prefix}_{i}.pb")))
+                    .unwrap()
+                    .1
+            })
+            .collect()
+    };
+    let inputs = read("input", model.graph.inputs().len());
+    let expected = read("output", model.graph.outputs().len());
     let compiled = Compiler::new(Target::host())
         .with_options(CompileOptions {
             threads,
@@ -29,16 +40,21 @@ fn check(name: &str, threads: usize, tolerance: f64) {
         })
         .compile(&model.graph)
         .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let reference = kiln_reference::run(&model.graph, std::slice::from_ref(&input)).unwrap();
-    let got = compiled.run(std::slice::from_ref(&input)).unwrap();
-    assert_eq!(got.len(), 1);
-    let d_ref = max_abs_diff(&got[0], &reference[0]);
-    let d_exp = max_abs_diff(&got[0], &expected);
-    assert!(d_ref <= tolerance, "{name}: {d_ref} from the reference");
-    assert!(
-        d_exp <= tolerance,
-        "{name}: {d_exp} from the expected output"
-    );
+    let reference = kiln_reference::run(&model.graph, &inputs).unwrap();
+    let got = compiled.run(&inputs).unwrap();
+    assert_eq!(got.len(), expected.len());
+    for (i, g) in got.iter().enumerate() {
+        let d_ref = max_abs_diff(g, &reference[i]);
+        let d_exp = max_abs_diff(g, &expected[i]);
+        assert!(
+            d_ref <= tolerance,
+            "{name} output {i}: {d_ref} from the reference"
+        );
+        assert!(
+            d_exp <= tolerance,
+            "{name} output {i}: {d_exp} from the expected output"
+        );
+    }
     let stats = compiled.stats();
     assert!(stats.arena_bytes <= stats.naive_bytes);
 }
@@ -56,6 +72,14 @@ fn resnet8_matches_on_two_threads() {
 #[test]
 fn dscnn_matches() {
     check("dscnn_kws", 2, 1e-4);
+}
+
+/// Opset 23's transformer blocks (RMSNormalization, RotaryEmbedding with position ids, causal
+/// grouped-query Attention with its present key/value outputs) against onnxruntime's outputs.
+#[test]
+fn decoder_block_matches_onnxruntime() {
+    check("decoder_block", 1, 1e-4);
+    check("decoder_block", 2, 1e-4);
 }
 
 #[test]

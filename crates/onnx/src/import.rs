@@ -39,7 +39,7 @@ pub(crate) fn import_model(
     }
     if opset > *SUPPORTED_OPSETS.end() {
         notes.push(format!(
-            "model declares opset {opset}, newer than the newest fully supported opset {}; ops are imported with their opset-{} semantics",
+            "model declares opset {opset}, newer than opset {} (the newest whose every op Kiln implements); ops that exist at opset {} keep those semantics, newer ops (Attention, RotaryEmbedding, ...) have their own",
             SUPPORTED_OPSETS.end(),
             SUPPORTED_OPSETS.end()
         ));
