@@ -108,19 +108,19 @@ fn default_opset(model: &ModelProto) -> Result<i64, ImportError> {
     })
 }
 
-struct Importer {
-    b: Builder,
+pub(crate) struct Importer {
+    pub(crate) b: Builder,
     /// ONNX tensor name -> IR value.
-    values: HashMap<String, ValueId>,
+    pub(crate) values: HashMap<String, ValueId>,
     /// Names whose definition could not be imported, with the reason; an error only when used.
-    pending: HashMap<String, String>,
-    opset: i64,
+    pub(crate) pending: HashMap<String, String>,
+    pub(crate) opset: i64,
     /// Messages for the user gathered while mapping nodes.
-    notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
 }
 
 impl Importer {
-    fn initializers(
+    pub(crate) fn initializers(
         &mut self,
         graph: &GraphProto,
         base_dir: Option<&Path>,
@@ -203,7 +203,12 @@ impl Importer {
         Ok(())
     }
 
-    fn node(&mut self, node: &NodeProto, index: usize, qdq: &QdqGraph) -> Result<(), ImportError> {
+    pub(crate) fn node(
+        &mut self,
+        node: &NodeProto,
+        index: usize,
+        qdq: &QdqGraph,
+    ) -> Result<(), ImportError> {
         let op_type = node.op_type.clone().unwrap_or_default();
         let name = match node.name.as_deref() {
             Some(n) if !n.is_empty() => n.to_string(),
@@ -239,6 +244,24 @@ impl Importer {
             } else {
                 return Err(invalid(format!("input `{i}` is not defined")));
             }
+        }
+        if matches!(op_type.as_str(), "If" | "Loop" | "Scan") {
+            self.b.node_name = name.clone();
+            let outs =
+                crate::control::inline(self, node, &op_type, &inputs).map_err(|e| match e {
+                    crate::control::ControlError::Import(e) => e,
+                    crate::control::ControlError::Node(NodeError::Unsupported(r)) => unsupported(r),
+                    crate::control::ControlError::Node(NodeError::Invalid(r)) => invalid(r),
+                    crate::control::ControlError::Node(NodeError::NotStatic(reason)) => {
+                        ImportError::NotStatic {
+                            op_type: op_type.clone(),
+                            node: name.clone(),
+                            opset,
+                            reason,
+                        }
+                    }
+                })?;
+            return self.bind_outputs(node, &op_type, &name, &outs);
         }
         let cx = NodeCx {
             node,
@@ -283,6 +306,17 @@ impl Importer {
                 "attribute `{attr}` is not supported by Kiln's mapping of {op_type}"
             )));
         }
+        self.bind_outputs(node, &op_type, &name, &outs)
+    }
+
+    /// Names the node's outputs after the values mapped for them (missing ones become pending).
+    fn bind_outputs(
+        &mut self,
+        node: &NodeProto,
+        op_type: &str,
+        name: &str,
+        outs: &[ValueId],
+    ) -> Result<(), ImportError> {
         for (i, out_name) in node.output.iter().enumerate() {
             if out_name.is_empty() {
                 continue;
@@ -428,7 +462,7 @@ fn input_type(
 }
 
 /// Node indices in a topological order that keeps the file order where it is already valid.
-fn topo_order(
+pub(crate) fn topo_order(
     nodes: &[NodeProto],
     defined: &HashMap<String, ValueId>,
     pending: &HashMap<String, String>,

@@ -5,6 +5,7 @@
 //! type, node, opset and reason.
 
 mod builder;
+mod control;
 mod import;
 mod node;
 mod ops;

@@ -7,6 +7,7 @@ use crate::{import_bytes, ImportError, ImportOptions};
 use kiln_ir::{DType, Tensor};
 use prost::Message;
 
+mod control;
 mod ops;
 
 const F: i32 = 1;
