@@ -168,9 +168,11 @@ fn inspect_prints_signature_histogram_and_parameters() {
     for (model, _) in bundled() {
         let o = kiln(["inspect".as_ref(), model.as_os_str()]);
         let (out, _) = expect_code(&o, 0, "inspect");
-        for key in ["inputs:", "outputs:", "parameters:", "ops (IR):", "conv2d"] {
+        for key in ["inputs:", "outputs:", "parameters:", "ops (IR):"] {
             assert!(out.contains(key), "no `{key}` in:\n{out}");
         }
+        // The CNNs' convolutions or the transformer block's matmuls are in the histogram.
+        assert!(out.contains("conv2d") || out.contains("matmul"), "{out}");
         let params: usize = out
             .lines()
             .find_map(|l| l.strip_prefix("parameters: "))

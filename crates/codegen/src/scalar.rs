@@ -497,11 +497,23 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
                 _ => {}
             }
         }
-        if d == DType::F64 {
-            return self.call64(f, x, y, z);
+        let double = d == DType::F64;
+        if let Some(hook) = math_hook(f, double) {
+            let arity = f.arity();
+            let mut operands = vec![x];
+            for v in [y, z].into_iter().take(arity - 1) {
+                operands.push(need(v, self)?);
+            }
+            return self.call_hook(hook, &operands);
         }
         Ok(match f {
             Intrinsic::Sqrt => self.b.ins().sqrt(x),
+            // In f64, rounded once to f32 (the interpreter's formula); f64 has no wider type.
+            Intrinsic::Rsqrt if double => {
+                let s = self.b.ins().sqrt(x);
+                let one = self.b.ins().f64const(1.0);
+                self.b.ins().fdiv(one, s)
+            }
             Intrinsic::Rsqrt => {
                 let w = self.b.ins().fpromote(types::F64, x);
                 let s = self.b.ins().sqrt(w);
@@ -518,65 +530,31 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
                 if self.em.host.has_fma && self.em.opts.use_fma {
                     self.b.ins().fma(x, y, z)
                 } else {
-                    self.call_hook(names::FMA, &[x, y, z])?
+                    let hook = if double { names::FMA64 } else { names::FMA };
+                    self.call_hook(hook, &[x, y, z])?
                 }
             }
-            Intrinsic::Pow => {
-                let y = need(y, self)?;
-                self.call_hook(names::POW, &[x, y])?
-            }
-            Intrinsic::Exp => self.call_hook(names::EXP, &[x])?,
-            Intrinsic::Log => self.call_hook(names::LOG, &[x])?,
-            Intrinsic::Tanh => self.call_hook(names::TANH, &[x])?,
-            Intrinsic::Sigmoid => self.call_hook(names::SIGMOID, &[x])?,
-            Intrinsic::Erf => self.call_hook(names::ERF, &[x])?,
-            Intrinsic::Sin => self.call_hook(names::SIN, &[x])?,
-            Intrinsic::Cos => self.call_hook(names::COS, &[x])?,
+            other => return Err(self.err_internal(format!("{} has no lowering", other.name()))),
         })
     }
 }
 
-impl<M: Module> FnLowerer<'_, '_, '_, M> {
-    /// A scalar intrinsic on `f64` values: IEEE instructions where there is one, the `f64`
-    /// runtime hooks otherwise.
-    fn call64(
-        &mut self,
-        f: Intrinsic,
-        x: Value,
-        y: Option<Value>,
-        z: Option<Value>,
-    ) -> Result<Value, CodegenError> {
-        let need = |v: Option<Value>, lw: &Self| {
-            v.ok_or_else(|| lw.err_internal(format!("{} with too few arguments", f.name())))
-        };
-        Ok(match f {
-            Intrinsic::Sqrt => self.b.ins().sqrt(x),
-            Intrinsic::Rsqrt => {
-                let s = self.b.ins().sqrt(x);
-                let one = self.b.ins().f64const(1.0);
-                self.b.ins().fdiv(one, s)
-            }
-            Intrinsic::Floor => self.b.ins().floor(x),
-            Intrinsic::Ceil => self.b.ins().ceil(x),
-            Intrinsic::Round => self.b.ins().nearest(x),
-            Intrinsic::Abs => self.b.ins().fabs(x),
-            Intrinsic::Fma => {
-                let (y, z) = (need(y, self)?, need(z, self)?);
-                self.call_hook(names::FMA64, &[x, y, z])?
-            }
-            Intrinsic::Pow => {
-                let y = need(y, self)?;
-                self.call_hook(names::POW64, &[x, y])?
-            }
-            Intrinsic::Exp => self.call_hook(names::EXP64, &[x])?,
-            Intrinsic::Log => self.call_hook(names::LOG64, &[x])?,
-            Intrinsic::Tanh => self.call_hook(names::TANH64, &[x])?,
-            Intrinsic::Sigmoid => self.call_hook(names::SIGMOID64, &[x])?,
-            Intrinsic::Erf => self.call_hook(names::ERF64, &[x])?,
-            Intrinsic::Sin => self.call_hook(names::SIN64, &[x])?,
-            Intrinsic::Cos => self.call_hook(names::COS64, &[x])?,
-        })
-    }
+/// The runtime hook computing intrinsic `f` on `f32` (or, with `double`, `f64`) values, for
+/// those without an IEEE instruction.
+fn math_hook(f: Intrinsic, double: bool) -> Option<&'static str> {
+    use names::*;
+    let (single, wide) = match f {
+        Intrinsic::Exp => (EXP, EXP64),
+        Intrinsic::Log => (LOG, LOG64),
+        Intrinsic::Tanh => (TANH, TANH64),
+        Intrinsic::Sigmoid => (SIGMOID, SIGMOID64),
+        Intrinsic::Erf => (ERF, ERF64),
+        Intrinsic::Sin => (SIN, SIN64),
+        Intrinsic::Cos => (COS, COS64),
+        Intrinsic::Pow => (POW, POW64),
+        _ => return None,
+    };
+    Some(if double { wide } else { single })
 }
 
 /// `d`, with `f16` and `bf16` (held in `f32`) as `f32`.

@@ -453,6 +453,29 @@ fn intrinsics_match_the_interpreter_bit_for_bit() {
                 }
             }
         }
+        // The same in f64: IEEE instructions and the f64 math hooks (scalar code).
+        let widen = |t: &Tensor| {
+            tensor(
+                DType::F64,
+                TensorData::F64(
+                    t.as_slice::<f32>()
+                        .unwrap()
+                        .iter()
+                        .map(|&v| f64::from(v))
+                        .collect(),
+                ),
+            )
+        };
+        let (y64, z64) = (widen(&y), widen(&z));
+        for x in [&x_special, &x_wide] {
+            let func = elementwise(&[DType::F64; 3], DType::F64, true, &|a| {
+                Expr::call(f, a[..f.arity()].to_vec())
+            });
+            for o in opts() {
+                let stats = compare(&func, &[widen(x), y64.clone(), z64.clone()], &o);
+                assert_eq!(stats.vector_loops, 0, "f64 loops are scalar");
+            }
+        }
     }
 }
 

@@ -8,10 +8,12 @@
 //! (unsigned dtypes compare, divide and convert as unsigned), `min`/`max` propagate NaN,
 //! `select` evaluates only the chosen branch, loops of every kind run their iterations in
 //! order. Transcendental intrinsics (`exp`, `log`, `tanh`, `sigmoid`, `erf`, `sin`, `cos`,
-//! `pow`) are computed in `f64` and rounded to `f32`, i.e. (nearly) correctly rounded: codegen
-//! tests compare those within a few ulp. The function is verified first, so no input makes it
-//! panic or index out of bounds; integer division by zero is reported as an error.
+//! `pow`) are computed in `f64` (`erf` by [`crate::erf64`], the runtime hooks' function) and
+//! rounded to `f32`, i.e. (nearly) correctly rounded: codegen tests compare those within a few
+//! ulp. The function is verified first, so no input makes it panic or index out of bounds;
+//! integer division by zero is reported as an error.
 
+use crate::erf::erf64;
 use crate::expr::{BinOp, CmpOp, Expr, Intrinsic};
 use crate::stmt::Stmt;
 use crate::tir::{PrimFunc, Scope};
@@ -121,42 +123,30 @@ fn round_to(d: DType, x: f32) -> f32 {
     }
 }
 
-fn erf64(x: f64) -> f64 {
-    if x.is_nan() {
-        return x;
-    }
-    if x.abs() >= 4.0 {
-        return x.signum();
-    }
-    let x2 = x * x;
-    let mut term = x;
-    let mut sum = x;
-    for n in 1..200 {
-        term *= -x2 / n as f64;
-        let t = term / (2 * n + 1) as f64;
-        sum += t;
-        if t.abs() <= 1e-17 * sum.abs() {
-            break;
-        }
-    }
-    sum * std::f64::consts::FRAC_2_SQRT_PI
-}
-
-fn floor_div(a: i64, b: i64) -> i64 {
-    let q = a.wrapping_div(b);
-    if a.wrapping_rem(b) != 0 && ((a < 0) != (b < 0)) {
-        q.wrapping_sub(1)
+fn floor_div(a: i128, b: i128) -> i128 {
+    let q = a / b;
+    if a % b != 0 && ((a < 0) != (b < 0)) {
+        q - 1
     } else {
         q
     }
 }
 
-fn floor_mod(a: i64, b: i64) -> i64 {
-    let r = a.wrapping_rem(b);
+fn floor_mod(a: i128, b: i128) -> i128 {
+    let r = a % b;
     if r != 0 && ((r < 0) != (b < 0)) {
-        r.wrapping_add(b)
+        r + b
     } else {
         r
+    }
+}
+
+/// An integer value as i128: its dtype's value (a `U64` read as unsigned).
+fn wide(v: i64, d: DType) -> i128 {
+    if d == DType::U64 {
+        v as u64 as i128
+    } else {
+        v as i128
     }
 }
 
@@ -407,27 +397,11 @@ fn binary(op: BinOp, a: Val, b: Val) -> Result<Val, InterpError> {
     Ok(match (a, b) {
         (Val::F(a), Val::F(b)) => Val::F(float_binary!(op, a, b)),
         (Val::D(a), Val::D(b)) => Val::D(float_binary!(op, a, b)),
-        (Val::I(a, d), Val::I(b, _)) if d == DType::U64 => {
-            let (a, b) = (a as u64, b as u64);
-            let div = matches!(
-                op,
-                BinOp::Div | BinOp::Rem | BinOp::FloorDiv | BinOp::FloorMod
-            );
-            if div && b == 0 {
-                return Err(InterpError::DivisionByZero);
-            }
-            let r = match op {
-                BinOp::Add => a.wrapping_add(b),
-                BinOp::Sub => a.wrapping_sub(b),
-                BinOp::Mul => a.wrapping_mul(b),
-                BinOp::Div | BinOp::FloorDiv => a / b,
-                BinOp::Rem | BinOp::FloorMod => a % b,
-                BinOp::Min => a.min(b),
-                BinOp::Max => a.max(b),
-            };
-            Val::I(r as i64, d)
-        }
         (Val::I(a, d), Val::I(b, _)) => {
+            // On i128 sums, differences and quotients of two 64-bit values are exact (products
+            // wrap at 128 bits, which keeps their low 64); wrapping to the dtype afterwards gives
+            // two's complement (and unsigned) wrapping arithmetic.
+            let (a, b) = (wide(a, d), wide(b, d));
             let div = matches!(
                 op,
                 BinOp::Div | BinOp::Rem | BinOp::FloorDiv | BinOp::FloorMod
@@ -436,17 +410,17 @@ fn binary(op: BinOp, a: Val, b: Val) -> Result<Val, InterpError> {
                 return Err(InterpError::DivisionByZero);
             }
             let r = match op {
-                BinOp::Add => a.wrapping_add(b),
-                BinOp::Sub => a.wrapping_sub(b),
+                BinOp::Add => a + b,
+                BinOp::Sub => a - b,
                 BinOp::Mul => a.wrapping_mul(b),
-                BinOp::Div => a.wrapping_div(b),
-                BinOp::Rem => a.wrapping_rem(b),
+                BinOp::Div => a / b,
+                BinOp::Rem => a % b,
                 BinOp::FloorDiv => floor_div(a, b),
                 BinOp::FloorMod => floor_mod(a, b),
                 BinOp::Min => a.min(b),
                 BinOp::Max => a.max(b),
             };
-            Val::I(wrap(d, r), d)
+            Val::I(wrap(d, r as i64), d)
         }
         (a, b) => return Err(InterpError::Internal(format!("{op:?} on {a:?} and {b:?}"))),
     })
@@ -474,8 +448,7 @@ fn compare(op: CmpOp, a: Val, b: Val) -> Result<bool, InterpError> {
                 CmpOp::Ge => a >= b,
             })
         }
-        (Val::I(a, DType::U64), Val::I(b, _)) => (a as u64).cmp(&(b as u64)),
-        (Val::I(a, _), Val::I(b, _)) => a.cmp(&b),
+        (Val::I(a, d), Val::I(b, _)) => wide(a, d).cmp(&wide(b, d)),
         (Val::B(a), Val::B(b)) => a.cmp(&b),
         (a, b) => return Err(InterpError::Internal(format!("compare {a:?} with {b:?}"))),
     };

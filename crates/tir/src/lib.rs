@@ -12,6 +12,7 @@
 
 mod affine;
 pub mod compute;
+mod erf;
 pub mod expr;
 pub mod interp;
 pub mod lower;
@@ -25,6 +26,7 @@ pub mod verify;
 
 pub use affine::{linear_stride, var_stride};
 pub use compute::{Axis, ComputeDag, DagError, DagTensor, ReduceKind, Reduction, Stage};
+pub use erf::erf64;
 pub use expr::{BinOp, BufferId, CmpOp, Expr, Intrinsic, TypeError, VarId};
 pub use lower::{lower, lower_naive, LowerError};
 pub use schedule::{
