@@ -26,6 +26,7 @@ mod quant;
 mod recurrent;
 mod reduce;
 mod resize;
+mod scatter;
 mod select;
 mod shape;
 mod signal;
@@ -112,6 +113,8 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         "Gather" => one(shape::gather(b, cx)),
         "GatherElements" => one(shape::gather_elements(b, cx)),
         "GatherND" => one(select::gather_nd(b, cx)),
+        "ScatterElements" | "Scatter" => one(scatter::scatter_elements(b, cx)),
+        "ScatterND" => one(scatter::scatter_nd(b, cx)),
         "Compress" => one(select::compress(b, cx)),
         "ReverseSequence" => one(select::reverse_sequence(b, cx)),
         "DepthToSpace" | "SpaceToDepth" => one(shape::depth_space(b, cx)),

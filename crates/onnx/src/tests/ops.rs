@@ -198,3 +198,73 @@ fn einsum_contractions_match_loops() {
     let e = import(&bad).unwrap_err().to_string();
     assert!(e.contains("label `j`"), "{e}");
 }
+
+/// Scatters with run-time indices: duplicates (the last update wins without a reduction, all
+/// combine with one), negative indices, and indices narrower than the data.
+#[test]
+fn scatters_follow_sequential_semantics() {
+    let scatter_nd = |reduction: &str| {
+        model(
+            vec![node(
+                "ScatterND",
+                "s",
+                &["data", "idx", "upd"],
+                &["y"],
+                vec![attr_string("reduction", reduction)],
+            )],
+            vec![
+                value_info("data", F, &["4", "2"]),
+                value_info("idx", I64, &["3", "1"]),
+                value_info("upd", F, &["3", "2"]),
+            ],
+            vec![],
+            &["y"],
+            18,
+        )
+    };
+    let inputs = [
+        Tensor::new(vec![4, 2], vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]).unwrap(),
+        Tensor::new(vec![3, 1], vec![1i64, -1, 1]).unwrap(),
+        Tensor::new(vec![3, 2], vec![10.0f32, 20.0, 30.0, 40.0, 50.0, 60.0]).unwrap(),
+    ];
+    let y = evaluate(&scatter_nd("none"), &inputs);
+    assert_eq!(
+        y[0].as_slice::<f32>().unwrap(),
+        &[1.0, 2.0, 50.0, 60.0, 5.0, 6.0, 30.0, 40.0]
+    );
+    let y = evaluate(&scatter_nd("add"), &inputs);
+    assert_eq!(
+        y[0].as_slice::<f32>().unwrap(),
+        &[1.0, 2.0, 63.0, 84.0, 5.0, 6.0, 37.0, 48.0]
+    );
+    // ScatterElements along axis 1 of [2, 3] with [1, 2] indices (the second row untouched).
+    let m = model(
+        vec![node(
+            "ScatterElements",
+            "s",
+            &["data", "idx", "upd"],
+            &["y"],
+            vec![attr_int("axis", 1), attr_string("reduction", "max")],
+        )],
+        vec![
+            value_info("data", F, &["2", "3"]),
+            value_info("idx", I64, &["1", "2"]),
+            value_info("upd", F, &["1", "2"]),
+        ],
+        vec![],
+        &["y"],
+        18,
+    );
+    let y = evaluate(
+        &m,
+        &[
+            Tensor::new(vec![2, 3], vec![1.0f32, 5.0, 3.0, 4.0, 5.0, 6.0]).unwrap(),
+            Tensor::new(vec![1, 2], vec![-1i64, 1]).unwrap(),
+            Tensor::new(vec![1, 2], vec![9.0f32, 2.0]).unwrap(),
+        ],
+    );
+    assert_eq!(
+        y[0].as_slice::<f32>().unwrap(),
+        &[1.0, 5.0, 9.0, 4.0, 5.0, 6.0]
+    );
+}
