@@ -17,6 +17,7 @@ mod cumulative;
 mod einsum;
 mod elementwise;
 mod encode;
+mod grid_sample;
 mod loss;
 mod matmul;
 mod norm;
@@ -128,6 +129,8 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         "QLinearConv" => one(quant::qlinear_conv(b, cx)),
         "ConvInteger" => one(quant::conv_integer(b, cx)),
         "Resize" | "Upsample" => one(resize::resize(b, cx)),
+        "GridSample" => one(grid_sample::grid_sample(b, cx)),
+        "AffineGrid" => one(grid_sample::affine_grid(b, cx)),
         "LSTM" => recurrent::lstm(b, cx),
         "GRU" => recurrent::gru(b, cx),
         "RNN" => recurrent::rnn(b, cx),
