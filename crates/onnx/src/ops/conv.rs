@@ -1,5 +1,6 @@
 //! Conv and ConvTranspose: 1-D and 2-D, grouped (depthwise or split into per-group convs),
-//! explicit or automatic padding. Shared with the integer convs of `quant`.
+//! explicit or automatic padding, and CausalConvWithState (a depthwise 1-D conv over a state
+//! cache). Shared with the integer convs of `quant`.
 //!
 //! Invariant: the IR conv sees rank-4 NCHW input and OIHW weights; 1-D convs are reshaped to
 //! height 1 and back, so the result has exactly the ONNX output shape.
@@ -327,4 +328,66 @@ pub(super) fn conv_transpose(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
         b.concat(&parts, 1)?
     };
     from_2d(b, y, one_d)
+}
+
+/// CausalConvWithState (opset 26; the short convolution of Mamba-style blocks): a depthwise
+/// 1-D convolution of `[B, C, L]` with `[C, 1, k]` over the input left-padded by `past_state`
+/// (`[B, C, k-1]`, zeros when absent), with an optional fused SiLU; the second output is the
+/// last `k - 1` positions of the padded input (the state for the next call).
+pub(super) fn causal_conv_with_state(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
+    use kiln_ir::op::{BinaryOp, UnaryOp};
+    let (x, w) = (cx.input(0)?, cx.input(1)?);
+    let (xs, ws) = (b.shape(x), b.shape(w));
+    let dt = b.dtype(x);
+    if xs.len() != 3 || ws.len() != 3 || ws[0] != xs[1] || ws[1] != 1 || ws[2] == 0 {
+        return invalid(format!(
+            "input {xs:?} and weight {ws:?} must be [B, C, L] and [C, 1, k]"
+        ));
+    }
+    let silu = match cx.string("activation", "none")?.as_str() {
+        "none" => false,
+        "silu" | "swish" => true,
+        other => return invalid(format!("activation `{other}` is not none, silu or swish")),
+    };
+    let (batch, channels, len, k) = (xs[0], xs[1], xs[2], ws[2]);
+    let state = match cx.opt_input(3) {
+        Some(s) if b.shape(s) == [batch, channels, k - 1] => Some(s),
+        Some(s) => {
+            return invalid(format!(
+                "past_state must be [{batch}, {channels}, {}], got {:?}",
+                k - 1,
+                b.shape(s)
+            ))
+        }
+        None if k > 1 => {
+            let zeros = vec![0.0; batch * channels * (k - 1)];
+            Some(b.const_f64(dt, vec![batch, channels, k - 1], &zeros)?)
+        }
+        None => None,
+    };
+    let padded = match state {
+        Some(s) => b.concat(&[s, x], 2)?,
+        None => x,
+    };
+    let bias = match cx.opt_input(2) {
+        Some(v) => v,
+        None => b.const_f64(dt, vec![channels], &vec![0.0; channels])?,
+    };
+    let x4 = b.reshape(padded, vec![batch, channels, 1, len + k - 1])?;
+    let w4 = b.reshape(w, vec![channels, 1, 1, k])?;
+    let attrs = ConvAttrs {
+        stride: [1, 1],
+        dilation: [1, 1],
+        ..Default::default()
+    };
+    let y = b.add(Op::DepthwiseConv2d(attrs), &[x4, w4, bias])?;
+    let mut y = b.reshape(y, vec![batch, channels, len])?;
+    if silu {
+        let yf = b.cast(y, kiln_ir::DType::F32)?;
+        let s = b.unary(UnaryOp::Sigmoid, yf)?;
+        let yf = b.binary(BinaryOp::Mul, yf, s)?;
+        y = b.cast(yf, dt)?;
+    }
+    let present = b.slice_axis(padded, 2, len, k - 1, 1)?;
+    Ok(vec![y, present])
 }

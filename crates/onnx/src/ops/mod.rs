@@ -62,6 +62,7 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         "SwiGLU" => one(activation::swiglu(b, cx)),
         "Conv" => one(conv::conv(b, cx)),
         "ConvTranspose" => one(conv::conv_transpose(b, cx)),
+        "CausalConvWithState" => conv::causal_conv_with_state(b, cx),
         "MaxPool" | "AveragePool" | "LpPool" => one(pool::pool(b, cx)),
         "GlobalAveragePool" | "GlobalMaxPool" => one(pool::global_pool(b, cx)),
         "MatMul" => one(matmul::matmul(b, cx)),
