@@ -18,6 +18,7 @@ mod einsum;
 mod elementwise;
 mod encode;
 mod grid_sample;
+mod linear_attention;
 mod loss;
 mod matmul;
 mod norm;
@@ -78,6 +79,7 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         "GroupNormalization" => one(norm::group_normalization(b, cx)),
         "Attention" => attention::attention(b, cx),
         "RotaryEmbedding" => one(attention::rotary_embedding(b, cx)),
+        "LinearAttention" => linear_attention::linear_attention(b, cx),
         "NegativeLogLikelihoodLoss" => one(loss::negative_log_likelihood(b, cx)),
         "SoftmaxCrossEntropyLoss" => loss::softmax_cross_entropy(b, cx),
         "Softmax" | "LogSoftmax" => one(norm::softmax(b, cx)),
