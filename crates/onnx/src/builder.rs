@@ -309,6 +309,15 @@ impl Builder {
         Ok(self.konst(Tensor::new(shape, values)?))
     }
 
+    /// An i64 iota `0..n` along `axis` of a rank-`rank` constant (size 1 along the other axes).
+    /// Index masks are built by comparing iotas (`j < i`, `j == i`), which folds when small
+    /// and is computed at run time otherwise, instead of materialising `n * n` constants.
+    pub fn iota(&mut self, n: usize, axis: usize, rank: usize) -> NResult<ValueId> {
+        let mut shape = vec![1; rank];
+        shape[axis] = n;
+        self.const_tensor(shape, (0..n as i64).collect())
+    }
+
     /// Broadcasts `v` to `shape` (numpy rules) with a TILE of the size-1 dims.
     pub fn broadcast_to(&mut self, v: ValueId, shape: &[usize]) -> NResult<ValueId> {
         let v = self.align_rank(v, shape.len())?;

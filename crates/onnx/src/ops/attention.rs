@@ -11,8 +11,8 @@
 //! additive bias collects the float mask (or a boolean mask as `0 / -inf`) and the causal,
 //! window and padding frontiers as `0 / -inf` terms, the softmax is the safe one (an all `-inf`
 //! row gives zeros, never NaN) and a row whose bias is all `-inf` attends nothing (zero output).
-//! Frontiers that depend only on shapes are constants; those that depend on
-//! `nonpad_kv_seqlen` are computed in the graph.
+//! Frontiers are bounds on `j - i` (an iota difference, folded to a constant when small);
+//! those that depend on `nonpad_kv_seqlen` are computed in the graph.
 
 use crate::builder::{invalid, unsupported, Builder, NResult};
 use crate::node::NodeCx;
@@ -104,30 +104,11 @@ fn frontier_bias(b: &mut Builder, allowed: ValueId, dtype: DType) -> NResult<Val
     b.select(allowed, zero, neg_inf)
 }
 
-/// A constant `[rows, cols]` bool matrix.
-fn const_mask(
-    b: &mut Builder,
-    rows: usize,
-    cols: usize,
-    allowed: impl Fn(i64, i64) -> bool,
-) -> NResult<ValueId> {
-    let v: Vec<bool> = (0..rows * cols)
-        .map(|at| allowed((at / cols) as i64, (at % cols) as i64))
-        .collect();
-    b.const_tensor(vec![rows, cols], v)
-}
-
-/// A constant `[1, 1, rows, cols]` i64 matrix `f(i, j)`.
-fn const_index_map(
-    b: &mut Builder,
-    rows: usize,
-    cols: usize,
-    f: impl Fn(i64, i64) -> i64,
-) -> NResult<ValueId> {
-    let v: Vec<i64> = (0..rows * cols)
-        .map(|at| f((at / cols) as i64, (at % cols) as i64))
-        .collect();
-    b.const_tensor(vec![1, 1, rows, cols], v)
+/// `j - i` over `[1, 1, rows (i), cols (j)]`: every frontier is a bound on it.
+fn key_minus_query(b: &mut Builder, rows: usize, cols: usize) -> NResult<ValueId> {
+    let i = b.iota(rows, 2, 4)?;
+    let j = b.iota(cols, 3, 4)?;
+    b.binary(BinaryOp::Sub, j, i)
 }
 
 /// Where the keys of each query block start: a per-batch offset read from `nonpad_kv_seqlen`
@@ -148,42 +129,48 @@ fn frontiers(
 ) -> NResult<Vec<ValueId>> {
     let mut terms = Vec::new();
     let (left, right) = (a.left_window, a.right_window);
+    if !a.is_causal && !a.has_window() {
+        return Ok(terms);
+    }
+    let d = key_minus_query(b, lq, lkv)?;
+    // Query i sits at absolute position p = i + offset and may see key j when j <= p
+    // (causal), p - j <= left and j - p <= right (window): bounds on d = j - i.
+    let mut conditions = Vec::new();
     match offset {
         Offset::Constant(off) => {
-            // Query i sits at absolute position p = i + off and may see key j when
-            // j <= p (causal), p - j <= left and j - p <= right (window).
+            let bound = |b: &mut Builder, v: i64| b.scalar(DType::I64, v as f64);
             if a.is_causal {
-                let m = const_mask(b, lq, lkv, |i, j| j <= i + off)?;
-                terms.push(frontier_bias(b, m, dtype)?);
+                let hi = bound(b, *off);
+                conditions.push(b.binary(BinaryOp::GreaterEqual, hi, d)?);
             }
-            if a.has_window() {
-                let m = const_mask(b, lq, lkv, |i, j| {
-                    let diff = i + off - j;
-                    (left < 0 || diff <= left) && (right < 0 || -diff <= right)
-                })?;
-                terms.push(frontier_bias(b, m, dtype)?);
+            if left >= 0 {
+                let lo = bound(b, off - left);
+                conditions.push(b.binary(BinaryOp::GreaterEqual, d, lo)?);
+            }
+            if right >= 0 {
+                let hi = bound(b, off + right);
+                conditions.push(b.binary(BinaryOp::GreaterEqual, hi, d)?);
             }
         }
         Offset::PerBatch(nonpad) => {
-            // With p = i + nonpad - lq: j <= p  <=>  nonpad >= j - i + lq, and so on.
-            let lq = lq as i64;
-            let mut conditions = Vec::new();
+            // offset = nonpad - lq: j <= p  <=>  nonpad >= d + lq, and so on.
+            let lq = lq as f64;
             if a.is_causal {
-                let t = const_index_map(b, lq as usize, lkv, |i, j| j - i + lq)?;
+                let t = b.binary_scalar(BinaryOp::Add, d, lq)?;
                 conditions.push(b.binary(BinaryOp::GreaterEqual, *nonpad, t)?);
             }
             if left >= 0 {
-                let t = const_index_map(b, lq as usize, lkv, |i, j| left + j - i + lq)?;
+                let t = b.binary_scalar(BinaryOp::Add, d, left as f64 + lq)?;
                 conditions.push(b.binary(BinaryOp::GreaterEqual, t, *nonpad)?);
             }
             if right >= 0 {
-                let t = const_index_map(b, lq as usize, lkv, |i, j| j - i - right + lq)?;
+                let t = b.binary_scalar(BinaryOp::Add, d, lq - right as f64)?;
                 conditions.push(b.binary(BinaryOp::GreaterEqual, *nonpad, t)?);
             }
-            for c in conditions {
-                terms.push(frontier_bias(b, c, dtype)?);
-            }
         }
+    }
+    for c in conditions {
+        terms.push(frontier_bias(b, c, dtype)?);
     }
     Ok(terms)
 }
@@ -331,7 +318,7 @@ pub(super) fn attention(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
             let n = b.reshape(n, vec![batch, 1, 1, 1])?;
             terms.extend(frontiers(b, &a, &Offset::PerBatch(n), (lq, lkv), dtype)?);
             // Keys at or past nonpad_kv_seqlen are padding.
-            let keys = b.const_tensor(vec![1, 1, 1, lkv], (0..lkv as i64).collect())?;
+            let keys = b.iota(lkv, 3, 4)?;
             let real = b.binary(BinaryOp::Greater, n, keys)?;
             terms.push(frontier_bias(b, real, dtype)?);
         }

@@ -3,13 +3,13 @@
 //!
 //! Invariant: element `i` of the axis is a masked reduction over the whole axis, `out[i] =
 //! reduce_k (k in window(i) ? x[k] : identity)`, with the window `k <= i` (`k < i` exclusive,
-//! `k >= i` / `k > i` reversed) a constant mask; the reduction visits `k` in increasing order,
+//! `k >= i` / `k > i` reversed) a comparison of index iotas; the reduction visits `k` in increasing order,
 //! as a running sum does, so float results agree with a sequential scan up to how the
 //! identity terms (exact zeros / ones) are added. Cost is quadratic in the axis length.
 
 use crate::builder::{invalid, norm_axis, unsupported, Builder, NResult};
 use crate::node::NodeCx;
-use kiln_ir::op::ReduceOp;
+use kiln_ir::op::{BinaryOp, ReduceOp};
 use kiln_ir::ValueId;
 
 pub(super) fn cumulative(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
@@ -35,21 +35,14 @@ pub(super) fn cumulative(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let mut spread = s.clone();
     spread.insert(axis, 1);
     let xk = b.reshape(x, spread)?;
-    let mut mask_shape = vec![1; s.len() + 1];
-    mask_shape[axis] = n;
-    mask_shape[axis + 1] = n;
-    let window: Vec<bool> = (0..n * n)
-        .map(|at| {
-            let (i, k) = (at / n, at % n);
-            match (reverse, exclusive) {
-                (false, false) => k <= i,
-                (false, true) => k < i,
-                (true, false) => k >= i,
-                (true, true) => k > i,
-            }
-        })
-        .collect();
-    let mask = b.const_tensor(mask_shape, window)?;
+    let i = b.iota(n, axis, s.len() + 1)?;
+    let k = b.iota(n, axis + 1, s.len() + 1)?;
+    let mask = match (reverse, exclusive) {
+        (false, false) => b.binary(BinaryOp::GreaterEqual, i, k)?,
+        (false, true) => b.binary(BinaryOp::Greater, i, k)?,
+        (true, false) => b.binary(BinaryOp::GreaterEqual, k, i)?,
+        (true, true) => b.binary(BinaryOp::Greater, k, i)?,
+    };
     let id = b.scalar(dt, identity);
     let terms = b.select(mask, xk, id)?;
     let r = b.reduce(kind, terms, &[axis + 1], false)?;

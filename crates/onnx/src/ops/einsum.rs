@@ -58,11 +58,8 @@ fn take_diagonals(b: &mut Builder, mut x: ValueId, labels: &mut Vec<char>) -> NR
     {
         let s = b.shape(x);
         let n = s[p];
-        let mut mask_shape = vec![1; s.len()];
-        mask_shape[p] = n;
-        mask_shape[q] = n;
-        let eye: Vec<bool> = (0..n * n).map(|at| at / n == at % n).collect();
-        let eye = b.const_tensor(mask_shape, eye)?;
+        let (ip, iq) = (b.iota(n, p, s.len())?, b.iota(n, q, s.len())?);
+        let eye = b.binary(BinaryOp::Equal, ip, iq)?;
         let zero = b.scalar(b.dtype(x), 0.0);
         let on = b.select(eye, x, zero)?;
         x = b.reduce(ReduceOp::Sum, on, &[q], false)?;

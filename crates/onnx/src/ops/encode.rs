@@ -9,13 +9,6 @@ use crate::node::NodeCx;
 use kiln_ir::op::BinaryOp;
 use kiln_ir::{DType, Op, ValueId};
 
-/// A constant i64 iota of `n` along `axis` of a rank-`rank` tensor (1 elsewhere).
-fn iota(b: &mut Builder, n: usize, axis: usize, rank: usize) -> NResult<ValueId> {
-    let mut shape = vec![1; rank];
-    shape[axis] = n;
-    b.const_tensor(shape, (0..n as i64).collect())
-}
-
 /// Hardmax: 1 at the first maximum along `axis`, 0 elsewhere (before opset 13 over the input
 /// coerced to 2-D at `axis`, like Softmax).
 pub(super) fn hardmax(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
@@ -39,7 +32,7 @@ pub(super) fn hardmax(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let mut kept = vs.clone();
     kept[axis] = 1;
     let idx = b.reshape(idx, kept)?;
-    let positions = iota(b, vs[axis], axis, vs.len())?;
+    let positions = b.iota(vs[axis], axis, vs.len())?;
     let hit = b.binary(BinaryOp::Equal, positions, idx)?;
     let y = b.cast(hit, dt)?;
     let y = b.broadcast_to(y, &vs)?;
@@ -72,7 +65,7 @@ pub(super) fn one_hot(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let mut with_axis = s.clone();
     with_axis.insert(axis, 1);
     let idx = b.reshape(idx, with_axis)?;
-    let positions = iota(b, depth, axis, rank)?;
+    let positions = b.iota(depth, axis, rank)?;
     let hit = b.binary(BinaryOp::Equal, positions, idx)?;
     let off = b.slice_axis(values, 0, 0, 1, 1)?;
     let on = b.slice_axis(values, 0, 1, 1, 1)?;

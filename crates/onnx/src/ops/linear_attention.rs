@@ -50,9 +50,11 @@ pub(super) fn linear_attention(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<Valu
     let hkv = cx.int_opt("kv_num_heads")?;
     let (hq, hkv) = match (hq, hkv) {
         (Some(q), Some(k)) if q > 0 && k > 0 && q % k == 0 => (q as usize, k as usize),
-        other => return invalid(format!(
+        other => {
+            return invalid(format!(
             "q_num_heads and kv_num_heads must be positive with q a multiple of kv, got {other:?}"
-        )),
+        ))
+        }
     };
     let query = cx.input(0)?;
     let out_dtype = b.dtype(query);

@@ -137,15 +137,11 @@ pub(super) fn scatter_elements(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId>
         b.reshape(v, s)
     };
     let idx_j = unsqueeze(b, idx, axis)?;
-    let mut out_shape = vec![1; r + 1];
-    out_shape[axis] = n;
-    let positions = b.const_tensor(out_shape, (0..n as i64).collect())?;
+    let positions = b.iota(n, axis, r + 1)?;
     let hit = b.binary(BinaryOp::Equal, idx_j, positions)?;
     match kind {
         Combine::Replace => {
-            let mut order = vec![1; r + 1];
-            order[axis + 1] = m;
-            let j = b.const_tensor(order, (0..m as i64).collect())?;
+            let j = b.iota(m, axis + 1, r + 1)?;
             let none = b.scalar(DType::I64, -1.0);
             let which = b.select(hit, j, none)?;
             let last = b.reduce(ReduceOp::Max, which, &[axis + 1], false)?;
@@ -196,13 +192,13 @@ pub(super) fn scatter_nd(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let scaled = b.binary(BinaryOp::Mul, idx, strides)?;
     let target = b.reduce(ReduceOp::Sum, scaled, &[1], false)?;
     let target = b.reshape(target, vec![1, m])?;
-    let p = b.const_tensor(vec![positions, 1], (0..positions as i64).collect())?;
+    let p = b.iota(positions, 0, 2)?;
     let hit = b.binary(BinaryOp::Equal, target, p)?; // [positions, m]
     let data2 = b.reshape(data, vec![positions, row])?;
     let upd2 = b.reshape(upd, vec![m, row])?;
     let out = match kind {
         Combine::Replace => {
-            let order = b.const_tensor(vec![1, m], (0..m as i64).collect())?;
+            let order = b.iota(m, 1, 2)?;
             let none = b.scalar(DType::I64, -1.0);
             let which = b.select(hit, order, none)?;
             let last = b.reduce(ReduceOp::Max, which, &[1], false)?; // [positions]

@@ -107,9 +107,7 @@ pub(super) fn reverse_sequence(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId>
     along[batch] = s[batch];
     let len = b.cast(lens, DType::I64)?;
     let len = b.reshape(len, along)?;
-    let mut steps = vec![1; s.len()];
-    steps[time] = s[time];
-    let t = b.const_tensor(steps, (0..s[time] as i64).collect())?;
+    let t = b.iota(s[time], time, s.len())?;
     let inside = b.binary(BinaryOp::Greater, len, t)?;
     let last = b.binary_scalar(BinaryOp::Sub, len, 1.0)?;
     let mirrored = b.binary(BinaryOp::Sub, last, t)?;

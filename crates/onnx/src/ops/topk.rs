@@ -53,11 +53,9 @@ pub(super) fn top_k(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         b.binary(BinaryOp::Greater, xi, xj)?
     };
     let equal = b.binary(BinaryOp::Equal, xj, xi)?;
-    let mut pair = vec![1; s.len() + 1];
-    pair[axis] = n;
-    pair[axis + 1] = n;
-    let before: Vec<bool> = (0..n * n).map(|at| at % n < at / n).collect();
-    let before = b.const_tensor(pair, before)?;
+    let i = b.iota(n, axis, s.len() + 1)?;
+    let j = b.iota(n, axis + 1, s.len() + 1)?;
+    let before = b.binary(BinaryOp::Greater, i, j)?;
     let tie = b.binary(BinaryOp::LogicalAnd, equal, before)?;
     let beats = b.binary(BinaryOp::LogicalOr, better, tie)?;
     let beats = b.cast(beats, DType::I32)?;
@@ -79,9 +77,7 @@ pub(super) fn top_k(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
     let x_i = unsqueeze(b, x, axis)?;
     let picked = b.select(hit, x_i, floor)?;
     let values = b.reduce(ReduceOp::Max, picked, &[axis + 1], false)?;
-    let mut positions = vec![1; s.len() + 1];
-    positions[axis + 1] = n;
-    let iota = b.const_tensor(positions, (0..n as i64).collect())?;
+    let iota = b.iota(n, axis + 1, s.len() + 1)?;
     let none = b.scalar(DType::I64, -1.0);
     let which = b.select(hit, iota, none)?;
     let indices = b.reduce(ReduceOp::Max, which, &[axis + 1], false)?;
