@@ -116,42 +116,85 @@ fn quant_axis(b: &Builder, cx: &NodeCx, scale: ValueId, rank: usize) -> NResult<
     norm_axis(axis, rank)
 }
 
-fn check_block_size(cx: &NodeCx) -> NResult<()> {
-    if cx.int("block_size", 0)? != 0 {
-        return unsupported("blocked quantization (block_size > 0) is not supported");
+/// How a scale or zero point applies: its block size along the quantisation axis (0: per
+/// tensor or per axis, as its shape says).
+fn block_size(cx: &NodeCx) -> NResult<usize> {
+    match cx.int("block_size", 0)? {
+        b if b >= 0 => Ok(b as usize),
+        b => invalid(format!("block_size must be nonnegative, got {b}")),
     }
-    Ok(())
+}
+
+/// A scale or zero point shaped to broadcast against an input of shape `x`: per tensor, per
+/// axis (1-D along `axis`), or blocked (the input's rank, `ceil(n / block)` along `axis`, each
+/// value repeated over its block).
+fn quant_param(
+    b: &mut Builder,
+    p: ValueId,
+    axis: usize,
+    x: &[usize],
+    block: usize,
+) -> NResult<ValueId> {
+    if block == 0 {
+        return along_axis(b, p, axis, x.len());
+    }
+    let s = b.shape(p);
+    let n = x[axis];
+    let blocks = n.div_ceil(block);
+    let fits = s.len() == x.len()
+        && (0..x.len()).all(|a| {
+            if a == axis {
+                s[a] == blocks
+            } else {
+                s[a] == x[a]
+            }
+        });
+    if !fits {
+        return invalid(format!(
+            "a blocked parameter for input {x:?} (block {block} along axis {axis}) has shape {s:?}"
+        ));
+    }
+    let mut split = s.clone();
+    split.insert(axis + 1, 1);
+    let p = b.reshape(p, split)?;
+    let mut multiples = vec![1; x.len() + 1];
+    multiples[axis + 1] = block;
+    let p = b.add(kiln_ir::Op::Tile { multiples }, &[p])?;
+    let mut merged = s;
+    merged[axis] = blocks * block;
+    let p = b.reshape(p, merged)?;
+    b.slice_axis(p, axis, 0, n, 1)
 }
 
 pub(super) fn dequantize(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
-    check_block_size(cx)?;
+    let block = block_size(cx)?;
     let x = cx.input(0)?;
     let scale = cx.input(1)?;
-    let r = b.rank(x);
-    let axis = quant_axis(b, cx, scale, r)?;
+    let xs = b.shape(x);
+    let axis = quant_axis(b, cx, scale, xs.len())?;
     let fdt = b.dtype(scale);
     if !fdt.is_float() {
         return invalid(format!("x_scale must be float, got {fdt}"));
     }
     let mut y = b.cast(x, DType::F32)?;
     if let Some(zp) = cx.opt_input(2) {
-        let zp = along_axis(b, zp, axis, r)?;
+        let zp = quant_param(b, zp, axis, &xs, block)?;
         let zp = b.cast(zp, DType::F32)?;
         y = b.binary(BinaryOp::Sub, y, zp)?;
     }
-    let s = along_axis(b, scale, axis, r)?;
+    let s = quant_param(b, scale, axis, &xs, block)?;
     let s = b.cast(s, DType::F32)?;
     y = b.binary(BinaryOp::Mul, y, s)?;
     b.cast(y, fdt)
 }
 
 pub(super) fn quantize(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
-    check_block_size(cx)?;
+    let block = block_size(cx)?;
     let x = cx.input(0)?;
     let scale = cx.input(1)?;
     let zp = cx.opt_input(2);
-    let r = b.rank(x);
-    let axis = quant_axis(b, cx, scale, r)?;
+    let xs = b.shape(x);
+    let axis = quant_axis(b, cx, scale, xs.len())?;
     let code = cx.int("output_dtype", 0)?;
     let narrow = match zp {
         Some(z) => b.narrow.get(&z).copied(),
@@ -169,21 +212,18 @@ pub(super) fn quantize(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
             let (lo, hi) = n.range();
             (lo as f64, hi as f64)
         }
-        (None, out) => match out {
-            DType::I8 => (-128.0, 127.0),
-            DType::U8 => (0.0, 255.0),
-            DType::I16 => (-32768.0, 32767.0),
-            DType::I32 => (i32::MIN as f64, i32::MAX as f64),
-            other => return unsupported(format!("quantizing to {other}")),
+        (None, out) => match out.int_range() {
+            Some((lo, hi)) if out.size_bytes() <= 4 => (lo as f64, hi as f64),
+            _ => return unsupported(format!("quantizing to {out}")),
         },
     };
     let xf = b.cast(x, DType::F32)?;
-    let s = along_axis(b, scale, axis, r)?;
+    let s = quant_param(b, scale, axis, &xs, block)?;
     let s = b.cast(s, DType::F32)?;
     let mut y = b.binary(BinaryOp::Div, xf, s)?;
     y = b.unary(UnaryOp::Round, y)?;
     if let Some(z) = zp {
-        let z = along_axis(b, z, axis, r)?;
+        let z = quant_param(b, z, axis, &xs, block)?;
         let z = b.cast(z, DType::F32)?;
         y = b.binary(BinaryOp::Add, y, z)?;
     }
