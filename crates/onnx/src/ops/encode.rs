@@ -58,10 +58,8 @@ pub(super) fn one_hot(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let rank = s.len() + 1;
     let axis = norm_axis(cx.int("axis", -1)?, rank)?;
     let idx = b.cast(indices, DType::I64)?;
-    let zero = b.scalar(DType::I64, 0.0);
-    let negative = b.binary(BinaryOp::Greater, zero, idx)?;
-    let wrapped = b.binary_scalar(BinaryOp::Add, idx, depth as f64)?;
-    let idx = b.select(negative, wrapped, idx)?;
+    let size = b.scalar(DType::I64, depth as f64);
+    let idx = super::select::wrap_negative(b, idx, size)?;
     let mut with_axis = s.clone();
     with_axis.insert(axis, 1);
     let idx = b.reshape(idx, with_axis)?;

@@ -10,6 +10,7 @@
 
 use crate::builder::{invalid, norm_axis, unsupported, Builder, NResult};
 use crate::node::NodeCx;
+use crate::ops::select::{linear_index, wrap_negative};
 use kiln_ir::op::{BinaryOp, OrderedF64, PadMode, ReduceOp};
 use kiln_ir::{DType, Op, ValueId};
 
@@ -34,18 +35,6 @@ fn combine(cx: &NodeCx) -> NResult<Combine> {
             "reduction `{other}` is not one of none, add, mul, max, min"
         )),
     }
-}
-
-/// `idx` (any integer type) as i64 with negative values wrapped by `n`.
-fn wrap_indices(b: &mut Builder, idx: ValueId, n: usize) -> NResult<ValueId> {
-    if !b.dtype(idx).is_int() {
-        return invalid(format!("indices must be integers, got {}", b.dtype(idx)));
-    }
-    let idx = b.cast(idx, DType::I64)?;
-    let zero = b.scalar(DType::I64, 0.0);
-    let negative = b.binary(BinaryOp::Greater, zero, idx)?;
-    let wrapped = b.binary_scalar(BinaryOp::Add, idx, n as f64)?;
-    b.select(negative, wrapped, idx)
 }
 
 /// The lowest and highest values of `dt` (the identities of max and min).
@@ -103,7 +92,8 @@ pub(super) fn scatter_elements(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId>
         return invalid(format!("indices {is:?} exceed the data {ds:?}"));
     }
     let (n, m) = (ds[axis], is[axis]);
-    let mut idx = wrap_indices(b, idx, n)?;
+    let size = b.scalar(DType::I64, n as f64);
+    let mut idx = wrap_negative(b, idx, size)?;
     let mut upd = upd;
     // Indices narrower than the data (off the axis) leave the rest alone: pad them with an
     // index that matches nothing.
@@ -177,20 +167,10 @@ pub(super) fn scatter_nd(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let positions: usize = ds[..k].iter().product();
     let row: usize = ds[k..].iter().product();
     let m: usize = is[..is.len() - 1].iter().product();
-    // Linear target of each update: sum_j wrap(idx_j) * stride_j.
+    // Linear target of each update.
     let idx = b.reshape(idx, vec![m, k])?;
-    let dims = b.const_tensor(vec![1, k], ds[..k].iter().map(|&d| d as i64).collect())?;
-    let idx = b.cast(idx, DType::I64)?;
+    let target = linear_index(b, idx, &ds[..k])?;
     let zero = b.scalar(DType::I64, 0.0);
-    let negative = b.binary(BinaryOp::Greater, zero, idx)?;
-    let wrapped = b.binary(BinaryOp::Add, idx, dims)?;
-    let idx = b.select(negative, wrapped, idx)?;
-    let strides: Vec<i64> = (0..k)
-        .map(|j| ds[j + 1..k].iter().product::<usize>() as i64)
-        .collect();
-    let strides = b.const_tensor(vec![1, k], strides)?;
-    let scaled = b.binary(BinaryOp::Mul, idx, strides)?;
-    let target = b.reduce(ReduceOp::Sum, scaled, &[1], false)?;
     let target = b.reshape(target, vec![1, m])?;
     let p = b.iota(positions, 0, 2)?;
     let hit = b.binary(BinaryOp::Equal, target, p)?; // [positions, m]

@@ -10,6 +10,35 @@ use crate::node::NodeCx;
 use kiln_ir::op::{BinaryOp, ReduceOp};
 use kiln_ir::{DType, Op, ValueId};
 
+/// `idx` as i64 with its negative entries wrapped by `n` (a scalar, or sizes broadcast along
+/// `idx`'s axes).
+pub(super) fn wrap_negative(b: &mut Builder, idx: ValueId, n: ValueId) -> NResult<ValueId> {
+    if !b.dtype(idx).is_int() {
+        return invalid(format!("indices must be integers, got {}", b.dtype(idx)));
+    }
+    let idx = b.cast(idx, DType::I64)?;
+    let zero = b.scalar(DType::I64, 0.0);
+    let negative = b.binary(BinaryOp::Greater, zero, idx)?;
+    let wrapped = b.binary(BinaryOp::Add, idx, n)?;
+    b.select(negative, wrapped, idx)
+}
+
+/// The row-major position within `dims` of each index tuple along the last axis of `idx`
+/// (`[.., k] -> [..]`), negative entries wrapped.
+pub(super) fn linear_index(b: &mut Builder, idx: ValueId, dims: &[usize]) -> NResult<ValueId> {
+    let r = b.rank(idx);
+    let mut last = vec![1; r];
+    last[r - 1] = dims.len();
+    let sizes = b.const_tensor(last.clone(), dims.iter().map(|&d| d as i64).collect())?;
+    let idx = wrap_negative(b, idx, sizes)?;
+    let strides: Vec<i64> = (0..dims.len())
+        .map(|j| dims[j + 1..].iter().product::<usize>() as i64)
+        .collect();
+    let strides = b.const_tensor(last, strides)?;
+    let scaled = b.binary(BinaryOp::Mul, idx, strides)?;
+    b.reduce(ReduceOp::Sum, scaled, &[r - 1], false)
+}
+
 /// Compress: the slices along `axis` (of the flattened input without one) whose condition is
 /// true; a condition shorter than the axis leaves the rest out. The condition must be known
 /// at import (the result's size depends on it).
@@ -58,21 +87,8 @@ pub(super) fn gather_nd(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let positions: usize = indexed.iter().product();
     let rest: Vec<usize> = ds[batch + k..].to_vec();
     let row: usize = rest.iter().product();
-    // Linear position within each batch: sum_j wrap(idx_j) * stride_j.
-    let idx = b.cast(indices, DType::I64)?;
-    let mut last = vec![1; is.len()];
-    last[is.len() - 1] = k;
-    let dims = b.const_tensor(last.clone(), indexed.iter().map(|&d| d as i64).collect())?;
-    let strides: Vec<i64> = (0..k)
-        .map(|j| indexed[j + 1..].iter().product::<usize>() as i64)
-        .collect();
-    let strides = b.const_tensor(last, strides)?;
-    let zero = b.scalar(DType::I64, 0.0);
-    let negative = b.binary(BinaryOp::Greater, zero, idx)?;
-    let wrapped = b.binary(BinaryOp::Add, idx, dims)?;
-    let idx = b.select(negative, wrapped, idx)?;
-    let scaled = b.binary(BinaryOp::Mul, idx, strides)?;
-    let lin = b.reduce(ReduceOp::Sum, scaled, &[is.len() - 1], false)?;
+    // Linear position within each batch.
+    let lin = linear_index(b, indices, indexed)?;
     // Plus each batch's offset.
     let mut batch_shape = vec![1; is.len() - 1];
     batch_shape[..batch].copy_from_slice(&is[..batch]);
