@@ -508,7 +508,7 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
         }
         Ok(match f {
             Intrinsic::Sqrt => self.b.ins().sqrt(x),
-            // In f64, rounded once to f32 (the interpreter's formula); f64 has no wider type.
+            // f64: `1 / sqrt(x)` in f64, as the interpreter computes it (no wider type).
             Intrinsic::Rsqrt if double => {
                 let s = self.b.ins().sqrt(x);
                 let one = self.b.ins().f64const(1.0);
