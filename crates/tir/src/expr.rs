@@ -69,6 +69,19 @@ pub enum CmpOp {
 }
 
 impl CmpOp {
+    /// Whether `a op b` holds, with `PartialOrd`'s meaning (a NaN operand makes every
+    /// comparison but `Ne` false).
+    pub fn holds<T: PartialOrd>(self, a: T, b: T) -> bool {
+        match self {
+            CmpOp::Eq => a == b,
+            CmpOp::Ne => a != b,
+            CmpOp::Lt => a < b,
+            CmpOp::Le => a <= b,
+            CmpOp::Gt => a > b,
+            CmpOp::Ge => a >= b,
+        }
+    }
+
     /// The comparison that holds exactly when `self` does not (for non-NaN operands).
     pub fn negated(self) -> CmpOp {
         match self {

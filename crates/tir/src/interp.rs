@@ -426,22 +426,10 @@ fn binary(op: BinOp, a: Val, b: Val) -> Result<Val, InterpError> {
     })
 }
 
-/// An ordered float comparison (false whenever either side is NaN, except `Ne`).
-fn float_compare<T: PartialOrd>(op: CmpOp, a: T, b: T) -> bool {
-    match op {
-        CmpOp::Eq => a == b,
-        CmpOp::Ne => a != b,
-        CmpOp::Lt => a < b,
-        CmpOp::Le => a <= b,
-        CmpOp::Gt => a > b,
-        CmpOp::Ge => a >= b,
-    }
-}
-
 fn compare(op: CmpOp, a: Val, b: Val) -> Result<bool, InterpError> {
     let ord = match (a, b) {
-        (Val::F(a), Val::F(b)) => return Ok(float_compare(op, a, b)),
-        (Val::D(a), Val::D(b)) => return Ok(float_compare(op, a, b)),
+        (Val::F(a), Val::F(b)) => return Ok(op.holds(a, b)),
+        (Val::D(a), Val::D(b)) => return Ok(op.holds(a, b)),
         (Val::I(a, d), Val::I(b, _)) => wide(a, d).cmp(&wide(b, d)),
         (Val::B(a), Val::B(b)) => a.cmp(&b),
         (a, b) => return Err(InterpError::Internal(format!("compare {a:?} with {b:?}"))),

@@ -154,16 +154,7 @@ impl Epilogue {
                 then,
                 otherwise,
             } => {
-                let (a, b) = (ev(a), ev(b));
-                let c = match op {
-                    CmpOp::Eq => a == b,
-                    CmpOp::Ne => a != b,
-                    CmpOp::Lt => a < b,
-                    CmpOp::Le => a <= b,
-                    CmpOp::Gt => a > b,
-                    CmpOp::Ge => a >= b,
-                };
-                if c {
+                if op.holds(ev(a), ev(b)) {
                     ev(then)
                 } else {
                     ev(otherwise)
