@@ -441,6 +441,40 @@ pub fn select(
     data.ok_or_else(bad)
 }
 
+/// MUL_ADD: `a * b + c` with one rounding, broadcast to `out_shape` (f32 or f64).
+pub fn mul_add(
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    out_shape: &[usize],
+) -> Result<TensorData, OpError> {
+    fn go<T: Element + Copy>(
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        out_shape: &[usize],
+        fma: fn(T, T, T) -> T,
+    ) -> Option<Vec<T>> {
+        let x = broadcast_vec(a.as_slice::<T>()?, a.shape(), out_shape);
+        let y = broadcast_vec(b.as_slice::<T>()?, b.shape(), out_shape);
+        let z = broadcast_vec(c.as_slice::<T>()?, c.shape(), out_shape);
+        Some(
+            x.iter()
+                .zip(&y)
+                .zip(&z)
+                .map(|((&x, &y), &z)| fma(x, y, z))
+                .collect(),
+        )
+    }
+    let bad = || fail_named("mul_add", "needs three f32 or three f64 operands");
+    let data = match a.dtype() {
+        DType::F32 => go::<f32>(a, b, c, out_shape, f32::mul_add).map(TensorData::F32),
+        DType::F64 => go::<f64>(a, b, c, out_shape, f64::mul_add).map(TensorData::F64),
+        _ => None,
+    };
+    data.ok_or_else(bad)
+}
+
 /// A source element for CAST, keeping integers exact.
 #[derive(Clone, Copy)]
 enum Scalar {

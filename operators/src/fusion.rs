@@ -45,6 +45,7 @@ pub fn is_epilogue(op: &Op) -> bool {
             | Op::Cast { .. }
             | Op::Rescale(_)
             | Op::Select
+            | Op::MulAdd
             | Op::Table
     )
 }

@@ -83,6 +83,7 @@ pub fn evaluate(op: &Op, inputs: &[&Tensor]) -> Result<Tensor, OpError> {
         Op::Binary(b) => elementwise::binary(*b, inputs[0], inputs[1], &out.shape)?,
         Op::Clamp { min, max } => elementwise::clamp(inputs[0], min.0, max.0),
         Op::Select => elementwise::select(inputs[0], inputs[1], inputs[2], &out.shape)?,
+        Op::MulAdd => elementwise::mul_add(inputs[0], inputs[1], inputs[2], &out.shape)?,
         Op::Cast { to } => elementwise::cast(inputs[0].data(), *to),
         Op::Conv2d(a) => conv::conv2d(a, inputs[0], inputs[1], inputs[2], &out, false)?,
         Op::DepthwiseConv2d(a) => conv::conv2d(a, inputs[0], inputs[1], inputs[2], &out, true)?,

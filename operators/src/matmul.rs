@@ -1,7 +1,8 @@
 //! MATMUL: `[B,M,K] x [B,K,N] -> [B,M,N]`.
 //!
 //! Invariant: floats accumulate in f32 (f16 and bf16 widened, rounded once at the end; f64 in
-//! f64); integers
+//! f64), in `k` order from 0, each `a * b` rounded before the add, or with `fma` set (f32) one
+//! `mul_add` per step; integers
 //! accumulate `(a - a_zp) * (b - b_zp)` in wrapping i32 (an i32/i64 right operand is first
 //! narrowed to i32 with wrapping). The inner loop runs over contiguous rows of `b` and the output.
 
@@ -29,6 +30,26 @@ fn kernel<T: Acc>(a: &[T], b: &[T], batch: usize, m: usize, k: usize, n: usize) 
     out
 }
 
+/// [`kernel`] for f32 with one rounding per multiply-add (`MatMulAttrs::fma`).
+fn fma_kernel(a: &[f32], b: &[f32], batch: usize, m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; batch * m * n];
+    if out.is_empty() {
+        return out;
+    }
+    for (bi, out_b) in out.chunks_exact_mut(m * n).enumerate() {
+        let a_b = &a[bi * m * k..][..m * k];
+        let b_b = &b[bi * k * n..][..k * n];
+        for (row, out_row) in out_b.chunks_exact_mut(n).enumerate() {
+            for (kk, &av) in a_b[row * k..][..k].iter().enumerate() {
+                for (o, &bv) in out_row.iter_mut().zip(&b_b[kk * n..][..n]) {
+                    *o = av.mul_add(bv, *o);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// MATMUL producing data of type `out`.
 pub fn matmul(
     attrs: &MatMulAttrs,
@@ -46,6 +67,9 @@ pub fn matmul(
     let n = out.shape[2];
     if let (TensorData::F64(x), TensorData::F64(y)) = (a.data(), b.data()) {
         return Ok(TensorData::F64(kernel(x, y, batch, m, k, n)));
+    }
+    if let (true, TensorData::F32(x), TensorData::F32(y)) = (attrs.fma, a.data(), b.data()) {
+        return Ok(TensorData::F32(fma_kernel(x, y, batch, m, k, n)));
     }
     if a.dtype().is_float() {
         let x = float_vec(a.data()).ok_or_else(bad)?;

@@ -347,7 +347,11 @@ fn matmuls() {
     );
     let a = rand_default(&mut rng, DType::I8, &[1, 4, 9]);
     let b = rand_default(&mut rng, DType::U8, &[1, 9, 8]);
-    let attrs = MatMulAttrs { a_zp: 3, b_zp: 128 };
+    let attrs = MatMulAttrs {
+        a_zp: 3,
+        b_zp: 128,
+        ..Default::default()
+    };
     check_op(&Op::MatMul(attrs), &[a, b], OpClass::MatMul, 0.0);
     let a = rand_default(&mut rng, DType::F16, &[1, 4, 6]);
     let b = rand_default(&mut rng, DType::F16, &[1, 6, 4]);

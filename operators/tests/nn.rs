@@ -165,7 +165,14 @@ fn matmul_float_and_integer_zero_points() {
     assert_eq!(vals::<f32>(&r), vec![4.0, 5.0, 10.0, 11.0]);
     let a = t(&[1, 2, 2], vec![1u8, 2, 3, 4]);
     let b = t(&[1, 2, 1], vec![5i8, 6]);
-    let r = run(&Op::MatMul(MatMulAttrs { a_zp: 1, b_zp: 5 }), &[&a, &b]);
+    let r = run(
+        &Op::MatMul(MatMulAttrs {
+            a_zp: 1,
+            b_zp: 5,
+            ..Default::default()
+        }),
+        &[&a, &b],
+    );
     assert_eq!(vals::<i32>(&r), vec![1, 3]);
     // Batches are independent.
     let a = f(&[2, 1, 1], &[2.0, 3.0]);

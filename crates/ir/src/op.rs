@@ -190,6 +190,12 @@ pub struct TransposeConvAttrs {
 pub struct MatMulAttrs {
     pub a_zp: i32,
     pub b_zp: i32,
+    /// Floats accumulate as one fused-multiply-add chain per output element, in `k` order from
+    /// +0.0 (each product added with one rounding): bit-exact with BLAS kernels that do so, such
+    /// as MLAS's SGEMM. Otherwise the product and the sum are rounded separately and compiled
+    /// code may contract them.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fma: bool,
 }
 
 /// Attributes of AVG_POOL2D and MAX_POOL2D over NCHW input.
@@ -337,6 +343,8 @@ pub enum Op {
     Clamp { min: OrderedF64, max: OrderedF64 },
     /// `(cond: bool, a, b)`: `cond ? a : b`, broadcast.
     Select,
+    /// `(a, b, c)`: `a * b + c` rounded once (a fused multiply-add), broadcast; f32 or f64.
+    MulAdd,
     /// `(input, weight, bias)`.
     Conv2d(ConvAttrs),
     /// `(input, weight, bias)`.
@@ -488,6 +496,7 @@ impl Op {
             Op::Binary(b) => binary_name(*b),
             Op::Clamp { .. } => "clamp",
             Op::Select => "select",
+            Op::MulAdd => "mul_add",
             Op::Conv2d(_) => "conv2d",
             Op::DepthwiseConv2d(_) => "depthwise_conv2d",
             Op::TransposeConv2d(_) => "transpose_conv2d",

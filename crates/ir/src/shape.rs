@@ -95,6 +95,21 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
             let s = broadcast(name, &c.shape, &a.shape)?;
             out(a.dtype, broadcast(name, &s, &b.shape)?)
         }
+        Op::MulAdd => {
+            arity(3)?;
+            let (a, b, c) = (inputs[0], inputs[1], inputs[2]);
+            if !matches!(a.dtype, DType::F32 | DType::F64) {
+                return Err(err(format!("does not accept {}", a.dtype)));
+            }
+            if a.dtype != b.dtype || a.dtype != c.dtype {
+                return Err(err(format!(
+                    "operand dtypes differ: {}, {} and {}",
+                    a.dtype, b.dtype, c.dtype
+                )));
+            }
+            let s = broadcast(name, &a.shape, &b.shape)?;
+            out(a.dtype, broadcast(name, &s, &c.shape)?)
+        }
         Op::Conv2d(a) | Op::DepthwiseConv2d(a) => {
             arity(3)?;
             let (x, w, bias) = (inputs[0], inputs[1], inputs[2]);

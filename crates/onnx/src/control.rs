@@ -122,7 +122,8 @@ fn inline_body(imp: &mut Importer, body: &GraphProto, args: &[ValueId]) -> CResu
     let result = (|| -> CResult<Vec<ValueId>> {
         imp.initializers(body, None)?;
         let order = topo_order(&body.node, &imp.values, &imp.pending)?;
-        let qdq = QdqGraph::new(&body.node, imp.opset);
+        let outputs = crate::import::output_names(&body.output);
+        let qdq = QdqGraph::new(&body.node, outputs, imp.opset, imp.numerics);
         for i in order {
             imp.node(&body.node[i], i, &qdq)?;
         }

@@ -54,6 +54,7 @@ pub(crate) fn import_model(
         pending: HashMap::new(),
         opset,
         notes: Vec::new(),
+        numerics: options.int8_numerics,
     };
     imp.initializers(graph, base_dir)?;
     imp.inputs(graph, options, &mut notes)?;
@@ -75,7 +76,12 @@ pub(crate) fn import_model(
         ));
     }
     let order = topo_order(&graph.node, &imp.values, &imp.pending)?;
-    let qdq = QdqGraph::new(&graph.node, opset);
+    let qdq = QdqGraph::new(
+        &graph.node,
+        output_names(&graph.output),
+        opset,
+        imp.numerics,
+    );
     for i in order {
         imp.node(&graph.node[i], i, &qdq)?;
     }
@@ -94,6 +100,11 @@ pub(crate) fn import_model(
         notes,
         opset,
     })
+}
+
+/// The names of a graph's outputs.
+pub(crate) fn output_names(outputs: &[crate::proto::ValueInfoProto]) -> Vec<String> {
+    outputs.iter().filter_map(|o| o.name.clone()).collect()
 }
 
 fn default_opset(model: &ModelProto) -> Result<i64, ImportError> {
@@ -117,6 +128,8 @@ pub(crate) struct Importer {
     pub(crate) opset: i64,
     /// Messages for the user gathered while mapping nodes.
     pub(crate) notes: Vec<String>,
+    /// The arithmetic of int8 QDQ patterns.
+    pub(crate) numerics: crate::Int8Numerics,
 }
 
 impl Importer {
@@ -289,6 +302,14 @@ impl Importer {
         };
         let mapped = match fused {
             Some(v) => Ok(vec![v]),
+            // A float Conv of dequantized values runs in onnxruntime's order (see `ops::qdq_ort`).
+            None if qdq.float_conv_of_dequantized(node) => {
+                match crate::ops::mlas_order_conv(&mut self.b, &cx) {
+                    Ok(Some(v)) => Ok(vec![v]),
+                    Ok(None) => crate::ops::map_node(&mut self.b, &cx),
+                    Err(e) => Err(e),
+                }
+            }
             None => crate::ops::map_node(&mut self.b, &cx),
         };
         let outs = mapped.map_err(|e| match e {

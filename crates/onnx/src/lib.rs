@@ -36,6 +36,22 @@ pub struct ImportOptions {
     /// so shape operands fed through inputs (axes, sizes, zero points) fold at import time.
     /// Each value must have the input's declared dtype and fit its declared shape.
     pub constant_inputs: HashMap<String, Tensor>,
+    /// The arithmetic of int8 QDQ patterns.
+    pub int8_numerics: Int8Numerics,
+}
+
+/// How `DequantizeLinear -> op -> QuantizeLinear` patterns of int8 QDQ models are computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Int8Numerics {
+    /// As onnxruntime's CPU provider computes them, bit for bit: the patterns it fuses as its
+    /// integer kernels do (float-scale requantisation rounding half to even), the others as
+    /// float ops in MLAS's order (docs/onnxruntime-int8-numerics.md).
+    #[default]
+    OnnxRuntime,
+    /// TOSA v1.0: every fusable pattern becomes integer ops with a fixed-point RESCALE (round
+    /// half up), as TOSA hardware computes it; within one quantisation step of onnxruntime per
+    /// requantisation.
+    Tosa,
 }
 
 /// An imported model.

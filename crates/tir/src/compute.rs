@@ -79,6 +79,10 @@ pub struct Reduction {
     pub kind: ReduceKind,
     /// A constant of the stage's dtype (the identity of `kind` unless given otherwise).
     pub init: Expr,
+    /// An f32 `Sum` whose body is a product adds each product with one rounding (`fma`), in the
+    /// order of the reduce axes, wherever the stage is computed (tensorized tiles always do).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fused_multiply_add: bool,
 }
 
 /// A named iteration axis with its variable.
@@ -270,6 +274,41 @@ impl ComputeDag {
         self.add_stage(name, &axes, reduce_axes, Some(kind), body)
     }
 
+    /// Makes the f32 sum of products `id` accumulate each product with one rounding, in the order
+    /// of its reduce axes (see [`Reduction::fused_multiply_add`]).
+    pub fn fuse_multiply_add(&mut self, id: BufferId) -> Result<(), DagError> {
+        let t = self
+            .tensors
+            .get_mut(id.index())
+            .ok_or_else(|| DagError::Invalid {
+                name: format!("#{}", id.index()),
+                reason: "no such tensor".into(),
+            })?;
+        let name = t.name.clone();
+        let ok = t.dtype == DType::F32;
+        match t.stage.as_mut().and_then(|s| {
+            let product = matches!(
+                s.body,
+                Expr::Binary {
+                    op: crate::expr::BinOp::Mul,
+                    ..
+                }
+            );
+            s.reduction
+                .as_mut()
+                .filter(|r| product && r.kind == ReduceKind::Sum)
+        }) {
+            Some(r) if ok => {
+                r.fused_multiply_add = true;
+                Ok(())
+            }
+            _ => Err(DagError::Invalid {
+                name,
+                reason: "only an f32 sum of products can fuse its multiply-adds".into(),
+            }),
+        }
+    }
+
     /// Adds a stage with named spatial axes (one per output dimension) and reduce axes; `body`
     /// gets the axis variables as expressions. With `reduction`, the stage is
     /// `init; out = out ⊕ body` over the reduce axes, `init` the identity of the reduction.
@@ -323,7 +362,11 @@ impl ComputeDag {
                 let init = kind
                     .identity(dtype)
                     .ok_or_else(|| bad(format!("{kind:?} reduction of dtype {dtype}")))?;
-                Some(Reduction { kind, init })
+                Some(Reduction {
+                    kind,
+                    init,
+                    fused_multiply_add: false,
+                })
             }
         };
         // Variables: only this stage's axes. Loads: earlier tensors, right rank, in bounds.

@@ -875,10 +875,14 @@ impl Lowerer<'_> {
                             b,
                         },
                         crate::compute::ReduceKind::Sum,
-                    ) if (self.fma_update || own) && t.dtype == kiln_ir::DType::F32 => Expr::call(
-                        crate::expr::Intrinsic::Fma,
-                        vec![(**a).clone(), (**b).clone(), acc_now],
-                    ),
+                    ) if (self.fma_update || own || red.fused_multiply_add)
+                        && t.dtype == kiln_ir::DType::F32 =>
+                    {
+                        Expr::call(
+                            crate::expr::Intrinsic::Fma,
+                            vec![(**a).clone(), (**b).clone(), acc_now],
+                        )
+                    }
                     _ => red.kind.combine(acc_now, body),
                 };
                 let upd_store = Stmt::store(upd_target.0, upd_target.1, value);

@@ -75,6 +75,19 @@ pub(crate) fn define(
                 )
             })
         }
+        Op::MulAdd => {
+            let (x, y, z) = (&xs[0], &xs[1], &xs[2]);
+            b.stage("mul_add", &shape, |ax| {
+                Expr::call(
+                    Intrinsic::Fma,
+                    vec![
+                        bload(x.id, &x.ty.shape, ax),
+                        bload(y.id, &y.ty.shape, ax),
+                        bload(z.id, &z.ty.shape, ax),
+                    ],
+                )
+            })
+        }
         Op::Cast { to } => {
             let x = &xs[0];
             b.stage("cast", &shape, |ax| {

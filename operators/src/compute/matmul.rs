@@ -42,5 +42,8 @@ pub(crate) fn define(
             widen(av, xd, attrs.a_zp) * widen(bv, yd, attrs.b_zp)
         },
     )?;
+    if attrs.fma && float {
+        b.fuse_multiply_add(mm)?;
+    }
     b.finish_f32(mm, out.dtype, &out.shape)
 }

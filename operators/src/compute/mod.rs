@@ -159,6 +159,12 @@ impl Builder {
             .compute_reduce(&name, shape, reduce_axes, kind, body)?)
     }
 
+    /// Makes the f32 sum of products `id` one `fma` chain (see
+    /// [`kiln_tir::Reduction::fused_multiply_add`]).
+    pub(crate) fn fuse_multiply_add(&mut self, id: BufferId) -> Result<(), ComputeError> {
+        Ok(self.dag.fuse_multiply_add(id)?)
+    }
+
     /// Marks a stage as not to be inlined.
     pub(crate) fn keep_stage(&mut self, id: BufferId) {
         self.keep.insert(id);
@@ -231,6 +237,7 @@ pub fn define(b: &mut Builder, op: &Op, inputs: &[Operand]) -> Result<BufferId, 
         | Op::Binary(_)
         | Op::Clamp { .. }
         | Op::Select
+        | Op::MulAdd
         | Op::Cast { .. } => elementwise::define(b, op, inputs, &out)?,
         Op::Conv2d(_) | Op::DepthwiseConv2d(_) | Op::TransposeConv2d(_) => {
             conv::define(b, op, inputs, &out)?

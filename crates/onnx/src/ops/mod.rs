@@ -21,9 +21,11 @@ mod grid_sample;
 mod linear_attention;
 mod loss;
 mod matmul;
+mod mlas_conv;
 mod norm;
 mod pool;
 mod qdq;
+mod qdq_ort;
 mod quant;
 mod recurrent;
 mod reduce;
@@ -34,6 +36,7 @@ mod shape;
 mod signal;
 mod topk;
 
+pub(crate) use mlas_conv::conv as mlas_order_conv;
 pub(crate) use qdq::{fuse_quantize, QdqGraph};
 
 /// The RESCALE multiplier and shift of a real scale (exposed for the unit tests).

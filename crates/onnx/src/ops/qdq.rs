@@ -33,6 +33,7 @@ use crate::ops::conv::{conv_core, from_2d, to_2d, window};
 use crate::ops::matmul::matmul_nd;
 use crate::ops::quant::{rescale_by, weight_and_zero_point};
 use crate::proto::NodeProto;
+use crate::Int8Numerics;
 use kiln_ir::op::{BinaryOp, ConvAttrs, DataLayout, MatMulAttrs, ReduceOp};
 use kiln_ir::{DType, Op, ValueId};
 use std::collections::HashMap;
@@ -72,43 +73,81 @@ const SAME_SCALE: f64 = 1e-6;
 pub(crate) struct QdqGraph<'a> {
     /// Output name -> producing node.
     producers: HashMap<&'a str, &'a NodeProto>,
-    opset: i64,
+    /// Tensor name -> the nodes reading it, once per input slot.
+    pub(super) consumers: HashMap<&'a str, Vec<&'a NodeProto>>,
+    /// The graph's output names.
+    pub(super) outputs: Vec<String>,
+    pub(super) opset: i64,
+    pub(super) numerics: Int8Numerics,
 }
 
 impl<'a> QdqGraph<'a> {
-    pub(crate) fn new(nodes: &'a [NodeProto], opset: i64) -> Self {
+    pub(crate) fn new(
+        nodes: &'a [NodeProto],
+        outputs: Vec<String>,
+        opset: i64,
+        numerics: Int8Numerics,
+    ) -> Self {
         let mut producers = HashMap::new();
+        let mut consumers: HashMap<&str, Vec<&NodeProto>> = HashMap::new();
         for n in nodes {
             for o in n.output.iter().filter(|o| !o.is_empty()) {
                 producers.insert(o.as_str(), n);
             }
+            for i in n.input.iter().filter(|i| !i.is_empty()) {
+                consumers.entry(i.as_str()).or_default().push(n);
+            }
         }
-        QdqGraph { producers, opset }
+        QdqGraph {
+            producers,
+            consumers,
+            outputs,
+            opset,
+            numerics,
+        }
     }
 
-    fn producer(&self, name: &str) -> Option<&'a NodeProto> {
+    /// True for a Conv reading a DequantizeLinear output under onnxruntime's numerics: a float
+    /// conv that must round as MLAS does.
+    pub(crate) fn float_conv_of_dequantized(&self, node: &NodeProto) -> bool {
+        self.numerics == Int8Numerics::OnnxRuntime
+            && node.op_type.as_deref() == Some("Conv")
+            && node
+                .input
+                .first()
+                .and_then(|x| self.producer(x))
+                .is_some_and(|p| p.op_type.as_deref() == Some("DequantizeLinear"))
+    }
+
+    /// How many times `name` is read: by node inputs, plus one if it is a graph output.
+    pub(super) fn uses(&self, name: &str) -> usize {
+        self.consumers.get(name).map_or(0, Vec::len)
+            + usize::from(self.outputs.iter().any(|o| o == name))
+    }
+
+    pub(super) fn producer(&self, name: &str) -> Option<&'a NodeProto> {
         let n = self.producers.get(name).copied()?;
         matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx")).then_some(n)
     }
 }
 
 /// The state of the import a fusion reads: the graph, the builder and the imported values.
-struct Fuser<'g, 'b> {
-    g: &'g QdqGraph<'g>,
-    b: &'b mut Builder,
-    values: &'g HashMap<String, ValueId>,
+pub(super) struct Fuser<'g, 'b> {
+    pub(super) g: &'g QdqGraph<'g>,
+    pub(super) b: &'b mut Builder,
+    pub(super) values: &'g HashMap<String, ValueId>,
 }
 
 /// A DequantizeLinear output seen through: its integer input and quantization parameters.
-struct Dq {
-    q: ValueId,
+pub(super) struct Dq {
+    pub(super) q: ValueId,
     /// One scale, or one per index of `axis`.
-    scale: Vec<f64>,
+    pub(super) scale: Vec<f64>,
     /// As many zero points as scales (zeros when absent).
-    zp: Vec<i64>,
+    pub(super) zp: Vec<i64>,
     /// The zero-point operand, when present (for per-channel weight zero points).
-    zp_value: Option<ValueId>,
-    axis: usize,
+    pub(super) zp_value: Option<ValueId>,
+    pub(super) axis: usize,
 }
 
 impl Dq {
@@ -122,7 +161,7 @@ impl Dq {
 
     /// The scales as one per index of `axis` of a `len`-long axis, if they are per tensor or
     /// per channel along exactly that axis.
-    fn scales_along(&self, axis: usize, len: usize) -> Option<Vec<f64>> {
+    pub(super) fn scales_along(&self, axis: usize, len: usize) -> Option<Vec<f64>> {
         match self.scale.len() {
             1 => Some(vec![self.scale[0]; len]),
             n if n == len && self.axis == axis => Some(self.scale.clone()),
@@ -132,18 +171,18 @@ impl Dq {
 }
 
 /// The quantization of the fused value: that of the anchoring QuantizeLinear.
-struct OutQuant {
-    scale: f64,
-    zp: i32,
-    dtype: DType,
+pub(super) struct OutQuant {
+    pub(super) scale: f64,
+    pub(super) zp: i32,
+    pub(super) dtype: DType,
 }
 
 /// A per-tensor quantized activation operand.
 #[derive(Clone, Copy)]
-struct QAct {
-    q: ValueId,
-    scale: f64,
-    zp: i32,
+pub(super) struct QAct {
+    pub(super) q: ValueId,
+    pub(super) scale: f64,
+    pub(super) zp: i32,
 }
 
 /// The integer value of the QuantizeLinear node `cx`, if its input is a fusable QDQ pattern.
@@ -155,6 +194,9 @@ pub(crate) fn fuse_quantize(
     g: &QdqGraph,
     values: &HashMap<String, ValueId>,
 ) -> NResult<Option<ValueId>> {
+    if g.numerics == Int8Numerics::OnnxRuntime {
+        return super::qdq_ort::fuse_quantize(b, cx, g, values);
+    }
     let mut f = Fuser { g, b, values };
     let Some(out) = f.output_quant(cx)? else {
         return Ok(None);
@@ -193,7 +235,7 @@ pub(crate) fn fuse_quantize(
 
 impl Fuser<'_, '_> {
     /// The context of another node of the graph with its imported inputs, if all are imported.
-    fn cx<'n>(&self, node: &'n NodeProto) -> Option<NodeCx<'n>> {
+    pub(super) fn cx<'n>(&self, node: &'n NodeProto) -> Option<NodeCx<'n>> {
         let mut inputs = Vec::with_capacity(node.input.len());
         for i in &node.input {
             if i.is_empty() {
@@ -214,7 +256,7 @@ impl Fuser<'_, '_> {
 
     /// The quantization the anchoring QuantizeLinear produces, if it is per tensor with constant
     /// parameters and an integer type RESCALE can produce.
-    fn output_quant(&self, cx: &NodeCx) -> NResult<Option<OutQuant>> {
+    pub(super) fn output_quant(&self, cx: &NodeCx) -> NResult<Option<OutQuant>> {
         // Read every attribute the plain mapping reads, so the unread-attribute check agrees;
         // `axis` only matters for per-axis scales, which are not fused.
         cx.int("axis", 1)?;
@@ -252,7 +294,7 @@ impl Fuser<'_, '_> {
 
     /// Looks through a Relu or Clip producing `name`: the tensor it reads and the real interval
     /// it clamps to (infinite when there is none).
-    fn peel_activation(&self, name: &str) -> NResult<Option<(String, f64, f64)>> {
+    pub(super) fn peel_activation(&self, name: &str) -> NResult<Option<(String, f64, f64)>> {
         let (lo, hi) = (f64::NEG_INFINITY, f64::INFINITY);
         let Some(p) = self.g.producer(name) else {
             return Ok(Some((name.to_string(), lo, hi)));
@@ -294,7 +336,7 @@ impl Fuser<'_, '_> {
 
     /// The DequantizeLinear producing `name`, seen through, if its parameters are constants and
     /// it dequantizes 8-bit integers (or i32, for biases).
-    fn dequantized(&self, name: &str) -> Option<Dq> {
+    pub(super) fn dequantized(&self, name: &str) -> Option<Dq> {
         let p = self.g.producer(name)?;
         if p.op_type.as_deref() != Some("DequantizeLinear") {
             return None;
@@ -334,7 +376,7 @@ impl Fuser<'_, '_> {
     }
 
     /// A per-tensor quantized 8-bit activation.
-    fn act(&self, name: &str) -> Option<QAct> {
+    pub(super) fn act(&self, name: &str) -> Option<QAct> {
         let d = self.dequantized(name)?;
         let (scale, zp) = d.per_tensor()?;
         matches!(self.b.dtype(d.q), DType::I8 | DType::U8).then_some(QAct { q: d.q, scale, zp })
@@ -342,7 +384,7 @@ impl Fuser<'_, '_> {
 
     /// The 8-bit weight operand `name` (per tensor, or per channel along `axis` of length `len`):
     /// the integer weight ready for CONV2D/MATMUL, its zero point and one scale per channel.
-    fn weight(
+    pub(super) fn weight(
         &mut self,
         name: &str,
         axis: usize,
@@ -446,7 +488,11 @@ impl Fuser<'_, '_> {
         let Some((w, b_zp, w_scale)) = self.weight(in_name(p, 1), last, n)? else {
             return Ok(None);
         };
-        let attrs = MatMulAttrs { a_zp: a.zp, b_zp };
+        let attrs = MatMulAttrs {
+            a_zp: a.zp,
+            b_zp,
+            ..Default::default()
+        };
         let acc = matmul_nd(self.b, a.q, w, attrs)?;
         let acc_scale: Vec<f64> = w_scale.iter().map(|s| a.scale * s).collect();
         let axis = self.b.rank(acc).saturating_sub(1);
@@ -488,7 +534,11 @@ impl Fuser<'_, '_> {
         } else {
             w
         };
-        let attrs = MatMulAttrs { a_zp: a.zp, b_zp };
+        let attrs = MatMulAttrs {
+            a_zp: a.zp,
+            b_zp,
+            ..Default::default()
+        };
         let mut acc = matmul_nd(self.b, a_q, w, attrs)?;
         let acc_scale: Vec<f64> = w_scale.iter().map(|s| alpha * a.scale * s).collect();
         if let Some(c) = p.input.get(2).filter(|s| !s.is_empty()) {
@@ -549,7 +599,11 @@ impl Fuser<'_, '_> {
 
     /// `Q(GlobalAveragePool(DQ(x)))`: an i32 sum over the spatial axes, less `count * zx`,
     /// rescaled by `sx / (count * sy)`.
-    fn global_average_pool(&mut self, p: &NodeProto, out: &OutQuant) -> NResult<Option<ValueId>> {
+    pub(super) fn global_average_pool(
+        &mut self,
+        p: &NodeProto,
+        out: &OutQuant,
+    ) -> NResult<Option<ValueId>> {
         let Some(x) = self.act(in_name(p, 0)) else {
             return Ok(None);
         };
@@ -648,7 +702,11 @@ impl Fuser<'_, '_> {
 
     /// `Q(op(DQ(x), shape operands...))` for a data-movement op: the op on the integers, then a
     /// requantization to the output (none when the parameters agree).
-    fn data_movement(&mut self, p: &NodeProto, out: &OutQuant) -> NResult<Option<ValueId>> {
+    pub(super) fn data_movement(
+        &mut self,
+        p: &NodeProto,
+        out: &OutQuant,
+    ) -> NResult<Option<ValueId>> {
         let (Some(mut cx), Some(x)) = (self.cx(p), self.act(in_name(p, 0))) else {
             return Ok(None);
         };
@@ -727,7 +785,7 @@ impl Fuser<'_, '_> {
 }
 
 /// Input `i` of a node by name (empty when absent).
-fn in_name(p: &NodeProto, i: usize) -> &str {
+pub(super) fn in_name(p: &NodeProto, i: usize) -> &str {
     p.input.get(i).map(String::as_str).unwrap_or("")
 }
 

@@ -176,12 +176,16 @@ pub(super) fn dequantize(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     if !fdt.is_float() {
         return invalid(format!("x_scale must be float, got {fdt}"));
     }
-    let mut y = b.cast(x, DType::F32)?;
+    // `x - zero_point` in i32, then one conversion (ONNX's definition, and onnxruntime's: an
+    // i32 `x` above 2^24 is rounded once, not twice).
+    let mut y = x;
     if let Some(zp) = cx.opt_input(2) {
         let zp = quant_param(b, zp, axis, &xs, block)?;
-        let zp = b.cast(zp, DType::F32)?;
-        y = b.binary(BinaryOp::Sub, y, zp)?;
+        let xi = b.cast(x, DType::I32)?;
+        let zi = b.cast(zp, DType::I32)?;
+        y = b.binary(BinaryOp::Sub, xi, zi)?;
     }
+    let mut y = b.cast(y, DType::F32)?;
     let s = quant_param(b, scale, axis, &xs, block)?;
     let s = b.cast(s, DType::F32)?;
     y = b.binary(BinaryOp::Mul, y, s)?;
@@ -310,7 +314,16 @@ pub(super) fn matmul_integer(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let m = cx.input(1)?;
     let last = b.rank(m).saturating_sub(1);
     let (m, b_zp) = weight_and_zero_point(b, m, cx.opt_input(3), last, "b_zero_point")?;
-    matmul_nd(b, cx.input(0)?, m, MatMulAttrs { a_zp, b_zp })
+    matmul_nd(
+        b,
+        cx.input(0)?,
+        m,
+        MatMulAttrs {
+            a_zp,
+            b_zp,
+            ..Default::default()
+        },
+    )
 }
 
 pub(super) fn qlinear_matmul(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
@@ -322,6 +335,7 @@ pub(super) fn qlinear_matmul(b: &mut Builder, cx: &NodeCx) -> NResult<ValueId> {
     let attrs = MatMulAttrs {
         a_zp: zero_point(b, Some(a_zp), "a_zero_point")?,
         b_zp,
+        fma: false,
     };
     let acc = matmul_nd(b, a, m, attrs)?;
     let to = b.dtype(y_zp);

@@ -1,0 +1,271 @@
+//! A float Conv computed in the exact order of onnxruntime's CPU kernel (MLAS, one thread), for
+//! the float convolutions onnxruntime leaves between DequantizeLinear and QuantizeLinear in an
+//! int8 QDQ model: their rounding decides the quantized result, so it must match bit for bit.
+//!
+//! onnxruntime's `Conv` lowers to im2col (`k = c·kh·kw + ky·kw + kx`, padding read as 0.0) and
+//! SGEMM `C[M,N] = W[M,K] · col[K,N]` per group and image, whose kernel runs one FMA chain from
+//! +0.0 over each block of `k`, adds the blocks to `C` in order (`C = acc + C`), and adds the bias
+//! last (docs/onnxruntime-int8-numerics.md §3.10 has the blocking rules and their sources).
+//! Here each (column range, `k` block) is a MATMUL with `fma` set on the matching slices, the
+//! blocks are summed with ADD in the same order and the bias added at the end.
+//!
+//! Invariant: the value built equals MLAS's result bit for bit whenever this module returns one;
+//! shapes whose SGEMM would take MLAS's single-row or single-column kernels (other summation
+//! orders), or weights that are not constants, return `None` and the caller imports the
+//! ordinary CONV2D (correct to rounding, not bit-exact).
+
+use crate::builder::{Builder, NResult};
+use crate::node::NodeCx;
+use crate::ops::conv::{from_2d, to_2d, window};
+use crate::ops::matmul::matmul_nd;
+use kiln_ir::op::{BinaryOp, MatMulAttrs, PadMode};
+use kiln_ir::{DType, Op, ValueId};
+
+/// One SGEMM call: `C[:, n] (+)= W[:, k] · col[k, n]`, columns `n`, reduction range `k`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Block {
+    n: (usize, usize),
+    k: (usize, usize),
+}
+
+/// MLAS's adaptive strides for `n` columns and depth `k` (`MlasSgemmOperation`, `MlasConvOperation`).
+fn strides(n: usize, k: usize) -> (usize, usize) {
+    let (mut sn, mut sk) = (128usize, 128usize);
+    if n >= k {
+        while sk / 2 >= k {
+            sn *= 2;
+            sk /= 2;
+        }
+    } else {
+        while sn > 16 && sn / 2 >= n {
+            sk *= 2;
+            sn /= 2;
+        }
+    }
+    (sn, sk)
+}
+
+/// The FMA-chain blocks of `MlasSgemmOperation(M, N, K)` on columns `n0..n0+n`, depth `k0..k0+k`,
+/// in execution order; `None` when MLAS would use its single-row or single-column kernel.
+fn sgemm_blocks(m: usize, n0: usize, n: usize, k0: usize, k: usize, out: &mut Vec<Block>) -> bool {
+    if m == 1 || n == 1 {
+        return false;
+    }
+    let (sn, sk) = strides(n, k);
+    for nb in (0..n).step_by(sn) {
+        let cn = sn.min(n - nb);
+        for kb in (0..k).step_by(sk) {
+            let ck = sk.min(k - kb);
+            out.push(Block {
+                n: (n0 + nb, cn),
+                k: (k0 + kb, ck),
+            });
+        }
+    }
+    true
+}
+
+/// The SGEMM blocks of one group's convolution: `direct` for a pointwise, unstrided, unpadded
+/// kernel (`GemmDirect`), else `ExpandThenGemm` (`m > n`) or the segmented im2col.
+fn conv_blocks(m: usize, n: usize, k: usize, direct: bool) -> Option<Vec<Block>> {
+    let mut out = vec![];
+    if direct || m > n {
+        return sgemm_blocks(m, 0, n, 0, k, &mut out).then_some(out);
+    }
+    let (sn, sk) = strides(n, k);
+    for nb in (0..n).step_by(sn) {
+        let cn = sn.min(n - nb);
+        for kb in (0..k).step_by(sk) {
+            if !sgemm_blocks(m, nb, cn, kb, sk.min(k - kb), &mut out) {
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Column ranges that share one sequence of `k` blocks, each with that sequence.
+fn column_runs(blocks: &[Block]) -> Vec<((usize, usize), Vec<(usize, usize)>)> {
+    let mut per_col: Vec<((usize, usize), Vec<(usize, usize)>)> = vec![];
+    for bl in blocks {
+        match per_col.iter_mut().find(|(n, _)| *n == bl.n) {
+            Some((_, ks)) => ks.push(bl.k),
+            None => per_col.push((bl.n, vec![bl.k])),
+        }
+    }
+    per_col.sort_by_key(|(n, _)| n.0);
+    // Merge adjacent column ranges with the same k blocks.
+    let mut runs: Vec<((usize, usize), Vec<(usize, usize)>)> = vec![];
+    for (n, ks) in per_col {
+        match runs.last_mut() {
+            Some((m, mk)) if *mk == ks && m.0 + m.1 == n.0 => m.1 += n.1,
+            _ => runs.push((n, ks)),
+        }
+    }
+    runs
+}
+
+/// `Conv` in MLAS's order, or `None` when it does not apply (see the module doc).
+pub(crate) fn conv(b: &mut Builder, cx: &NodeCx) -> NResult<Option<ValueId>> {
+    let (x, w) = (cx.input(0)?, cx.input(1)?);
+    let bias = cx.opt_input(2);
+    let (xs, ws) = (b.shape(x), b.shape(w));
+    if b.dtype(x) != DType::F32 || xs.len() != ws.len() || !(3..=4).contains(&xs.len()) {
+        return Ok(None);
+    }
+    let Some(weights) = b
+        .const_of(w)
+        .and_then(|t| t.as_slice::<f32>())
+        .map(<[f32]>::to_vec)
+    else {
+        return Ok(None);
+    };
+    if let Some(k) = cx.ints_opt("kernel_shape")? {
+        if k.iter().map(|&d| d as usize).ne(ws[2..].iter().copied()) {
+            return Ok(None);
+        }
+    }
+    let one_d = xs.len() == 3;
+    let win = window(cx, &xs[2..], &ws[2..], false)?;
+    let group = cx.int("group", 1)?;
+    let (c, o) = (xs[1], ws[0]);
+    if group < 1 || !c.is_multiple_of(group as usize) || !o.is_multiple_of(group as usize) {
+        return Ok(None);
+    }
+    let group = group as usize;
+    let (cg, mg) = (c / group, o / group);
+    if ws[1] != cg {
+        return Ok(None);
+    }
+    let x4 = to_2d(b, x)?;
+    let [kh, kw] = win.kernel;
+    let [pt, pb, pl, pr] = win.pad;
+    let s4 = b.shape(x4);
+    let (batch, h, wd) = (s4[0], s4[2], s4[3]);
+    let span = |size: usize, before: usize, after: usize, k: usize, s: usize, d: usize| {
+        let eff = d * (k - 1) + 1;
+        (size + before + after).checked_sub(eff).map(|r| r / s + 1)
+    };
+    let (Some(oh), Some(ow)) = (
+        span(h, pt, pb, kh, win.stride[0], win.dilation[0]),
+        span(wd, pl, pr, kw, win.stride[1], win.dilation[1]),
+    ) else {
+        return Ok(None);
+    };
+    let (n, k) = (oh * ow, cg * kh * kw);
+    let direct = kh == 1 && kw == 1 && win.stride == [1, 1] && win.pad == [0; 4];
+    let Some(blocks) = conv_blocks(mg, n, k, direct) else {
+        return Ok(None);
+    };
+    let runs = column_runs(&blocks);
+    // im2col of the whole input: [B, C·kh·kw, OH·OW], k = c·kh·kw + ky·kw + kx.
+    let col = if direct {
+        b.reshape(x4, vec![batch, c, n])?
+    } else {
+        let padded = if win.pad == [0; 4] {
+            x4
+        } else {
+            b.add(
+                Op::Pad {
+                    pads: vec![[0, 0], [0, 0], [pt, pb], [pl, pr]],
+                    mode: PadMode::Constant,
+                    value: kiln_ir::op::OrderedF64(0.0),
+                },
+                &[x4],
+            )?
+        };
+        let ps = b.shape(padded);
+        let mut taps = Vec::with_capacity(kh * kw);
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let t = b.add(
+                    Op::Slice {
+                        start: vec![0, 0, ky * win.dilation[0], kx * win.dilation[1]],
+                        size: vec![ps[0], ps[1], oh, ow],
+                        stride: vec![1, 1, win.stride[0], win.stride[1]],
+                    },
+                    &[padded],
+                )?;
+                taps.push(b.reshape(t, vec![batch, c, 1, n])?);
+            }
+        }
+        let stacked = b.concat(&taps, 2)?;
+        b.reshape(stacked, vec![batch, c * kh * kw, n])?
+    };
+    let fma = MatMulAttrs {
+        fma: true,
+        ..Default::default()
+    };
+    let mut groups = Vec::with_capacity(group);
+    for g in 0..group {
+        let wg = &weights[g * mg * k..][..mg * k];
+        let mut columns = Vec::with_capacity(runs.len());
+        for ((n0, nc), ks) in &runs {
+            let mut acc: Option<ValueId> = None;
+            for &(k0, kc) in ks {
+                let w_blk: Vec<f32> = (0..mg)
+                    .flat_map(|r| wg[r * k + k0..][..kc].iter().copied())
+                    .collect();
+                let w_blk = b.const_tensor(vec![mg, kc], w_blk)?;
+                let x_blk = b.add(
+                    Op::Slice {
+                        start: vec![0, g * k + k0, *n0],
+                        size: vec![batch, kc, *nc],
+                        stride: vec![1, 1, 1],
+                    },
+                    &[col],
+                )?;
+                let part = matmul_nd(b, w_blk, x_blk, fma.clone())?;
+                acc = Some(match acc {
+                    None => part,
+                    Some(sum) => b.binary(BinaryOp::Add, part, sum)?,
+                });
+            }
+            columns.extend(acc);
+        }
+        groups.push(b.concat(&columns, 2)?);
+    }
+    let mut y = b.concat(&groups, 1)?;
+    if let Some(bias) = bias {
+        let bias = b.reshape(bias, vec![1, o, 1])?;
+        y = b.binary(BinaryOp::Add, y, bias)?;
+    }
+    let y = b.reshape(y, vec![batch, o, oh, ow])?;
+    from_2d(b, y, one_d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocking_follows_mlas() {
+        // One chain when k fits a stride.
+        assert_eq!(strides(3136, 96), (256, 128));
+        assert_eq!(strides(1024, 27), (512, 32));
+        // Deep and narrow: k strides grow, n strides shrink to 16 at most.
+        assert_eq!(strides(49, 960), (64, 256));
+        let b = conv_blocks(64, 1024, 144, false).unwrap();
+        // Segmented: n blocks of 128, k blocks 128 + 16 each.
+        assert_eq!(b.len(), 16);
+        assert_eq!(
+            b[0],
+            Block {
+                n: (0, 128),
+                k: (0, 128)
+            }
+        );
+        assert_eq!(
+            b[1],
+            Block {
+                n: (0, 128),
+                k: (128, 16)
+            }
+        );
+        let runs = column_runs(&b);
+        assert_eq!(runs, vec![((0, 1024), vec![(0, 128), (128, 16)])]);
+        // Single-row and single-column SGEMMs take other kernels.
+        assert!(conv_blocks(1, 100, 9, false).is_none());
+        assert!(conv_blocks(16, 1, 9, true).is_none());
+    }
+}
