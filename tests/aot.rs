@@ -11,6 +11,7 @@
 
 #![allow(unsafe_code)]
 
+use kiln::Int8Numerics;
 use kiln::{AotOptions, Compiler, DType, Target, Tensor, TensorType};
 use kiln_tests::tests_dir;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,13 @@ struct Case {
     name: String,
     model: PathBuf,
     data: PathBuf,
+    /// Where the expected `output_N.pb` are, when not beside the inputs in `data`.
+    expected: Option<PathBuf>,
     atol: f64,
+    rtol: f64,
+    /// The int8 arithmetic imported; TOSA's is checked against the reference interpreter
+    /// (exactly: both are integer RESCALEs), onnxruntime's against onnxruntime's outputs.
+    numerics: Int8Numerics,
 }
 
 fn repo() -> PathBuf {
@@ -34,13 +41,42 @@ fn case(dir: &Path, name: &str) -> Case {
         name: name.to_string(),
         model: dir.join(format!("{name}.onnx")),
         data: dir.join(format!("{name}_data")),
-        // The int8 model's output is dequantized: one quantization step is 1/255.
-        atol: if name.contains("int8") {
-            1.0 / 255.0 + 1e-6
-        } else {
-            1e-4
-        },
+        expected: None,
+        // An int8 model computes what onnxruntime computes, bit for bit.
+        atol: if name.contains("int8") { 0.0 } else { 1e-4 },
+        rtol: if name.contains("int8") { 0.0 } else { 1e-3 },
+        numerics: Int8Numerics::OnnxRuntime,
     }
+}
+
+/// The models of `../shared/<folder>` that have test data, sorted.
+fn shared_cases(folder: &str) -> Vec<Case> {
+    let shared = repo().join("../shared").join(folder);
+    let Ok(entries) = std::fs::read_dir(&shared) else {
+        eprintln!(
+            "note: no {} here: only the bundled models",
+            shared.display()
+        );
+        return vec![];
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let p = e.path();
+            let stem = p.file_stem()?.to_str()?.to_string();
+            (p.extension()? == "onnx" && shared.join(format!("{stem}_data")).is_dir())
+                .then_some(stem)
+        })
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|n| Case {
+            name: format!("shared/{n}"),
+            expected: kiln_tests::onnxruntime_outputs(n),
+            ..case(&shared, n)
+        })
+        .collect()
 }
 
 fn bundled_cases() -> Vec<Case> {
@@ -49,38 +85,25 @@ fn bundled_cases() -> Vec<Case> {
         "resnet8_cifar",
         "dscnn_kws",
         "resnet8_cifar_int8",
+        "qdq_mix_int8",
         "decoder_block",
     ]
     .iter()
     .map(|n| case(&dir, n))
+    .chain(std::iter::once(Case {
+        name: "resnet8_cifar_int8_tosa".into(),
+        numerics: Int8Numerics::Tosa,
+        ..case(&dir, "resnet8_cifar_int8")
+    }))
     .collect()
 }
 
-/// The bundled models, plus those of `../shared/models` when it exists.
+/// The bundled models, plus those of `../shared/models` and `../shared/models-int8` when they
+/// exist.
 fn all_cases() -> Vec<Case> {
     let mut cases = bundled_cases();
-    let shared = repo().join("../shared/models");
-    if let Ok(entries) = std::fs::read_dir(&shared) {
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let p = e.path();
-                let stem = p.file_stem()?.to_str()?.to_string();
-                (p.extension()? == "onnx" && shared.join(format!("{stem}_data")).is_dir())
-                    .then_some(stem)
-            })
-            .collect();
-        names.sort();
-        cases.extend(names.iter().map(|n| Case {
-            name: format!("shared/{n}"),
-            ..case(&shared, n)
-        }));
-    } else {
-        eprintln!(
-            "note: no {} here: only the bundled models",
-            shared.display()
-        );
-    }
+    cases.extend(shared_cases("models"));
+    cases.extend(shared_cases("models-int8"));
     cases
 }
 
@@ -142,19 +165,31 @@ fn build_runner(cc: &str, out: &Path) {
 }
 
 fn load(c: &Case) -> (kiln::Model, Vec<Tensor>, Vec<Tensor>) {
-    let model = kiln::load_onnx(&c.model, &Default::default())
-        .unwrap_or_else(|e| panic!("{}: {e}", c.name));
+    let options = kiln::ImportOptions {
+        int8_numerics: c.numerics,
+        ..Default::default()
+    };
+    let model = kiln::load_onnx(&c.model, &options).unwrap_or_else(|e| panic!("{}: {e}", c.name));
     let read = |prefix: &str, n: usize| -> Vec<Tensor> {
         (0..n)
             .map(|i| {
-                kiln::read_tensor(c.data.join(format!("{prefix}_{i}.pb")))
+                let dir = match (prefix, &c.expected) {
+                    ("output", Some(e)) => e,
+                    _ => &c.data,
+                };
+                kiln::read_tensor(dir.join(format!("{prefix}_{i}.pb")))
                     .unwrap_or_else(|e| panic!("{}: {e}", c.name))
                     .1
             })
             .collect()
     };
     let inputs = read("input", model.graph.inputs().len());
-    let expected = read("output", model.graph.outputs().len());
+    let expected = match c.numerics {
+        Int8Numerics::Tosa => {
+            kiln_reference::run(&model.graph, &inputs).unwrap_or_else(|e| panic!("{}: {e}", c.name))
+        }
+        Int8Numerics::OnnxRuntime => read("output", model.graph.outputs().len()),
+    };
     (model, inputs, expected)
 }
 
@@ -164,12 +199,13 @@ fn assert_close(c: &Case, what: &str, got: &Tensor, expected: &Tensor) {
     let worst = g
         .iter()
         .zip(&e)
-        .map(|(a, b)| (a - b).abs() - 1e-3 * b.abs())
+        .map(|(a, b)| (a - b).abs() - c.rtol * b.abs())
         .fold(0.0, f64::max);
     assert!(
         worst <= c.atol,
-        "{} ({what}): off by {worst} beyond rtol 1e-3 (atol {})",
+        "{} ({what}): off by {worst} beyond rtol {} (atol {})",
         c.name,
+        c.rtol,
         c.atol
     );
     println!("{} ({what}): within tolerance (excess {worst:.2e})", c.name);

@@ -31,6 +31,17 @@ pub fn bundled_models() -> Vec<BundledModel> {
         .collect()
 }
 
+/// onnxruntime's outputs for a model of `../shared/models-int8` whose stored `output_N.pb` another
+/// onnxruntime wrote (`tests/models/onnxruntime-1.32/NAME`, made by
+/// `tools/ort_int8/reference_outputs.py`), if there are any.
+pub fn onnxruntime_outputs(name: &str) -> Option<PathBuf> {
+    let dir = tests_dir()
+        .join("models")
+        .join("onnxruntime-1.32")
+        .join(name);
+    dir.is_dir().then_some(dir)
+}
+
 /// The malformed-model corpus (`tests/malformed/*.onnx`), sorted.
 pub fn malformed_models() -> Vec<PathBuf> {
     let dir = tests_dir().join("malformed");

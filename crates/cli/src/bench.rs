@@ -6,7 +6,7 @@
 use crate::data::read_inputs;
 use crate::error::CliError;
 use crate::load;
-use crate::shapes::ShapeBinding;
+use crate::shapes::ImportArgs;
 use kiln_ir::{Tensor, TensorData, TensorType};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -19,7 +19,7 @@ pub struct BenchRequest {
     pub threads: usize,
     pub iters: usize,
     pub json: bool,
-    pub input_shapes: Vec<ShapeBinding>,
+    pub import: ImportArgs,
     pub graph: kiln::GraphOptions,
     /// Tuned schedules (`--tuning-log`).
     pub schedules: kiln::TunedSchedules,
@@ -74,7 +74,7 @@ pub fn bench(req: &BenchRequest) -> Result<BenchReport, CliError> {
             "--iters and --threads must be positive".into(),
         ));
     }
-    let model = load(&req.model, &req.input_shapes)?;
+    let model = load(&req.model, &req.import)?;
     let backend_err = |source: crate::backend::BackendError| CliError::Backend {
         backend: "jit",
         source: Box::new(source),

@@ -6,7 +6,7 @@
 //! later step could mistake for a good one (the linker writes it last).
 
 use crate::error::CliError;
-use crate::shapes::ShapeBinding;
+use crate::shapes::ImportArgs;
 use kiln::{AotOptions, Compiler, Target};
 use std::path::PathBuf;
 
@@ -18,7 +18,7 @@ pub struct CompileRequest {
     pub target: String,
     pub header: Option<PathBuf>,
     pub single_thread: bool,
-    pub input_shapes: Vec<ShapeBinding>,
+    pub import: ImportArgs,
     pub graph: kiln::GraphOptions,
     /// `--tuning-log`.
     pub tuning_log: Option<PathBuf>,
@@ -27,7 +27,7 @@ pub struct CompileRequest {
 /// Compiles the model into a shared library and prints what was built.
 pub fn compile(req: &CompileRequest) -> Result<(), CliError> {
     let target = Target::named(&req.target).map_err(|e| CliError::Usage(e.to_string()))?;
-    let model = crate::load(&req.model, &req.input_shapes)?;
+    let model = crate::load(&req.model, &req.import)?;
     // A single-threaded library takes records measured on one thread; a parallel one, whose
     // pool size is chosen when it runs, takes the fastest of any thread count.
     let schedules = match &req.tuning_log {

@@ -5,14 +5,14 @@
 
 use crate::error::CliError;
 use crate::load;
-use crate::shapes::ShapeBinding;
+use crate::shapes::ImportArgs;
 use kiln_ir::{Graph, ValueId};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Imports `path` and prints its summary.
-pub fn inspect(path: &Path, input_shapes: &[ShapeBinding]) -> Result<(), CliError> {
-    let model = load(path, input_shapes)?;
+pub fn inspect(path: &Path, import: &ImportArgs) -> Result<(), CliError> {
+    let model = load(path, import)?;
     let g = &model.graph;
     println!("model: {}", path.display());
     println!("opset: {}", model.opset);

@@ -27,7 +27,7 @@ use compare::Tolerance;
 use error::CliError;
 use kiln_onnx::Model;
 use manifest::Manifest;
-use shapes::ShapeBinding;
+use shapes::{ImportArgs, ShapeBinding};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -55,9 +55,8 @@ pub enum Command {
     Inspect {
         /// The ONNX model file.
         model: PathBuf,
-        /// Bind an input's shape, e.g. `input=1,3,224,224` (repeatable).
-        #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = shapes::parse_binding)]
-        input_shapes: Vec<ShapeBinding>,
+        #[command(flatten)]
+        import: ImportArgs,
     },
     /// Run a model on `DIR/input_N.pb` and compare with `DIR/output_N.pb` where present.
     Run {
@@ -77,9 +76,8 @@ pub enum Command {
         threads: Option<usize>,
         #[command(flatten)]
         tolerance: ToleranceArgs,
-        /// Bind an input's shape, e.g. `input=1,3,224,224` (repeatable).
-        #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = shapes::parse_binding)]
-        input_shapes: Vec<ShapeBinding>,
+        #[command(flatten)]
+        import: ImportArgs,
         #[command(flatten)]
         graph: GraphArgs,
     },
@@ -130,9 +128,8 @@ pub enum Command {
         /// `--profile`.
         #[arg(long, value_name = "FILE")]
         profile_json: Option<PathBuf>,
-        /// Bind an input's shape, e.g. `input=1,3,224,224` (repeatable).
-        #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = shapes::parse_binding)]
-        input_shapes: Vec<ShapeBinding>,
+        #[command(flatten)]
+        import: ImportArgs,
         #[command(flatten)]
         graph: GraphArgs,
     },
@@ -152,9 +149,8 @@ pub enum Command {
         /// Build a library whose code never uses threads (no pool, smaller).
         #[arg(long)]
         single_thread: bool,
-        /// Bind an input's shape, e.g. `input=1,3,224,224` (repeatable).
-        #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = shapes::parse_binding)]
-        input_shapes: Vec<ShapeBinding>,
+        #[command(flatten)]
+        import: ImportArgs,
         #[command(flatten)]
         graph: GraphArgs,
     },
@@ -307,9 +303,10 @@ impl ToleranceArgs {
 /// The manifest used when `--manifest` is not given (relative to the working directory).
 pub const DEFAULT_MANIFEST: &str = "tests/conformance/skip.txt";
 
-/// Imports a model file with the given input shape bindings.
-pub fn load(path: &Path, input_shapes: &[ShapeBinding]) -> Result<Model, CliError> {
-    let options = shapes::to_options(input_shapes)?;
+/// Imports a model file with the given import arguments.
+pub fn load(path: &Path, import: &ImportArgs) -> Result<Model, CliError> {
+    let mut options = shapes::to_options(&import.input_shapes)?;
+    options.int8_numerics = import.int8_numerics.into();
     if !path.is_file() {
         return Err(CliError::io(
             path,
@@ -330,10 +327,9 @@ fn cpus() -> usize {
 /// Executes a parsed command line.
 pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
     match cli.command {
-        Command::Inspect {
-            model,
-            input_shapes,
-        } => inspect::inspect(&model, &input_shapes).map(|()| Outcome::Pass),
+        Command::Inspect { model, import } => {
+            inspect::inspect(&model, &import).map(|()| Outcome::Pass)
+        }
         Command::Run {
             model,
             data,
@@ -341,7 +337,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             out,
             threads,
             tolerance,
-            input_shapes,
+            import,
             graph,
         } => {
             let threads = threads.unwrap_or_else(cpus);
@@ -355,7 +351,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
                 out,
                 threads,
                 tolerance: tolerance.get(Tolerance::RUN)?,
-                input_shapes,
+                import,
                 schedules: graph.schedules("host", Some(threads))?,
                 graph: graph.get(),
             })
@@ -408,7 +404,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             json,
             profile,
             profile_json,
-            input_shapes,
+            import,
             graph,
         } => {
             let threads = threads.unwrap_or_else(cpus);
@@ -420,7 +416,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
                 json,
                 profile,
                 profile_json,
-                input_shapes,
+                import,
                 schedules: graph.schedules("host", Some(threads))?,
                 graph: graph.get(),
             };
@@ -433,7 +429,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             target,
             header,
             single_thread,
-            input_shapes,
+            import,
             graph,
         } => compile::compile(&compile::CompileRequest {
             tuning_log: graph.tuning_log.clone(),
@@ -442,7 +438,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             target,
             header,
             single_thread,
-            input_shapes,
+            import,
             graph: graph.get(),
         })
         .map(|()| Outcome::Pass),

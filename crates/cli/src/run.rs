@@ -7,7 +7,7 @@ use crate::backend::{Backend, ExecOptions};
 use crate::compare::Tolerance;
 use crate::data::{check_data_set, tensor_path};
 use crate::error::CliError;
-use crate::shapes::ShapeBinding;
+use crate::shapes::ImportArgs;
 use crate::{load, Outcome};
 use std::path::PathBuf;
 
@@ -21,7 +21,7 @@ pub struct RunRequest {
     /// Threads of the JIT's parallel loops.
     pub threads: usize,
     pub tolerance: Tolerance,
-    pub input_shapes: Vec<ShapeBinding>,
+    pub import: ImportArgs,
     pub graph: kiln::GraphOptions,
     /// Tuned schedules (`--tuning-log`).
     pub schedules: kiln::TunedSchedules,
@@ -35,7 +35,7 @@ pub fn run(req: &RunRequest) -> Result<Outcome, CliError> {
             reason: "no such data folder".into(),
         });
     }
-    let model = load(&req.model, &req.input_shapes)?;
+    let model = load(&req.model, &req.import)?;
     for note in &model.notes {
         println!("note: {note}");
     }

@@ -1,10 +1,41 @@
-//! `--input-shape NAME=D0,D1,...` parsing.
+//! Import arguments: `--input-shape NAME=D0,D1,...` parsing and `--int8-numerics`.
 //!
 //! Invariant: a parsed binding has a non-empty name and only non-negative integer dims (`NAME=`
 //! binds a scalar); [`to_options`] refuses a name bound twice.
 
 use crate::error::CliError;
 use kiln_onnx::ImportOptions;
+
+/// The arguments of a command that imports a model.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ImportArgs {
+    /// Bind an input's shape, e.g. `input=1,3,224,224` (repeatable).
+    #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = parse_binding)]
+    pub input_shapes: Vec<ShapeBinding>,
+    /// Arithmetic of int8 QDQ models.
+    #[arg(long, value_enum, default_value = "onnxruntime")]
+    pub int8_numerics: Int8NumericsArg,
+}
+
+/// `--int8-numerics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Int8NumericsArg {
+    /// Bit for bit what onnxruntime's CPU provider computes (its fused integer kernels and
+    /// float fallbacks).
+    #[default]
+    Onnxruntime,
+    /// TOSA v1.0 integer ops with fixed-point RESCALE, as TOSA hardware computes.
+    Tosa,
+}
+
+impl From<Int8NumericsArg> for kiln_onnx::Int8Numerics {
+    fn from(a: Int8NumericsArg) -> Self {
+        match a {
+            Int8NumericsArg::Onnxruntime => kiln_onnx::Int8Numerics::OnnxRuntime,
+            Int8NumericsArg::Tosa => kiln_onnx::Int8Numerics::Tosa,
+        }
+    }
+}
 
 /// One `--input-shape` value: an input name and the shape bound to it.
 pub type ShapeBinding = (String, Vec<usize>);

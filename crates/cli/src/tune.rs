@@ -68,7 +68,13 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
             target.name()
         )));
     }
-    let model = crate::load(&req.model, &req.input_shapes)?;
+    let model = crate::load(
+        &req.model,
+        &crate::shapes::ImportArgs {
+            input_shapes: req.input_shapes.clone(),
+            ..Default::default()
+        },
+    )?;
     let spec = ModelSpec {
         path: std::fs::canonicalize(&req.model).map_err(|e| CliError::io(&req.model, e))?,
         input_shapes: req.input_shapes.clone(),

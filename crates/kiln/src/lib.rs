@@ -30,7 +30,7 @@ pub use bytes::{tensor_bytes, tensor_from_bytes};
 pub use compile::{CompileError, CompileStats, CompiledModel, RunError};
 pub use graph_opt::{GraphOptions, RewriteReport};
 pub use kiln_ir::{DType, Graph, Tensor, TensorType};
-pub use kiln_onnx::{ImportError, ImportOptions, Model};
+pub use kiln_onnx::{ImportError, ImportOptions, Int8Numerics, Model};
 pub use kiln_operators::kernel::TunedSchedules;
 pub use kiln_rewrite::{LayoutChoice, RewriteOptions};
 pub use profile::{KernelInfo, ProfiledRun};

@@ -82,10 +82,12 @@ fn decoder_block_matches_onnxruntime() {
     check("decoder_block", 2, 1e-4);
 }
 
+/// int8 QDQ models compute exactly what onnxruntime does (docs/onnxruntime-int8-numerics.md).
 #[test]
-fn int8_resnet8_matches_exactly_in_the_integer_part() {
-    // The int8 graph's output is dequantized: one quantization step is 1/255.
-    check("resnet8_cifar_int8", 2, 1.0 / 255.0 + 1e-6);
+fn int8_models_match_onnxruntime_exactly() {
+    check("resnet8_cifar_int8", 2, 0.0);
+    check("qdq_mix_int8", 1, 0.0);
+    check("qdq_mix_int8", 2, 0.0);
 }
 
 #[test]

@@ -55,6 +55,7 @@ pub(crate) fn import_model(
         opset,
         notes: Vec::new(),
         numerics: options.int8_numerics,
+        notes_if_used: Vec::new(),
     };
     imp.initializers(graph, base_dir)?;
     imp.inputs(graph, options, &mut notes)?;
@@ -92,6 +93,15 @@ pub(crate) fn import_model(
         .set_outputs(outputs)
         .map_err(|e| ImportError::InvalidModel(e.to_string()))?;
     let graph = prune(imp.b.g).map_err(|e| ImportError::InvalidModel(e.to_string()))?;
+    for (tensor, note) in imp.notes_if_used {
+        let used = graph
+            .nodes()
+            .iter()
+            .any(|n| graph.value(n.output).name.as_deref() == Some(tensor.as_str()));
+        if used {
+            notes.push(note);
+        }
+    }
     graph
         .verify()
         .map_err(|e| ImportError::InvalidModel(format!("imported graph does not verify: {e}")))?;
@@ -130,6 +140,9 @@ pub(crate) struct Importer {
     pub(crate) notes: Vec<String>,
     /// The arithmetic of int8 QDQ patterns.
     pub(crate) numerics: crate::Int8Numerics,
+    /// Notes about the value of an ONNX tensor, kept only if the imported graph computes it
+    /// (a float Conv that a fused QDQ group replaced is not).
+    pub(crate) notes_if_used: Vec<(String, String)>,
 }
 
 impl Importer {
@@ -306,7 +319,19 @@ impl Importer {
             None if qdq.float_conv_of_dequantized(node) => {
                 match crate::ops::mlas_order_conv(&mut self.b, &cx) {
                     Ok(Some(v)) => Ok(vec![v]),
-                    Ok(None) => crate::ops::map_node(&mut self.b, &cx),
+                    Ok(None) => {
+                        let out = node.output.first().cloned().unwrap_or_default();
+                        self.notes_if_used.push((
+                            out,
+                            format!(
+                            "Conv `{name}` of dequantized values does not sum in onnxruntime's \
+                             order (its weights are not constant, or MLAS would use a \
+                             single-row or single-column kernel): results may differ from \
+                             onnxruntime's in the last bit"
+                        ),
+                        ));
+                        crate::ops::map_node(&mut self.b, &cx)
+                    }
                     Err(e) => Err(e),
                 }
             }

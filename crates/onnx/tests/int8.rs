@@ -1,13 +1,15 @@
-//! Int8 models in ONNX QDQ form import as TOSA integer ops (CONV2D/MATMUL accumulating in i32,
-//! RESCALE) and agree with onnxruntime, or with `QuantizeLinear` of the float computation, within
-//! one quantization step.
+//! With `Int8Numerics::Tosa`, int8 models in ONNX QDQ form import as TOSA integer ops
+//! (CONV2D/MATMUL accumulating in i32, RESCALE) and agree with onnxruntime, or with
+//! `QuantizeLinear` of the float computation, within one quantization step. (The default,
+//! onnxruntime's arithmetic, is checked bit for bit in `crates/kiln/tests/models.rs`,
+//! `tests/aot.rs` and this crate's unit tests.)
 //!
 //! The bundled `resnet8_cifar_int8.onnx` and its expected output come from
 //! `tools/make_int8_model.py` (onnxruntime `quantize_static`); the small models are built here.
 
 use kiln_ir::{DType, Graph, Op, Tensor};
 use kiln_onnx::proto::*;
-use kiln_onnx::{import_bytes, load_model, read_tensor_file, ImportOptions};
+use kiln_onnx::{import_bytes, load_model, read_tensor_file, ImportOptions, Int8Numerics};
 use prost::Message;
 use std::path::PathBuf;
 
@@ -15,6 +17,14 @@ const F32: i32 = 1;
 const I8: i32 = 3;
 const I32: i32 = 6;
 const I64: i32 = 7;
+
+/// Import options selecting TOSA's numerics.
+fn tosa() -> ImportOptions {
+    ImportOptions {
+        int8_numerics: Int8Numerics::Tosa,
+        ..Default::default()
+    }
+}
 
 fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/models")
@@ -59,11 +69,7 @@ fn output_scale(model: &ModelProto, name: &str) -> f64 {
 
 #[test]
 fn resnet8_int8_imports_integer_convs() {
-    let model = load_model(
-        &models_dir().join("resnet8_cifar_int8.onnx"),
-        &ImportOptions::default(),
-    )
-    .unwrap();
+    let model = load_model(&models_dir().join("resnet8_cifar_int8.onnx"), &tosa()).unwrap();
     assert!(model.notes.is_empty(), "{:?}", model.notes);
     let ops = ops_with_types(&model.graph);
     let convs: Vec<_> = ops.iter().filter(|o| o.0 == "conv2d").collect();
@@ -86,7 +92,7 @@ fn resnet8_int8_imports_integer_convs() {
 #[test]
 fn resnet8_int8_matches_onnxruntime_within_one_step() {
     let path = models_dir().join("resnet8_cifar_int8.onnx");
-    let model = load_model(&path, &ImportOptions::default()).unwrap();
+    let model = load_model(&path, &tosa()).unwrap();
     let data = models_dir().join("resnet8_cifar_int8_data");
     let (_, input) = read_tensor_file(&data.join("input_0.pb")).unwrap();
     let (name, expected) = read_tensor_file(&data.join("output_0.pb")).unwrap();
@@ -320,7 +326,7 @@ impl Case {
     /// graph's ops.
     fn check(&self, widen: f64) -> Vec<(&'static str, DType, DType)> {
         let run = |bytes: &[u8]| -> (Graph, Vec<f64>) {
-            let m = import_bytes(bytes, None, &ImportOptions::default()).unwrap();
+            let m = import_bytes(bytes, None, &tosa()).unwrap();
             let y = kiln_reference::run(&m.graph, &self.inputs()).unwrap();
             (m.graph, y[0].data().to_f64_vec())
         };
@@ -548,7 +554,7 @@ fn unfusable_pattern_keeps_the_float_path_with_a_note() {
         "y",
         vec![attr_int("transB", 1)],
     ));
-    let m = import_bytes(&c.model(Some((0.05, 0))), None, &ImportOptions::default()).unwrap();
+    let m = import_bytes(&c.model(Some((0.05, 0))), None, &tosa()).unwrap();
     assert!(
         m.notes.iter().any(|n| n.contains("keeps the float path")),
         "{:?}",
@@ -564,12 +570,7 @@ fn softmax_has_no_integer_form_and_stays_float() {
     let mut c = Case::default();
     c.act("a", &[2, 6], 0.05, 3);
     c.nodes.push(node("Softmax", &["a_dq"], "y", vec![]));
-    let m = import_bytes(
-        &c.model(Some((1.0 / 256.0, -128))),
-        None,
-        &ImportOptions::default(),
-    )
-    .unwrap();
+    let m = import_bytes(&c.model(Some((1.0 / 256.0, -128))), None, &tosa()).unwrap();
     assert!(m.notes.is_empty(), "{:?}", m.notes);
     let ops = ops_with_types(&m.graph);
     assert!(ops.contains(&("exp", DType::F32, DType::F32)), "{ops:?}");
@@ -611,7 +612,7 @@ fn average_pool_not_counting_padding_stays_float() {
             attr_ints("pads", &[1, 1, 1, 1]),
         ],
     ));
-    let m = import_bytes(&c.model(Some((0.03, 0))), None, &ImportOptions::default()).unwrap();
+    let m = import_bytes(&c.model(Some((0.03, 0))), None, &tosa()).unwrap();
     assert!(
         m.notes.iter().any(|n| n.contains("other divisors")),
         "{:?}",
@@ -635,10 +636,6 @@ fn degenerate_quantization_parameters_do_not_panic() {
         weight(&mut c, "w", &[2, 2, 1, 1], &w_scale, 0, I8);
         c.nodes.push(node("Conv", &["x_dq", "w_dq"], "y", vec![]));
         // Either a graph or an import error; never a panic.
-        let _ = import_bytes(
-            &c.model(Some((out_scale, 0))),
-            None,
-            &ImportOptions::default(),
-        );
+        let _ = import_bytes(&c.model(Some((out_scale, 0))), None, &tosa());
     }
 }
