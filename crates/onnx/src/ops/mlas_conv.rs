@@ -24,8 +24,8 @@ use kiln_ir::{DType, Op, ValueId};
 /// One SGEMM call: `C[:, n] (+)= W[:, k] · col[k, n]`, columns `n`, reduction range `k`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Block {
-    n: (usize, usize),
-    k: (usize, usize),
+    n: Span,
+    k: Span,
 }
 
 /// MLAS's adaptive strides for `n` columns and depth `k` (`MlasSgemmOperation`, `MlasConvOperation`).
@@ -84,22 +84,40 @@ fn conv_blocks(m: usize, n: usize, k: usize, direct: bool) -> Option<Vec<Block>>
     Some(out)
 }
 
-/// Column ranges that share one sequence of `k` blocks, each with that sequence.
-fn column_runs(blocks: &[Block]) -> Vec<((usize, usize), Vec<(usize, usize)>)> {
-    let mut per_col: Vec<((usize, usize), Vec<(usize, usize)>)> = vec![];
+/// `(start, count)` along one axis.
+type Span = (usize, usize);
+
+/// Columns that share one sequence of `k` blocks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ColumnRun {
+    columns: Span,
+    k_blocks: Vec<Span>,
+}
+
+/// The blocks grouped by column range (merging adjacent ranges with equal `k` blocks), in
+/// column order, each with its `k` blocks in execution order.
+fn column_runs(blocks: &[Block]) -> Vec<ColumnRun> {
+    let mut per_col: Vec<ColumnRun> = vec![];
     for bl in blocks {
-        match per_col.iter_mut().find(|(n, _)| *n == bl.n) {
-            Some((_, ks)) => ks.push(bl.k),
-            None => per_col.push((bl.n, vec![bl.k])),
+        match per_col.iter_mut().find(|r| r.columns == bl.n) {
+            Some(r) => r.k_blocks.push(bl.k),
+            None => per_col.push(ColumnRun {
+                columns: bl.n,
+                k_blocks: vec![bl.k],
+            }),
         }
     }
-    per_col.sort_by_key(|(n, _)| n.0);
-    // Merge adjacent column ranges with the same k blocks.
-    let mut runs: Vec<((usize, usize), Vec<(usize, usize)>)> = vec![];
-    for (n, ks) in per_col {
+    per_col.sort_by_key(|r| r.columns.0);
+    let mut runs: Vec<ColumnRun> = vec![];
+    for r in per_col {
         match runs.last_mut() {
-            Some((m, mk)) if *mk == ks && m.0 + m.1 == n.0 => m.1 += n.1,
-            _ => runs.push((n, ks)),
+            Some(last)
+                if last.k_blocks == r.k_blocks
+                    && last.columns.0 + last.columns.1 == r.columns.0 =>
+            {
+                last.columns.1 += r.columns.1
+            }
+            _ => runs.push(r),
         }
     }
     runs
@@ -200,17 +218,18 @@ pub(crate) fn conv(b: &mut Builder, cx: &NodeCx) -> NResult<Option<ValueId>> {
     for g in 0..group {
         let wg = &weights[g * mg * k..][..mg * k];
         let mut columns = Vec::with_capacity(runs.len());
-        for ((n0, nc), ks) in &runs {
+        for run in &runs {
+            let (n0, nc) = run.columns;
             let mut acc: Option<ValueId> = None;
-            for &(k0, kc) in ks {
+            for &(k0, kc) in &run.k_blocks {
                 let w_blk: Vec<f32> = (0..mg)
                     .flat_map(|r| wg[r * k + k0..][..kc].iter().copied())
                     .collect();
                 let w_blk = b.const_tensor(vec![mg, kc], w_blk)?;
                 let x_blk = b.add(
                     Op::Slice {
-                        start: vec![0, g * k + k0, *n0],
-                        size: vec![batch, kc, *nc],
+                        start: vec![0, g * k + k0, n0],
+                        size: vec![batch, kc, nc],
                         stride: vec![1, 1, 1],
                     },
                     &[col],
@@ -263,7 +282,13 @@ mod tests {
             }
         );
         let runs = column_runs(&b);
-        assert_eq!(runs, vec![((0, 1024), vec![(0, 128), (128, 16)])]);
+        assert_eq!(
+            runs,
+            vec![ColumnRun {
+                columns: (0, 1024),
+                k_blocks: vec![(0, 128), (128, 16)]
+            }]
+        );
         // Single-row and single-column SGEMMs take other kernels.
         assert!(conv_blocks(1, 100, 9, false).is_none());
         assert!(conv_blocks(16, 1, 9, true).is_none());
