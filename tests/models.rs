@@ -40,7 +40,7 @@ fn reference_reproduces_expected_outputs() {
     for m in bundled_models() {
         let model = load_model(&m.model, &ImportOptions::default()).unwrap();
         let checks = check_data_set(
-            &model.graph,
+            &model,
             Backend::Reference,
             &ExecOptions::threads(1),
             &m.data,

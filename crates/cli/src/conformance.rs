@@ -140,15 +140,8 @@ pub fn run_case(case: &Path, backend: Backend, tol: Tolerance) -> Result<Passed,
             how = Passed::ShapeInputsFrozen;
         }
         // Cases already run in parallel: compiled code gets one thread each.
-        let checks = check_outputs(
-            &model.graph,
-            backend,
-            &ExecOptions::threads(1),
-            &set,
-            &fed,
-            tol,
-        )
-        .map_err(|e| format!("{set_name}: {}", one_line(&e)))?;
+        let checks = check_outputs(&model, backend, &ExecOptions::threads(1), &set, &fed, tol)
+            .map_err(|e| format!("{set_name}: {}", one_line(&e)))?;
         for (n, check) in checks.iter().enumerate() {
             match &check.comparison {
                 None => return Err(format!("{set_name}: no expected output_{n}.pb")),

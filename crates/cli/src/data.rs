@@ -8,7 +8,8 @@
 use crate::backend::{Backend, ExecOptions};
 use crate::compare::{compare, Comparison, Tolerance};
 use crate::error::CliError;
-use kiln_ir::{Graph, Tensor};
+use kiln_ir::Tensor;
+use kiln_onnx::Model;
 use std::path::{Path, PathBuf};
 
 /// Path of `input_N.pb` / `output_N.pb` in `dir`.
@@ -91,31 +92,39 @@ impl OutputCheck {
 /// Runs `graph` with `backend` (as `exec` says) on the inputs in `dir` and
 /// compares with the outputs there.
 pub fn check_data_set(
-    graph: &Graph,
+    model: &Model,
     backend: Backend,
     exec: &ExecOptions,
     dir: &Path,
     tol: Tolerance,
 ) -> Result<Vec<OutputCheck>, CliError> {
     let inputs = read_inputs(dir)?;
-    check_outputs(graph, backend, exec, dir, &inputs, tol)
+    check_outputs(model, backend, exec, dir, &inputs, tol)
 }
 
-/// Runs `graph` with `backend` on `inputs` and compares with the outputs in `dir`.
+/// Runs `model` with `backend` on `inputs` and compares its ONNX outputs (data-dependent rows
+/// cut to their counts) with the outputs in `dir`.
 pub fn check_outputs(
-    graph: &Graph,
+    model: &Model,
     backend: Backend,
     exec: &ExecOptions,
     dir: &Path,
     inputs: &[Tensor],
     tol: Tolerance,
 ) -> Result<Vec<OutputCheck>, CliError> {
-    let expected = read_expected(dir, graph.outputs().len())?;
+    let graph = &model.graph;
+    let expected = read_expected(dir, model.onnx_output_count())?;
     let outputs = backend
         .run(graph, inputs, exec)
         .map_err(|source| CliError::Backend {
             backend: backend.name(),
             source: Box::new(source),
+        })?;
+    let outputs = model
+        .trim_outputs(outputs)
+        .map_err(|reason| CliError::BadData {
+            path: dir.to_path_buf(),
+            reason: format!("the row counts of the outputs: {reason}"),
         })?;
     Ok(outputs
         .into_iter()

@@ -44,7 +44,7 @@ pub fn run(req: &RunRequest) -> Result<Outcome, CliError> {
         graph: req.graph.clone(),
         schedules: req.schedules.clone(),
     };
-    let checks = check_data_set(&model.graph, req.backend, &exec, &req.data, req.tolerance)?;
+    let checks = check_data_set(&model, req.backend, &exec, &req.data, req.tolerance)?;
     if let Some(out) = &req.out {
         std::fs::create_dir_all(out).map_err(|e| CliError::io(out, e))?;
         for (n, check) in checks.iter().enumerate() {

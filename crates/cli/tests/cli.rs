@@ -163,6 +163,26 @@ fn run_reports_a_mismatch_with_exit_one() {
     assert!(out.contains("FAIL"), "{out}");
 }
 
+/// Outputs with a data-dependent number of rows (NonMaxSuppression's) are cut to their count
+/// before they are compared, and the note says so.
+#[test]
+fn data_dependent_rows_are_trimmed_before_comparing() {
+    let model = models().join("detection_tail.onnx");
+    let data = models().join("detection_tail_data");
+    let o = kiln([
+        "run".as_ref(),
+        model.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ]);
+    let (out, _) = expect_code(&o, 0, "run detection_tail");
+    assert!(out.contains("data-dependent number of rows"), "{out}");
+    assert!(
+        out.contains("`selected` i64[101,3]") && !out.contains("FAIL"),
+        "{out}"
+    );
+}
+
 #[test]
 fn inspect_prints_signature_histogram_and_parameters() {
     for (model, _) in bundled() {

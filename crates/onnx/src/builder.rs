@@ -67,6 +67,9 @@ pub(crate) struct Builder {
     pub node_name: String,
     /// Values of a sub-byte ONNX type, held widened (see [`Narrow`]).
     pub narrow: std::collections::HashMap<ValueId, crate::tensor_io::Narrow>,
+    /// Values whose leading axis holds a data-dependent number of rows (the rest padding), with
+    /// the i64 `[1]` value holding that number (see `crate::dynamic_rows`).
+    pub dynamic_rows: std::collections::HashMap<ValueId, ValueId>,
 }
 
 impl Builder {

@@ -87,7 +87,8 @@ pub(crate) fn import_model(
         imp.node(&graph.node[i], i, &qdq)?;
     }
     notes.append(&mut imp.notes);
-    let outputs = imp.outputs(graph)?;
+    let mut outputs = imp.outputs(graph)?;
+    let row_counts = imp.row_count_outputs(&mut outputs, &mut notes)?;
     imp.b
         .g
         .set_outputs(outputs)
@@ -109,6 +110,7 @@ pub(crate) fn import_model(
         graph,
         notes,
         opset,
+        row_counts,
     })
 }
 
@@ -347,6 +349,15 @@ impl Importer {
                 reason,
             },
         })?;
+        match crate::dynamic_rows::propagate(&self.b, &cx) {
+            Ok(Some(count)) => {
+                if let Some(&out) = outs.first() {
+                    self.b.dynamic_rows.insert(out, count);
+                }
+            }
+            Ok(None) => {}
+            Err(reason) => return Err(unsupported(reason)),
+        }
         if let Some(attr) = cx.unread_attribute() {
             return Err(unsupported(format!(
                 "attribute `{attr}` is not supported by Kiln's mapping of {op_type}"
@@ -385,6 +396,42 @@ impl Importer {
         Ok(())
     }
 
+    /// Appends the row count of every output with data-dependent rows to `outputs` (named
+    /// `OUTPUT.rows`), with a note for the user.
+    fn row_count_outputs(
+        &mut self,
+        outputs: &mut Vec<ValueId>,
+        notes: &mut Vec<String>,
+    ) -> Result<Vec<crate::RowCount>, ImportError> {
+        let mut counts = vec![];
+        for i in 0..outputs.len() {
+            let Some(&count) = self.b.dynamic_rows.get(&outputs[i]) else {
+                continue;
+            };
+            let name = self.b.g.value(outputs[i]).name.clone().unwrap_or_default();
+            let rows_name = format!("{name}.rows");
+            self.b.node_name = rows_name.clone();
+            let v = self
+                .b
+                .g
+                .add_node(Op::Identity, &[count], rows_name.clone())
+                .map_err(|e| ImportError::InvalidModel(e.to_string()))?;
+            self.b.g.set_name(v, rows_name.clone());
+            counts.push(crate::RowCount {
+                output: i,
+                rows_output: outputs.len(),
+            });
+            outputs.push(v);
+            let bound = self.b.shape(outputs[i]).first().copied().unwrap_or(0);
+            notes.push(format!(
+                "output `{name}` has a data-dependent number of rows: compiled code returns its \
+                 bound of {bound} rows, of which the first `{rows_name}` (an extra i64 output) \
+                 are the result"
+            ));
+        }
+        Ok(counts)
+    }
+
     fn outputs(&mut self, graph: &GraphProto) -> Result<Vec<ValueId>, ImportError> {
         let mut outs = Vec::new();
         let mut used = HashSet::new();
@@ -406,11 +453,15 @@ impl Importer {
             let named_other = self.b.g.value(v).name.as_deref().is_some_and(|n| n != name);
             if named_other || !used.insert(v) {
                 self.b.node_name = name.clone();
-                v = self
+                let copy = self
                     .b
                     .g
                     .add_node(Op::Identity, &[v], name.clone())
                     .map_err(|e| ImportError::InvalidModel(e.to_string()))?;
+                if let Some(&count) = self.b.dynamic_rows.get(&v) {
+                    self.b.dynamic_rows.insert(copy, count);
+                }
+                v = copy;
                 used.insert(v);
             }
             self.b.g.set_name(v, name);

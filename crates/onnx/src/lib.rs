@@ -6,6 +6,7 @@
 
 mod builder;
 mod control;
+mod dynamic_rows;
 mod import;
 mod node;
 mod ops;
@@ -14,6 +15,7 @@ mod tensor_io;
 #[cfg(test)]
 mod tests;
 
+pub use dynamic_rows::RowCount;
 use kiln_ir::{Graph, Tensor};
 use prost::Message;
 use std::collections::HashMap;
@@ -62,6 +64,24 @@ pub struct Model {
     pub notes: Vec<String>,
     /// The default-domain opset the model declares.
     pub opset: i64,
+    /// Graph outputs whose number of rows depends on the data (NonMaxSuppression's result and
+    /// what is computed row by row from it): each has its static bound of rows and an extra
+    /// graph output, appended after the ONNX outputs, holding its row count.
+    pub row_counts: Vec<RowCount>,
+}
+
+impl Model {
+    /// The ONNX outputs from the outputs of the compiled (or interpreted) graph: each output
+    /// with data-dependent rows cut to its count, the count outputs dropped. Outputs of a model
+    /// without such outputs are returned unchanged.
+    pub fn trim_outputs(&self, outputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+        dynamic_rows::trim(&self.row_counts, outputs)
+    }
+
+    /// How many of the graph's outputs are ONNX outputs (the rest are row counts).
+    pub fn onnx_output_count(&self) -> usize {
+        self.graph.outputs().len() - self.row_counts.len()
+    }
 }
 
 /// Why a model could not be imported.

@@ -22,6 +22,7 @@ mod linear_attention;
 mod loss;
 mod matmul;
 mod mlas_conv;
+mod nms;
 mod norm;
 mod pool;
 mod qdq;
@@ -92,6 +93,7 @@ pub(crate) fn map_node(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         }
         "ArgMax" | "ArgMin" => one(reduce::arg(b, cx)),
         "TopK" => topk::top_k(b, cx),
+        "NonMaxSuppression" => one(nms::non_max_suppression(b, cx)),
         "CumSum" | "CumProd" => one(cumulative::cumulative(b, cx)),
         "Hardmax" => one(encode::hardmax(b, cx)),
         "OneHot" => one(encode::one_hot(b, cx)),

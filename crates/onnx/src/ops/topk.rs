@@ -43,8 +43,25 @@ pub(super) fn top_k(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
         _ => return invalid(format!("k must be in 0..={n}, got {k}")),
     };
     let largest = cx.flag("largest", true)?;
-    cx.flag("sorted", true)?; // any order is allowed when unsorted; this one is sorted
-                              // rank[i] = #{ j : x[j] beats x[i] } over [.., i, j, ..].
+    // Any order is allowed when unsorted; this one is sorted.
+    cx.flag("sorted", true)?;
+    let (values, indices) = top_k_along(b, x, axis, k, largest)?;
+    Ok(vec![values, indices])
+}
+
+/// The `k` largest (or smallest) elements of `x` along `axis`, sorted, ties in index order, and
+/// their i64 indices.
+pub(super) fn top_k_along(
+    b: &mut Builder,
+    x: ValueId,
+    axis: usize,
+    k: usize,
+    largest: bool,
+) -> NResult<(ValueId, ValueId)> {
+    let s = b.shape(x);
+    let dt = b.dtype(x);
+    let n = s[axis];
+    // rank[i] = #{ j : x[j] beats x[i] } over [.., i, j, ..].
     let xi = unsqueeze(b, x, axis + 1)?;
     let xj = unsqueeze(b, x, axis)?;
     let better = if largest {
@@ -81,5 +98,5 @@ pub(super) fn top_k(b: &mut Builder, cx: &NodeCx) -> NResult<Vec<ValueId>> {
     let none = b.scalar(DType::I64, -1.0);
     let which = b.select(hit, iota, none)?;
     let indices = b.reduce(ReduceOp::Max, which, &[axis + 1], false)?;
-    Ok(vec![values, indices])
+    Ok((values, indices))
 }

@@ -8,6 +8,7 @@ use kiln_ir::{DType, Tensor};
 use prost::Message;
 
 mod control;
+mod detection;
 mod int8;
 mod ops;
 
