@@ -27,8 +27,13 @@ fn nms_then(op: &str, extra: Vec<AttributeProto>) -> Vec<u8> {
 /// A reduction over the selected rows would mix in the padding: refused, naming the op.
 #[test]
 fn a_reduction_over_selected_rows_is_refused() {
-    let err = import(&nms_then("ReduceSum", vec![])).unwrap_err().to_string();
-    assert!(err.contains("ReduceSum") && err.contains("NonMaxSuppression"), "{err}");
+    let err = import(&nms_then("ReduceSum", vec![]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ReduceSum") && err.contains("NonMaxSuppression"),
+        "{err}"
+    );
 }
 
 /// A row-wise op keeps the count: the output has its bound of rows and a count output.
@@ -51,5 +56,8 @@ fn a_row_wise_op_keeps_the_row_count() {
     let out = m.trim_outputs(raw).unwrap();
     // Box 1 overlaps box 0 (IoU 0.82 > 0): suppressed; box 2 is kept; at most 2 per class.
     assert_eq!(out[0].shape(), &[2, 3]);
-    assert_eq!(out[0].as_slice::<f32>().unwrap(), &[0.0, 0.0, 0.0, 0.0, 0.0, 2.0]);
+    assert_eq!(
+        out[0].as_slice::<f32>().unwrap(),
+        &[0.0, 0.0, 0.0, 0.0, 0.0, 2.0]
+    );
 }
