@@ -240,3 +240,31 @@ fn transpose_exp_transpose() -> kiln::Graph {
     g.set_outputs(vec![y]).unwrap();
     g
 }
+
+/// TOSA's numerics (`Int8Numerics::Tosa`): compiled code equals the reference interpreter exactly
+/// (integer RESCALEs), and stays within one quantization step (1/255 here) of onnxruntime.
+#[test]
+fn int8_tosa_numerics_compile_exactly_and_stay_within_a_step() {
+    let dir = models_dir();
+    let options = kiln::ImportOptions {
+        int8_numerics: kiln::Int8Numerics::Tosa,
+        ..Default::default()
+    };
+    for name in ["resnet8_cifar_int8", "qdq_mix_int8"] {
+        let model = kiln::load_onnx(dir.join(format!("{name}.onnx")), &options).unwrap();
+        let data = dir.join(format!("{name}_data"));
+        let input = kiln::read_tensor(data.join("input_0.pb")).unwrap().1;
+        let expected = kiln::read_tensor(data.join("output_0.pb")).unwrap().1;
+        let compiled = Compiler::new(Target::host())
+            .compile(&model.graph)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got = compiled.run(std::slice::from_ref(&input)).unwrap();
+        let reference = kiln_reference::run(&model.graph, &[input]).unwrap();
+        assert_eq!(max_abs_diff(&got[0], &reference[0]), 0.0, "{name}");
+        let step = max_abs_diff(&got[0], &expected);
+        assert!(
+            step <= 1.0 / 255.0 + 1e-6,
+            "{name}: {step} from onnxruntime"
+        );
+    }
+}
