@@ -35,6 +35,10 @@ pub struct BenchReport {
     pub median_ms: f64,
     pub min_ms: f64,
     pub compile_ms: f64,
+    /// ONNX import, before the compilation (not part of `compile_ms`).
+    pub import_ms: f64,
+    /// `compile_ms` by stage.
+    pub stages: kiln::StageTimes,
     pub arena_bytes: usize,
     pub naive_bytes: usize,
     pub kernels: usize,
@@ -74,7 +78,9 @@ pub fn bench(req: &BenchRequest) -> Result<BenchReport, CliError> {
             "--iters and --threads must be positive".into(),
         ));
     }
+    let import_start = Instant::now();
     let model = load(&req.model, &req.import)?;
+    let import_ms = import_start.elapsed().as_secs_f64() * 1e3;
     let backend_err = |source: crate::backend::BackendError| CliError::Backend {
         backend: "jit",
         source: Box::new(source),
@@ -129,6 +135,8 @@ pub fn bench(req: &BenchRequest) -> Result<BenchReport, CliError> {
         median_ms,
         min_ms: times[0],
         compile_ms: stats.compile_ms,
+        import_ms,
+        stages: stats.stages,
         arena_bytes: stats.arena_bytes,
         naive_bytes: stats.naive_bytes,
         kernels: stats.kernels,
@@ -154,6 +162,13 @@ pub fn print(report: &BenchReport, json: bool) {
             "median_ms": report.median_ms,
             "min_ms": report.min_ms,
             "compile_ms": report.compile_ms,
+            "import_ms": report.import_ms,
+            "stages_ms": serde_json::json!({
+                "rewrite": report.stages.rewrite_ms,
+                "lower": report.stages.lower_ms,
+                "plan": report.stages.plan_ms,
+                "codegen": report.stages.codegen_ms,
+            }),
             "arena_bytes": report.arena_bytes,
             "naive_bytes": report.naive_bytes,
             "kernels": report.kernels,
@@ -172,7 +187,10 @@ pub fn print(report: &BenchReport, json: bool) {
         println!("threads      {}", report.threads);
         println!("median       {:.3} ms", report.median_ms);
         println!("min          {:.3} ms", report.min_ms);
-        println!("compile      {:.1} ms", report.compile_ms);
+        println!(
+            "compile      {:.1} ms ({}; import {:.1} before it)",
+            report.compile_ms, report.stages, report.import_ms
+        );
         println!(
             "kernels      {} ({} with tuned schedules)",
             report.kernels, report.tuned_kernels

@@ -114,6 +114,8 @@ pub struct LibraryInfo {
     pub codegen_ms: f64,
     /// Wall time of the C compiler and linker, in milliseconds.
     pub link_ms: f64,
+    /// The compilation's wall time by stage.
+    pub stages: crate::StageTimes,
     /// The CPU features the library checks for when a context is created.
     pub cpu_features: Vec<String>,
 }
@@ -140,6 +142,7 @@ pub fn compile_library(
     let start = Instant::now();
     let prepared =
         crate::graph_opt::prepare(graph, &options.graph, target).map_err(CompileError::from)?;
+    let rewrite_ms = crate::compile::ms_since(start);
     let planned = plan_model(
         &prepared.graph,
         prepared.groups.as_deref(),
@@ -157,6 +160,7 @@ pub fn compile_library(
         ..CodegenOptions::default()
     };
     let constants: Vec<&[u8]> = planned.constants.iter().map(Vec::as_slice).collect();
+    let codegen_start = Instant::now();
     let object = kiln_codegen::compile_object(
         "kiln_model",
         &planned.funcs,
@@ -167,6 +171,11 @@ pub fn compile_library(
     )
     .map_err(CompileError::from)?;
     let codegen_ms = start.elapsed().as_secs_f64() * 1e3;
+    let mut stages = crate::StageTimes {
+        rewrite_ms,
+        codegen_ms: crate::compile::ms_since(codegen_start),
+        ..planned.times
+    };
 
     let start = Instant::now();
     let dir = tempfile::Builder::new()
@@ -219,6 +228,7 @@ pub fn compile_library(
         std::fs::write(h, header).map_err(io_err(h))?;
     }
     let library_bytes = std::fs::metadata(&out).map_err(io_err(&out))?.len();
+    stages.link_ms = crate::compile::ms_since(start);
     Ok(LibraryInfo {
         path: out,
         library_bytes,
@@ -226,7 +236,8 @@ pub fn compile_library(
         kernels: planned.funcs.len(),
         arena_bytes: planned.arena_bytes,
         codegen_ms,
-        link_ms: start.elapsed().as_secs_f64() * 1e3,
+        link_ms: stages.link_ms,
+        stages,
         cpu_features: features.iter().map(|f| f.to_string()).collect(),
     })
 }

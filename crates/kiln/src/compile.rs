@@ -70,8 +70,44 @@ pub struct CompileStats {
     pub naive_bytes: usize,
     /// Wall time of the compilation, in milliseconds.
     pub compile_ms: f64,
+    /// That time by stage.
+    pub stages: StageTimes,
     /// What the e-graph rewriting did (`None` when it was off).
     pub rewrite: Option<crate::RewriteReport>,
+}
+
+/// Wall time of each compilation stage, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StageTimes {
+    /// E-graph rewriting and fusion-group extraction (0 when rewriting is off).
+    pub rewrite_ms: f64,
+    /// Fusion groups to compute definitions, schedules and loop IR.
+    pub lower_ms: f64,
+    /// Memory plan and the entry function.
+    pub plan_ms: f64,
+    /// Cranelift (and the micro-kernel generators).
+    pub codegen_ms: f64,
+    /// The C compiler and linker (AOT only).
+    pub link_ms: f64,
+}
+
+impl std::fmt::Display for StageTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rewrite {:.1}, lower {:.1}, plan {:.1}, codegen {:.1}",
+            self.rewrite_ms, self.lower_ms, self.plan_ms, self.codegen_ms
+        )?;
+        if self.link_ms > 0.0 {
+            write!(f, ", link {:.1}", self.link_ms)?;
+        }
+        Ok(())
+    }
+}
+
+/// Milliseconds since `t`.
+pub(crate) fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
 }
 
 /// Where a value lives during a run.
@@ -160,6 +196,8 @@ pub(crate) struct PlannedModel {
     pub tuned_kernels: usize,
     /// What each kernel call of the entry runs, in call order.
     pub kernels: Vec<KernelInfo>,
+    /// Time spent lowering and planning (`lower_ms`, `plan_ms` filled).
+    pub times: StageTimes,
 }
 
 impl PlannedModel {
@@ -187,6 +225,7 @@ pub(crate) fn compile(
     }
     let start = Instant::now();
     let prepared = crate::graph_opt::prepare(graph, &options.graph, target)?;
+    let rewrite_ms = ms_since(start);
     let planned = plan_model(
         &prepared.graph,
         prepared.groups.as_deref(),
@@ -199,13 +238,20 @@ pub(crate) fn compile(
         profile: options.profile,
         ..PlannedModel::codegen_options(options.threads, target.isa_spec())
     };
+    let codegen_start = Instant::now();
     let jit = JitModule::compile_with_entries(&planned.funcs, &[planned.entry], &codegen)?;
+    let stages = StageTimes {
+        rewrite_ms,
+        codegen_ms: ms_since(codegen_start),
+        ..planned.times
+    };
     let stats = CompileStats {
         kernels: planned.funcs.len(),
         tuned_kernels: planned.tuned_kernels,
         arena_bytes: planned.arena_bytes,
         naive_bytes: planned.naive_bytes,
         compile_ms: start.elapsed().as_secs_f64() * 1e3,
+        stages,
         rewrite,
     };
     Ok(CompiledModel {
@@ -231,6 +277,7 @@ pub(crate) fn plan_model(
     target: &SketchTarget,
     entry_name: &str,
 ) -> Result<PlannedModel, CompileError> {
+    let start = Instant::now();
     graph.verify()?;
     let folded = crate::empty::fold_empty_tensors(graph)?;
     let kernels = match (&folded, groups) {
@@ -241,6 +288,8 @@ pub(crate) fn plan_model(
             lower_groups_with(g, &partition(g), schedules, target)?
         }
     };
+    let lower_ms = ms_since(start);
+    let plan_start = Instant::now();
     let graph = folded.as_ref().unwrap_or(graph);
     let mut p = Planner {
         graph,
@@ -473,6 +522,11 @@ pub(crate) fn plan_model(
             .filter(|(k, kernel)| kernel.tuned && !skipped[*k])
             .count(),
         kernels: infos,
+        times: StageTimes {
+            lower_ms,
+            plan_ms: ms_since(plan_start),
+            ..StageTimes::default()
+        },
     })
 }
 

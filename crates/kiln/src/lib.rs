@@ -27,7 +27,7 @@ pub mod target;
 
 pub use aot::{AotError, AotOptions, LibraryInfo};
 pub use bytes::{tensor_bytes, tensor_from_bytes};
-pub use compile::{CompileError, CompileStats, CompiledModel, RunError};
+pub use compile::{CompileError, CompileStats, CompiledModel, RunError, StageTimes};
 pub use graph_opt::{GraphOptions, RewriteReport};
 pub use kiln_ir::{DType, Graph, Tensor, TensorType};
 pub use kiln_onnx::{ImportError, ImportOptions, Int8Numerics, Model};

@@ -248,22 +248,43 @@ impl Pack {
         let pshape = self.packed_shape(shape);
         let ty = kiln_ir::TensorType::new(t.dtype(), pshape.clone()).ok()?;
         let n = ty.num_elements();
+        // Row-major strides of the original, then per packed dimension its extent and the
+        // source offset one step along it adds (the outer part of the axis steps `factor`
+        // elements of the axis, the inner part one).
+        let mut strides = vec![1usize; shape.len()];
+        for d in (0..shape.len().saturating_sub(1)).rev() {
+            strides[d] = strides[d + 1] * shape[d + 1];
+        }
+        let (axis, f) = (self.axis, self.factor);
+        let outer_dim = (shape[axis].div_ceil(f), f * strides[axis]);
+        let mut dims: Vec<(usize, usize)> = Vec::with_capacity(shape.len() + 1);
+        if self.outer_first {
+            dims.push(outer_dim);
+        }
+        for d in 0..shape.len() {
+            if d != axis {
+                dims.push((shape[d], strides[d]));
+            } else if !self.outer_first {
+                dims.push(outer_dim);
+            }
+        }
+        dims.push((f, strides[axis]));
+        let outer_at = if self.outer_first { 0 } else { axis };
+        let last = dims.len() - 1;
         let mut index = Vec::with_capacity(n);
-        let mut pos = vec![0usize; pshape.len()];
+        let mut pos = vec![0usize; dims.len()];
+        let mut src = 0usize;
         for _ in 0..n {
-            let (mut src, inner) = self.unpacked_index(&pos);
-            src[self.axis] = src[self.axis] * self.factor + inner;
-            let inside = src[self.axis] < shape[self.axis];
-            index.push(inside.then(|| {
-                src.iter()
-                    .zip(shape)
-                    .fold(0usize, |acc, (&i, &d)| acc * d + i)
-            }));
-            for d in (0..pos.len()).rev() {
+            let inside = pos[outer_at] * f + pos[last] < shape[axis];
+            index.push(inside.then_some(src));
+            // Odometer step: the source offset follows the packed position.
+            for d in (0..dims.len()).rev() {
                 pos[d] += 1;
-                if pos[d] < pshape[d] {
+                src += dims[d].1;
+                if pos[d] < dims[d].0 {
                     break;
                 }
+                src -= dims[d].0 * dims[d].1;
                 pos[d] = 0;
             }
         }

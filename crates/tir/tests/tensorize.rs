@@ -329,6 +329,9 @@ fn packing_a_constant_at_compile_time_places_every_element_where_the_packed_load
         (vec![3, 2, 5], 0, 2, false),
         (vec![4, 6], 1, 3, true),
         (vec![7], 0, 4, false),
+        (vec![3, 3, 5, 7], 3, 4, true),
+        (vec![2, 3, 5, 7], 1, 2, true),
+        (vec![2, 3, 5, 7], 2, 3, false),
     ] {
         let n: usize = shape.iter().product();
         let t = Tensor::new(shape.clone(), (0..n).map(|i| i as f32 + 1.0).collect()).unwrap();
