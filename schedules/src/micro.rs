@@ -291,6 +291,9 @@ pub(crate) fn matmul(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buffer
     let Some(t) = dag.tensor(o) else {
         return false;
     };
+    if !epilogue_fits_registers(dag, a) {
+        return false;
+    }
     if t.shape.len() != 3 {
         return false;
     }
@@ -316,6 +319,24 @@ pub(crate) fn matmul(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buffer
         r.parallel_outer(&oname);
         true
     })
+}
+
+/// True when every stage but the anchor `a` calls only intrinsics a micro-kernel epilogue
+/// computes in registers ([`kiln_tir::tensorize::EPILOGUE_CALLS`]); an `erf` (GELU) or `tanh`
+/// epilogue is not, and the matmul then runs tensorized at root with the epilogue as a loop.
+pub(crate) fn epilogue_fits_registers(dag: &ComputeDag, a: BufferId) -> bool {
+    let mut fits = true;
+    for (i, t) in dag.tensors().iter().enumerate() {
+        let Some(stage) = t.stage.as_ref().filter(|_| i != a.index()) else {
+            continue;
+        };
+        stage.body.walk(&mut |e| {
+            if let kiln_tir::Expr::Call { intrinsic, .. } = e {
+                fits &= kiln_tir::tensorize::EPILOGUE_CALLS.contains(intrinsic);
+            }
+        });
+    }
+    fits
 }
 
 /// A matmul that is itself the output: tiled like [`matmul`], accumulating in a

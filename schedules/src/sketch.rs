@@ -342,9 +342,14 @@ fn build(
                 .copied()
                 .find(|&t| is_reduction(dag, t) && !outputs.contains(&t));
             if let Some(a) = anchor {
+                let matmul_micro = micro.filter(|_| class == OpClass::MatMul);
                 if tile_anchor(&mut r, class, o, a, micro) {
                     attached.insert(a);
                     attached.insert(o);
+                } else if matmul_micro.is_some_and(|m| micro::matmul_root(&mut r, m, a)) {
+                    // An epilogue the micro-kernels cannot compute in registers (GELU's erf):
+                    // the matmul runs tensorized into its own buffer, the epilogue as a loop.
+                    attached.insert(a);
                 }
             } else if class == OpClass::MatMul
                 && is_reduction(dag, o)
@@ -648,6 +653,10 @@ fn tile_anchor(
         };
         if done {
             return true;
+        }
+        if class == OpClass::MatMul && !micro::epilogue_fits_registers(dag, a) {
+            // Leave it to the tensorized matmul at root (see `build`).
+            return false;
         }
     }
     if matches!(class, OpClass::Conv | OpClass::Depthwise) && aname.ends_with(NHWC_STAGE) {

@@ -39,6 +39,8 @@ impl Default for GraphOptions {
 pub enum GraphOptError {
     #[error(transparent)]
     Rewrite(#[from] RewriteError),
+    #[error(transparent)]
+    Ir(#[from] kiln_ir::IrError),
     #[error("cannot write the graph dump {path}: {source}")]
     Dump {
         path: String,
@@ -96,6 +98,12 @@ pub fn prepare<'g>(
             microkernels: limits.microkernels,
         };
         let (g, mut report) = kiln_rewrite::optimize(graph, &limits)?;
+        // Matmul widths no micro-kernel tile divides get zero columns (attention over 197
+        // tokens); 16 columns are a multiple of every x86-64 and aarch64 tile width.
+        let g = match limits.microkernels {
+            true => kiln_rewrite::padding::pad_matmul_columns(&g, 16)?.unwrap_or(g),
+            false => g,
+        };
         let (g, groups, fusion) = kiln_rewrite::fusion::fusion_groups(&g, &limits, &cost)?;
         report.fusion = Some(fusion);
         // Padded convolutions read their input from its producer's padded output.

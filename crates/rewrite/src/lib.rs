@@ -18,6 +18,7 @@ pub mod dot;
 pub mod fusion;
 pub mod lang;
 pub mod movement;
+pub mod padding;
 pub mod rules;
 
 pub use analysis::{ClassData, GraphAnalysis, GraphEGraph};
