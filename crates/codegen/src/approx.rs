@@ -65,6 +65,61 @@ pub(crate) fn exp(b: &mut FunctionBuilder, x: Value, vector: bool) -> Value {
     scaled
 }
 
+/// `erf(x)` of an f32 (or f32x4) by [`kiln_tir::math::erf`]'s algorithm.
+pub(crate) fn erf(b: &mut FunctionBuilder, x: Value, vector: bool) -> Value {
+    use kiln_tir::math;
+    let a = b.ins().fabs(x);
+    let t = b.ins().fmul(x, x);
+    let mut p = f32_const(b, math::ERF_SMALL[math::ERF_SMALL.len() - 1], vector);
+    for &c in math::ERF_SMALL[..math::ERF_SMALL.len() - 1].iter().rev() {
+        let c = f32_const(b, c, vector);
+        p = b.ins().fma(p, t, c);
+    }
+    let small = b.ins().fmul(x, p);
+    let clamp = f32_const(b, math::ERF_CLAMP, vector);
+    let ac = b.ins().fmin(a, clamp);
+    let mut q = f32_const(b, math::ERF_LARGE[math::ERF_LARGE.len() - 1], vector);
+    for &c in math::ERF_LARGE[..math::ERF_LARGE.len() - 1].iter().rev() {
+        let c = f32_const(b, c, vector);
+        q = b.ins().fma(q, ac, c);
+    }
+    let e = exp(b, q, vector);
+    let one = f32_const(b, 1.0, vector);
+    let m = b.ins().fsub(one, e);
+    // `copysign(m, x)` for `m >= 0` (x86-64 has no vector `fcopysign` in Cranelift): or in
+    // the sign bit of `x`.
+    let (fty, ity) = if vector {
+        (types::F32X4, types::I32X4)
+    } else {
+        (types::F32, types::I32)
+    };
+    let flags = MemFlagsData::new();
+    let xi = b.ins().bitcast(ity, flags, x);
+    let mi = b.ins().bitcast(ity, flags, m);
+    let sign_bit = b.ins().iconst(types::I32, i64::from(i32::MIN));
+    let sign_bit = if vector {
+        b.ins().splat(ity, sign_bit)
+    } else {
+        sign_bit
+    };
+    let sign = b.ins().band(xi, sign_bit);
+    let li = b.ins().bor(mi, sign);
+    let large = b.ins().bitcast(fty, flags, li);
+    let split = f32_const(b, math::ERF_SPLIT, vector);
+    let is_small = b.ins().fcmp(
+        cranelift_codegen::ir::condcodes::FloatCC::LessThan,
+        a,
+        split,
+    );
+    if vector {
+        // The lane mask (all ones where true) chooses bit by bit.
+        let mask = b.ins().bitcast(types::F32X4, MemFlagsData::new(), is_small);
+        b.ins().bitselect(mask, small, large)
+    } else {
+        b.ins().select(is_small, small, large)
+    }
+}
+
 /// `1 / (1 + exp(-x))` with [`exp`].
 pub(crate) fn sigmoid(b: &mut FunctionBuilder, x: Value, vector: bool) -> Value {
     let neg = b.ins().fneg(x);

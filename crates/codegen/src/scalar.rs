@@ -494,6 +494,7 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
             match f {
                 Intrinsic::Exp => return Ok(crate::approx::exp(&mut self.b, x, false)),
                 Intrinsic::Sigmoid => return Ok(crate::approx::sigmoid(&mut self.b, x, false)),
+                Intrinsic::Erf => return Ok(crate::approx::erf(&mut self.b, x, false)),
                 _ => {}
             }
         }

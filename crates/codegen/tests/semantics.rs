@@ -439,10 +439,11 @@ fn intrinsics_match_the_interpreter_bit_for_bit() {
                     Expr::call(f, a[..f.arity()].to_vec())
                 });
                 for o in opts() {
-                    // With fma, exp and sigmoid are kiln_tir::math's approximations (checked bit
+                    // With fma, exp, sigmoid and erf are kiln_tir::math's approximations (checked bit
                     // for bit against it in tests/tensorized.rs, and within its ulp bounds of
                     // the exact values in kiln_tir's own tests).
-                    let approx = matches!(f, Intrinsic::Exp | Intrinsic::Sigmoid) && o.use_fma;
+                    let approx = matches!(f, Intrinsic::Exp | Intrinsic::Sigmoid | Intrinsic::Erf)
+                        && o.use_fma;
                     if approx {
                         continue;
                     }

@@ -176,7 +176,7 @@ fn a_convolution_tile_with_relu_runs_as_a_microkernel() {
 }
 
 #[test]
-fn exp_and_sigmoid_compute_the_specified_approximation_bit_for_bit() {
+fn exp_sigmoid_and_erf_compute_the_specified_approximation_bit_for_bit() {
     let host =
         kiln_codegen::isa::HostInfo::of(&*kiln_codegen::isa::host_isa(false, false).unwrap());
     if !(host.has_fma && host.has_vector_round) {
@@ -196,11 +196,12 @@ fn exp_and_sigmoid_compute_the_specified_approximation_bit_for_bit() {
         .collect();
     for inner in ["for.vectorized j in 0..4", "for j in 0..4"] {
         let f = kiln_tir::parse_func(&format!(
-            "func @m(%x: f32[{n}] param, %e: f32[{n}] param, %s: f32[{n}] param) {{
+            "func @m(%x: f32[{n}] param, %e: f32[{n}] param, %s: f32[{n}] param, %r: f32[{n}] param) {{
   for i in 0..{q} {{
     {inner} {{
       %e[i * 4 + j] = exp(%x[i * 4 + j])
       %s[i * 4 + j] = sigmoid(%x[i * 4 + j])
+      %r[i * 4 + j] = erf(%x[i * 4 + j] * 0.03125_f32)
     }}
   }}
 }}",
@@ -219,6 +220,7 @@ fn exp_and_sigmoid_compute_the_specified_approximation_bit_for_bit() {
             kiln_ir::Tensor::new(vec![n], xs.clone()).unwrap(),
             kiln_ir::Tensor::new(vec![n], vec![0f32; n]).unwrap(),
             kiln_ir::Tensor::new(vec![n], vec![0f32; n]).unwrap(),
+            kiln_ir::Tensor::new(vec![n], vec![0f32; n]).unwrap(),
         ];
         jit.kernel("m").unwrap().run(&mut args).unwrap();
         let (e, s) = (
@@ -230,6 +232,9 @@ fn exp_and_sigmoid_compute_the_specified_approximation_bit_for_bit() {
             let (we, ws) = (kiln_tir::math::exp(x), kiln_tir::math::sigmoid(x));
             assert!(same(e[i], we), "{inner}: exp({x}): {} vs {we}", e[i]);
             assert!(same(s[i], ws), "{inner}: sigmoid({x}): {} vs {ws}", s[i]);
+            let r = args[3].as_slice::<f32>().unwrap();
+            let wr = kiln_tir::math::erf(x * 0.03125);
+            assert!(same(r[i], wr), "{inner}: erf({x}/32): {} vs {wr}", r[i]);
         }
     }
 }

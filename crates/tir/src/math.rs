@@ -1,4 +1,4 @@
-//! The f32 approximations compiled code uses for `exp` and `sigmoid` in vector code, written
+//! The f32 approximations compiled code uses for `exp`, `sigmoid` and `erf` in vector code, written
 //! once here as the specification every code generator follows operation by operation (so the
 //! Cranelift vector code and the x86 micro-kernel epilogues agree bit for bit), and checked
 //! against the exact `f64` functions the interpreter computes.
@@ -71,9 +71,87 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
+/// Below this `|x|`, [`erf`] is `x · P(x²)`; above it `±(1 - exp(Q(|x|)))`.
+pub const ERF_SPLIT: f32 = 0.921_875;
+/// Above this `|x|`, `erf(x)` rounds to `±1` in f32 (`Q` is evaluated at this bound).
+pub const ERF_CLAMP: f32 = 4.0;
+/// `erf(x) / x` on `[0, ERF_SPLIT]` as a polynomial in `x²` (least squares in relative error,
+/// fitted in f64 and rounded to f32), lowest degree first. The constant term is the fit's, one
+/// ulp from `2/√π`.
+#[allow(clippy::approx_constant)]
+pub const ERF_SMALL: [f32; 6] = [
+    1.128_379_1,
+    -0.376_125_25,
+    0.112_820_39,
+    -0.026_772_946,
+    0.005_000_880_5,
+    -0.000_602_453_4,
+];
+/// `ln(erfc(x))` on `[ERF_SPLIT, ERF_CLAMP]` as a polynomial in `x`, lowest degree first.
+pub const ERF_LARGE: [f32; 9] = [
+    0.000_302_534_26,
+    -1.130_164,
+    -0.631_941_7,
+    -0.109_973_99,
+    0.026_362_348,
+    -0.004_739_406,
+    0.000_592_599_16,
+    -4.557_087_6e-5,
+    1.613_085_7e-6,
+];
+/// Largest absolute error of [`erf`] (checked in the tests; f32's ulp at 1 is 6e-8).
+pub const ERF_MAX_ABS: f32 = 2.5e-7;
+
+/// `erf(x)`: `x · P(x²)` for `|x| < ERF_SPLIT`, else `±(1 - exp(Q(min(|x|, ERF_CLAMP))))` with
+/// [`exp`]; both polynomials in Horner form by fmas.
+pub fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = x * x;
+    let mut p = ERF_SMALL[ERF_SMALL.len() - 1];
+    for &c in ERF_SMALL[..ERF_SMALL.len() - 1].iter().rev() {
+        p = p.mul_add(t, c);
+    }
+    let small = x * p;
+    let a = if a.is_nan() { a } else { a.min(ERF_CLAMP) };
+    let mut q = ERF_LARGE[ERF_LARGE.len() - 1];
+    for &c in ERF_LARGE[..ERF_LARGE.len() - 1].iter().rev() {
+        q = q.mul_add(a, c);
+    }
+    let large = (1.0 - exp(q)).copysign(x);
+    if x.abs() < ERF_SPLIT {
+        small
+    } else {
+        large
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn erf_is_within_its_bound_and_odd() {
+        let mut worst = 0f32;
+        for i in -60_000..=60_000 {
+            let x = i as f32 * 1e-4;
+            let got = erf(x);
+            let exact = crate::erf64(f64::from(x)) as f32;
+            worst = worst.max((got - exact).abs());
+            assert_eq!(erf(-x), -got, "{x}");
+            if x.abs() < ERF_SPLIT && x != 0.0 {
+                // Relative accuracy where erf is small.
+                assert!(
+                    ((got - exact) / exact).abs() < 4e-7,
+                    "{x}: {got} vs {exact}"
+                );
+            }
+        }
+        assert!(worst <= ERF_MAX_ABS, "worst {worst}");
+        assert_eq!(erf(100.0), 1.0);
+        assert_eq!(erf(f32::INFINITY), 1.0);
+        assert_eq!(erf(0.0), 0.0);
+        assert!(erf(f32::NAN).is_nan());
+    }
 
     /// Distance in ulp between two finite f32 of the same sign.
     fn ulps(a: f32, b: f32) -> u32 {
