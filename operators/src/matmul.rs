@@ -12,6 +12,21 @@ use kiln_ir::op::MatMulAttrs;
 use kiln_ir::{Tensor, TensorData, TensorType};
 
 fn kernel<T: Acc>(a: &[T], b: &[T], batch: usize, m: usize, k: usize, n: usize) -> Vec<T> {
+    kernel_with(a, b, (batch, m, k, n), |acc, x, y| acc.mac(x, y))
+}
+
+/// [`kernel`] for f32 with one rounding per multiply-add (`MatMulAttrs::fma`).
+fn fma_kernel(a: &[f32], b: &[f32], batch: usize, m: usize, k: usize, n: usize) -> Vec<f32> {
+    kernel_with(a, b, (batch, m, k, n), |acc, x, y| x.mul_add(y, acc))
+}
+
+/// `out[b, i, j] = mac(.. mac(0, a[b, i, 0], b[b, 0, j]) .., a[b, i, k-1], b[b, k-1, j])`.
+fn kernel_with<T: Acc>(
+    a: &[T],
+    b: &[T],
+    (batch, m, k, n): (usize, usize, usize, usize),
+    mac: impl Fn(T, T, T) -> T,
+) -> Vec<T> {
     let mut out = vec![T::default(); batch * m * n];
     if out.is_empty() {
         return out;
@@ -22,27 +37,7 @@ fn kernel<T: Acc>(a: &[T], b: &[T], batch: usize, m: usize, k: usize, n: usize) 
         for (row, out_row) in out_b.chunks_exact_mut(n).enumerate() {
             for (kk, &av) in a_b[row * k..][..k].iter().enumerate() {
                 for (o, &bv) in out_row.iter_mut().zip(&b_b[kk * n..][..n]) {
-                    *o = o.mac(av, bv);
-                }
-            }
-        }
-    }
-    out
-}
-
-/// [`kernel`] for f32 with one rounding per multiply-add (`MatMulAttrs::fma`).
-fn fma_kernel(a: &[f32], b: &[f32], batch: usize, m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut out = vec![0f32; batch * m * n];
-    if out.is_empty() {
-        return out;
-    }
-    for (bi, out_b) in out.chunks_exact_mut(m * n).enumerate() {
-        let a_b = &a[bi * m * k..][..m * k];
-        let b_b = &b[bi * k * n..][..k * n];
-        for (row, out_row) in out_b.chunks_exact_mut(n).enumerate() {
-            for (kk, &av) in a_b[row * k..][..k].iter().enumerate() {
-                for (o, &bv) in out_row.iter_mut().zip(&b_b[kk * n..][..n]) {
-                    *o = av.mul_add(bv, *o);
+                    *o = mac(*o, av, bv);
                 }
             }
         }

@@ -177,6 +177,19 @@ pub(super) struct OutQuant {
     pub(super) dtype: DType,
 }
 
+/// The i32 product of a quantized Gemm, before its bias and requantisation.
+pub(super) struct GemmProduct {
+    pub(super) acc: ValueId,
+    /// The activation operand's quantization.
+    pub(super) a: QAct,
+    /// The weight's scale per output column.
+    pub(super) w_scale: Vec<f64>,
+    pub(super) alpha: f32,
+    pub(super) beta: f32,
+    /// Output columns.
+    pub(super) n: usize,
+}
+
 /// A per-tensor quantized activation operand.
 #[derive(Clone, Copy)]
 pub(super) struct QAct {
@@ -502,6 +515,28 @@ impl Fuser<'_, '_> {
     /// `Q(Gemm(DQ(a), DQ(b), [c]))` -> MATMUL (i32) + i32 bias + RESCALE, with `alpha` folded
     /// into the scales and `beta * c` quantized at the accumulator's scale.
     fn gemm(&mut self, p: &NodeProto, out: &OutQuant) -> NResult<Option<ValueId>> {
+        let Some(g) = self.gemm_product(p)? else {
+            return Ok(None);
+        };
+        let (alpha, beta) = (f64::from(g.alpha), f64::from(g.beta));
+        if !beta.is_finite() {
+            return unsupported(format!("beta {beta} in a quantized Gemm"));
+        }
+        let mut acc = g.acc;
+        let acc_scale: Vec<f64> = g.w_scale.iter().map(|s| alpha * g.a.scale * s).collect();
+        if let Some(c) = p.input.get(2).filter(|s| !s.is_empty()) {
+            if beta != 0.0 {
+                let bias = self.bias(c, &acc_scale, beta)?;
+                acc = self.b.binary(BinaryOp::Add, acc, bias)?;
+            }
+        }
+        self.rescale_out(acc, &acc_scale, 1, out).map(Some)
+    }
+
+    /// The integer product of `Gemm(DQ(a), DQ(b), ..)` (transposes applied, zero points in the
+    /// MATMUL) with what the requantisation needs; `None` when the operands are not a quantized
+    /// activation and a quantized constant weight.
+    pub(super) fn gemm_product(&mut self, p: &NodeProto) -> NResult<Option<GemmProduct>> {
         let (Some(cx), Some(a)) = (self.cx(p), self.act(in_name(p, 0))) else {
             return Ok(None);
         };
@@ -509,14 +544,13 @@ impl Fuser<'_, '_> {
             return Ok(None);
         };
         let (trans_a, trans_b) = (cx.flag("transA", false)?, cx.flag("transB", false)?);
-        let alpha = f64::from(cx.float("alpha", 1.0)?);
-        let beta = f64::from(cx.float("beta", 1.0)?);
+        let (alpha, beta) = (cx.float("alpha", 1.0)?, cx.float("beta", 1.0)?);
         let bs = self.b.shape(b_val);
         if self.b.rank(a.q) != 2 || bs.len() != 2 {
             return invalid("Gemm operands must be 2-D");
         }
-        if !(alpha.is_finite() && alpha > 0.0 && beta.is_finite()) {
-            return unsupported(format!("alpha {alpha} and beta {beta} in a quantized Gemm"));
+        if !(alpha.is_finite() && alpha > 0.0) {
+            return unsupported(format!("alpha {alpha} in a quantized Gemm"));
         }
         let n_axis = usize::from(!trans_b);
         let n = bs[n_axis];
@@ -539,15 +573,15 @@ impl Fuser<'_, '_> {
             b_zp,
             ..Default::default()
         };
-        let mut acc = matmul_nd(self.b, a_q, w, attrs)?;
-        let acc_scale: Vec<f64> = w_scale.iter().map(|s| alpha * a.scale * s).collect();
-        if let Some(c) = p.input.get(2).filter(|s| !s.is_empty()) {
-            if beta != 0.0 {
-                let bias = self.bias(c, &acc_scale, beta)?;
-                acc = self.b.binary(BinaryOp::Add, acc, bias)?;
-            }
-        }
-        self.rescale_out(acc, &acc_scale, 1, out).map(Some)
+        let acc = matmul_nd(self.b, a_q, w, attrs)?;
+        Ok(Some(GemmProduct {
+            acc,
+            a,
+            w_scale,
+            alpha,
+            beta,
+            n,
+        }))
     }
 
     /// `Q(Add(DQ(a), DQ(b)))` (or Sub) the TFLite/TOSA way: both operands rescaled to i32 at a

@@ -298,54 +298,23 @@ impl Fuser<'_, '_> {
 
     /// QGemm: the raw i32 bias added to the accumulator, scale `((alpha·As)·Bs[n]) / Ys`.
     fn ort_gemm(&mut self, p: &NodeProto, out: &OutQuant) -> NResult<Option<ValueId>> {
-        let (Some(cx), Some(a)) = (self.cx(p), self.act(in_name(p, 0))) else {
+        let Some(g) = self.gemm_product(p)? else {
             return Ok(None);
         };
-        let Ok(b_val) = cx.input(1) else {
-            return Ok(None);
-        };
-        let (trans_a, trans_b) = (cx.flag("transA", false)?, cx.flag("transB", false)?);
-        let (alpha, beta) = (cx.float("alpha", 1.0)?, cx.float("beta", 1.0)?);
-        let bs = self.b.shape(b_val);
-        if self.b.rank(a.q) != 2 || bs.len() != 2 || !(alpha.is_finite() && alpha > 0.0) {
-            return Ok(None);
-        }
-        let n_axis = usize::from(!trans_b);
-        let n = bs[n_axis];
-        let Some((w, b_zp, w_scale)) = self.weight(in_name(p, 1), n_axis, n)? else {
-            return Ok(None);
-        };
-        let bias = match p.input.get(2).filter(|s| !s.is_empty()) {
-            Some(_) if beta != 1.0 => return Ok(None),
-            Some(name) => match self.raw_bias(name, n)? {
-                Some(v) => Some(v),
+        let mut acc = g.acc;
+        match p.input.get(2).filter(|s| !s.is_empty()) {
+            Some(_) if g.beta != 1.0 => return Ok(None),
+            Some(name) => match self.raw_bias(name, g.n)? {
+                Some(bias) => acc = self.b.binary(BinaryOp::Add, acc, bias)?,
                 None => return Ok(None),
             },
-            None => None,
-        };
-        let a_q = if trans_a {
-            self.b.transpose(a.q, vec![1, 0])?
-        } else {
-            a.q
-        };
-        let w = if trans_b {
-            self.b.transpose(w, vec![1, 0])?
-        } else {
-            w
-        };
-        let attrs = MatMulAttrs {
-            a_zp: a.zp,
-            b_zp,
-            fma: false,
-        };
-        let mut acc = matmul_nd(self.b, a_q, w, attrs)?;
-        if let Some(bias) = bias {
-            acc = self.b.binary(BinaryOp::Add, acc, bias)?;
+            None => {}
         }
-        let (xs, ys) = (f32_of(a.scale), f32_of(out.scale));
-        let scale: Vec<f32> = w_scale
+        let (xs, ys) = (f32_of(g.a.scale), f32_of(out.scale));
+        let scale: Vec<f32> = g
+            .w_scale
             .iter()
-            .map(|&ws| ((alpha * xs) * f32_of(ws)) / ys)
+            .map(|&ws| ((g.alpha * xs) * f32_of(ws)) / ys)
             .collect();
         self.requantize_f32(acc, &scale, 1, out).map(Some)
     }
