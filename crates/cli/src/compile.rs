@@ -28,6 +28,9 @@ pub struct CompileRequest {
 pub fn compile(req: &CompileRequest) -> Result<(), CliError> {
     let target = Target::named(&req.target).map_err(|e| CliError::Usage(e.to_string()))?;
     let model = crate::load(&req.model, &req.import)?;
+    for note in &model.notes {
+        println!("note: {note}");
+    }
     // A single-threaded library takes records measured on one thread; a parallel one, whose
     // pool size is chosen when it runs, takes the fastest of any thread count.
     let schedules = match &req.tuning_log {

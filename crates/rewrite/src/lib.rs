@@ -297,12 +297,25 @@ pub(crate) fn from_expr_marked(
             }
         }
     }
-    let outputs = outputs.ok_or_else(|| bad("no outputs".into()))?;
-    for (&new, &old) in outputs.iter().zip(original.outputs()) {
-        let named = g.value(new).name.is_some();
+    let mut outputs = outputs.ok_or_else(|| bad("no outputs".into()))?;
+    for (slot, &old) in outputs.iter_mut().zip(original.outputs()) {
+        let Some(name) = original.value(old).name.clone() else {
+            continue;
+        };
+        let new = *slot;
         let is_input = matches!(g.value(new).def, ValueDef::Input(_));
-        if let (false, false, Some(name)) = (named, is_input, original.value(old).name.clone()) {
-            g.set_name(new, name);
+        match g.value(new).name.as_deref() {
+            Some(n) if n == name => {}
+            None if !is_input => g.set_name(new, name),
+            // Extraction merged this output with an input or another output of equal value
+            // (two row counts, say): a named copy keeps every output's own name.
+            _ => {
+                let copy = g
+                    .add_node(Op::Identity, &[new], name.clone())
+                    .map_err(RewriteError::Extracted)?;
+                g.set_name(copy, name);
+                *slot = copy;
+            }
         }
     }
     g.set_outputs(outputs).map_err(RewriteError::Extracted)?;
