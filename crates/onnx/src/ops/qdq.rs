@@ -177,6 +177,18 @@ pub(super) struct OutQuant {
     pub(super) dtype: DType,
 }
 
+/// The quantized operands of a Conv.
+pub(super) struct ConvOperands<'n> {
+    pub(super) cx: NodeCx<'n>,
+    pub(super) x: QAct,
+    pub(super) w: ValueId,
+    pub(super) w_zp: i32,
+    /// The weight's scale per output channel.
+    pub(super) w_scale: Vec<f64>,
+    /// Output channels.
+    pub(super) channels: usize,
+}
+
 /// The i32 product of a quantized Gemm, before its bias and requantisation.
 pub(super) struct GemmProduct {
     pub(super) acc: ValueId,
@@ -467,6 +479,24 @@ impl Fuser<'_, '_> {
 
     /// `Q(Conv(DQ(x), DQ(w), [bias]))` -> CONV2D (i32) + RESCALE.
     fn conv(&mut self, p: &NodeProto, out: &OutQuant) -> NResult<Option<ValueId>> {
+        let Some(c) = self.conv_operands(p)? else {
+            return Ok(None);
+        };
+        let acc_scale: Vec<f64> = c.w_scale.iter().map(|s| c.x.scale * s).collect();
+        let bias = match p.input.get(2).filter(|s| !s.is_empty()) {
+            Some(name) => Some(self.bias(name, &acc_scale, 1.0)?),
+            None => None,
+        };
+        let acc = conv_core(self.b, &c.cx, c.x.q, c.w, bias, c.x.zp, c.w_zp)?;
+        self.rescale_out(acc, &acc_scale, 1, out).map(Some)
+    }
+
+    /// The operands of `Conv(DQ(x), DQ(w), ..)`: a quantized activation and a quantized weight
+    /// (per output channel); `None` when they are not.
+    pub(super) fn conv_operands<'n>(
+        &mut self,
+        p: &'n NodeProto,
+    ) -> NResult<Option<ConvOperands<'n>>> {
         let (Some(cx), Some(x)) = (self.cx(p), self.act(in_name(p, 0))) else {
             return Ok(None);
         };
@@ -477,18 +507,33 @@ impl Fuser<'_, '_> {
         let Some((w, w_zp, w_scale)) = self.weight(in_name(p, 1), 0, channels)? else {
             return Ok(None);
         };
-        let acc_scale: Vec<f64> = w_scale.iter().map(|s| x.scale * s).collect();
-        let bias = match p.input.get(2).filter(|s| !s.is_empty()) {
-            Some(name) => Some(self.bias(name, &acc_scale, 1.0)?),
-            None => None,
-        };
-        let acc = conv_core(self.b, &cx, x.q, w, bias, x.zp, w_zp)?;
-        self.rescale_out(acc, &acc_scale, 1, out).map(Some)
+        Ok(Some(ConvOperands {
+            cx,
+            x,
+            w,
+            w_zp,
+            w_scale,
+            channels,
+        }))
     }
 
     /// `Q(MatMul(DQ(a), DQ(b)))` -> MATMUL (i32) + RESCALE; `b` may be per channel along its
     /// last axis.
     fn matmul(&mut self, p: &NodeProto, out: &OutQuant) -> NResult<Option<ValueId>> {
+        let Some((acc, a, w_scale)) = self.matmul_product(p)? else {
+            return Ok(None);
+        };
+        let acc_scale: Vec<f64> = w_scale.iter().map(|s| a.scale * s).collect();
+        let axis = self.b.rank(acc).saturating_sub(1);
+        self.rescale_out(acc, &acc_scale, axis, out).map(Some)
+    }
+
+    /// The i32 product of `MatMul(DQ(a), DQ(b))` with `a`'s quantization and `b`'s scale per
+    /// column (per tensor or along its last axis); `None` when the operands are not quantized.
+    pub(super) fn matmul_product(
+        &mut self,
+        p: &NodeProto,
+    ) -> NResult<Option<(ValueId, QAct, Vec<f64>)>> {
         let (Some(cx), Some(a)) = (self.cx(p), self.act(in_name(p, 0))) else {
             return Ok(None);
         };
@@ -507,9 +552,7 @@ impl Fuser<'_, '_> {
             ..Default::default()
         };
         let acc = matmul_nd(self.b, a.q, w, attrs)?;
-        let acc_scale: Vec<f64> = w_scale.iter().map(|s| a.scale * s).collect();
-        let axis = self.b.rank(acc).saturating_sub(1);
-        self.rescale_out(acc, &acc_scale, axis, out).map(Some)
+        Ok(Some((acc, a, w_scale)))
     }
 
     /// `Q(Gemm(DQ(a), DQ(b), [c]))` -> MATMUL (i32) + i32 bias + RESCALE, with `alpha` folded

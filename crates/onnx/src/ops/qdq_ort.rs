@@ -23,9 +23,8 @@ use super::qdq::{in_name, Fuser, OutQuant, QAct, QdqGraph};
 use crate::builder::{unsupported, Builder, NResult};
 use crate::node::NodeCx;
 use crate::ops::conv::conv_core;
-use crate::ops::matmul::matmul_nd;
 use crate::proto::NodeProto;
-use kiln_ir::op::{BinaryOp, MatMulAttrs, ReduceOp, UnaryOp};
+use kiln_ir::op::{BinaryOp, ReduceOp, UnaryOp};
 use kiln_ir::{DType, Op, ValueId};
 use std::collections::HashMap;
 
@@ -247,49 +246,27 @@ impl Fuser<'_, '_> {
 
     /// QLinearConv: exact i32 accumulation with the raw bias, then `(Xs·Ws[c]) / Ys`.
     fn ort_conv(&mut self, p: &NodeProto, out: &OutQuant) -> NResult<Option<ValueId>> {
-        let (Some(cx), Some(x)) = (self.cx(p), self.act(in_name(p, 0))) else {
-            return Ok(None);
-        };
-        let Ok(w_val) = cx.input(1) else {
-            return Ok(None);
-        };
-        let channels = self.b.shape(w_val).first().copied().unwrap_or(0);
-        let Some((w, w_zp, w_scale)) = self.weight(in_name(p, 1), 0, channels)? else {
+        let Some(c) = self.conv_operands(p)? else {
             return Ok(None);
         };
         let bias = match p.input.get(2).filter(|s| !s.is_empty()) {
-            Some(name) => match self.raw_bias(name, channels)? {
+            Some(name) => match self.raw_bias(name, c.channels)? {
                 Some(v) => Some(v),
                 None => return Ok(None),
             },
             None => None,
         };
-        let acc = conv_core(self.b, &cx, x.q, w, bias, x.zp, w_zp)?;
-        let (xs, ys) = (f32_of(x.scale), f32_of(out.scale));
-        let scale: Vec<f32> = w_scale.iter().map(|&ws| (xs * f32_of(ws)) / ys).collect();
+        let acc = conv_core(self.b, &c.cx, c.x.q, c.w, bias, c.x.zp, c.w_zp)?;
+        let (xs, ys) = (f32_of(c.x.scale), f32_of(out.scale));
+        let scale: Vec<f32> = c.w_scale.iter().map(|&ws| (xs * f32_of(ws)) / ys).collect();
         self.requantize_f32(acc, &scale, 1, out).map(Some)
     }
 
     /// QLinearMatMul: `b` per tensor or per column.
     fn ort_matmul(&mut self, p: &NodeProto, out: &OutQuant) -> NResult<Option<ValueId>> {
-        let (Some(cx), Some(a)) = (self.cx(p), self.act(in_name(p, 0))) else {
+        let Some((acc, a, w_scale)) = self.matmul_product(p)? else {
             return Ok(None);
         };
-        let Ok(b_val) = cx.input(1) else {
-            return Ok(None);
-        };
-        let bs = self.b.shape(b_val);
-        let last = bs.len().saturating_sub(1);
-        let n = bs.last().copied().unwrap_or(1);
-        let Some((w, b_zp, w_scale)) = self.weight(in_name(p, 1), last, n)? else {
-            return Ok(None);
-        };
-        let attrs = MatMulAttrs {
-            a_zp: a.zp,
-            b_zp,
-            fma: false,
-        };
-        let acc = matmul_nd(self.b, a.q, w, attrs)?;
         let (xs, ys) = (f32_of(a.scale), f32_of(out.scale));
         let scale: Vec<f32> = w_scale.iter().map(|&ws| (xs * f32_of(ws)) / ys).collect();
         let axis = self.b.rank(acc).saturating_sub(1);
