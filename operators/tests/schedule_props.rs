@@ -90,10 +90,27 @@ fn random_trace(dag: &kiln_tir::ComputeDag, genes: &[(u8, usize, usize)]) -> Tra
 
 /// Lowers `op` with the random schedule (when the end state is legal) and compares.
 fn check_random(op: &Op, inputs: &[Tensor], genes: &[(u8, usize, usize)], rel: f64) {
+    check_random_with(op, inputs, &[], genes, rel)
+}
+
+/// [`check_random`] with the operands `constants` marks (`Some`) known to the definition, as a
+/// model's weights are.
+fn check_random_with(
+    op: &Op,
+    inputs: &[Tensor],
+    constants: &[bool],
+    genes: &[(u8, usize, usize)],
+    rel: f64,
+) {
     let types: Vec<TensorType> = inputs.iter().map(|t| t.ty().clone()).collect();
     let refs: Vec<&Tensor> = inputs.iter().collect();
     let want = kiln_operators::evaluate(op, &refs).unwrap();
-    let (b, out) = single_op(op, &types, &[]).unwrap();
+    let known: Vec<Option<Tensor>> = inputs
+        .iter()
+        .zip(constants)
+        .map(|(t, &c)| c.then(|| t.clone()))
+        .collect();
+    let (b, out) = single_op(op, &types, &known).unwrap();
     let trace = random_trace(b.dag(), genes);
     let Ok(sched) = trace.apply(b.dag()) else {
         return;
@@ -135,6 +152,32 @@ proptest! {
         let w = rand_default(&mut rng, DType::I8, &[3, 2, 2, 3]);
         let b = rand(&mut rng, DType::I32, &[3], -100, 100);
         check_random(&Op::Conv2d(a), &[x, w, b], &g, 0.0);
+    }
+
+    /// 8-bit integer convolutions with constant weights (the channels-last forms: weights as an
+    /// HWIO table, the input padded with its zero point), random zero points, either layout.
+    #[test]
+    fn int8_conv_with_constant_weights(
+        g in genes(),
+        seed in 1u64..1000,
+        depthwise: bool,
+        nhwc: bool,
+        unsigned: bool,
+        zps in (-20i32..20, -3i32..3),
+    ) {
+        let mut rng = Rng(seed);
+        let layout = if nhwc { DataLayout::Nhwc } else { DataLayout::Nchw };
+        let (xd, input_zp) = if unsigned { (DType::U8, zps.0 + 128) } else { (DType::I8, zps.0) };
+        let a = ConvAttrs { pad: [1, 1, 0, 2], stride: [1, 2], dilation: [1, 1], input_zp, weight_zp: zps.1, layout };
+        let x = rand_default(&mut rng, xd, &layout.shape([1, 4, 6, 7]));
+        let (w, op) = if depthwise {
+            (rand_default(&mut rng, DType::I8, &[4, 1, 3, 2]), Op::DepthwiseConv2d(a))
+        } else {
+            (rand_default(&mut rng, DType::I8, &[8, 4, 3, 2]), Op::Conv2d(a))
+        };
+        let b = rand(&mut rng, DType::I32, &[w.shape()[0]], -1000, 1000);
+        check_random_with(&op, &[x.clone(), w.clone(), b.clone()], &[false, true, true], &[], 0.0);
+        check_random_with(&op, &[x, w, b], &[false, true, true], &g, 0.0);
     }
 
     #[test]

@@ -289,6 +289,7 @@ pub(crate) fn plan_model(
         }
     };
     let lower_ms = ms_since(start);
+    dump_kernels(&kernels);
     let plan_start = Instant::now();
     let graph = folded.as_ref().unwrap_or(graph);
     let mut p = Planner {
@@ -531,6 +532,18 @@ pub(crate) fn plan_model(
 }
 
 /// A kernel's symbol: unique per model and a valid identifier.
+/// With `KILN_DUMP_TIR=DIR` set, writes each kernel's loop IR as `DIR/NNN.tir` (a developer's
+/// view of what the schedules produced; failures to write are ignored).
+fn dump_kernels(kernels: &[Kernel]) {
+    let Some(dir) = std::env::var_os("KILN_DUMP_TIR").map(std::path::PathBuf::from) else {
+        return;
+    };
+    let _ = std::fs::create_dir_all(&dir);
+    for (k, kernel) in kernels.iter().enumerate() {
+        let _ = std::fs::write(dir.join(format!("{k:03}.tir")), kernel.func.to_string());
+    }
+}
+
 fn kernel_name(k: usize, kernel: &Kernel) -> String {
     let clean: String = kernel
         .name

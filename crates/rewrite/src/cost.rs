@@ -10,7 +10,7 @@ use crate::analysis::GraphEGraph;
 use crate::lang::{op_of, Node};
 use egg::{CostFunction, Id};
 use kiln_ir::op::DataLayout;
-use kiln_ir::{Op, TensorType};
+use kiln_ir::{DType, Op, TensorType};
 
 /// The cost of one op, given its operand and result types, and of materialising a kernel's
 /// output. A learned model can implement it.
@@ -27,7 +27,7 @@ pub trait CostModel {
 /// the result written), and a fixed cost per kernel launch. The units are nominal cycles of an
 /// edge core: 8 flops, 4 bytes per cycle, 2000 cycles per kernel.
 ///
-/// Layout: the lowering computes float convolutions channels-last (channels are the vector
+/// Layout: the lowering computes float and 8-bit integer convolutions channels-last (channels are the vector
 /// lanes), so an NCHW float convolution also pays for converting its activations inside the
 /// kernel: its input and output move once more (a strided pass).
 ///
@@ -93,7 +93,9 @@ impl RooflineCost {
 /// converts inside the kernel (see [`RooflineCost`]).
 fn nchw_float_conv(op: &Op, inputs: &[&TensorType]) -> bool {
     matches!(op, Op::Conv2d(a) | Op::DepthwiseConv2d(a) if a.layout == DataLayout::Nchw)
-        && inputs.first().is_some_and(|x| x.dtype.is_float())
+        && inputs
+            .first()
+            .is_some_and(|x| x.dtype.is_float() || matches!(x.dtype, DType::I8 | DType::U8))
 }
 
 impl CostModel for RooflineCost {

@@ -346,9 +346,9 @@ pub fn rules() -> Vec<Rewrite<Node, GraphAnalysis>> {
         // (the IR defines the NHWC form as the NCHW one with input and output transposed). The
         // transposes it adds sink through elementwise ops and cancel between convolutions, so a
         // chain of convolutions can run channels-last with one conversion at each end;
-        // extraction decides whether that is cheaper. Only for float convolutions with constant
-        // weights, which the lowering computes channels-last anyway (an NCHW one converts its
-        // tiles inside the kernel).
+        // extraction decides whether that is cheaper. Only for f32 and 8-bit integer
+        // convolutions with constant weights, which the lowering computes channels-last anyway
+        // (an NCHW one converts its tiles inside the kernel).
         rule("conv-to-nhwc", "(op ?conv ?x ?w ?b)", conv_to_nhwc),
         // reduce(transpose(x, p), axis a) = transpose(reduce(x, axis p[a]), p): a reduction
         // keeps its axis (size 1), so reducing before or after moving the axes is the same.
@@ -422,7 +422,8 @@ fn conv_to_nhwc(eg: &mut GraphEGraph, _: Id, s: &Subst) -> Option<Id> {
         return None;
     };
     let w = s[var("?w")];
-    if a.layout != DataLayout::Nchw || ty(eg, w)?.dtype != DType::F32 {
+    let wt = ty(eg, w)?.dtype;
+    if a.layout != DataLayout::Nchw || !matches!(wt, DType::F32 | DType::I8 | DType::U8) {
         return None;
     }
     eg[w].data.value.as_ref()?;

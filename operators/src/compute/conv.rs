@@ -10,14 +10,15 @@
 //! Only the bounds a tap can actually leave are tested (a 1x1 unpadded convolution has no
 //! `select` at all), so inner loops carry no statically-true conditions.
 //!
-//! An f32 CONV2D with constant weights and a multiple of 4 output channels accumulates
-//! channels-last instead: the anchor is `conv_nhwc[n, oy, ox, oc]` ([`NHWC_STAGE`]) over weights
+//! An f32 (or 8-bit integer) CONV2D with constant weights and a multiple of 4 output channels
+//! accumulates channels-last instead: the anchor is `conv_nhwc[n, oy, ox, oc]` ([`NHWC_STAGE`]) over weights
 //! transposed at definition time to `[ky, kx, c, oc]` (a table), so output channels are the
 //! contiguous axis of both the accumulator and the weights (the default schedule vectorizes
 //! them, see `crate::schedule`); the `bias` stage reads it transposed back to NCHW. The sum and
 //! its order are the same; when taps can leave the input it reads a kept `pad` stage (the input
-//! zero-padded once, NCHW) instead, so its inner loops carry no guards. An f32 DEPTHWISE_CONV2D (multiplier 1, constant weights, channels a
-//! multiple of 4) does the same over weights `[ky, kx, 1, c]` and a kept `pad_nhwc` stage, the
+//! zero-padded once, NCHW; an integer input is padded with its zero point, whose product is 0)
+//! instead, so its inner loops carry no guards. An f32 (or 8-bit integer) DEPTHWISE_CONV2D
+//! (multiplier 1, constant weights, channels a multiple of 4) does the same over weights `[ky, kx, 1, c]` and a kept `pad_nhwc` stage, the
 //! input copied channels-last with the padding as zeros, so its taps need no guards at all (a
 //! channels-last input no tap leaves, as a producer's padded output, is read directly).
 //!
@@ -104,8 +105,16 @@ pub(crate) fn define(
             } else {
                 vec![("rc", cin), ("ry", kh), ("rx", kw)]
             };
-            if depthwise && mult == 1 {
+            // The channels-last forms: the weights as a table, and what a padded copy of the
+            // input holds in its border.
+            let pv = pad_value(xd, acc, xzp);
+            let wd_ = w.ty.dtype;
+            let product = |xv: Expr, wv: Expr| {
+                widen_f32_only(xv, xd, acc, xzp) * widen_f32_only(wv, wd_, acc, wzp)
+            };
+            if depthwise && mult == 1 && pv.is_some() {
                 if let Some(wt) = nhwc_weights(b, x, w, layout, shape[1])? {
+                    let pv = pv.clone().unwrap_or_else(|| zero.clone());
                     // Channels-last over a zero-padded channels-last copy of the input: no guards.
                     let hp = reach(shape[2], sy, kh, dy, 0) as usize + 1;
                     let wp = reach(shape[3], sx, kw, dx, 0) as usize + 1;
@@ -125,7 +134,7 @@ pub(crate) fn define(
                             let ix = ax[2].clone() - c(pl);
                             let xv =
                                 xload(x.id, [ax[0].clone(), ax[3].clone(), iy.clone(), ix.clone()]);
-                            pad.guard(&iy, h, &ix, wd, xv, zero.clone())
+                            pad.guard(&iy, h, &ix, wd, xv, pv.clone())
                         })?;
                         b.keep_stage(xp);
                         xp
@@ -140,12 +149,12 @@ pub(crate) fn define(
                                 wt,
                                 vec![r[0].clone(), r[1].clone(), c(0), ax[3].clone()],
                             );
-                            xv * wv
+                            product(xv, wv)
                         })?;
                     return bias_stage(b, acc_stage, DataLayout::Nhwc, layout, bias, acc, out);
                 }
             }
-            let nhwc = if depthwise {
+            let nhwc = if depthwise || pv.is_none() {
                 None
             } else {
                 nhwc_weights(b, x, w, layout, shape[1])?
@@ -168,7 +177,14 @@ pub(crate) fn define(
                         let iy = y - c(pt);
                         let ix = xx - c(pl);
                         let xv = xload(x.id, [n, ch, iy.clone(), ix.clone()]);
-                        pad.guard(&iy, h, &ix, wd, xv, zero.clone())
+                        pad.guard(
+                            &iy,
+                            h,
+                            &ix,
+                            wd,
+                            xv,
+                            pv.clone().unwrap_or_else(|| zero.clone()),
+                        )
                     })?;
                     b.keep_stage(xp);
                     (xp, 0, 0)
@@ -183,7 +199,7 @@ pub(crate) fn define(
                         let ix = ax[2].clone() * c(sx) + kx.clone() * c(dx) - c(off_x);
                         let xv = xload(src, [ax[0].clone(), ch.clone(), iy, ix]);
                         let wv = Expr::load(wt, vec![ky, kx, ch, ax[3].clone()]);
-                        xv * wv
+                        product(xv, wv)
                     })?;
                 return bias_stage(b, acc_stage, DataLayout::Nhwc, layout, bias, acc, out);
             }
@@ -277,28 +293,53 @@ fn nhwc_weights(
     oc: usize,
 ) -> Result<Option<BufferId>, ComputeError> {
     let channels_fit = layout == DataLayout::Nhwc || oc.is_multiple_of(4);
-    if x.ty.dtype != DType::F32 || w.ty.dtype != DType::F32 || !channels_fit {
+    let float = x.ty.dtype == DType::F32 && w.ty.dtype == DType::F32;
+    if !(float || int8_operands(x, w)) || !channels_fit {
         return Ok(None);
     }
-    let Some(values) = w.constant.as_ref().and_then(|t| t.as_slice::<f32>()) else {
+    let Some(values) = w.constant.as_ref() else {
         return Ok(None);
     };
     let s = &w.ty.shape;
     let (o, ci, kh, kw) = (s[0], s[1], s[2], s[3]);
-    let mut t = vec![0f32; values.len()];
-    for oo in 0..o {
-        for cc in 0..ci {
-            for y in 0..kh {
-                for xx in 0..kw {
-                    t[((y * kw + xx) * ci + cc) * o + oo] =
-                        values[((oo * ci + cc) * kh + y) * kw + xx];
+    // Element `[y, xx, cc, oo]` of the table is element `[oo, cc, y, xx]` of the weights.
+    let mut index = Vec::with_capacity(values.data().len());
+    for y in 0..kh {
+        for xx in 0..kw {
+            for cc in 0..ci {
+                for oo in 0..o {
+                    index.push(Some(((oo * ci + cc) * kh + y) * kw + xx));
                 }
             }
         }
     }
-    Ok(Some(
-        b.table("w_nhwc", Tensor::new(vec![kh, kw, ci, o], t)?)?,
-    ))
+    let ty = TensorType::new(w.ty.dtype, vec![kh, kw, ci, o])?;
+    let table = Tensor::from_data(ty, values.data().gather(&index))?;
+    Ok(Some(b.table("w_nhwc", table)?))
+}
+
+/// 8-bit integer activations and weights (accumulated in i32): the channels-last forms apply
+/// to them as to f32.
+fn int8_operands(x: &Operand, w: &Operand) -> bool {
+    let byte = |d: DType| matches!(d, DType::I8 | DType::U8);
+    byte(x.ty.dtype) && byte(w.ty.dtype)
+}
+
+/// The value a zero-padded copy of the input holds in its border: 0 for floats, the input's
+/// zero point for integers (`(zp - zp) * w` adds nothing, as a tap outside the input must);
+/// `None` when that zero point is not a value of the input's type.
+fn pad_value(xd: DType, acc: DType, input_zp: i32) -> Option<Expr> {
+    if acc != DType::I32 {
+        return Some(Expr::zero(acc));
+    }
+    let (lo, hi) = match xd {
+        DType::I8 => (-128, 127),
+        DType::U8 => (0, 255),
+        _ => return None,
+    };
+    (lo..=hi)
+        .contains(&input_zp)
+        .then(|| Expr::int_of(i64::from(input_zp), xd))
 }
 
 /// The bias (epilogue) stage over the accumulator `conv` of layout `conv_layout`, writing the
