@@ -381,8 +381,9 @@ fn build(
     r.trace()
 }
 
-/// Splits the innermost loop by 4 ([`Knobs::inner_vector`]) and vectorizes it when divisible;
-/// parallel outer loops.
+/// Splits the innermost loop by 4 ([`Knobs::inner_vector`]) and vectorizes it when divisible
+/// (an axis no width divides is vectorized whole: vector chunks and a scalar tail); parallel
+/// outer loops.
 fn elementwise(r: &mut Recorder, stage: &str) {
     let mut loops = r.loops(stage);
     // An innermost axis too short for a vector (the 3 channels of an image turned
@@ -409,7 +410,11 @@ fn elementwise(r: &mut Recorder, stage: &str) {
     let mut vec_loop = None;
     if ext % f == 0 && ext >= 2 * f && r.split(stage, &inner, f) {
         vec_loop = Some(format!("{inner}.1"));
-    } else if [4, 8, 16].contains(&ext) && loops.len() > 1 {
+    } else if (ext >= 4 && r.knobs.inner_vector.is_none() || [4, 8, 16].contains(&ext))
+        && loops.len() > 1
+    {
+        // The whole axis as one vectorized loop: chunks of 4 lanes and a scalar tail
+        // (rows of 197 attention scores).
         vec_loop = Some(inner);
     }
     r.parallel_outer(stage);

@@ -72,7 +72,7 @@ fn divisors_in(n: usize, candidates: &[usize]) -> Vec<usize> {
 }
 
 const BOOL: [usize; 2] = [0, 1];
-/// Vectorized loops run as one SIMD op only with 2, 4, 8 or 16 lanes (see `kiln_tir::ForKind`).
+/// Tile widths searched for vectorized loops (one to four 4-lane vectors).
 const VECTOR_TILES: [usize; 3] = [4, 8, 16];
 const ROW_TILES: [usize; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 14];
 const PARALLEL: [usize; 6] = [0, 2, 4, 8, 16, 64];

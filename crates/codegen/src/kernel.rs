@@ -585,10 +585,15 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
         match kind {
             ForKind::Unrolled if extent <= MAX_UNROLL => self.unrolled(var, extent, body),
             ForKind::Vectorized => {
-                if self.em.opts.vectorize && crate::vector::vectorizable(self.f, var, extent, body)
+                // A ragged extent (a scalar tail) or a loop over chunks only where no
+                // register-promoted buffer is accessed (those take constant indices).
+                let plain = !self.touches_promoted(body);
+                if self.em.opts.vectorize
+                    && (extent.is_multiple_of(crate::vector::LANES) || plain)
+                    && crate::vector::vectorizable(self.f, var, extent, body)
                 {
                     self.em.stats.vector_loops += 1;
-                    self.vector_loop(var, extent, body)
+                    self.vector_loop(var, extent, body, plain)
                 } else if extent <= MAX_UNROLL {
                     self.em.stats.scalar_vectorized_loops += 1;
                     self.unrolled(var, extent, body)
@@ -599,6 +604,16 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
             ForKind::Parallel if self.outline_parallel => self.parallel_loop(var, extent, body),
             _ => self.serial(var, extent, body),
         }
+    }
+
+    /// Whether `body` loads or stores a register-promoted buffer.
+    fn touches_promoted(&self, body: &Stmt) -> bool {
+        if self.promo.is_empty() {
+            return false;
+        }
+        body.buffers_accessed()
+            .iter()
+            .any(|b| self.promo.contains_key(b))
     }
 
     fn unrolled(&mut self, var: VarId, extent: usize, body: &Stmt) -> Result<(), CodegenError> {

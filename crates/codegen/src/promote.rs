@@ -201,8 +201,12 @@ impl Walk<'_> {
             } => {
                 let (mut pushed, mut vec, mut par) = (false, false, false);
                 match kind {
+                    // A ragged vectorized loop with a promoted buffer runs as scalar code
+                    // (`FnLowerer::for_loop`): it is seen as unrolled here.
                     ForKind::Vectorized
-                        if self.vectorize && vectorizable(self.f, *var, *extent, body) =>
+                        if self.vectorize
+                            && extent.is_multiple_of(LANES)
+                            && vectorizable(self.f, *var, *extent, body) =>
                     {
                         self.vector = Some(*var);
                         self.vector_extent_of.push((*var, *extent));

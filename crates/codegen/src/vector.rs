@@ -4,7 +4,9 @@
 //! vector form computes what the scalar loop computes, and otherwise falls back to unrolled scalar
 //! code. The proof obligations:
 //!
-//! - the extent is a multiple of 4 (a loop of extent 8 or 16 becomes 2 or 4 chunks of 4 lanes);
+//! - the extent is at least 4: `extent / 4` chunks of 4 lanes (unrolled up to
+//!   [`UNROLLED_CHUNKS`], else a loop over the chunks), then the `extent mod 4` remaining
+//!   iterations as scalar code (a row of 197 attention scores is 49 vectors and one scalar);
 //! - the body is straight-line stores (the verifier's rule) into `f32` or `i32` buffers (so
 //!   loops over `f16` data stay scalar code, except uniform `f16` scalars), each
 //!   *contiguous* in the loop variable `v` (the last index is affine in `v` with stride 1 and
@@ -42,6 +44,9 @@ use kiln_tir::{BinOp, BufferId, CmpOp, Expr, Intrinsic, PrimFunc, Stmt, VarId};
 
 /// Lanes of every vector.
 pub const LANES: usize = 4;
+
+/// Most chunks of a vectorized loop emitted straight-line; more run as a loop over chunks.
+pub const UNROLLED_CHUNKS: usize = 4;
 
 /// What a (sub-)expression of a vectorized loop is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,7 +240,7 @@ fn classify(f: &PrimFunc, e: &Expr, v: VarId) -> Option<Kind> {
 
 /// Whether `for.vectorized v in 0..extent { body }` may be emitted as 4-lane vector code.
 pub(crate) fn vectorizable(f: &PrimFunc, v: VarId, extent: usize, body: &Stmt) -> bool {
-    if !extent.is_multiple_of(LANES) {
+    if extent < LANES {
         return false;
     }
     let Some(stores) = stores(body) else {
@@ -282,47 +287,89 @@ pub(crate) fn vectorizable(f: &PrimFunc, v: VarId, extent: usize, body: &Stmt) -
 }
 
 impl<M: Module> FnLowerer<'_, '_, '_, M> {
-    /// Emits a loop that [`vectorizable`] accepted: `extent / 4` chunks of 4 lanes.
+    /// Emits a loop that [`vectorizable`] accepted: `extent / 4` chunks of 4 lanes (a loop over
+    /// the chunks when there are more than [`UNROLLED_CHUNKS`] and `looped` allows it: no
+    /// register-promoted buffer is accessed), then the remaining iterations as scalar code.
     pub(crate) fn vector_loop(
         &mut self,
         var: VarId,
         extent: usize,
         body: &Stmt,
+        looped: bool,
     ) -> Result<(), CodegenError> {
         let stores = stores(body).ok_or_else(|| self.err_internal("vector loop body"))?;
         let v = self.var(var);
-        for chunk in 0..extent / LANES {
-            let base = self.b.ins().iconst(types::I64, (chunk * LANES) as i64);
-            self.b.def_var(v, base);
-            self.consts[var.index()] = Some((chunk * LANES) as i64);
-            for &(buf, indices, value) in &stores {
-                let d = self.f.buffers[buf.index()].dtype;
-                if self.promo.contains_key(&buf) {
-                    let pv = self.promoted_var(buf, indices, LANES)?;
-                    let val = self.vexpr(value, var)?;
-                    let val = self.vector_of(val, d)?;
-                    self.b.def_var(pv, val);
-                    continue;
-                }
-                let addr = self.address(buf, indices)?;
+        let chunks = extent / LANES;
+        if looped && chunks > UNROLLED_CHUNKS {
+            // var = 0, 4, ..: a bottom-tested loop (there is at least one chunk).
+            let (head, after) = (self.b.create_block(), self.b.create_block());
+            let zero = self.b.ins().iconst(types::I64, 0);
+            self.b.def_var(v, zero);
+            self.b.ins().jump(head, &[]);
+            self.b.switch_to_block(head);
+            self.vector_chunk(var, &stores)?;
+            let i = self.b.use_var(v);
+            let next = self.b.ins().iadd_imm_s(i, LANES as i64);
+            self.b.def_var(v, next);
+            let end = (chunks * LANES) as i64;
+            let more = self.b.ins().icmp_imm_s(
+                cranelift_codegen::ir::condcodes::IntCC::SignedLessThan,
+                next,
+                end,
+            );
+            self.b.ins().brif(more, head, &[], after, &[]);
+            self.b.switch_to_block(after);
+        } else {
+            for chunk in 0..chunks {
+                let base = self.b.ins().iconst(types::I64, (chunk * LANES) as i64);
+                self.b.def_var(v, base);
+                self.consts[var.index()] = Some((chunk * LANES) as i64);
+                self.vector_chunk(var, &stores)?;
+            }
+        }
+        // The remaining iterations, one by one.
+        for i in chunks * LANES..extent {
+            let c = self.b.ins().iconst(types::I64, i as i64);
+            self.b.def_var(v, c);
+            self.consts[var.index()] = Some(i as i64);
+            self.stmt(body)?;
+        }
+        self.consts[var.index()] = None;
+        Ok(())
+    }
+
+    /// The stores of one chunk of 4 lanes starting at the current value of `var`.
+    fn vector_chunk(
+        &mut self,
+        var: VarId,
+        stores: &[(BufferId, &[Expr], &Expr)],
+    ) -> Result<(), CodegenError> {
+        for &(buf, indices, value) in stores {
+            let d = self.f.buffers[buf.index()].dtype;
+            if self.promo.contains_key(&buf) {
+                let pv = self.promoted_var(buf, indices, LANES)?;
                 let val = self.vexpr(value, var)?;
                 let val = self.vector_of(val, d)?;
-                match self.lane_bytes(buf, indices, var)? {
-                    None => {
-                        self.b.ins().store(mem_flags(), val, addr, 0);
-                    }
-                    Some(step) => {
-                        for lane in 0..LANES as u8 {
-                            let x = self.b.ins().extractlane(val, lane);
-                            self.b
-                                .ins()
-                                .store(mem_flags(), x, addr, step * i32::from(lane));
-                        }
+                self.b.def_var(pv, val);
+                continue;
+            }
+            let addr = self.address(buf, indices)?;
+            let val = self.vexpr(value, var)?;
+            let val = self.vector_of(val, d)?;
+            match self.lane_bytes(buf, indices, var)? {
+                None => {
+                    self.b.ins().store(mem_flags(), val, addr, 0);
+                }
+                Some(step) => {
+                    for lane in 0..LANES as u8 {
+                        let x = self.b.ins().extractlane(val, lane);
+                        self.b
+                            .ins()
+                            .store(mem_flags(), x, addr, step * i32::from(lane));
                     }
                 }
             }
         }
-        self.consts[var.index()] = None;
         Ok(())
     }
 

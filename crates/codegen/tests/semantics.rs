@@ -327,6 +327,69 @@ fn concat_func(split: usize) -> PrimFunc {
     f
 }
 
+/// `out[r, i] = sqrt(|x[r, i] - m[r]|)` (or, with `split`, a concat of `a[r, i]` and
+/// `b[r, i - split]`) with the `i` loop of `extent` vectorized whole.
+fn ragged_func(extent: usize, split: Option<usize>) -> PrimFunc {
+    const ROWS: usize = 3;
+    let mut f = PrimFunc::new("ew");
+    let (r, i) = (f.new_var("r"), f.new_var("i"));
+    let ri = || vec![Expr::var(r), Expr::var(i)];
+    let value = match split {
+        None => {
+            let x = f.add_param("x", DType::F32, vec![ROWS, extent]);
+            let m = f.add_param("m", DType::F32, vec![ROWS]);
+            let d = Expr::load(x, ri()) - Expr::load(m, vec![Expr::var(r)]);
+            Expr::call(Intrinsic::Sqrt, vec![Expr::call(Intrinsic::Abs, vec![d])])
+        }
+        Some(split) => {
+            let a = f.add_param("a", DType::F32, vec![ROWS, split]);
+            let b = f.add_param("b", DType::F32, vec![ROWS, extent - split]);
+            let k = Expr::int(split as i64);
+            Expr::select(
+                Expr::cmp(CmpOp::Lt, Expr::var(i), k.clone()),
+                Expr::load(a, ri()),
+                Expr::load(b, vec![Expr::var(r), Expr::var(i) - k]),
+            )
+        }
+    };
+    let o = f.add_param("out", DType::F32, vec![ROWS, extent]);
+    f.body = Stmt::for_(
+        r,
+        ROWS,
+        ForKind::Serial,
+        Stmt::for_(i, extent, ForKind::Vectorized, Stmt::store(o, ri(), value)),
+    );
+    f
+}
+
+#[test]
+fn vectorized_loops_of_any_extent_run_chunks_and_a_scalar_tail() {
+    let mut rng = Rng(11);
+    let mut t = |shape: Vec<usize>| {
+        let n = shape.iter().product();
+        Tensor::from_data(
+            TensorType::new(DType::F32, shape).unwrap(),
+            random_data(DType::F32, n, &mut rng),
+        )
+        .unwrap()
+    };
+    // Unrolled chunks with a tail (5, 7), a loop over chunks with (197) and without (24) one.
+    for extent in [5, 7, 24, 197] {
+        let f = ragged_func(extent, None);
+        for o in opts() {
+            let stats = compare(&f, &[t(vec![3, extent]), t(vec![3])], &o);
+            if o.vectorize {
+                assert_eq!(stats.vector_loops, 1, "extent {extent}");
+            }
+        }
+    }
+    // A concat split at a multiple of 4 inside a loop over chunks: each chunk reads one side,
+    // the tail reads the second operand.
+    let f = ragged_func(23, Some(8));
+    let stats = compare(&f, &[t(vec![3, 8]), t(vec![3, 15])], &opts()[0]);
+    assert_eq!(stats.vector_loops, 1);
+}
+
 #[test]
 fn a_select_uniform_over_each_chunk_branches_per_chunk_and_others_stay_scalar() {
     // At 8 every chunk of 4 lies on one side: vector code, each chunk reading one operand. At

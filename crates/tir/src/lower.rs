@@ -600,11 +600,11 @@ impl Lowerer<'_> {
         let iv_name = |iv: usize| ss.iter_vars[iv].name.as_str();
         for &l in leaves {
             match ss.iter_vars[l].annotation {
-                ForKind::Vectorized if ![2, 4, 8, 16].contains(&ext[l]) => {
+                ForKind::Vectorized if ext[l] < 2 => {
                     return Err(illegal(
                         name,
                         iv_name(l),
-                        format!("vectorized extent {} is not 2, 4, 8 or 16", ext[l]),
+                        format!("vectorized extent {} is below 2", ext[l]),
                     ));
                 }
                 ForKind::Unrolled if ext[l] > MAX_UNROLL => {

@@ -17,7 +17,8 @@ pub enum ForKind {
     Serial,
     /// Iterations run on worker threads; they write disjoint elements of shared buffers.
     Parallel,
-    /// Innermost loop of extent 2, 4, 8 or 16 over straight-line stores, run as one SIMD op.
+    /// Innermost loop of extent 2 or more over straight-line stores, run as 4-lane SIMD chunks
+    /// and a scalar tail.
     Vectorized,
     /// Fully unrolled by codegen.
     Unrolled,
