@@ -282,7 +282,13 @@ fn channels_last_convolutions() {
         conv_case(&mut rng, true, DType::F32, a.clone(), 3, 6);
     }
     conv_case(&mut rng, false, DType::I8, zp.clone(), 3, 4);
-    conv_case(&mut rng, true, DType::I8, zp, 4, 4);
+    conv_case(&mut rng, true, DType::I8, zp.clone(), 4, 4);
+    // Input channels in quadruples: the 8-bit integer micro-kernel form (reduction split by
+    // 4, weights packed in panels of quadruples), padded or strided, ragged column tiles.
+    for a in [&zp, &strided, &unpadded] {
+        conv_case(&mut rng, false, DType::I8, a.clone(), 8, 16);
+        conv_case(&mut rng, false, DType::I8, a.clone(), 4, 24);
+    }
 
     for (a, depthwise) in [(&strided, false), (&padded, true)] {
         let x = rand_default(&mut rng, DType::F32, &[1, 4, 7, 8]);

@@ -27,6 +27,10 @@ pub struct MicroShape {
     pub lanes: usize,
     /// Vector registers.
     pub registers: usize,
+    /// The target has 8-bit integer contraction kernels (dot products of byte quadruples:
+    /// x86-64 AVX-512 VNNI).
+    #[serde(default)]
+    pub int8: bool,
 }
 
 /// Most tile rows ever chosen by default (longer rows add little once loads are amortised).
@@ -170,6 +174,18 @@ fn tile(
 /// weights: their last dimension is that axis) into panels of `cols` columns, outer part first,
 /// so that a micro-kernel streams each panel contiguously. Nothing to pack is no failure.
 fn pack_panel(r: &mut Recorder, a: BufferId, axis: usize, cols: usize) -> bool {
+    pack_panel_grouped(r, a, axis, cols, None)
+}
+
+/// [`pack_panel`], with the weights' second-to-last dimension (the reduction's input
+/// channels) in groups of `group` placed innermost when given.
+fn pack_panel_grouped(
+    r: &mut Recorder,
+    a: BufferId,
+    axis: usize,
+    cols: usize,
+    group: Option<usize>,
+) -> bool {
     let dag = r.dag;
     let Some(stage) = dag.stage(a) else {
         return true;
@@ -200,6 +216,7 @@ fn pack_panel(r: &mut Recorder, a: BufferId, axis: usize, cols: usize) -> bool {
         axis: rank - 1,
         factor: cols,
         outer_first: true,
+        group: group.filter(|_| rank >= 2).map(|q| (rank - 2, q)),
     });
     true
 }
@@ -225,6 +242,14 @@ pub(crate) fn conv_nhwc(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buf
         return false;
     }
     let (ow, oc) = (t.shape[2], t.shape[3]);
+    // An 8-bit integer anchor (an i32 accumulator) tensorizes only on targets with integer
+    // kernels, and only a direct convolution whose input channels come in quadruples.
+    let int8 = dag
+        .tensor(a)
+        .is_some_and(|t| t.dtype == kiln_ir::DType::I32);
+    if int8 && !(shape.int8 && int8_channels_in_quads(r, a)) {
+        return false;
+    }
     let Some((rows, cols)) = tile(r, shape, (a, 2), ow, oc) else {
         return false;
     };
@@ -249,7 +274,11 @@ pub(crate) fn conv_nhwc(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buf
         if r.attach_anchor(&aname, &oname, at.into()).is_none() {
             return false;
         }
-        let reduce: Vec<String> = ["ry", "rx", "rc"]
+        // Integer kernels take the input channels four at a time (one dword per step).
+        if int8 && !r.split(&aname, "rc", 4) {
+            return false;
+        }
+        let reduce: Vec<String> = ["ry", "rx", "rc", "rc.0", "rc.1"]
             .iter()
             .filter(|n| {
                 r.loops(&aname)
@@ -261,13 +290,24 @@ pub(crate) fn conv_nhwc(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buf
         if reduce.len() > 1 && !r.reorder(&aname, &reduce) {
             return false;
         }
-        pack_panel(r, a, 3, cols);
+        pack_panel_grouped(r, a, 3, cols, int8.then_some(4));
         if !tensorize(r, &oname, at) {
             return false;
         }
         r.parallel_outer(&oname);
         true
     })
+}
+
+/// Whether integer anchor `a` reduces over input channels (`rc`, a direct convolution) whose
+/// count is a multiple of 4.
+fn int8_channels_in_quads(r: &Recorder, a: BufferId) -> bool {
+    let Some(name) = r.dag.tensor(a).map(|t| t.name.clone()) else {
+        return false;
+    };
+    r.loops(&name)
+        .iter()
+        .any(|l| l.0 == "rc" && l.1 == IterKind::Reduce && l.2.is_multiple_of(4))
 }
 
 /// The outer tile loops of a `[B, M, N]` matmul, outermost first: row tiles `i1.0` outside
@@ -381,10 +421,12 @@ mod tests {
     const AVX512: MicroShape = MicroShape {
         lanes: 16,
         registers: 32,
+        int8: false,
     };
     const AVX2: MicroShape = MicroShape {
         lanes: 8,
         registers: 16,
+        int8: false,
     };
 
     #[test]

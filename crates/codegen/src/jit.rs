@@ -455,6 +455,72 @@ pub fn measure_peak_gflops(isa: crate::isa::microkernel::MicroIsa) -> Result<f64
     Ok(flops / best / 1e9)
 }
 
+/// [`run_microkernel`] for an 8-bit integer kernel over raw bytes: each slot is a byte buffer
+/// and the byte offset of its access's base (see
+/// [`crate::isa::microkernel::ContractionKernel::reference_int8`]).
+pub fn run_microkernel_bytes(
+    isa: crate::isa::microkernel::MicroIsa,
+    kernel: &crate::isa::microkernel::ContractionKernel,
+    lhs: crate::isa::microkernel::ByteSlot,
+    rhs: crate::isa::microkernel::ByteSlot,
+    out: (&mut [u8], usize),
+    inputs: &[crate::isa::microkernel::ByteSlot],
+) -> Result<(), CodegenError> {
+    let bad = |reason: String| CodegenError::BadArguments {
+        func: "microkernel".into(),
+        reason,
+    };
+    if !isa.runs_here() {
+        return Err(CodegenError::Isa(format!(
+            "this machine does not run {} micro-kernels",
+            isa.name()
+        )));
+    }
+    if inputs.len() != kernel.inputs.len() {
+        return Err(bad(format!(
+            "{} epilogue inputs given, {} expected",
+            inputs.len(),
+            kernel.inputs.len()
+        )));
+    }
+    let (out, out_base) = out;
+    let slots: Vec<(usize, usize)> = [
+        (lhs.0.len(), lhs.1),
+        (rhs.0.len(), rhs.1),
+        (out.len(), out_base),
+    ]
+    .into_iter()
+    .chain(inputs.iter().map(|(b, i)| (b.len(), *i)))
+    .collect();
+    for (i, ((lo, hi), &(len, base))) in kernel.byte_ranges().into_iter().zip(&slots).enumerate() {
+        let base = base as i64;
+        if base + lo < 0 || base + hi > len as i64 {
+            return Err(bad(format!(
+                "pointer {i}: accesses bytes {}..{} of a {len}-byte buffer",
+                base + lo,
+                base + hi
+            )));
+        }
+    }
+    let code = crate::isa::microkernel::generate(isa, kernel)
+        .map_err(|e| CodegenError::Isa(e.to_string()))?;
+    let f = RawFunction::new(code)?;
+    // In-bounds pointers (checked above: each base offset lies inside its slice).
+    let mut ptrs: Vec<*const u8> = vec![
+        lhs.0[lhs.1..].as_ptr(),
+        rhs.0[rhs.1..].as_ptr(),
+        out[out_base..].as_mut_ptr().cast_const(),
+    ];
+    ptrs.extend(inputs.iter().map(|(b, i)| b[*i..].as_ptr()));
+    // SAFETY: as in `run_microkernel`: the code is live and executable, follows the
+    // micro-kernel ABI, and touches only the checked byte ranges of the given slices.
+    unsafe {
+        let call: unsafe extern "C" fn(*const *const u8) = std::mem::transmute(f.addr);
+        call(ptrs.as_ptr());
+    }
+    Ok(())
+}
+
 /// Runs micro-kernel `kernel` of family `isa` once on this machine: a safe entry for tests
 /// and benchmarks of the generators. Each buffer comes with the element index of its access's
 /// base; checks that the machine runs `isa` and that every access lies inside its slice. A

@@ -179,7 +179,8 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
             let base = self.bases[a.buf.index()]
                 .ok_or_else(|| self.err_internal("tensorized access without a base"))?;
             let index = self.expr(&a.base)?;
-            let bytes = self.b.ins().imul_imm_s(index, 4);
+            let size = self.f.buffers[a.buf.index()].dtype.size_bytes() as i64;
+            let bytes = self.b.ins().imul_imm_s(index, size);
             let addr = self.b.ins().iadd(base, bytes);
             self.b.ins().stack_store(ptr, addr, slot, 8 * i as i32);
         }

@@ -92,6 +92,7 @@ fn conv2d_tuned_schedule() {
                 axis: 0,
                 factor: 4,
                 outer_first: false,
+                group: None,
             },
             split("conv", "o", &[4]),
             split("conv", "ow", &[4]),

@@ -189,6 +189,7 @@ fn case() -> impl Strategy<Value = Case> {
                     })
                     .collect(),
                 epilogue: epilogue(ep, inputs),
+                int8: None,
             };
             Case { kernel, seed }
         })
@@ -241,7 +242,7 @@ fn check(isa: MicroIsa, c: &Case) -> Result<(), TestCaseError> {
             let text = disassemble(bytes);
             prop_assert!(text.contains("vfmadd231ps") || !fmas);
             prop_assert!(text.trim_end().ends_with("ret"), "{text}");
-            let reg = if isa == MicroIsa::X86Avx512 {
+            let reg = if matches!(isa, MicroIsa::X86Avx512 | MicroIsa::X86Avx512Vnni) {
                 "zmm"
             } else {
                 "ymm"
@@ -341,6 +342,7 @@ fn a_gemm_tile_uses_embedded_broadcasts_and_masks_its_tail_on_avx512() {
         out_row: 80,
         inputs: vec![(0, 4)],
         epilogue: epilogue(1, 1),
+        int8: None,
     };
     let text = disassemble(
         generate(MicroIsa::X86Avx512, &k)
@@ -376,6 +378,7 @@ fn out_of_range_buffers_are_refused_before_running() {
         out_row: 32,
         inputs: vec![],
         epilogue: Epilogue::Acc,
+        int8: None,
     };
     let isa = MicroIsa::X86Avx2;
     if !isa.runs_here() {

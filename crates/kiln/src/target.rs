@@ -243,6 +243,7 @@ impl Target {
             microkernels: self.microkernels().map(|m| MicroShape {
                 lanes: m.f32_lanes(),
                 registers: m.vector_registers(),
+                int8: m.int8(),
             }),
         }
     }

@@ -33,7 +33,9 @@ pub use schedule::{
     Attach, Instruction, IterKind, LoopInfo, Pack, Schedule, ScheduleError, StageSchedule, Trace,
 };
 pub use stmt::{ForKind, Stmt, TensorIntrinsic};
-pub use tensorize::{Access, Contraction, Epilogue, TensorizeError};
+pub use tensorize::{
+    Access, Contraction, ContractionKind, Epilogue, IntContraction, Scalar, TensorizeError,
+};
 pub use text::{parse_func, ParseError};
 pub use tir::{BufferDecl, PrimFunc, Scope};
 pub use verify::{verify, Bounds, Interval, VerifyError};

@@ -246,7 +246,7 @@ impl Lowerer<'_> {
         let src = self.buf_of[id.index()]
             .ok_or_else(|| illegal(&name, "-", "pack of a non-placeholder"))?;
         let pshape = pack.packed_shape(&t.shape);
-        if TensorType::new(t.dtype, pshape.clone()).is_err() || pack.axis >= t.shape.len() {
+        if TensorType::new(t.dtype, pshape.clone()).is_err() || !pack.fits(t.shape.len()) {
             return Err(illegal(&name, "-", "bad packing"));
         }
         let (dtype, axis_extent) = (t.dtype, t.shape[pack.axis]);
@@ -259,11 +259,21 @@ impl Lowerer<'_> {
             .map(|(d, &e)| self.new_var(&format!("{name}_p{d}"), e))
             .collect();
         let packed: Vec<Expr> = vars.iter().map(|v| Expr::Var(*v)).collect();
-        let (mut src_idx, inner) = pack.unpacked_index(&packed);
+        let (mut src_idx, inner, group_inner) = pack.unpacked_index(&packed);
         src_idx[pack.axis] = src_idx[pack.axis].clone() * Expr::int(pack.factor as i64) + inner;
-        let mut value = Expr::load(src, src_idx.clone());
+        let mut ragged = vec![];
         if axis_extent % pack.factor != 0 {
-            let cond = Expr::lt(src_idx[pack.axis].clone(), Expr::int(axis_extent as i64));
+            ragged.push((pack.axis, axis_extent));
+        }
+        if let (Some((g, q)), Some(gi)) = (pack.group, group_inner) {
+            src_idx[g] = src_idx[g].clone() * Expr::int(q as i64) + gi;
+            if !t.shape[g].is_multiple_of(q) {
+                ragged.push((g, t.shape[g]));
+            }
+        }
+        let mut value = Expr::load(src, src_idx.clone());
+        for (d, extent) in ragged {
+            let cond = Expr::lt(src_idx[d].clone(), Expr::int(extent as i64));
             value = Expr::select(cond, value, Expr::zero(dtype));
         }
         let mut body = Stmt::store(pbuf, vars.iter().map(|v| Expr::Var(*v)).collect(), value);
@@ -431,8 +441,23 @@ impl Lowerer<'_> {
                         .tensor(*buf)
                         .and_then(|t| t.shape.get(pack.axis))
                         .map_or(0, |d| d.div_ceil(pack.factor.max(1)));
-                    let (outer, inner) = self.split_index(&a, pack.factor, outer_extent);
-                    return Ok(Expr::load(pbuf, pack.packed_index(&idx, outer, inner)));
+                    let split = self.split_index(&a, pack.factor, outer_extent);
+                    let group = match pack.group {
+                        Some((g, q)) => {
+                            let gi = idx
+                                .get(g)
+                                .cloned()
+                                .ok_or_else(|| illegal(&name, "-", "pack group axis"))?;
+                            let extent = self
+                                .dag
+                                .tensor(*buf)
+                                .and_then(|t| t.shape.get(g))
+                                .map_or(0, |d| d.div_ceil(q.max(1)));
+                            Some(self.split_index(&gi, q, extent))
+                        }
+                        None => None,
+                    };
+                    return Ok(Expr::load(pbuf, pack.packed_index(&idx, split, group)));
                 }
                 Ok(Expr::load(target, idx))
             }

@@ -98,6 +98,9 @@ pub enum Instruction {
         factor: usize,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         outer_first: bool,
+        /// A second dimension split into groups placed innermost (see [`Pack`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<(usize, usize)>,
     },
     Tensorize {
         stage: String,
@@ -196,36 +199,70 @@ pub struct StageSchedule {
 }
 
 /// Layout packing of a placeholder: dimension `axis` split by `factor`, the inner part moved last
-/// (and, with `outer_first`, the outer part moved first).
+/// (and, with `outer_first`, the outer part moved first). With `group = (g, q)` dimension `g`
+/// is split by `q` as well, its inner part placed after `axis`'s: panels of `factor` columns
+/// whose elements are groups of `q` consecutive values of dimension `g` (the four bytes of the
+/// reduction an int8 dot-product instruction reads per column). Split dimensions that their
+/// factor does not divide are zero-padded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Pack {
     pub axis: usize,
     pub factor: usize,
     #[serde(default)]
     pub outer_first: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<(usize, usize)>,
 }
 
 impl Pack {
+    /// Whether the packing fits a tensor of rank `rank` (its axes inside, factors non-zero).
+    pub fn fits(&self, rank: usize) -> bool {
+        self.axis < rank
+            && self.factor > 0
+            && self
+                .group
+                .is_none_or(|(g, q)| g < rank && g != self.axis && q > 0)
+    }
+
     /// The packed shape of a tensor of `shape`.
     pub fn packed_shape(&self, shape: &[usize]) -> Vec<usize> {
         let mut s = shape.to_vec();
         if let Some(d) = s.get_mut(self.axis) {
             *d = d.div_ceil(self.factor.max(1));
         }
+        if let Some((g, q)) = self.group {
+            if let Some(d) = s.get_mut(g) {
+                *d = d.div_ceil(q.max(1));
+            }
+        }
         if self.outer_first && self.axis < s.len() {
             let outer = s.remove(self.axis);
             s.insert(0, outer);
         }
         s.push(self.factor);
+        if let Some((_, q)) = self.group {
+            s.push(q);
+        }
         s
     }
 
     /// The packed index of an element given its original index, with the packed axis already
-    /// split into `(outer, inner)`.
-    pub fn packed_index<T: Clone>(&self, index: &[T], outer: T, inner: T) -> Vec<T> {
+    /// split into `(outer, inner)` and the group's dimension (if any) into `group`.
+    pub fn packed_index<T: Clone>(
+        &self,
+        index: &[T],
+        (outer, inner): (T, T),
+        group: Option<(T, T)>,
+    ) -> Vec<T> {
         let mut out = index.to_vec();
         if self.axis >= out.len() {
             return out;
+        }
+        let group = self.group.zip(group);
+        if let Some(((g, _), (go, _))) = &group {
+            if let Some(x) = out.get_mut(*g) {
+                *x = go.clone();
+            }
         }
         if self.outer_first {
             out.remove(self.axis);
@@ -234,48 +271,83 @@ impl Pack {
             out[self.axis] = outer;
         }
         out.push(inner);
+        if let Some((_, (_, gi))) = group {
+            out.push(gi);
+        }
         out
     }
 
-    /// `t` in the packed layout (zero-padded along the axis): what the packing loop nest
-    /// lowering emits computes, done once for a constant. `None` when the packing does not fit
-    /// `t`'s rank or size.
+    /// The original index of the element at `packed`: the index with the outer parts at their
+    /// dimensions, the packed axis' inner part, and the group's inner part (with a group). The
+    /// original index along a split dimension is `outer * factor + inner`.
+    pub fn unpacked_index<T: Clone>(&self, packed: &[T]) -> (Vec<T>, T, Option<T>) {
+        let mut idx = packed.to_vec();
+        let group_inner = if self.group.is_some() {
+            idx.pop()
+        } else {
+            None
+        };
+        let inner = idx.pop().unwrap_or_else(|| packed[0].clone());
+        if self.outer_first && !idx.is_empty() {
+            let outer = idx.remove(0);
+            idx.insert(self.axis.min(idx.len()), outer);
+        }
+        (idx, inner, group_inner)
+    }
+
+    /// `t` in the packed layout (zero-padded along the split dimensions): what the packing
+    /// loop nest lowering emits computes, done once for a constant. `None` when the packing
+    /// does not fit `t`'s rank or size.
     pub fn pack_tensor(&self, t: &kiln_ir::Tensor) -> Option<kiln_ir::Tensor> {
         let shape = t.shape();
-        if self.axis >= shape.len() || self.factor == 0 {
+        if !self.fits(shape.len()) {
             return None;
         }
         let pshape = self.packed_shape(shape);
         let ty = kiln_ir::TensorType::new(t.dtype(), pshape.clone()).ok()?;
         let n = ty.num_elements();
         // Row-major strides of the original, then per packed dimension its extent and the
-        // source offset one step along it adds (the outer part of the axis steps `factor`
-        // elements of the axis, the inner part one).
+        // source offset one step along it adds (the outer part of a split dimension steps
+        // `factor` of its elements, the inner part one).
         let mut strides = vec![1usize; shape.len()];
         for d in (0..shape.len().saturating_sub(1)).rev() {
             strides[d] = strides[d + 1] * shape[d + 1];
         }
         let (axis, f) = (self.axis, self.factor);
         let outer_dim = (shape[axis].div_ceil(f), f * strides[axis]);
-        let mut dims: Vec<(usize, usize)> = Vec::with_capacity(shape.len() + 1);
+        let mut dims: Vec<(usize, usize)> = Vec::with_capacity(shape.len() + 2);
+        let mut axis_outer = 0;
+        let mut group_outer = 0;
         if self.outer_first {
             dims.push(outer_dim);
         }
         for d in 0..shape.len() {
-            if d != axis {
+            if d == axis {
+                if !self.outer_first {
+                    axis_outer = dims.len();
+                    dims.push(outer_dim);
+                }
+            } else if let Some((_, q)) = self.group.filter(|(g, _)| *g == d) {
+                group_outer = dims.len();
+                dims.push((shape[d].div_ceil(q), q * strides[d]));
+            } else {
                 dims.push((shape[d], strides[d]));
-            } else if !self.outer_first {
-                dims.push(outer_dim);
             }
         }
+        let axis_inner = dims.len();
         dims.push((f, strides[axis]));
-        let outer_at = if self.outer_first { 0 } else { axis };
-        let last = dims.len() - 1;
+        let group_inner = dims.len();
+        if let Some((g, q)) = self.group {
+            dims.push((q, strides[g]));
+        }
         let mut index = Vec::with_capacity(n);
         let mut pos = vec![0usize; dims.len()];
         let mut src = 0usize;
         for _ in 0..n {
-            let inside = pos[outer_at] * f + pos[last] < shape[axis];
+            let inside = pos[axis_outer] * f + pos[axis_inner] < shape[axis]
+                && self
+                    .group
+                    .is_none_or(|(g, q)| pos[group_outer] * q + pos[group_inner] < shape[g]);
             index.push(inside.then_some(src));
             // Odometer step: the source offset follows the packed position.
             for d in (0..dims.len()).rev() {
@@ -289,19 +361,6 @@ impl Pack {
             }
         }
         kiln_ir::Tensor::from_data(ty, t.data().gather(&index)).ok()
-    }
-
-    /// The original index of the element at `packed` (rank + 1 entries): `(axis position's
-    /// outer, the other dimensions, inner)`; the original axis index is `outer * factor +
-    /// inner`, given back split as `(index with outer at the axis, inner)`.
-    pub fn unpacked_index<T: Clone>(&self, packed: &[T]) -> (Vec<T>, T) {
-        let mut idx = packed.to_vec();
-        let inner = idx.pop().unwrap_or_else(|| packed[0].clone());
-        if self.outer_first && !idx.is_empty() {
-            let outer = idx.remove(0);
-            idx.insert(self.axis.min(idx.len()), outer);
-        }
-        (idx, inner)
     }
 }
 
@@ -822,6 +881,7 @@ impl Schedule {
                 axis,
                 factor,
                 outer_first,
+                group,
             } => {
                 let id = dag
                     .find(buffer)
@@ -842,12 +902,16 @@ impl Schedule {
                 if *factor == 0 || *factor > MAX_EXTENT {
                     return Err(illegal(buffer, "-", format!("pack factor {factor}")));
                 }
-                let packed = Pack {
+                let pack = Pack {
                     axis: *axis,
                     factor: *factor,
                     outer_first: *outer_first,
+                    group: *group,
+                };
+                if !pack.fits(t.shape.len()) || group.is_some_and(|(_, q)| q > MAX_EXTENT) {
+                    return Err(illegal(buffer, "-", format!("pack group {group:?}")));
                 }
-                .packed_shape(&t.shape);
+                let packed = pack.packed_shape(&t.shape);
                 if kiln_ir::TensorType::new(t.dtype, packed).is_err() {
                     return Err(illegal(buffer, "-", "packed buffer too large"));
                 }
@@ -858,11 +922,7 @@ impl Schedule {
                 if slot.is_some() {
                     return Err(illegal(buffer, "-", "buffer packed twice"));
                 }
-                *slot = Some(Pack {
-                    axis: *axis,
-                    factor: *factor,
-                    outer_first: *outer_first,
-                });
+                *slot = Some(pack);
                 Ok(())
             }
         }

@@ -30,6 +30,17 @@
 //! of the enclosing loops. `out` and every operand move along `n` by 0 (a broadcast) or 1 (a
 //! contiguous vector), so a micro-kernel holds the tile as `rows` registers rows of `cols`
 //! lanes and never gathers. All buffers are f32.
+//!
+//! # The 8-bit integer contraction
+//!
+//! The same three nests over an `i32` tile whose update is
+//! `T[tile(m, n)] = T[tile(m, n)] + (i32(lhs[..]) - zl) * (i32(rhs[..]) - zr)` with `i8`/`u8`
+//! operands and constant zero points (wrapping `i32` arithmetic: the sum is exact in any
+//! order); the init stores `0`. The right operand may also move by 4 along the columns (a
+//! panel of 4-byte groups of the reduction, see [`crate::Pack`]'s `group`). The epilogue is
+//! typed ([`Epilogue::dtype`]): the accumulator is `i32`, inputs are `i32` or `f32`, casts
+//! convert between `f32`, `i32`, `i8` and `u8` as the interpreter does, and the result has the
+//! output's type.
 
 use crate::affine::{linearize, Lin};
 use crate::expr::{BinOp, BufferId, CmpOp, Expr, Intrinsic, VarId};
@@ -70,7 +81,8 @@ pub struct Access {
     pub base: Expr,
     /// Element stride per tile row `m`.
     pub row: i64,
-    /// Element stride per tile column `n`: 0 (broadcast) or 1 (contiguous).
+    /// Element stride per tile column `n`: 0 (broadcast) or 1 (contiguous); the right operand
+    /// of an integer contraction may also step by 4 (groups of the reduction).
     pub col: i64,
     /// Element stride per reduction loop (operands only; empty for the output and epilogue
     /// inputs).
@@ -98,6 +110,42 @@ pub enum Epilogue {
     },
     /// One of [`EPILOGUE_CALLS`].
     Call(Intrinsic, Vec<Epilogue>),
+    /// An `i32` constant (integer contractions).
+    Int(i32),
+    /// A conversion to `f32`, `i32`, `i8` or `u8` (integer contractions), as the interpreter
+    /// converts: float to integer truncates and saturates (NaN is 0), integer to integer wraps.
+    Cast(DType, Box<Epilogue>),
+}
+
+/// A value of an epilogue: `f32`, or an integer held in an `i32` (an `i8` or `u8` value after a
+/// cast to that type).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scalar {
+    F32(f32),
+    I32(i32),
+}
+
+impl Scalar {
+    /// The value as an `f32` (an integer converted).
+    pub fn as_f32(self) -> f32 {
+        match self {
+            Scalar::F32(x) => x,
+            Scalar::I32(i) => i as f32,
+        }
+    }
+
+    /// The value as an `i32` (a float converted as the interpreter converts).
+    pub fn as_i32(self) -> i32 {
+        match self {
+            Scalar::F32(x) => x as i32,
+            Scalar::I32(i) => i,
+        }
+    }
+}
+
+/// Whether `d` is a type an integer contraction's epilogue values may have.
+fn epilogue_type(d: DType) -> bool {
+    matches!(d, DType::F32 | DType::I32 | DType::I8 | DType::U8)
 }
 
 impl Epilogue {
@@ -122,6 +170,135 @@ impl Epilogue {
                 }
             }
             Epilogue::Call(_, args) => args.iter().for_each(|a| a.walk(f)),
+            Epilogue::Int(_) => {}
+            Epilogue::Cast(_, x) => x.walk(f),
+        }
+    }
+
+    /// The type of the value, given the accumulator's and the inputs' types; an error names
+    /// what is ill-typed (operands of different types, integer division, a call on integers,
+    /// a cast outside `f32`, `i32`, `i8`, `u8`).
+    pub fn dtype(&self, acc: DType, inputs: &[DType]) -> Result<DType, TensorizeError> {
+        let ty = |e: &Epilogue| e.dtype(acc, inputs);
+        let int = |d: DType| matches!(d, DType::I32 | DType::I8 | DType::U8);
+        Ok(match self {
+            Epilogue::Acc => acc,
+            Epilogue::Const(_) => DType::F32,
+            Epilogue::Int(_) => DType::I32,
+            Epilogue::Input(i) => *inputs
+                .get(*i)
+                .ok_or_else(|| TensorizeError(format!("epilogue input {i} missing")))?,
+            Epilogue::Binary(op, a, b) => {
+                let (a, b) = (ty(a)?, ty(b)?);
+                let ok = a == b
+                    && (a == DType::F32
+                        || a == DType::I32
+                            && matches!(
+                                op,
+                                BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Min | BinOp::Max
+                            ));
+                if !ok {
+                    return fail(format!("epilogue {op:?} of {a} and {b}"));
+                }
+                a
+            }
+            Epilogue::Select {
+                a,
+                b,
+                then,
+                otherwise,
+                ..
+            } => {
+                let (a, b, t, o) = (ty(a)?, ty(b)?, ty(then)?, ty(otherwise)?);
+                if a != b || t != o || int(a) && a != DType::I32 || int(t) && t != DType::I32 {
+                    return fail(format!("epilogue select on {a}/{b} of {t}/{o}"));
+                }
+                t
+            }
+            Epilogue::Call(f, args) => {
+                for a in args {
+                    if ty(a)? != DType::F32 {
+                        return fail(format!("epilogue {f:?} of an integer"));
+                    }
+                }
+                DType::F32
+            }
+            Epilogue::Cast(to, x) => {
+                let from = ty(x)?;
+                if !epilogue_type(*to) || !epilogue_type(from) {
+                    return fail(format!("epilogue cast from {from} to {to}"));
+                }
+                *to
+            }
+        })
+    }
+
+    /// Evaluates a (well-typed, see [`Epilogue::dtype`]) expression over typed values, as
+    /// integer micro-kernels compute it: `i32` arithmetic wraps, casts convert as the
+    /// interpreter does.
+    pub fn eval_scalar(&self, acc: Scalar, inputs: &dyn Fn(usize) -> Scalar) -> Scalar {
+        let ev = |e: &Epilogue| e.eval_scalar(acc, inputs);
+        match self {
+            Epilogue::Acc => acc,
+            Epilogue::Const(c) => Scalar::F32(*c),
+            Epilogue::Int(i) => Scalar::I32(*i),
+            Epilogue::Input(i) => inputs(*i),
+            Epilogue::Binary(op, a, b) => match (ev(a), ev(b)) {
+                (Scalar::I32(x), Scalar::I32(y)) => Scalar::I32(match op {
+                    BinOp::Add => x.wrapping_add(y),
+                    BinOp::Sub => x.wrapping_sub(y),
+                    BinOp::Mul => x.wrapping_mul(y),
+                    BinOp::Min => x.min(y),
+                    BinOp::Max => x.max(y),
+                    _ => 0,
+                }),
+                (x, y) => Scalar::F32(
+                    Epilogue::Binary(
+                        *op,
+                        Box::new(Epilogue::Const(x.as_f32())),
+                        Box::new(Epilogue::Const(y.as_f32())),
+                    )
+                    .eval(0.0, &|_| 0.0),
+                ),
+            },
+            Epilogue::Select {
+                op,
+                a,
+                b,
+                then,
+                otherwise,
+            } => {
+                let holds = match (ev(a), ev(b)) {
+                    // Compared as integers (f32 would round large values).
+                    (Scalar::I32(x), Scalar::I32(y)) => match op {
+                        CmpOp::Eq => x == y,
+                        CmpOp::Ne => x != y,
+                        CmpOp::Lt => x < y,
+                        CmpOp::Le => x <= y,
+                        CmpOp::Gt => x > y,
+                        CmpOp::Ge => x >= y,
+                    },
+                    (x, y) => op.holds(x.as_f32(), y.as_f32()),
+                };
+                if holds {
+                    ev(then)
+                } else {
+                    ev(otherwise)
+                }
+            }
+            Epilogue::Call(..) => Scalar::F32(self.eval(acc.as_f32(), &|i| inputs(i).as_f32())),
+            Epilogue::Cast(to, x) => {
+                let v = ev(x);
+                match (*to, v) {
+                    (DType::F32, v) => Scalar::F32(v.as_f32()),
+                    (DType::I32, v) => Scalar::I32(v.as_i32()),
+                    (DType::I8, Scalar::F32(f)) => Scalar::I32(i32::from(f as i8)),
+                    (DType::U8, Scalar::F32(f)) => Scalar::I32(i32::from(f as u8)),
+                    (DType::I8, Scalar::I32(i)) => Scalar::I32(i32::from(i as i8)),
+                    (DType::U8, Scalar::I32(i)) => Scalar::I32(i32::from(i as u8)),
+                    (_, v) => v,
+                }
+            }
         }
     }
 
@@ -174,6 +351,9 @@ impl Epilogue {
                     _ => f32::NAN,
                 }
             }
+            Epilogue::Int(_) | Epilogue::Cast(..) => self
+                .eval_scalar(Scalar::F32(acc), &|i| Scalar::F32(inputs(i)))
+                .as_f32(),
         }
     }
 }
@@ -195,6 +375,31 @@ pub struct Contraction {
     pub epilogue: Epilogue,
     /// The guard of a ragged row split: only rows `m` with `offset + m < bound` exist.
     pub row_limit: Option<RowLimit>,
+    /// What the operands are and how they multiply.
+    pub kind: ContractionKind,
+}
+
+/// The element types of a contraction.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ContractionKind {
+    /// Every buffer f32; the update is a fused multiply-add.
+    F32,
+    /// 8-bit integer operands with zero points, an `i32` tile (see the module doc).
+    Int8(IntContraction),
+}
+
+/// The types and zero points of an 8-bit integer contraction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntContraction {
+    /// `i8` or `u8`.
+    pub lhs: DType,
+    pub rhs: DType,
+    pub lhs_zp: i32,
+    pub rhs_zp: i32,
+    /// The output's type (`f32`, `i32`, `i8` or `u8`) and each epilogue input's (`f32` or
+    /// `i32`).
+    pub out: DType,
+    pub inputs: Vec<DType>,
 }
 
 /// Tile rows `m` exist where `offset + m < bound`; `offset` (an expression of the enclosing
@@ -314,9 +519,6 @@ impl Nest<'_> {
         let Some(decl) = func.buffer(buf) else {
             return fail(format!("unknown buffer {}", buf.0));
         };
-        if decl.dtype != DType::F32 {
-            return fail(format!("%{} is {}, not f32", decl.name, decl.dtype));
-        }
         if indices.len() != decl.shape.len() {
             return fail(format!("%{}: wrong index count", decl.name));
         }
@@ -475,19 +677,65 @@ fn contraction(body: &Stmt, func: &PrimFunc) -> Result<Contraction, TensorizeErr
             tdecl.name
         ));
     }
-    let Expr::Call {
-        intrinsic: Intrinsic::Fma,
-        args,
-    } = update.value
-    else {
-        return fail("the update is not `T = fma(lhs, rhs, T)`");
+    let is_tile = |e: &Expr| matches!(e, Expr::Load { buf, indices } if *buf == tile_buf && indices == update.indices);
+    let (lhs, rhs, zps) = match update.value {
+        Expr::Call {
+            intrinsic: Intrinsic::Fma,
+            args,
+        } => {
+            let [lhs, rhs, acc] = args.as_slice() else {
+                return fail("fma takes three arguments");
+            };
+            if !is_tile(acc) {
+                return fail("the update does not accumulate into the element it stores");
+            }
+            (lhs, rhs, None)
+        }
+        Expr::Binary {
+            op: BinOp::Add,
+            a,
+            b,
+        } => {
+            let product = match (is_tile(a), is_tile(b)) {
+                (true, false) => b,
+                (false, true) => a,
+                _ => return fail("the update does not accumulate into the element it stores"),
+            };
+            let Expr::Binary {
+                op: BinOp::Mul,
+                a: l,
+                b: r,
+            } = product.as_ref()
+            else {
+                return fail("the integer update does not add a product");
+            };
+            let ((lhs, zl), (rhs, zr)) = (widened(l)?, widened(r)?);
+            (lhs, rhs, Some((zl, zr)))
+        }
+        _ => return fail("the update is not `T = fma(lhs, rhs, T)` or `T = T + lhs * rhs`"),
     };
-    let [lhs, rhs, acc] = args.as_slice() else {
-        return fail("fma takes three arguments");
+    // The types every buffer must have.
+    let dtype_of = |b: BufferId| func.buffer(b).map(|d| d.dtype);
+    let check = |b: BufferId, ok: &dyn Fn(DType) -> bool, what: &str| match dtype_of(b) {
+        Some(d) if ok(d) => Ok(d),
+        Some(d) => fail(format!("the {what} is {d}")),
+        None => fail(format!("the {what} is an unknown buffer")),
     };
-    match acc {
-        Expr::Load { buf, indices } if *buf == tile_buf && indices == update.indices => {}
-        _ => return fail("the update does not accumulate into the element it stores"),
+    let byte = |d: DType| matches!(d, DType::I8 | DType::U8);
+    let operand_buf = |e: &Expr| match e {
+        Expr::Load { buf, .. } => Ok(*buf),
+        _ => fail("an operand is not a load"),
+    };
+    let int8 = zps.is_some();
+    if int8 {
+        check(tile_buf, &|d| d == DType::I32, "integer accumulator")?;
+        check(operand_buf(lhs)?, &byte, "left operand")?;
+        check(operand_buf(rhs)?, &byte, "right operand")?;
+    } else {
+        let f32_ = |d: DType| d == DType::F32;
+        check(tile_buf, &f32_, "accumulator")?;
+        check(operand_buf(lhs)?, &f32_, "left operand")?;
+        check(operand_buf(rhs)?, &f32_, "right operand")?;
     }
     let t_upd = update.flat(func, tile_buf, update.indices)?;
     if !t_upd.rest.is_empty() {
@@ -536,7 +784,7 @@ fn contraction(body: &Stmt, func: &PrimFunc) -> Result<Contraction, TensorizeErr
         }
         let lin = update.flat(func, *buf, indices)?;
         let col = small(coeff(&lin, Some(col_var)))?;
-        if col != 0 && col != 1 {
+        if col != 0 && col != 1 && !(int8 && col == 4 && what == "right") {
             return fail(format!(
                 "the {what} operand moves by {col} along the tile columns"
             ));
@@ -563,8 +811,12 @@ fn contraction(body: &Stmt, func: &PrimFunc) -> Result<Contraction, TensorizeErr
         Expr::Float {
             value,
             dtype: DType::F32,
-        } if *value == 0.0 => {}
-        _ => return fail("the init does not store 0.0"),
+        } if *value == 0.0 && !int8 => {}
+        Expr::Int {
+            value: 0,
+            dtype: DType::I32,
+        } if int8 => {}
+        _ => return fail("the init does not store zero"),
     }
     let t_init = init.flat(func, tile_buf, init.indices)?;
     let (init_m, _) = layout.vars_of(&t_init, &init, "init")?;
@@ -641,6 +893,42 @@ fn contraction(body: &Stmt, func: &PrimFunc) -> Result<Contraction, TensorizeErr
         return fail("the init, update and epilogue guard different rows");
     }
     let [row_limit, ..] = limits;
+    let out_dtype = check(out.buf, &epilogue_type, "output")?;
+    let input_dtypes = inputs
+        .iter()
+        .map(|a| {
+            check(
+                a.buf,
+                &|d| matches!(d, DType::F32 | DType::I32),
+                "epilogue input",
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let kind = match zps {
+        None => {
+            if out_dtype != DType::F32 || input_dtypes.iter().any(|&d| d != DType::F32) {
+                return fail("an f32 contraction reads or writes another type");
+            }
+            if epilogue.dtype(DType::F32, &input_dtypes)? != DType::F32 {
+                return fail("the epilogue is not f32");
+            }
+            ContractionKind::F32
+        }
+        Some((lhs_zp, rhs_zp)) => {
+            let ty = epilogue.dtype(DType::I32, &input_dtypes)?;
+            if ty != out_dtype {
+                return fail(format!("the epilogue computes {ty} into {out_dtype}"));
+            }
+            ContractionKind::Int8(IntContraction {
+                lhs: check(lhs.buf, &byte, "left operand")?,
+                rhs: check(rhs.buf, &byte, "right operand")?,
+                lhs_zp,
+                rhs_zp,
+                out: out_dtype,
+                inputs: input_dtypes,
+            })
+        }
+    };
     Ok(Contraction {
         rows,
         cols,
@@ -651,7 +939,33 @@ fn contraction(body: &Stmt, func: &PrimFunc) -> Result<Contraction, TensorizeErr
         inputs,
         epilogue,
         row_limit,
+        kind,
     })
+}
+
+/// `i32(load) - z` or `i32(load)` (z = 0) of an 8-bit buffer: the load and `z`.
+fn widened(e: &Expr) -> Result<(&Expr, i32), TensorizeError> {
+    let (x, z) = match e {
+        Expr::Binary {
+            op: BinOp::Sub,
+            a,
+            b,
+        } => match b.as_ref() {
+            Expr::Int {
+                value,
+                dtype: DType::I32,
+            } => (a.as_ref(), i32::try_from(*value).map_err(|_| overflow())?),
+            _ => return fail("an integer operand subtracts something other than a constant"),
+        },
+        other => (other, 0),
+    };
+    match x {
+        Expr::Cast {
+            dtype: DType::I32,
+            value,
+        } if matches!(value.as_ref(), Expr::Load { .. }) => Ok((value.as_ref(), z)),
+        _ => fail("an integer operand is not a widened load"),
+    }
 }
 
 type LoadFn<'a> = dyn FnMut(BufferId, &[Expr]) -> Result<Epilogue, TensorizeError> + 'a;
@@ -664,6 +978,13 @@ fn epilogue_of(e: &Expr, load: &mut LoadFn) -> Result<Epilogue, TensorizeError> 
             value,
             dtype: DType::F32,
         } => Epilogue::Const(*value as f32),
+        Expr::Int {
+            value,
+            dtype: DType::I32,
+        } => Epilogue::Int(i32::try_from(*value).map_err(|_| overflow())?),
+        Expr::Cast { dtype, value } if epilogue_type(*dtype) => {
+            Epilogue::Cast(*dtype, bx(epilogue_of(value, load)?))
+        }
         Expr::Binary { op, a, b }
             if matches!(
                 op,

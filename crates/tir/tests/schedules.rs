@@ -147,6 +147,7 @@ fn illegal_instructions_are_rejected_with_stage_and_loop() {
             axis: 2,
             factor: 2,
             outer_first: false,
+            group: None,
         }],
     );
     assert!(e.to_string().contains("axis"), "{e}");
@@ -325,7 +326,7 @@ proptest! {
                 6 => I::ComputeAt { stage, target_stage: names[f.len() % names.len()].clone(), target_loop: lp },
                 7 => I::ComputeInline { stage },
                 8 => I::CacheWrite { stage },
-                _ => I::Pack { buffer: stage, axis: f.first().copied().unwrap_or(0), factor: f.last().copied().unwrap_or(0), outer_first: f.len() % 2 == 0 },
+                _ => I::Pack { buffer: stage, axis: f.first().copied().unwrap_or(0), factor: f.last().copied().unwrap_or(0), outer_first: f.len() % 2 == 0, group: None },
             }
         }).collect();
         if let Ok(sched) = Trace(insts).apply(&dag) {

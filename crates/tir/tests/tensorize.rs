@@ -324,14 +324,18 @@ fn reduce_offsets_enumerate_in_accumulation_order() {
 fn packing_a_constant_at_compile_time_places_every_element_where_the_packed_loads_read_it() {
     use kiln_ir::Tensor;
     use kiln_tir::Pack;
-    for (shape, axis, factor, outer_first) in [
-        (vec![3, 2, 5], 2, 2, true),
-        (vec![3, 2, 5], 0, 2, false),
-        (vec![4, 6], 1, 3, true),
-        (vec![7], 0, 4, false),
-        (vec![3, 3, 5, 7], 3, 4, true),
-        (vec![2, 3, 5, 7], 1, 2, true),
-        (vec![2, 3, 5, 7], 2, 3, false),
+    for (shape, axis, factor, outer_first, group) in [
+        (vec![3, 2, 5], 2, 2, true, None),
+        (vec![3, 2, 5], 0, 2, false, None),
+        (vec![4, 6], 1, 3, true, None),
+        (vec![7], 0, 4, false, None),
+        (vec![3, 3, 5, 7], 3, 4, true, None),
+        (vec![2, 3, 5, 7], 1, 2, true, None),
+        (vec![2, 3, 5, 7], 2, 3, false, None),
+        // Groups of a second dimension innermost (int8 dot-product panels), ragged or not.
+        (vec![3, 3, 8, 32], 3, 16, true, Some((2, 4))),
+        (vec![1, 2, 6, 10], 3, 4, true, Some((2, 4))),
+        (vec![5, 7], 0, 2, false, Some((1, 3))),
     ] {
         let n: usize = shape.iter().product();
         let t = Tensor::new(shape.clone(), (0..n).map(|i| i as f32 + 1.0).collect()).unwrap();
@@ -339,6 +343,7 @@ fn packing_a_constant_at_compile_time_places_every_element_where_the_packed_load
             axis,
             factor,
             outer_first,
+            group,
         };
         let packed = pack.pack_tensor(&t).unwrap();
         assert_eq!(packed.shape(), pack.packed_shape(&shape).as_slice());
@@ -354,12 +359,13 @@ fn packing_a_constant_at_compile_time_places_every_element_where_the_packed_load
                 idx[d] = r % shape[d];
                 r /= shape[d];
             }
-            let (outer, inner) = (idx[axis] / factor, idx[axis] % factor);
-            let p = pack.packed_index(&idx, outer, inner);
+            let split = (idx[axis] / factor, idx[axis] % factor);
+            let g = group.map(|(g, q)| (idx[g] / q, idx[g] % q));
+            let p = pack.packed_index(&idx, split, g);
             assert_eq!(data[flat(&p, packed.shape())], i as f32 + 1.0);
             seen += 1;
         }
-        // Everything else is the zero padding of the last partial block.
+        // Everything else is the zero padding of the last partial blocks.
         assert_eq!(data.iter().filter(|&&v| v != 0.0).count(), seen);
     }
 }

@@ -84,6 +84,7 @@ fn features_see_what_the_knobs_change() {
         microkernels: Some(MicroShape {
             lanes: 16,
             registers: 32,
+            int8: false,
         }),
     };
     let (_, small) = schedule_with(

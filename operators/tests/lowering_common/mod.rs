@@ -123,20 +123,30 @@ pub fn check_op(op: &Op, inputs: &[Tensor], class: OpClass, rel: f64) -> Trace {
     first.unwrap_or_default()
 }
 
-/// The targets schedules are checked for: none with micro-kernels (the first), AVX-512- and
-/// AVX2-shaped micro-kernels (tensorized tiles, run by the interpreter here).
-pub const TARGETS: [SketchTarget; 3] = [
+/// The targets schedules are checked for: none with micro-kernels (the first), AVX-512- (with
+/// and without 8-bit integer kernels) and AVX2-shaped micro-kernels (tensorized tiles, run by
+/// the interpreter here).
+pub const TARGETS: [SketchTarget; 4] = [
     SketchTarget { microkernels: None },
     SketchTarget {
         microkernels: Some(MicroShape {
             lanes: 16,
             registers: 32,
+            int8: true,
+        }),
+    },
+    SketchTarget {
+        microkernels: Some(MicroShape {
+            lanes: 16,
+            registers: 32,
+            int8: false,
         }),
     },
     SketchTarget {
         microkernels: Some(MicroShape {
             lanes: 8,
             registers: 16,
+            int8: false,
         }),
     },
 ];

@@ -22,7 +22,7 @@
 //! `min`/`max` included.
 
 use cranelift_codegen::ir::Function;
-use kiln_tir::{Contraction, Epilogue};
+use kiln_tir::{Contraction, ContractionKind, Epilogue, IntContraction, Scalar};
 
 /// A family of target micro-kernels, chosen from the target's ISA flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,15 +31,19 @@ pub enum MicroIsa {
     X86Avx2,
     /// x86-64 AVX-512F: 16 f32 lanes, 32 vector registers, mask registers for ragged tails.
     X86Avx512,
+    /// x86-64 AVX-512F with VNNI (`vpdpbusd`): the AVX-512 kernels, and 8-bit integer
+    /// contractions (Intel Cascade Lake, Ice Lake and later; AMD Zen 4 and later).
+    X86Avx512Vnni,
     /// aarch64 NEON (baseline ARMv8-A): 4 f32 lanes, 32 vector registers; Cranelift IR.
     Aarch64Neon,
 }
 
 impl MicroIsa {
     /// Every family.
-    pub const ALL: [MicroIsa; 3] = [
+    pub const ALL: [MicroIsa; 4] = [
         MicroIsa::X86Avx2,
         MicroIsa::X86Avx512,
+        MicroIsa::X86Avx512Vnni,
         MicroIsa::Aarch64Neon,
     ];
 
@@ -48,6 +52,7 @@ impl MicroIsa {
         match self {
             MicroIsa::X86Avx2 => "avx2",
             MicroIsa::X86Avx512 => "avx512",
+            MicroIsa::X86Avx512Vnni => "avx512vnni",
             MicroIsa::Aarch64Neon => "neon",
         }
     }
@@ -56,7 +61,7 @@ impl MicroIsa {
     pub fn f32_lanes(self) -> usize {
         match self {
             MicroIsa::X86Avx2 => 8,
-            MicroIsa::X86Avx512 => 16,
+            MicroIsa::X86Avx512 | MicroIsa::X86Avx512Vnni => 16,
             MicroIsa::Aarch64Neon => 4,
         }
     }
@@ -65,7 +70,7 @@ impl MicroIsa {
     pub fn vector_registers(self) -> usize {
         match self {
             MicroIsa::X86Avx2 => 16,
-            MicroIsa::X86Avx512 | MicroIsa::Aarch64Neon => 32,
+            MicroIsa::X86Avx512 | MicroIsa::X86Avx512Vnni | MicroIsa::Aarch64Neon => 32,
         }
     }
 
@@ -75,6 +80,7 @@ impl MicroIsa {
         match self {
             MicroIsa::X86Avx2 => &["avx", "avx2", "fma"],
             MicroIsa::X86Avx512 => &["avx", "avx2", "fma", "avx512f"],
+            MicroIsa::X86Avx512Vnni => &["avx", "avx2", "fma", "avx512f", "avx512vnni"],
             MicroIsa::Aarch64Neon => &[],
         }
     }
@@ -94,6 +100,10 @@ impl MicroIsa {
             match self {
                 MicroIsa::X86Avx2 => base,
                 MicroIsa::X86Avx512 => base && std::arch::is_x86_feature_detected!("avx512f"),
+                MicroIsa::X86Avx512Vnni => {
+                    base && std::arch::is_x86_feature_detected!("avx512f")
+                        && std::arch::is_x86_feature_detected!("avx512vnni")
+                }
                 MicroIsa::Aarch64Neon => false,
             }
         }
@@ -116,11 +126,16 @@ impl MicroIsa {
         if arch != "x64" || !flag("has_fma") || !flag("has_avx2") {
             return None;
         }
-        Some(if flag("has_avx512f") {
-            MicroIsa::X86Avx512
-        } else {
-            MicroIsa::X86Avx2
+        Some(match (flag("has_avx512f"), flag("has_avx512vnni")) {
+            (true, true) => MicroIsa::X86Avx512Vnni,
+            (true, false) => MicroIsa::X86Avx512,
+            _ => MicroIsa::X86Avx2,
         })
+    }
+
+    /// Whether the family has 8-bit integer contraction kernels.
+    pub fn int8(self) -> bool {
+        self == MicroIsa::X86Avx512Vnni
     }
 }
 
@@ -148,6 +163,8 @@ pub struct ContractionKernel {
     /// Epilogue inputs: `(row, col)` byte strides, `col` 0 or 4.
     pub inputs: Vec<(i64, i64)>,
     pub epilogue: Epilogue,
+    /// The types and zero points of an 8-bit integer contraction (`None`: all f32).
+    pub int8: Option<IntContraction>,
 }
 
 /// Why a kernel was not generated (the caller compiles the loop nest instead).
@@ -156,12 +173,20 @@ pub struct ContractionKernel {
 pub struct MicrokernelError(pub String);
 
 impl ContractionKernel {
-    /// The kernel of a contraction over f32 buffers.
+    /// The kernel of a contraction (byte strides from the buffers' element sizes).
     pub fn of(c: &Contraction) -> ContractionKernel {
+        let int8 = match &c.kind {
+            ContractionKind::F32 => None,
+            ContractionKind::Int8(i) => Some(i.clone()),
+        };
+        let (operand_bytes, out_bytes) = match &int8 {
+            None => (4, 4),
+            Some(i) => (1, i.out.size_bytes() as i64),
+        };
         let operand = |a: &kiln_tir::Access| OperandStrides {
-            row: a.row * 4,
-            col: a.col * 4,
-            reduce: a.reduce.iter().map(|s| s * 4).collect(),
+            row: a.row * operand_bytes,
+            col: a.col * operand_bytes,
+            reduce: a.reduce.iter().map(|s| s * operand_bytes).collect(),
         };
         ContractionKernel {
             rows: c.rows,
@@ -169,9 +194,18 @@ impl ContractionKernel {
             reduce: c.reduce.clone(),
             lhs: operand(&c.lhs),
             rhs: operand(&c.rhs),
-            out_row: c.out.row * 4,
+            out_row: c.out.row * out_bytes,
             inputs: c.inputs.iter().map(|a| (a.row * 4, a.col * 4)).collect(),
             epilogue: c.epilogue.clone(),
+            int8,
+        }
+    }
+
+    /// Bytes per element of the operands and of the output.
+    fn element_bytes(&self) -> (i64, i64) {
+        match &self.int8 {
+            None => (4, 4),
+            Some(i) => (1, i.out.size_bytes() as i64),
         }
     }
 
@@ -179,8 +213,9 @@ impl ContractionKernel {
     /// inputs), relative to the pointer.
     pub fn byte_ranges(&self) -> Vec<(i64, i64)> {
         let (rows, cols) = (self.rows as i64 - 1, self.cols as i64 - 1);
-        let range = |terms: &[(i64, i64)]| {
-            let (mut lo, mut hi) = (0i64, 4i64);
+        let (operand_bytes, out_bytes) = self.element_bytes();
+        let range = |terms: &[(i64, i64)], size: i64| {
+            let (mut lo, mut hi) = (0i64, size);
             for &(stride, n) in terms {
                 let span = stride.saturating_mul(n);
                 if span < 0 {
@@ -199,17 +234,17 @@ impl ContractionKernel {
                     .zip(&self.reduce)
                     .map(|(&s, &e)| (s, e as i64 - 1)),
             );
-            range(&t)
+            range(&t, operand_bytes)
         };
         let mut out = vec![
             operand(&self.lhs),
             operand(&self.rhs),
-            range(&[(self.out_row, rows), (4, cols)]),
+            range(&[(self.out_row, rows), (out_bytes, cols)], out_bytes),
         ];
         out.extend(
             self.inputs
                 .iter()
-                .map(|&(row, col)| range(&[(row, rows), (col, cols)])),
+                .map(|&(row, col)| range(&[(row, rows), (col, cols)], 4)),
         );
         out
     }
@@ -270,6 +305,85 @@ impl ContractionKernel {
 /// A buffer and the element index of an access's base in it.
 pub type Slot<'a> = (&'a [f32], usize);
 
+/// A buffer as raw bytes and the byte offset of an access's base in it.
+pub type ByteSlot<'a> = (&'a [u8], usize);
+
+impl ContractionKernel {
+    /// What an 8-bit integer kernel computes (see [`ContractionKernel::reference`]), over raw
+    /// little-endian bytes: `Σ (lhs - lhs_zp) · (rhs - rhs_zp)` in wrapping `i32`, then the
+    /// epilogue over typed values, stored as the output's type. `None` for an f32 kernel or
+    /// when an access leaves its slice.
+    pub fn reference_int8(
+        &self,
+        lhs: ByteSlot,
+        rhs: ByteSlot,
+        (out, out_base): (&mut [u8], usize),
+        inputs: &[ByteSlot],
+    ) -> Option<()> {
+        let int8 = self.int8.as_ref()?;
+        let at = |(buf, base): ByteSlot, off: i64, n: usize| -> Option<Vec<u8>> {
+            let i = usize::try_from(i64::try_from(base).ok()?.checked_add(off)?).ok()?;
+            buf.get(i..i.checked_add(n)?).map(<[u8]>::to_vec)
+        };
+        let byte = |slot: ByteSlot, off: i64, d: kiln_ir::DType| -> Option<i32> {
+            let b = at(slot, off, 1)?[0];
+            Some(if d == kiln_ir::DType::I8 {
+                i32::from(b as i8)
+            } else {
+                i32::from(b)
+            })
+        };
+        let word =
+            |slot: ByteSlot, off: i64| -> Option<[u8; 4]> { at(slot, off, 4)?.try_into().ok() };
+        let steps = |s: &OperandStrides| {
+            let a = kiln_tir::Access {
+                buf: kiln_tir::BufferId(0),
+                base: kiln_tir::Expr::int(0),
+                row: s.row,
+                col: s.col,
+                reduce: s.reduce.clone(),
+            };
+            kiln_tir::tensorize::reduce_offsets(&a, &self.reduce)
+        };
+        let (ls, rs) = (steps(&self.lhs), steps(&self.rhs));
+        let out_bytes = int8.out.size_bytes() as i64;
+        for m in 0..self.rows as i64 {
+            for n in 0..self.cols as i64 {
+                let mut acc = 0i32;
+                for (l, r) in ls.iter().zip(&rs) {
+                    let x = byte(lhs, m * self.lhs.row + n * self.lhs.col + l, int8.lhs)?;
+                    let y = byte(rhs, m * self.rhs.row + n * self.rhs.col + r, int8.rhs)?;
+                    acc = acc.wrapping_add((x - int8.lhs_zp).wrapping_mul(y - int8.rhs_zp));
+                }
+                let vals = self
+                    .inputs
+                    .iter()
+                    .zip(inputs)
+                    .zip(&int8.inputs)
+                    .map(|((&(row, col), &slot), &d)| {
+                        let w = word(slot, m * row + n * col)?;
+                        Some(if d == kiln_ir::DType::F32 {
+                            Scalar::F32(f32::from_le_bytes(w))
+                        } else {
+                            Scalar::I32(i32::from_le_bytes(w))
+                        })
+                    })
+                    .collect::<Option<Vec<Scalar>>>()?;
+                let v = self.epilogue.eval_scalar(Scalar::I32(acc), &|i| vals[i]);
+                let bytes: Vec<u8> = match (int8.out, v) {
+                    (kiln_ir::DType::F32, v) => v.as_f32().to_le_bytes().to_vec(),
+                    (kiln_ir::DType::I32, v) => v.as_i32().to_le_bytes().to_vec(),
+                    (_, v) => vec![v.as_i32() as u8],
+                };
+                let i = i64::try_from(out_base).ok()? + m * self.out_row + n * out_bytes;
+                let i = usize::try_from(i).ok()?;
+                out.get_mut(i..i + bytes.len())?.copy_from_slice(&bytes);
+            }
+        }
+        Some(())
+    }
+}
+
 /// The code of a micro-kernel, with the signature of the module doc.
 #[derive(Clone, Debug)]
 pub enum MicroCode {
@@ -300,10 +414,21 @@ impl MicroCode {
 
 /// The code of `kernel` for `isa`.
 pub fn generate(isa: MicroIsa, kernel: &ContractionKernel) -> Result<MicroCode, MicrokernelError> {
-    use super::x86_64::{contraction, VecIsa};
+    use super::x86_64::{contraction, int8_contraction, VecIsa};
+    if kernel.int8.is_some() {
+        return match isa {
+            MicroIsa::X86Avx512Vnni => Ok(MicroCode::Machine(int8_contraction(kernel)?)),
+            _ => Err(MicrokernelError(format!(
+                "no 8-bit integer kernels for {}",
+                isa.name()
+            ))),
+        };
+    }
     Ok(match isa {
         MicroIsa::X86Avx2 => MicroCode::Machine(contraction(VecIsa::Avx2, kernel)?),
-        MicroIsa::X86Avx512 => MicroCode::Machine(contraction(VecIsa::Avx512, kernel)?),
+        MicroIsa::X86Avx512 | MicroIsa::X86Avx512Vnni => {
+            MicroCode::Machine(contraction(VecIsa::Avx512, kernel)?)
+        }
         MicroIsa::Aarch64Neon => MicroCode::Ir(Box::new(super::aarch64::contraction(kernel)?)),
     })
 }
@@ -314,7 +439,7 @@ pub fn generate(isa: MicroIsa, kernel: &ContractionKernel) -> Result<MicroCode, 
 pub fn peak_loop(isa: MicroIsa, iterations: u32) -> Result<Vec<u8>, MicrokernelError> {
     let v = match isa {
         MicroIsa::X86Avx2 => super::x86_64::VecIsa::Avx2,
-        MicroIsa::X86Avx512 => super::x86_64::VecIsa::Avx512,
+        MicroIsa::X86Avx512 | MicroIsa::X86Avx512Vnni => super::x86_64::VecIsa::Avx512,
         MicroIsa::Aarch64Neon => {
             return Err(MicrokernelError(
                 "no peak loop for NEON (kiln runs on x86-64 hosts)".into(),

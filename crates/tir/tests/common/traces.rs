@@ -98,11 +98,15 @@ pub fn random_trace(dag: &ComputeDag, choices: &[(u8, u32, u32, u32)]) -> Trace 
             }
             _ => {
                 let (name, rank) = placeholders[b as usize % placeholders.len()].clone();
+                let axis = c as usize % rank;
                 I::Pack {
                     buffer: name,
-                    axis: c as usize % rank,
+                    axis,
                     factor: (c as usize >> 4) % 4 + 1,
                     outer_first: c & 64 != 0,
+                    // Sometimes a second dimension in groups of 2 to 4 as well.
+                    group: (c & 128 != 0 && rank > 1)
+                        .then(|| ((axis + 1) % rank, (c as usize >> 2) % 3 + 2)),
                 }
             }
         };

@@ -60,6 +60,11 @@ impl Group {
 /// System V calling convention (the caller sets its module's).
 pub fn contraction(k: &ContractionKernel) -> Result<Function, MicrokernelError> {
     check(k)?;
+    if k.int8.is_some() {
+        return Err(err(
+            "no 8-bit integer NEON kernels yet (the region compiles as loops)",
+        ));
+    }
     let mut sig = Signature::new(CallConv::SystemV);
     sig.params.push(AbiParam::new(types::I64));
     let mut func = Function::with_name_signature(UserFuncName::default(), sig);
@@ -333,6 +338,9 @@ impl Gen<'_> {
             };
         }
         Ok(match e {
+            Epilogue::Int(_) | Epilogue::Cast(..) => {
+                return Err(err("NEON kernels compute f32 epilogues only"))
+            }
             Epilogue::Acc => acc,
             Epilogue::Const(c) => crate::approx::f32_const(&mut self.b, *c, vector),
             Epilogue::Input(i) => {

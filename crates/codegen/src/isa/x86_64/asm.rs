@@ -97,7 +97,7 @@ pub struct Asm {
     avx2_mask: Option<(u8, CodeLabel, usize)>,
 }
 
-fn e(err: IcedError) -> String {
+pub(super) fn e(err: IcedError) -> String {
     err.to_string()
 }
 
@@ -115,11 +115,11 @@ impl Asm {
         YMM[r as usize]
     }
 
-    fn z(r: u8) -> AsmRegisterZmm {
+    pub(super) fn z(r: u8) -> AsmRegisterZmm {
         ZMM[r as usize]
     }
 
-    fn vmem(&self, addr: Addr) -> Result<AsmMemoryOperand, String> {
+    pub(super) fn vmem(&self, addr: Addr) -> Result<AsmMemoryOperand, String> {
         addr.mem()
     }
 
@@ -194,7 +194,7 @@ impl Asm {
         self.constant_bits(r, value.to_bits())
     }
 
-    fn constant_bits(&mut self, r: u8, bits: u32) -> Result<(), String> {
+    pub(super) fn constant_bits(&mut self, r: u8, bits: u32) -> Result<(), String> {
         let l = self.label_of(bits);
         match self.isa {
             VecIsa::Avx512 => self.a.vbroadcastss(Self::z(r), dword_ptr(l)),

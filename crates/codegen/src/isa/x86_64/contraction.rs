@@ -36,10 +36,13 @@ fn err(s: impl Into<String>) -> MicrokernelError {
 /// Machine code of `k` for `isa` (see the module doc).
 pub fn contraction(isa: VecIsa, k: &ContractionKernel) -> Result<Vec<u8>, MicrokernelError> {
     check(k)?;
+    if k.int8.is_some() {
+        return Err(err("an integer contraction (see `int8_contraction`)"));
+    }
     let lanes = isa.lanes();
     let nv = k.cols.div_ceil(lanes);
     let tail = k.cols % lanes;
-    let prog = Program::new(&k.epilogue);
+    let prog = Program::new(&k.epilogue).map_err(err)?;
     let regs = isa.regs();
     let reserved = usize::from(isa == VecIsa::Avx2 && tail != 0);
     let avail = regs - reserved;

@@ -4,10 +4,14 @@
 //!
 //! Invariant: the emitted code computes [`kiln_tir::Epilogue::eval`] lane by lane, bit for bit:
 //! one IEEE operation per node, `min`/`max` propagating NaN from either operand, comparisons
-//! ordered (false on NaN, except `!=`), `select` choosing per lane.
+//! ordered (false on NaN, except `!=`), `select` choosing per lane. An integer contraction's
+//! program ([`Program::typed`], AVX-512 only) computes [`kiln_tir::Epilogue::eval_scalar`]:
+//! wrapping `i32` arithmetic and the interpreter's conversions (float to integer truncating and
+//! saturating, NaN to 0; integer to integer wrapping), narrow integers held in `i32` lanes.
 
 use super::asm::{Addr, Arith, Asm, Pred};
 use iced_x86::code_asm::AsmRegister64;
+use kiln_ir::DType;
 use kiln_tir::{BinOp, CmpOp, Epilogue, Intrinsic};
 use std::collections::HashMap;
 
@@ -21,14 +25,21 @@ enum Node {
     Bin(BinOp, usize, usize),
     Select(CmpOp, usize, usize, usize, usize),
     Call(Intrinsic, Vec<usize>),
+    /// An `i32` constant, by bits.
+    Int(u32),
+    /// `i32` arithmetic (wrapping `+ - *`, signed `min`/`max`).
+    IBin(BinOp, usize, usize),
+    /// A conversion `(to, from)`.
+    Cvt(DType, DType, usize),
 }
 
 impl Node {
     /// The operands in order (as read by the operation).
     fn operands(&self) -> Vec<usize> {
         match self {
-            Node::Acc | Node::Const(_) | Node::Input(_) => vec![],
-            Node::Bin(_, a, b) => vec![*a, *b],
+            Node::Acc | Node::Const(_) | Node::Input(_) | Node::Int(_) => vec![],
+            Node::Bin(_, a, b) | Node::IBin(_, a, b) => vec![*a, *b],
+            Node::Cvt(_, _, a) => vec![*a],
             Node::Select(_, a, b, t, o) => vec![*a, *b, *t, *o],
             Node::Call(_, args) => args.clone(),
         }
@@ -60,6 +71,7 @@ impl Node {
             Node::Call(Intrinsic::Exp, _) => 3,
             Node::Call(Intrinsic::Sigmoid, _) => 4,
             Node::Bin(BinOp::Min | BinOp::Max, _, _) | Node::Select(..) if avx2 => 1,
+            Node::Cvt(DType::I32 | DType::I8 | DType::U8, DType::F32, _) => 1,
             _ => 0,
         }
     }
@@ -69,6 +81,8 @@ impl Node {
 #[derive(Clone, Debug)]
 pub struct Program {
     nodes: Vec<Node>,
+    /// Each node's type.
+    types: Vec<DType>,
     /// Per node, the index of the last node reading it (itself for the root).
     last_use: Vec<usize>,
 }
@@ -87,14 +101,26 @@ pub struct Place<'a> {
 }
 
 impl Program {
-    /// Compiles `e`.
-    pub fn new(e: &Epilogue) -> Program {
+    /// Compiles an f32 contraction's epilogue `e` (an error for one with conversions or
+    /// integers, which only [`Program::typed`] compiles).
+    pub fn new(e: &Epilogue) -> Result<Program, String> {
+        let mut plain = true;
+        e.walk(&mut |x| plain &= !matches!(x, Epilogue::Int(_) | Epilogue::Cast(..)));
+        if !plain {
+            return Err("an f32 epilogue with conversions".into());
+        }
+        Self::typed(e, DType::F32, &[])
+    }
+
+    /// Compiles `e` over an accumulator of type `acc` and inputs of types `inputs`.
+    pub fn typed(e: &Epilogue, acc: DType, inputs: &[DType]) -> Result<Program, String> {
         let mut p = Program {
             nodes: vec![],
+            types: vec![],
             last_use: vec![],
         };
         let mut memo = HashMap::new();
-        let root = p.add(e, &mut memo);
+        let root = p.add(e, acc, inputs, &mut memo)?;
         p.last_use = vec![0; p.nodes.len()];
         for (i, n) in p.nodes.iter().enumerate() {
             for o in n.operands() {
@@ -102,17 +128,36 @@ impl Program {
             }
         }
         p.last_use[root] = root;
-        p
+        Ok(p)
     }
 
-    fn add(&mut self, e: &Epilogue, memo: &mut HashMap<Node, usize>) -> usize {
-        let node = match e {
-            Epilogue::Acc => Node::Acc,
-            Epilogue::Const(c) => Node::Const(c.to_bits()),
-            Epilogue::Input(i) => Node::Input(*i),
+    fn add(
+        &mut self,
+        e: &Epilogue,
+        acc: DType,
+        inputs: &[DType],
+        memo: &mut HashMap<Node, usize>,
+    ) -> Result<usize, String> {
+        let mut add = |p: &mut Self, x: &Epilogue| p.add(x, acc, inputs, memo);
+        let (node, ty) = match e {
+            Epilogue::Acc => (Node::Acc, acc),
+            Epilogue::Const(c) => (Node::Const(c.to_bits()), DType::F32),
+            Epilogue::Int(i) => (Node::Int(*i as u32), DType::I32),
+            Epilogue::Input(i) => (
+                Node::Input(*i),
+                inputs.get(*i).copied().unwrap_or(DType::F32),
+            ),
             Epilogue::Binary(op, a, b) => {
-                let (a, b) = (self.add(a, memo), self.add(b, memo));
-                Node::Bin(*op, a, b)
+                let (a, b) = (add(self, a)?, add(self, b)?);
+                match (self.types[a], self.types[b]) {
+                    (DType::F32, DType::F32) => (Node::Bin(*op, a, b), DType::F32),
+                    (DType::I32, DType::I32) => (Node::IBin(*op, a, b), DType::I32),
+                    (x, y) => return Err(format!("epilogue {op:?} of {x} and {y}")),
+                }
+            }
+            Epilogue::Cast(to, x) => {
+                let x = add(self, x)?;
+                (Node::Cvt(*to, self.types[x], x), *to)
             }
             Epilogue::Select {
                 op,
@@ -121,20 +166,35 @@ impl Program {
                 then,
                 otherwise,
             } => {
-                let xs = [a, b, then, otherwise].map(|x| self.add(x, memo));
-                Node::Select(*op, xs[0], xs[1], xs[2], xs[3])
+                let mut xs = [0; 4];
+                for (slot, x) in xs.iter_mut().zip([a, b, then, otherwise]) {
+                    *slot = add(self, x)?;
+                }
+                if xs.iter().any(|&x| self.types[x] != DType::F32) {
+                    return Err("an epilogue select on integers".into());
+                }
+                (Node::Select(*op, xs[0], xs[1], xs[2], xs[3]), DType::F32)
             }
             Epilogue::Call(f, args) => {
-                let xs = args.iter().map(|a| self.add(a, memo)).collect();
-                Node::Call(*f, xs)
+                let mut xs = vec![];
+                for a in args {
+                    xs.push(add(self, a)?);
+                }
+                (Node::Call(*f, xs), DType::F32)
             }
         };
         if let Some(&i) = memo.get(&node) {
-            return i;
+            return Ok(i);
         }
         self.nodes.push(node.clone());
+        self.types.push(ty);
         memo.insert(node, self.nodes.len() - 1);
-        self.nodes.len() - 1
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// The type of the result.
+    pub fn result_type(&self) -> DType {
+        self.types.last().copied().unwrap_or(DType::F32)
     }
 
     fn root(&self) -> usize {
@@ -242,6 +302,9 @@ impl Program {
                     };
                     asm.select(pred, a, b, t, o, d, tmp.unwrap_or(d))?;
                 }
+                Node::Int(bits) => asm.constant(d, f32::from_bits(*bits))?,
+                Node::IBin(op, _, _) => asm.int_arith(*op, d, r(0)?, r(1)?)?,
+                Node::Cvt(to, from, _) => asm.convert(*to, *from, d, r(0)?, tmp.unwrap_or(d))?,
                 Node::Call(f, _) => match f {
                     Intrinsic::Abs => asm.abs(d, r(0)?)?,
                     Intrinsic::Sqrt => asm.sqrt(d, r(0)?)?,

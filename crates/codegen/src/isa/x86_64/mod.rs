@@ -1,5 +1,6 @@
 //! x86-64 micro-kernels, encoded with iced-x86 at compile time: AVX2 + FMA (ymm, 16 registers)
-//! and AVX-512F (zmm, 32 registers, `k` masks for ragged tails).
+//! and AVX-512F (zmm, 32 registers, `k` masks for ragged tails); 8-bit integer contractions
+//! with AVX-512 VNNI (`int8`).
 //!
 //! Invariant: the code of [`contraction`] follows the micro-kernel ABI of
 //! [`crate::isa::microkernel`] (a frameless System V leaf: pointer array in `rdi`, only
@@ -9,9 +10,12 @@
 mod asm;
 mod contraction;
 mod epilogue;
+mod int8;
+mod int_ops;
 
 pub use asm::VecIsa;
 pub use contraction::contraction;
+pub use int8::int8_contraction;
 
 /// A function `void f(const void *)` running `iterations` rounds of 12 independent vector
 /// fused multiply-adds (no memory traffic): times the core's f32 peak,

@@ -1,0 +1,308 @@
+//! The 8-bit integer contraction micro-kernel (AVX-512 VNNI): a tile of `rows x cols` `i32`
+//! accumulators in zmm registers, each reduction step one `vpdpbusd` per accumulator (four
+//! byte products per lane), then the zero-point correction and the typed epilogue in registers
+//! before a store of the output's type.
+//!
+//! The form it implements (anything else is refused, and the region compiles as loops): the
+//! innermost reduction loop has extent 4 and moves both operands by one byte; the left operand
+//! (activations, `u8`, or `i8` flipped to `u8` by xor 0x80 with its zero point moved by 128) is
+//! a broadcast along the columns, its quadruple loaded per row as one dword; the right operand
+//! (packed weights, `i8` with zero point 0) moves 4 bytes per column and not along the rows, a
+//! register of 16 columns x 4 bytes per step. With `zl` the left zero point in the `u8` domain,
+//! `Σ (x - zl) w = Σ x w - zl Σ w`: the column sums `Σ w` are accumulated beside the tile (one
+//! more `vpdpbusd` with a vector of ones per column vector and step) and subtracted, times
+//! `zl`, after the reduction.
+//!
+//! Invariant: the code computes [`ContractionKernel::reference_int8`] exactly (integer sums are
+//! exact in any order; the epilogue as [`super::epilogue`] states), reads only the bytes the
+//! reference reads (the partial last column vector through `k1`) and writes only the output
+//! tile. Registers: `rdi` the pointer array, `rsi`/`rdx` the operands walking the reduction,
+//! `rcx, r8..r11` the loop counters; the epilogue keeps the output in `rsi` and its inputs in
+//! `rdx, rcx, r8..r11`.
+
+use super::asm::{e, Addr, Asm, VecIsa};
+use super::epilogue::{Place, Program};
+use crate::isa::microkernel::{ContractionKernel, MicrokernelError};
+use iced_x86::code_asm::*;
+use kiln_ir::DType;
+
+/// Loop counters of the reduction loops outside the innermost (outermost first).
+const COUNTERS: [AsmRegister64; 5] = [rcx, r8, r9, r10, r11];
+/// Registers for the epilogue's input pointers.
+const INPUT_PTRS: [AsmRegister64; 6] = [rdx, rcx, r8, r9, r10, r11];
+/// zmm registers.
+const REGS: usize = 32;
+/// i32 lanes per zmm.
+const LANES: usize = 16;
+/// The innermost loop of this extent is one `vpdpbusd`.
+const QUAD: usize = 4;
+
+fn err(s: impl Into<String>) -> MicrokernelError {
+    MicrokernelError(s.into())
+}
+
+/// Machine code of the integer contraction `k` (see the module doc).
+pub fn int8_contraction(k: &ContractionKernel) -> Result<Vec<u8>, MicrokernelError> {
+    let Some(int8) = &k.int8 else {
+        return Err(err("not an integer contraction"));
+    };
+    let Some((&quad, outer)) = k.reduce.split_last() else {
+        return Err(err("no reduction"));
+    };
+    let lhs_last = k.lhs.reduce.last().copied();
+    let rhs_last = k.rhs.reduce.last().copied();
+    if quad != QUAD || lhs_last != Some(1) || rhs_last != Some(1) {
+        return Err(err("the innermost reduction is not 4 consecutive bytes"));
+    }
+    if k.lhs.col != 0 || k.rhs.col != 4 || k.rhs.row != 0 {
+        return Err(err(
+            "operands are not broadcast activations x packed weight quadruples",
+        ));
+    }
+    if int8.rhs != DType::I8 || int8.rhs_zp != 0 || !matches!(int8.lhs, DType::I8 | DType::U8) {
+        return Err(err(
+            "only i8 weights with zero point 0 and u8/i8 activations",
+        ));
+    }
+    if outer.len() > COUNTERS.len() || k.inputs.len() > INPUT_PTRS.len() {
+        return Err(err("too many reduction loops or epilogue inputs"));
+    }
+    if k.rows == 0 || k.cols == 0 || k.inputs.iter().any(|&(_, c)| c != 0 && c != 4) {
+        return Err(err("tile shape or epilogue input strides"));
+    }
+    let prog = Program::typed(&k.epilogue, DType::I32, &int8.inputs).map_err(err)?;
+    if prog.result_type() != int8.out {
+        return Err(err("the epilogue's type is not the output's"));
+    }
+    // The left zero point in the u8 domain the instruction multiplies in.
+    let flip = int8.lhs == DType::I8;
+    let zl = int8.lhs_zp + if flip { 128 } else { 0 };
+    let nv = k.cols.div_ceil(LANES);
+    let tail = k.cols % LANES;
+    let sums = zl != 0;
+    // Per chunk of `vc` column vectors: weights and column sums per vector, the broadcast row,
+    // a scratch register and the constant registers (ones for the sums, 0x80 for the flip).
+    let ep = prog.registers(false);
+    let (vc, rc) = (1..=nv)
+        .rev()
+        .find_map(|vc| {
+            let other = vc * (1 + usize::from(sums)) + 2 + usize::from(sums) + usize::from(flip);
+            let rc = (REGS.checked_sub(other)? / vc).min(REGS.checked_sub(ep + 1)? / vc);
+            (rc >= 1).then_some((vc, rc.min(k.rows)))
+        })
+        .ok_or_else(|| err("the tile needs more registers than there are"))?;
+    let mut g = Gen {
+        asm: Asm::new(VecIsa::Avx512).map_err(err)?,
+        k,
+        out: int8.out,
+        nv,
+        tail,
+        prog,
+        flip,
+        zl,
+    };
+    if tail != 0 {
+        g.asm.tail_mask(tail, 0).map_err(err)?;
+    }
+    for j0 in (0..nv).step_by(vc) {
+        for m0 in (0..k.rows).step_by(rc) {
+            let c = Chunk {
+                m0,
+                rows: rc.min(k.rows - m0),
+                j0,
+                vecs: vc.min(nv - j0),
+            };
+            g.chunk(&c).map_err(err)?;
+        }
+    }
+    g.asm.finish().map_err(err)
+}
+
+/// A block of the tile computed in one pass of the reduction.
+struct Chunk {
+    m0: usize,
+    rows: usize,
+    j0: usize,
+    vecs: usize,
+}
+
+struct Gen<'k> {
+    asm: Asm,
+    k: &'k ContractionKernel,
+    out: DType,
+    nv: usize,
+    tail: usize,
+    prog: Program,
+    flip: bool,
+    zl: i32,
+}
+
+/// Registers of one chunk: accumulators `0..rows*vecs`, then these.
+struct Regs {
+    weights: Vec<u8>,
+    sums: Vec<u8>,
+    row: u8,
+    scratch: u8,
+    ones: Option<u8>,
+    flip: Option<u8>,
+}
+
+impl Gen<'_> {
+    fn masked(&self, j: usize) -> bool {
+        self.tail != 0 && j + 1 == self.nv
+    }
+
+    fn chunk(&mut self, c: &Chunk) -> Result<(), String> {
+        let accs = (c.rows * c.vecs) as u8;
+        let mut next = accs;
+        let mut take = |n: usize| {
+            let v: Vec<u8> = (next..next + n as u8).collect();
+            next += n as u8;
+            v
+        };
+        let weights = take(c.vecs);
+        let sums = if self.zl != 0 { take(c.vecs) } else { vec![] };
+        let row = take(1)[0];
+        let scratch = take(1)[0];
+        let ones = (self.zl != 0).then(|| take(1)[0]);
+        let flip = self.flip.then(|| take(1)[0]);
+        let regs = Regs {
+            weights,
+            sums,
+            row,
+            scratch,
+            ones,
+            flip,
+        };
+        self.asm.a.mov(rsi, qword_ptr(rdi)).map_err(e)?;
+        self.asm.a.mov(rdx, qword_ptr(rdi + 8)).map_err(e)?;
+        for r in (0..accs).chain(regs.sums.iter().copied()) {
+            self.asm.zero(r)?;
+        }
+        if let Some(o) = regs.ones {
+            self.asm.constant_bits(o, 0x0101_0101)?;
+        }
+        if let Some(f) = regs.flip {
+            self.asm.constant_bits(f, 0x8080_8080)?;
+        }
+        self.levels(c, &regs, 0)?;
+        // Σ (x - zl) w = Σ x w - zl Σ w.
+        if self.zl != 0 {
+            self.asm.constant_bits(regs.scratch, self.zl as u32)?;
+            for &s in &regs.sums {
+                self.asm
+                    .int_arith(kiln_tir::BinOp::Mul, s, s, regs.scratch)?;
+            }
+            for i in 0..c.rows {
+                for (x, &s) in regs.sums.iter().enumerate() {
+                    let acc = (i * c.vecs + x) as u8;
+                    self.asm.int_arith(kiln_tir::BinOp::Sub, acc, acc, s)?;
+                }
+            }
+        }
+        self.epilogue(c)
+    }
+
+    /// Reduction loop `i` (of those outside the innermost quadruple) and the loops inside it;
+    /// on exit the operand pointers have moved by `extent_i * stride_i`.
+    fn levels(&mut self, c: &Chunk, regs: &Regs, i: usize) -> Result<(), String> {
+        let k = self.k;
+        let outer = k.reduce.len() - 1;
+        if i == outer {
+            return self.step(c, regs);
+        }
+        let (ext, sl, sr) = (k.reduce[i], k.lhs.reduce[i], k.rhs.reduce[i]);
+        let (il, ir) = if i + 1 < outer {
+            (
+                k.reduce[i + 1] as i64 * k.lhs.reduce[i + 1],
+                k.reduce[i + 1] as i64 * k.rhs.reduce[i + 1],
+            )
+        } else {
+            (0, 0)
+        };
+        let ctr = COUNTERS[i];
+        self.asm.a.mov(ctr, ext as i64).map_err(e)?;
+        let mut top = self.asm.a.create_label();
+        self.asm.a.set_label(&mut top).map_err(e)?;
+        self.levels(c, regs, i + 1)?;
+        self.asm.add_imm(rsi, sl - il)?;
+        self.asm.add_imm(rdx, sr - ir)?;
+        self.asm.a.dec(ctr).map_err(e)?;
+        self.asm.a.jnz(top).map_err(e)
+    }
+
+    /// One step of four bytes per lane: operands at `rsi` and `rdx`.
+    fn step(&mut self, c: &Chunk, regs: &Regs) -> Result<(), String> {
+        let k = self.k;
+        for (x, j) in (c.j0..c.j0 + c.vecs).enumerate() {
+            let addr = Addr {
+                base: rdx,
+                disp: j as i64 * (LANES * QUAD) as i64,
+            };
+            self.asm.load(regs.weights[x], addr, self.masked(j))?;
+            if let Some(o) = regs.ones {
+                self.asm.dpbusd(regs.sums[x], o, regs.weights[x])?;
+            }
+        }
+        for i in 0..c.rows {
+            let m = c.m0 + i;
+            let addr = Addr {
+                base: rsi,
+                disp: m as i64 * k.lhs.row,
+            };
+            self.asm.bcast_dword(regs.row, addr)?;
+            if let Some(f) = regs.flip {
+                self.asm
+                    .a
+                    .vpxord(Asm::z(regs.row), Asm::z(regs.row), Asm::z(f))
+                    .map_err(e)?;
+            }
+            for x in 0..c.vecs {
+                let acc = (i * c.vecs + x) as u8;
+                self.asm.dpbusd(acc, regs.row, regs.weights[x])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn epilogue(&mut self, c: &Chunk) -> Result<(), String> {
+        self.asm.a.mov(rsi, qword_ptr(rdi + 16)).map_err(e)?;
+        let mut inputs = vec![];
+        for (i, &(row, col)) in self.k.inputs.iter().enumerate() {
+            let reg = INPUT_PTRS[i];
+            self.asm
+                .a
+                .mov(reg, qword_ptr(rdi + (24 + 8 * i as i32)))
+                .map_err(e)?;
+            inputs.push((reg, row, col));
+        }
+        let accs = (c.rows * c.vecs) as u8;
+        let base_pool: Vec<u8> = (accs..REGS as u8).collect();
+        let out_bytes = self.out.size_bytes() as i64;
+        let mut done: Vec<u8> = vec![];
+        for i in 0..c.rows {
+            let m = c.m0 + i;
+            for (x, j) in (c.j0..c.j0 + c.vecs).enumerate() {
+                let acc = (i * c.vecs + x) as u8;
+                let masked = self.masked(j);
+                let mut pool = base_pool.clone();
+                pool.extend(&done);
+                let place = Place {
+                    acc,
+                    m,
+                    j,
+                    masked,
+                    inputs: &inputs,
+                };
+                let r = self.prog.emit(&mut self.asm, &place, &pool)?;
+                let addr = Addr {
+                    base: rsi,
+                    disp: m as i64 * self.k.out_row + (j * LANES) as i64 * out_bytes,
+                };
+                self.asm.store_as(self.out, addr, r, masked)?;
+                done.push(acc);
+            }
+        }
+        Ok(())
+    }
+}

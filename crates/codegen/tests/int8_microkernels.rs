@@ -1,0 +1,329 @@
+//! 8-bit integer contraction micro-kernels against their reference: random kernels of the form
+//! the VNNI generator implements (activation quadruples broadcast per row, packed weight
+//! panels, one to three reduction loops ending in the quadruple, ragged column tails), random
+//! zero points and signedness, and epilogues from a plain `i32` store to onnxruntime's
+//! requantisation (`rne(clamp(f32(acc + bias) * scale[c])) + zp` stored as `u8`/`i8`),
+//! compared byte for byte with `ContractionKernel::reference_int8`. The machine code is
+//! generated always; it runs where this machine has AVX-512 VNNI (otherwise the test says it
+//! skipped).
+
+use kiln_codegen::isa::microkernel::{generate, ContractionKernel, MicroIsa, OperandStrides};
+use kiln_codegen::jit::run_microkernel_bytes;
+use kiln_ir::DType;
+use kiln_tir::{BinOp, CmpOp, Epilogue, IntContraction, Intrinsic};
+use proptest::prelude::*;
+
+/// The epilogue, its inputs' types and the output type for choice `c`.
+fn epilogue(c: u8, zp: i32) -> (Epilogue, Vec<DType>, DType) {
+    use Epilogue as E;
+    let b = Box::new;
+    let acc_bias = E::Binary(BinOp::Add, b(E::Acc), b(E::Input(0)));
+    let scaled = E::Binary(
+        BinOp::Mul,
+        b(E::Cast(DType::F32, b(acc_bias.clone()))),
+        b(E::Input(1)),
+    );
+    // The importer's clamp: select(x < lo, lo, select(x > hi, hi, x)).
+    let clamp = |x: E, lo: f32, hi: f32| E::Select {
+        op: CmpOp::Lt,
+        a: b(x.clone()),
+        b: b(E::Const(lo)),
+        then: b(E::Const(lo)),
+        otherwise: b(E::Select {
+            op: CmpOp::Gt,
+            a: b(x.clone()),
+            b: b(E::Const(hi)),
+            then: b(E::Const(hi)),
+            otherwise: b(x),
+        }),
+    };
+    let requant = |lo: f32, hi: f32, to: DType| {
+        let r = E::Call(Intrinsic::Round, vec![clamp(scaled.clone(), lo, hi)]);
+        let r = E::Binary(BinOp::Add, b(r), b(E::Const(zp as f32)));
+        E::Cast(to, b(r))
+    };
+    let two = vec![DType::I32, DType::F32];
+    match c % 6 {
+        0 => (E::Acc, vec![], DType::I32),
+        1 => (acc_bias, vec![DType::I32], DType::I32),
+        2 => (
+            requant(0.0 - zp as f32, 255.0 - zp as f32, DType::U8),
+            two,
+            DType::U8,
+        ),
+        3 => (
+            requant(-128.0 - zp as f32, 127.0 - zp as f32, DType::I8),
+            two,
+            DType::I8,
+        ),
+        // Without the clamp: the conversion saturates (and maps NaN, from a NaN scale, to 0).
+        4 => (E::Cast(DType::I8, b(scaled)), two, DType::I8),
+        // f32 out, and the integer path: a wrapping product, a narrowing cast and back.
+        _ => (
+            E::Cast(
+                DType::F32,
+                b(E::Binary(
+                    BinOp::Sub,
+                    b(E::Cast(
+                        DType::I32,
+                        b(E::Cast(
+                            DType::U8,
+                            b(E::Binary(BinOp::Mul, b(acc_bias), b(E::Int(-3)))),
+                        )),
+                    )),
+                    b(E::Int(27)),
+                )),
+            ),
+            vec![DType::I32],
+            DType::F32,
+        ),
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    kernel: ContractionKernel,
+    seed: u64,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        1usize..=14,
+        1usize..=64,
+        prop::collection::vec(1usize..=4, 0..=2),
+        any::<bool>(),
+        -140i32..140,
+        0u8..6,
+        -20i32..20,
+        any::<u64>(),
+    )
+        .prop_map(|(rows, cols, outer, signed, zl, ep, zp, seed)| {
+            // Activations: `[.., channels]` rows of pixels, channel quadruples innermost, outer
+            // loops over taps; weights packed `[.., quads, cols, 4]`.
+            let lhs = if signed { DType::I8 } else { DType::U8 };
+            let lhs_zp = if signed {
+                zl.clamp(-128, 127)
+            } else {
+                zl.clamp(0, 255)
+            };
+            let mut reduce = outer;
+            reduce.push(4);
+            let (mut sl, mut sr) = (vec![1i64], vec![1i64]);
+            let (mut al, mut ar) = (4i64, 4 * cols as i64);
+            for &e in reduce[..reduce.len() - 1].iter().rev() {
+                sl.insert(0, al);
+                sr.insert(0, ar);
+                al *= e as i64 + 1;
+                ar *= e as i64;
+            }
+            let (epilogue, input_types, out) = epilogue(ep, zp);
+            let out_bytes = out.size_bytes() as i64;
+            let kernel = ContractionKernel {
+                rows,
+                cols,
+                reduce,
+                lhs: OperandStrides {
+                    row: al + 8,
+                    col: 0,
+                    reduce: sl,
+                },
+                rhs: OperandStrides {
+                    row: 0,
+                    col: 4,
+                    reduce: sr,
+                },
+                out_row: out_bytes * (cols as i64 + (seed % 5) as i64),
+                inputs: input_types.iter().map(|_| (0, 4)).collect(),
+                epilogue,
+                int8: Some(IntContraction {
+                    lhs,
+                    rhs: DType::I8,
+                    lhs_zp,
+                    rhs_zp: 0,
+                    out,
+                    inputs: input_types,
+                }),
+            };
+            Case { kernel, seed }
+        })
+}
+
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 32) as u8
+        })
+        .collect()
+}
+
+/// Byte buffers for each pointer, every access inside; inputs hold small `i32` biases and
+/// small positive `f32` scales (a few NaN among them).
+fn buffers(k: &ContractionKernel, seed: u64) -> (Vec<Vec<u8>>, Vec<usize>) {
+    let int8 = k.int8.as_ref().expect("an integer kernel");
+    let mut bufs = vec![];
+    let mut offs = vec![];
+    for (i, (lo, hi)) in k.byte_ranges().into_iter().enumerate() {
+        let off = (-lo) as usize;
+        let len = (hi - lo) as usize + 3;
+        let mut b = bytes(len, seed.wrapping_add(i as u64 * 7919));
+        if i >= 3 {
+            let ty = int8.inputs[i - 3];
+            for (w, chunk) in b.chunks_exact_mut(4).enumerate() {
+                let v = if ty == DType::I32 {
+                    (i32::from(chunk[0] as i8) * 97).to_le_bytes()
+                } else if w % 23 == 5 {
+                    f32::NAN.to_le_bytes()
+                } else {
+                    (f32::from(chunk[0]) * 2e-4 + 1e-4).to_le_bytes()
+                };
+                chunk.copy_from_slice(&v);
+            }
+        }
+        bufs.push(b);
+        offs.push(off);
+    }
+    (bufs, offs)
+}
+
+fn check(c: &Case) -> Result<(), TestCaseError> {
+    let k = &c.kernel;
+    let isa = MicroIsa::X86Avx512Vnni;
+    let code = generate(isa, k).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let text = kiln_codegen::isa::microkernel::disassemble(code.machine_code().unwrap_or_default());
+    prop_assert!(text.contains("vpdpbusd"), "{}", text);
+    for other in [
+        MicroIsa::X86Avx2,
+        MicroIsa::X86Avx512,
+        MicroIsa::Aarch64Neon,
+    ] {
+        prop_assert!(
+            generate(other, k).is_err(),
+            "{other:?} has no integer kernels"
+        );
+    }
+    if !isa.runs_here() {
+        return Ok(());
+    }
+    let (bufs, offs) = buffers(k, c.seed);
+    let inputs: Vec<(&[u8], usize)> = (3..bufs.len()).map(|i| (&bufs[i][..], offs[i])).collect();
+    let mut want = bufs[2].clone();
+    k.reference_int8(
+        (&bufs[0], offs[0]),
+        (&bufs[1], offs[1]),
+        (&mut want, offs[2]),
+        &inputs,
+    )
+    .ok_or_else(|| TestCaseError::fail("reference out of range"))?;
+    let mut got = bufs[2].clone();
+    run_microkernel_bytes(
+        isa,
+        k,
+        (&bufs[0], offs[0]),
+        (&bufs[1], offs[1]),
+        (&mut got, offs[2]),
+        &inputs,
+    )
+    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+        return Err(TestCaseError::fail(format!(
+            "byte {i} (output base {}): {} vs reference {}\n{k:?}",
+            offs[2], got[i], want[i]
+        )));
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    #[test]
+    fn int8_kernels_compute_their_reference(c in case()) {
+        check(&c)?;
+    }
+}
+
+#[test]
+fn int8_kernels_run_here_or_say_so() {
+    if !MicroIsa::X86Avx512Vnni.runs_here() {
+        println!("skipped: this machine has no AVX-512 VNNI; int8 kernels were only generated");
+    }
+}
+
+/// The kernel of a 1x1 QLinearConv (16 -> 16 channels, activations held as `i8` in
+/// onnxruntime's uint8 domain) whose output is dequantised again inside its group, as the
+/// importer builds it: `i32(i8(rne(clamp(f32(acc + bias) * scale)) + zp))`.
+#[test]
+fn a_requantising_convolution_tile_matches_its_reference() {
+    use Epilogue as E;
+    let b = Box::new;
+    let scaled = || {
+        E::Binary(
+            BinOp::Mul,
+            b(E::Cast(
+                DType::F32,
+                b(E::Binary(BinOp::Add, b(E::Acc), b(E::Input(0)))),
+            )),
+            b(E::Input(1)),
+        )
+    };
+    let clamp = E::Select {
+        op: CmpOp::Lt,
+        a: b(scaled()),
+        b: b(E::Const(-104.0)),
+        then: b(E::Const(-104.0)),
+        otherwise: b(E::Select {
+            op: CmpOp::Gt,
+            a: b(scaled()),
+            b: b(E::Const(151.0)),
+            then: b(E::Const(151.0)),
+            otherwise: b(scaled()),
+        }),
+    };
+    let epilogue = E::Cast(
+        DType::I32,
+        b(E::Cast(
+            DType::I8,
+            b(E::Binary(
+                BinOp::Add,
+                b(E::Call(Intrinsic::Round, vec![clamp])),
+                b(E::Input(2)),
+            )),
+        )),
+    );
+    let kernel = ContractionKernel {
+        rows: 8,
+        cols: 16,
+        reduce: vec![4, 4],
+        lhs: OperandStrides {
+            row: 16,
+            col: 0,
+            reduce: vec![4, 1],
+        },
+        rhs: OperandStrides {
+            row: 0,
+            col: 4,
+            reduce: vec![64, 1],
+        },
+        out_row: 64,
+        inputs: vec![(0, 4), (0, 4), (0, 0)],
+        epilogue,
+        int8: Some(IntContraction {
+            lhs: DType::I8,
+            rhs: DType::I8,
+            lhs_zp: -128,
+            rhs_zp: 0,
+            out: DType::I32,
+            inputs: vec![DType::I32, DType::F32, DType::F32],
+        }),
+    };
+    for seed in 0..20 {
+        check(&Case {
+            kernel: kernel.clone(),
+            seed,
+        })
+        .unwrap();
+    }
+}
