@@ -243,11 +243,14 @@ pub(crate) fn conv_nhwc(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buf
     }
     let (ow, oc) = (t.shape[2], t.shape[3]);
     // An 8-bit integer anchor (an i32 accumulator) tensorizes only on targets with integer
-    // kernels, and only a direct convolution whose input channels come in quadruples.
+    // kernels: a direct convolution whose input channels come in quadruples (dot products of
+    // quadruples), or a depthwise one (no channel reduction: lanes times lanes).
     let int8 = dag
         .tensor(a)
         .is_some_and(|t| t.dtype == kiln_ir::DType::I32);
-    if int8 && !(shape.int8 && int8_channels_in_quads(r, a)) {
+    let channels = channel_reduction(r, a);
+    let quads = int8 && channels.is_some_and(|c| c.is_multiple_of(4));
+    if int8 && !(shape.int8 && (quads || channels.is_none())) {
         return false;
     }
     let Some((rows, cols)) = tile(r, shape, (a, 2), ow, oc) else {
@@ -275,7 +278,7 @@ pub(crate) fn conv_nhwc(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buf
             return false;
         }
         // Integer kernels take the input channels four at a time (one dword per step).
-        if int8 && !r.split(&aname, "rc", 4) {
+        if quads && !r.split(&aname, "rc", 4) {
             return false;
         }
         let reduce: Vec<String> = ["ry", "rx", "rc", "rc.0", "rc.1"]
@@ -290,7 +293,7 @@ pub(crate) fn conv_nhwc(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buf
         if reduce.len() > 1 && !r.reorder(&aname, &reduce) {
             return false;
         }
-        pack_panel_grouped(r, a, 3, cols, int8.then_some(4));
+        pack_panel_grouped(r, a, 3, cols, quads.then_some(4));
         if !tensorize(r, &oname, at) {
             return false;
         }
@@ -299,15 +302,14 @@ pub(crate) fn conv_nhwc(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buf
     })
 }
 
-/// Whether integer anchor `a` reduces over input channels (`rc`, a direct convolution) whose
-/// count is a multiple of 4.
-fn int8_channels_in_quads(r: &Recorder, a: BufferId) -> bool {
-    let Some(name) = r.dag.tensor(a).map(|t| t.name.clone()) else {
-        return false;
-    };
+/// The extent of anchor `a`'s reduction over input channels (`rc`: a direct convolution;
+/// `None` for a depthwise one).
+fn channel_reduction(r: &Recorder, a: BufferId) -> Option<usize> {
+    let name = r.dag.tensor(a).map(|t| t.name.clone())?;
     r.loops(&name)
         .iter()
-        .any(|l| l.0 == "rc" && l.1 == IterKind::Reduce && l.2.is_multiple_of(4))
+        .find(|l| l.0 == "rc" && l.1 == IterKind::Reduce)
+        .map(|l| l.2)
 }
 
 /// The outer tile loops of a `[B, M, N]` matmul, outermost first: row tiles `i1.0` outside

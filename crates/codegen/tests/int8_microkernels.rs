@@ -1,6 +1,7 @@
-//! 8-bit integer contraction micro-kernels against their reference: random kernels of the form
+//! 8-bit integer contraction micro-kernels against their reference: random kernels of the forms
 //! the VNNI generator implements (activation quadruples broadcast per row, packed weight
-//! panels, one to three reduction loops ending in the quadruple, ragged column tails), random
+//! panels, one to three reduction loops ending in the quadruple, ragged column tails; and
+//! depthwise tiles, activations and weights along the columns, any zero points), random
 //! zero points and signedness, and epilogues from a plain `i32` store to onnxruntime's
 //! requantisation (`rne(clamp(f32(acc + bias) * scale[c])) + zp` stored as `u8`/`i8`),
 //! compared byte for byte with `ContractionKernel::reference_int8`. The machine code is
@@ -84,6 +85,68 @@ fn epilogue(c: u8, zp: i32) -> (Epilogue, Vec<DType>, DType) {
 struct Case {
     kernel: ContractionKernel,
     seed: u64,
+}
+
+/// A depthwise tile: activations and weights contiguous along the columns, one to three tap
+/// loops, any signedness and zero points.
+fn depthwise_case() -> impl Strategy<Value = Case> {
+    (
+        1usize..=14,
+        1usize..=64,
+        prop::collection::vec(1usize..=4, 1..=3),
+        (any::<bool>(), any::<bool>()),
+        (-140i32..140, -3i32..3),
+        0u8..6,
+        -20i32..20,
+        any::<u64>(),
+    )
+        .prop_map(|(rows, cols, reduce, (ls, rs), (zl, zr), ep, zp, seed)| {
+            let ty = |signed: bool| if signed { DType::I8 } else { DType::U8 };
+            let clamp = |signed: bool, z: i32| {
+                if signed {
+                    z.clamp(-128, 127)
+                } else {
+                    z.clamp(0, 255)
+                }
+            };
+            let (mut sl, mut sr) = (vec![], vec![]);
+            let (mut al, mut ar) = (cols as i64 + 3, cols as i64);
+            for &e in reduce.iter().rev() {
+                sl.insert(0, al);
+                sr.insert(0, ar);
+                al *= e as i64 + 1;
+                ar *= e as i64;
+            }
+            let (epilogue, input_types, out) = epilogue(ep, zp);
+            let out_bytes = out.size_bytes() as i64;
+            let kernel = ContractionKernel {
+                rows,
+                cols,
+                reduce,
+                lhs: OperandStrides {
+                    row: al + 5,
+                    col: 1,
+                    reduce: sl,
+                },
+                rhs: OperandStrides {
+                    row: 0,
+                    col: 1,
+                    reduce: sr,
+                },
+                out_row: out_bytes * (cols as i64 + (seed % 5) as i64),
+                inputs: input_types.iter().map(|_| (0, 4)).collect(),
+                epilogue,
+                int8: Some(IntContraction {
+                    lhs: ty(ls),
+                    rhs: ty(rs),
+                    lhs_zp: clamp(ls, zl),
+                    rhs_zp: clamp(rs, zr + if rs { 0 } else { 128 }),
+                    out,
+                    inputs: input_types,
+                }),
+            };
+            Case { kernel, seed }
+        })
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -194,7 +257,12 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     let isa = MicroIsa::X86Avx512Vnni;
     let code = generate(isa, k).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let text = kiln_codegen::isa::microkernel::disassemble(code.machine_code().unwrap_or_default());
-    prop_assert!(text.contains("vpdpbusd"), "{}", text);
+    let core = if k.lhs.col == 1 {
+        "vpmulld"
+    } else {
+        "vpdpbusd"
+    };
+    prop_assert!(text.contains(core), "{}", text);
     for other in [
         MicroIsa::X86Avx2,
         MicroIsa::X86Avx512,
@@ -241,6 +309,11 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
     #[test]
     fn int8_kernels_compute_their_reference(c in case()) {
+        check(&c)?;
+    }
+
+    #[test]
+    fn int8_depthwise_kernels_compute_their_reference(c in depthwise_case()) {
         check(&c)?;
     }
 }

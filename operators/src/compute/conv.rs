@@ -113,7 +113,7 @@ pub(crate) fn define(
                 widen_f32_only(xv, xd, acc, xzp) * widen_f32_only(wv, wd_, acc, wzp)
             };
             if depthwise && mult == 1 && pv.is_some() {
-                if let Some(wt) = nhwc_weights(b, x, w, layout, shape[1])? {
+                if let Some(wt) = nhwc_weights(b, x, w, layout, shape[1], 1)? {
                     let pv = pv.clone().unwrap_or_else(|| zero.clone());
                     // Channels-last over a zero-padded channels-last copy of the input: no guards.
                     let hp = reach(shape[2], sy, kh, dy, 0) as usize + 1;
@@ -154,10 +154,19 @@ pub(crate) fn define(
                     return bias_stage(b, acc_stage, DataLayout::Nhwc, layout, bias, acc, out);
                 }
             }
+            // An integer channels-last convolution that reads a padded copy of its input pads
+            // the channels to a multiple of 4 as well (the extra channels hold the zero point
+            // and their weights are 0, so they add nothing): micro-kernels take the channels
+            // four at a time (an RGB image's 3 channels become 4).
+            let cpad = if acc == DType::I32 && layout == DataLayout::Nhwc && bounds.any() {
+                cin.next_multiple_of(4)
+            } else {
+                cin
+            };
             let nhwc = if depthwise || pv.is_none() {
                 None
             } else {
-                nhwc_weights(b, x, w, layout, shape[1])?
+                nhwc_weights(b, x, w, layout, shape[1], cpad)?
             };
             if let Some(wt) = nhwc {
                 // Channels-last accumulator: `conv_nhwc[n, oy, ox, oc]`, weights `[ky, kx, c, oc]`;
@@ -171,20 +180,19 @@ pub(crate) fn define(
                         x_lo: pl > 0,
                         x_hi: wp as i64 - pl > wd as i64,
                     };
-                    let pshape = layout.shape([xs_[0], xs_[1], hp, wp]);
+                    let pshape = layout.shape([xs_[0], cpad, hp, wp]);
+                    let border = pv.clone().unwrap_or_else(|| zero.clone());
                     let xp = b.stage("pad", &pshape, |ax| {
                         let [n, ch, y, xx] = layout.nchw_of(ax);
                         let iy = y - c(pt);
                         let ix = xx - c(pl);
-                        let xv = xload(x.id, [n, ch, iy.clone(), ix.clone()]);
-                        pad.guard(
-                            &iy,
-                            h,
-                            &ix,
-                            wd,
-                            xv,
-                            pv.clone().unwrap_or_else(|| zero.clone()),
-                        )
+                        let xv = xload(x.id, [n, ch.clone(), iy.clone(), ix.clone()]);
+                        let v = pad.guard(&iy, h, &ix, wd, xv, border.clone());
+                        if cpad == cin {
+                            v
+                        } else {
+                            Expr::select(Expr::lt(ch, c(cin as i64)), v, border.clone())
+                        }
                     })?;
                     b.keep_stage(xp);
                     (xp, 0, 0)
@@ -192,6 +200,7 @@ pub(crate) fn define(
                     (x.id, pt, pl)
                 };
                 let nshape = vec![shape[0], shape[2], shape[3], shape[1]];
+                let raxes = [("rc", cpad), ("ry", kh), ("rx", kw)];
                 let acc_stage =
                     b.reduce(NHWC_STAGE, &nshape, &raxes, ReduceKind::Sum, |ax, r| {
                         let (ky, kx, ch) = (r[1].clone(), r[2].clone(), r[0].clone());
@@ -291,6 +300,7 @@ fn nhwc_weights(
     w: &Operand,
     layout: DataLayout,
     oc: usize,
+    channels: usize,
 ) -> Result<Option<BufferId>, ComputeError> {
     let channels_fit = layout == DataLayout::Nhwc || oc.is_multiple_of(4);
     let float = x.ty.dtype == DType::F32 && w.ty.dtype == DType::F32;
@@ -302,18 +312,20 @@ fn nhwc_weights(
     };
     let s = &w.ty.shape;
     let (o, ci, kh, kw) = (s[0], s[1], s[2], s[3]);
-    // Element `[y, xx, cc, oo]` of the table is element `[oo, cc, y, xx]` of the weights.
-    let mut index = Vec::with_capacity(values.data().len());
+    // Element `[y, xx, cc, oo]` of the table is element `[oo, cc, y, xx]` of the weights (0
+    // in the channels past `ci` up to `channels`).
+    let channels = channels.max(ci);
+    let mut index = Vec::with_capacity(kh * kw * channels * o);
     for y in 0..kh {
         for xx in 0..kw {
-            for cc in 0..ci {
+            for cc in 0..channels {
                 for oo in 0..o {
-                    index.push(Some(((oo * ci + cc) * kh + y) * kw + xx));
+                    index.push((cc < ci).then(|| ((oo * ci + cc) * kh + y) * kw + xx));
                 }
             }
         }
     }
-    let ty = TensorType::new(w.ty.dtype, vec![kh, kw, ci, o])?;
+    let ty = TensorType::new(w.ty.dtype, vec![kh, kw, channels, o])?;
     let table = Tensor::from_data(ty, values.data().gather(&index))?;
     Ok(Some(b.table("w_nhwc", table)?))
 }

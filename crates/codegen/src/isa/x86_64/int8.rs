@@ -13,6 +13,12 @@
 //! more `vpdpbusd` with a vector of ones per column vector and step) and subtracted, times
 //! `zl`, after the reduction.
 //!
+//! A depthwise tile (both operands contiguous along the columns: each output channel its own
+//! activation and weight) is the second form: per tap and column vector the weights widened
+//! to `i32` (`vpmovsxbd`, their zero point subtracted), per row the activations widened
+//! (`vpmovsxbd`/`vpmovzxbd`), multiplied (`vpmulld`) and added; the activation zero point is
+//! corrected through the column sums as above.
+//!
 //! Invariant: the code computes [`ContractionKernel::reference_int8`] exactly (integer sums are
 //! exact in any order; the epilogue as [`super::epilogue`] states), reads only the bytes the
 //! reference reads (the partial last column vector through `k1`) and writes only the output
@@ -25,6 +31,7 @@ use super::epilogue::{Place, Program};
 use crate::isa::microkernel::{ContractionKernel, MicrokernelError};
 use iced_x86::code_asm::*;
 use kiln_ir::DType;
+use kiln_tir::BinOp;
 
 /// Loop counters of the reduction loops outside the innermost (outermost first).
 const COUNTERS: [AsmRegister64; 5] = [rcx, r8, r9, r10, r11];
@@ -46,25 +53,32 @@ pub fn int8_contraction(k: &ContractionKernel) -> Result<Vec<u8>, MicrokernelErr
     let Some(int8) = &k.int8 else {
         return Err(err("not an integer contraction"));
     };
-    let Some((&quad, outer)) = k.reduce.split_last() else {
-        return Err(err("no reduction"));
+    let form = if k.lhs.col == 1 && k.rhs.col == 1 && k.rhs.row == 0 {
+        Form::Lanes
+    } else {
+        let Some(&quad) = k.reduce.last() else {
+            return Err(err("no reduction"));
+        };
+        let lhs_last = k.lhs.reduce.last().copied();
+        let rhs_last = k.rhs.reduce.last().copied();
+        if quad != QUAD || lhs_last != Some(1) || rhs_last != Some(1) {
+            return Err(err("the innermost reduction is not 4 consecutive bytes"));
+        }
+        if k.lhs.col != 0 || k.rhs.col != 4 || k.rhs.row != 0 {
+            return Err(err(
+                "operands are not broadcast activations x packed weight quadruples",
+            ));
+        }
+        if int8.rhs != DType::I8 || int8.rhs_zp != 0 {
+            return Err(err("dot products take i8 weights with zero point 0"));
+        }
+        Form::Quad
     };
-    let lhs_last = k.lhs.reduce.last().copied();
-    let rhs_last = k.rhs.reduce.last().copied();
-    if quad != QUAD || lhs_last != Some(1) || rhs_last != Some(1) {
-        return Err(err("the innermost reduction is not 4 consecutive bytes"));
+    if !matches!(int8.lhs, DType::I8 | DType::U8) || !matches!(int8.rhs, DType::I8 | DType::U8) {
+        return Err(err("8-bit operands only"));
     }
-    if k.lhs.col != 0 || k.rhs.col != 4 || k.rhs.row != 0 {
-        return Err(err(
-            "operands are not broadcast activations x packed weight quadruples",
-        ));
-    }
-    if int8.rhs != DType::I8 || int8.rhs_zp != 0 || !matches!(int8.lhs, DType::I8 | DType::U8) {
-        return Err(err(
-            "only i8 weights with zero point 0 and u8/i8 activations",
-        ));
-    }
-    if outer.len() > COUNTERS.len() || k.inputs.len() > INPUT_PTRS.len() {
+    let loops = k.reduce.len() - usize::from(form == Form::Quad);
+    if loops > COUNTERS.len() || k.inputs.len() > INPUT_PTRS.len() {
         return Err(err("too many reduction loops or epilogue inputs"));
     }
     if k.rows == 0 || k.cols == 0 || k.inputs.iter().any(|&(_, c)| c != 0 && c != 4) {
@@ -74,19 +88,24 @@ pub fn int8_contraction(k: &ContractionKernel) -> Result<Vec<u8>, MicrokernelErr
     if prog.result_type() != int8.out {
         return Err(err("the epilogue's type is not the output's"));
     }
-    // The left zero point in the u8 domain the instruction multiplies in.
-    let flip = int8.lhs == DType::I8;
+    // The left zero point in the domain the instruction multiplies in (dot products: u8).
+    let flip = form == Form::Quad && int8.lhs == DType::I8;
     let zl = int8.lhs_zp + if flip { 128 } else { 0 };
     let nv = k.cols.div_ceil(LANES);
     let tail = k.cols % LANES;
     let sums = zl != 0;
-    // Per chunk of `vc` column vectors: weights and column sums per vector, the broadcast row,
-    // a scratch register and the constant registers (ones for the sums, 0x80 for the flip).
+    // Per chunk of `vc` column vectors: weights and column sums per vector, the row operand,
+    // a scratch register and the constant registers (dot products: ones for the sums, 0x80
+    // for the flip; lanes: the weight zero point).
+    let consts = match form {
+        Form::Quad => usize::from(sums) + usize::from(flip),
+        Form::Lanes => usize::from(int8.rhs_zp != 0),
+    };
     let ep = prog.registers(false);
     let (vc, rc) = (1..=nv)
         .rev()
         .find_map(|vc| {
-            let other = vc * (1 + usize::from(sums)) + 2 + usize::from(sums) + usize::from(flip);
+            let other = vc * (1 + usize::from(sums)) + 2 + consts;
             let rc = (REGS.checked_sub(other)? / vc).min(REGS.checked_sub(ep + 1)? / vc);
             (rc >= 1).then_some((vc, rc.min(k.rows)))
         })
@@ -98,6 +117,11 @@ pub fn int8_contraction(k: &ContractionKernel) -> Result<Vec<u8>, MicrokernelErr
         nv,
         tail,
         prog,
+        form,
+        loops,
+        lhs_signed: int8.lhs == DType::I8,
+        rhs_signed: int8.rhs == DType::I8,
+        zr: int8.rhs_zp,
         flip,
         zl,
     };
@@ -118,6 +142,15 @@ pub fn int8_contraction(k: &ContractionKernel) -> Result<Vec<u8>, MicrokernelErr
     g.asm.finish().map_err(err)
 }
 
+/// The two tile forms (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    /// Broadcast activation quadruples x packed weight quadruples: `vpdpbusd`.
+    Quad,
+    /// Activations and weights both along the columns (depthwise): widened, `vpmulld`.
+    Lanes,
+}
+
 /// A block of the tile computed in one pass of the reduction.
 struct Chunk {
     m0: usize,
@@ -133,6 +166,13 @@ struct Gen<'k> {
     nv: usize,
     tail: usize,
     prog: Program,
+    form: Form,
+    /// Counted reduction loops (dot products: all but the innermost quadruple).
+    loops: usize,
+    lhs_signed: bool,
+    rhs_signed: bool,
+    /// The right (weight) zero point (lanes form).
+    zr: i32,
     flip: bool,
     zl: i32,
 }
@@ -145,6 +185,8 @@ struct Regs {
     scratch: u8,
     ones: Option<u8>,
     flip: Option<u8>,
+    /// The weight zero point in every lane (lanes form).
+    zr: Option<u8>,
 }
 
 impl Gen<'_> {
@@ -164,8 +206,10 @@ impl Gen<'_> {
         let sums = if self.zl != 0 { take(c.vecs) } else { vec![] };
         let row = take(1)[0];
         let scratch = take(1)[0];
-        let ones = (self.zl != 0).then(|| take(1)[0]);
+        let quad = self.form == Form::Quad;
+        let ones = (quad && self.zl != 0).then(|| take(1)[0]);
         let flip = self.flip.then(|| take(1)[0]);
+        let zr = (!quad && self.zr != 0).then(|| take(1)[0]);
         let regs = Regs {
             weights,
             sums,
@@ -173,6 +217,7 @@ impl Gen<'_> {
             scratch,
             ones,
             flip,
+            zr,
         };
         self.asm.a.mov(rsi, qword_ptr(rdi)).map_err(e)?;
         self.asm.a.mov(rdx, qword_ptr(rdi + 8)).map_err(e)?;
@@ -185,18 +230,20 @@ impl Gen<'_> {
         if let Some(f) = regs.flip {
             self.asm.constant_bits(f, 0x8080_8080)?;
         }
+        if let Some(z) = regs.zr {
+            self.asm.constant_bits(z, self.zr as u32)?;
+        }
         self.levels(c, &regs, 0)?;
         // Σ (x - zl) w = Σ x w - zl Σ w.
         if self.zl != 0 {
             self.asm.constant_bits(regs.scratch, self.zl as u32)?;
             for &s in &regs.sums {
-                self.asm
-                    .int_arith(kiln_tir::BinOp::Mul, s, s, regs.scratch)?;
+                self.asm.int_arith(BinOp::Mul, s, s, regs.scratch)?;
             }
             for i in 0..c.rows {
                 for (x, &s) in regs.sums.iter().enumerate() {
                     let acc = (i * c.vecs + x) as u8;
-                    self.asm.int_arith(kiln_tir::BinOp::Sub, acc, acc, s)?;
+                    self.asm.int_arith(BinOp::Sub, acc, acc, s)?;
                 }
             }
         }
@@ -207,9 +254,12 @@ impl Gen<'_> {
     /// on exit the operand pointers have moved by `extent_i * stride_i`.
     fn levels(&mut self, c: &Chunk, regs: &Regs, i: usize) -> Result<(), String> {
         let k = self.k;
-        let outer = k.reduce.len() - 1;
+        let outer = self.loops;
         if i == outer {
-            return self.step(c, regs);
+            return match self.form {
+                Form::Quad => self.step(c, regs),
+                Form::Lanes => self.lanes_step(c, regs),
+            };
         }
         let (ext, sl, sr) = (k.reduce[i], k.lhs.reduce[i], k.rhs.reduce[i]);
         let (il, ir) = if i + 1 < outer {
@@ -260,6 +310,43 @@ impl Gen<'_> {
             for x in 0..c.vecs {
                 let acc = (i * c.vecs + x) as u8;
                 self.asm.dpbusd(acc, regs.row, regs.weights[x])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One tap of a depthwise tile: operands at `rsi` and `rdx`, 16 bytes per column vector.
+    fn lanes_step(&mut self, c: &Chunk, regs: &Regs) -> Result<(), String> {
+        let k = self.k;
+        for (x, j) in (c.j0..c.j0 + c.vecs).enumerate() {
+            let addr = Addr {
+                base: rdx,
+                disp: (j * LANES) as i64,
+            };
+            let w = regs.weights[x];
+            self.asm
+                .widen_bytes(w, addr, self.rhs_signed, self.masked(j))?;
+            if let Some(z) = regs.zr {
+                self.asm.int_arith(BinOp::Sub, w, w, z)?;
+            }
+            if self.zl != 0 {
+                let s = regs.sums[x];
+                self.asm.int_arith(BinOp::Add, s, s, w)?;
+            }
+        }
+        for i in 0..c.rows {
+            let m = c.m0 + i;
+            for (x, j) in (c.j0..c.j0 + c.vecs).enumerate() {
+                let addr = Addr {
+                    base: rsi,
+                    disp: m as i64 * k.lhs.row + (j * LANES) as i64,
+                };
+                self.asm
+                    .widen_bytes(regs.row, addr, self.lhs_signed, self.masked(j))?;
+                let (t, w) = (regs.scratch, regs.weights[x]);
+                self.asm.int_arith(BinOp::Mul, t, regs.row, w)?;
+                let acc = (i * c.vecs + x) as u8;
+                self.asm.int_arith(BinOp::Add, acc, acc, t)?;
             }
         }
         Ok(())

@@ -37,6 +37,27 @@ impl Asm {
         self.a.vpbroadcastd(Self::z(r), dword_ptr(m)).map_err(e)
     }
 
+    /// `r = the 16 bytes at addr`, sign- or zero-extended to `i32` lanes (only the tail lanes
+    /// read, the others zero, when `masked`).
+    pub fn widen_bytes(
+        &mut self,
+        r: u8,
+        addr: Addr,
+        signed: bool,
+        masked: bool,
+    ) -> Result<(), String> {
+        avx512_only(self, "vpmovsxbd")?;
+        let m = xmmword_ptr(self.vmem(addr)?);
+        let z = Self::z(r);
+        match (signed, masked) {
+            (true, false) => self.a.vpmovsxbd(z, m),
+            (true, true) => self.a.vpmovsxbd(z.k1().z(), m),
+            (false, false) => self.a.vpmovzxbd(z, m),
+            (false, true) => self.a.vpmovzxbd(z.k1().z(), m),
+        }
+        .map_err(e)
+    }
+
     /// `d = op(a, b)` on `i32` lanes (`+ - *` wrapping, signed `min`/`max`).
     pub fn int_arith(&mut self, op: BinOp, d: u8, a: u8, b: u8) -> Result<(), String> {
         avx512_only(self, "integer epilogues")?;
