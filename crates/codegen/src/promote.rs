@@ -13,6 +13,7 @@
 
 use crate::kernel::MAX_UNROLL;
 use crate::vector::{contiguous, vectorizable, LANES};
+use kiln_ir::DType;
 use kiln_tir::{BinOp, BufferId, Expr, ForKind, PrimFunc, Stmt, VarId};
 use std::collections::{BTreeSet, HashMap};
 
@@ -292,7 +293,10 @@ pub(crate) fn promotable(
         .filter_map(|(b, s)| {
             let (widths, keys) = s?;
             let lanes = *widths.iter().next()?;
-            (!keys.is_empty()).then_some((b, Promotion { lanes }))
+            // Vector code holds 8-bit lanes widened in i32x4 registers, never as i8x4.
+            let narrow = matches!(f.buffers[b.index()].dtype, DType::I8 | DType::U8);
+            let keep = !keys.is_empty() && (lanes == 1 || !narrow);
+            keep.then_some((b, Promotion { lanes }))
         })
         .collect()
 }

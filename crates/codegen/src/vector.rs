@@ -28,8 +28,14 @@
 //!   there, so executing statement by statement over 4 lanes, instead of iteration by iteration,
 //!   reads and writes the same values.
 //!
+//! `i8`/`u8` data is held sign- or zero-extended in `i32x4` lanes: loads widen 4 bytes, stores
+//! narrow them (the values are in range: they come from a load or a cast to that type), and no
+//! arithmetic runs on such lanes (it would have to wrap at 8 bits), only casts, selects and
+//! comparisons.
+//!
 //! Operations on vectors: `+ - * /`, `min`/`max` (NaN-propagating like the interpreter), casts
-//! between `f32` and `i32`, `sqrt`, `abs`, `floor`/`ceil`/`round` (when the ISA rounds vectors),
+//! between `f32`, `i32`, `i8` and `u8` (float to integer saturating with NaN as 0, integer to
+//! integer wrapping), `sqrt`, `abs`, `floor`/`ceil`/`round` (when the ISA rounds vectors),
 //! `fma` (when the ISA has FMA); every other intrinsic is computed lane by lane with the scalar
 //! lowering, so results stay bit-identical to scalar code.
 
@@ -156,9 +162,20 @@ fn mask_ok(f: &PrimFunc, c: &Expr, v: VarId) -> bool {
 fn lane_type(d: DType) -> Option<Type> {
     match d {
         DType::F32 => Some(types::F32X4),
-        DType::I32 => Some(types::I32X4),
+        DType::I32 | DType::I8 | DType::U8 => Some(types::I32X4),
         _ => None,
     }
+}
+
+/// The flags of a bitcast that changes the lane count: lanes in little-endian order (as
+/// memory holds them, on every target Kiln has).
+fn lanes_le() -> MemFlagsData {
+    MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little)
+}
+
+/// 8-bit lanes (held widened in `i32x4`).
+fn narrow(d: DType) -> bool {
+    matches!(d, DType::I8 | DType::U8)
 }
 
 /// The stores of a straight-line body, or `None` when it is something else.
@@ -196,10 +213,11 @@ fn classify(f: &PrimFunc, e: &Expr, v: VarId) -> Option<Kind> {
             classify(f, b, v)?;
             let ok = match d {
                 DType::F32 => !matches!(op, BinOp::Rem | BinOp::FloorDiv | BinOp::FloorMod),
-                _ => matches!(
+                DType::I32 => matches!(
                     op,
                     BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Min | BinOp::Max
                 ),
+                _ => false,
             };
             ok.then_some(Kind::Vector(d))
         }
@@ -232,7 +250,8 @@ fn classify(f: &PrimFunc, e: &Expr, v: VarId) -> Option<Kind> {
             for a in args {
                 classify(f, a, v)?;
             }
-            (d == DType::F32 || *intrinsic == Intrinsic::Abs).then_some(Kind::Vector(d))
+            (d == DType::F32 || d == DType::I32 && *intrinsic == Intrinsic::Abs)
+                .then_some(Kind::Vector(d))
         }
         _ => None,
     }
@@ -356,16 +375,33 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
             let addr = self.address(buf, indices)?;
             let val = self.vexpr(value, var)?;
             let val = self.vector_of(val, d)?;
-            match self.lane_bytes(buf, indices, var)? {
-                None => {
+            match (self.lane_bytes(buf, indices, var)?, narrow(d)) {
+                (None, false) => {
                     self.b.ins().store(mem_flags(), val, addr, 0);
                 }
-                Some(step) => {
+                (None, true) => {
+                    // In-range lanes narrowed (saturation changes nothing) to 4 bytes.
+                    let ins = self.b.ins();
+                    let h = ins.snarrow(val, val);
+                    let ins = self.b.ins();
+                    let q = if d == DType::I8 {
+                        ins.snarrow(h, h)
+                    } else {
+                        ins.unarrow(h, h)
+                    };
+                    let q = self.b.ins().bitcast(types::I32X4, lanes_le(), q);
+                    let w = self.b.ins().extractlane(q, 0);
+                    self.b.ins().store(mem_flags(), w, addr, 0);
+                }
+                (Some(step), is_narrow) => {
                     for lane in 0..LANES as u8 {
                         let x = self.b.ins().extractlane(val, lane);
-                        self.b
-                            .ins()
-                            .store(mem_flags(), x, addr, step * i32::from(lane));
+                        let off = step * i32::from(lane);
+                        if is_narrow {
+                            self.b.ins().istore8(mem_flags(), x, addr, off);
+                        } else {
+                            self.b.ins().store(mem_flags(), x, addr, off);
+                        }
                     }
                 }
             }
@@ -385,7 +421,8 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
         }
         let s = strided(self.f, buf, indices, var)
             .ok_or_else(|| self.err_internal("vector access neither contiguous nor strided"))?;
-        i32::try_from(s * 4)
+        let size = self.f.buffers[buf.index()].dtype.size_bytes() as i64;
+        i32::try_from(s * size)
             .map(Some)
             .map_err(|_| self.err_internal("lane stride"))
     }
@@ -426,11 +463,32 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
         })
     }
 
+    /// `x` (i32 lanes) clamped to the range of 8-bit type `to`.
+    fn clamp_lanes(&mut self, x: Value, to: DType) -> Value {
+        let (lo, hi) = if to == DType::I8 {
+            (-128, 127)
+        } else {
+            (0, 255)
+        };
+        let lo = self.b.ins().iconst(types::I32, lo);
+        let lo = self.b.ins().splat(types::I32X4, lo);
+        let hi = self.b.ins().iconst(types::I32, hi);
+        let hi = self.b.ins().splat(types::I32X4, hi);
+        let x = self.b.ins().smax(x, lo);
+        self.b.ins().smin(x, hi)
+    }
+
     fn vector_of(&mut self, v: VVal, d: DType) -> Result<Value, CodegenError> {
         Ok(match v {
             VVal::Vector(x) => x,
             VVal::Uniform(x) => {
                 let ty = lane_type(d).ok_or_else(|| self.err_internal(format!("vector of {d}")))?;
+                // A scalar 8-bit value, widened as the lanes hold it.
+                let x = match d {
+                    DType::I8 => self.b.ins().sextend(types::I32, x),
+                    DType::U8 => self.b.ins().uextend(types::I32, x),
+                    _ => x,
+                };
                 self.b.ins().splat(ty, x)
             }
         })
@@ -446,6 +504,44 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
             Expr::Load { buf, indices } if self.promo.contains_key(buf) => {
                 let pv = self.promoted_var(*buf, indices, LANES)?;
                 self.b.use_var(pv)
+            }
+            Expr::Load { buf, indices } if narrow(d) => {
+                let addr = self.address(*buf, indices)?;
+                let signed = d == DType::I8;
+                match self.lane_bytes(*buf, indices, var)? {
+                    None => {
+                        // Four bytes, widened to 16 then 32 bits.
+                        let flags = self.load_flags(*buf);
+                        let w = self.b.ins().load(types::I32, flags, addr, 0);
+                        let v = self.b.ins().scalar_to_vector(types::I32X4, w);
+                        let v = self.b.ins().bitcast(types::I8X16, lanes_le(), v);
+                        let ins = self.b.ins();
+                        if signed {
+                            let h = ins.swiden_low(v);
+                            self.b.ins().swiden_low(h)
+                        } else {
+                            let h = ins.uwiden_low(v);
+                            self.b.ins().uwiden_low(h)
+                        }
+                    }
+                    Some(step) => {
+                        let mut acc = None;
+                        for lane in 0..LANES as u8 {
+                            let off = step * i32::from(lane);
+                            let ins = self.b.ins();
+                            let x = if signed {
+                                ins.sload8(types::I32, mem_flags(), addr, off)
+                            } else {
+                                ins.uload8(types::I32, mem_flags(), addr, off)
+                            };
+                            acc = Some(match acc {
+                                None => self.b.ins().splat(ty, x),
+                                Some(v) => self.b.ins().insertlane(v, x, lane),
+                            });
+                        }
+                        acc.ok_or_else(|| self.err_internal("empty gather"))?
+                    }
+                }
             }
             Expr::Load { buf, indices } => {
                 let addr = self.address(*buf, indices)?;
@@ -543,7 +639,25 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
                 match (from, *dtype) {
                     (a, b) if a == b => x,
                     (DType::F32, DType::I32) => self.b.ins().fcvt_to_sint_sat(types::I32X4, x),
-                    (DType::I32, DType::F32) => self.b.ins().fcvt_from_sint(types::F32X4, x),
+                    (DType::F32, to) if narrow(to) => {
+                        // Saturating to i32, then to the 8-bit range, is saturating once.
+                        let i = self.b.ins().fcvt_to_sint_sat(types::I32X4, x);
+                        self.clamp_lanes(i, to)
+                    }
+                    (DType::I32 | DType::I8 | DType::U8, DType::F32) => {
+                        self.b.ins().fcvt_from_sint(types::F32X4, x)
+                    }
+                    // Widened lanes are already the i32 value.
+                    (DType::I8 | DType::U8, DType::I32) => x,
+                    (_, DType::I8) => {
+                        let h = self.b.ins().ishl_imm_u(x, 24);
+                        self.b.ins().sshr_imm_u(h, 24)
+                    }
+                    (_, DType::U8) => {
+                        let m = self.b.ins().iconst(types::I32, 0xFF);
+                        let m = self.b.ins().splat(types::I32X4, m);
+                        self.b.ins().band(x, m)
+                    }
                     (a, b) => return Err(self.err_internal(format!("vector cast {a} to {b}"))),
                 }
             }

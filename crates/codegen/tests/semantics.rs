@@ -304,6 +304,39 @@ fn i32_vector_ops_are_vectorized() {
     assert_eq!(stats.vector_loops, 1);
 }
 
+#[test]
+fn eight_bit_lanes_are_vectorized() {
+    // Dequantize (`i8` widened, converted), quantize (`f32` converted, saturated into `u8`),
+    // requantize between the 8-bit types: each a vector loop, each exact.
+    let mut rng = Rng(5);
+    let q = tensor(DType::I8, random_data(DType::I8, N, &mut rng));
+    let f = elementwise(&[DType::I8], DType::F32, true, &|x| {
+        Expr::cast(
+            DType::F32,
+            Expr::cast(DType::I32, x[0].clone()) - Expr::int_of(-3, DType::I32),
+        ) * Expr::f32(0.25)
+    });
+    assert_eq!(
+        compare(&f, std::slice::from_ref(&q), &opts()[0]).vector_loops,
+        1
+    );
+    let x = tensor(DType::F32, TensorData::F32(SPECIAL_F32.to_vec()));
+    let f = elementwise(&[DType::F32], DType::U8, true, &|x| {
+        Expr::cast(DType::U8, x[0].clone() + Expr::f32(128.0))
+    });
+    assert_eq!(
+        compare(&f, std::slice::from_ref(&x), &opts()[0]).vector_loops,
+        1
+    );
+    let f = elementwise(&[DType::I8], DType::U8, true, &|x| {
+        Expr::cast(DType::U8, x[0].clone())
+    });
+    assert_eq!(
+        compare(&f, std::slice::from_ref(&q), &opts()[0]).vector_loops,
+        1
+    );
+}
+
 /// `out[i] = i < split ? a[i] : b[i - split]` over `0..N` in vectorized chunks of 4 (a
 /// concat): each operand is read only inside its range.
 fn concat_func(split: usize) -> PrimFunc {
