@@ -359,6 +359,17 @@ fn matmuls() {
         ..Default::default()
     };
     check_op(&Op::MatMul(attrs), &[a, b], OpClass::MatMul, 0.0);
+    // `k` in quadruples: the 8-bit micro-kernel form (k split by 4, weights packed in panels
+    // of quadruples), one row (a classifier) and several.
+    for m in [1, 6] {
+        let a = rand_default(&mut rng, DType::I8, &[1, m, 12]);
+        let b = rand_default(&mut rng, DType::I8, &[1, 12, 40]);
+        let attrs = MatMulAttrs {
+            a_zp: -128,
+            ..Default::default()
+        };
+        check_op(&Op::MatMul(attrs), &[a, b], OpClass::MatMul, 0.0);
+    }
     let a = rand_default(&mut rng, DType::F16, &[1, 4, 6]);
     let b = rand_default(&mut rng, DType::F16, &[1, 6, 4]);
     check_op(

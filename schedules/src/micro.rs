@@ -173,13 +173,9 @@ fn tile(
 /// Packs the constant operand of anchor `a` that runs along its output axis `axis` (the
 /// weights: their last dimension is that axis) into panels of `cols` columns, outer part first,
 /// so that a micro-kernel streams each panel contiguously. Nothing to pack is no failure.
-fn pack_panel(r: &mut Recorder, a: BufferId, axis: usize, cols: usize) -> bool {
-    pack_panel_grouped(r, a, axis, cols, None)
-}
-
-/// [`pack_panel`], with the weights' second-to-last dimension (the reduction's input
-/// channels) in groups of `group` placed innermost when given.
-fn pack_panel_grouped(
+/// With `group`, the weights' second-to-last dimension (the reduction's input channels or
+/// `k`) in groups of that many, placed innermost (int8 dot-product quadruples).
+fn pack_panel(
     r: &mut Recorder,
     a: BufferId,
     axis: usize,
@@ -293,7 +289,7 @@ pub(crate) fn conv_nhwc(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buf
         if reduce.len() > 1 && !r.reorder(&aname, &reduce) {
             return false;
         }
-        pack_panel_grouped(r, a, 3, cols, quads.then_some(4));
+        pack_panel(r, a, 3, cols, quads.then_some(4));
         if !tensorize(r, &oname, at) {
             return false;
         }
@@ -345,6 +341,18 @@ pub(crate) fn matmul(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buffer
     };
     let oname = t.name.clone();
     let aname = dag.tensor(a).map(|t| t.name.clone()).unwrap_or_default();
+    // An 8-bit integer matmul (an i32 accumulator) takes `k` four at a time against weights
+    // packed in quadruples, on targets with integer kernels.
+    let int8 = dag
+        .tensor(a)
+        .is_some_and(|t| t.dtype == kiln_ir::DType::I32);
+    let quads = int8
+        && r.loops(&aname)
+            .iter()
+            .any(|l| l.0 == "k" && l.1 == IterKind::Reduce && l.2.is_multiple_of(4));
+    if int8 && !(shape.int8 && quads) {
+        return false;
+    }
     let (first, second) = tile_loop_order(r, m, rows);
     transaction(r, |r| {
         if !r.split(&oname, "i1", rows) || !r.split(&oname, "i2", cols) {
@@ -354,7 +362,10 @@ pub(crate) fn matmul(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buffer
         if !r.reorder(&oname, &order) || r.attach_anchor(&aname, &oname, second.into()).is_none() {
             return false;
         }
-        pack_panel(r, a, 2, cols);
+        if quads && !r.split(&aname, "k", 4) {
+            return false;
+        }
+        pack_panel(r, a, 2, cols, quads.then_some(4));
         if !tensorize(r, &oname, second) {
             return false;
         }
@@ -397,12 +408,30 @@ pub(crate) fn matmul_root(r: &mut Recorder, shape: MicroShape, o: BufferId) -> b
     };
     let name = t.name.clone();
     let (first, second) = tile_loop_order(r, m, rows);
+    // 8-bit integers: `k` four at a time against weights packed in quadruples (see `matmul`).
+    let int8 = t.dtype == kiln_ir::DType::I32;
+    let quads = int8
+        && r.loops(&name)
+            .iter()
+            .any(|l| l.0 == "k" && l.1 == IterKind::Reduce && l.2.is_multiple_of(4));
+    if int8 && !(shape.int8 && quads) {
+        return false;
+    }
     transaction(r, |r| {
         if !r.split(&name, "i1", rows) || !r.split(&name, "i2", cols) {
             return false;
         }
-        let order = ["i0", first, second, "k", "i1.1", "i2.1"].map(String::from);
-        pack_panel(r, o, 2, cols);
+        if quads && !r.split(&name, "k", 4) {
+            return false;
+        }
+        let reduce: &[&str] = if quads { &["k.0", "k.1"] } else { &["k"] };
+        let order: Vec<String> = ["i0", first, second]
+            .iter()
+            .chain(reduce)
+            .chain(&["i1.1", "i2.1"])
+            .map(|s| s.to_string())
+            .collect();
+        pack_panel(r, o, 2, cols, quads.then_some(4));
         if !r.reorder(&name, &order)
             || !r.apply(Instruction::CacheWrite {
                 stage: name.clone(),
