@@ -308,6 +308,13 @@ fn channel_reduction(r: &Recorder, a: BufferId) -> Option<usize> {
         .map(|l| l.2)
 }
 
+/// Whether matmul stage `stage` reduces over `k` in a multiple of 4 (int8 quadruples).
+fn k_in_quads(r: &Recorder, stage: &str) -> bool {
+    r.loops(stage)
+        .iter()
+        .any(|l| l.0 == "k" && l.1 == IterKind::Reduce && l.2.is_multiple_of(4))
+}
+
 /// The outer tile loops of a `[B, M, N]` matmul, outermost first: row tiles `i1.0` outside
 /// column panels `i2.0`, or the panels outside (each panel stays in cache while the rows
 /// stream) when [`crate::Knobs::attach_outer`] asks or when one row tile covers `M` (a
@@ -346,10 +353,7 @@ pub(crate) fn matmul(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buffer
     let int8 = dag
         .tensor(a)
         .is_some_and(|t| t.dtype == kiln_ir::DType::I32);
-    let quads = int8
-        && r.loops(&aname)
-            .iter()
-            .any(|l| l.0 == "k" && l.1 == IterKind::Reduce && l.2.is_multiple_of(4));
+    let quads = int8 && k_in_quads(r, &aname);
     if int8 && !(shape.int8 && quads) {
         return false;
     }
@@ -410,10 +414,7 @@ pub(crate) fn matmul_root(r: &mut Recorder, shape: MicroShape, o: BufferId) -> b
     let (first, second) = tile_loop_order(r, m, rows);
     // 8-bit integers: `k` four at a time against weights packed in quadruples (see `matmul`).
     let int8 = t.dtype == kiln_ir::DType::I32;
-    let quads = int8
-        && r.loops(&name)
-            .iter()
-            .any(|l| l.0 == "k" && l.1 == IterKind::Reduce && l.2.is_multiple_of(4));
+    let quads = int8 && k_in_quads(r, &name);
     if int8 && !(shape.int8 && quads) {
         return false;
     }

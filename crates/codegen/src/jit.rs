@@ -466,59 +466,15 @@ pub fn run_microkernel_bytes(
     out: (&mut [u8], usize),
     inputs: &[crate::isa::microkernel::ByteSlot],
 ) -> Result<(), CodegenError> {
-    let bad = |reason: String| CodegenError::BadArguments {
-        func: "microkernel".into(),
-        reason,
+    // The output's pointer comes from its mutable borrow: the kernel writes through it.
+    let out = BytesAt {
+        ptr: out.0.as_mut_ptr().cast_const(),
+        len: out.0.len(),
+        base: out.1,
     };
-    if !isa.runs_here() {
-        return Err(CodegenError::Isa(format!(
-            "this machine does not run {} micro-kernels",
-            isa.name()
-        )));
-    }
-    if inputs.len() != kernel.inputs.len() {
-        return Err(bad(format!(
-            "{} epilogue inputs given, {} expected",
-            inputs.len(),
-            kernel.inputs.len()
-        )));
-    }
-    let (out, out_base) = out;
-    let slots: Vec<(usize, usize)> = [
-        (lhs.0.len(), lhs.1),
-        (rhs.0.len(), rhs.1),
-        (out.len(), out_base),
-    ]
-    .into_iter()
-    .chain(inputs.iter().map(|(b, i)| (b.len(), *i)))
-    .collect();
-    for (i, ((lo, hi), &(len, base))) in kernel.byte_ranges().into_iter().zip(&slots).enumerate() {
-        let base = base as i64;
-        if base + lo < 0 || base + hi > len as i64 {
-            return Err(bad(format!(
-                "pointer {i}: accesses bytes {}..{} of a {len}-byte buffer",
-                base + lo,
-                base + hi
-            )));
-        }
-    }
-    let code = crate::isa::microkernel::generate(isa, kernel)
-        .map_err(|e| CodegenError::Isa(e.to_string()))?;
-    let f = RawFunction::new(code)?;
-    // In-bounds pointers (checked above: each base offset lies inside its slice).
-    let mut ptrs: Vec<*const u8> = vec![
-        lhs.0[lhs.1..].as_ptr(),
-        rhs.0[rhs.1..].as_ptr(),
-        out[out_base..].as_mut_ptr().cast_const(),
-    ];
-    ptrs.extend(inputs.iter().map(|(b, i)| b[*i..].as_ptr()));
-    // SAFETY: as in `run_microkernel`: the code is live and executable, follows the
-    // micro-kernel ABI, and touches only the checked byte ranges of the given slices.
-    unsafe {
-        let call: unsafe extern "C" fn(*const *const u8) = std::mem::transmute(f.addr);
-        call(ptrs.as_ptr());
-    }
-    Ok(())
+    let mut slots = vec![BytesAt::of(lhs.0, lhs.1), BytesAt::of(rhs.0, rhs.1), out];
+    slots.extend(inputs.iter().map(|&(b, i)| BytesAt::of(b, i)));
+    call_microkernel(isa, kernel, &slots)
 }
 
 /// Runs micro-kernel `kernel` of family `isa` once on this machine: a safe entry for tests
@@ -536,6 +492,47 @@ pub fn run_microkernel(
     out: (&mut [f32], usize),
     inputs: &[crate::isa::microkernel::Slot],
 ) -> Result<(), CodegenError> {
+    let f32s = |b: &[f32], i: usize| BytesAt {
+        ptr: b.as_ptr().cast(),
+        len: 4 * b.len(),
+        base: 4 * i,
+    };
+    // The output's pointer comes from its mutable borrow: the kernel writes through it.
+    let out = BytesAt {
+        ptr: out.0.as_mut_ptr().cast_const().cast(),
+        len: 4 * out.0.len(),
+        base: 4 * out.1,
+    };
+    let mut slots = vec![f32s(lhs.0, lhs.1), f32s(rhs.0, rhs.1), out];
+    slots.extend(inputs.iter().map(|&(b, i)| f32s(b, i)));
+    call_microkernel(isa, kernel, &slots)
+}
+
+/// A buffer given to a micro-kernel: its start, its length and the offset of the access's
+/// base, in bytes.
+struct BytesAt {
+    ptr: *const u8,
+    len: usize,
+    base: usize,
+}
+
+impl BytesAt {
+    fn of(b: &[u8], base: usize) -> BytesAt {
+        BytesAt {
+            ptr: b.as_ptr(),
+            len: b.len(),
+            base,
+        }
+    }
+}
+
+/// Checks that this machine runs `isa` and that each of `kernel`'s accesses lies inside its
+/// buffer (lhs, rhs, out, inputs), then calls the kernel once.
+fn call_microkernel(
+    isa: crate::isa::microkernel::MicroIsa,
+    kernel: &crate::isa::microkernel::ContractionKernel,
+    slots: &[BytesAt],
+) -> Result<(), CodegenError> {
     let bad = |reason: String| CodegenError::BadArguments {
         func: "microkernel".into(),
         reason,
@@ -546,45 +543,32 @@ pub fn run_microkernel(
             isa.name()
         )));
     }
-    if inputs.len() != kernel.inputs.len() {
+    if slots.len() != 3 + kernel.inputs.len() {
         return Err(bad(format!(
             "{} epilogue inputs given, {} expected",
-            inputs.len(),
+            slots.len().saturating_sub(3),
             kernel.inputs.len()
         )));
     }
-    let (out, out_base) = out;
-    let slots: Vec<(usize, usize)> = [
-        (lhs.0.len(), lhs.1),
-        (rhs.0.len(), rhs.1),
-        (out.len(), out_base),
-    ]
-    .into_iter()
-    .chain(inputs.iter().map(|(b, i)| (b.len(), *i)))
-    .collect();
-    for (i, ((lo, hi), (len, base))) in kernel.byte_ranges().into_iter().zip(&slots).enumerate() {
-        let base = 4 * *base as i64;
-        if base + lo < 0 || base + hi > 4 * *len as i64 {
+    for (i, ((lo, hi), s)) in kernel.byte_ranges().into_iter().zip(slots).enumerate() {
+        let base = s.base as i64;
+        if base + lo < 0 || base + hi > s.len as i64 {
             return Err(bad(format!(
-                "pointer {i}: accesses bytes {}..{} of a {len}-element buffer",
+                "pointer {i}: accesses bytes {}..{} of a {}-byte buffer",
                 base + lo,
-                base + hi
+                base + hi,
+                s.len
             )));
         }
     }
     let code = crate::isa::microkernel::generate(isa, kernel)
         .map_err(|e| CodegenError::Isa(e.to_string()))?;
     let f = RawFunction::new(code)?;
-    // In-bounds element pointers (checked above: each base index lies inside its slice).
-    let mut ptrs: Vec<*const u8> = vec![
-        lhs.0[lhs.1..].as_ptr().cast(),
-        rhs.0[rhs.1..].as_ptr().cast(),
-        out[out_base..].as_mut_ptr().cast_const().cast(),
-    ];
-    ptrs.extend(inputs.iter().map(|(b, i)| b[*i..].as_ptr().cast::<u8>()));
+    // SAFETY: each base lies inside its buffer (checked above), so the offsets stay in bounds.
+    let ptrs: Vec<*const u8> = slots.iter().map(|s| unsafe { s.ptr.add(s.base) }).collect();
     // SAFETY: `addr` is the kernel's code in live executable memory; the kernel follows the
     // micro-kernel ABI (System V, one pointer argument) and, as checked above, reads and
-    // writes only inside the given slices (the output only through `out`).
+    // writes only inside the given buffers (the output only through its own).
     unsafe {
         let call: unsafe extern "C" fn(*const *const u8) = std::mem::transmute(f.addr);
         call(ptrs.as_ptr());

@@ -617,8 +617,18 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
     }
 
     fn unrolled(&mut self, var: VarId, extent: usize, body: &Stmt) -> Result<(), CodegenError> {
+        self.unrolled_range(var, 0..extent, body)
+    }
+
+    /// `body` once per value of `var` in `range`, each with `var` a constant.
+    pub(crate) fn unrolled_range(
+        &mut self,
+        var: VarId,
+        range: std::ops::Range<usize>,
+        body: &Stmt,
+    ) -> Result<(), CodegenError> {
         let v = self.var(var);
-        for i in 0..extent {
+        for i in range {
             let c = self.b.ins().iconst(types::I64, i as i64);
             self.b.def_var(v, c);
             self.consts[var.index()] = Some(i as i64);

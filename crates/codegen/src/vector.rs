@@ -346,15 +346,9 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
                 self.vector_chunk(var, &stores)?;
             }
         }
-        // The remaining iterations, one by one.
-        for i in chunks * LANES..extent {
-            let c = self.b.ins().iconst(types::I64, i as i64);
-            self.b.def_var(v, c);
-            self.consts[var.index()] = Some(i as i64);
-            self.stmt(body)?;
-        }
         self.consts[var.index()] = None;
-        Ok(())
+        // The remaining iterations, one by one.
+        self.unrolled_range(var, chunks * LANES..extent, body)
     }
 
     /// The stores of one chunk of 4 lanes starting at the current value of `var`.

@@ -201,6 +201,19 @@ impl ContractionKernel {
         }
     }
 
+    /// Per reduction step, in accumulation order, the offset of operand `s` from its tile
+    /// position (in the strides' unit).
+    fn steps(&self, s: &OperandStrides) -> Vec<i64> {
+        let a = kiln_tir::Access {
+            buf: kiln_tir::BufferId(0),
+            base: kiln_tir::Expr::int(0),
+            row: s.row,
+            col: s.col,
+            reduce: s.reduce.clone(),
+        };
+        kiln_tir::tensorize::reduce_offsets(&a, &self.reduce)
+    }
+
     /// Bytes per element of the operands and of the output.
     fn element_bytes(&self) -> (i64, i64) {
         match &self.int8 {
@@ -268,17 +281,7 @@ impl ContractionKernel {
         (out, out_base): (&mut [f32], usize),
         inputs: &[Slot],
     ) -> Option<()> {
-        let steps = |s: &OperandStrides| {
-            let a = kiln_tir::Access {
-                buf: kiln_tir::BufferId(0),
-                base: kiln_tir::Expr::int(0),
-                row: s.row,
-                col: s.col,
-                reduce: s.reduce.clone(),
-            };
-            kiln_tir::tensorize::reduce_offsets(&a, &self.reduce)
-        };
-        let (ls, rs) = (steps(&self.lhs), steps(&self.rhs));
+        let (ls, rs) = (self.steps(&self.lhs), self.steps(&self.rhs));
         for m in 0..self.rows as i64 {
             for n in 0..self.cols as i64 {
                 let mut acc = 0f32;
@@ -335,17 +338,7 @@ impl ContractionKernel {
         };
         let word =
             |slot: ByteSlot, off: i64| -> Option<[u8; 4]> { at(slot, off, 4)?.try_into().ok() };
-        let steps = |s: &OperandStrides| {
-            let a = kiln_tir::Access {
-                buf: kiln_tir::BufferId(0),
-                base: kiln_tir::Expr::int(0),
-                row: s.row,
-                col: s.col,
-                reduce: s.reduce.clone(),
-            };
-            kiln_tir::tensorize::reduce_offsets(&a, &self.reduce)
-        };
-        let (ls, rs) = (steps(&self.lhs), steps(&self.rhs));
+        let (ls, rs) = (self.steps(&self.lhs), self.steps(&self.rhs));
         let out_bytes = int8.out.size_bytes() as i64;
         for m in 0..self.rows as i64 {
             for n in 0..self.cols as i64 {

@@ -14,14 +14,12 @@
 //! caller-saved in the System V ABI, so the kernel needs no frame.
 
 use super::asm::{Addr, Asm, Src, VecIsa};
-use super::epilogue::{Place, Program};
+use super::epilogue::{Block, Outputs, Program, INPUT_PTRS};
 use crate::isa::microkernel::{ContractionKernel, MicrokernelError, OperandStrides};
 use iced_x86::code_asm::*;
 
 /// Loop counters, outermost reduction loop first.
 const COUNTERS: [AsmRegister64; 5] = [rcx, r8, r9, r10, r11];
-/// Registers for the epilogue's input pointers.
-const INPUT_PTRS: [AsmRegister64; 6] = [rdx, rcx, r8, r9, r10, r11];
 /// Innermost reduction loops up to this extent are unrolled completely.
 const FULL_UNROLL: usize = 8;
 /// Otherwise they are unrolled by this factor (plus a straight-line remainder).
@@ -325,45 +323,24 @@ impl Gen<'_> {
     }
 
     fn epilogue(&mut self, c: &Chunk) -> Result<(), String> {
-        let e = |x: iced_x86::IcedError| x.to_string();
-        self.asm.a.mov(rsi, qword_ptr(rdi + 16)).map_err(e)?;
-        let mut inputs = vec![];
-        for (i, &(row, col)) in self.k.inputs.iter().enumerate() {
-            let reg = INPUT_PTRS[i];
-            self.asm
-                .a
-                .mov(reg, qword_ptr(rdi + (24 + 8 * i as i32)))
-                .map_err(e)?;
-            inputs.push((reg, row, col));
-        }
-        let accs = (c.rows * c.vecs) as u8;
+        let block = Block {
+            m0: c.m0,
+            rows: c.rows,
+            j0: c.j0,
+            vecs: c.vecs,
+        };
+        let (tail, nv) = (self.tail, self.nv);
+        let masked = move |j: usize| tail != 0 && j + 1 == nv;
+        let outputs = Outputs {
+            inputs: &self.k.inputs,
+            out_row: self.k.out_row,
+            vector_bytes: self.vbytes(),
+            masked: &masked,
+        };
         let regs = self.asm.isa.regs() - self.reserved;
-        let base_pool: Vec<u8> = (accs..regs as u8).collect();
-        let vb = self.vbytes();
-        let mut done: Vec<u8> = vec![];
-        for m in c.m0..c.m0 + c.rows {
-            for (xj, j) in (c.j0..c.j0 + c.vecs).enumerate() {
-                let acc = ((m - c.m0) * c.vecs + xj) as u8;
-                let masked = self.masked(j);
-                let mut pool = base_pool.clone();
-                pool.extend(&done);
-                let place = Place {
-                    acc,
-                    m,
-                    j,
-                    masked,
-                    inputs: &inputs,
-                };
-                let r = self.prog.emit(&mut self.asm, &place, &pool)?;
-                let addr = Addr {
-                    base: rsi,
-                    disp: m as i64 * self.k.out_row + j as i64 * vb,
-                };
-                self.asm.store(addr, r, masked)?;
-                done.push(acc);
-            }
-        }
-        Ok(())
+        let mut store = |asm: &mut Asm, addr: Addr, r: u8, masked: bool| asm.store(addr, r, masked);
+        self.prog
+            .emit_block(&mut self.asm, &block, &outputs, regs, &mut store)
     }
 }
 

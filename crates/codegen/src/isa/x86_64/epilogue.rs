@@ -11,6 +11,7 @@
 
 use super::asm::{Addr, Arith, Asm, Pred};
 use iced_x86::code_asm::AsmRegister64;
+use iced_x86::code_asm::{qword_ptr, r10, r11, r8, r9, rcx, rdi, rdx, rsi};
 use kiln_ir::DType;
 use kiln_tir::{BinOp, CmpOp, Epilogue, Intrinsic};
 use std::collections::HashMap;
@@ -87,6 +88,31 @@ pub struct Program {
     last_use: Vec<usize>,
 }
 
+/// Registers for the epilogue inputs' pointers (the output's is `rsi`).
+pub const INPUT_PTRS: [AsmRegister64; 6] = [rdx, rcx, r8, r9, r10, r11];
+
+/// A block of a register tile: rows `m0..m0 + rows` by column vectors `j0..j0 + vecs`, the
+/// accumulator of block row `i` and vector `x` in register `i * vecs + x`.
+pub struct Block {
+    pub m0: usize,
+    pub rows: usize,
+    pub j0: usize,
+    pub vecs: usize,
+}
+
+/// Where a tile's epilogue reads and writes: the `(row, col)` byte strides of its inputs (in
+/// the ABI array after lhs, rhs and out), the output's row stride and bytes per column
+/// vector, and which vectors are partial.
+pub struct Outputs<'a> {
+    pub inputs: &'a [(i64, i64)],
+    pub out_row: i64,
+    pub vector_bytes: i64,
+    pub masked: &'a dyn Fn(usize) -> bool,
+}
+
+/// Stores an epilogue result: `(asm, address, register, masked)`.
+pub type StoreFn<'s> = dyn FnMut(&mut Asm, Addr, u8, bool) -> Result<(), String> + 's;
+
 /// Where the epilogue's inputs and output are, per accumulator.
 pub struct Place<'a> {
     /// The accumulator's register.
@@ -101,6 +127,59 @@ pub struct Place<'a> {
 }
 
 impl Program {
+    /// Emits the epilogue of every accumulator of `block` and stores each result with
+    /// `store(asm, address, register, masked)`: loads the output pointer into `rsi` and the
+    /// inputs' into [`INPUT_PTRS`], and computes with registers from the accumulators' end up
+    /// to `regs` (plus each accumulator once stored).
+    pub fn emit_block(
+        &self,
+        asm: &mut Asm,
+        block: &Block,
+        outputs: &Outputs,
+        regs: usize,
+        store: &mut StoreFn,
+    ) -> Result<(), String> {
+        let e = |x: iced_x86::IcedError| x.to_string();
+        asm.a.mov(rsi, qword_ptr(rdi + 16)).map_err(e)?;
+        let mut inputs = vec![];
+        for (i, &(row, col)) in outputs.inputs.iter().enumerate() {
+            let reg = *INPUT_PTRS
+                .get(i)
+                .ok_or_else(|| "too many epilogue inputs".to_string())?;
+            asm.a
+                .mov(reg, qword_ptr(rdi + (24 + 8 * i as i32)))
+                .map_err(e)?;
+            inputs.push((reg, row, col));
+        }
+        let accs = (block.rows * block.vecs) as u8;
+        let base_pool: Vec<u8> = (accs..regs as u8).collect();
+        let mut done: Vec<u8> = vec![];
+        for i in 0..block.rows {
+            let m = block.m0 + i;
+            for (x, j) in (block.j0..block.j0 + block.vecs).enumerate() {
+                let acc = (i * block.vecs + x) as u8;
+                let masked = (outputs.masked)(j);
+                let mut pool = base_pool.clone();
+                pool.extend(&done);
+                let place = Place {
+                    acc,
+                    m,
+                    j,
+                    masked,
+                    inputs: &inputs,
+                };
+                let r = self.emit(asm, &place, &pool)?;
+                let addr = Addr {
+                    base: rsi,
+                    disp: m as i64 * outputs.out_row + j as i64 * outputs.vector_bytes,
+                };
+                store(asm, addr, r, masked)?;
+                done.push(acc);
+            }
+        }
+        Ok(())
+    }
+
     /// Compiles an f32 contraction's epilogue `e` (an error for one with conversions or
     /// integers, which only [`Program::typed`] compiles).
     pub fn new(e: &Epilogue) -> Result<Program, String> {

@@ -27,7 +27,7 @@
 //! `rdx, rcx, r8..r11`.
 
 use super::asm::{e, Addr, Asm, VecIsa};
-use super::epilogue::{Place, Program};
+use super::epilogue::{Block, Outputs, Program, INPUT_PTRS};
 use crate::isa::microkernel::{ContractionKernel, MicrokernelError};
 use iced_x86::code_asm::*;
 use kiln_ir::DType;
@@ -35,8 +35,6 @@ use kiln_tir::BinOp;
 
 /// Loop counters of the reduction loops outside the innermost (outermost first).
 const COUNTERS: [AsmRegister64; 5] = [rcx, r8, r9, r10, r11];
-/// Registers for the epilogue's input pointers.
-const INPUT_PTRS: [AsmRegister64; 6] = [rdx, rcx, r8, r9, r10, r11];
 /// zmm registers.
 const REGS: usize = 32;
 /// i32 lanes per zmm.
@@ -353,43 +351,24 @@ impl Gen<'_> {
     }
 
     fn epilogue(&mut self, c: &Chunk) -> Result<(), String> {
-        self.asm.a.mov(rsi, qword_ptr(rdi + 16)).map_err(e)?;
-        let mut inputs = vec![];
-        for (i, &(row, col)) in self.k.inputs.iter().enumerate() {
-            let reg = INPUT_PTRS[i];
-            self.asm
-                .a
-                .mov(reg, qword_ptr(rdi + (24 + 8 * i as i32)))
-                .map_err(e)?;
-            inputs.push((reg, row, col));
-        }
-        let accs = (c.rows * c.vecs) as u8;
-        let base_pool: Vec<u8> = (accs..REGS as u8).collect();
-        let out_bytes = self.out.size_bytes() as i64;
-        let mut done: Vec<u8> = vec![];
-        for i in 0..c.rows {
-            let m = c.m0 + i;
-            for (x, j) in (c.j0..c.j0 + c.vecs).enumerate() {
-                let acc = (i * c.vecs + x) as u8;
-                let masked = self.masked(j);
-                let mut pool = base_pool.clone();
-                pool.extend(&done);
-                let place = Place {
-                    acc,
-                    m,
-                    j,
-                    masked,
-                    inputs: &inputs,
-                };
-                let r = self.prog.emit(&mut self.asm, &place, &pool)?;
-                let addr = Addr {
-                    base: rsi,
-                    disp: m as i64 * self.k.out_row + (j * LANES) as i64 * out_bytes,
-                };
-                self.asm.store_as(self.out, addr, r, masked)?;
-                done.push(acc);
-            }
-        }
-        Ok(())
+        let block = Block {
+            m0: c.m0,
+            rows: c.rows,
+            j0: c.j0,
+            vecs: c.vecs,
+        };
+        let (tail, nv) = (self.tail, self.nv);
+        let masked = move |j: usize| tail != 0 && j + 1 == nv;
+        let outputs = Outputs {
+            inputs: &self.k.inputs,
+            out_row: self.k.out_row,
+            vector_bytes: (LANES * self.out.size_bytes()) as i64,
+            masked: &masked,
+        };
+        let out = self.out;
+        let mut store =
+            |asm: &mut Asm, addr: Addr, r: u8, masked: bool| asm.store_as(out, addr, r, masked);
+        self.prog
+            .emit_block(&mut self.asm, &block, &outputs, REGS, &mut store)
     }
 }
