@@ -421,6 +421,46 @@ fn elementwise(r: &mut Recorder, stage: &str) {
     if let Some(v) = vec_loop {
         r.vectorize(stage, &v);
     }
+    unroll_selected_axes(r, stage);
+}
+
+/// Most iterations of a loop unrolled so that the `select`s testing its variable are decided
+/// at compile time.
+const SELECT_UNROLL: usize = 16;
+
+/// Unrolls the short outer loops of `stage` whose variable a `select` condition tests (a concat
+/// along that axis: the im2col of a convolution): each copy of the body then takes one operand,
+/// decided when the code is generated, instead of testing the chain per vector.
+fn unroll_selected_axes(r: &mut Recorder, stage: &str) {
+    let Some(st) = r.dag.find(stage).and_then(|id| r.dag.stage(id)) else {
+        return;
+    };
+    let mut tested = std::collections::BTreeSet::new();
+    st.body.walk(&mut |e| {
+        if let kiln_tir::Expr::Select { cond, .. } = e {
+            cond.walk(&mut |c| {
+                if let kiln_tir::Expr::Var(v) = c {
+                    tested.insert(*v);
+                }
+            });
+        }
+    });
+    let names: Vec<String> = st
+        .axes
+        .iter()
+        .filter(|a| tested.contains(&a.var))
+        .map(|a| a.name.clone())
+        .collect();
+    let loops = r.loops(stage);
+    for (i, (name, kind, ext)) in loops.iter().enumerate() {
+        let inner = i + 1 == loops.len();
+        if !inner && *kind == IterKind::Spatial && *ext <= SELECT_UNROLL && names.contains(name) {
+            r.apply(Instruction::Unroll {
+                stage: stage.into(),
+                loop_: name.clone(),
+            });
+        }
+    }
 }
 
 /// A reduction at root: vectorize a spatial axis inside the reduction loops, parallel outside.

@@ -164,6 +164,12 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
         then: impl FnOnce(&mut Self) -> Result<Value, CodegenError>,
         otherwise: impl FnOnce(&mut Self) -> Result<Value, CodegenError>,
     ) -> Result<Value, CodegenError> {
+        // A condition of constants (a loop variable fixed by unrolling) takes one arm.
+        match self.const_condition(c) {
+            Some(true) => return then(self),
+            Some(false) => return otherwise(self),
+            None => {}
+        }
         let (tb, eb, join) = (
             self.b.create_block(),
             self.b.create_block(),
@@ -311,6 +317,32 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
                 }
             }
         }
+    }
+
+    /// The value of a condition computed from constants: an `iconst`, or an integer comparison
+    /// of two of them (`None` otherwise).
+    pub(crate) fn const_condition(&self, c: Value) -> Option<bool> {
+        use cranelift_codegen::ir::InstructionData;
+        if let Some(v) = self.const_value(c) {
+            return Some(v != 0);
+        }
+        let dfg = &self.b.func.dfg;
+        let inst = dfg.value_def(c).inst()?;
+        let (cond, a, b) = match dfg.insts[inst] {
+            InstructionData::IntCompare { cond, args, .. } => {
+                (cond, self.const_value(args[0])?, self.const_value(args[1])?)
+            }
+            _ => return None,
+        };
+        Some(match cond {
+            IntCC::Equal => a == b,
+            IntCC::NotEqual => a != b,
+            IntCC::SignedLessThan => a < b,
+            IntCC::SignedLessThanOrEqual => a <= b,
+            IntCC::SignedGreaterThan => a > b,
+            IntCC::SignedGreaterThanOrEqual => a >= b,
+            _ => return None,
+        })
     }
 
     /// The constant an `iconst` value holds (sign-extended from its width).

@@ -424,6 +424,23 @@ fn vectorized_loops_of_any_extent_run_chunks_and_a_scalar_tail() {
 }
 
 #[test]
+fn selects_on_an_unrolled_variable_take_one_arm() {
+    // A concat along an unrolled axis (the im2col of a convolution): row 0 reads `a`, rows 1
+    // and 2 read `b` at `r - 1`, which would be out of bounds for row 0.
+    let text = "func @ew(%a: f32[1,8] param, %b: f32[2,8] param, %out: f32[3,8] param) { \
+        for.unrolled r in 0..3 { for.vectorized i in 0..8 { \
+        %out[r, i] = select(r < 1, %a[r, i], %b[r - 1, i]) } } }";
+    let f = kiln_tir::parse_func(text).unwrap();
+    let t = |n: usize, base: f32| {
+        let v: Vec<f32> = (0..n * 8).map(|i| base + i as f32).collect();
+        Tensor::new(vec![n, 8], v).unwrap()
+    };
+    for o in opts() {
+        compare(&f, &[t(1, 100.0), t(2, -50.0)], &o);
+    }
+}
+
+#[test]
 fn a_select_uniform_over_each_chunk_branches_per_chunk_and_others_stay_scalar() {
     // At 8 every chunk of 4 lies on one side: vector code, each chunk reading one operand. At
     // 6 a chunk straddles the split and each lane would read out of bounds in the other
