@@ -70,16 +70,8 @@ pub fn contraction(isa: VecIsa, k: &ContractionKernel) -> Result<Vec<u8>, Microk
     if tail != 0 {
         g.asm.tail_mask(tail, (regs - 1) as u8).map_err(err)?;
     }
-    for j0 in (0..nv).step_by(vc) {
-        for m0 in (0..k.rows).step_by(rc) {
-            let chunk = Chunk {
-                m0,
-                rows: rc.min(k.rows - m0),
-                j0,
-                vecs: vc.min(nv - j0),
-            };
-            g.chunk(&chunk).map_err(err)?;
-        }
+    for block in Block::tiling(k.rows, nv, rc, vc) {
+        g.chunk(&block).map_err(err)?;
     }
     g.asm.finish().map_err(err)
 }
@@ -104,15 +96,6 @@ fn check(k: &ContractionKernel) -> Result<(), MicrokernelError> {
         return Err(err("epilogue input strides"));
     }
     Ok(())
-}
-
-/// A block of the tile computed in one pass of the reduction.
-struct Chunk {
-    m0: usize,
-    rows: usize,
-    /// First column vector and number of vectors.
-    j0: usize,
-    vecs: usize,
 }
 
 struct Gen<'k> {
@@ -141,7 +124,7 @@ impl Gen<'_> {
         self.asm.isa.bytes()
     }
 
-    fn chunk(&mut self, c: &Chunk) -> Result<(), String> {
+    fn chunk(&mut self, c: &Block) -> Result<(), String> {
         let accs = c.rows * c.vecs;
         let mut next = accs as u8;
         let mut hoisted = |o: &OperandStrides| -> Vec<u8> {
@@ -175,7 +158,7 @@ impl Gen<'_> {
 
     /// Reduction loop `i` and the loops inside it; on exit the operand pointers have moved by
     /// `extent_i * stride_i`.
-    fn levels(&mut self, c: &Chunk, regs: &StepRegs, i: usize) -> Result<(), String> {
+    fn levels(&mut self, c: &Block, regs: &StepRegs, i: usize) -> Result<(), String> {
         let k = self.k;
         let e = |x: iced_x86::IcedError| x.to_string();
         if k.reduce.is_empty() {
@@ -225,7 +208,7 @@ impl Gen<'_> {
     }
 
     /// One reduction step for the chunk: operands at `rsi + off_l`, `rdx + off_r`.
-    fn step(&mut self, c: &Chunk, regs: &StepRegs, off_l: i64, off_r: i64) -> Result<(), String> {
+    fn step(&mut self, c: &Block, regs: &StepRegs, off_l: i64, off_r: i64) -> Result<(), String> {
         let vb = self.vbytes();
         let avx2 = self.asm.isa == VecIsa::Avx2;
         let ops = [
@@ -322,13 +305,7 @@ impl Gen<'_> {
         Ok(())
     }
 
-    fn epilogue(&mut self, c: &Chunk) -> Result<(), String> {
-        let block = Block {
-            m0: c.m0,
-            rows: c.rows,
-            j0: c.j0,
-            vecs: c.vecs,
-        };
+    fn epilogue(&mut self, c: &Block) -> Result<(), String> {
         let (tail, nv) = (self.tail, self.nv);
         let masked = move |j: usize| tail != 0 && j + 1 == nv;
         let outputs = Outputs {
@@ -340,7 +317,7 @@ impl Gen<'_> {
         let regs = self.asm.isa.regs() - self.reserved;
         let mut store = |asm: &mut Asm, addr: Addr, r: u8, masked: bool| asm.store(addr, r, masked);
         self.prog
-            .emit_block(&mut self.asm, &block, &outputs, regs, &mut store)
+            .emit_block(&mut self.asm, c, &outputs, regs, &mut store)
     }
 }
 

@@ -91,13 +91,33 @@ pub struct Program {
 /// Registers for the epilogue inputs' pointers (the output's is `rsi`).
 pub const INPUT_PTRS: [AsmRegister64; 6] = [rdx, rcx, r8, r9, r10, r11];
 
-/// A block of a register tile: rows `m0..m0 + rows` by column vectors `j0..j0 + vecs`, the
-/// accumulator of block row `i` and vector `x` in register `i * vecs + x`.
+/// A block of a register tile computed in one pass of the reduction: rows `m0..m0 + rows` by
+/// column vectors `j0..j0 + vecs`, the accumulator of block row `i` and vector `x` in register
+/// `i * vecs + x`.
 pub struct Block {
     pub m0: usize,
     pub rows: usize,
     pub j0: usize,
     pub vecs: usize,
+}
+
+impl Block {
+    /// A tile of `rows` rows and `vectors` column vectors in blocks of at most `rc` rows by
+    /// `vc` vectors, column blocks outermost.
+    pub fn tiling(rows: usize, vectors: usize, rc: usize, vc: usize) -> Vec<Block> {
+        let mut out = vec![];
+        for j0 in (0..vectors).step_by(vc.max(1)) {
+            for m0 in (0..rows).step_by(rc.max(1)) {
+                out.push(Block {
+                    m0,
+                    rows: rc.min(rows - m0),
+                    j0,
+                    vecs: vc.min(vectors - j0),
+                });
+            }
+        }
+        out
+    }
 }
 
 /// Where a tile's epilogue reads and writes: the `(row, col)` byte strides of its inputs (in

@@ -126,16 +126,8 @@ pub fn int8_contraction(k: &ContractionKernel) -> Result<Vec<u8>, MicrokernelErr
     if tail != 0 {
         g.asm.tail_mask(tail, 0).map_err(err)?;
     }
-    for j0 in (0..nv).step_by(vc) {
-        for m0 in (0..k.rows).step_by(rc) {
-            let c = Chunk {
-                m0,
-                rows: rc.min(k.rows - m0),
-                j0,
-                vecs: vc.min(nv - j0),
-            };
-            g.chunk(&c).map_err(err)?;
-        }
+    for block in Block::tiling(k.rows, nv, rc, vc) {
+        g.chunk(&block).map_err(err)?;
     }
     g.asm.finish().map_err(err)
 }
@@ -147,14 +139,6 @@ enum Form {
     Quad,
     /// Activations and weights both along the columns (depthwise): widened, `vpmulld`.
     Lanes,
-}
-
-/// A block of the tile computed in one pass of the reduction.
-struct Chunk {
-    m0: usize,
-    rows: usize,
-    j0: usize,
-    vecs: usize,
 }
 
 struct Gen<'k> {
@@ -192,7 +176,7 @@ impl Gen<'_> {
         self.tail != 0 && j + 1 == self.nv
     }
 
-    fn chunk(&mut self, c: &Chunk) -> Result<(), String> {
+    fn chunk(&mut self, c: &Block) -> Result<(), String> {
         let accs = (c.rows * c.vecs) as u8;
         let mut next = accs;
         let mut take = |n: usize| {
@@ -250,7 +234,7 @@ impl Gen<'_> {
 
     /// Reduction loop `i` (of those outside the innermost quadruple) and the loops inside it;
     /// on exit the operand pointers have moved by `extent_i * stride_i`.
-    fn levels(&mut self, c: &Chunk, regs: &Regs, i: usize) -> Result<(), String> {
+    fn levels(&mut self, c: &Block, regs: &Regs, i: usize) -> Result<(), String> {
         let k = self.k;
         let outer = self.loops;
         if i == outer {
@@ -280,7 +264,7 @@ impl Gen<'_> {
     }
 
     /// One step of four bytes per lane: operands at `rsi` and `rdx`.
-    fn step(&mut self, c: &Chunk, regs: &Regs) -> Result<(), String> {
+    fn step(&mut self, c: &Block, regs: &Regs) -> Result<(), String> {
         let k = self.k;
         for (x, j) in (c.j0..c.j0 + c.vecs).enumerate() {
             let addr = Addr {
@@ -314,7 +298,7 @@ impl Gen<'_> {
     }
 
     /// One tap of a depthwise tile: operands at `rsi` and `rdx`, 16 bytes per column vector.
-    fn lanes_step(&mut self, c: &Chunk, regs: &Regs) -> Result<(), String> {
+    fn lanes_step(&mut self, c: &Block, regs: &Regs) -> Result<(), String> {
         let k = self.k;
         for (x, j) in (c.j0..c.j0 + c.vecs).enumerate() {
             let addr = Addr {
@@ -350,13 +334,7 @@ impl Gen<'_> {
         Ok(())
     }
 
-    fn epilogue(&mut self, c: &Chunk) -> Result<(), String> {
-        let block = Block {
-            m0: c.m0,
-            rows: c.rows,
-            j0: c.j0,
-            vecs: c.vecs,
-        };
+    fn epilogue(&mut self, c: &Block) -> Result<(), String> {
         let (tail, nv) = (self.tail, self.nv);
         let masked = move |j: usize| tail != 0 && j + 1 == nv;
         let outputs = Outputs {
@@ -369,6 +347,6 @@ impl Gen<'_> {
         let mut store =
             |asm: &mut Asm, addr: Addr, r: u8, masked: bool| asm.store_as(out, addr, r, masked);
         self.prog
-            .emit_block(&mut self.asm, &block, &outputs, REGS, &mut store)
+            .emit_block(&mut self.asm, c, &outputs, REGS, &mut store)
     }
 }
