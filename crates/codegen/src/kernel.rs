@@ -589,6 +589,14 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
                 // register-promoted buffer is accessed (those take constant indices).
                 let plain = !self.touches_promoted(body);
                 if self.em.opts.vectorize
+                    && plain
+                    && crate::vector::vectorizable(self.f, var, extent, body)
+                    && crate::byte_lanes::byte_moves(self.f, var, extent, body)
+                {
+                    self.em.stats.vector_loops += 1;
+                    self.em.stats.byte_vector_loops += 1;
+                    self.byte_vector_loop(var, extent, body)
+                } else if self.em.opts.vectorize
                     && (extent.is_multiple_of(crate::vector::LANES) || plain)
                     && crate::vector::vectorizable(self.f, var, extent, body)
                 {

@@ -34,6 +34,7 @@
 
 pub mod aot;
 mod approx;
+mod byte_lanes;
 pub mod entry;
 pub mod isa;
 pub mod jit;
@@ -122,6 +123,8 @@ impl Default for CodegenOptions {
 pub struct CompileStats {
     /// `vectorized` loops emitted as vector code.
     pub vector_loops: usize,
+    /// Of those, loops moving 8-bit data in 16 byte lanes (see `byte_lanes`).
+    pub byte_vector_loops: usize,
     /// `vectorized` loops emitted as unrolled scalar code (not provably vectorizable).
     pub scalar_vectorized_loops: usize,
     /// Parallel loops outlined into body functions.

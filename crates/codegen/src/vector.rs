@@ -179,7 +179,7 @@ fn narrow(d: DType) -> bool {
 }
 
 /// The stores of a straight-line body, or `None` when it is something else.
-fn stores(body: &Stmt) -> Option<Vec<(BufferId, &[Expr], &Expr)>> {
+pub(crate) fn stores(body: &Stmt) -> Option<Vec<(BufferId, &[Expr], &Expr)>> {
     match body {
         Stmt::Store {
             buf,

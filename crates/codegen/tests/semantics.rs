@@ -424,6 +424,29 @@ fn vectorized_loops_of_any_extent_run_chunks_and_a_scalar_tail() {
 }
 
 #[test]
+fn eight_bit_moves_run_sixteen_byte_lanes() {
+    // The padded input copy of an int8 convolution: a border test on the outer loops between a
+    // load and the zero point, channels vectorized. Extents of one vector (16), of a loop over
+    // vectors with a scalar tail (90 = 5 x 16 + 10), and too short for byte lanes (12).
+    for (c, byte_loops) in [(16, 1), (90, 1), (12, 0)] {
+        let text = format!(
+            "func @ew(%x: i8[3,{c}] param, %out: i8[5,{c}] param) {{ \
+            for h in 0..5 {{ for.vectorized i in 0..{c} {{ \
+            %out[h, i] = select(h - 1 >= 0 && h - 1 < 3, %x[h - 1, i], -128_i8) }} }} }}"
+        );
+        let f = kiln_tir::parse_func(&text).unwrap();
+        let data: Vec<i8> = (0..3 * c).map(|i| (i * 37 % 256) as u8 as i8).collect();
+        let x = Tensor::new(vec![3, c], data).unwrap();
+        for o in opts() {
+            let stats = compare(&f, std::slice::from_ref(&x), &o);
+            if o.vectorize {
+                assert_eq!(stats.byte_vector_loops, byte_loops, "{c} channels");
+            }
+        }
+    }
+}
+
+#[test]
 fn selects_on_an_unrolled_variable_take_one_arm() {
     // A concat along an unrolled axis (the im2col of a convolution): row 0 reads `a`, rows 1
     // and 2 read `b` at `r - 1`, which would be out of bounds for row 0.

@@ -176,6 +176,14 @@ pub(crate) fn conv(b: &mut Builder, cx: &NodeCx) -> NResult<Option<ValueId>> {
         return Ok(None);
     };
     let runs = column_runs(&blocks);
+    let fma = MatMulAttrs {
+        fma: true,
+        ..Default::default()
+    };
+    if direct {
+        let y = pointwise_channels_last(b, x4, &weights, bias, &runs, group, fma)?;
+        return from_2d(b, y, one_d).map(Some);
+    }
     // im2col of the whole input: [B, C·kh·kw, OH·OW], k = c·kh·kw + ky·kw + kx.
     let col = if direct {
         b.reshape(x4, vec![batch, c, n])?
@@ -209,10 +217,6 @@ pub(crate) fn conv(b: &mut Builder, cx: &NodeCx) -> NResult<Option<ValueId>> {
         }
         let stacked = b.concat(&taps, 2)?;
         b.reshape(stacked, vec![batch, c * kh * kw, n])?
-    };
-    let fma = MatMulAttrs {
-        fma: true,
-        ..Default::default()
     };
     let mut groups = Vec::with_capacity(group);
     for g in 0..group {
@@ -251,6 +255,69 @@ pub(crate) fn conv(b: &mut Builder, cx: &NodeCx) -> NResult<Option<ValueId>> {
     }
     let y = b.reshape(y, vec![batch, o, oh, ow])?;
     from_2d(b, y, one_d).map(Some)
+}
+
+/// A pointwise (1×1, unit stride, unpadded) convolution computed channels-last: `C^T[n, m] =
+/// col^T[n, k] · W^T[k, m]` per group on the input read as `[B, H·W, C]`. Each output element is
+/// the same FMA chain over the same `k` blocks as MLAS's `C = W · col` (the chain of one element
+/// does not depend on how the others are laid out, and `fma(a, b, c) = fma(b, a, c)`), so the
+/// value is bit for bit MLAS's. The layout conversions at both ends are plain transposes, which
+/// the rewriter cancels against those of channels-last neighbours (the int8 convolutions of a
+/// QDQ model run NHWC; the float 1×1 convolutions onnxruntime leaves between them then need no
+/// conversion at all).
+fn pointwise_channels_last(
+    b: &mut Builder,
+    x4: ValueId,
+    weights: &[f32],
+    bias: Option<ValueId>,
+    runs: &[ColumnRun],
+    group: usize,
+    fma: MatMulAttrs,
+) -> NResult<ValueId> {
+    let s4 = b.shape(x4);
+    let (batch, c, h, wd) = (s4[0], s4[1], s4[2], s4[3]);
+    let (n, k) = (h * wd, c / group);
+    let mg = weights.len() / (group * k);
+    let nhwc = b.transpose(x4, vec![0, 2, 3, 1])?;
+    let rows = b.reshape(nhwc, vec![batch, n, c])?;
+    let mut groups = Vec::with_capacity(group);
+    for g in 0..group {
+        let wg = &weights[g * mg * k..][..mg * k];
+        let mut columns = Vec::with_capacity(runs.len());
+        for run in runs {
+            let (n0, nc) = run.columns;
+            let mut acc: Option<ValueId> = None;
+            for &(k0, kc) in &run.k_blocks {
+                // W^T of this block: element [i, r] is W[r, k0 + i].
+                let w_blk: Vec<f32> = (0..kc)
+                    .flat_map(|i| (0..mg).map(move |r| wg[r * k + k0 + i]))
+                    .collect();
+                let w_blk = b.const_tensor(vec![kc, mg], w_blk)?;
+                let x_blk = b.add(
+                    Op::Slice {
+                        start: vec![0, n0, g * k + k0],
+                        size: vec![batch, nc, kc],
+                        stride: vec![1, 1, 1],
+                    },
+                    &[rows],
+                )?;
+                let part = matmul_nd(b, x_blk, w_blk, fma.clone())?;
+                acc = Some(match acc {
+                    None => part,
+                    Some(sum) => b.binary(BinaryOp::Add, part, sum)?,
+                });
+            }
+            columns.extend(acc);
+        }
+        groups.push(b.concat(&columns, 1)?);
+    }
+    let mut y = b.concat(&groups, 2)?;
+    if let Some(bias) = bias {
+        let bias = b.reshape(bias, vec![1, 1, mg * group])?;
+        y = b.binary(BinaryOp::Add, y, bias)?;
+    }
+    let y = b.reshape(y, vec![batch, h, wd, mg * group])?;
+    b.transpose(y, vec![0, 3, 1, 2])
 }
 
 #[cfg(test)]

@@ -10,11 +10,11 @@
 //!
 //! Registers: `rdi` holds the pointer array; `rsi`/`rdx` walk the two operands through the
 //! reduction; `rcx, r8..r11` count the reduction loops; the epilogue keeps the output pointer
-//! in `rsi` and up to six input pointers in `rdx, rcx, r8..r11`. `rax` is scratch. All are
+//! in `rsi` and the first six input pointers in `rdx, rcx, r8..r11` (more are reloaded into `rax` at each use). `rax` is scratch. All are
 //! caller-saved in the System V ABI, so the kernel needs no frame.
 
 use super::asm::{Addr, Asm, Src, VecIsa};
-use super::epilogue::{Block, Outputs, Program, INPUT_PTRS};
+use super::epilogue::{Block, Outputs, Program};
 use crate::isa::microkernel::{ContractionKernel, MicrokernelError, OperandStrides};
 use iced_x86::code_asm::*;
 
@@ -83,9 +83,6 @@ fn check(k: &ContractionKernel) -> Result<(), MicrokernelError> {
     }
     if k.reduce.len() > COUNTERS.len() {
         return Err(err(format!("{} reduction loops", k.reduce.len())));
-    }
-    if k.inputs.len() > INPUT_PTRS.len() {
-        return Err(err(format!("{} epilogue inputs", k.inputs.len())));
     }
     for o in [&k.lhs, &k.rhs] {
         if o.col != 0 && o.col != 4 || o.reduce.len() != k.reduce.len() {

@@ -11,7 +11,7 @@
 
 use super::asm::{Addr, Arith, Asm, Pred};
 use iced_x86::code_asm::AsmRegister64;
-use iced_x86::code_asm::{qword_ptr, r10, r11, r8, r9, rcx, rdi, rdx, rsi};
+use iced_x86::code_asm::{qword_ptr, r10, r11, r8, r9, rax, rcx, rdi, rdx, rsi};
 use kiln_ir::DType;
 use kiln_tir::{BinOp, CmpOp, Epilogue, Intrinsic};
 use std::collections::HashMap;
@@ -88,8 +88,22 @@ pub struct Program {
     last_use: Vec<usize>,
 }
 
-/// Registers for the epilogue inputs' pointers (the output's is `rsi`).
+/// Registers for the epilogue inputs' pointers (the output's is `rsi`); the pointers of inputs
+/// past these are loaded into `rax` from the argument array at each use.
 pub const INPUT_PTRS: [AsmRegister64; 6] = [rdx, rcx, r8, r9, r10, r11];
+
+/// Where an epilogue input's pointer is during the epilogue.
+#[derive(Clone, Copy)]
+pub struct InputPtr {
+    /// The register holding it.
+    pub reg: AsmRegister64,
+    /// `(row, col)` byte strides.
+    pub row: i64,
+    pub col: i64,
+    /// The offset in the argument array (`rdi`) to load it from before each use, for inputs
+    /// without a register of their own.
+    pub reload: Option<i32>,
+}
 
 /// A block of a register tile computed in one pass of the reduction: rows `m0..m0 + rows` by
 /// column vectors `j0..j0 + vecs`, the accumulator of block row `i` and vector `x` in register
@@ -142,8 +156,8 @@ pub struct Place<'a> {
     pub j: usize,
     /// Whether this vector is the partial last one of its row.
     pub masked: bool,
-    /// Per input: its base register and `(row, col)` byte strides.
-    pub inputs: &'a [(AsmRegister64, i64, i64)],
+    /// Per input: where its pointer is and its strides.
+    pub inputs: &'a [InputPtr],
 }
 
 impl Program {
@@ -163,13 +177,20 @@ impl Program {
         asm.a.mov(rsi, qword_ptr(rdi + 16)).map_err(e)?;
         let mut inputs = vec![];
         for (i, &(row, col)) in outputs.inputs.iter().enumerate() {
-            let reg = *INPUT_PTRS
-                .get(i)
-                .ok_or_else(|| "too many epilogue inputs".to_string())?;
-            asm.a
-                .mov(reg, qword_ptr(rdi + (24 + 8 * i as i32)))
-                .map_err(e)?;
-            inputs.push((reg, row, col));
+            let slot = i32::try_from(24 + 8 * i).map_err(|_| "too many epilogue inputs")?;
+            let (reg, reload) = match INPUT_PTRS.get(i) {
+                Some(&reg) => {
+                    asm.a.mov(reg, qword_ptr(rdi + slot)).map_err(e)?;
+                    (reg, None)
+                }
+                None => (rax, Some(slot)),
+            };
+            inputs.push(InputPtr {
+                reg,
+                row,
+                col,
+                reload,
+            });
         }
         let accs = (block.rows * block.vecs) as u8;
         let base_pool: Vec<u8> = (accs..regs as u8).collect();
@@ -363,7 +384,17 @@ impl Program {
                 Node::Acc => unreachable!("handled above"),
                 Node::Const(bits) => asm.constant(d, f32::from_bits(*bits))?,
                 Node::Input(k) => {
-                    let (base, row, col) = place.inputs[*k];
+                    let InputPtr {
+                        reg: base,
+                        row,
+                        col,
+                        reload,
+                    } = place.inputs[*k];
+                    if let Some(slot) = reload {
+                        asm.a
+                            .mov(base, qword_ptr(rdi + slot))
+                            .map_err(|x| x.to_string())?;
+                    }
                     let disp = row * place.m as i64 + col / 4 * asm.isa.bytes() * place.j as i64;
                     let addr = Addr { base, disp };
                     if col == 0 {
