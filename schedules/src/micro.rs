@@ -31,6 +31,10 @@ pub struct MicroShape {
     /// x86-64 AVX-512 VNNI).
     #[serde(default)]
     pub int8: bool,
+    /// The f32 kernels' epilogues may convert into an integer output (a quantisation fused
+    /// after a float convolution: x86-64 AVX-512).
+    #[serde(default)]
+    pub converting: bool,
 }
 
 /// Most tile rows ever chosen by default (longer rows add little once loads are amortised).
@@ -234,7 +238,10 @@ pub(crate) fn conv_nhwc(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buf
     let Some(t) = dag.tensor(o) else {
         return false;
     };
-    if t.shape.len() != 4 || !output_is_channels_last(dag, a) {
+    if t.shape.len() != 4
+        || !output_is_channels_last(dag, a)
+        || !epilogue_fits_registers(dag, a, o, shape)
+    {
         return false;
     }
     let (ow, oc) = (t.shape[2], t.shape[3]);
@@ -336,7 +343,7 @@ pub(crate) fn matmul(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buffer
     let Some(t) = dag.tensor(o) else {
         return false;
     };
-    if !epilogue_fits_registers(dag, a) {
+    if !epilogue_fits_registers(dag, a, o, shape) {
         return false;
     }
     if t.shape.len() != 3 {
@@ -379,18 +386,33 @@ pub(crate) fn matmul(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buffer
 }
 
 /// True when every stage but the anchor `a` calls only intrinsics a micro-kernel epilogue
-/// computes in registers ([`kiln_tir::tensorize::EPILOGUE_CALLS`]); an `erf` (GELU) or `tanh`
-/// epilogue is not, and the matmul then runs tensorized at root with the epilogue as a loop.
-pub(crate) fn epilogue_fits_registers(dag: &ComputeDag, a: BufferId) -> bool {
+/// computes in registers ([`kiln_tir::tensorize::EPILOGUE_CALLS`]) and, for an f32 anchor,
+/// neither converts nor writes a non-f32 output `o` unless the target's epilogues convert; an
+/// `erf` (GELU) or `tanh` epilogue does not fit, and the matmul then runs tensorized at root
+/// with the epilogue as a loop.
+pub(crate) fn epilogue_fits_registers(
+    dag: &ComputeDag,
+    a: BufferId,
+    o: BufferId,
+    shape: MicroShape,
+) -> bool {
+    let dtype = |b: BufferId| dag.tensor(b).map(|t| t.dtype);
+    let float = dtype(a) == Some(kiln_ir::DType::F32);
+    if float && dtype(o) != Some(kiln_ir::DType::F32) && !shape.converting {
+        return false;
+    }
     let mut fits = true;
     for (i, t) in dag.tensors().iter().enumerate() {
         let Some(stage) = t.stage.as_ref().filter(|_| i != a.index()) else {
             continue;
         };
-        stage.body.walk(&mut |e| {
-            if let kiln_tir::Expr::Call { intrinsic, .. } = e {
+        stage.body.walk(&mut |e| match e {
+            kiln_tir::Expr::Call { intrinsic, .. } => {
                 fits &= kiln_tir::tensorize::EPILOGUE_CALLS.contains(intrinsic);
             }
+            // A quantise-dequantise round trip after a float anchor converts in its epilogue.
+            kiln_tir::Expr::Cast { .. } => fits &= !float || shape.converting,
+            _ => {}
         });
     }
     fits
@@ -454,11 +476,13 @@ mod tests {
         lanes: 16,
         registers: 32,
         int8: false,
+        converting: true,
     };
     const AVX2: MicroShape = MicroShape {
         lanes: 8,
         registers: 16,
         int8: false,
+        converting: false,
     };
 
     #[test]

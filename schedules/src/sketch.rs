@@ -699,7 +699,7 @@ fn tile_anchor(
         if done {
             return true;
         }
-        if class == OpClass::MatMul && !micro::epilogue_fits_registers(dag, a) {
+        if class == OpClass::MatMul && !micro::epilogue_fits_registers(dag, a, o, m) {
             // Leave it to the tensorized matmul at root (see `build`).
             return false;
         }

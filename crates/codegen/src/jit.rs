@@ -457,7 +457,7 @@ pub fn measure_peak_gflops(isa: crate::isa::microkernel::MicroIsa) -> Result<f64
 
 /// [`run_microkernel`] for an 8-bit integer kernel over raw bytes: each slot is a byte buffer
 /// and the byte offset of its access's base (see
-/// [`crate::isa::microkernel::ContractionKernel::reference_int8`]).
+/// [`crate::isa::microkernel::ContractionKernel::reference_bytes`]).
 pub fn run_microkernel_bytes(
     isa: crate::isa::microkernel::MicroIsa,
     kernel: &crate::isa::microkernel::ContractionKernel,

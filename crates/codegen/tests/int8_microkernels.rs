@@ -4,7 +4,8 @@
 //! depthwise tiles, activations and weights along the columns, any zero points), random
 //! zero points and signedness, and epilogues from a plain `i32` store to onnxruntime's
 //! requantisation (`rne(clamp(f32(acc + bias) * scale[c])) + zp` stored as `u8`/`i8`),
-//! compared byte for byte with `ContractionKernel::reference_int8`. The machine code is
+//! compared byte for byte with `ContractionKernel::reference_bytes`; and f32 kernels whose
+//! epilogue converts (a quantisation after a float convolution). The machine code is
 //! generated always; it runs where this machine has AVX-512 VNNI (otherwise the test says it
 //! skipped).
 
@@ -144,6 +145,7 @@ fn depthwise_case() -> impl Strategy<Value = Case> {
                     out,
                     inputs: input_types,
                 }),
+                converts: None,
             };
             Case { kernel, seed }
         })
@@ -206,6 +208,99 @@ fn case() -> impl Strategy<Value = Case> {
                     out,
                     inputs: input_types,
                 }),
+                converts: None,
+            };
+            Case { kernel, seed }
+        })
+}
+
+/// An f32 kernel whose epilogue converts (`ContractionKernel::converts`): onnxruntime's
+/// QuantizeLinear after a float convolution (`rne(acc + bias) / scale`, clamped, plus the zero
+/// point, into `i8`/`u8`), that quantisation dequantized again (`f32` out), or a plain
+/// saturating conversion into `i32`.
+fn converting_case() -> impl Strategy<Value = Case> {
+    (
+        1usize..=14,
+        1usize..=64,
+        prop::collection::vec(1usize..=4, 0..=2),
+        1usize..=19,
+        0u8..4,
+        -20i32..20,
+        any::<u64>(),
+    )
+        .prop_map(|(rows, cols, outer, inner, ep, zp, seed)| {
+            use Epilogue as E;
+            let b = Box::new;
+            let mut reduce = outer;
+            reduce.push(inner);
+            let (mut sl, mut sr) = (vec![], vec![]);
+            let (mut al, mut ar) = (4i64, 4 * cols as i64);
+            for &e in reduce.iter().rev() {
+                sl.insert(0, al);
+                sr.insert(0, ar);
+                al *= e as i64 + 1;
+                ar *= e as i64;
+            }
+            let x = E::Binary(
+                BinOp::Div,
+                b(E::Binary(BinOp::Add, b(E::Acc), b(E::Input(0)))),
+                b(E::Input(1)),
+            );
+            let quantize = |lo: f32, hi: f32, to: DType| {
+                let r = E::Binary(
+                    BinOp::Add,
+                    b(E::Call(Intrinsic::Round, vec![x.clone()])),
+                    b(E::Const(zp as f32)),
+                );
+                let clamped = E::Select {
+                    op: CmpOp::Lt,
+                    a: b(r.clone()),
+                    b: b(E::Const(lo)),
+                    then: b(E::Const(lo)),
+                    otherwise: b(E::Select {
+                        op: CmpOp::Gt,
+                        a: b(r.clone()),
+                        b: b(E::Const(hi)),
+                        then: b(E::Const(hi)),
+                        otherwise: b(r),
+                    }),
+                };
+                E::Cast(to, b(clamped))
+            };
+            let (epilogue, out) = match ep {
+                0 => (quantize(-128.0, 127.0, DType::I8), DType::I8),
+                1 => (quantize(0.0, 255.0, DType::U8), DType::U8),
+                2 => {
+                    let q = E::Cast(DType::I32, b(quantize(-128.0, 127.0, DType::I8)));
+                    let centred = E::Binary(BinOp::Sub, b(q), b(E::Int(zp)));
+                    let deq = E::Binary(
+                        BinOp::Mul,
+                        b(E::Cast(DType::F32, b(centred))),
+                        b(E::Input(1)),
+                    );
+                    (deq, DType::F32)
+                }
+                _ => (E::Cast(DType::I32, b(x)), DType::I32),
+            };
+            let kernel = ContractionKernel {
+                rows,
+                cols,
+                reduce,
+                lhs: OperandStrides {
+                    row: al + 8,
+                    col: 0,
+                    reduce: sl,
+                },
+                rhs: OperandStrides {
+                    row: 0,
+                    col: 4,
+                    reduce: sr,
+                },
+                out_row: out.size_bytes() as i64 * (cols as i64 + (seed % 5) as i64),
+                inputs: vec![(0, 4), (0, 0)],
+                epilogue,
+                int8: None,
+                converts: Some((out, vec![DType::F32, DType::F32])),
             };
             Case { kernel, seed }
         })
@@ -226,15 +321,26 @@ fn bytes(n: usize, seed: u64) -> Vec<u8> {
 /// Byte buffers for each pointer, every access inside; inputs hold small `i32` biases and
 /// small positive `f32` scales (a few NaN among them).
 fn buffers(k: &ContractionKernel, seed: u64) -> (Vec<Vec<u8>>, Vec<usize>) {
-    let int8 = k.int8.as_ref().expect("an integer kernel");
+    let input_types = match (&k.int8, &k.converts) {
+        (Some(int8), _) => &int8.inputs,
+        (None, Some((_, inputs))) => inputs,
+        (None, None) => panic!("an integer or converting kernel"),
+    };
     let mut bufs = vec![];
     let mut offs = vec![];
     for (i, (lo, hi)) in k.byte_ranges().into_iter().enumerate() {
         let off = (-lo) as usize;
         let len = (hi - lo) as usize + 3;
         let mut b = bytes(len, seed.wrapping_add(i as u64 * 7919));
+        if i < 2 && k.int8.is_none() {
+            // f32 operands in [-4, 4).
+            for chunk in b.chunks_exact_mut(4) {
+                let v = f32::from(chunk[0] as i8) / 32.0 + f32::from(chunk[1]) / 8192.0;
+                chunk.copy_from_slice(&v.to_le_bytes());
+            }
+        }
         if i >= 3 {
-            let ty = int8.inputs[i - 3];
+            let ty = input_types[i - 3];
             for (w, chunk) in b.chunks_exact_mut(4).enumerate() {
                 let v = if ty == DType::I32 {
                     (i32::from(chunk[0] as i8) * 97).to_le_bytes()
@@ -257,21 +363,25 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     let isa = MicroIsa::X86Avx512Vnni;
     let code = generate(isa, k).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let text = kiln_codegen::isa::microkernel::disassemble(code.machine_code().unwrap_or_default());
-    let core = if k.lhs.col == 1 {
+    let core = if k.int8.is_none() {
+        "vfmadd231ps"
+    } else if k.lhs.col == 1 {
         "vpmulld"
     } else {
         "vpdpbusd"
     };
     prop_assert!(text.contains(core), "{}", text);
-    for other in [
-        MicroIsa::X86Avx2,
-        MicroIsa::X86Avx512,
-        MicroIsa::Aarch64Neon,
-    ] {
-        prop_assert!(
-            generate(other, k).is_err(),
-            "{other:?} has no integer kernels"
-        );
+    let others: &[MicroIsa] = if k.int8.is_none() {
+        &[MicroIsa::X86Avx2, MicroIsa::Aarch64Neon]
+    } else {
+        &[
+            MicroIsa::X86Avx2,
+            MicroIsa::X86Avx512,
+            MicroIsa::Aarch64Neon,
+        ]
+    };
+    for &other in others {
+        prop_assert!(generate(other, k).is_err(), "{other:?} has no such kernels");
     }
     if !isa.runs_here() {
         return Ok(());
@@ -279,7 +389,7 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     let (bufs, offs) = buffers(k, c.seed);
     let inputs: Vec<(&[u8], usize)> = (3..bufs.len()).map(|i| (&bufs[i][..], offs[i])).collect();
     let mut want = bufs[2].clone();
-    k.reference_int8(
+    k.reference_bytes(
         (&bufs[0], offs[0]),
         (&bufs[1], offs[1]),
         (&mut want, offs[2]),
@@ -314,6 +424,11 @@ proptest! {
 
     #[test]
     fn int8_depthwise_kernels_compute_their_reference(c in depthwise_case()) {
+        check(&c)?;
+    }
+
+    #[test]
+    fn converting_f32_kernels_compute_their_reference(c in converting_case()) {
         check(&c)?;
     }
 }
@@ -391,6 +506,7 @@ fn a_requantising_convolution_tile_matches_its_reference() {
             out: DType::I32,
             inputs: vec![DType::I32, DType::F32, DType::F32],
         }),
+        converts: None,
     };
     for seed in 0..20 {
         check(&Case {

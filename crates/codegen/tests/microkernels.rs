@@ -189,6 +189,7 @@ fn case() -> impl Strategy<Value = Case> {
                     .collect(),
                 epilogue: epilogue(ep, inputs),
                 int8: None,
+                converts: None,
             };
             Case { kernel, seed }
         })
@@ -342,6 +343,7 @@ fn a_gemm_tile_uses_embedded_broadcasts_and_masks_its_tail_on_avx512() {
         inputs: vec![(0, 4)],
         epilogue: epilogue(1, 1),
         int8: None,
+        converts: None,
     };
     let text = disassemble(
         generate(MicroIsa::X86Avx512, &k)
@@ -378,6 +380,7 @@ fn out_of_range_buffers_are_refused_before_running() {
         inputs: vec![],
         epilogue: Epilogue::Acc,
         int8: None,
+        converts: None,
     };
     let isa = MicroIsa::X86Avx2;
     if !isa.runs_here() {

@@ -244,6 +244,7 @@ impl Target {
                 lanes: m.f32_lanes(),
                 registers: m.vector_registers(),
                 int8: m.int8(),
+                converting: m.converting_epilogues(),
             }),
         }
     }

@@ -206,3 +206,81 @@ fn quantized_convolutions_are_tensorized_where_the_cpu_has_vnni() {
         assert_eq!(compiled.run(&[x]).unwrap()[0], want[0], "{op}");
     }
 }
+
+/// A float pointwise convolution in MLAS's order (an fma MATMUL over `[1, H·W, C]`) reshaped
+/// back to `[1, H, W, O]` and quantized as onnxruntime's QuantizeLinear does: the quantisation
+/// moves above the reshape into the matmul's epilogue (on AVX-512, a converting micro-kernel
+/// epilogue) and the result is the reference's exactly.
+fn float_conv_then_quantize(hw: usize, cin: usize, cout: usize, zp: i32, seed: u64) -> String {
+    let mut r = Rng(seed | 1);
+    let floats = |r: &mut Rng, n: usize, scale: f64| {
+        let v: Vec<String> = (0..n)
+            .map(|_| format!("{}", r.next(-1000, 1000) as f64 * scale))
+            .collect();
+        v.join(", ")
+    };
+    let n = hw * hw;
+    format!(
+        "graph {{
+  const @0: f32[1,{cin},{cout}] = [{w}]
+  const @1: f32[1,1,{cout}] = [{b}]
+  const @2: f32[1,1,1,1] = [0.0371]
+  const @3: f32[1,1,1,1] = [{zp}]
+  input %0 \"x\": f32[1,{n},{cin}]
+  %1: f32[1,{cin},{cout}] = const(@0)
+  %2: f32[1,1,{cout}] = const(@1)
+  %3: f32[1,1,1,1] = const(@2)
+  %4: f32[1,1,1,1] = const(@3)
+  %5: f32[1,{n},{cout}] = matmul(%0, %1) {{\"a_zp\":0,\"b_zp\":0,\"fma\":true}}
+  %6: f32[1,{n},{cout}] = add(%5, %2)
+  %7: f32[1,{hw},{hw},{cout}] = reshape(%6) {{\"shape\":[1,{hw},{hw},{cout}]}}
+  %8: f32[1,{hw},{hw},{cout}] = div(%7, %3)
+  %9: f32[1,{hw},{hw},{cout}] = round(%8)
+  %10: f32[1,{hw},{hw},{cout}] = add(%9, %4)
+  %11: f32[1,{hw},{hw},{cout}] = clamp(%10) {{\"max\":127.0,\"min\":-128.0}}
+  %12: i8[1,{hw},{hw},{cout}] = cast(%11) {{\"to\":\"i8\"}}
+  output %12
+}}",
+        w = floats(&mut r, cin * cout, 1e-3),
+        b = floats(&mut r, cout, 1e-3),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+    #[test]
+    fn quantized_float_convolutions_match_the_reference_exactly(
+        hw in 1usize..=9, cin in 1usize..=40, cout in 1usize..=40, zp in -20i32..20,
+        seed in any::<u64>(),
+    ) {
+        let g = parse_graph(&float_conv_then_quantize(hw, cin, cout, zp, seed)).unwrap();
+        let mut r = Rng(seed ^ 0x9e37);
+        let data: Vec<f32> = (0..hw * hw * cin).map(|_| r.next(-4000, 4000) as f32 / 1000.0).collect();
+        let x = Tensor::new(vec![1, hw * hw, cin], data).unwrap();
+        let want = kiln_reference::run(&g, std::slice::from_ref(&x)).unwrap();
+        let compiled = Compiler::new(Target::host())
+            .with_options(CompileOptions { threads: 1, ..Default::default() })
+            .compile(&g)
+            .unwrap();
+        prop_assert_eq!(&compiled.run(&[x]).unwrap()[0], &want[0]);
+    }
+}
+
+/// On AVX-512 the quantisation after a float convolution is the epilogue of its micro-kernel:
+/// one kernel, tensorized; elsewhere this says so.
+#[test]
+fn quantization_after_a_float_convolution_fuses_into_its_kernel_on_avx512() {
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx512 = false;
+    let g = parse_graph(&float_conv_then_quantize(8, 24, 32, -5, 7)).unwrap();
+    let compiled = Compiler::new(Target::host()).compile(&g).unwrap();
+    let kernels = compiled.kernels();
+    if avx512 {
+        assert_eq!(kernels.len(), 1, "{kernels:?}");
+        assert!(kernels[0].tensorized);
+    } else {
+        println!("notice: no AVX-512 here; the quantisation ran as its own loop");
+    }
+}

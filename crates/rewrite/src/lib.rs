@@ -365,7 +365,7 @@ pub fn optimize_with(
         Extractor::new(eg, cost).find_best(root)
     };
     let out = from_expr(&expr, graph, &eg.analysis.pool)?;
-    let out = movement::sink_transposes(&out).map_err(RewriteError::Extracted)?;
+    let out = movement::sink_movement(&out).map_err(RewriteError::Extracted)?;
     let report = RewriteReport {
         nodes_before: op_node_count(graph),
         nodes_after: op_node_count(&out),

@@ -29,7 +29,9 @@
 //! nest's variables: `base + row·m + col·n (+ Σ reduce_i·r_i)`, where `base` is an expression
 //! of the enclosing loops. `out` and every operand move along `n` by 0 (a broadcast) or 1 (a
 //! contiguous vector), so a micro-kernel holds the tile as `rows` registers rows of `cols`
-//! lanes and never gathers. All buffers are f32.
+//! lanes and never gathers. The operands and the tile are f32; the epilogue is typed
+//! ([`Epilogue::dtype`] over an f32 accumulator), so it may convert into an `i32`, `i8` or `u8`
+//! output.
 //!
 //! # The 8-bit integer contraction
 //!
@@ -382,8 +384,14 @@ pub struct Contraction {
 /// The element types of a contraction.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ContractionKind {
-    /// Every buffer f32; the update is a fused multiply-add.
-    F32,
+    /// f32 operands and tile; the update is a fused multiply-add. The epilogue is typed as an
+    /// integer contraction's is (over an f32 accumulator): it may read `i32` inputs and convert
+    /// into an `i32`, `i8` or `u8` output (a quantisation fused after a float convolution).
+    F32 {
+        /// The output's type and each epilogue input's (`f32` or `i32`).
+        out: DType,
+        inputs: Vec<DType>,
+    },
     /// 8-bit integer operands with zero points, an `i32` tile (see the module doc).
     Int8(IntContraction),
 }
@@ -906,13 +914,14 @@ fn contraction(body: &Stmt, func: &PrimFunc) -> Result<Contraction, TensorizeErr
         .collect::<Result<Vec<_>, _>>()?;
     let kind = match zps {
         None => {
-            if out_dtype != DType::F32 || input_dtypes.iter().any(|&d| d != DType::F32) {
-                return fail("an f32 contraction reads or writes another type");
+            let ty = epilogue.dtype(DType::F32, &input_dtypes)?;
+            if ty != out_dtype {
+                return fail(format!("the epilogue computes {ty} into {out_dtype}"));
             }
-            if epilogue.dtype(DType::F32, &input_dtypes)? != DType::F32 {
-                return fail("the epilogue is not f32");
+            ContractionKind::F32 {
+                out: out_dtype,
+                inputs: input_dtypes,
             }
-            ContractionKind::F32
         }
         Some((lhs_zp, rhs_zp)) => {
             let ty = epilogue.dtype(DType::I32, &input_dtypes)?;

@@ -85,6 +85,7 @@ fn features_see_what_the_knobs_change() {
             lanes: 16,
             registers: 32,
             int8: false,
+            converting: true,
         }),
     };
     let (_, small) = schedule_with(

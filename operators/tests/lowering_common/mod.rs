@@ -133,6 +133,7 @@ pub const TARGETS: [SketchTarget; 4] = [
             lanes: 16,
             registers: 32,
             int8: true,
+            converting: true,
         }),
     },
     SketchTarget {
@@ -140,6 +141,7 @@ pub const TARGETS: [SketchTarget; 4] = [
             lanes: 16,
             registers: 32,
             int8: false,
+            converting: true,
         }),
     },
     SketchTarget {
@@ -147,6 +149,7 @@ pub const TARGETS: [SketchTarget; 4] = [
             lanes: 8,
             registers: 16,
             int8: false,
+            converting: false,
         }),
     },
 ];

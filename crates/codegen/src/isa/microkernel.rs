@@ -22,6 +22,7 @@
 //! `min`/`max` included.
 
 use cranelift_codegen::ir::Function;
+use kiln_ir::DType;
 use kiln_tir::{Contraction, ContractionKind, Epilogue, IntContraction, Scalar};
 
 /// A family of target micro-kernels, chosen from the target's ISA flags.
@@ -137,6 +138,12 @@ impl MicroIsa {
     pub fn int8(self) -> bool {
         self == MicroIsa::X86Avx512Vnni
     }
+
+    /// Whether the family's f32 kernels have converting epilogues (integer outputs, see
+    /// [`ContractionKernel::converts`]).
+    pub fn converting_epilogues(self) -> bool {
+        matches!(self, MicroIsa::X86Avx512 | MicroIsa::X86Avx512Vnni)
+    }
 }
 
 /// How a contraction operand is addressed, in bytes from its pointer.
@@ -163,8 +170,13 @@ pub struct ContractionKernel {
     /// Epilogue inputs: `(row, col)` byte strides, `col` 0 or 4.
     pub inputs: Vec<(i64, i64)>,
     pub epilogue: Epilogue,
-    /// The types and zero points of an 8-bit integer contraction (`None`: all f32).
+    /// The types and zero points of an 8-bit integer contraction (`None`: f32 operands).
     pub int8: Option<IntContraction>,
+    /// The output's and the epilogue inputs' types of an f32 contraction whose epilogue
+    /// converts (a quantisation after a float convolution, maybe back to f32); `None` when
+    /// everything is f32 and nothing converts, and for integer contractions (whose types are in
+    /// `int8`).
+    pub converts: Option<(DType, Vec<DType>)>,
 }
 
 /// Why a kernel was not generated (the caller compiles the loop nest instead).
@@ -175,13 +187,20 @@ pub struct MicrokernelError(pub String);
 impl ContractionKernel {
     /// The kernel of a contraction (byte strides from the buffers' element sizes).
     pub fn of(c: &Contraction) -> ContractionKernel {
-        let int8 = match &c.kind {
-            ContractionKind::F32 => None,
-            ContractionKind::Int8(i) => Some(i.clone()),
+        let (int8, converts) = match &c.kind {
+            ContractionKind::F32 { out, inputs } => {
+                let mut plain = *out == DType::F32 && inputs.iter().all(|&d| d == DType::F32);
+                c.epilogue.walk(&mut |e| {
+                    plain &= !matches!(e, Epilogue::Cast(..) | Epilogue::Int(_));
+                });
+                (None, (!plain).then(|| (*out, inputs.clone())))
+            }
+            ContractionKind::Int8(i) => (Some(i.clone()), None),
         };
-        let (operand_bytes, out_bytes) = match &int8 {
-            None => (4, 4),
-            Some(i) => (1, i.out.size_bytes() as i64),
+        let (operand_bytes, out_bytes) = match (&int8, &converts) {
+            (Some(i), _) => (1, i.out.size_bytes() as i64),
+            (None, Some((out, _))) => (4, out.size_bytes() as i64),
+            (None, None) => (4, 4),
         };
         let operand = |a: &kiln_tir::Access| OperandStrides {
             row: a.row * operand_bytes,
@@ -198,6 +217,7 @@ impl ContractionKernel {
             inputs: c.inputs.iter().map(|a| (a.row * 4, a.col * 4)).collect(),
             epilogue: c.epilogue.clone(),
             int8,
+            converts,
         }
     }
 
@@ -216,9 +236,10 @@ impl ContractionKernel {
 
     /// Bytes per element of the operands and of the output.
     fn element_bytes(&self) -> (i64, i64) {
-        match &self.int8 {
-            None => (4, 4),
-            Some(i) => (1, i.out.size_bytes() as i64),
+        match (&self.int8, &self.converts) {
+            (Some(i), _) => (1, i.out.size_bytes() as i64),
+            (None, Some((out, _))) => (4, out.size_bytes() as i64),
+            (None, None) => (4, 4),
         }
     }
 
@@ -312,18 +333,23 @@ pub type Slot<'a> = (&'a [f32], usize);
 pub type ByteSlot<'a> = (&'a [u8], usize);
 
 impl ContractionKernel {
-    /// What an 8-bit integer kernel computes (see [`ContractionKernel::reference`]), over raw
-    /// little-endian bytes: `Σ (lhs - lhs_zp) · (rhs - rhs_zp)` in wrapping `i32`, then the
-    /// epilogue over typed values, stored as the output's type. `None` for an f32 kernel or
+    /// What an 8-bit integer kernel or a converting f32 kernel computes (see
+    /// [`ContractionKernel::reference`]), over raw little-endian bytes: `Σ (lhs - lhs_zp) ·
+    /// (rhs - rhs_zp)` in wrapping `i32` (f32 operands: one fma chain from +0.0), then the
+    /// epilogue over typed values, stored as the output's type. `None` for an all-f32 kernel or
     /// when an access leaves its slice.
-    pub fn reference_int8(
+    pub fn reference_bytes(
         &self,
         lhs: ByteSlot,
         rhs: ByteSlot,
         (out, out_base): (&mut [u8], usize),
         inputs: &[ByteSlot],
     ) -> Option<()> {
-        let int8 = self.int8.as_ref()?;
+        let (out_type, input_types) = match (&self.int8, &self.converts) {
+            (Some(i), _) => (i.out, &i.inputs),
+            (None, Some((out, inputs))) => (*out, inputs),
+            (None, None) => return None,
+        };
         let at = |(buf, base): ByteSlot, off: i64, n: usize| -> Option<Vec<u8>> {
             let i = usize::try_from(i64::try_from(base).ok()?.checked_add(off)?).ok()?;
             buf.get(i..i.checked_add(n)?).map(<[u8]>::to_vec)
@@ -339,20 +365,38 @@ impl ContractionKernel {
         let word =
             |slot: ByteSlot, off: i64| -> Option<[u8; 4]> { at(slot, off, 4)?.try_into().ok() };
         let (ls, rs) = (self.steps(&self.lhs), self.steps(&self.rhs));
-        let out_bytes = int8.out.size_bytes() as i64;
+        let out_bytes = out_type.size_bytes() as i64;
         for m in 0..self.rows as i64 {
             for n in 0..self.cols as i64 {
-                let mut acc = 0i32;
-                for (l, r) in ls.iter().zip(&rs) {
-                    let x = byte(lhs, m * self.lhs.row + n * self.lhs.col + l, int8.lhs)?;
-                    let y = byte(rhs, m * self.rhs.row + n * self.rhs.col + r, int8.rhs)?;
-                    acc = acc.wrapping_add((x - int8.lhs_zp).wrapping_mul(y - int8.rhs_zp));
-                }
+                let (lo, ro) = (
+                    m * self.lhs.row + n * self.lhs.col,
+                    m * self.rhs.row + n * self.rhs.col,
+                );
+                let acc = match &self.int8 {
+                    Some(int8) => {
+                        let mut acc = 0i32;
+                        for (l, r) in ls.iter().zip(&rs) {
+                            let x = byte(lhs, lo + l, int8.lhs)?;
+                            let y = byte(rhs, ro + r, int8.rhs)?;
+                            acc = acc.wrapping_add((x - int8.lhs_zp).wrapping_mul(y - int8.rhs_zp));
+                        }
+                        Scalar::I32(acc)
+                    }
+                    None => {
+                        let mut acc = 0f32;
+                        for (l, r) in ls.iter().zip(&rs) {
+                            let x = f32::from_le_bytes(word(lhs, lo + l)?);
+                            let y = f32::from_le_bytes(word(rhs, ro + r)?);
+                            acc = x.mul_add(y, acc);
+                        }
+                        Scalar::F32(acc)
+                    }
+                };
                 let vals = self
                     .inputs
                     .iter()
                     .zip(inputs)
-                    .zip(&int8.inputs)
+                    .zip(input_types)
                     .map(|((&(row, col), &slot), &d)| {
                         let w = word(slot, m * row + n * col)?;
                         Some(if d == kiln_ir::DType::F32 {
@@ -362,8 +406,8 @@ impl ContractionKernel {
                         })
                     })
                     .collect::<Option<Vec<Scalar>>>()?;
-                let v = self.epilogue.eval_scalar(Scalar::I32(acc), &|i| vals[i]);
-                let bytes: Vec<u8> = match (int8.out, v) {
+                let v = self.epilogue.eval_scalar(acc, &|i| vals[i]);
+                let bytes: Vec<u8> = match (out_type, v) {
                     (kiln_ir::DType::F32, v) => v.as_f32().to_le_bytes().to_vec(),
                     (kiln_ir::DType::I32, v) => v.as_i32().to_le_bytes().to_vec(),
                     (_, v) => vec![v.as_i32() as u8],

@@ -65,6 +65,11 @@ pub fn contraction(k: &ContractionKernel) -> Result<Function, MicrokernelError> 
             "no 8-bit integer NEON kernels yet (the region compiles as loops)",
         ));
     }
+    if k.converts.is_some() {
+        return Err(err(
+            "no converting epilogues in NEON kernels yet (the region compiles as loops)",
+        ));
+    }
     let mut sig = Signature::new(CallConv::SystemV);
     sig.params.push(AbiParam::new(types::I64));
     let mut func = Function::with_name_signature(UserFuncName::default(), sig);

@@ -17,6 +17,7 @@ use super::asm::{Addr, Asm, Src, VecIsa};
 use super::epilogue::{Block, Outputs, Program};
 use crate::isa::microkernel::{ContractionKernel, MicrokernelError, OperandStrides};
 use iced_x86::code_asm::*;
+use kiln_ir::DType;
 
 /// Loop counters, outermost reduction loop first.
 const COUNTERS: [AsmRegister64; 5] = [rcx, r8, r9, r10, r11];
@@ -40,7 +41,23 @@ pub fn contraction(isa: VecIsa, k: &ContractionKernel) -> Result<Vec<u8>, Microk
     let lanes = isa.lanes();
     let nv = k.cols.div_ceil(lanes);
     let tail = k.cols % lanes;
-    let prog = Program::new(&k.epilogue).map_err(err)?;
+    // A converting epilogue (AVX-512: conversions and narrowing stores) computes typed values
+    // into an output of its type.
+    let out = match &k.converts {
+        None => DType::F32,
+        Some(_) if isa == VecIsa::Avx2 => {
+            return Err(err("converting epilogues need AVX-512"));
+        }
+        Some((out, _)) => *out,
+    };
+    let prog = match &k.converts {
+        None => Program::new(&k.epilogue),
+        Some((_, inputs)) => Program::typed(&k.epilogue, DType::F32, inputs),
+    }
+    .map_err(err)?;
+    if prog.result_type() != out {
+        return Err(err("the epilogue's type is not the output's"));
+    }
     let regs = isa.regs();
     let reserved = usize::from(isa == VecIsa::Avx2 && tail != 0);
     let avail = regs - reserved;
@@ -66,6 +83,7 @@ pub fn contraction(isa: VecIsa, k: &ContractionKernel) -> Result<Vec<u8>, Microk
         tail,
         prog,
         reserved,
+        out,
     };
     if tail != 0 {
         g.asm.tail_mask(tail, (regs - 1) as u8).map_err(err)?;
@@ -102,6 +120,8 @@ struct Gen<'k> {
     tail: usize,
     prog: Program,
     reserved: usize,
+    /// The output's type (not f32 only for a converting epilogue).
+    out: DType,
 }
 
 /// Where an operand's value for one fma comes from.
@@ -308,11 +328,13 @@ impl Gen<'_> {
         let outputs = Outputs {
             inputs: &self.k.inputs,
             out_row: self.k.out_row,
-            vector_bytes: self.vbytes(),
+            vector_bytes: self.vbytes() / 4 * self.out.size_bytes() as i64,
             masked: &masked,
         };
         let regs = self.asm.isa.regs() - self.reserved;
-        let mut store = |asm: &mut Asm, addr: Addr, r: u8, masked: bool| asm.store(addr, r, masked);
+        let out = self.out;
+        let mut store =
+            |asm: &mut Asm, addr: Addr, r: u8, masked: bool| asm.store_as(out, addr, r, masked);
         self.prog
             .emit_block(&mut self.asm, c, &outputs, regs, &mut store)
     }

@@ -19,7 +19,7 @@
 //! (`vpmovsxbd`/`vpmovzxbd`), multiplied (`vpmulld`) and added; the activation zero point is
 //! corrected through the column sums as above.
 //!
-//! Invariant: the code computes [`ContractionKernel::reference_int8`] exactly (integer sums are
+//! Invariant: the code computes [`ContractionKernel::reference_bytes`] exactly (integer sums are
 //! exact in any order; the epilogue as [`super::epilogue`] states), reads only the bytes the
 //! reference reads (the partial last column vector through `k1`) and writes only the output
 //! tile. Registers: `rdi` the pointer array, `rsi`/`rdx` the operands walking the reduction,
