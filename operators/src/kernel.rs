@@ -177,7 +177,7 @@ pub fn group_dag(
             Some(c) => (
                 format!("w{i}"),
                 KernelInput::Const(c),
-                Some(graph.constant(c).clone()),
+                Some(graph.shared_constant(c).clone()),
             ),
             None => (format!("v{i}"), KernelInput::Value(v), None),
         };

@@ -118,7 +118,7 @@ pub fn place_padding(graph: &Graph, groups: &[Group]) -> Option<(Graph, Vec<Grou
     }
     let consts: Vec<_> = graph.consts().to_vec();
     for c in consts {
-        out.add_const(c);
+        out.add_shared_const(c);
     }
     let padded_input: HashMap<NodeId, ValueId> = moves
         .iter()

@@ -7,6 +7,7 @@
 
 use crate::{infer_type, IrError, Op, Result, Tensor, TensorType};
 use std::fmt;
+use std::sync::Arc;
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
@@ -80,7 +81,8 @@ pub struct Node {
 pub struct Graph {
     values: Vec<Value>,
     nodes: Vec<Node>,
-    consts: Vec<Tensor>,
+    /// Shared: passes that rebuild a graph carry its weights over without copying them.
+    consts: Vec<Arc<Tensor>>,
     inputs: Vec<ValueId>,
     outputs: Vec<ValueId>,
 }
@@ -100,6 +102,11 @@ impl Graph {
 
     /// Adds a weight to the constant table (stored once, referenced by id).
     pub fn add_const(&mut self, tensor: Tensor) -> ConstId {
+        self.add_shared_const(Arc::new(tensor))
+    }
+
+    /// Adds a weight another graph (or the rewriter) holds too, without copying it.
+    pub fn add_shared_const(&mut self, tensor: Arc<Tensor>) -> ConstId {
         self.consts.push(tensor);
         ConstId(self.consts.len() as u32 - 1)
     }
@@ -203,12 +210,17 @@ impl Graph {
     }
 
     /// The constant table, indexed by [`ConstId`].
-    pub fn consts(&self) -> &[Tensor] {
+    pub fn consts(&self) -> &[Arc<Tensor>] {
         &self.consts
     }
 
     /// A constant.
     pub fn constant(&self, c: ConstId) -> &Tensor {
+        &self.consts[c.index()]
+    }
+
+    /// A constant, shared (to carry it into another graph without a copy).
+    pub fn shared_constant(&self, c: ConstId) -> &Arc<Tensor> {
         &self.consts[c.index()]
     }
 
@@ -260,7 +272,7 @@ fn annotate(e: IrError, name: &str) -> IrError {
 pub struct GraphParts {
     pub values: Vec<Value>,
     pub nodes: Vec<Node>,
-    pub consts: Vec<Tensor>,
+    pub consts: Vec<Arc<Tensor>>,
     pub inputs: Vec<ValueId>,
     pub outputs: Vec<ValueId>,
 }

@@ -170,10 +170,26 @@ impl TensorData {
 
     /// The elements at `index` (in its order), zero (false) where it is `None`.
     pub fn gather(&self, index: &[Option<usize>]) -> TensorData {
+        self.gather_iter(index.len(), index.iter().copied())
+    }
+
+    /// [`TensorData::gather`] of indices produced one by one (`len` of them expected): a large
+    /// permutation (a weight table, a packed panel layout) without a vector of indices beside
+    /// the data.
+    pub fn gather_iter(
+        &self,
+        len: usize,
+        index: impl IntoIterator<Item = Option<usize>>,
+    ) -> TensorData {
         macro_rules! pick {
-            ($variant:ident, $v:expr, $zero:expr) => {
-                TensorData::$variant(index.iter().map(|i| i.map_or($zero, |i| $v[i])).collect())
-            };
+            ($variant:ident, $v:expr, $zero:expr) => {{
+                let mut out = Vec::with_capacity(len);
+                // Internal iteration: nested `flat_map`s fold as nested loops.
+                index
+                    .into_iter()
+                    .for_each(|i| out.push(i.map_or($zero, |i| $v[i])));
+                TensorData::$variant(out)
+            }};
         }
         match self {
             TensorData::F32(v) => pick!(F32, v, 0.0),

@@ -648,7 +648,7 @@ fn prune(g: Graph) -> kiln_ir::Result<Graph> {
             continue;
         }
         let nv = if let Op::Const(c) = node.op {
-            let id = out.add_const(g.constant(c).clone());
+            let id = out.add_shared_const(g.shared_constant(c).clone());
             out.add_node(Op::Const(id), &[], node.name.clone())?
         } else {
             let inputs: Vec<ValueId> = node.inputs.iter().map(|i| map[i]).collect();

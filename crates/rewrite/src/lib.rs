@@ -140,7 +140,7 @@ pub(crate) fn build_egraph(graph: &Graph, fold_limit: usize, wrap: bool) -> (Gra
             .iter()
             .map(|&v| graph.ty(v).clone())
             .collect(),
-        pool: graph.consts().iter().cloned().map(Arc::new).collect(),
+        pool: graph.consts().to_vec(),
         fold_limit,
         readers: vec![],
     };
@@ -259,7 +259,7 @@ pub(crate) fn from_expr_marked(
                         let t = pool
                             .get(k as usize)
                             .ok_or_else(|| bad(format!("no constant {k}")))?;
-                        let c: ConstId = g.add_const(Tensor::clone(t));
+                        let c: ConstId = g.add_shared_const(Arc::clone(t));
                         let v = g
                             .add_node(Op::Const(c), &[], format!("c{k}"))
                             .map_err(RewriteError::Extracted)?;

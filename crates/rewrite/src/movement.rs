@@ -15,40 +15,10 @@
 //! by those identities), keeps every graph input and output with its name, and is verified.
 
 use kiln_ir::{Graph, IrError, Op, Tensor, ValueId};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 fn is_unary_elementwise(op: &Op) -> bool {
     matches!(op, Op::Unary(_) | Op::Clamp { .. } | Op::Cast { .. })
-}
-
-/// `graph` with every single-reader transpose or reshape swapped below the elementwise op
-/// reading it (see the module doc), repeated until none is left (a chain sinks whole).
-pub fn sink_movement(graph: &Graph) -> Result<Graph, IrError> {
-    let mut g = graph.clone();
-    // Each round moves each transpose one op down; chains are short.
-    for _ in 0..g.nodes().len() {
-        let Some(next) = sink_once(&g)? else {
-            break;
-        };
-        g = next;
-    }
-    g.verify()?;
-    Ok(g)
-}
-
-/// An operand of a swapped elementwise op.
-enum Operand {
-    /// The input of the movement node at this index.
-    Moved(usize),
-    /// A constant reshaped to the pre-reshape rank.
-    Const(Tensor),
-}
-
-/// How one elementwise node is rebuilt: its operands, then the movement op `movement` (a node
-/// index) applied to its result.
-struct Swap {
-    operands: Vec<Operand>,
-    movement: usize,
 }
 
 /// The constant `c`, read by a binary op beside `reshape(x)`, reshaped to broadcast over `x`
@@ -70,144 +40,178 @@ fn rebroadcast(c: &Tensor, from: &[usize], to: &[usize]) -> Option<Tensor> {
     c.clone().reshaped(new_shape).ok()
 }
 
-/// The swap of elementwise node `n` of `g` with the movement op(s) producing its operands, if
-/// there is one.
-fn plan(
-    g: &Graph,
-    n: &kiln_ir::Node,
-    producer: &HashMap<ValueId, usize>,
-    readers: &HashMap<ValueId, usize>,
-) -> Option<Swap> {
-    let movement_of = |v: ValueId| {
-        let &t = producer.get(&v)?;
-        let op = &g.nodes()[t].op;
-        (matches!(op, Op::Transpose { .. } | Op::Reshape { .. }) && readers[&v] == 1).then_some(t)
-    };
-    if is_unary_elementwise(&n.op) && n.inputs.len() == 1 {
-        let t = movement_of(n.inputs[0])?;
-        return Some(Swap {
-            operands: vec![Operand::Moved(t)],
-            movement: t,
-        });
-    }
-    if !matches!(n.op, Op::Binary(_)) || n.inputs.len() != 2 {
-        return None;
-    }
-    // A moved operand must not be broadcast by the op: its reshape has the result's shape.
-    let out_shape = &g.ty(n.output).shape;
-    let moved: Vec<Option<usize>> = n
-        .inputs
-        .iter()
-        .map(|&v| movement_of(v).filter(|_| &g.ty(v).shape == out_shape))
-        .collect();
-    let reshape_input = |t: usize| {
-        let m = &g.nodes()[t];
-        matches!(m.op, Op::Reshape { .. }).then(|| g.ty(m.inputs[0]).shape.clone())
-    };
-    match (moved[0], moved[1]) {
-        (Some(a), Some(b)) => {
-            let (sa, sb) = (reshape_input(a)?, reshape_input(b)?);
-            (sa == sb).then(|| Swap {
-                operands: vec![Operand::Moved(a), Operand::Moved(b)],
-                movement: a,
-            })
-        }
-        (Some(t), None) | (None, Some(t)) => {
-            let from = reshape_input(t)?;
-            let other_at = usize::from(moved[0].is_some());
-            let other = n.inputs[other_at];
-            let &p = producer.get(&other)?;
-            let Op::Const(c) = g.nodes()[p].op else {
-                return None;
-            };
-            let c = rebroadcast(g.constant(c), &from, out_shape)?;
-            let mut operands = vec![Operand::Moved(t), Operand::Const(c)];
-            if other_at == 0 {
-                operands.reverse();
+/// A value of the input graph that equals the movement node `node` applied to `inner` (a value
+/// of the output graph), not emitted yet: it moves down while its readers are elementwise.
+#[derive(Clone, Copy)]
+struct Pending {
+    node: usize,
+    inner: ValueId,
+}
+
+/// An operand of an elementwise op computed below a pending movement.
+enum Operand {
+    Pending(Pending),
+    Const(Tensor),
+}
+
+/// One pass over `g` in order, emitting into a new graph.
+struct Sinker<'g> {
+    g: &'g Graph,
+    readers: HashMap<ValueId, usize>,
+    /// The node defining each value.
+    producer: HashMap<ValueId, usize>,
+    out: Graph,
+    /// Values of `g` emitted, by their value in `out`.
+    map: HashMap<ValueId, ValueId>,
+    pending: HashMap<ValueId, Pending>,
+}
+
+impl Sinker<'_> {
+    /// The value of `g`'s `v` in the output graph, emitting its pending movement first.
+    fn value(&mut self, v: ValueId) -> Result<ValueId, IrError> {
+        if let Some(p) = self.pending.remove(&v) {
+            let m = &self.g.nodes()[p.node];
+            let new = self
+                .out
+                .add_node(m.op.clone(), &[p.inner], m.name.clone())?;
+            if let Some(name) = &self.g.value(v).name {
+                self.out.set_name(new, name.clone());
             }
-            Some(Swap {
-                operands,
-                movement: t,
-            })
+            self.map.insert(v, new);
         }
-        (None, None) => None,
+        Ok(self.map[&v])
+    }
+
+    /// The operands of elementwise node `n` computed below one pending movement, if it may be.
+    fn below(&self, n: &kiln_ir::Node) -> Option<Vec<Operand>> {
+        let g = self.g;
+        let pending = |v: &ValueId| self.pending.get(v).copied();
+        if is_unary_elementwise(&n.op) && n.inputs.len() == 1 {
+            return Some(vec![Operand::Pending(pending(&n.inputs[0])?)]);
+        }
+        if !matches!(n.op, Op::Binary(_)) || n.inputs.len() != 2 {
+            return None;
+        }
+        // Reshapes only, of operands the op does not broadcast.
+        let out_shape = &g.ty(n.output).shape;
+        let reshape = |v: &ValueId| {
+            pending(v).filter(|p| {
+                matches!(g.nodes()[p.node].op, Op::Reshape { .. }) && &g.ty(*v).shape == out_shape
+            })
+        };
+        let (a, b) = (reshape(&n.inputs[0]), reshape(&n.inputs[1]));
+        match (a, b) {
+            (Some(a), Some(b)) => (self.out.ty(a.inner).shape == self.out.ty(b.inner).shape)
+                .then(|| vec![Operand::Pending(a), Operand::Pending(b)]),
+            (Some(p), None) | (None, Some(p)) => {
+                let other = n.inputs[usize::from(a.is_some())];
+                let Op::Const(c) = g.nodes()[*self.producer.get(&other)?].op else {
+                    return None;
+                };
+                let from = &self.out.ty(p.inner).shape;
+                let c = rebroadcast(g.constant(c), from, out_shape)?;
+                let mut v = vec![Operand::Pending(p), Operand::Const(c)];
+                if b.is_some() {
+                    v.reverse();
+                }
+                Some(v)
+            }
+            (None, None) => None,
+        }
+    }
+
+    fn node(&mut self, i: usize) -> Result<(), IrError> {
+        let g = self.g;
+        let n = &g.nodes()[i];
+        let single = self.readers.get(&n.output) == Some(&1);
+        if matches!(n.op, Op::Transpose { .. } | Op::Reshape { .. }) && single {
+            let inner = self.value(n.inputs[0])?;
+            self.pending.insert(n.output, Pending { node: i, inner });
+            return Ok(());
+        }
+        if let Some(operands) = self.below(n) {
+            let mut inputs = vec![];
+            let mut node = 0;
+            for o in operands {
+                inputs.push(match o {
+                    Operand::Pending(p) => {
+                        node = p.node;
+                        p.inner
+                    }
+                    Operand::Const(c) => {
+                        let c = self.out.add_const(c);
+                        self.out
+                            .add_node(Op::Const(c), &[], format!("{}_operand", n.name))?
+                    }
+                });
+            }
+            for v in &n.inputs {
+                self.pending.remove(v);
+            }
+            let inner = self.out.add_node(n.op.clone(), &inputs, n.name.clone())?;
+            self.pending.insert(n.output, Pending { node, inner });
+            return Ok(());
+        }
+        let new = if let Op::Const(c) = n.op {
+            let c = self.out.add_shared_const(g.shared_constant(c).clone());
+            self.out.add_node(Op::Const(c), &[], n.name.clone())?
+        } else {
+            let mut inputs = vec![];
+            for &v in &n.inputs {
+                inputs.push(self.value(v)?);
+            }
+            self.out.add_node(n.op.clone(), &inputs, n.name.clone())?
+        };
+        if let Some(name) = &g.value(n.output).name {
+            self.out.set_name(new, name.clone());
+        }
+        self.map.insert(n.output, new);
+        Ok(())
     }
 }
 
-/// One round: every qualifying (movement, reader) pair swapped; `None` when there is none.
-fn sink_once(g: &Graph) -> Result<Option<Graph>, IrError> {
+/// `graph` with every single-reader transpose or reshape moved below the elementwise ops that
+/// read it (see the module doc), chains whole, in one pass.
+pub fn sink_movement(graph: &Graph) -> Result<Graph, IrError> {
     let mut readers: HashMap<ValueId, usize> = HashMap::new();
-    for n in g.nodes() {
+    for n in graph.nodes() {
         for &v in &n.inputs {
             *readers.entry(v).or_default() += 1;
         }
     }
-    for &v in g.outputs() {
+    for &v in graph.outputs() {
         *readers.entry(v).or_default() += 1;
     }
-    let producer: HashMap<ValueId, usize> = g
-        .nodes()
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.output, i))
-        .collect();
-    // Reader node index -> its swap.
-    let mut swaps: HashMap<usize, Swap> = HashMap::new();
-    for (i, n) in g.nodes().iter().enumerate() {
-        if let Some(s) = plan(g, n, &producer, &readers) {
-            swaps.insert(i, s);
-        }
+    let mut s = Sinker {
+        g: graph,
+        readers,
+        producer: graph
+            .nodes()
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.output, i))
+            .collect(),
+        out: Graph::new(),
+        map: HashMap::new(),
+        pending: HashMap::new(),
+    };
+    for &v in graph.inputs() {
+        let value = graph.value(v);
+        let new = s
+            .out
+            .add_input(value.name.clone().unwrap_or_default(), value.ty.clone());
+        s.map.insert(v, new);
     }
-    if swaps.is_empty() {
-        return Ok(None);
+    for i in 0..graph.nodes().len() {
+        s.node(i)?;
     }
-    let moved: HashSet<usize> = swaps
-        .values()
-        .flat_map(|s| &s.operands)
-        .filter_map(|o| match o {
-            Operand::Moved(t) => Some(*t),
-            _ => None,
-        })
-        .collect();
-    let mut out = Graph::new();
-    let mut map: HashMap<ValueId, ValueId> = HashMap::new();
-    for &v in g.inputs() {
-        let value = g.value(v);
-        let new = out.add_input(value.name.clone().unwrap_or_default(), value.ty.clone());
-        map.insert(v, new);
+    let mut outputs = vec![];
+    for &v in graph.outputs() {
+        outputs.push(s.value(v)?);
     }
-    for (i, n) in g.nodes().iter().enumerate() {
-        if moved.contains(&i) {
-            continue;
-        }
-        let new = if let Some(swap) = swaps.get(&i) {
-            let mut inputs = vec![];
-            for o in &swap.operands {
-                inputs.push(match o {
-                    Operand::Moved(t) => map[&g.nodes()[*t].inputs[0]],
-                    Operand::Const(c) => {
-                        let c = out.add_const(c.clone());
-                        out.add_node(Op::Const(c), &[], format!("{}_operand", n.name))?
-                    }
-                });
-            }
-            let inner = out.add_node(n.op.clone(), &inputs, n.name.clone())?;
-            let m = &g.nodes()[swap.movement];
-            out.add_node(m.op.clone(), &[inner], m.name.clone())?
-        } else if let Op::Const(c) = n.op {
-            let c = out.add_const(g.constant(c).clone());
-            out.add_node(Op::Const(c), &[], n.name.clone())?
-        } else {
-            let inputs: Vec<ValueId> = n.inputs.iter().map(|v| map[v]).collect();
-            out.add_node(n.op.clone(), &inputs, n.name.clone())?
-        };
-        if let Some(name) = &g.value(n.output).name {
-            out.set_name(new, name.clone());
-        }
-        map.insert(n.output, new);
-    }
-    out.set_outputs(g.outputs().iter().map(|v| map[v]).collect())?;
-    Ok(Some(out))
+    s.out.set_outputs(outputs)?;
+    s.out.verify()?;
+    Ok(s.out)
 }
 
 #[cfg(test)]

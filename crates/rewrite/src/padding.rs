@@ -59,7 +59,7 @@ pub fn pad_matmul_columns(graph: &Graph, multiple: usize) -> Result<Option<Graph
     }
     for (i, n) in graph.nodes().iter().enumerate() {
         let new = if let Op::Const(c) = n.op {
-            let c = out.add_const(graph.constant(c).clone());
+            let c = out.add_shared_const(graph.shared_constant(c).clone());
             out.add_node(Op::Const(c), &[], n.name.clone())?
         } else {
             let inputs: Vec<ValueId> = n.inputs.iter().map(|v| map[v]).collect();

@@ -340,15 +340,14 @@ impl Pack {
         if let Some((g, q)) = self.group {
             dims.push((q, strides[g]));
         }
-        let mut index = Vec::with_capacity(n);
         let mut pos = vec![0usize; dims.len()];
         let mut src = 0usize;
-        for _ in 0..n {
+        let index = (0..n).map(|_| {
             let inside = pos[axis_outer] * f + pos[axis_inner] < shape[axis]
                 && self
                     .group
                     .is_none_or(|(g, q)| pos[group_outer] * q + pos[group_inner] < shape[g]);
-            index.push(inside.then_some(src));
+            let at = inside.then_some(src);
             // Odometer step: the source offset follows the packed position.
             for d in (0..dims.len()).rev() {
                 pos[d] += 1;
@@ -359,8 +358,9 @@ impl Pack {
                 src -= dims[d].0 * dims[d].1;
                 pos[d] = 0;
             }
-        }
-        kiln_ir::Tensor::from_data(ty, t.data().gather(&index)).ok()
+            at
+        });
+        kiln_ir::Tensor::from_data(ty, t.data().gather_iter(n, index)).ok()
     }
 }
 

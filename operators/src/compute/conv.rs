@@ -315,18 +315,16 @@ fn nhwc_weights(
     // Element `[y, xx, cc, oo]` of the table is element `[oo, cc, y, xx]` of the weights (0
     // in the channels past `ci` up to `channels`).
     let channels = channels.max(ci);
-    let mut index = Vec::with_capacity(kh * kw * channels * o);
-    for y in 0..kh {
-        for xx in 0..kw {
-            for cc in 0..channels {
-                for oo in 0..o {
-                    index.push((cc < ci).then(|| ((oo * ci + cc) * kh + y) * kw + xx));
-                }
-            }
-        }
-    }
+    let index = (0..kh).flat_map(move |y| {
+        (0..kw).flat_map(move |xx| {
+            (0..channels).flat_map(move |cc| {
+                (0..o).map(move |oo| (cc < ci).then(|| ((oo * ci + cc) * kh + y) * kw + xx))
+            })
+        })
+    });
     let ty = TensorType::new(w.ty.dtype, vec![kh, kw, channels, o])?;
-    let table = Tensor::from_data(ty, values.data().gather(&index))?;
+    let len = ty.num_elements();
+    let table = Tensor::from_data(ty, values.data().gather_iter(len, index))?;
     Ok(Some(b.table("w_nhwc", table)?))
 }
 

@@ -54,7 +54,8 @@ pub(crate) fn unsupported(op: &Op, reason: impl Into<String>) -> ComputeError {
 pub struct Operand {
     pub id: BufferId,
     pub ty: TensorType,
-    pub constant: Option<Tensor>,
+    /// The operand's value when it is a weight (shared with the graph, not copied).
+    pub constant: Option<std::sync::Arc<Tensor>>,
 }
 
 /// Builds one [`ComputeDag`] from several op definitions, with fresh stage names.
@@ -287,7 +288,7 @@ pub fn single_op(
         ops.push(Operand {
             id,
             ty: ty.clone(),
-            constant: constants.get(i).cloned().flatten(),
+            constant: constants.get(i).cloned().flatten().map(std::sync::Arc::new),
         });
     }
     b.set_prefix(op.name());
