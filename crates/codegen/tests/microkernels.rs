@@ -52,7 +52,20 @@ fn epilogue(choice: u8, inputs: usize) -> Epilogue {
             .fold(E::Acc, |x, i| E::Binary(BinOp::Add, b(x), b(E::Input(i))))
     };
     let x = acc_bias();
-    match choice % 10 {
+    match choice % 11 {
+        // GELU, as a transformer's MLP ends: x · 0.5 · (1 + erf(x · 1/√2)).
+        10 => E::Binary(
+            BinOp::Mul,
+            b(E::Binary(BinOp::Mul, b(x.clone()), b(E::Const(0.5)))),
+            b(E::Binary(
+                BinOp::Add,
+                b(E::Const(1.0)),
+                b(E::Call(
+                    Intrinsic::Erf,
+                    vec![E::Binary(BinOp::Mul, b(x), b(E::Const(0.707_106_77)))],
+                )),
+            )),
+        ),
         // swish, as efficientnet's convolutions end.
         8 => E::Binary(
             BinOp::Mul,
@@ -151,7 +164,7 @@ fn case() -> impl Strategy<Value = Case> {
         prop::collection::vec(1usize..=5, 0..=2),
         1usize..=19,
         kinds(),
-        0u8..10,
+        0u8..11,
         prop_oneof![0usize..=2, 3usize..=8],
         any::<u64>(),
     )

@@ -61,10 +61,10 @@ fn fail<T>(reason: impl Into<String>) -> Result<T, TensorizeError> {
 }
 
 /// Intrinsic calls an [`Epilogue`] may contain: those whose f32 results are exactly specified
-/// (so every code generator computes them bit for bit), and `exp` and `sigmoid`, which
-/// micro-kernels compute by [`crate::math`]'s approximations (within its ulp bounds of the
+/// (so every code generator computes them bit for bit), and `exp`, `sigmoid` and `erf` (GELU),
+/// which micro-kernels compute by [`crate::math`]'s approximations (within its bounds of the
 /// exact values the loop nest's interpretation gives).
-pub const EPILOGUE_CALLS: [Intrinsic; 8] = [
+pub const EPILOGUE_CALLS: [Intrinsic; 9] = [
     Intrinsic::Abs,
     Intrinsic::Sqrt,
     Intrinsic::Floor,
@@ -73,6 +73,7 @@ pub const EPILOGUE_CALLS: [Intrinsic; 8] = [
     Intrinsic::Fma,
     Intrinsic::Exp,
     Intrinsic::Sigmoid,
+    Intrinsic::Erf,
 ];
 
 /// How one buffer is addressed by a contraction, in elements.
@@ -350,6 +351,7 @@ impl Epilogue {
                     (Intrinsic::Fma, [a, b, c]) => a.mul_add(*b, *c),
                     (Intrinsic::Exp, [a]) => crate::math::exp(*a),
                     (Intrinsic::Sigmoid, [a]) => crate::math::sigmoid(*a),
+                    (Intrinsic::Erf, [a]) => crate::math::erf(*a),
                     _ => f32::NAN,
                 }
             }

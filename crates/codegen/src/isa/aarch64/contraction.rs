@@ -390,6 +390,7 @@ impl Gen<'_> {
                     (Intrinsic::Fma, &[a, b, c]) => ins.fma(a, b, c),
                     (Intrinsic::Exp, &[a]) => crate::approx::exp(&mut self.b, a, vector),
                     (Intrinsic::Sigmoid, &[a]) => crate::approx::sigmoid(&mut self.b, a, vector),
+                    (Intrinsic::Erf, &[a]) => crate::approx::erf(&mut self.b, a, vector),
                     _ => return Err(err("epilogue call")),
                 }
             }

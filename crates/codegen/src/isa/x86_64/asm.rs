@@ -452,6 +452,62 @@ impl Asm {
         self.arith(Arith::Div, d, t1, t2)
     }
 
+    /// `d = erf(x)` by the algorithm of `kiln_tir::math::erf`, operation by operation (the
+    /// large branch with [`Asm::exp`]); `d` and the five temporaries distinct from each other
+    /// and from `x` (which is kept).
+    pub fn erf(&mut self, d: u8, x: u8, [t1, t2, t3, t4, t5]: [u8; 5]) -> Result<(), String> {
+        use kiln_tir::math::{ERF_CLAMP, ERF_LARGE, ERF_SMALL, ERF_SPLIT};
+        // small = x · P(x²) into t5.
+        self.arith(Arith::Mul, t4, x, x)?;
+        self.constant(t3, ERF_SMALL[ERF_SMALL.len() - 1])?;
+        for &c in ERF_SMALL[..ERF_SMALL.len() - 1].iter().rev() {
+            self.constant(t1, c)?;
+            self.fma(t1, t3, Src::Reg(t4), false)?; // p * t + c
+            self.mov(t3, t1)?;
+        }
+        self.arith(Arith::Mul, t5, x, t3)?;
+        // a = min(|x|, clamp), a NaN passing through (x86 min returns its second operand).
+        self.abs(t4, x)?;
+        self.constant(t1, ERF_CLAMP)?;
+        self.arith(Arith::Min, t2, t1, t4)?;
+        self.constant(t3, ERF_LARGE[ERF_LARGE.len() - 1])?;
+        for &c in ERF_LARGE[..ERF_LARGE.len() - 1].iter().rev() {
+            self.constant(t1, c)?;
+            self.fma(t1, t3, Src::Reg(t2), false)?; // q * a + c
+            self.mov(t3, t1)?;
+        }
+        // large = (1 - exp(q)) with x's sign or-ed in (1 - exp(q) >= 0).
+        self.exp(d, t3, [t1, t2, t4])?;
+        self.constant(t1, 1.0)?;
+        self.arith(Arith::Sub, d, t1, d)?;
+        let sign = self.label_of(0x8000_0000);
+        match self.isa {
+            VecIsa::Avx512 => {
+                self.a
+                    .vpandd(Self::z(t2), Self::z(x), dword_bcst(sign))
+                    .map_err(e)?;
+                self.a
+                    .vpord(Self::z(d), Self::z(d), Self::z(t2))
+                    .map_err(e)?;
+            }
+            VecIsa::Avx2 => {
+                self.a
+                    .vbroadcastss(Self::y(t2), dword_ptr(sign))
+                    .map_err(e)?;
+                self.a
+                    .vandps(Self::y(t2), Self::y(t2), Self::y(x))
+                    .map_err(e)?;
+                self.a
+                    .vorps(Self::y(d), Self::y(d), Self::y(t2))
+                    .map_err(e)?;
+            }
+        }
+        // |x| < split ? small : large.
+        self.abs(t4, x)?;
+        self.constant(t1, ERF_SPLIT)?;
+        self.select(Pred::Lt, t4, t1, t5, d, d, t2)
+    }
+
     /// `d = s`.
     pub fn mov(&mut self, d: u8, s: u8) -> Result<(), String> {
         if d == s {

@@ -60,7 +60,11 @@ impl Node {
             self,
             Node::Bin(BinOp::Min | BinOp::Max, _, _)
                 | Node::Call(
-                    Intrinsic::Fma | Intrinsic::Abs | Intrinsic::Exp | Intrinsic::Sigmoid,
+                    Intrinsic::Fma
+                        | Intrinsic::Abs
+                        | Intrinsic::Exp
+                        | Intrinsic::Sigmoid
+                        | Intrinsic::Erf,
                     _
                 )
         )
@@ -71,6 +75,7 @@ impl Node {
         match self {
             Node::Call(Intrinsic::Exp, _) => 3,
             Node::Call(Intrinsic::Sigmoid, _) => 4,
+            Node::Call(Intrinsic::Erf, _) => 5,
             Node::Bin(BinOp::Min | BinOp::Max, _, _) | Node::Select(..) if avx2 => 1,
             Node::Cvt(DType::I32 | DType::I8 | DType::U8, DType::F32, _) => 1,
             _ => 0,
@@ -445,6 +450,11 @@ impl Program {
                     Intrinsic::Sigmoid => {
                         asm.sigmoid(d, r(0)?, [scratch[0], scratch[1], scratch[2], scratch[3]])?
                     }
+                    Intrinsic::Erf => asm.erf(
+                        d,
+                        r(0)?,
+                        [scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]],
+                    )?,
                     Intrinsic::Fma => {
                         // `d` is fresh (fma never overwrites an operand): `d = x * y + c`.
                         let (x, y, c) = (r(0)?, r(1)?, r(2)?);
