@@ -610,6 +610,15 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
                 }
             }
             ForKind::Parallel if self.outline_parallel => self.parallel_loop(var, extent, body),
+            ForKind::Serial if self.em.opts.vectorize && !self.touches_promoted(body) => {
+                match crate::vector_reduce::max_reduction(self.f, var, extent, body) {
+                    Some((op, element)) => {
+                        self.em.stats.vector_loops += 1;
+                        self.vector_max_reduction(var, extent, body, op, element)
+                    }
+                    None => self.serial(var, extent, body),
+                }
+            }
             _ => self.serial(var, extent, body),
         }
     }

@@ -46,6 +46,7 @@ pub mod runtime;
 mod scalar;
 mod tensorized;
 pub mod vector;
+mod vector_reduce;
 
 pub use aot::{compile_object, ObjectCode};
 pub use entry::{Arg, KernelCall, ModelEntry};

@@ -257,6 +257,12 @@ fn classify(f: &PrimFunc, e: &Expr, v: VarId) -> Option<Kind> {
     }
 }
 
+/// Whether `e` varies with `v` and computes as f32 lanes (every load in it contiguous or
+/// strided, every operation one the vector code has).
+pub(crate) fn f32_lanes(f: &PrimFunc, e: &Expr, v: VarId) -> bool {
+    classify(f, e, v) == Some(Kind::Vector(DType::F32))
+}
+
 /// Whether `for.vectorized v in 0..extent { body }` may be emitted as 4-lane vector code.
 pub(crate) fn vectorizable(f: &PrimFunc, v: VarId, extent: usize, body: &Stmt) -> bool {
     if extent < LANES {
@@ -486,6 +492,12 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
                 self.b.ins().splat(ty, x)
             }
         })
+    }
+
+    /// `e` (see [`f32_lanes`]) as an `f32x4` of the 4 lanes from the current value of `var`.
+    pub(crate) fn vexpr_f32(&mut self, e: &Expr, var: VarId) -> Result<Value, CodegenError> {
+        let x = self.vexpr(e, var)?;
+        self.vector_of(x, DType::F32)
     }
 
     fn vexpr(&mut self, e: &Expr, var: VarId) -> Result<VVal, CodegenError> {

@@ -447,6 +447,42 @@ fn eight_bit_moves_run_sixteen_byte_lanes() {
 }
 
 #[test]
+fn max_and_min_reductions_run_four_partial_lanes_exactly() {
+    // A softmax's row maximum (and a minimum), rows of 37 = 9 chunks of 4 and one tail, over
+    // values with NaN, signed zeros and infinities in some rows: the grouping of lanes must
+    // not change a bit of the result.
+    for op in ["max", "min"] {
+        let text = format!(
+            "func @ew(%x: f32[4,37] param, %out: f32[4] param) {{ \
+            for i in 0..4 {{ %out[i] = -inf_f32 \
+            for r in 0..37 {{ %out[i] = {op}(%out[i], %x[i, r]) }} }} }}"
+        );
+        let f = kiln_tir::parse_func(&text).unwrap();
+        let mut rng = Rng(17);
+        let mut v: Vec<f32> = (0..4 * 37)
+            .map(|_| {
+                let TensorData::F32(x) = random_data(DType::F32, 1, &mut rng) else {
+                    unreachable!()
+                };
+                x[0]
+            })
+            .collect();
+        v[37 + 5] = f32::NAN;
+        v[2 * 37 + 3] = -0.0;
+        v[2 * 37 + 30] = 0.0;
+        v[3 * 37 + 36] = f32::INFINITY;
+        v[3 * 37] = f32::NEG_INFINITY;
+        let x = Tensor::new(vec![4, 37], v).unwrap();
+        for o in opts() {
+            let stats = compare(&f, std::slice::from_ref(&x), &o);
+            if o.vectorize {
+                assert_eq!(stats.vector_loops, 1, "{op}");
+            }
+        }
+    }
+}
+
+#[test]
 fn selects_on_an_unrolled_variable_take_one_arm() {
     // A concat along an unrolled axis (the im2col of a convolution): row 0 reads `a`, rows 1
     // and 2 read `b` at `r - 1`, which would be out of bounds for row 0.

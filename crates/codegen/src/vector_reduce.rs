@@ -1,0 +1,120 @@
+//! Vector code for serial `max`/`min` reduction loops (a softmax's row maximum): `for r in
+//! 0..n { out[i] = max(out[i], e(r)) }` with `out[i]` independent of `r` runs as four lane-wise
+//! partial maxima over chunks of four `r`, combined at the end, then the remaining iterations.
+//!
+//! Invariant: the result is the scalar loop's bit for bit. `fmax`/`fmin` (NaN-propagating,
+//! `-0 < +0`: IEEE 754-2019 maximum/minimum) are commutative and associative, so any grouping of
+//! the same operands gives the same value; the loop is taken only when `e` is an f32 expression
+//! the vector code computes lane by lane as the scalar code does ([`crate::vector`]'s
+//! `vectorizable`, which also proves no lane reads `out` at another index) and never reads `out`,
+//! and when no register-promoted buffer is touched.
+
+use crate::kernel::{mem_flags, FnLowerer};
+use crate::vector::LANES;
+use crate::CodegenError;
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, InstBuilder};
+use cranelift_module::Module;
+use kiln_ir::DType;
+use kiln_tir::{BinOp, Expr, PrimFunc, Stmt, VarId};
+
+/// A loop of this many iterations or more is worth vectorizing.
+const MIN_EXTENT: usize = 2 * LANES;
+
+/// The `(op, element)` of `for v in 0..extent { body }` when it is a max/min reduction into one
+/// f32 element (see the module doc).
+pub(crate) fn max_reduction<'a>(
+    f: &PrimFunc,
+    v: VarId,
+    extent: usize,
+    body: &'a Stmt,
+) -> Option<(BinOp, &'a Expr)> {
+    if extent < MIN_EXTENT {
+        return None;
+    }
+    let Stmt::Store {
+        buf,
+        indices,
+        value,
+    } = body
+    else {
+        return None;
+    };
+    if f.buffer(*buf)?.dtype != DType::F32
+        || indices
+            .iter()
+            .any(|i| i.any(&|x| matches!(x, Expr::Var(w) if w == &v)))
+    {
+        return None;
+    }
+    let Expr::Binary { op, a, b } = value else {
+        return None;
+    };
+    if !matches!(op, BinOp::Max | BinOp::Min) {
+        return None;
+    }
+    let is_acc =
+        |e: &Expr| matches!(e, Expr::Load { buf: b, indices: i } if b == buf && i == indices);
+    let element = match (is_acc(a), is_acc(b)) {
+        (true, false) => b.as_ref(),
+        (false, true) => a.as_ref(),
+        _ => return None,
+    };
+    let reads_acc = element.any(&|x| matches!(x, Expr::Load { buf: b, .. } if b == buf));
+    (!reads_acc && crate::vector::f32_lanes(f, element, v)).then_some((*op, element))
+}
+
+impl<M: Module> FnLowerer<'_, '_, '_, M> {
+    /// Emits a loop [`max_reduction`] accepted.
+    pub(crate) fn vector_max_reduction(
+        &mut self,
+        var: VarId,
+        extent: usize,
+        body: &Stmt,
+        op: BinOp,
+        element: &Expr,
+    ) -> Result<(), CodegenError> {
+        let Stmt::Store { buf, indices, .. } = body else {
+            return Err(self.err_internal("max reduction body"));
+        };
+        let combine = |b: &mut cranelift_frontend::FunctionBuilder, x, y| match op {
+            BinOp::Max => b.ins().fmax(x, y),
+            _ => b.ins().fmin(x, y),
+        };
+        let addr = self.address(*buf, indices)?;
+        let start = self.b.ins().load(types::F32, mem_flags(), addr, 0);
+        let acc = self.b.declare_var(types::F32X4);
+        let splat = self.b.ins().splat(types::F32X4, start);
+        self.b.def_var(acc, splat);
+        let v = self.var(var);
+        let chunks = extent / LANES;
+        let (head, after) = (self.b.create_block(), self.b.create_block());
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.b.def_var(v, zero);
+        self.b.ins().jump(head, &[]);
+        self.b.switch_to_block(head);
+        let x = self.vexpr_f32(element, var)?;
+        let a = self.b.use_var(acc);
+        let a = combine(&mut self.b, a, x);
+        self.b.def_var(acc, a);
+        let i = self.b.use_var(v);
+        let next = self.b.ins().iadd_imm_s(i, LANES as i64);
+        self.b.def_var(v, next);
+        let more = self
+            .b
+            .ins()
+            .icmp_imm_s(IntCC::SignedLessThan, next, (chunks * LANES) as i64);
+        self.b.ins().brif(more, head, &[], after, &[]);
+        self.b.switch_to_block(after);
+        let a = self.b.use_var(acc);
+        let mut r = self.b.ins().extractlane(a, 0);
+        for lane in 1..LANES as u8 {
+            let x = self.b.ins().extractlane(a, lane);
+            r = combine(&mut self.b, r, x);
+        }
+        // The partial result, then the remaining iterations as the scalar loop runs them.
+        let addr = self.address(*buf, indices)?;
+        self.b.ins().store(mem_flags(), r, addr, 0);
+        self.unrolled_range(var, chunks * LANES..extent, body)
+    }
+}
