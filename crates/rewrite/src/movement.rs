@@ -149,7 +149,11 @@ impl Sinker<'_> {
                 self.pending.remove(v);
             }
             let inner = self.out.add_node(n.op.clone(), &inputs, n.name.clone())?;
+            // Moving on needs a single reader; otherwise the movement is emitted here.
             self.pending.insert(n.output, Pending { node, inner });
+            if !single {
+                self.value(n.output)?;
+            }
             return Ok(());
         }
         let new = if let Op::Const(c) = n.op {
@@ -288,6 +292,48 @@ mod tests {
         assert_eq!(
             kiln_reference::run(&g, std::slice::from_ref(&x)).unwrap(),
             kiln_reference::run(&after, &[x]).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_moved_value_with_two_readers_is_emitted_once_for_both() {
+        // BatchNormalization's parameters: `s · rsqrt(var + eps)` computed below its reshapes
+        // and read twice.
+        let g = kiln_ir::parse_graph(
+            r#"graph {
+  const @0: f32[1,1,1,1] = [0.00001]
+  input %0 "x": f32[2,3,4,5]
+  input %1 "s": f32[3]
+  input %2 "mean": f32[3]
+  input %3 "var": f32[3]
+  %4: f32[1,3,1,1] = reshape(%1) {"shape":[1,3,1,1]}
+  %5: f32[1,3,1,1] = reshape(%2) {"shape":[1,3,1,1]}
+  %6: f32[1,3,1,1] = reshape(%3) {"shape":[1,3,1,1]}
+  %7: f32[1,1,1,1] = const(@0)
+  %8: f32[1,3,1,1] = add(%6, %7)
+  %9: f32[1,3,1,1] = rsqrt(%8)
+  %10: f32[1,3,1,1] = mul(%4, %9)
+  %11: f32[1,3,1,1] = mul(%5, %10)
+  %12: f32[2,3,4,5] = mul(%0, %10)
+  %13: f32[2,3,4,5] = sub(%12, %11)
+  output %13
+}"#,
+        )
+        .unwrap();
+        let after = sink_movement(&g).unwrap();
+        let t = |shape: Vec<usize>, k: f32| {
+            let n: usize = shape.iter().product();
+            kiln_ir::Tensor::new(shape, (0..n).map(|i| i as f32 * k + 0.5).collect()).unwrap()
+        };
+        let inputs = [
+            t(vec![2, 3, 4, 5], 0.1),
+            t(vec![3], 1.5),
+            t(vec![3], -0.3),
+            t(vec![3], 2.0),
+        ];
+        assert_eq!(
+            kiln_reference::run(&g, &inputs).unwrap(),
+            kiln_reference::run(&after, &inputs).unwrap()
         );
     }
 
