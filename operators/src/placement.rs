@@ -1,15 +1,17 @@
 //! Output placement: the kernel producing a padded window op's input writes straight into the
 //! padded tensor, so the window op reads it without a padded copy or bounds tests.
 //!
-//! [`place_padding`] rewrites a grouped graph: for every float channels-last convolution (or
-//! depthwise convolution, padded with zeros) and max pool (padded with -inf) with padding whose input is the output of another group
+//! [`place_padding`] rewrites a grouped graph: for every channels-last convolution (or
+//! depthwise convolution) padded with its input zero point (0 for floats; 8-bit inputs where
+//! the convolution needs no channel padding) and float max pool (padded with -inf) whose input
+//! is the output of another group
 //! and read by nothing else, it inserts a constant `pad` after the producer (as the last node
 //! of the producer's group) and gives the window op padding 0. A group ending in such a `pad`
 //! is lowered without it and then *placed* ([`place_output`]): its output buffer is the padded
 //! tensor, its stores move by the padding, and it writes the border value itself.
 //!
 //! Invariant: the rewritten graph computes what the original computes (a convolution's padding
-//! is zeros; a max pool skips its padded taps, and -inf, max's identity, changes no window),
+//! is its input zero point; a max pool skips its padded taps, and -inf, max's identity, changes no window),
 //! its groups satisfy the invariant of [`crate::fusion`] (the pad reads its group's
 //! previous value, its output leaves the group), and a placed function writes every element of
 //! its output buffer: the interior through the original stores, the border with the value.
@@ -48,18 +50,31 @@ pub fn group_placement(graph: &Graph, g: &Group) -> Option<OutputPlacement> {
 }
 
 /// The padding `[top, bottom, left, right]` of a channels-last window op that reads its input
-/// through a border, and the border's value.
+/// through a border, and the border's value (a convolution's input zero point: 0 for floats).
 fn padded_window(op: &Op) -> Option<([usize; 4], f64)> {
     match op {
         Op::Conv2d(a) | Op::DepthwiseConv2d(a)
             if a.layout == DataLayout::Nhwc && a.pad != [0; 4] =>
         {
-            Some((a.pad, 0.0))
+            Some((a.pad, f64::from(a.input_zp)))
         }
         Op::MaxPool2d(p) if p.layout == DataLayout::Nhwc && p.pad != [0; 4] => {
             Some((p.pad, f64::NEG_INFINITY))
         }
         _ => None,
+    }
+}
+
+/// Whether window op `op`'s input `x` may come padded from its producer: f32, or 8-bit for a
+/// depthwise convolution or one whose input channels come in quadruples (an integer
+/// convolution's own padded copy would also pad its channels to 4 for its dot products).
+fn placeable(graph: &Graph, op: &Op, x: ValueId) -> bool {
+    let ty = graph.ty(x);
+    match (ty.dtype, op) {
+        (DType::F32, _) => true,
+        (DType::I8 | DType::U8, Op::DepthwiseConv2d(_)) => true,
+        (DType::I8 | DType::U8, Op::Conv2d(_)) => ty.shape.last().is_some_and(|c| c % 4 == 0),
+        _ => false,
     }
 }
 
@@ -85,7 +100,7 @@ pub fn place_padding(graph: &Graph, groups: &[Group]) -> Option<(Graph, Vec<Grou
             continue;
         }
         let x = node.inputs[0];
-        if graph.ty(x).dtype != DType::F32 || graph.outputs().contains(&x) || readers(x) != 1 {
+        if !placeable(graph, &node.op, x) || graph.outputs().contains(&x) || readers(x) != 1 {
             continue;
         }
         let kiln_ir::ValueDef::Node(p) = graph.value(x).def else {

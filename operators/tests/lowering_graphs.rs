@@ -355,3 +355,94 @@ fn padded_convolutions_and_pools_read_their_producers_padded_output() {
         }
     }
 }
+
+#[test]
+fn padded_int8_convolutions_read_their_producers_output_padded_with_the_zero_point() {
+    // int8 1x1 conv + requantisation -> depthwise 3x3 pad 1 -> conv 3x3 pad 1 (8 input
+    // channels, quadruples), all channels-last, activations with zero point -7: each padded
+    // op's producer writes its input padded with -7, exactly as the padded copy would.
+    let mut rng = Rng(9);
+    let mut w = |n: usize| -> String {
+        let v: Vec<String> = (0..n)
+            .map(|_| ((rng.next() % 61) as i64 - 30).to_string())
+            .collect();
+        v.join(", ")
+    };
+    let requant = |from: usize, shape: &str| {
+        format!(
+            "  %{a}: f32{shape} = cast(%{from}) {{\"to\":\"f32\"}}
+  %{b}: f32{shape} = mul(%{a}, %90)
+  %{c}: f32{shape} = round(%{b})
+  %{d}: f32{shape} = clamp(%{c}) {{\"max\":120.0,\"min\":-128.0}}
+  %{e}: i8{shape} = cast(%{d}) {{\"to\":\"i8\"}}
+",
+            a = from + 1,
+            b = from + 2,
+            c = from + 3,
+            d = from + 4,
+            e = from + 5
+        )
+    };
+    let conv = |op: &str, x: usize, wv: usize, pad: usize| {
+        format!(
+            "{op}(%{x}, %{wv}, %91) {{\"dilation\":[1,1],\"input_zp\":-7,\"layout\":\"nhwc\",\"pad\":[{pad},{pad},{pad},{pad}],\"stride\":[1,1],\"weight_zp\":0}}"
+        )
+    };
+    let text = format!(
+        "graph {{
+  const @0: i8[8,4,1,1] = [{w0}]
+  const @1: i8[8,1,3,3] = [{w1}]
+  const @2: i8[8,8,3,3] = [{w2}]
+  const @3: f32[1,1,1,1] = [0.02]
+  const @4: i32[8] = [5, -3, 0, 7, 1, -2, 4, 9]
+  input %0 \"x\": i8[1,6,5,4]
+  %90: f32[1,1,1,1] = const(@3)
+  %91: i32[8] = const(@4)
+  %80: i8[8,4,1,1] = const(@0)
+  %81: i8[8,1,3,3] = const(@1)
+  %82: i8[8,8,3,3] = const(@2)
+  %1: i32[1,6,5,8] = {c1}
+{r1}  %7: i32[1,6,5,8] = {c2}
+{r2}  %13: i32[1,6,5,8] = {c3}
+{r3}  output %18
+}}",
+        w0 = w(32),
+        w1 = w(72),
+        w2 = w(576),
+        c1 = conv("conv2d", 0, 80, 0),
+        r1 = requant(1, "[1,6,5,8]"),
+        c2 = conv("depthwise_conv2d", 6, 81, 1),
+        r2 = requant(7, "[1,6,5,8]"),
+        c3 = conv("conv2d", 12, 82, 1),
+        r3 = requant(13, "[1,6,5,8]"),
+    );
+    let g = kiln_ir::parse_graph(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let data: Vec<i8> = (0..120).map(|i| ((i * 37) % 256) as u8 as i8).collect();
+    let inputs = vec![Tensor::new(vec![1, 6, 5, 4], data).unwrap()];
+    let want = kiln_reference::run(&g, &inputs).unwrap();
+    let (placed, groups) = kiln_operators::placement::place_padding(&g, &partition(&g))
+        .expect("both padded convolutions qualify");
+    let pads: Vec<f64> = placed
+        .nodes()
+        .iter()
+        .filter_map(|n| match n.op {
+            Op::Pad { value, .. } => Some(value.0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pads, [-7.0, -7.0], "{placed}");
+    for target in TARGETS {
+        let kernels = kiln_operators::kernel::lower_groups_with(
+            &placed,
+            &groups,
+            &Default::default(),
+            &target,
+        )
+        .unwrap();
+        let got = run_kernels(&placed, &kernels, &inputs).unwrap();
+        assert_eq!(got[0], want[0], "{target:?}");
+        for k in &kernels {
+            assert!(!k.func.to_string().contains("pad_nhwc"), "{}", k.func);
+        }
+    }
+}
