@@ -74,34 +74,13 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
         body: &Stmt,
     ) -> Result<(), CodegenError> {
         let stores = stores(body).ok_or_else(|| self.err_internal("byte loop body"))?;
-        let v = self.var(var);
         let chunks = extent / BYTE_LANES;
+        let mut chunk = |lw: &mut Self| lw.byte_chunk(var, &stores);
         if chunks > crate::vector::UNROLLED_CHUNKS {
-            let (head, after) = (self.b.create_block(), self.b.create_block());
-            let zero = self.b.ins().iconst(types::I64, 0);
-            self.b.def_var(v, zero);
-            self.b.ins().jump(head, &[]);
-            self.b.switch_to_block(head);
-            self.byte_chunk(var, &stores)?;
-            let i = self.b.use_var(v);
-            let next = self.b.ins().iadd_imm_s(i, BYTE_LANES as i64);
-            self.b.def_var(v, next);
-            let more = self.b.ins().icmp_imm_s(
-                cranelift_codegen::ir::condcodes::IntCC::SignedLessThan,
-                next,
-                (chunks * BYTE_LANES) as i64,
-            );
-            self.b.ins().brif(more, head, &[], after, &[]);
-            self.b.switch_to_block(after);
+            self.chunk_loop(var, chunks, BYTE_LANES, &mut chunk)?;
         } else {
-            for chunk in 0..chunks {
-                let base = self.b.ins().iconst(types::I64, (chunk * BYTE_LANES) as i64);
-                self.b.def_var(v, base);
-                self.consts[var.index()] = Some((chunk * BYTE_LANES) as i64);
-                self.byte_chunk(var, &stores)?;
-            }
+            self.unrolled_chunks(var, chunks, BYTE_LANES, &mut chunk)?;
         }
-        self.consts[var.index()] = None;
         self.unrolled_range(var, chunks * BYTE_LANES..extent, body)
     }
 

@@ -323,38 +323,64 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
         looped: bool,
     ) -> Result<(), CodegenError> {
         let stores = stores(body).ok_or_else(|| self.err_internal("vector loop body"))?;
-        let v = self.var(var);
         let chunks = extent / LANES;
+        let mut chunk = |lw: &mut Self| lw.vector_chunk(var, &stores);
         if looped && chunks > UNROLLED_CHUNKS {
-            // var = 0, 4, ..: a bottom-tested loop (there is at least one chunk).
-            let (head, after) = (self.b.create_block(), self.b.create_block());
-            let zero = self.b.ins().iconst(types::I64, 0);
-            self.b.def_var(v, zero);
-            self.b.ins().jump(head, &[]);
-            self.b.switch_to_block(head);
-            self.vector_chunk(var, &stores)?;
-            let i = self.b.use_var(v);
-            let next = self.b.ins().iadd_imm_s(i, LANES as i64);
-            self.b.def_var(v, next);
-            let end = (chunks * LANES) as i64;
-            let more = self.b.ins().icmp_imm_s(
-                cranelift_codegen::ir::condcodes::IntCC::SignedLessThan,
-                next,
-                end,
-            );
-            self.b.ins().brif(more, head, &[], after, &[]);
-            self.b.switch_to_block(after);
+            self.chunk_loop(var, chunks, LANES, &mut chunk)?;
         } else {
-            for chunk in 0..chunks {
-                let base = self.b.ins().iconst(types::I64, (chunk * LANES) as i64);
-                self.b.def_var(v, base);
-                self.consts[var.index()] = Some((chunk * LANES) as i64);
-                self.vector_chunk(var, &stores)?;
-            }
+            self.unrolled_chunks(var, chunks, LANES, &mut chunk)?;
         }
-        self.consts[var.index()] = None;
         // The remaining iterations, one by one.
         self.unrolled_range(var, chunks * LANES..extent, body)
+    }
+
+    /// `chunk` emitted once with `var` at each of `0, lanes, 2·lanes, .. < chunks · lanes`, as
+    /// a bottom-tested loop (there must be at least one chunk).
+    pub(crate) fn chunk_loop(
+        &mut self,
+        var: VarId,
+        chunks: usize,
+        lanes: usize,
+        chunk: &mut dyn FnMut(&mut Self) -> Result<(), CodegenError>,
+    ) -> Result<(), CodegenError> {
+        let v = self.var(var);
+        let (head, after) = (self.b.create_block(), self.b.create_block());
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.b.def_var(v, zero);
+        self.b.ins().jump(head, &[]);
+        self.b.switch_to_block(head);
+        chunk(self)?;
+        let i = self.b.use_var(v);
+        let next = self.b.ins().iadd_imm_s(i, lanes as i64);
+        self.b.def_var(v, next);
+        let more = self.b.ins().icmp_imm_s(
+            cranelift_codegen::ir::condcodes::IntCC::SignedLessThan,
+            next,
+            (chunks * lanes) as i64,
+        );
+        self.b.ins().brif(more, head, &[], after, &[]);
+        self.b.switch_to_block(after);
+        Ok(())
+    }
+
+    /// `chunk` emitted straight-line with `var` a constant at each of `0, lanes, .. <
+    /// chunks · lanes` (so conditions on it fold).
+    pub(crate) fn unrolled_chunks(
+        &mut self,
+        var: VarId,
+        chunks: usize,
+        lanes: usize,
+        chunk: &mut dyn FnMut(&mut Self) -> Result<(), CodegenError>,
+    ) -> Result<(), CodegenError> {
+        let v = self.var(var);
+        for c in 0..chunks {
+            let base = self.b.ins().iconst(types::I64, (c * lanes) as i64);
+            self.b.def_var(v, base);
+            self.consts[var.index()] = Some((c * lanes) as i64);
+            chunk(self)?;
+        }
+        self.consts[var.index()] = None;
+        Ok(())
     }
 
     /// The stores of one chunk of 4 lanes starting at the current value of `var`.

@@ -12,7 +12,6 @@
 use crate::kernel::{mem_flags, FnLowerer};
 use crate::vector::LANES;
 use crate::CodegenError;
-use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder};
 use cranelift_module::Module;
 use kiln_ir::DType;
@@ -86,26 +85,14 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
         let acc = self.b.declare_var(types::F32X4);
         let splat = self.b.ins().splat(types::F32X4, start);
         self.b.def_var(acc, splat);
-        let v = self.var(var);
         let chunks = extent / LANES;
-        let (head, after) = (self.b.create_block(), self.b.create_block());
-        let zero = self.b.ins().iconst(types::I64, 0);
-        self.b.def_var(v, zero);
-        self.b.ins().jump(head, &[]);
-        self.b.switch_to_block(head);
-        let x = self.vexpr_f32(element, var)?;
-        let a = self.b.use_var(acc);
-        let a = combine(&mut self.b, a, x);
-        self.b.def_var(acc, a);
-        let i = self.b.use_var(v);
-        let next = self.b.ins().iadd_imm_s(i, LANES as i64);
-        self.b.def_var(v, next);
-        let more = self
-            .b
-            .ins()
-            .icmp_imm_s(IntCC::SignedLessThan, next, (chunks * LANES) as i64);
-        self.b.ins().brif(more, head, &[], after, &[]);
-        self.b.switch_to_block(after);
+        self.chunk_loop(var, chunks, LANES, &mut |lw| {
+            let x = lw.vexpr_f32(element, var)?;
+            let a = lw.b.use_var(acc);
+            let a = combine(&mut lw.b, a, x);
+            lw.b.def_var(acc, a);
+            Ok(())
+        })?;
         let a = self.b.use_var(acc);
         let mut r = self.b.ins().extractlane(a, 0);
         for lane in 1..LANES as u8 {
