@@ -7,7 +7,7 @@
 //! outputs but computed by no kernel (inputs, constants, repeated outputs) are copied after the
 //! entry returns.
 
-use crate::bytes::{data_bytes_mut, tensor_byte_view, tensor_bytes, tensor_from_bytes};
+use crate::bytes::{data_bytes_mut, tensor_byte_view, tensor_from_bytes};
 use crate::profile::KernelInfo;
 use crate::{CompileOptions, Target};
 use kiln_codegen::{Arg, CodegenOptions, JitModule, KernelCall, ModelEntry, Threads};
@@ -158,7 +158,8 @@ impl Planner<'_> {
         if let Some(&i) = self.const_index.get(&c) {
             return i;
         }
-        self.constants.push(tensor_bytes(self.graph.constant(c)));
+        self.constants
+            .push(tensor_byte_view(self.graph.constant(c)).into_owned());
         self.const_index.insert(c, self.constants.len() - 1);
         self.constants.len() - 1
     }
@@ -364,7 +365,7 @@ pub(crate) fn plan_model(
                     .ok_or(CompileError::Verify(kiln_ir::IrError::UndefinedValue(*v)))?,
                 KernelInput::Const(c) => Storage::Constant(p.constant(*c)),
                 KernelInput::Table(t) => {
-                    p.constants.push(tensor_bytes(t));
+                    p.constants.push(tensor_byte_view(t).into_owned());
                     Storage::Constant(p.constants.len() - 1)
                 }
             };
