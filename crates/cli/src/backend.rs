@@ -25,15 +25,18 @@ pub struct ExecOptions {
     pub graph: kiln::GraphOptions,
     /// Tuned schedules (`--tuning-log`).
     pub schedules: kiln::TunedSchedules,
+    /// The target compiled backends compile for (`None`: the host); it must run here.
+    pub target: Option<kiln::Target>,
 }
 
 impl ExecOptions {
-    /// `threads` threads, default graph options (rewriting on).
+    /// `threads` threads, default graph options (rewriting on), the host.
     pub fn threads(threads: usize) -> ExecOptions {
         ExecOptions {
             threads,
             graph: kiln::GraphOptions::default(),
             schedules: kiln::TunedSchedules::default(),
+            target: None,
         }
     }
 }
@@ -71,7 +74,8 @@ impl Backend {
                     0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                     n => n,
                 };
-                let compiled = kiln::Compiler::new(kiln::Target::host())
+                let target = exec.target.clone().unwrap_or_else(kiln::Target::host);
+                let compiled = kiln::Compiler::new(target)
                     .with_options(kiln::CompileOptions {
                         threads,
                         graph: exec.graph.clone(),

@@ -18,6 +18,8 @@ pub struct BenchRequest {
     pub data: Option<PathBuf>,
     pub threads: usize,
     pub iters: usize,
+    /// The target (`host`, or one that runs natively here).
+    pub target: String,
     pub json: bool,
     pub import: ImportArgs,
     pub graph: kiln::GraphOptions,
@@ -78,6 +80,7 @@ pub fn bench(req: &BenchRequest) -> Result<BenchReport, CliError> {
             "--iters and --threads must be positive".into(),
         ));
     }
+    let target = kiln::Target::named(&req.target).map_err(|e| CliError::Usage(e.to_string()))?;
     let import_start = Instant::now();
     let model = load(&req.model, &req.import)?;
     let import_ms = import_start.elapsed().as_secs_f64() * 1e3;
@@ -86,7 +89,7 @@ pub fn bench(req: &BenchRequest) -> Result<BenchReport, CliError> {
         source: Box::new(source),
     };
     let profiling = req.profile || req.profile_json.is_some();
-    let compiled = kiln::Compiler::new(kiln::Target::host())
+    let compiled = kiln::Compiler::new(target)
         .with_options(kiln::CompileOptions {
             threads: req.threads,
             graph: req.graph.clone(),

@@ -74,6 +74,10 @@ pub enum Command {
         /// Threads for parallel loops of the JIT (default: the number of CPUs).
         #[arg(long)]
         threads: Option<usize>,
+        /// The target the JIT compiles for: `host`, or a built-in target or target .toml file
+        /// that runs on this machine (e.g. `x86_64-linux-gnu-avx2` on an AVX-512 machine).
+        #[arg(long, default_value = "host")]
+        target: String,
         #[command(flatten)]
         tolerance: ToleranceArgs,
         #[command(flatten)]
@@ -117,6 +121,11 @@ pub enum Command {
         /// Timed runs (after a few untimed warm-up runs).
         #[arg(long, default_value_t = 50)]
         iters: usize,
+        /// The target to compile for: `host`, or a built-in target or target .toml file that
+        /// runs on this machine (e.g. `x86_64-linux-gnu-avx2` on an AVX-512 machine, to time
+        /// the code an AVX2 CPU would run).
+        #[arg(long, default_value = "host")]
+        target: String,
         /// Print one JSON object with `median_ms`, `min_ms`, `compile_ms`, `arena_bytes`.
         #[arg(long)]
         json: bool,
@@ -336,6 +345,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             backend,
             out,
             threads,
+            target,
             tolerance,
             import,
             graph,
@@ -352,7 +362,8 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
                 threads,
                 tolerance: tolerance.get(Tolerance::RUN)?,
                 import,
-                schedules: graph.schedules("host", Some(threads))?,
+                schedules: graph.schedules(&target, Some(threads))?,
+                target,
                 graph: graph.get(),
             })
         }
@@ -401,6 +412,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             data,
             threads,
             iters,
+            target,
             json,
             profile,
             profile_json,
@@ -417,7 +429,8 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
                 profile,
                 profile_json,
                 import,
-                schedules: graph.schedules("host", Some(threads))?,
+                schedules: graph.schedules(&target, Some(threads))?,
+                target,
                 graph: graph.get(),
             };
             bench::print(&bench::bench(&req)?, json);

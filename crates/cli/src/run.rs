@@ -25,6 +25,8 @@ pub struct RunRequest {
     pub graph: kiln::GraphOptions,
     /// Tuned schedules (`--tuning-log`).
     pub schedules: kiln::TunedSchedules,
+    /// The target the JIT compiles for (`--target`: `host` or one that runs here).
+    pub target: String,
 }
 
 /// Runs the request, printing one line per output.
@@ -35,6 +37,7 @@ pub fn run(req: &RunRequest) -> Result<Outcome, CliError> {
             reason: "no such data folder".into(),
         });
     }
+    let target = kiln::Target::named(&req.target).map_err(|e| CliError::Usage(e.to_string()))?;
     let model = load(&req.model, &req.import)?;
     for note in &model.notes {
         println!("note: {note}");
@@ -43,6 +46,7 @@ pub fn run(req: &RunRequest) -> Result<Outcome, CliError> {
         threads: req.threads,
         graph: req.graph.clone(),
         schedules: req.schedules.clone(),
+        target: Some(target),
     };
     let checks = check_data_set(&model, req.backend, &exec, &req.data, req.tolerance)?;
     if let Some(out) = &req.out {

@@ -37,6 +37,7 @@ impl<M: Module> EmitState<'_, M> {
             return Ok(Some(id));
         }
         let name = format!("kiln_uk{}_{}", isa.name(), self.microkernels.len());
+        dump_microkernel(&name, kernel, &code);
         let mut sig = Signature::new(self.call_conv);
         sig.params.push(AbiParam::new(self.host.ptr));
         let id = self
@@ -56,6 +57,25 @@ impl<M: Module> EmitState<'_, M> {
         self.microkernels.insert(key, id);
         self.stats.microkernels += 1;
         Ok(Some(id))
+    }
+}
+
+/// With `KILN_DUMP_MICROKERNELS=DIR` set, writes each micro-kernel a module defines as
+/// `DIR/NAME.txt`: the kernel's description and its instructions (a developer's aid; names
+/// restart with each module, so one compile per folder).
+fn dump_microkernel(name: &str, kernel: &ContractionKernel, code: &MicroCode) {
+    let Some(dir) = std::env::var_os("KILN_DUMP_MICROKERNELS").map(std::path::PathBuf::from) else {
+        return;
+    };
+    let text = match code {
+        MicroCode::Machine(bytes) => microkernel::disassemble(bytes),
+        MicroCode::Ir(f) => f.display().to_string(),
+    };
+    let path = dir.join(format!("{name}.txt"));
+    if let Err(e) = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&path, format!("{kernel:#?}\n\n{text}")))
+    {
+        eprintln!("warning: KILN_DUMP_MICROKERNELS: {}: {e}", path.display());
     }
 }
 

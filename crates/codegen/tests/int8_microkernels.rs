@@ -5,9 +5,10 @@
 //! zero points and signedness, and epilogues from a plain `i32` store to onnxruntime's
 //! requantisation (`rne(clamp(f32(acc + bias) * scale[c])) + zp` stored as `u8`/`i8`),
 //! compared byte for byte with `ContractionKernel::reference_bytes`; and f32 kernels whose
-//! epilogue converts (a quantisation after a float convolution). The machine code is
-//! generated always; it runs where this machine has AVX-512 VNNI (otherwise the test says it
-//! skipped).
+//! epilogue converts (a quantisation after a float convolution). Every x86-64 family's code is
+//! generated always (AVX-512 VNNI dot products; AVX2 and AVX-512F 16-bit pair products, which
+//! must refuse ragged byte tails other than a half vector) and runs where this machine can run
+//! it (otherwise the test says it skipped).
 
 use kiln_codegen::isa::microkernel::{generate, ContractionKernel, MicroIsa, OperandStrides};
 use kiln_codegen::jit::run_microkernel_bytes;
@@ -93,7 +94,7 @@ struct Case {
 fn depthwise_case() -> impl Strategy<Value = Case> {
     (
         1usize..=14,
-        1usize..=64,
+        columns(),
         prop::collection::vec(1usize..=4, 1..=3),
         (any::<bool>(), any::<bool>()),
         (-140i32..140, -3i32..3),
@@ -151,10 +152,15 @@ fn depthwise_case() -> impl Strategy<Value = Case> {
         })
 }
 
+/// Tile columns: any, or multiples of four (what AVX2 integer tiles take).
+fn columns() -> impl Strategy<Value = usize> {
+    prop_oneof![1usize..=64, (1usize..=16).prop_map(|q| 4 * q)]
+}
+
 fn case() -> impl Strategy<Value = Case> {
     (
         1usize..=14,
-        1usize..=64,
+        columns(),
         prop::collection::vec(1usize..=4, 0..=2),
         any::<bool>(),
         -140i32..140,
@@ -221,7 +227,7 @@ fn case() -> impl Strategy<Value = Case> {
 fn converting_case() -> impl Strategy<Value = Case> {
     (
         1usize..=14,
-        1usize..=64,
+        columns(),
         prop::collection::vec(1usize..=4, 0..=2),
         1usize..=19,
         0u8..4,
@@ -358,35 +364,62 @@ fn buffers(k: &ContractionKernel, seed: u64) -> (Vec<Vec<u8>>, Vec<usize>) {
     (bufs, offs)
 }
 
-fn check(c: &Case) -> Result<(), TestCaseError> {
-    let k = &c.kernel;
-    let isa = MicroIsa::X86Avx512Vnni;
-    let code = generate(isa, k).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let text = kiln_codegen::isa::microkernel::disassemble(code.machine_code().unwrap_or_default());
-    let core = if k.int8.is_none() {
+/// The families with integer (and converting) kernels, each checked where it runs.
+const FAMILIES: [MicroIsa; 3] = [
+    MicroIsa::X86Avx512Vnni,
+    MicroIsa::X86Avx512,
+    MicroIsa::X86Avx2,
+];
+
+/// Whether `isa` implements `k`: everything on AVX-512; on AVX2 (and the AVX2 integer kernels
+/// of AVX-512F) byte accesses of a partial vector only as a half vector.
+fn implemented(isa: MicroIsa, k: &ContractionKernel) -> bool {
+    let ymm_bytes = match (&k.int8, &k.converts) {
+        (Some(_), _) => isa != MicroIsa::X86Avx512Vnni,
+        (None, Some((out, _))) => isa == MicroIsa::X86Avx2 && out.size_bytes() == 1,
+        (None, None) => false,
+    };
+    !ymm_bytes || matches!(k.cols % 8, 0 | 4)
+}
+
+/// The instruction at the core of `isa`'s code for `k`.
+fn core_instruction(isa: MicroIsa, k: &ContractionKernel) -> &'static str {
+    if k.int8.is_none() {
         "vfmadd231ps"
     } else if k.lhs.col == 1 {
         "vpmulld"
-    } else {
+    } else if isa == MicroIsa::X86Avx512Vnni {
         "vpdpbusd"
-    };
-    prop_assert!(text.contains(core), "{}", text);
-    let others: &[MicroIsa] = if k.int8.is_none() {
-        &[MicroIsa::X86Avx2, MicroIsa::Aarch64Neon]
     } else {
-        &[
-            MicroIsa::X86Avx2,
-            MicroIsa::X86Avx512,
-            MicroIsa::Aarch64Neon,
-        ]
-    };
-    for &other in others {
-        prop_assert!(generate(other, k).is_err(), "{other:?} has no such kernels");
+        "vpmaddwd"
     }
-    if !isa.runs_here() {
-        return Ok(());
+}
+
+fn check(c: &Case) -> Result<(), TestCaseError> {
+    let k = &c.kernel;
+    prop_assert!(
+        generate(MicroIsa::Aarch64Neon, k).is_err(),
+        "NEON has no integer or converting kernels"
+    );
+    for isa in FAMILIES {
+        let code = generate(isa, k);
+        if !implemented(isa, k) {
+            prop_assert!(code.is_err(), "{isa:?} refuses a ragged byte tail");
+            continue;
+        }
+        let code = code.map_err(|e| TestCaseError::fail(format!("{isa:?}: {e}")))?;
+        let text =
+            kiln_codegen::isa::microkernel::disassemble(code.machine_code().unwrap_or_default());
+        prop_assert!(text.contains(core_instruction(isa, k)), "{}", text);
+        if isa.runs_here() {
+            run_and_compare(isa, k, c.seed)?;
+        }
     }
-    let (bufs, offs) = buffers(k, c.seed);
+    Ok(())
+}
+
+fn run_and_compare(isa: MicroIsa, k: &ContractionKernel, seed: u64) -> Result<(), TestCaseError> {
+    let (bufs, offs) = buffers(k, seed);
     let inputs: Vec<(&[u8], usize)> = (3..bufs.len()).map(|i| (&bufs[i][..], offs[i])).collect();
     let mut want = bufs[2].clone();
     k.reference_bytes(
@@ -408,7 +441,7 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     .map_err(|e| TestCaseError::fail(e.to_string()))?;
     if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
         return Err(TestCaseError::fail(format!(
-            "byte {i} (output base {}): {} vs reference {}\n{k:?}",
+            "{isa:?}, byte {i} (output base {}): {} vs reference {}\n{k:?}",
             offs[2], got[i], want[i]
         )));
     }
@@ -435,8 +468,13 @@ proptest! {
 
 #[test]
 fn int8_kernels_run_here_or_say_so() {
-    if !MicroIsa::X86Avx512Vnni.runs_here() {
-        println!("skipped: this machine has no AVX-512 VNNI; int8 kernels were only generated");
+    for isa in FAMILIES {
+        if !isa.runs_here() {
+            println!(
+                "skipped: this machine cannot run {} kernels; they were only generated",
+                isa.name()
+            );
+        }
     }
 }
 

@@ -1,12 +1,31 @@
-//! Quantized convolutions and matmuls compiled for this machine (through its int8 micro-kernels
-//! where it has them: AVX-512 VNNI) against the reference interpreter, exactly: random shapes
-//! (channels in and out of quadruples, ragged tiles, strides, padding, depthwise), random
-//! activation zero points and signedness, random per-channel scales, and onnxruntime's
-//! requantisation `i8(rne(clamp(f32(acc + bias) · scale, lo, hi)) + zp)` after each.
+//! Quantized convolutions and matmuls compiled for this machine and for every built-in x86-64
+//! target it runs (through the int8 micro-kernels: AVX-512 VNNI dot products, AVX2 16-bit pair
+//! products) against the reference interpreter, exactly: random shapes (channels in and out of
+//! quadruples, ragged tiles, strides, padding, depthwise), random activation zero points and
+//! signedness, random per-channel scales, and onnxruntime's requantisation
+//! `i8(rne(clamp(f32(acc + bias) · scale, lo, hi)) + zp)` after each. Targets this machine
+//! cannot run are skipped with a notice.
 
 use kiln::{CompileOptions, Compiler, Target, Tensor};
 use kiln_ir::{parse_graph, DType};
 use proptest::prelude::*;
+
+/// The host and the built-in x86-64 targets with micro-kernels that run on this machine (each
+/// skipped one named once).
+fn targets() -> Vec<Target> {
+    let mut out = vec![Target::host()];
+    for name in ["x86_64-linux-gnu-avx2", "x86_64-linux-gnu-avx512"] {
+        let t = Target::named(name).unwrap();
+        if t.runs_natively() {
+            out.push(t);
+        } else {
+            println!(
+                "notice: this machine cannot run {name}; its int8 kernels are not checked here"
+            );
+        }
+    }
+    out
+}
 
 /// A deterministic stream of small integers.
 struct Rng(u64);
@@ -158,25 +177,30 @@ proptest! {
     fn quantized_kernels_match_the_reference_exactly(c in case()) {
         let (g, x) = graph(&c);
         let want = kiln_reference::run(&g, std::slice::from_ref(&x)).unwrap();
-        let compiled = Compiler::new(Target::host())
-            .with_options(CompileOptions { threads: 1, ..Default::default() })
-            .compile(&g)
-            .unwrap();
-        let got = compiled.run(std::slice::from_ref(&x)).unwrap();
-        prop_assert_eq!(got[0].dtype(), DType::I8);
-        prop_assert_eq!(&got[0], &want[0], "{:?}", c);
+        for target in targets() {
+            let name = target.name().to_string();
+            let compiled = Compiler::new(target)
+                .with_options(CompileOptions { threads: 1, ..Default::default() })
+                .compile(&g)
+                .unwrap();
+            let got = compiled.run(std::slice::from_ref(&x)).unwrap();
+            prop_assert_eq!(got[0].dtype(), DType::I8);
+            prop_assert_eq!(&got[0], &want[0], "{}: {:?}", name, c);
+        }
     }
 }
 
-/// On a machine with AVX-512 VNNI the cases above run through micro-kernels (tensorized
-/// regions), not only loops; elsewhere this says so.
+/// For targets with int8 micro-kernels (x86-64 with AVX2 and up) the cases above run through
+/// them (tensorized regions), not only loops; a host without says so.
 #[test]
-fn quantized_convolutions_are_tensorized_where_the_cpu_has_vnni() {
-    #[cfg(target_arch = "x86_64")]
-    let vnni = std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512vnni");
-    #[cfg(not(target_arch = "x86_64"))]
-    let vnni = false;
+fn quantized_convolutions_are_tensorized_where_the_target_has_int8_kernels() {
+    for target in targets() {
+        let kernels = target.microkernels().is_some_and(|m| m.int8());
+        tensorized_on(&target, kernels);
+    }
+}
+
+fn tensorized_on(target: &Target, int8_kernels: bool) {
     for op in ["conv2d", "depthwise_conv2d", "matmul"] {
         let c = Case {
             op,
@@ -195,12 +219,13 @@ fn quantized_convolutions_are_tensorized_where_the_cpu_has_vnni() {
             ..c
         };
         let (g, x) = graph(&c);
-        let compiled = Compiler::new(Target::host()).compile(&g).unwrap();
+        let compiled = Compiler::new(target.clone()).compile(&g).unwrap();
         let tensorized = compiled.kernels().iter().any(|k| k.tensorized);
-        if vnni {
-            assert!(tensorized, "{op}: no tensorized kernel");
+        let name = target.name();
+        if int8_kernels {
+            assert!(tensorized, "{name}, {op}: no tensorized kernel");
         } else {
-            println!("notice: no AVX-512 VNNI here; {op} ran as loops (tensorized: {tensorized})");
+            println!("notice: {name} has no int8 kernels; {op} ran as loops");
         }
         let want = kiln_reference::run(&g, std::slice::from_ref(&x)).unwrap();
         assert_eq!(compiled.run(&[x]).unwrap()[0], want[0], "{op}");
@@ -209,7 +234,7 @@ fn quantized_convolutions_are_tensorized_where_the_cpu_has_vnni() {
 
 /// A float pointwise convolution in MLAS's order (an fma MATMUL over `[1, H·W, C]`) reshaped
 /// back to `[1, H, W, O]` and quantized as onnxruntime's QuantizeLinear does: the quantisation
-/// moves above the reshape into the matmul's epilogue (on AVX-512, a converting micro-kernel
+/// moves above the reshape into the matmul's epilogue (on x86-64, a converting micro-kernel
 /// epilogue) and the result is the reference's exactly.
 fn float_conv_then_quantize(hw: usize, cin: usize, cout: usize, zp: i32, seed: u64) -> String {
     let mut r = Rng(seed | 1);
@@ -258,29 +283,36 @@ proptest! {
         let data: Vec<f32> = (0..hw * hw * cin).map(|_| r.next(-4000, 4000) as f32 / 1000.0).collect();
         let x = Tensor::new(vec![1, hw * hw, cin], data).unwrap();
         let want = kiln_reference::run(&g, std::slice::from_ref(&x)).unwrap();
-        let compiled = Compiler::new(Target::host())
-            .with_options(CompileOptions { threads: 1, ..Default::default() })
-            .compile(&g)
-            .unwrap();
-        prop_assert_eq!(&compiled.run(&[x]).unwrap()[0], &want[0]);
+        for target in targets() {
+            let name = target.name().to_string();
+            let compiled = Compiler::new(target)
+                .with_options(CompileOptions { threads: 1, ..Default::default() })
+                .compile(&g)
+                .unwrap();
+            prop_assert_eq!(&compiled.run(std::slice::from_ref(&x)).unwrap()[0], &want[0], "{}", name);
+        }
     }
 }
 
-/// On AVX-512 the quantisation after a float convolution is the epilogue of its micro-kernel:
-/// one kernel, tensorized; elsewhere this says so.
+/// On x86-64 (AVX2 and up) the quantisation after a float convolution is the epilogue of its
+/// micro-kernel: one kernel, tensorized; a host without says so.
 #[test]
-fn quantization_after_a_float_convolution_fuses_into_its_kernel_on_avx512() {
-    #[cfg(target_arch = "x86_64")]
-    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
-    #[cfg(not(target_arch = "x86_64"))]
-    let avx512 = false;
+fn quantization_after_a_float_convolution_fuses_into_its_kernel() {
     let g = parse_graph(&float_conv_then_quantize(8, 24, 32, -5, 7)).unwrap();
-    let compiled = Compiler::new(Target::host()).compile(&g).unwrap();
-    let kernels = compiled.kernels();
-    if avx512 {
-        assert_eq!(kernels.len(), 1, "{kernels:?}");
-        assert!(kernels[0].tensorized);
-    } else {
-        println!("notice: no AVX-512 here; the quantisation ran as its own loop");
+    for target in targets() {
+        let converting = target
+            .microkernels()
+            .is_some_and(|m| m.converting_epilogues());
+        let compiled = Compiler::new(target.clone()).compile(&g).unwrap();
+        let kernels = compiled.kernels();
+        if converting {
+            assert_eq!(kernels.len(), 1, "{}: {kernels:?}", target.name());
+            assert!(kernels[0].tensorized);
+        } else {
+            println!(
+                "notice: {} has no converting epilogues; the quantisation ran as its own loop",
+                target.name()
+            );
+        }
     }
 }

@@ -124,8 +124,8 @@ pub fn check_op(op: &Op, inputs: &[Tensor], class: OpClass, rel: f64) -> Trace {
 }
 
 /// The targets schedules are checked for: none with micro-kernels (the first), AVX-512- (with
-/// and without 8-bit integer kernels) and AVX2-shaped micro-kernels (tensorized tiles, run by
-/// the interpreter here).
+/// and without 8-bit integer kernels) and AVX2-shaped micro-kernels (with them: tensorized
+/// tiles, run by the interpreter here).
 pub const TARGETS: [SketchTarget; 4] = [
     SketchTarget { microkernels: None },
     SketchTarget {
@@ -148,8 +148,8 @@ pub const TARGETS: [SketchTarget; 4] = [
         microkernels: Some(MicroShape {
             lanes: 8,
             registers: 16,
-            int8: false,
-            converting: false,
+            int8: true,
+            converting: true,
         }),
     },
 ];

@@ -134,15 +134,16 @@ impl MicroIsa {
         })
     }
 
-    /// Whether the family has 8-bit integer contraction kernels.
+    /// Whether the family has 8-bit integer contraction kernels (AVX-512 VNNI dot products;
+    /// AVX-512F and AVX2 widening to 16-bit pairs, `vpmaddwd`).
     pub fn int8(self) -> bool {
-        self == MicroIsa::X86Avx512Vnni
+        self != MicroIsa::Aarch64Neon
     }
 
     /// Whether the family's f32 kernels have converting epilogues (integer outputs, see
     /// [`ContractionKernel::converts`]).
     pub fn converting_epilogues(self) -> bool {
-        matches!(self, MicroIsa::X86Avx512 | MicroIsa::X86Avx512Vnni)
+        self != MicroIsa::Aarch64Neon
     }
 }
 
@@ -451,11 +452,17 @@ impl MicroCode {
 
 /// The code of `kernel` for `isa`.
 pub fn generate(isa: MicroIsa, kernel: &ContractionKernel) -> Result<MicroCode, MicrokernelError> {
-    use super::x86_64::{contraction, int8_contraction, VecIsa};
+    use super::x86_64::{contraction, int8_contraction, Int8Isa, VecIsa};
     if kernel.int8.is_some() {
         return match isa {
-            MicroIsa::X86Avx512Vnni => Ok(MicroCode::Machine(int8_contraction(kernel)?)),
-            _ => Err(MicrokernelError(format!(
+            MicroIsa::X86Avx512Vnni => Ok(MicroCode::Machine(int8_contraction(
+                Int8Isa::Avx512Vnni,
+                kernel,
+            )?)),
+            MicroIsa::X86Avx512 | MicroIsa::X86Avx2 => {
+                Ok(MicroCode::Machine(int8_contraction(Int8Isa::Avx2, kernel)?))
+            }
+            MicroIsa::Aarch64Neon => Err(MicrokernelError(format!(
                 "no 8-bit integer kernels for {}",
                 isa.name()
             ))),

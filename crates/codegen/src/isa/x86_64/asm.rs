@@ -45,6 +45,10 @@ const YMM: [AsmRegisterYmm; 16] = [
     ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14,
     ymm15,
 ];
+const XMM: [AsmRegisterXmm; 16] = [
+    xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14,
+    xmm15,
+];
 const ZMM: [AsmRegisterZmm; 32] = [
     zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14,
     zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23, zmm24, zmm25, zmm26, zmm27,
@@ -111,8 +115,13 @@ impl Asm {
         })
     }
 
-    fn y(r: u8) -> AsmRegisterYmm {
+    pub(super) fn y(r: u8) -> AsmRegisterYmm {
         YMM[r as usize]
+    }
+
+    /// The low 128 bits of vector register `r` (AVX2's register file).
+    pub(super) fn x(r: u8) -> AsmRegisterXmm {
+        XMM[r as usize]
     }
 
     pub(super) fn z(r: u8) -> AsmRegisterZmm {
@@ -147,6 +156,11 @@ impl Asm {
                 self.a.vmovups(Self::y(reg), ymmword_ptr(l)).map_err(e)
             }
         }
+    }
+
+    /// AVX2: the live lanes of a masked access (`None` before [`Asm::tail_mask`]).
+    pub(super) fn avx2_tail(&self) -> Option<usize> {
+        self.avx2_mask.map(|(_, _, tail)| tail)
     }
 
     fn mask_reg(&self) -> Result<u8, String> {

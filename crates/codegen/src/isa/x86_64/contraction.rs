@@ -41,13 +41,10 @@ pub fn contraction(isa: VecIsa, k: &ContractionKernel) -> Result<Vec<u8>, Microk
     let lanes = isa.lanes();
     let nv = k.cols.div_ceil(lanes);
     let tail = k.cols % lanes;
-    // A converting epilogue (AVX-512: conversions and narrowing stores) computes typed values
-    // into an output of its type.
+    // A converting epilogue (conversions and narrowing stores) computes typed values into an
+    // output of its type.
     let out = match &k.converts {
         None => DType::F32,
-        Some(_) if isa == VecIsa::Avx2 => {
-            return Err(err("converting epilogues need AVX-512"));
-        }
         Some((out, _)) => *out,
     };
     let prog = match &k.converts {

@@ -5,7 +5,7 @@
 //! Invariant: the emitted code computes [`kiln_tir::Epilogue::eval`] lane by lane, bit for bit:
 //! one IEEE operation per node, `min`/`max` propagating NaN from either operand, comparisons
 //! ordered (false on NaN, except `!=`), `select` choosing per lane. An integer contraction's
-//! program ([`Program::typed`], AVX-512 only) computes [`kiln_tir::Epilogue::eval_scalar`]:
+//! program ([`Program::typed`]) computes [`kiln_tir::Epilogue::eval_scalar`]:
 //! wrapping `i32` arithmetic and the interpreter's conversions (float to integer truncating and
 //! saturating, NaN to 0; integer to integer wrapping), narrow integers held in `i32` lanes.
 
@@ -77,7 +77,7 @@ impl Node {
             Node::Call(Intrinsic::Sigmoid, _) => 4,
             Node::Call(Intrinsic::Erf, _) => 5,
             Node::Bin(BinOp::Min | BinOp::Max, _, _) | Node::Select(..) if avx2 => 1,
-            Node::Cvt(DType::I32 | DType::I8 | DType::U8, DType::F32, _) => 1,
+            Node::Cvt(DType::I32 | DType::I8 | DType::U8, DType::F32, _) => 1 + usize::from(avx2),
             _ => 0,
         }
     }
@@ -439,7 +439,10 @@ impl Program {
                 }
                 Node::Int(bits) => asm.constant(d, f32::from_bits(*bits))?,
                 Node::IBin(op, _, _) => asm.int_arith(*op, d, r(0)?, r(1)?)?,
-                Node::Cvt(to, from, _) => asm.convert(*to, *from, d, r(0)?, tmp.unwrap_or(d))?,
+                Node::Cvt(to, from, _) => {
+                    let tmp = [scratch.first().copied(), scratch.get(1).copied()];
+                    asm.convert(*to, *from, d, r(0)?, tmp)?
+                }
                 Node::Call(f, _) => match f {
                     Intrinsic::Abs => asm.abs(d, r(0)?)?,
                     Intrinsic::Sqrt => asm.sqrt(d, r(0)?)?,

@@ -1,30 +1,39 @@
-//! The 8-bit integer contraction micro-kernel (AVX-512 VNNI): a tile of `rows x cols` `i32`
-//! accumulators in zmm registers, each reduction step one `vpdpbusd` per accumulator (four
-//! byte products per lane), then the zero-point correction and the typed epilogue in registers
-//! before a store of the output's type.
+//! The 8-bit integer contraction micro-kernels: a tile of `rows x cols` `i32` accumulators in
+//! vector registers, then the zero-point correction and the typed epilogue in registers before
+//! a store of the output's type. Two instruction sets ([`Int8Isa`]): AVX-512 VNNI (zmm, 32
+//! registers, `vpdpbusd`) and AVX2 (ymm, 16 registers, products of 16-bit pairs with
+//! `vpmaddwd`; also what AVX-512F without VNNI runs).
 //!
-//! The form it implements (anything else is refused, and the region compiles as loops): the
-//! innermost reduction loop has extent 4 and moves both operands by one byte; the left operand
-//! (activations, `u8`, or `i8` flipped to `u8` by xor 0x80 with its zero point moved by 128) is
-//! a broadcast along the columns, its quadruple loaded per row as one dword; the right operand
-//! (packed weights, `i8` with zero point 0) moves 4 bytes per column and not along the rows, a
-//! register of 16 columns x 4 bytes per step. With `zl` the left zero point in the `u8` domain,
-//! `Σ (x - zl) w = Σ x w - zl Σ w`: the column sums `Σ w` are accumulated beside the tile (one
-//! more `vpdpbusd` with a vector of ones per column vector and step) and subtracted, times
-//! `zl`, after the reduction.
+//! The forms it implements (anything else is refused, and the region compiles as loops):
 //!
-//! A depthwise tile (both operands contiguous along the columns: each output channel its own
-//! activation and weight) is the second form: per tap and column vector the weights widened
-//! to `i32` (`vpmovsxbd`, their zero point subtracted), per row the activations widened
-//! (`vpmovsxbd`/`vpmovzxbd`), multiplied (`vpmulld`) and added; the activation zero point is
-//! corrected through the column sums as above.
+//! *Dot products of quadruples*: the innermost reduction loop has extent 4 and moves both
+//! operands by one byte; the left operand (activations) is a broadcast along the columns, its
+//! quadruple loaded per row as one dword; the right operand (packed weights, `i8` with zero
+//! point 0) moves 4 bytes per column and not along the rows.
+//! - VNNI: one `vpdpbusd` per accumulator and step (16 columns x 4 bytes per register). The
+//!   activations must be `u8` (`i8` is flipped by xor 0x80 with its zero point moved by 128).
+//!   With `zl` the left zero point in the `u8` domain, `Σ (x - zl) w = Σ x w - zl Σ w`: the
+//!   column sums `Σ w` are accumulated beside the tile (one more `vpdpbusd` with a vector of
+//!   ones per column vector and step) and subtracted, times `zl`, after the reduction.
+//! - AVX2: `vpmaddubsw` would saturate (`255·127·2 > 2^15`), so both operands are widened to
+//!   16 bits: the weights of 4 columns (16 bytes) into one register (`vpmovsxbw`), a row's
+//!   quadruple broadcast and widened (`vpbroadcastd`, `vpmovzxbw`/`vpmovsxbw`) with `zl`
+//!   subtracted in 16 bits (exact: `|x - zl| ≤ 255`), and one `vpmaddwd` per accumulator half
+//!   and step adds the two pair products of each column into two `i32` lanes. Each 8-column
+//!   vector has two such halves (columns 0-3 and 4-7), folded after the reduction by
+//!   `vphaddd` and put in column order by `vpermq`.
+//!
+//! *Lanes* (depthwise: both operands contiguous along the columns, each output channel its own
+//! activation and weight): per tap and column vector the weights widened to `i32` (`vpmovsxbd`,
+//! their zero point subtracted), per row the activations widened, multiplied (`vpmulld`) and
+//! added; the activation zero point is corrected through the column sums as above.
 //!
 //! Invariant: the code computes [`ContractionKernel::reference_bytes`] exactly (integer sums are
 //! exact in any order; the epilogue as [`super::epilogue`] states), reads only the bytes the
-//! reference reads (the partial last column vector through `k1`) and writes only the output
-//! tile. Registers: `rdi` the pointer array, `rsi`/`rdx` the operands walking the reduction,
-//! `rcx, r8..r11` the loop counters; the epilogue keeps the output in `rsi` and its inputs in
-//! `rdx, rcx, r8..r11`.
+//! reference reads (the partial last column vector through `k1`, or on AVX2 as a half vector:
+//! AVX2 tiles take columns in fours) and writes only the output tile. Registers: `rdi` the
+//! pointer array, `rsi`/`rdx` the operands walking the reduction, `rcx, r8..r11` the loop
+//! counters; the epilogue keeps the output in `rsi` and its inputs in `rdx, rcx, r8..r11`.
 
 use super::asm::{e, Addr, Asm, VecIsa};
 use super::epilogue::{Block, Outputs, Program};
@@ -35,19 +44,33 @@ use kiln_tir::BinOp;
 
 /// Loop counters of the reduction loops outside the innermost (outermost first).
 const COUNTERS: [AsmRegister64; 5] = [rcx, r8, r9, r10, r11];
-/// zmm registers.
-const REGS: usize = 32;
-/// i32 lanes per zmm.
-const LANES: usize = 16;
-/// The innermost loop of this extent is one `vpdpbusd`.
+/// The innermost loop of this extent is one dot product of quadruples.
 const QUAD: usize = 4;
+
+/// The instruction set of an integer kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Int8Isa {
+    /// AVX-512F with VNNI: zmm, `vpdpbusd`.
+    Avx512Vnni,
+    /// AVX2: ymm, 16-bit pair products (`vpmaddwd`).
+    Avx2,
+}
+
+impl Int8Isa {
+    fn vec_isa(self) -> VecIsa {
+        match self {
+            Int8Isa::Avx512Vnni => VecIsa::Avx512,
+            Int8Isa::Avx2 => VecIsa::Avx2,
+        }
+    }
+}
 
 fn err(s: impl Into<String>) -> MicrokernelError {
     MicrokernelError(s.into())
 }
 
 /// Machine code of the integer contraction `k` (see the module doc).
-pub fn int8_contraction(k: &ContractionKernel) -> Result<Vec<u8>, MicrokernelError> {
+pub fn int8_contraction(isa: Int8Isa, k: &ContractionKernel) -> Result<Vec<u8>, MicrokernelError> {
     let Some(int8) = &k.int8 else {
         return Err(err("not an integer contraction"));
     };
@@ -86,36 +109,54 @@ pub fn int8_contraction(k: &ContractionKernel) -> Result<Vec<u8>, MicrokernelErr
     if prog.result_type() != int8.out {
         return Err(err("the epilogue's type is not the output's"));
     }
-    // The left zero point in the domain the instruction multiplies in (dot products: u8).
-    let flip = form == Form::Quad && int8.lhs == DType::I8;
+    let vnni = isa == Int8Isa::Avx512Vnni;
+    let visa = isa.vec_isa();
+    let lanes = visa.lanes();
+    // AVX2 widens pairs: products of 16-bit words, two accumulator halves per vector.
+    let pairs = form == Form::Quad && !vnni;
+    // The left zero point in the domain the instruction multiplies in (VNNI: u8).
+    let flip = form == Form::Quad && vnni && int8.lhs == DType::I8;
     let zl = int8.lhs_zp + if flip { 128 } else { 0 };
-    let nv = k.cols.div_ceil(LANES);
-    let tail = k.cols % LANES;
-    let sums = zl != 0;
-    // Per chunk of `vc` column vectors: weights and column sums per vector, the row operand,
-    // a scratch register and the constant registers (dot products: ones for the sums, 0x80
-    // for the flip; lanes: the weight zero point).
+    let nv = k.cols.div_ceil(lanes);
+    let tail = k.cols % lanes;
+    if !vnni && tail != 0 && tail != 4 {
+        return Err(err("AVX2 integer tiles take columns in fours"));
+    }
+    // AVX2 keeps the tail mask (of the epilogue's f32/i32 inputs) in the last register.
+    let reserved = usize::from(!vnni && tail != 0);
+    let regs = visa.regs() - reserved;
+    // Column sums correct the left zero point, except with pairs (subtracted from each row).
+    let sums = zl != 0 && !pairs;
+    // Per chunk of `vc` column vectors: weights (pairs: two halves) and column sums per vector,
+    // the row operand, a scratch register and the constant registers (VNNI: ones for the sums,
+    // 0x80 for the flip; pairs: the zero point in words; lanes: the weight zero point).
     let consts = match form {
+        Form::Quad if pairs => usize::from(zl != 0),
         Form::Quad => usize::from(sums) + usize::from(flip),
         Form::Lanes => usize::from(int8.rhs_zp != 0),
     };
-    let ep = prog.registers(false);
+    let per_vec = if pairs { 2 } else { 1 };
+    let ep = prog.registers(visa == VecIsa::Avx2);
     let (vc, rc) = (1..=nv)
         .rev()
         .find_map(|vc| {
-            let other = vc * (1 + usize::from(sums)) + 2 + consts;
-            let rc = (REGS.checked_sub(other)? / vc).min(REGS.checked_sub(ep + 1)? / vc);
+            let other = vc * (per_vec + usize::from(sums)) + 2 + consts;
+            let rc =
+                (regs.checked_sub(other)? / (per_vec * vc)).min(regs.checked_sub(ep + 1)? / vc);
             (rc >= 1).then_some((vc, rc.min(k.rows)))
         })
         .ok_or_else(|| err("the tile needs more registers than there are"))?;
     let mut g = Gen {
-        asm: Asm::new(VecIsa::Avx512).map_err(err)?,
+        asm: Asm::new(visa).map_err(err)?,
         k,
         out: int8.out,
+        lanes,
+        regs,
         nv,
         tail,
         prog,
         form,
+        pairs,
         loops,
         lhs_signed: int8.lhs == DType::I8,
         rhs_signed: int8.rhs == DType::I8,
@@ -124,7 +165,7 @@ pub fn int8_contraction(k: &ContractionKernel) -> Result<Vec<u8>, MicrokernelErr
         zl,
     };
     if tail != 0 {
-        g.asm.tail_mask(tail, 0).map_err(err)?;
+        g.asm.tail_mask(tail, regs as u8).map_err(err)?;
     }
     for block in Block::tiling(k.rows, nv, rc, vc) {
         g.chunk(&block).map_err(err)?;
@@ -145,10 +186,16 @@ struct Gen<'k> {
     asm: Asm,
     k: &'k ContractionKernel,
     out: DType,
+    /// i32 lanes per vector register.
+    lanes: usize,
+    /// Vector registers the kernel may use (AVX2 with a tail: all but the mask's).
+    regs: usize,
     nv: usize,
     tail: usize,
     prog: Program,
     form: Form,
+    /// Dot products as 16-bit pair products (AVX2, see the module doc).
+    pairs: bool,
     /// Counted reduction loops (dot products: all but the innermost quadruple).
     loops: usize,
     lhs_signed: bool,
@@ -161,12 +208,17 @@ struct Gen<'k> {
 
 /// Registers of one chunk: accumulators `0..rows*vecs`, then these.
 struct Regs {
+    /// Pairs: the accumulators of the columns 4-7 halves, in the same order.
+    upper: Vec<u8>,
+    /// Per column vector (pairs: per half, two per vector).
     weights: Vec<u8>,
     sums: Vec<u8>,
     row: u8,
     scratch: u8,
     ones: Option<u8>,
     flip: Option<u8>,
+    /// Pairs: the left zero point in every 16-bit word.
+    zl_words: Option<u8>,
     /// The weight zero point in every lane (lanes form).
     zr: Option<u8>,
 }
@@ -184,27 +236,43 @@ impl Gen<'_> {
             next += n as u8;
             v
         };
-        let weights = take(c.vecs);
-        let sums = if self.zl != 0 { take(c.vecs) } else { vec![] };
+        let pairs = self.pairs;
+        let upper = if pairs { take(c.rows * c.vecs) } else { vec![] };
+        let weights = take(c.vecs * if pairs { 2 } else { 1 });
+        let sums = if self.zl != 0 && !pairs {
+            take(c.vecs)
+        } else {
+            vec![]
+        };
         let row = take(1)[0];
         let scratch = take(1)[0];
         let quad = self.form == Form::Quad;
-        let ones = (quad && self.zl != 0).then(|| take(1)[0]);
+        let ones = (quad && !pairs && self.zl != 0).then(|| take(1)[0]);
         let flip = self.flip.then(|| take(1)[0]);
+        let zl_words = (pairs && self.zl != 0).then(|| take(1)[0]);
         let zr = (!quad && self.zr != 0).then(|| take(1)[0]);
+        if usize::from(next) > self.regs {
+            return Err("the chunk needs more registers than there are".into());
+        }
         let regs = Regs {
+            upper,
             weights,
             sums,
             row,
             scratch,
             ones,
             flip,
+            zl_words,
             zr,
         };
         self.asm.a.mov(rsi, qword_ptr(rdi)).map_err(e)?;
         self.asm.a.mov(rdx, qword_ptr(rdi + 8)).map_err(e)?;
-        for r in (0..accs).chain(regs.sums.iter().copied()) {
+        for r in (0..accs).chain(regs.upper.iter().chain(&regs.sums).copied()) {
             self.asm.zero(r)?;
+        }
+        if let Some(z) = regs.zl_words {
+            let w = u32::from(self.zl as u16);
+            self.asm.constant_bits(z, w | w << 16)?;
         }
         if let Some(o) = regs.ones {
             self.asm.constant_bits(o, 0x0101_0101)?;
@@ -216,8 +284,17 @@ impl Gen<'_> {
             self.asm.constant_bits(z, self.zr as u32)?;
         }
         self.levels(c, &regs, 0)?;
+        if pairs {
+            // Per accumulator, lanes 2c and 2c + 1 hold the halves of column c of its four:
+            // within 128-bit lanes `vphaddd` gives columns (0 1 4 5 | 2 3 6 7), `vpermq` orders.
+            for (lo, &hi) in (0..accs).zip(&regs.upper) {
+                let (l, h) = (Asm::y(lo), Asm::y(hi));
+                self.asm.a.vphaddd(l, l, h).map_err(e)?;
+                self.asm.a.vpermq(l, l, 0b11_01_10_00).map_err(e)?;
+            }
+        }
         // Σ (x - zl) w = Σ x w - zl Σ w.
-        if self.zl != 0 {
+        if !regs.sums.is_empty() {
             self.asm.constant_bits(regs.scratch, self.zl as u32)?;
             for &s in &regs.sums {
                 self.asm.int_arith(BinOp::Mul, s, s, regs.scratch)?;
@@ -239,6 +316,7 @@ impl Gen<'_> {
         let outer = self.loops;
         if i == outer {
             return match self.form {
+                Form::Quad if self.pairs => self.pairs_step(c, regs),
                 Form::Quad => self.step(c, regs),
                 Form::Lanes => self.lanes_step(c, regs),
             };
@@ -269,7 +347,7 @@ impl Gen<'_> {
         for (x, j) in (c.j0..c.j0 + c.vecs).enumerate() {
             let addr = Addr {
                 base: rdx,
-                disp: j as i64 * (LANES * QUAD) as i64,
+                disp: (j * self.lanes * QUAD) as i64,
             };
             self.asm.load(regs.weights[x], addr, self.masked(j))?;
             if let Some(o) = regs.ones {
@@ -297,13 +375,61 @@ impl Gen<'_> {
         Ok(())
     }
 
-    /// One tap of a depthwise tile: operands at `rsi` and `rdx`, 16 bytes per column vector.
+    /// One step of four bytes per lane as 16-bit pair products: operands at `rsi` and `rdx`.
+    fn pairs_step(&mut self, c: &Block, regs: &Regs) -> Result<(), String> {
+        let k = self.k;
+        // Halves of a vector: two, or one for a tail of four columns.
+        let (tail, nv) = (self.tail, self.nv);
+        let halves = move |j: usize| if tail != 0 && j + 1 == nv { 1 } else { 2 };
+        for (x, j) in (c.j0..c.j0 + c.vecs).enumerate() {
+            for h in 0..halves(j) {
+                let m = self.asm.vmem(Addr {
+                    base: rdx,
+                    disp: ((j * self.lanes + h * 4) * QUAD) as i64,
+                })?;
+                let w = Asm::y(regs.weights[2 * x + h]);
+                self.asm.a.vpmovsxbw(w, xmmword_ptr(m)).map_err(e)?;
+            }
+        }
+        for i in 0..c.rows {
+            let m = self.asm.vmem(Addr {
+                base: rsi,
+                disp: (c.m0 + i) as i64 * k.lhs.row,
+            })?;
+            let (rx, ry) = (Asm::x(regs.row), Asm::y(regs.row));
+            self.asm.a.vpbroadcastd(rx, dword_ptr(m)).map_err(e)?;
+            if self.lhs_signed {
+                self.asm.a.vpmovsxbw(ry, rx)
+            } else {
+                self.asm.a.vpmovzxbw(ry, rx)
+            }
+            .map_err(e)?;
+            if let Some(z) = regs.zl_words {
+                self.asm.a.vpsubw(ry, ry, Asm::y(z)).map_err(e)?;
+            }
+            for (x, j) in (c.j0..c.j0 + c.vecs).enumerate() {
+                for h in 0..halves(j) {
+                    let lo = i * c.vecs + x;
+                    let acc = Asm::y(if h == 0 { lo as u8 } else { regs.upper[lo] });
+                    let t = Asm::y(regs.scratch);
+                    self.asm
+                        .a
+                        .vpmaddwd(t, ry, Asm::y(regs.weights[2 * x + h]))
+                        .map_err(e)?;
+                    self.asm.a.vpaddd(acc, acc, t).map_err(e)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One tap of a depthwise tile: operands at `rsi` and `rdx`, a byte per lane.
     fn lanes_step(&mut self, c: &Block, regs: &Regs) -> Result<(), String> {
         let k = self.k;
         for (x, j) in (c.j0..c.j0 + c.vecs).enumerate() {
             let addr = Addr {
                 base: rdx,
-                disp: (j * LANES) as i64,
+                disp: (j * self.lanes) as i64,
             };
             let w = regs.weights[x];
             self.asm
@@ -321,7 +447,7 @@ impl Gen<'_> {
             for (x, j) in (c.j0..c.j0 + c.vecs).enumerate() {
                 let addr = Addr {
                     base: rsi,
-                    disp: m as i64 * k.lhs.row + (j * LANES) as i64,
+                    disp: m as i64 * k.lhs.row + (j * self.lanes) as i64,
                 };
                 self.asm
                     .widen_bytes(regs.row, addr, self.lhs_signed, self.masked(j))?;
@@ -340,13 +466,13 @@ impl Gen<'_> {
         let outputs = Outputs {
             inputs: &self.k.inputs,
             out_row: self.k.out_row,
-            vector_bytes: (LANES * self.out.size_bytes()) as i64,
+            vector_bytes: (self.lanes * self.out.size_bytes()) as i64,
             masked: &masked,
         };
         let out = self.out;
         let mut store =
             |asm: &mut Asm, addr: Addr, r: u8, masked: bool| asm.store_as(out, addr, r, masked);
         self.prog
-            .emit_block(&mut self.asm, c, &outputs, REGS, &mut store)
+            .emit_block(&mut self.asm, c, &outputs, self.regs, &mut store)
     }
 }

@@ -1,12 +1,14 @@
-//! The integer operations of 8-bit integer contraction kernels (AVX-512F + VNNI only): dot
-//! products of byte quadruples, dword broadcasts, `i32` arithmetic, the interpreter's
-//! conversions between `f32`, `i32`, `i8` and `u8`, and narrowing stores.
+//! The integer operations of 8-bit integer contraction kernels: dot products of byte
+//! quadruples (AVX-512 VNNI), widening loads, dword broadcasts, `i32` arithmetic, the
+//! interpreter's conversions between `f32`, `i32`, `i8` and `u8`, and narrowing stores, each in
+//! its AVX-512 (zmm) and AVX2 (ymm) form.
 //!
 //! Invariant: like [`Asm`]'s other methods, each touches only the registers it is given plus
-//! `k1` (the tail mask) and `k2` (scratch), and each computes per lane what
+//! `k1` (the tail mask) and `k2` (scratch) on AVX-512, and each computes per lane what
 //! [`kiln_tir::Epilogue::eval_scalar`] computes: `i32` arithmetic wraps, float to integer
 //! truncates and saturates with NaN as 0, integer to integer wraps (narrow values are held
-//! sign- or zero-extended in `i32` lanes).
+//! sign- or zero-extended in `i32` lanes). AVX2 has no byte masks: its masked byte accesses
+//! (widening loads, narrowing stores) serve a tail of exactly four lanes, and refuse others.
 
 use super::asm::{e, Addr, Asm, VecIsa};
 use iced_x86::code_asm::*;
@@ -21,6 +23,16 @@ fn avx512_only(a: &Asm, what: &str) -> Result<(), String> {
     }
 }
 
+/// AVX2: a masked byte access must be a tail of four lanes (one dword of bytes).
+fn avx2_half_tail(a: &Asm) -> Result<(), String> {
+    match a.avx2_tail() {
+        Some(4) => Ok(()),
+        t => Err(format!(
+            "AVX2 masked byte accesses serve a tail of 4 lanes, not {t:?}"
+        )),
+    }
+}
+
 impl Asm {
     /// `acc += Σ_{q<4} a.u8[4i+q] · b.i8[4i+q]` per dword lane `i` (`vpdpbusd`, no saturation).
     pub fn dpbusd(&mut self, acc: u8, a: u8, b: u8) -> Result<(), String> {
@@ -32,13 +44,16 @@ impl Asm {
 
     /// `r = the dword at addr` in every lane.
     pub fn bcast_dword(&mut self, r: u8, addr: Addr) -> Result<(), String> {
-        avx512_only(self, "vpbroadcastd")?;
         let m = self.vmem(addr)?;
-        self.a.vpbroadcastd(Self::z(r), dword_ptr(m)).map_err(e)
+        match self.isa {
+            VecIsa::Avx512 => self.a.vpbroadcastd(Self::z(r), dword_ptr(m)),
+            VecIsa::Avx2 => self.a.vpbroadcastd(Self::y(r), dword_ptr(m)),
+        }
+        .map_err(e)
     }
 
-    /// `r = the 16 bytes at addr`, sign- or zero-extended to `i32` lanes (only the tail lanes
-    /// read, the others zero, when `masked`).
+    /// `r = the bytes at addr` (one per lane), sign- or zero-extended to `i32` lanes (only the
+    /// tail lanes read, the others zero, when `masked`).
     pub fn widen_bytes(
         &mut self,
         r: u8,
@@ -46,8 +61,28 @@ impl Asm {
         signed: bool,
         masked: bool,
     ) -> Result<(), String> {
-        avx512_only(self, "vpmovsxbd")?;
-        let m = xmmword_ptr(self.vmem(addr)?);
+        let mem = self.vmem(addr)?;
+        if self.isa == VecIsa::Avx2 {
+            let res = if masked {
+                // Four bytes into the low half (the VEX form zeroes the upper one).
+                avx2_half_tail(self)?;
+                let (x, m) = (Self::x(r), dword_ptr(mem));
+                if signed {
+                    self.a.vpmovsxbd(x, m)
+                } else {
+                    self.a.vpmovzxbd(x, m)
+                }
+            } else {
+                let (y, m) = (Self::y(r), qword_ptr(mem));
+                if signed {
+                    self.a.vpmovsxbd(y, m)
+                } else {
+                    self.a.vpmovzxbd(y, m)
+                }
+            };
+            return res.map_err(e);
+        }
+        let m = xmmword_ptr(mem);
         let z = Self::z(r);
         match (signed, masked) {
             (true, false) => self.a.vpmovsxbd(z, m),
@@ -60,7 +95,18 @@ impl Asm {
 
     /// `d = op(a, b)` on `i32` lanes (`+ - *` wrapping, signed `min`/`max`).
     pub fn int_arith(&mut self, op: BinOp, d: u8, a: u8, b: u8) -> Result<(), String> {
-        avx512_only(self, "integer epilogues")?;
+        if self.isa == VecIsa::Avx2 {
+            let (d, a, b) = (Self::y(d), Self::y(a), Self::y(b));
+            return match op {
+                BinOp::Add => self.a.vpaddd(d, a, b),
+                BinOp::Sub => self.a.vpsubd(d, a, b),
+                BinOp::Mul => self.a.vpmulld(d, a, b),
+                BinOp::Min => self.a.vpminsd(d, a, b),
+                BinOp::Max => self.a.vpmaxsd(d, a, b),
+                other => return Err(format!("integer epilogue operation {other:?}")),
+            }
+            .map_err(e);
+        }
         let (d, a, b) = (Self::z(d), Self::z(a), Self::z(b));
         match op {
             BinOp::Add => self.a.vpaddd(d, a, b),
@@ -73,17 +119,29 @@ impl Asm {
         .map_err(e)
     }
 
-    /// `d = to(x)` where `x` has type `from` (see the module doc); `tmp` is a scratch register
-    /// distinct from `x` and `d` (used by float to integer conversions).
-    pub fn convert(&mut self, to: DType, from: DType, d: u8, x: u8, tmp: u8) -> Result<(), String> {
-        avx512_only(self, "epilogue conversions")?;
+    /// `d = to(x)` where `x` has type `from` (see the module doc); `tmp` are scratch registers
+    /// distinct from `x` and `d` (float to integer conversions use the first, and on AVX2 the
+    /// second for the mask of ordered lanes).
+    pub fn convert(
+        &mut self,
+        to: DType,
+        from: DType,
+        d: u8,
+        x: u8,
+        tmp: [Option<u8>; 2],
+    ) -> Result<(), String> {
         let int = |t: DType| matches!(t, DType::I32 | DType::I8 | DType::U8);
-        let (zd, zx) = (Self::z(d), Self::z(x));
+        let avx2 = self.isa == VecIsa::Avx2;
         match (from, to) {
             (DType::F32, DType::F32) | (DType::I32 | DType::I8 | DType::U8, DType::I32) => {
                 self.mov(d, x)
             }
-            (f, DType::F32) if int(f) => self.a.vcvtdq2ps(zd, zx).map_err(e),
+            (f, DType::F32) if int(f) => if avx2 {
+                self.a.vcvtdq2ps(Self::y(d), Self::y(x))
+            } else {
+                self.a.vcvtdq2ps(Self::z(d), Self::z(x))
+            }
+            .map_err(e),
             (DType::F32, t) if int(t) => {
                 // NaN lanes become 0 through the mask of ordered lanes; the others are
                 // clamped into the type's range (`vminps`/`vmaxps` with the constant first
@@ -94,35 +152,67 @@ impl Asm {
                     // The largest f32 below 2^31; below -2^31 truncation gives i32::MIN.
                     _ => (None, 2_147_483_520.0),
                 };
-                if tmp == x || tmp == d {
+                let [Some(tmp), ord] = tmp else {
+                    return Err("a float to integer conversion without scratch".into());
+                };
+                let ord = if avx2 {
+                    Some(ord.ok_or("an AVX2 float to integer conversion needs two scratch")?)
+                } else {
+                    None
+                };
+                if [Some(tmp), ord].iter().flatten().any(|&t| t == x || t == d) || ord == Some(tmp)
+                {
                     return Err("conversion scratch aliases its operands".into());
                 }
                 const ORD_Q: i32 = 7;
-                self.a.vcmpps(k2, zx, zx, ORD_Q).map_err(e)?;
-                let mut src = zx;
+                match ord {
+                    Some(o) => self.a.vcmpps(Self::y(o), Self::y(x), Self::y(x), ORD_Q),
+                    None => self.a.vcmpps(k2, Self::z(x), Self::z(x), ORD_Q),
+                }
+                .map_err(e)?;
+                let mut src = x;
                 if let Some(lo) = lo {
                     self.constant(tmp, lo)?;
-                    self.a.vmaxps(zd, Self::z(tmp), src).map_err(e)?;
-                    src = zd;
+                    self.arith(super::asm::Arith::Max, d, tmp, src)?;
+                    src = d;
                 }
                 self.constant(tmp, hi)?;
-                self.a.vminps(zd, Self::z(tmp), src).map_err(e)?;
-                self.a.vcvttps2dq(zd.k2().z(), zd).map_err(e)
+                self.arith(super::asm::Arith::Min, d, tmp, src)?;
+                match ord {
+                    Some(o) => {
+                        let yd = Self::y(d);
+                        self.a.vcvttps2dq(yd, yd).map_err(e)?;
+                        self.a.vpand(yd, yd, Self::y(o))
+                    }
+                    None => self.a.vcvttps2dq(Self::z(d).k2().z(), Self::z(d)),
+                }
+                .map_err(e)
             }
-            (f, t) if int(f) && matches!(t, DType::I8 | DType::U8) => {
+            (f, t) if int(f) && matches!(t, DType::I8 | DType::U8) => if avx2 {
+                let (yd, yx) = (Self::y(d), Self::y(x));
+                self.a.vpslld(yd, yx, 24).map_err(e)?;
+                if t == DType::I8 {
+                    self.a.vpsrad(yd, yd, 24)
+                } else {
+                    self.a.vpsrld(yd, yd, 24)
+                }
+            } else {
+                let (zd, zx) = (Self::z(d), Self::z(x));
                 self.a.vpslld(zd, zx, 24).map_err(e)?;
                 if t == DType::I8 {
-                    self.a.vpsrad(zd, zd, 24).map_err(e)
+                    self.a.vpsrad(zd, zd, 24)
                 } else {
-                    self.a.vpsrld(zd, zd, 24).map_err(e)
+                    self.a.vpsrld(zd, zd, 24)
                 }
             }
+            .map_err(e),
             (f, t) => Err(format!("epilogue conversion from {f} to {t}")),
         }
     }
 
     /// Stores `r`'s lanes as `dtype` (`f32`/`i32` whole, `i8`/`u8` as their low bytes), only
-    /// the tail lanes when `masked`.
+    /// the tail lanes when `masked`. AVX2 narrows by packing with saturation (exact: the lanes
+    /// already hold values of `dtype`) and overwrites `r`.
     pub fn store_as(
         &mut self,
         dtype: DType,
@@ -132,8 +222,27 @@ impl Asm {
     ) -> Result<(), String> {
         match dtype {
             DType::F32 | DType::I32 => self.store(addr, r, masked),
+            DType::I8 | DType::U8 if self.isa == VecIsa::Avx2 => {
+                let m = self.vmem(addr)?;
+                let (y, x) = (Self::y(r), Self::x(r));
+                // Words in qwords 0 and 2 (one per 128-bit lane), gathered, then bytes.
+                self.a.vpackssdw(y, y, y).map_err(e)?;
+                self.a.vpermq(y, y, 0b00_00_10_00).map_err(e)?;
+                if dtype == DType::I8 {
+                    self.a.vpacksswb(x, x, x)
+                } else {
+                    self.a.vpackuswb(x, x, x)
+                }
+                .map_err(e)?;
+                if masked {
+                    avx2_half_tail(self)?;
+                    self.a.vmovd(dword_ptr(m), x)
+                } else {
+                    self.a.vmovq(qword_ptr(m), x)
+                }
+                .map_err(e)
+            }
             DType::I8 | DType::U8 => {
-                avx512_only(self, "narrowing stores")?;
                 let m = self.vmem(addr)?;
                 if masked {
                     self.a.vpmovdb(xmmword_ptr(m).k1(), Self::z(r)).map_err(e)

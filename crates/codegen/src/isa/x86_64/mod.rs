@@ -15,7 +15,7 @@ mod int_ops;
 
 pub use asm::VecIsa;
 pub use contraction::contraction;
-pub use int8::int8_contraction;
+pub use int8::{int8_contraction, Int8Isa};
 
 /// A function `void f(const void *)` running `iterations` rounds of 12 independent vector
 /// fused multiply-adds (no memory traffic): times the core's f32 peak,
