@@ -52,7 +52,30 @@ fn epilogue(choice: u8, inputs: usize) -> Epilogue {
             .fold(E::Acc, |x, i| E::Binary(BinOp::Add, b(x), b(E::Input(i))))
     };
     let x = acc_bias();
-    match choice % 11 {
+    // A select `x op c ? c : otherwise` (clamps as the importer writes them).
+    let side = |op: CmpOp, x: E, c: f32, otherwise: E| E::Select {
+        op,
+        a: b(x),
+        b: b(E::Const(c)),
+        then: b(E::Const(c)),
+        otherwise: b(otherwise),
+    };
+    match choice % 14 {
+        // A clamp written upper side first, a one-sided bound, and sides that cross (c > d:
+        // no clamp, selects computed as such).
+        11 => side(
+            CmpOp::Gt,
+            x.clone(),
+            0.5,
+            side(CmpOp::Lt, x.clone(), -0.0, x),
+        ),
+        12 => side(CmpOp::Lt, x.clone(), 0.25, x),
+        13 => side(
+            CmpOp::Lt,
+            x.clone(),
+            0.5,
+            side(CmpOp::Gt, x.clone(), -0.5, x),
+        ),
         // GELU, as a transformer's MLP ends: x · 0.5 · (1 + erf(x · 1/√2)).
         10 => E::Binary(
             BinOp::Mul,
@@ -164,7 +187,7 @@ fn case() -> impl Strategy<Value = Case> {
         prop::collection::vec(1usize..=5, 0..=2),
         1usize..=19,
         kinds(),
-        0u8..11,
+        0u8..14,
         prop_oneof![0usize..=2, 3usize..=8],
         any::<u64>(),
     )

@@ -32,6 +32,17 @@ enum Node {
     IBin(BinOp, usize, usize),
     /// A conversion `(to, from)`.
     Cvt(DType, DType, usize),
+    /// `x < c ? c : x` (`Lower`) or `x > c ? c : x` (`Upper`) for an f32 constant `c` (by
+    /// bits): NaN and equal values give `x`, exactly what x86's `max`/`min` give with `x` as
+    /// their second operand. The clamp selects of requantisation compile to these.
+    Bound(Side, u32, usize),
+}
+
+/// Which bound a [`Node::Bound`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Side {
+    Lower,
+    Upper,
 }
 
 impl Node {
@@ -40,7 +51,7 @@ impl Node {
         match self {
             Node::Acc | Node::Const(_) | Node::Input(_) | Node::Int(_) => vec![],
             Node::Bin(_, a, b) | Node::IBin(_, a, b) => vec![*a, *b],
-            Node::Cvt(_, _, a) => vec![*a],
+            Node::Cvt(_, _, a) | Node::Bound(_, _, a) => vec![*a],
             Node::Select(_, a, b, t, o) => vec![*a, *b, *t, *o],
             Node::Call(_, args) => args.clone(),
         }
@@ -58,7 +69,8 @@ impl Node {
     fn may_overwrite_operand(&self) -> bool {
         !matches!(
             self,
-            Node::Bin(BinOp::Min | BinOp::Max, _, _)
+            Node::Bound(..)
+                | Node::Bin(BinOp::Min | BinOp::Max, _, _)
                 | Node::Call(
                     Intrinsic::Fma
                         | Intrinsic::Abs
@@ -298,7 +310,10 @@ impl Program {
                 if xs.iter().any(|&x| self.types[x] != DType::F32) {
                     return Err("an epilogue select on integers".into());
                 }
-                (Node::Select(*op, xs[0], xs[1], xs[2], xs[3]), DType::F32)
+                let node = self
+                    .bound(*op, xs)
+                    .unwrap_or(Node::Select(*op, xs[0], xs[1], xs[2], xs[3]));
+                (node, DType::F32)
             }
             Epilogue::Call(f, args) => {
                 let mut xs = vec![];
@@ -315,6 +330,36 @@ impl Program {
         self.types.push(ty);
         memo.insert(node, self.nodes.len() - 1);
         Ok(self.nodes.len() - 1)
+    }
+
+    /// The select `op(a, b) ? then : otherwise` (node ids `xs`) as a [`Node::Bound`] where it is
+    /// one: `b` and `then` the same constant `c`, and `otherwise` either `a` or (a clamp's
+    /// other side) the opposite bound `d` of `a` with `c` on the right side of `d` (`a < c ? c
+    /// : min(d, a)` is `max(c, min(d, a))` when `c <= d`, NaN and signed zeros included).
+    fn bound(&self, op: CmpOp, [a, b, then, otherwise]: [usize; 4]) -> Option<Node> {
+        let (Node::Const(c), Node::Const(t)) = (&self.nodes[b], &self.nodes[then]) else {
+            return None;
+        };
+        let (side, opposite) = match op {
+            CmpOp::Lt => (Side::Lower, Side::Upper),
+            CmpOp::Gt => (Side::Upper, Side::Lower),
+            _ => return None,
+        };
+        if c != t || f32::from_bits(*c).is_nan() {
+            return None;
+        }
+        let ordered = match &self.nodes[otherwise] {
+            _ if otherwise == a => true,
+            Node::Bound(s, d, x) if *s == opposite && *x == a => {
+                let (c, d) = (f32::from_bits(*c), f32::from_bits(*d));
+                match side {
+                    Side::Lower => c <= d,
+                    Side::Upper => d <= c,
+                }
+            }
+            _ => false,
+        };
+        ordered.then_some(Node::Bound(side, *c, otherwise))
     }
 
     /// The type of the result.
@@ -438,6 +483,15 @@ impl Program {
                     asm.select(pred, a, b, t, o, d, tmp.unwrap_or(d))?;
                 }
                 Node::Int(bits) => asm.constant(d, f32::from_bits(*bits))?,
+                Node::Bound(side, bits, _) => {
+                    // `d` is fresh: the constant first, the operand second (kept on NaN).
+                    asm.constant(d, f32::from_bits(*bits))?;
+                    let op = match side {
+                        Side::Lower => Arith::Max,
+                        Side::Upper => Arith::Min,
+                    };
+                    asm.arith(op, d, d, r(0)?)?;
+                }
                 Node::IBin(op, _, _) => asm.int_arith(*op, d, r(0)?, r(1)?)?,
                 Node::Cvt(to, from, _) => {
                     let tmp = [scratch.first().copied(), scratch.get(1).copied()];
