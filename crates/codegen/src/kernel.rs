@@ -332,6 +332,9 @@ pub(crate) struct FnLowerer<'s, 'm, 'b, M: Module> {
     readonly: Vec<bool>,
     /// How many conditionals (`if`, branching `select`) enclose the code being emitted.
     pub(crate) guarded: usize,
+    /// The element a serial reduction loop being emitted keeps in a variable (see
+    /// [`crate::serial_reduce`]).
+    pub(crate) carried: Option<crate::serial_reduce::Carried>,
 }
 
 impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
@@ -366,6 +369,7 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
             jobs: vec![],
             promo: HashMap::new(),
             promo_vars: HashMap::new(),
+            carried: None,
             consts: vec![None; f.vars.len()],
             readonly: readonly_params(f),
             guarded: 0,
@@ -530,6 +534,16 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
                 indices,
                 value,
             } => {
+                if let Some(var) = self
+                    .carried
+                    .as_ref()
+                    .filter(|c| c.is(*buf, indices))
+                    .map(|c| c.var)
+                {
+                    let v = self.expr(value)?;
+                    self.b.def_var(var, v);
+                    return Ok(());
+                }
                 if self.promo.contains_key(buf) {
                     let var = self.promoted_var(*buf, indices, 1)?;
                     let v = self.expr(value)?;
@@ -616,9 +630,10 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
                         self.em.stats.vector_loops += 1;
                         self.vector_max_reduction(var, extent, body, op, element)
                     }
-                    None => self.serial(var, extent, body),
+                    None => self.serial_or_carried(var, extent, body),
                 }
             }
+            ForKind::Serial => self.serial_or_carried(var, extent, body),
             _ => self.serial(var, extent, body),
         }
     }
@@ -655,7 +670,28 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
         Ok(())
     }
 
-    fn serial(&mut self, var: VarId, extent: usize, body: &Stmt) -> Result<(), CodegenError> {
+    /// A serial loop, its reduction element in a variable where [`crate::serial_reduce`] can.
+    fn serial_or_carried(
+        &mut self,
+        var: VarId,
+        extent: usize,
+        body: &Stmt,
+    ) -> Result<(), CodegenError> {
+        match crate::serial_reduce::carried_element(self, var, extent, body) {
+            Some(element) => {
+                self.em.stats.carried_reductions += 1;
+                self.carried_reduction(var, extent, body, element)
+            }
+            None => self.serial(var, extent, body),
+        }
+    }
+
+    pub(crate) fn serial(
+        &mut self,
+        var: VarId,
+        extent: usize,
+        body: &Stmt,
+    ) -> Result<(), CodegenError> {
         let start = self.b.ins().iconst(types::I64, 0);
         let end = self.b.ins().iconst(types::I64, extent as i64);
         self.counted_loop(var, start, end, extent == 0, body)

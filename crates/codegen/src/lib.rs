@@ -44,6 +44,7 @@ pub mod pool;
 pub mod promote;
 pub mod runtime;
 mod scalar;
+mod serial_reduce;
 mod tensorized;
 pub mod vector;
 mod vector_reduce;
@@ -132,6 +133,8 @@ pub struct CompileStats {
     pub parallel_bodies: usize,
     /// Local buffers held in registers instead of memory (see [`promote`]).
     pub promoted_buffers: usize,
+    /// Serial reduction loops whose element was kept in a register (see `serial_reduce`).
+    pub carried_reductions: usize,
     /// Tensorized regions emitted as micro-kernel calls.
     pub microkernel_calls: usize,
     /// Distinct micro-kernels defined.

@@ -104,6 +104,13 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
                 let v = self.expr(value)?;
                 self.cast(from, *dtype, v)?
             }
+            Expr::Load { buf, indices }
+                if self.carried.as_ref().is_some_and(|c| c.is(*buf, indices)) =>
+            {
+                let var = self.carried.as_ref().map(|c| c.var);
+                self.b
+                    .use_var(var.ok_or_else(|| self.err_internal("carried element"))?)
+            }
             Expr::Load { buf, indices } if self.promo.contains_key(buf) => {
                 let var = self.promoted_var(*buf, indices, 1)?;
                 self.b.use_var(var)

@@ -1,6 +1,7 @@
 //! Vector code for serial `max`/`min` reduction loops (a softmax's row maximum): `for r in
-//! 0..n { out[i] = max(out[i], e(r)) }` with `out[i]` independent of `r` runs as four lane-wise
-//! partial maxima over chunks of four `r`, combined at the end, then the remaining iterations.
+//! 0..n { out[i] = max(out[i], e(r)) }` with `out[i]` independent of `r` runs as lane-wise
+//! partial maxima in four independent vectors over chunks of four `r`, combined at the end,
+//! then the remaining iterations.
 //!
 //! Invariant: the result is the scalar loop's bit for bit. `fmax`/`fmin` (NaN-propagating,
 //! `-0 < +0`: IEEE 754-2019 maximum/minimum) are commutative and associative, so any grouping of
@@ -19,6 +20,8 @@ use kiln_tir::{BinOp, Expr, PrimFunc, Stmt, VarId};
 
 /// A loop of this many iterations or more is worth vectorizing.
 const MIN_EXTENT: usize = 2 * LANES;
+/// Partial vectors kept at once (independent `fmax` chains).
+const ACCUMULATORS: usize = 4;
 
 /// The `(op, element)` of `for v in 0..extent { body }` when it is a max/min reduction into one
 /// f32 element (see the module doc).
@@ -82,18 +85,48 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
         };
         let addr = self.address(*buf, indices)?;
         let start = self.b.ins().load(types::F32, mem_flags(), addr, 0);
-        let acc = self.b.declare_var(types::F32X4);
         let splat = self.b.ins().splat(types::F32X4, start);
-        self.b.def_var(acc, splat);
+        // Independent accumulators, so that the loop is not one chain of `fmax` latencies.
+        let accs: Vec<_> = (0..ACCUMULATORS)
+            .map(|_| {
+                let a = self.b.declare_var(types::F32X4);
+                self.b.def_var(a, splat);
+                a
+            })
+            .collect();
+        let v = self.var(var);
+        let step = ACCUMULATORS * LANES;
+        let groups = extent / step;
+        if groups > 0 {
+            self.chunk_loop(var, groups, step, &mut |lw| {
+                let base = lw.b.use_var(v);
+                for (k, &acc) in accs.iter().enumerate() {
+                    let at = lw.b.ins().iadd_imm_s(base, (k * LANES) as i64);
+                    lw.b.def_var(v, at);
+                    let x = lw.vexpr_f32(element, var)?;
+                    let a = lw.b.use_var(acc);
+                    let a = combine(&mut lw.b, a, x);
+                    lw.b.def_var(acc, a);
+                }
+                lw.b.def_var(v, base);
+                Ok(())
+            })?;
+        }
+        // The chunks of 4 past the groups, into the first accumulator.
         let chunks = extent / LANES;
-        self.chunk_loop(var, chunks, LANES, &mut |lw| {
-            let x = lw.vexpr_f32(element, var)?;
-            let a = lw.b.use_var(acc);
-            let a = combine(&mut lw.b, a, x);
-            lw.b.def_var(acc, a);
-            Ok(())
-        })?;
-        let a = self.b.use_var(acc);
+        for c in groups * ACCUMULATORS..chunks {
+            let at = self.b.ins().iconst(types::I64, (c * LANES) as i64);
+            self.b.def_var(v, at);
+            let x = self.vexpr_f32(element, var)?;
+            let a = self.b.use_var(accs[0]);
+            let a = combine(&mut self.b, a, x);
+            self.b.def_var(accs[0], a);
+        }
+        let mut a = self.b.use_var(accs[0]);
+        for &acc in &accs[1..] {
+            let x = self.b.use_var(acc);
+            a = combine(&mut self.b, a, x);
+        }
         let mut r = self.b.ins().extractlane(a, 0);
         for lane in 1..LANES as u8 {
             let x = self.b.ins().extractlane(a, lane);

@@ -483,6 +483,47 @@ fn max_and_min_reductions_run_four_partial_lanes_exactly() {
 }
 
 #[test]
+fn serial_reductions_keep_their_element_in_a_register_exactly() {
+    // A softmax's denominator (a sum), an i32 sum of products and a running update reading
+    // the element twice keep `out[i]` in a variable (bit for bit the loop's order); a body
+    // reading `out` at another index, and a store whose index moves with the loop, do not.
+    let cases = [
+        (DType::F32, "%out[i] = %out[i] + %x[i, r]", 1),
+        (
+            DType::F32,
+            "%out[i] = %out[i] * 0.5_f32 + %x[i, r] * %out[i]",
+            1,
+        ),
+        (DType::I32, "%out[i] = %out[i] + %x[i, r] * %x[i, r]", 1),
+        (DType::F32, "%out[i] = %out[i] + %out[3 - i] * %x[i, r]", 0),
+        (
+            DType::F32,
+            "%out[(i + r) % 4] = %out[(i + r) % 4] + %x[i, r]",
+            0,
+        ),
+    ];
+    for (ty, update, carried) in cases {
+        let init = if ty == DType::F32 { "1.0_f32" } else { "1_i32" };
+        let text = format!(
+            "func @ew(%x: {ty}[4,37] param, %out: {ty}[4] param) {{ \
+            for i in 0..4 {{ %out[i] = {init} \
+            for r in 0..37 {{ {update} }} }} }}"
+        );
+        let f = kiln_tir::parse_func(&text).unwrap();
+        let mut rng = Rng(23);
+        let x = Tensor::from_data(
+            TensorType::new(ty, vec![4, 37]).unwrap(),
+            random_data(ty, 4 * 37, &mut rng),
+        )
+        .unwrap();
+        for o in opts() {
+            let stats = compare(&f, std::slice::from_ref(&x), &o);
+            assert_eq!(stats.carried_reductions, carried, "{update}");
+        }
+    }
+}
+
+#[test]
 fn selects_on_an_unrolled_variable_take_one_arm() {
     // A concat along an unrolled axis (the im2col of a convolution): row 0 reads `a`, rows 1
     // and 2 read `b` at `r - 1`, which would be out of bounds for row 0.
