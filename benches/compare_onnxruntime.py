@@ -7,6 +7,10 @@ InferenceSession with intra_op_num_threads=T on the same input, alternating the 
 that machine noise hits both alike, and prints the median latencies and the ratio kiln/onnxruntime
 (lower is better for Kiln). Nothing here asserts a timing: the numbers are for reading.
 
+With --rounds R the Kiln/onnxruntime pair runs R times in a row per model and thread count; the
+table shows the median of each side's medians and the median of the R per-round ratios (on a
+shared machine whose speed drifts, a ratio taken within one round is the steadier number).
+
 With --aot it also compiles each model into a shared library (`kiln compile`, target host) and
 times it through examples/c/run_model.c (KILN_BENCH_ITERS), printing the AOT/JIT ratio.
 
@@ -151,6 +155,8 @@ def main():
     ap.add_argument("--models", default=default_models_dir())
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="Kiln/onnxruntime pairs per model (medians reported)")
     ap.add_argument("--kiln", default=os.path.join(ROOT, "target", "release", "kiln"))
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     ap.add_argument("--aot", action="store_true",
@@ -170,19 +176,24 @@ def main():
         name = os.path.basename(model)[:-5]
         data = os.path.join(args.models, f"{name}_data")
         for threads in [int(t) for t in args.threads.split(",")]:
-            k = kiln_bench(args.kiln, model, threads, args.iters)
-            o_med, _ = ort_median_ms(model, data, threads, args.iters)
-            row = [name, threads, k["median_ms"], o_med, k["median_ms"] / o_med,
-                   k["compile_ms"], k["arena_bytes"]]
+            pairs = []
+            for _ in range(max(1, args.rounds)):
+                k = kiln_bench(args.kiln, model, threads, args.iters)
+                o_med, _ = ort_median_ms(model, data, threads, args.iters)
+                pairs.append((k["median_ms"], o_med))
+            k_med = statistics.median(p[0] for p in pairs)
+            o_med = statistics.median(p[1] for p in pairs)
+            ratio = statistics.median(p[0] / p[1] for p in pairs)
+            row = [name, threads, k_med, o_med, ratio, k["compile_ms"], k["arena_bytes"]]
             if args.aot:
                 a_med, _, size = aot_bench(args.kiln, runner, tmp, model, data, threads,
                                            args.iters)
-                row += [a_med, a_med / k["median_ms"], size]
+                row += [a_med, a_med / k_med, size]
             if args.tuning_logs:
                 log = os.path.join(args.tuning_logs, f"{name}.jsonl")
                 if os.path.exists(log):
                     t = kiln_bench(args.kiln, model, threads, args.iters, log)
-                    row += [t["median_ms"], t["median_ms"] / k["median_ms"],
+                    row += [t["median_ms"], t["median_ms"] / k_med,
                             t["median_ms"] / o_med]
                 else:
                     row += [None, None, None]

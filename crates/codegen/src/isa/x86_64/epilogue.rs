@@ -134,17 +134,23 @@ pub struct Block {
 
 impl Block {
     /// A tile of `rows` rows and `vectors` column vectors in blocks of at most `rc` rows by
-    /// `vc` vectors, column blocks outermost.
+    /// `vc` vectors, column blocks outermost; the rows split into as few blocks as `rc` allows,
+    /// of balanced sizes (14 rows at most 12 per block: 7 + 7, not 12 + 2, whose two-row block
+    /// would run on too few independent accumulators to hide the latency of its updates).
     pub fn tiling(rows: usize, vectors: usize, rc: usize, vc: usize) -> Vec<Block> {
+        let blocks = rows.div_ceil(rc.max(1));
         let mut out = vec![];
         for j0 in (0..vectors).step_by(vc.max(1)) {
-            for m0 in (0..rows).step_by(rc.max(1)) {
+            let mut m0 = 0;
+            for b in 0..blocks {
+                let n = rows / blocks + usize::from(b < rows % blocks);
                 out.push(Block {
                     m0,
-                    rows: rc.min(rows - m0),
+                    rows: n,
                     j0,
                     vecs: vc.min(vectors - j0),
                 });
+                m0 += n;
             }
         }
         out
