@@ -324,16 +324,13 @@ impl Gen<'_> {
         let masked = move |j: usize| tail != 0 && j + 1 == nv;
         let outputs = Outputs {
             inputs: &self.k.inputs,
+            dtype: self.out,
             out_row: self.k.out_row,
             vector_bytes: self.vbytes() / 4 * self.out.size_bytes() as i64,
             masked: &masked,
         };
         let regs = self.asm.isa.regs() - self.reserved;
-        let out = self.out;
-        let mut store =
-            |asm: &mut Asm, addr: Addr, r: u8, masked: bool| asm.store_as(out, addr, r, masked);
-        self.prog
-            .emit_block(&mut self.asm, c, &outputs, regs, &mut store)
+        self.prog.emit_block(&mut self.asm, c, &outputs, regs)
     }
 }
 

@@ -158,17 +158,15 @@ impl Block {
 }
 
 /// Where a tile's epilogue reads and writes: the `(row, col)` byte strides of its inputs (in
-/// the ABI array after lhs, rhs and out), the output's row stride and bytes per column
+/// the ABI array after lhs, rhs and out), the output's type, row stride and bytes per column
 /// vector, and which vectors are partial.
 pub struct Outputs<'a> {
     pub inputs: &'a [(i64, i64)],
+    pub dtype: DType,
     pub out_row: i64,
     pub vector_bytes: i64,
     pub masked: &'a dyn Fn(usize) -> bool,
 }
-
-/// Stores an epilogue result: `(asm, address, register, masked)`.
-pub type StoreFn<'s> = dyn FnMut(&mut Asm, Addr, u8, bool) -> Result<(), String> + 's;
 
 /// Where the epilogue's inputs and output are, per accumulator.
 pub struct Place<'a> {
@@ -184,17 +182,16 @@ pub struct Place<'a> {
 }
 
 impl Program {
-    /// Emits the epilogue of every accumulator of `block` and stores each result with
-    /// `store(asm, address, register, masked)`: loads the output pointer into `rsi` and the
-    /// inputs' into [`INPUT_PTRS`], and computes with registers from the accumulators' end up
-    /// to `regs` (plus each accumulator once stored).
+    /// Emits the epilogue of every accumulator of `block` and stores each result as the
+    /// output's type ([`Asm::store_as`]): loads the output pointer into `rsi` and the inputs'
+    /// into [`INPUT_PTRS`], and computes with registers from the accumulators' end up to `regs`
+    /// (plus each accumulator once stored).
     pub fn emit_block(
         &self,
         asm: &mut Asm,
         block: &Block,
         outputs: &Outputs,
         regs: usize,
-        store: &mut StoreFn,
     ) -> Result<(), String> {
         let e = |x: iced_x86::IcedError| x.to_string();
         asm.a.mov(rsi, qword_ptr(rdi + 16)).map_err(e)?;
@@ -237,7 +234,7 @@ impl Program {
                     base: rsi,
                     disp: m as i64 * outputs.out_row + j as i64 * outputs.vector_bytes,
                 };
-                store(asm, addr, r, masked)?;
+                asm.store_as(outputs.dtype, addr, r, masked)?;
                 done.push(acc);
             }
         }
