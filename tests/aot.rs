@@ -383,6 +383,48 @@ fn aarch64_libraries_run_under_qemu_and_match() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// With the dot-product extension the int8 kernels use `sdot` (qemu's default CPU has it): the
+/// bundled int8 models still match exactly.
+#[test]
+fn aarch64_dotprod_libraries_run_under_qemu_and_match() {
+    let target = Target::named("aarch64-linux-gnu-dotprod").unwrap();
+    if !cross_tools_or_skip(&target) {
+        return;
+    }
+    let dir = scratch("aarch64-dotprod");
+    let runner = dir.join("run_model");
+    build_runner(target.linker(), &runner);
+    for c in bundled_cases().iter().filter(|c| c.name.contains("int8")) {
+        check_through_c(c, &target, &runner, target.runner(), &dir);
+    }
+    // The instruction is there (and absent from the baseline target's library).
+    if have("aarch64-linux-gnu-objdump") {
+        let cases = bundled_cases();
+        let c = cases
+            .iter()
+            .find(|c| c.name == "resnet8_cifar_int8")
+            .unwrap();
+        let (model, _, _) = load(c);
+        for (t, want) in [
+            (target, true),
+            (Target::named("aarch64-linux-gnu").unwrap(), false),
+        ] {
+            let lib = dir.join(format!("{}.so", t.name()));
+            Compiler::new(t)
+                .compile_library(&model.graph, &AotOptions::default(), &lib)
+                .unwrap();
+            let out = run(Command::new("aarch64-linux-gnu-objdump")
+                .arg("-d")
+                .arg(&lib));
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(text.contains("sdot"), want, "{}", lib.display());
+        }
+    } else {
+        println!("notice: no aarch64-linux-gnu-objdump; the sdot instructions were not looked for");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_missing_linker_is_an_error_naming_its_package() {
     let text = std::fs::read_to_string(repo().join("targets/aarch64-linux-gnu.toml"))

@@ -335,23 +335,30 @@ fn model_header(m: &PlannedModel) -> String {
 }
 
 /// C code defining `KILN__CPU_FEATURES` (the features, space-separated) and
-/// `kiln__missing_cpu_feature()`: the first of `features` (GCC `__builtin_cpu_supports` names)
-/// the CPU running it lacks, or null. Without features (or off x86) it always returns null.
+/// `kiln__missing_cpu_feature()`: the first of `features` the CPU running it lacks, or null.
+/// x86 features are GCC `__builtin_cpu_supports` names; aarch64's (`dotprod`) are read from
+/// Linux's `AT_HWCAP`. Without features it always returns null.
 pub fn cpu_check_c(features: &[&str]) -> String {
     let mut c = format!(
         "#define KILN__CPU_FEATURES {}
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
 
 static const char *kiln__missing_cpu_feature(void) {{
 ",
         c_string(&features.join(" "))
     );
-    if !features.is_empty() {
+    let (x86, arm): (Vec<&str>, Vec<&str>) = features
+        .iter()
+        .partition(|f| !AARCH64_HWCAPS.iter().any(|(n, _)| n == *f));
+    if !x86.is_empty() {
         c.push_str(
             "#if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
 ",
         );
-        for f in features {
+        for f in x86 {
             let name = c_string(f);
             let _ = writeln!(
                 c,
@@ -360,10 +367,24 @@ static const char *kiln__missing_cpu_feature(void) {{
     }}"
             );
         }
-        c.push_str(
-            "#endif
-",
-        );
+        c.push_str("#endif\n");
+    }
+    if !arm.is_empty() {
+        c.push_str("#if defined(__aarch64__) && defined(__linux__)\n");
+        for f in arm {
+            let bit = AARCH64_HWCAPS
+                .iter()
+                .find(|(n, _)| *n == f)
+                .map_or(0, |(_, b)| *b);
+            let name = c_string(f);
+            let _ = writeln!(
+                c,
+                "    if (!(getauxval(AT_HWCAP) & (1UL << {bit}))) {{
+        return {name};
+    }}"
+            );
+        }
+        c.push_str("#endif\n");
     }
     c.push_str(
         "    return 0;
@@ -373,6 +394,9 @@ static const char *kiln__missing_cpu_feature(void) {{
     );
     c
 }
+
+/// aarch64 features by their bit in Linux's `AT_HWCAP` (`asm/hwcap.h`).
+const AARCH64_HWCAPS: [(&str, u32); 1] = [("dotprod", 20)];
 
 /// The generated C file: the tables the runtime reads, then the runtime itself.
 fn model_tables(m: &PlannedModel, parallel: bool, features: &[&str]) -> String {

@@ -30,6 +30,10 @@ const BUILTIN: &[(&str, &str)] = &[
         "aarch64-linux-gnu",
         include_str!("../../../targets/aarch64-linux-gnu.toml"),
     ),
+    (
+        "aarch64-linux-gnu-dotprod",
+        include_str!("../../../targets/aarch64-linux-gnu-dotprod.toml"),
+    ),
 ];
 
 /// Why a target could not be found or read.

@@ -135,9 +135,10 @@ impl MicroIsa {
     }
 
     /// Whether the family has 8-bit integer contraction kernels (AVX-512 VNNI dot products;
-    /// AVX-512F and AVX2 widening to 16-bit pairs, `vpmaddwd`).
+    /// AVX-512F and AVX2 widening to 16-bit pairs, `vpmaddwd`; NEON byte dot products, `sdot`
+    /// where the target has the dot-product extension).
     pub fn int8(self) -> bool {
-        self != MicroIsa::Aarch64Neon
+        true
     }
 
     /// Whether the family's f32 kernels have converting epilogues (integer outputs, see
@@ -462,10 +463,9 @@ pub fn generate(isa: MicroIsa, kernel: &ContractionKernel) -> Result<MicroCode, 
             MicroIsa::X86Avx512 | MicroIsa::X86Avx2 => {
                 Ok(MicroCode::Machine(int8_contraction(Int8Isa::Avx2, kernel)?))
             }
-            MicroIsa::Aarch64Neon => Err(MicrokernelError(format!(
-                "no 8-bit integer kernels for {}",
-                isa.name()
-            ))),
+            MicroIsa::Aarch64Neon => Ok(MicroCode::Ir(Box::new(super::aarch64::int8_contraction(
+                kernel,
+            )?))),
         };
     }
     Ok(match isa {

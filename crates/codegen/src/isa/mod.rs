@@ -56,12 +56,20 @@ pub fn host_isa(pic: bool, verify_ir: bool) -> Result<OwnedTargetIsa, CodegenErr
     target_isa(&IsaSpec::Host, pic, verify_ir)
 }
 
-/// The CPU features code for `spec` may execute, as GCC's `__builtin_cpu_supports` names them
-/// (x86-64: every extension the ISA's flags enable for Cranelift plus those of its
-/// micro-kernels; aarch64: none beyond the baseline). A library checks them when a context is
-/// created, so a CPU without one gets a status instead of an illegal instruction.
+/// The CPU features code for `spec` may execute beyond its architecture's baseline: x86-64,
+/// every extension the ISA's flags enable for Cranelift plus those of its micro-kernels, as
+/// GCC's `__builtin_cpu_supports` names them; aarch64, `dotprod` (the dot-product extension,
+/// Linux's `HWCAP_ASIMDDP`) when enabled. A library checks them when a context is created, so
+/// a CPU without one gets a status instead of an illegal instruction.
 pub fn required_cpu_features(spec: &IsaSpec) -> Result<Vec<&'static str>, CodegenError> {
     let isa = target_isa(spec, false, false)?;
+    if isa.name() == "aarch64" {
+        let dotprod = isa
+            .isa_flags()
+            .iter()
+            .any(|f| f.name == "has_dotprod" && f.as_bool() == Some(true));
+        return Ok(if dotprod { vec!["dotprod"] } else { vec![] });
+    }
     if isa.name() != "x64" {
         return Ok(vec![]);
     }

@@ -19,7 +19,6 @@
 use crate::isa::microkernel::{ContractionKernel, MicrokernelError, OperandStrides};
 use crate::kernel::mem_flags;
 use crate::scalar::{float_arith, float_cc};
-use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
     types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, Type, UserFuncName, Value,
 };
@@ -98,7 +97,10 @@ pub fn contraction(k: &ContractionKernel) -> Result<Function, MicrokernelError> 
             let tile = Tile::new(&mut g.b, rows, chunk.to_vec());
             // An empty reduction reads no operand: the accumulators stay zero.
             if k.reduce.iter().all(|&e| e > 0) {
-                g.reduce_loops(0, lhs, rhs, &tile)?;
+                let levels = super::levels(k, k.reduce.len());
+                super::reduction_loops(&mut g.b, &levels, lhs, rhs, &mut |b, l, r| {
+                    step(b, k, l, r, &tile)
+                })?;
             }
             g.epilogue(&tile, out, &inputs)?;
         }
@@ -144,6 +146,85 @@ fn check(k: &ContractionKernel) -> Result<(), MicrokernelError> {
     Ok(())
 }
 
+/// One reduction step: `acc = fma(lhs, rhs, acc)` for every accumulator of the tile.
+fn step(
+    b: &mut FunctionBuilder,
+    k: &ContractionKernel,
+    lhs: Value,
+    rhs: Value,
+    tile: &Tile,
+) -> Result<(), MicrokernelError> {
+    let mut loads = HashMap::new();
+    for (r, &m) in tile.rows.iter().enumerate() {
+        for (gi, &g) in tile.groups.iter().enumerate() {
+            let x = operand(b, &mut loads, 0, lhs, &k.lhs, m, g)?;
+            let y = operand(b, &mut loads, 1, rhs, &k.rhs, m, g)?;
+            let acc = b.use_var(tile.accs[r][gi]);
+            let acc = b.ins().fma(x, y, acc);
+            b.def_var(tile.accs[r][gi], acc);
+        }
+    }
+    Ok(())
+}
+
+/// Operand `o` (at `base`) for row `m` and column group `g`, each distinct load once per
+/// step (keyed by operand, byte offset and type).
+fn operand(
+    b: &mut FunctionBuilder,
+    loads: &mut HashMap<(u8, i64, bool), Value>,
+    which: u8,
+    base: Value,
+    o: &OperandStrides,
+    m: usize,
+    g: Group,
+) -> Result<Value, MicrokernelError> {
+    let off = m as i64 * o.row + o.col * g.col as i64;
+    value(b, loads, which, base, off, o.col != 0, g.vector)
+}
+
+/// The f32 at `base + off` (a contiguous vector when `contiguous` and `vector`), splat to
+/// four lanes when `vector` and not `contiguous`.
+pub(super) fn value(
+    b: &mut FunctionBuilder,
+    loads: &mut HashMap<(u8, i64, bool), Value>,
+    which: u8,
+    base: Value,
+    off: i64,
+    contiguous: bool,
+    vector: bool,
+) -> Result<Value, MicrokernelError> {
+    if let Some(&v) = loads.get(&(which, off, vector)) {
+        return Ok(v);
+    }
+    let offset = i32::try_from(off).map_err(|_| err("offset beyond 32 bits"))?;
+    // The operands are never written by the kernel; epilogue inputs may alias the output
+    // element for element (in-place residual adds), so their loads keep their place.
+    let flags = if which < 2 {
+        mem_flags().with_readonly().with_can_move()
+    } else {
+        mem_flags()
+    };
+    let v = if vector && contiguous {
+        b.ins().load(types::F32X4, flags, base, offset)
+    } else {
+        let s = match loads.get(&(which, off, false)) {
+            Some(&s) => s,
+            None => {
+                let s = b.ins().load(types::F32, flags, base, offset);
+                loads.insert((which, off, false), s);
+                s
+            }
+        };
+        if vector {
+            b.ins().splat(types::F32X4, s)
+        } else {
+            s
+        }
+    };
+    loads.insert((which, off, vector), v);
+    Ok(v)
+}
+
 /// The accumulators of one chunk: `accs[r][g]` for `rows[r]` and `groups[g]`.
 struct Tile {
     rows: Vec<usize>,
@@ -179,134 +260,6 @@ struct Gen<'f> {
 }
 
 impl Gen<'_> {
-    /// Reduction loops `level..`, starting at operand addresses `lhs` and `rhs`.
-    fn reduce_loops(
-        &mut self,
-        level: usize,
-        lhs: Value,
-        rhs: Value,
-        tile: &Tile,
-    ) -> Result<(), MicrokernelError> {
-        let Some(&extent) = self.k.reduce.get(level) else {
-            return self.step(lhs, rhs, tile);
-        };
-        if extent == 1 {
-            return self.reduce_loops(level + 1, lhs, rhs, tile);
-        }
-        let (ls, rs) = (self.k.lhs.reduce[level], self.k.rhs.reduce[level]);
-        let (lv, rv, cv) = (
-            self.b.declare_var(types::I64),
-            self.b.declare_var(types::I64),
-            self.b.declare_var(types::I64),
-        );
-        let zero = self.b.ins().iconst(types::I64, 0);
-        self.b.def_var(lv, lhs);
-        self.b.def_var(rv, rhs);
-        self.b.def_var(cv, zero);
-        let (header, body, exit) = (
-            self.b.create_block(),
-            self.b.create_block(),
-            self.b.create_block(),
-        );
-        self.b.ins().jump(header, &[]);
-        self.b.switch_to_block(header);
-        let c = self.b.use_var(cv);
-        let more = self
-            .b
-            .ins()
-            .icmp_imm_s(IntCC::SignedLessThan, c, extent as i64);
-        self.b.ins().brif(more, body, &[], exit, &[]);
-        self.b.switch_to_block(body);
-        self.b.seal_block(body);
-        let (l, r) = (self.b.use_var(lv), self.b.use_var(rv));
-        self.reduce_loops(level + 1, l, r, tile)?;
-        let l = self.b.ins().iadd_imm_s(l, ls);
-        let r = self.b.ins().iadd_imm_s(r, rs);
-        let c = self.b.use_var(cv);
-        let c = self.b.ins().iadd_imm_s(c, 1);
-        self.b.def_var(lv, l);
-        self.b.def_var(rv, r);
-        self.b.def_var(cv, c);
-        self.b.ins().jump(header, &[]);
-        self.b.seal_block(header);
-        self.b.switch_to_block(exit);
-        self.b.seal_block(exit);
-        Ok(())
-    }
-
-    /// One reduction step: `acc = fma(lhs, rhs, acc)` for every accumulator of the tile.
-    fn step(&mut self, lhs: Value, rhs: Value, tile: &Tile) -> Result<(), MicrokernelError> {
-        let mut loads = HashMap::new();
-        for (r, &m) in tile.rows.iter().enumerate() {
-            for (gi, &g) in tile.groups.iter().enumerate() {
-                let x = self.operand(&mut loads, 0, lhs, &self.k.lhs, m, g)?;
-                let y = self.operand(&mut loads, 1, rhs, &self.k.rhs, m, g)?;
-                let acc = self.b.use_var(tile.accs[r][gi]);
-                let acc = self.b.ins().fma(x, y, acc);
-                self.b.def_var(tile.accs[r][gi], acc);
-            }
-        }
-        Ok(())
-    }
-
-    /// Operand `o` (at `base`) for row `m` and column group `g`, each distinct load once per
-    /// step (keyed by operand, byte offset and type).
-    fn operand(
-        &mut self,
-        loads: &mut HashMap<(u8, i64, bool), Value>,
-        which: u8,
-        base: Value,
-        o: &OperandStrides,
-        m: usize,
-        g: Group,
-    ) -> Result<Value, MicrokernelError> {
-        let off = m as i64 * o.row + o.col * g.col as i64;
-        self.value(loads, which, base, off, o.col != 0, g.vector)
-    }
-
-    /// The f32 at `base + off` (a contiguous vector when `contiguous` and `vector`), splat to
-    /// four lanes when `vector` and not `contiguous`.
-    fn value(
-        &mut self,
-        loads: &mut HashMap<(u8, i64, bool), Value>,
-        which: u8,
-        base: Value,
-        off: i64,
-        contiguous: bool,
-        vector: bool,
-    ) -> Result<Value, MicrokernelError> {
-        if let Some(&v) = loads.get(&(which, off, vector)) {
-            return Ok(v);
-        }
-        let offset = i32::try_from(off).map_err(|_| err("offset beyond 32 bits"))?;
-        // The operands are never written by the kernel; epilogue inputs may alias the output
-        // element for element (in-place residual adds), so their loads keep their place.
-        let flags = if which < 2 {
-            mem_flags().with_readonly().with_can_move()
-        } else {
-            mem_flags()
-        };
-        let v = if vector && contiguous {
-            self.b.ins().load(types::F32X4, flags, base, offset)
-        } else {
-            let s = match loads.get(&(which, off, false)) {
-                Some(&s) => s,
-                None => {
-                    let s = self.b.ins().load(types::F32, flags, base, offset);
-                    loads.insert((which, off, false), s);
-                    s
-                }
-            };
-            if vector {
-                self.b.ins().splat(types::F32X4, s)
-            } else {
-                s
-            }
-        };
-        loads.insert((which, off, vector), v);
-        Ok(v)
-    }
-
     /// The epilogue of every accumulator of the tile, stored to the output.
     fn epilogue(
         &mut self,
@@ -352,7 +305,7 @@ impl Gen<'_> {
                 let (row, col) = self.k.inputs[*i];
                 let off = m as i64 * row + col * g.col as i64;
                 let which = u8::try_from(2 + i).map_err(|_| err("epilogue inputs"))?;
-                self.value(loads, which, inputs[*i], off, col != 0, vector)?
+                value(&mut self.b, loads, which, inputs[*i], off, col != 0, vector)?
             }
             Epilogue::Binary(op, a, b) => {
                 let (a, b) = (ev!(a), ev!(b));
