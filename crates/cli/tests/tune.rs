@@ -148,6 +148,11 @@ fn a_killed_run_resumes_without_losing_or_corrupting_records() {
 
 #[test]
 fn crashing_and_hanging_candidates_are_logged_as_errors_and_tuning_goes_on() {
+    if !cfg!(debug_assertions) {
+        // The `kiln` built beside this test is a release build: it ignores the fault hook.
+        println!("skipped: KILN_TUNE_FAULT is honoured only by debug builds");
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let model = dscnn();
     for (fault, expect) in [("crash:3", "signal"), ("hang:5", "timed out")] {
