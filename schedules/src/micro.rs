@@ -27,12 +27,12 @@ pub struct MicroShape {
     pub lanes: usize,
     /// Vector registers.
     pub registers: usize,
-    /// The target has 8-bit integer contraction kernels (dot products of byte quadruples:
-    /// x86-64 AVX-512 VNNI).
+    /// The target has 8-bit integer contraction kernels (dot products of byte quadruples and
+    /// depthwise tiles: x86-64 with AVX2 or AVX-512, aarch64 NEON).
     #[serde(default)]
     pub int8: bool,
     /// The f32 kernels' epilogues may convert into an integer output (a quantisation fused
-    /// after a float convolution: x86-64 AVX-512).
+    /// after a float convolution: x86-64).
     #[serde(default)]
     pub converting: bool,
 }
