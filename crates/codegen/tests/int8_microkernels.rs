@@ -374,11 +374,11 @@ const FAMILIES: [MicroIsa; 4] = [
 ];
 
 /// Whether `isa` implements `k`: everything on AVX-512; on AVX2 (and the AVX2 integer kernels
-/// of AVX-512F) byte accesses of a partial vector only as a half vector; NEON integer tiles
-/// with columns in fours, and no converting f32 epilogues.
+/// of AVX-512F) byte accesses of a partial vector only as a half vector; NEON
+/// integer and converting tiles with columns in fours.
 fn implemented(isa: MicroIsa, k: &ContractionKernel) -> bool {
     if isa == MicroIsa::Aarch64Neon {
-        return k.int8.is_some() && k.cols.is_multiple_of(4);
+        return k.cols.is_multiple_of(4);
     }
     let ymm_bytes = match (&k.int8, &k.converts) {
         (Some(_), _) => isa != MicroIsa::X86Avx512Vnni,

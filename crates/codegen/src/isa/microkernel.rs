@@ -144,7 +144,7 @@ impl MicroIsa {
     /// Whether the family's f32 kernels have converting epilogues (integer outputs, see
     /// [`ContractionKernel::converts`]).
     pub fn converting_epilogues(self) -> bool {
-        self != MicroIsa::Aarch64Neon
+        true
     }
 }
 

@@ -13,20 +13,18 @@
 //! [`ContractionKernel::reference`] in the same order (a tile larger than [`ACCUMULATORS`]
 //! values is computed in chunks of rows and column groups, each running the whole reduction),
 //! then the epilogue operation by operation (`fmin`/`fmax` propagate NaN, `exp` and `sigmoid`
-//! by [`crate::approx`]); it reads only bytes the reference reads and writes only the output
+//! by [`crate::approx`]; a converting epilogue as [`super::typed_epilogue`] computes it, stored
+//! as the output's type); it reads only bytes the reference reads and writes only the output
 //! tile.
 
+use super::typed_epilogue::TypedEpilogue;
 use crate::isa::microkernel::{ContractionKernel, MicrokernelError, OperandStrides};
 use crate::kernel::mem_flags;
 use crate::scalar::{float_arith, float_cc};
-use cranelift_codegen::ir::{
-    types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, Type, UserFuncName, Value,
-};
-use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
-use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use cranelift_codegen::ir::{types, Function, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_frontend::{FunctionBuilder, Variable};
 use kiln_tir::{BinOp, Epilogue, Intrinsic};
 use std::collections::HashMap;
-use target_lexicon::PointerWidth;
 
 /// f32 lanes of a vector.
 const LANES: usize = 4;
@@ -64,24 +62,11 @@ pub fn contraction(k: &ContractionKernel) -> Result<Function, MicrokernelError> 
             "no 8-bit integer NEON kernels yet (the region compiles as loops)",
         ));
     }
-    if k.converts.is_some() {
+    if k.converts.is_some() && !k.cols.is_multiple_of(LANES) {
         return Err(err(
-            "no converting epilogues in NEON kernels yet (the region compiles as loops)",
+            "NEON converting epilogues take columns in fours (the region compiles as loops)",
         ));
     }
-    let mut sig = Signature::new(CallConv::SystemV);
-    sig.params.push(AbiParam::new(types::I64));
-    let mut func = Function::with_name_signature(UserFuncName::default(), sig);
-    let mut fctx = FunctionBuilderContext::new();
-    let mut b = FunctionBuilder::new(&mut func, &mut fctx);
-    let entry = b.create_block();
-    b.append_block_params_for_function_params(entry);
-    b.switch_to_block(entry);
-    b.seal_block(entry);
-    let ptrs = b.block_params(entry)[0];
-    let mut ptr = |i: usize| b.ins().load(types::I64, mem_flags(), ptrs, 8 * i as i32);
-    let (lhs, rhs, out) = (ptr(0), ptr(1), ptr(2));
-    let inputs: Vec<Value> = (0..k.inputs.len()).map(|i| ptr(3 + i)).collect();
     let full = k.cols / LANES * LANES;
     let groups: Vec<Group> = (0..full)
         .step_by(LANES)
@@ -90,30 +75,24 @@ pub fn contraction(k: &ContractionKernel) -> Result<Function, MicrokernelError> 
         .collect();
     let per_chunk = groups.len().min(ACCUMULATORS);
     let rows_per_chunk = (ACCUMULATORS / per_chunk).clamp(1, k.rows);
-    let mut g = Gen { b, k };
-    for chunk in groups.chunks(per_chunk) {
-        for m0 in (0..k.rows).step_by(rows_per_chunk) {
-            let rows: Vec<usize> = (m0..k.rows.min(m0 + rows_per_chunk)).collect();
-            let tile = Tile::new(&mut g.b, rows, chunk.to_vec());
-            // An empty reduction reads no operand: the accumulators stay zero.
-            if k.reduce.iter().all(|&e| e > 0) {
-                let levels = super::levels(k, k.reduce.len());
-                super::reduction_loops(&mut g.b, &levels, lhs, rhs, &mut |b, l, r| {
-                    step(b, k, l, r, &tile)
-                })?;
+    super::kernel_function(k.inputs.len(), &mut |b, p| {
+        let mut g = Gen { b, k };
+        for chunk in groups.chunks(per_chunk) {
+            for m0 in (0..k.rows).step_by(rows_per_chunk) {
+                let rows: Vec<usize> = (m0..k.rows.min(m0 + rows_per_chunk)).collect();
+                let tile = Tile::new(g.b, rows, chunk.to_vec());
+                // An empty reduction reads no operand: the accumulators stay zero.
+                if k.reduce.iter().all(|&e| e > 0) {
+                    let levels = super::levels(k, k.reduce.len());
+                    super::reduction_loops(g.b, &levels, p.lhs, p.rhs, &mut |b, l, r| {
+                        step(b, k, l, r, &tile)
+                    })?;
+                }
+                g.epilogue(&tile, p.out, &p.inputs)?;
             }
-            g.epilogue(&tile, out, &inputs)?;
         }
-    }
-    g.b.ins().return_(&[]);
-    // The function keeps no stack slots or safepoints, for which the frontend would need the
-    // module's target; any 64-bit System V target describes it.
-    g.b.finalize(TargetFrontendConfig {
-        default_call_conv: CallConv::SystemV,
-        pointer_width: PointerWidth::U64,
-        page_size_align_log2: 12,
-    });
-    Ok(func)
+        Ok(())
+    })
 }
 
 fn check(k: &ContractionKernel) -> Result<(), MicrokernelError> {
@@ -254,23 +233,38 @@ impl Tile {
     }
 }
 
-struct Gen<'f> {
-    b: FunctionBuilder<'f>,
-    k: &'f ContractionKernel,
+struct Gen<'a, 'f> {
+    b: &'a mut FunctionBuilder<'f>,
+    k: &'a ContractionKernel,
 }
 
-impl Gen<'_> {
-    /// The epilogue of every accumulator of the tile, stored to the output.
+impl Gen<'_, '_> {
+    /// The epilogue of every accumulator of the tile, stored to the output (a converting
+    /// epilogue through [`TypedEpilogue`], as the output's type).
     fn epilogue(
         &mut self,
         tile: &Tile,
         out: Value,
         inputs: &[Value],
     ) -> Result<(), MicrokernelError> {
+        let typed = self
+            .k
+            .converts
+            .as_ref()
+            .map(|(out, input_types)| TypedEpilogue {
+                k: self.k,
+                acc: kiln_ir::DType::F32,
+                out: *out,
+                inputs: input_types,
+            });
         for (r, &m) in tile.rows.iter().enumerate() {
             let mut loads = HashMap::new();
             for (gi, &g) in tile.groups.iter().enumerate() {
                 let acc = self.b.use_var(tile.accs[r][gi]);
+                if let Some(t) = &typed {
+                    t.store(self.b, acc, &mut loads, (inputs, out), (m, g.col))?;
+                    continue;
+                }
                 let v = self.eval(&self.k.epilogue, acc, &mut loads, inputs, m, g)?;
                 let off = m as i64 * self.k.out_row + 4 * g.col as i64;
                 let off = i32::try_from(off).map_err(|_| err("output offset"))?;
@@ -300,16 +294,16 @@ impl Gen<'_> {
                 return Err(err("NEON kernels compute f32 epilogues only"))
             }
             Epilogue::Acc => acc,
-            Epilogue::Const(c) => crate::approx::f32_const(&mut self.b, *c, vector),
+            Epilogue::Const(c) => crate::approx::f32_const(self.b, *c, vector),
             Epilogue::Input(i) => {
                 let (row, col) = self.k.inputs[*i];
                 let off = m as i64 * row + col * g.col as i64;
                 let which = u8::try_from(2 + i).map_err(|_| err("epilogue inputs"))?;
-                value(&mut self.b, loads, which, inputs[*i], off, col != 0, vector)?
+                value(self.b, loads, which, inputs[*i], off, col != 0, vector)?
             }
             Epilogue::Binary(op, a, b) => {
                 let (a, b) = (ev!(a), ev!(b));
-                float_arith(&mut self.b, *op, a, b).ok_or_else(|| err("epilogue operation"))?
+                float_arith(self.b, *op, a, b).ok_or_else(|| err("epilogue operation"))?
             }
             Epilogue::Select {
                 op,
@@ -341,9 +335,9 @@ impl Gen<'_> {
                     (Intrinsic::Ceil, &[a]) => ins.ceil(a),
                     (Intrinsic::Round, &[a]) => ins.nearest(a),
                     (Intrinsic::Fma, &[a, b, c]) => ins.fma(a, b, c),
-                    (Intrinsic::Exp, &[a]) => crate::approx::exp(&mut self.b, a, vector),
-                    (Intrinsic::Sigmoid, &[a]) => crate::approx::sigmoid(&mut self.b, a, vector),
-                    (Intrinsic::Erf, &[a]) => crate::approx::erf(&mut self.b, a, vector),
+                    (Intrinsic::Exp, &[a]) => crate::approx::exp(self.b, a, vector),
+                    (Intrinsic::Sigmoid, &[a]) => crate::approx::sigmoid(self.b, a, vector),
+                    (Intrinsic::Erf, &[a]) => crate::approx::erf(self.b, a, vector),
                     _ => return Err(err("epilogue call")),
                 }
             }

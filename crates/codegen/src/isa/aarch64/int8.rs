@@ -19,24 +19,14 @@
 //! integer truncating and saturating with NaN as 0, integer to integer wrapping), reads only the
 //! bytes the reference reads and writes only the output tile.
 
-use super::contraction::value;
+use super::typed_epilogue::{little, TypedEpilogue};
 use crate::isa::microkernel::{ContractionKernel, MicrokernelError};
 use crate::kernel::mem_flags;
-use crate::scalar::{float_arith, float_cc};
-use cranelift_codegen::ir::{
-    types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, Value,
-};
-use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
-use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use cranelift_codegen::ir::{types, Function, InstBuilder, MemFlagsData, Value};
+use cranelift_frontend::{FunctionBuilder, Variable};
 use kiln_ir::DType;
-use kiln_tir::{BinOp, Epilogue, IntContraction, Intrinsic};
+use kiln_tir::{BinOp, Epilogue, IntContraction};
 use std::collections::HashMap;
-use target_lexicon::PointerWidth;
-
-/// Flags of bitcasts between vectors of different lanes: little-endian lane order.
-fn little() -> MemFlagsData {
-    MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little)
-}
 
 /// Lanes of an accumulator.
 const LANES: usize = 4;
@@ -94,48 +84,36 @@ pub fn int8_contraction(k: &ContractionKernel) -> Result<Function, MicrokernelEr
     }
     check_epilogue(&k.epilogue, k.inputs.len())?;
 
-    let mut sig = Signature::new(CallConv::SystemV);
-    sig.params.push(AbiParam::new(types::I64));
-    let mut func = Function::with_name_signature(UserFuncName::default(), sig);
-    let mut fctx = FunctionBuilderContext::new();
-    let mut b = FunctionBuilder::new(&mut func, &mut fctx);
-    let entry = b.create_block();
-    b.append_block_params_for_function_params(entry);
-    b.switch_to_block(entry);
-    b.seal_block(entry);
-    let ptrs = b.block_params(entry)[0];
-    let mut ptr = |i: usize| b.ins().load(types::I64, mem_flags(), ptrs, 8 * i as i32);
-    let (lhs, rhs, out) = (ptr(0), ptr(1), ptr(2));
-    let inputs: Vec<Value> = (0..k.inputs.len()).map(|i| ptr(3 + i)).collect();
     let groups: Vec<usize> = (0..k.cols).step_by(LANES).collect();
     let sums = form == Form::Quad && signed_zl(int8) != 0;
     let per_chunk = groups.len().min(ACCUMULATORS / 2);
     let rows_per_chunk =
         ((ACCUMULATORS - usize::from(sums) * per_chunk) / per_chunk).clamp(1, k.rows);
     let loops = k.reduce.len() - usize::from(form == Form::Quad);
-    let mut g = Gen { b, k, int8 };
-    for chunk in groups.chunks(per_chunk) {
-        for m0 in (0..k.rows).step_by(rows_per_chunk) {
-            let rows: Vec<usize> = (m0..k.rows.min(m0 + rows_per_chunk)).collect();
-            let tile = Tile::new(&mut g.b, rows, chunk.to_vec(), sums);
-            if k.reduce.iter().all(|&e| e > 0) {
-                let levels = super::levels(k, loops);
-                let (kk, i8c) = (g.k, g.int8);
-                super::reduction_loops(&mut g.b, &levels, lhs, rhs, &mut |b, l, r| match form {
-                    Form::Quad => quad_step(b, kk, i8c, l, r, &tile),
-                    Form::Lanes => lanes_step(b, kk, i8c, l, r, &tile),
-                })?;
+    super::kernel_function(k.inputs.len(), &mut |b, p| {
+        let mut g = Gen { b, k, int8 };
+        for chunk in groups.chunks(per_chunk) {
+            for m0 in (0..k.rows).step_by(rows_per_chunk) {
+                let rows: Vec<usize> = (m0..k.rows.min(m0 + rows_per_chunk)).collect();
+                let tile = Tile::new(g.b, rows, chunk.to_vec(), sums);
+                if k.reduce.iter().all(|&e| e > 0) {
+                    let levels = super::levels(k, loops);
+                    super::reduction_loops(
+                        g.b,
+                        &levels,
+                        p.lhs,
+                        p.rhs,
+                        &mut |b, l, r| match form {
+                            Form::Quad => quad_step(b, k, int8, l, r, &tile),
+                            Form::Lanes => lanes_step(b, k, int8, l, r, &tile),
+                        },
+                    )?;
+                }
+                g.epilogue(&tile, p.out, &p.inputs)?;
             }
-            g.epilogue(&tile, out, &inputs)?;
         }
-    }
-    g.b.ins().return_(&[]);
-    g.b.finalize(TargetFrontendConfig {
-        default_call_conv: CallConv::SystemV,
-        pointer_width: PointerWidth::U64,
-        page_size_align_log2: 12,
-    });
-    Ok(func)
+        Ok(())
+    })
 }
 
 /// The epilogue uses only what [`Gen::eval`] computes.
@@ -330,16 +308,13 @@ fn lanes_step(
     Ok(())
 }
 
-struct Gen<'f> {
-    b: FunctionBuilder<'f>,
-    k: &'f ContractionKernel,
-    int8: &'f IntContraction,
+struct Gen<'a, 'f> {
+    b: &'a mut FunctionBuilder<'f>,
+    k: &'a ContractionKernel,
+    int8: &'a IntContraction,
 }
 
-/// A typed epilogue value.
-type Typed = (Value, DType);
-
-impl Gen<'_> {
+impl Gen<'_, '_> {
     /// The sums of row `r`, group `gi`, with the left zero point's correction (dot products).
     fn accumulator(&mut self, tile: &Tile, r: usize, gi: usize) -> Value {
         let acc = self.b.use_var(tile.accs[r][gi]);
@@ -364,181 +339,19 @@ impl Gen<'_> {
         out: Value,
         inputs: &[Value],
     ) -> Result<(), MicrokernelError> {
-        let out_type = self.int8.out;
+        let typed = TypedEpilogue {
+            k: self.k,
+            acc: DType::I32,
+            out: self.int8.out,
+            inputs: &self.int8.inputs,
+        };
         for (r, &m) in tile.rows.iter().enumerate() {
             let mut loads = HashMap::new();
             for (gi, &col) in tile.groups.iter().enumerate() {
                 let acc = self.accumulator(tile, r, gi);
-                let (v, ty) = self.eval(&self.k.epilogue, acc, &mut loads, inputs, m, col)?;
-                if ty != out_type {
-                    return Err(err("the epilogue's type is not the output's"));
-                }
-                let off = m as i64 * self.k.out_row + (out_type.size_bytes() * col) as i64;
-                let off = i32::try_from(off).map_err(|_| err("output offset"))?;
-                let v = match out_type {
-                    DType::I8 | DType::U8 => {
-                        // Exact: the lanes hold values of the type already.
-                        let w = self.b.ins().snarrow(v, v);
-                        let n = if out_type == DType::I8 {
-                            self.b.ins().snarrow(w, w)
-                        } else {
-                            self.b.ins().unarrow(w, w)
-                        };
-                        let flags = little();
-                        let d = self.b.ins().bitcast(types::I32X4, flags, n);
-                        self.b.ins().extractlane(d, 0)
-                    }
-                    _ => v,
-                };
-                self.b.ins().store(mem_flags(), v, out, off);
+                typed.store(self.b, acc, &mut loads, (inputs, out), (m, col))?;
             }
         }
         Ok(())
-    }
-
-    fn eval(
-        &mut self,
-        e: &Epilogue,
-        acc: Value,
-        loads: &mut HashMap<(u8, i64, bool), Value>,
-        inputs: &[Value],
-        m: usize,
-        col: usize,
-    ) -> Result<Typed, MicrokernelError> {
-        macro_rules! ev {
-            ($e:expr) => {
-                self.eval($e, acc, loads, inputs, m, col)?
-            };
-        }
-        Ok(match e {
-            Epilogue::Acc => (acc, DType::I32),
-            Epilogue::Const(c) => (crate::approx::f32_const(&mut self.b, *c, true), DType::F32),
-            Epilogue::Int(i) => {
-                let c = self.b.ins().iconst(types::I32, i64::from(*i));
-                (self.b.ins().splat(types::I32X4, c), DType::I32)
-            }
-            Epilogue::Input(i) => {
-                let (row, c) = self.k.inputs[*i];
-                let ty = self.int8.inputs[*i];
-                let off = m as i64 * row + c * col as i64;
-                let which = u8::try_from(2 + i).map_err(|_| err("epilogue inputs"))?;
-                // Loaded as f32 lanes; an integer input's bits are reinterpreted.
-                let v = value(&mut self.b, loads, which, inputs[*i], off, c != 0, true)?;
-                if ty == DType::F32 {
-                    (v, DType::F32)
-                } else {
-                    let flags = little();
-                    (self.b.ins().bitcast(types::I32X4, flags, v), DType::I32)
-                }
-            }
-            Epilogue::Binary(op, a, b) => {
-                let ((a, ta), (b, tb)) = (ev!(a), ev!(b));
-                let ins = self.b.ins();
-                match (ta, tb) {
-                    (DType::F32, DType::F32) => (
-                        float_arith(&mut self.b, *op, a, b)
-                            .ok_or_else(|| err("epilogue operation"))?,
-                        DType::F32,
-                    ),
-                    (DType::I32, DType::I32) => (
-                        match op {
-                            BinOp::Add => ins.iadd(a, b),
-                            BinOp::Sub => ins.isub(a, b),
-                            BinOp::Mul => ins.imul(a, b),
-                            BinOp::Min => ins.smin(a, b),
-                            BinOp::Max => ins.smax(a, b),
-                            other => return Err(err(format!("integer epilogue {other:?}"))),
-                        },
-                        DType::I32,
-                    ),
-                    (x, y) => return Err(err(format!("epilogue {op:?} of {x} and {y}"))),
-                }
-            }
-            Epilogue::Cast(to, x) => {
-                let (x, from) = ev!(x);
-                (self.convert(*to, from, x)?, *to)
-            }
-            Epilogue::Select {
-                op,
-                a,
-                b,
-                then,
-                otherwise,
-            } => {
-                let (a, b, t, o) = (ev!(a), ev!(b), ev!(then), ev!(otherwise));
-                if [a.1, b.1, t.1, o.1].iter().any(|&d| d != DType::F32) {
-                    return Err(err("an epilogue select on integers"));
-                }
-                let c = self.b.ins().fcmp(float_cc(*op), a.0, b.0);
-                let flags = little();
-                let mask = self.b.ins().bitcast(types::F32X4, flags, c);
-                (self.b.ins().bitselect(mask, t.0, o.0), DType::F32)
-            }
-            Epilogue::Call(f, args) => {
-                let mut x = Vec::with_capacity(args.len());
-                for a in args {
-                    let (v, t) = ev!(a);
-                    if t != DType::F32 {
-                        return Err(err("an epilogue call on integers"));
-                    }
-                    x.push(v);
-                }
-                let b = &mut self.b;
-                let v = match (f, x.as_slice()) {
-                    (Intrinsic::Abs, &[a]) => b.ins().fabs(a),
-                    (Intrinsic::Sqrt, &[a]) => b.ins().sqrt(a),
-                    (Intrinsic::Floor, &[a]) => b.ins().floor(a),
-                    (Intrinsic::Ceil, &[a]) => b.ins().ceil(a),
-                    (Intrinsic::Round, &[a]) => b.ins().nearest(a),
-                    (Intrinsic::Fma, &[a, y, c]) => b.ins().fma(a, y, c),
-                    (Intrinsic::Exp, &[a]) => crate::approx::exp(b, a, true),
-                    (Intrinsic::Sigmoid, &[a]) => crate::approx::sigmoid(b, a, true),
-                    (Intrinsic::Erf, &[a]) => crate::approx::erf(b, a, true),
-                    _ => return Err(err("epilogue call")),
-                };
-                (v, DType::F32)
-            }
-        })
-    }
-
-    /// `to(x)` for `x` of type `from`, as the interpreter converts (narrow integers held
-    /// sign- or zero-extended in `i32` lanes).
-    fn convert(&mut self, to: DType, from: DType, x: Value) -> Result<Value, MicrokernelError> {
-        let int = |t: DType| matches!(t, DType::I32 | DType::I8 | DType::U8);
-        let ins = self.b.ins();
-        Ok(match (from, to) {
-            (DType::F32, DType::F32) => x,
-            (f, DType::I32) if int(f) => x,
-            (f, DType::F32) if int(f) => ins.fcvt_from_sint(types::F32X4, x),
-            (DType::F32, t) if int(t) => {
-                // Truncating, saturating at i32's range, NaN as 0; then into the type's.
-                let v = ins.fcvt_to_sint_sat(types::I32X4, x);
-                let bounds = match t {
-                    DType::I8 => Some((-128, 127)),
-                    DType::U8 => Some((0, 255)),
-                    _ => None,
-                };
-                match bounds {
-                    None => v,
-                    Some((lo, hi)) => {
-                        let lo = self.b.ins().iconst(types::I32, lo);
-                        let lo = self.b.ins().splat(types::I32X4, lo);
-                        let hi = self.b.ins().iconst(types::I32, hi);
-                        let hi = self.b.ins().splat(types::I32X4, hi);
-                        let v = self.b.ins().smax(v, lo);
-                        self.b.ins().smin(v, hi)
-                    }
-                }
-            }
-            (f, t) if int(f) && matches!(t, DType::I8 | DType::U8) => {
-                let v = ins.ishl_imm_u(x, 24);
-                if t == DType::I8 {
-                    self.b.ins().sshr_imm_u(v, 24)
-                } else {
-                    self.b.ins().ushr_imm_u(v, 24)
-                }
-            }
-            (f, t) => return Err(err(format!("epilogue conversion from {f} to {t}"))),
-        })
     }
 }

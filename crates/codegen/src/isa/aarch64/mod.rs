@@ -12,14 +12,65 @@
 
 mod contraction;
 mod int8;
+mod typed_epilogue;
 
 pub use contraction::contraction;
 pub use int8::int8_contraction;
 
 use crate::isa::microkernel::{ContractionKernel, MicrokernelError};
+use crate::kernel::mem_flags;
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{types, InstBuilder, Value};
-use cranelift_frontend::FunctionBuilder;
+use cranelift_codegen::ir::{
+    types, AbiParam, Function, InstBuilder, Signature, UserFuncName, Value,
+};
+use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use target_lexicon::PointerWidth;
+
+/// The pointers of a micro-kernel's argument array (lhs, rhs, out, epilogue inputs).
+pub(super) struct Pointers {
+    pub lhs: Value,
+    pub rhs: Value,
+    pub out: Value,
+    pub inputs: Vec<Value>,
+}
+
+/// A micro-kernel function, `void (const uint8_t *const ptrs[])` in the System V calling
+/// convention (the caller sets its module's): the entry block loads the pointers of the
+/// operands, the output and `inputs` epilogue inputs, then `body` emits the kernel, then it
+/// returns.
+pub(super) fn kernel_function(
+    inputs: usize,
+    body: &mut dyn FnMut(&mut FunctionBuilder, &Pointers) -> Result<(), MicrokernelError>,
+) -> Result<Function, MicrokernelError> {
+    let mut sig = Signature::new(CallConv::SystemV);
+    sig.params.push(AbiParam::new(types::I64));
+    let mut func = Function::with_name_signature(UserFuncName::default(), sig);
+    let mut fctx = FunctionBuilderContext::new();
+    let mut b = FunctionBuilder::new(&mut func, &mut fctx);
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    b.seal_block(entry);
+    let ptrs = b.block_params(entry)[0];
+    let mut ptr = |i: usize| b.ins().load(types::I64, mem_flags(), ptrs, 8 * i as i32);
+    let p = Pointers {
+        lhs: ptr(0),
+        rhs: ptr(1),
+        out: ptr(2),
+        inputs: (0..inputs).map(|i| ptr(3 + i)).collect(),
+    };
+    body(&mut b, &p)?;
+    b.ins().return_(&[]);
+    // The function keeps no stack slots or safepoints, for which the frontend would need the
+    // module's target; any 64-bit System V target describes it.
+    b.finalize(TargetFrontendConfig {
+        default_call_conv: CallConv::SystemV,
+        pointer_width: PointerWidth::U64,
+        page_size_align_log2: 12,
+    });
+    Ok(func)
+}
 
 /// A reduction loop: its extent and the operands' byte strides.
 pub(super) type Level = (usize, i64, i64);
