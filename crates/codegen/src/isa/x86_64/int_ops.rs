@@ -95,25 +95,21 @@ impl Asm {
 
     /// `d = op(a, b)` on `i32` lanes (`+ - *` wrapping, signed `min`/`max`).
     pub fn int_arith(&mut self, op: BinOp, d: u8, a: u8, b: u8) -> Result<(), String> {
-        if self.isa == VecIsa::Avx2 {
-            let (d, a, b) = (Self::y(d), Self::y(a), Self::y(b));
-            return match op {
-                BinOp::Add => self.a.vpaddd(d, a, b),
-                BinOp::Sub => self.a.vpsubd(d, a, b),
-                BinOp::Mul => self.a.vpmulld(d, a, b),
-                BinOp::Min => self.a.vpminsd(d, a, b),
-                BinOp::Max => self.a.vpmaxsd(d, a, b),
-                other => return Err(format!("integer epilogue operation {other:?}")),
-            }
-            .map_err(e);
+        // The instruction in the ISA's register width (as `Asm::arith` picks it).
+        macro_rules! go {
+            ($m:ident) => {
+                match self.isa {
+                    VecIsa::Avx512 => self.a.$m(Self::z(d), Self::z(a), Self::z(b)),
+                    VecIsa::Avx2 => self.a.$m(Self::y(d), Self::y(a), Self::y(b)),
+                }
+            };
         }
-        let (d, a, b) = (Self::z(d), Self::z(a), Self::z(b));
         match op {
-            BinOp::Add => self.a.vpaddd(d, a, b),
-            BinOp::Sub => self.a.vpsubd(d, a, b),
-            BinOp::Mul => self.a.vpmulld(d, a, b),
-            BinOp::Min => self.a.vpminsd(d, a, b),
-            BinOp::Max => self.a.vpmaxsd(d, a, b),
+            BinOp::Add => go!(vpaddd),
+            BinOp::Sub => go!(vpsubd),
+            BinOp::Mul => go!(vpmulld),
+            BinOp::Min => go!(vpminsd),
+            BinOp::Max => go!(vpmaxsd),
             other => return Err(format!("integer epilogue operation {other:?}")),
         }
         .map_err(e)
