@@ -2,7 +2,8 @@
 //! weights.
 //!
 //! Invariant: float convolutions accumulate in f32 (f16 operands widened, the result rounded once
-//! to f16); integer convolutions accumulate `(x - input_zp) * (w - weight_zp)` in wrapping i32,
+//! to f16), an fma CONV2D ([`ConvAttrs::fma`]) as one fused chain per element in `(c, ky, kx)`
+//! order from +0.0, padded taps multiplied as 0.0, the bias added after; integer convolutions accumulate `(x - input_zp) * (w - weight_zp)` in wrapping i32,
 //! so padding (which holds `input_zp`) contributes exactly zero and is simply skipped. Loops only
 //! visit taps whose input position is in range, computed once per kernel tap, so no index is ever
 //! out of bounds.
@@ -149,6 +150,52 @@ fn conv_kernel<T: Acc>(g: &ConvGeom, x: &[T], w: &[T], bias: &[T]) -> Vec<T> {
     out
 }
 
+/// An f32 CONV2D with [`ConvAttrs::fma`] (NCHW, one group): each output element is one `fma`
+/// chain from +0.0 over `(c, ky, kx)`, a tap in the padding reading 0.0 (it is multiplied, not
+/// skipped: `0.0 * w` may change the sign of a zero sum, as in an im2col GEMM), then the bias
+/// added with one rounding.
+fn fma_conv_kernel(g: &ConvGeom, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
+    let [n, c, h, wd] = g.x;
+    let [o, _, kh, kw] = g.w;
+    let [_, _, oh, ow] = g.out;
+    let (sy, sx) = (g.a.stride[0], g.a.stride[1]);
+    let (dy, dx) = (g.a.dilation[0], g.a.dilation[1]);
+    let (pt, pl) = (g.a.pad[0], g.a.pad[2]);
+    let mut out = vec![0.0f32; n * o * oh * ow];
+    if out.is_empty() {
+        return out;
+    }
+    // The input element a tap reads, or `None` in the padding.
+    let at = |o_pos: usize, k: usize, s: usize, d: usize, pad: usize, size: usize| {
+        (o_pos * s + k * d).checked_sub(pad).filter(|&i| i < size)
+    };
+    for (b, out_img) in out.chunks_exact_mut(o * oh * ow).enumerate() {
+        for (oc, plane) in out_img.chunks_exact_mut(oh * ow).enumerate() {
+            for ci in 0..c {
+                let in_plane = &x[(b * c + ci) * h * wd..][..h * wd];
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let wv = w[((oc * c + ci) * kh + ky) * kw + kx];
+                        for (oy, row) in plane.chunks_exact_mut(ow).enumerate() {
+                            let iy = at(oy, ky, sy, dy, pt, h);
+                            for (ox, acc) in row.iter_mut().enumerate() {
+                                let xv = match (iy, at(ox, kx, sx, dx, pl, wd)) {
+                                    (Some(iy), Some(ix)) => in_plane[iy * wd + ix],
+                                    _ => 0.0,
+                                };
+                                *acc = xv.mul_add(wv, *acc);
+                            }
+                        }
+                    }
+                }
+            }
+            let bv = if bias.len() == 1 { bias[0] } else { bias[oc] };
+            plane.iter_mut().for_each(|v| *v += bv);
+        }
+    }
+    out
+}
+
 /// CONV2D (`depthwise == false`) or DEPTHWISE_CONV2D, producing data of type `out`.
 pub fn conv2d(
     a: &ConvAttrs,
@@ -177,6 +224,11 @@ pub fn conv2d(
     };
     let xdims = dims4(x.shape());
     Ok(match operands(name, x, w, b, a.input_zp, a.weight_zp)? {
+        Operands::Float { x, w, b, dtype } if a.fma => {
+            let x = permute4(x, xdims, layout.to_nchw());
+            let y = permute4(fma_conv_kernel(&g, &x, &w, &b), g.out, layout.from_nchw());
+            float_data(y, dtype)
+        }
         Operands::Float { x, w, b, dtype } => {
             float_data(conv_in_layout(&g, layout, xdims, x, &w, &b), dtype)
         }

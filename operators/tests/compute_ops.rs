@@ -197,6 +197,7 @@ fn convolutions() {
         input_zp: 0,
         weight_zp: 0,
         layout: DataLayout::Nchw,
+        fma: false,
     };
     conv_case(&mut rng, false, DType::F32, base.clone(), 3, 4);
     let strided = ConvAttrs {

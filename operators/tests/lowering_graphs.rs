@@ -19,6 +19,7 @@ fn conv_attrs() -> ConvAttrs {
         input_zp: 0,
         weight_zp: 0,
         layout: DataLayout::Nchw,
+        fma: false,
     }
 }
 

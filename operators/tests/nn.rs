@@ -64,6 +64,7 @@ fn integer_conv_subtracts_zero_points_and_pads_with_input_zp() {
         input_zp: 10,
         weight_zp: 3,
         layout: DataLayout::Nchw,
+        fma: false,
     };
     let r = run(&Op::Conv2d(attrs), &[&x, &w, &t(&[1], vec![7i32])]);
     // Every output sees all four inputs: (0 + 1 + 2 + 3) * (4 - 3) + 7.
@@ -76,6 +77,7 @@ fn integer_conv_subtracts_zero_points_and_pads_with_input_zp() {
         input_zp: 10,
         weight_zp: 3,
         layout: DataLayout::Nchw,
+        fma: false,
     };
     let r = run(&Op::Conv2d(attrs), &[&x, &w, &t(&[1], vec![7i32])]);
     assert_eq!(r.shape(), &[1, 1, 3, 2]);

@@ -133,7 +133,7 @@ proptest! {
     fn conv_random_schedules(g in genes(), seed in 1u64..1000, depthwise: bool, nhwc: bool) {
         let mut rng = Rng(seed);
         let layout = if nhwc { DataLayout::Nhwc } else { DataLayout::Nchw };
-        let a = ConvAttrs { pad: [1, 0, 1, 2], stride: [1, 2], dilation: [1, 1], input_zp: 0, weight_zp: 0, layout };
+        let a = ConvAttrs { pad: [1, 0, 1, 2], stride: [1, 2], dilation: [1, 1], input_zp: 0, weight_zp: 0, layout, fma: false };
         let x = rand_default(&mut rng, DType::F32, &layout.shape([1, 2, 6, 7]));
         let (w, op) = if depthwise {
             (rand_default(&mut rng, DType::F32, &[4, 1, 3, 2]), Op::DepthwiseConv2d(a))
@@ -147,7 +147,7 @@ proptest! {
     #[test]
     fn int_conv_random_schedules(g in genes(), seed in 1u64..1000) {
         let mut rng = Rng(seed);
-        let a = ConvAttrs { pad: [1, 1, 0, 1], stride: [1, 1], dilation: [2, 1], input_zp: 3, weight_zp: -1, layout: DataLayout::Nchw };
+        let a = ConvAttrs { pad: [1, 1, 0, 1], stride: [1, 1], dilation: [2, 1], input_zp: 3, weight_zp: -1, layout: DataLayout::Nchw, fma: false };
         let x = rand_default(&mut rng, DType::I8, &[1, 2, 6, 5]);
         let w = rand_default(&mut rng, DType::I8, &[3, 2, 2, 3]);
         let b = rand(&mut rng, DType::I32, &[3], -100, 100);
@@ -168,7 +168,7 @@ proptest! {
         let mut rng = Rng(seed);
         let layout = if nhwc { DataLayout::Nhwc } else { DataLayout::Nchw };
         let (xd, input_zp) = if unsigned { (DType::U8, zps.0 + 128) } else { (DType::I8, zps.0) };
-        let a = ConvAttrs { pad: [1, 1, 0, 2], stride: [1, 2], dilation: [1, 1], input_zp, weight_zp: zps.1, layout };
+        let a = ConvAttrs { pad: [1, 1, 0, 2], stride: [1, 2], dilation: [1, 1], input_zp, weight_zp: zps.1, layout, fma: false };
         let x = rand_default(&mut rng, xd, &layout.shape([1, 4, 6, 7]));
         let (w, op) = if depthwise {
             (rand_default(&mut rng, DType::I8, &[4, 1, 3, 2]), Op::DepthwiseConv2d(a))

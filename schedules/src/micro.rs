@@ -232,7 +232,8 @@ fn tensorize(r: &mut Recorder, stage: &str, loop_: &str) -> bool {
 /// A channels-last convolution anchor `a` (`*_conv_nhwc`, direct or depthwise) under a
 /// channels-last output `o`: `n, oc.o, oh, ow.o | ow.i x oc.i` (with `attach_outer`: `n, oh,
 /// ow.o, oc.o | ...`) with the anchor computed at the last outer loop (reduction loops `ry, rx, rc`, the
-/// input's contiguous channels innermost) and that loop tensorized.
+/// input's contiguous channels innermost; an fma chain keeps its `rc, ry, rx`) and that loop
+/// tensorized.
 pub(crate) fn conv_nhwc(r: &mut Recorder, shape: MicroShape, o: BufferId, a: BufferId) -> bool {
     let dag = r.dag;
     let Some(t) = dag.tensor(o) else {
@@ -284,7 +285,14 @@ pub(crate) fn conv_nhwc(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buf
         if quads && !r.split(&aname, "rc", 4) {
             return false;
         }
-        let reduce: Vec<String> = ["ry", "rx", "rc", "rc.0", "rc.1"]
+        // The taps outside the channels (weights and a pixel's input channels stream) unless
+        // the anchor is an fma chain, whose order (`rc, ry, rx`) is its meaning.
+        let order = if fma_chain(dag, a) {
+            ["rc", "rc.0", "rc.1", "ry", "rx"]
+        } else {
+            ["ry", "rx", "rc", "rc.0", "rc.1"]
+        };
+        let reduce: Vec<String> = order
             .iter()
             .filter(|n| {
                 r.loops(&aname)
@@ -303,6 +311,13 @@ pub(crate) fn conv_nhwc(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buf
         r.parallel_outer(&oname);
         true
     })
+}
+
+/// Whether stage `a` accumulates as one fma chain in the order of its reduce axes.
+fn fma_chain(dag: &ComputeDag, a: BufferId) -> bool {
+    dag.stage(a)
+        .and_then(|s| s.reduction.as_ref())
+        .is_some_and(|r| r.fused_multiply_add)
 }
 
 /// The extent of anchor `a`'s reduction over input channels (`rc`: a direct convolution;

@@ -110,6 +110,13 @@ pub struct ConvAttrs {
     /// The activation layout of input and output (omitted from the text form when NCHW).
     #[serde(skip_serializing_if = "DataLayout::is_nchw")]
     pub layout: DataLayout,
+    /// An f32 CONV2D accumulates each output element as one fused-multiply-add chain from +0.0
+    /// over `(c, ky, kx)` in that order (a tap in the padding reads 0.0), then adds the bias
+    /// with one rounding: bit-exact with im2col + an SGEMM kernel that does so (onnxruntime's
+    /// MLAS, one `k` block). Otherwise products and sums round separately, the bias may be
+    /// added first, and compiled code may reorder and contract them.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fma: bool,
 }
 
 /// The order of an activation tensor's axes: batch, channels, rows, columns (NCHW, the ONNX

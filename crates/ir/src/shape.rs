@@ -130,6 +130,9 @@ pub fn infer_type(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
                 )));
             }
             check_bias(name, bias, o)?;
+            if a.fma && !(matches!(op, Op::Conv2d(_)) && x.dtype == DType::F32) {
+                return Err(err("fma accumulation is defined for f32 CONV2D only".into()));
+            }
             nonzero(name, "stride", &a.stride)?;
             nonzero(name, "dilation", &a.dilation)?;
             let oh = window_out(

@@ -189,3 +189,40 @@ fn conv_shape_rule_matches_the_formula() {
     let y = g.add_node(Op::Conv2d(attrs), &[x, w, b], "c").unwrap();
     assert_eq!(g.ty(y).shape, vec![1, 32, 112, 112]);
 }
+
+#[test]
+fn fma_accumulation_is_for_f32_conv2d_only_and_round_trips() {
+    let g = parse_graph(
+        r#"graph {
+  input %0 "x": f32[1,2,4,4]
+  input %1 "w": f32[3,2,3,3]
+  input %2 "b": f32[3]
+  %3: f32[1,3,4,4] = conv2d(%0, %1, %2) {"dilation":[1,1],"fma":true,"input_zp":0,"pad":[1,1,1,1],"stride":[1,1],"weight_zp":0}
+  output %3
+}"#,
+    )
+    .unwrap();
+    assert!(matches!(&g.nodes()[0].op, Op::Conv2d(a) if a.fma));
+    assert_eq!(
+        parse_graph(&g.to_string()).unwrap().to_string(),
+        g.to_string()
+    );
+    let depthwise = r#"graph {
+  input %0 "x": f32[1,2,4,4]
+  input %1 "w": f32[2,1,3,3]
+  input %2 "b": f32[2]
+  %3: f32[1,2,4,4] = depthwise_conv2d(%0, %1, %2) {"dilation":[1,1],"fma":true,"input_zp":0,"pad":[1,1,1,1],"stride":[1,1],"weight_zp":0}
+  output %3
+}"#;
+    let err = parse_graph(depthwise).unwrap_err().to_string();
+    assert!(err.contains("fma accumulation"), "{err}");
+    let int8 = r#"graph {
+  input %0 "x": i8[1,2,4,4]
+  input %1 "w": i8[3,2,3,3]
+  input %2 "b": i32[3]
+  %3: i32[1,3,4,4] = conv2d(%0, %1, %2) {"dilation":[1,1],"fma":true,"input_zp":0,"pad":[1,1,1,1],"stride":[1,1],"weight_zp":0}
+  output %3
+}"#;
+    let err = parse_graph(int8).unwrap_err().to_string();
+    assert!(err.contains("fma accumulation"), "{err}");
+}

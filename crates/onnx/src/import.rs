@@ -319,7 +319,10 @@ impl Importer {
             Some(v) => Ok(vec![v]),
             // A float Conv of dequantized values runs in onnxruntime's order (see `ops::qdq_ort`).
             None if qdq.float_conv_of_dequantized(node) => {
-                match crate::ops::mlas_order_conv(&mut self.b, &cx) {
+                let input = node.input.first().and_then(|x| {
+                    crate::ops::dequantized_magnitudes(qdq, &mut self.b, &self.values, x)
+                });
+                match crate::ops::mlas_order_conv(&mut self.b, &cx, input) {
                     Ok(Some(v)) => Ok(vec![v]),
                     Ok(None) => {
                         let out = node.output.first().cloned().unwrap_or_default();

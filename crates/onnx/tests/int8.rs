@@ -639,3 +639,118 @@ fn degenerate_quantization_parameters_do_not_panic() {
         let _ = import_bytes(&c.model(Some((out_scale, 0))), None, &tosa());
     }
 }
+
+// ---- onnxruntime's float convolutions of dequantized values ----
+
+/// MLAS's result for an NCHW convolution (one image, one group): im2col (`k = c·kh·kw + ky·kw +
+/// kx`, padding 0.0), one fma chain from +0.0 per `k` block, blocks added in order
+/// (`C = block + C`), the bias last.
+#[allow(clippy::too_many_arguments)]
+fn mlas_conv(
+    x: &[f32],
+    [c, h, wd]: [usize; 3],
+    w: &[f32],
+    o: usize,
+    k: usize,
+    pad: usize,
+    stride: usize,
+    bias: &[f32],
+    k_blocks: &[(usize, usize)],
+) -> Vec<f32> {
+    let (oh, ow) = (
+        (h + 2 * pad - k) / stride + 1,
+        (wd + 2 * pad - k) / stride + 1,
+    );
+    let depth = c * k * k;
+    let col = |kk: usize, p: usize| -> f32 {
+        let (ch, ky, kx) = (kk / (k * k), kk / k % k, kk % k);
+        let (iy, ix) = ((p / ow) * stride + ky, (p % ow) * stride + kx);
+        match (iy.checked_sub(pad), ix.checked_sub(pad)) {
+            (Some(iy), Some(ix)) if iy < h && ix < wd => x[(ch * h + iy) * wd + ix],
+            _ => 0.0,
+        }
+    };
+    let mut y = vec![0.0f32; o * oh * ow];
+    for m in 0..o {
+        for p in 0..oh * ow {
+            let mut sum: Option<f32> = None;
+            for &(k0, kc) in k_blocks {
+                let mut acc = 0.0f32;
+                for kk in k0..k0 + kc {
+                    acc = col(kk, p).mul_add(w[m * depth + kk], acc);
+                }
+                sum = Some(sum.map_or(acc, |s| acc + s));
+            }
+            y[m * oh * ow + p] = sum.unwrap() + bias[m];
+        }
+    }
+    y
+}
+
+/// A float Conv reading a DequantizeLinear output (one onnxruntime leaves in float) imports as
+/// CONV2Ds accumulating in fma chains, no im2col, and computes MLAS's result bit for bit: one
+/// `k` block (an RGB stem), two (16 channels: blocks of 128 + 16, the second starting inside a
+/// channel's taps) and three (64 channels over 8x8 pixels: 256 + 256 + 64).
+#[test]
+fn float_conv_of_dequantized_values_rounds_as_mlas() {
+    // (input channels, output channels, image side, padding, stride, MLAS's k blocks)
+    type ConvCase = (usize, usize, usize, usize, usize, &'static [(usize, usize)]);
+    let cases: [ConvCase; 4] = [
+        (3, 16, 32, 1, 1, &[(0, 27)]),
+        (16, 16, 32, 1, 1, &[(0, 128), (128, 16)]),
+        (16, 32, 32, 1, 2, &[(0, 128), (128, 16)]),
+        (64, 8, 8, 1, 1, &[(0, 256), (256, 256), (512, 64)]),
+    ];
+    for (c, o, hw, pad, stride, blocks) in cases {
+        let k = 3;
+        let mut case = Case::default();
+        // Inputs on the quantization grid (multiples of 1/64 within range): dequantized
+        // exactly as given, so the expected values can be computed from them.
+        let scale = 1.0 / 64.0;
+        case.act("x", &[1, c, hw, hw], scale, 0);
+        let w = values(o * c * k * k, 11, 0.5);
+        let bias = values(o, 12, 1.0);
+        case.inits.push(init("w", F32, &[o, c, k, k], &w));
+        case.inits.push(init("b", F32, &[o], &bias));
+        case.nodes.push(node(
+            "Conv",
+            &["x_dq", "w", "b"],
+            "y",
+            vec![
+                attr_ints("kernel_shape", &[3, 3]),
+                attr_ints("pads", &[pad as i64; 4]),
+                attr_ints("strides", &[stride as i64; 2]),
+            ],
+        ));
+        let m = import_bytes(&case.model(None), None, &ImportOptions::default()).unwrap();
+        let ops = ops_with_types(&m.graph);
+        assert_eq!(count(&ops, "matmul"), 0, "{ops:?}");
+        assert_eq!(count(&ops, "conv2d"), blocks.len(), "{ops:?}");
+        let fma = m
+            .graph
+            .nodes()
+            .iter()
+            .all(|n| !matches!(&n.op, Op::Conv2d(a) if !a.fma));
+        assert!(fma, "a conv2d without fma: {}", m.graph);
+        let x: Vec<f32> = values(c * hw * hw, 5, 100.0)
+            .iter()
+            .map(|v| (v.round() * scale) as f32)
+            .collect();
+        let input = Tensor::new(vec![1, c, hw, hw], x.clone()).unwrap();
+        let got = kiln_reference::run(&m.graph, &[input]).unwrap();
+        let (w32, b32): (Vec<f32>, Vec<f32>) = (
+            w.iter().map(|&v| v as f32).collect(),
+            bias.iter().map(|&v| v as f32).collect(),
+        );
+        let want = mlas_conv(&x, [c, hw, hw], &w32, o, k, pad, stride, &b32, blocks);
+        let got = got[0].as_slice::<f32>().unwrap();
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                g.to_bits(),
+                w.to_bits(),
+                "{c} channels, element {i}: {g} vs {w}"
+            );
+        }
+    }
+}

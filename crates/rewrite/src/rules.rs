@@ -265,6 +265,69 @@ pub fn rules() -> Vec<Rewrite<Node, GraphAnalysis>> {
                 &[s[var("?x")]],
             )
         }),
+        // slice(transpose(x, p), start, size, stride) = transpose(slice(x, start', size',
+        // stride'), p), where output axis j of the transpose is axis p[j] of x, so the slice's
+        // entries for axis j move to axis p[j]: a slice of a channels-last conversion happens
+        // channels-last and the conversion sinks towards a convolution, where it cancels.
+        rule(
+            "transpose-through-slice",
+            "(op ?a (op ?t ?x))",
+            |eg, _, s| {
+                let (
+                    Op::Slice {
+                        start,
+                        size,
+                        stride,
+                    },
+                    Op::Transpose { perm },
+                ) = (op(eg, s, "?a")?, op(eg, s, "?t")?)
+                else {
+                    return None;
+                };
+                let (mut start2, mut size2, mut stride2) =
+                    (start.clone(), size.clone(), stride.clone());
+                for (j, &p) in perm.iter().enumerate() {
+                    start2[p] = start[j];
+                    size2[p] = size[j];
+                    stride2[p] = stride[j];
+                }
+                let inner = add_op(
+                    eg,
+                    Op::Slice {
+                        start: start2,
+                        size: size2,
+                        stride: stride2,
+                    },
+                    &[s[var("?x")]],
+                )?;
+                add_op(eg, Op::Transpose { perm }, &[inner])
+            },
+        ),
+        // pad(transpose(x, p), pads) = transpose(pad(x, pads'), p) with pads'[p[j]] = pads[j]:
+        // every pad mode treats each axis on its own, so padding before or after moving the
+        // axes is the same (a padded copy shared by two channels-last convolutions stays
+        // channels-last).
+        rule("transpose-through-pad", "(op ?a (op ?t ?x))", |eg, _, s| {
+            let (Op::Pad { pads, mode, value }, Op::Transpose { perm }) =
+                (op(eg, s, "?a")?, op(eg, s, "?t")?)
+            else {
+                return None;
+            };
+            let mut moved = pads.clone();
+            for (j, &p) in perm.iter().enumerate() {
+                moved[p] = pads[j];
+            }
+            let inner = add_op(
+                eg,
+                Op::Pad {
+                    pads: moved,
+                    mode,
+                    value,
+                },
+                &[s[var("?x")]],
+            )?;
+            add_op(eg, Op::Transpose { perm }, &[inner])
+        }),
         // A concat of one tensor is that tensor.
         rule("concat-single", "(op ?a ?x)", |eg, _, s| {
             matches!(op(eg, s, "?a")?, Op::Concat { .. }).then(|| s[var("?x")])
@@ -318,8 +381,10 @@ pub fn rules() -> Vec<Rewrite<Node, GraphAnalysis>> {
                 let (Op::Conv2d(mut a) | Op::DepthwiseConv2d(mut a)) = conv.clone() else {
                     return None;
                 };
+                // (An fma chain multiplies its padding: only +0.0 is the conv's own.)
                 if mode != kiln_ir::op::PadMode::Constant
                     || value.0 != a.input_zp as f64
+                    || a.fma && value.0.is_sign_negative()
                     || pads.len() != 4
                 {
                     return None;
@@ -472,7 +537,8 @@ fn float_conv(eg: &GraphEGraph, s: &Subst) -> Option<(Op, usize, DataLayout)> {
         return None;
     };
     let w = ty(eg, s[var("?w")])?;
-    (a.input_zp == 0 && a.weight_zp == 0 && w.dtype == DType::F32)
+    // An fma chain's rounding is its meaning: scaled weights or a pre-added bias change it.
+    (a.input_zp == 0 && a.weight_zp == 0 && w.dtype == DType::F32 && !a.fma)
         .then(|| (conv.clone(), w.shape[0], a.layout))
 }
 

@@ -382,6 +382,42 @@ fn transposes_move_through_concats_and_cancel() {
 }
 
 #[test]
+fn slices_move_under_transposes_and_the_transposes_cancel() {
+    // A channel slice of a channels-last value seen in NCHW, brought back to NHWC: the slice
+    // runs channels-last (a strided one too) and no transpose is left.
+    let after = prove(
+        r#"graph {
+  input %0 "x": f32[1,3,4,6]
+  %1: f32[1,6,3,4] = transpose(%0) {"perm":[0,3,1,2]}
+  %2: f32[1,2,3,2] = slice(%1) {"size":[1,2,3,2],"start":[0,1,0,1],"stride":[1,2,1,2]}
+  %3: f32[1,3,2,2] = transpose(%2) {"perm":[0,2,3,1]}
+  output %3
+}"#,
+        &["slice"],
+        &["transpose"],
+        0.0,
+    );
+    assert_eq!(kiln_rewrite::op_node_count(&after), 1);
+}
+
+#[test]
+fn pads_move_under_transposes_and_the_transposes_cancel() {
+    let after = prove(
+        r#"graph {
+  input %0 "x": f32[1,3,4,6]
+  %1: f32[1,6,3,4] = transpose(%0) {"perm":[0,3,1,2]}
+  %2: f32[1,6,6,5] = pad(%1) {"mode":"constant","pads":[[0,0],[0,0],[1,2],[0,1]],"value":0.0}
+  %3: f32[1,6,5,6] = transpose(%2) {"perm":[0,2,3,1]}
+  output %3
+}"#,
+        &["pad"],
+        &["transpose"],
+        0.0,
+    );
+    assert_eq!(kiln_rewrite::op_node_count(&after), 1);
+}
+
+#[test]
 fn a_per_column_scale_folds_into_constant_matmul_weights() {
     let after = prove(
         r#"graph {

@@ -15,7 +15,9 @@
 //!   that does not divide the extent is allowed: lowering guards the body with
 //!   `value < extent` (TVM does the same). Annotated loops and compute-at targets cannot be split.
 //! * `reorder` a set of distinct leaf loops: they take the positions they occupied, in the given
-//!   order (TVM semantics); the other loops stay in place.
+//!   order (TVM semantics); the other loops stay in place. The reduction loops of an fma
+//!   chain ([`crate::Reduction::fused_multiply_add`]) keep their relative order (their order is
+//!   the rounding).
 //! * `fuse` two or more leaf loops adjacent in the given order, all spatial or all reduce, none
 //!   annotated or a compute-at target, into `a.b.fused`.
 //! * `vectorize` / `parallel` a spatial leaf; `unroll` any leaf. At the end a vectorized loop must
@@ -170,6 +172,46 @@ pub enum Relation {
     },
     /// `fused` ranges over the product of `loops`' extents, last loop fastest.
     Fuse { loops: Vec<usize>, fused: usize },
+}
+
+/// Whether the stage's reduction leaves still run in the order of its reduction axes: each
+/// leaf's origin (root axis, then its position in every split or fuse on the way) is not
+/// before the previous leaf's.
+fn reduction_order_kept(ss: &StageSchedule) -> bool {
+    let origin = |mut iv: usize| {
+        let mut path = vec![];
+        'up: loop {
+            for rel in &ss.relations {
+                match rel {
+                    Relation::Split {
+                        parent, children, ..
+                    } => {
+                        if let Some(i) = children.iter().position(|&c| c == iv) {
+                            path.push(i);
+                            iv = *parent;
+                            continue 'up;
+                        }
+                    }
+                    Relation::Fuse { loops, fused } if *fused == iv => {
+                        path.push(0);
+                        iv = loops[0];
+                        continue 'up;
+                    }
+                    Relation::Fuse { .. } => {}
+                }
+            }
+            path.push(iv);
+            path.reverse();
+            return path;
+        }
+    };
+    let keys: Vec<Vec<usize>> = ss
+        .leaves
+        .iter()
+        .filter(|&&iv| ss.iter_vars[iv].kind == IterKind::Reduce)
+        .map(|&iv| origin(iv))
+        .collect();
+    keys.windows(2).all(|w| w[0] <= w[1])
 }
 
 /// Where a stage is computed.
@@ -651,9 +693,23 @@ impl Schedule {
                 }
                 let mut positions: Vec<usize> = found.iter().map(|&(p, _)| p).collect();
                 positions.sort_unstable();
+                let fma = dag
+                    .tensor(id)
+                    .and_then(|t| t.stage.as_ref())
+                    .and_then(|s| s.reduction.as_ref())
+                    .is_some_and(|r| r.fused_multiply_add);
                 let ss = self.ss_mut(id)?;
+                let before = ss.leaves.clone();
                 for (p, (_, iv)) in positions.into_iter().zip(found) {
                     ss.leaves[p] = iv;
+                }
+                if fma && !reduction_order_kept(ss) {
+                    ss.leaves = before;
+                    return Err(illegal(
+                        stage,
+                        order.first().map_or("-", String::as_str),
+                        "an fma chain's reduction loops keep their order",
+                    ));
                 }
                 Ok(())
             }

@@ -21,6 +21,49 @@ fn reject(dag: &ComputeDag, insts: Vec<I>) -> ScheduleError {
     }
 }
 
+/// An fma chain's reduction order is its meaning: reorders that keep the reduction loops in
+/// axis order (splits included) are legal, others are refused; a plain sum may be reordered.
+#[test]
+fn fma_chains_keep_their_reduction_order() {
+    let conv = Conv {
+        n: 1,
+        c: 4,
+        h: 5,
+        w: 5,
+        o: 2,
+        kh: 3,
+        kw: 3,
+        pad: 1,
+        stride: 1,
+    };
+    let plain = conv.dag();
+    let mut fma = conv.dag();
+    fma.fuse_multiply_add(fma.find("conv").unwrap()).unwrap();
+    let swap = || I::Reorder {
+        stage: s("conv"),
+        order: vec![s("ry"), s("rx"), s("rc")],
+    };
+    let e = reject(&fma, vec![swap()]);
+    assert!(e.to_string().contains("keep their order"), "{e}");
+    assert!(Trace(vec![swap()]).apply(&plain).is_ok());
+    let split = I::Split {
+        stage: s("conv"),
+        loop_: s("rc"),
+        factors: vec![2],
+    };
+    let kept = I::Reorder {
+        stage: s("conv"),
+        order: vec![s("ow"), s("rc.0"), s("rc.1"), s("ry"), s("rx")],
+    };
+    assert!(Trace(vec![split.clone(), kept]).apply(&fma).is_ok());
+    let inner_first = I::Reorder {
+        stage: s("conv"),
+        order: vec![s("rc.1"), s("rc.0")],
+    };
+    let e = reject(&fma, vec![split, inner_first]);
+    assert!(e.to_string().contains("keep their order"), "{e}");
+}
+
 #[test]
 fn illegal_instructions_are_rejected_with_stage_and_loop() {
     let dag = matmul(4, 8, 6);

@@ -7,6 +7,11 @@
 //! (broadcast when it has one element) and rounds f16 once. Floats may differ from the
 //! reference by the rounding of adding the bias last instead of first.
 //!
+//! An fma CONV2D ([`kiln_ir::op::ConvAttrs::fma`]) always takes the channels-last form below
+//! (its body must be a bare product: padding comes from the padded copy, a 0.0 multiplied as
+//! the reference does) and its reduction is marked as one fma chain, whose `rc, ry, rx` order
+//! schedules keep.
+//!
 //! Only the bounds a tap can actually leave are tested (a 1x1 unpadded convolution has no
 //! `select` at all), so inner loops carry no statically-true conditions.
 //!
@@ -113,7 +118,7 @@ pub(crate) fn define(
                 widen_f32_only(xv, xd, acc, xzp) * widen_f32_only(wv, wd_, acc, wzp)
             };
             if depthwise && mult == 1 && pv.is_some() {
-                if let Some(wt) = nhwc_weights(b, x, w, layout, shape[1], 1)? {
+                if let Some(wt) = nhwc_weights(b, x, w, layout, shape[1], 1, false)? {
                     let pv = pv.clone().unwrap_or_else(|| zero.clone());
                     // Channels-last over a zero-padded channels-last copy of the input: no guards.
                     let hp = reach(shape[2], sy, kh, dy, 0) as usize + 1;
@@ -163,11 +168,20 @@ pub(crate) fn define(
             } else {
                 cin
             };
+            // An fma chain (`ConvAttrs::fma`) always takes this form: its body must be a
+            // bare product, so padding comes from a copy, never a guard.
+            let fma = !depthwise && a.fma;
             let nhwc = if depthwise || pv.is_none() {
                 None
             } else {
-                nhwc_weights(b, x, w, layout, shape[1], cpad)?
+                nhwc_weights(b, x, w, layout, shape[1], cpad, fma)?
             };
+            if fma && nhwc.is_none() {
+                return Err(unsupported(
+                    op,
+                    "fma accumulation needs constant f32 weights",
+                ));
+            }
             if let Some(wt) = nhwc {
                 // Channels-last accumulator: `conv_nhwc[n, oy, ox, oc]`, weights `[ky, kx, c, oc]`;
                 // a padded convolution reads a kept zero-padded copy of the input instead.
@@ -210,6 +224,9 @@ pub(crate) fn define(
                         let wv = Expr::load(wt, vec![ky, kx, ch, ax[3].clone()]);
                         product(xv, wv)
                     })?;
+                if fma {
+                    b.fuse_multiply_add(acc_stage)?;
+                }
                 return bias_stage(b, acc_stage, DataLayout::Nhwc, layout, bias, acc, out);
             }
             b.reduce("conv", &out.shape, &raxes, ReduceKind::Sum, |ax, r| {
@@ -290,8 +307,9 @@ pub(crate) fn define(
 /// the schedule library recognises it by this name.
 pub(crate) use kiln_schedules::NHWC_STAGE;
 
-/// For an f32 convolution with constant OIHW weights that is channels-last or has a multiple of
-/// 4 output channels (an NCHW one with few or ragged channels vectorizes better over pixels):
+/// For an f32 convolution with constant OIHW weights that is channels-last, has a multiple of
+/// 4 output channels (an NCHW one with few or ragged channels vectorizes better over pixels) or
+/// `always` (an fma chain, which has no other form):
 /// the weights transposed to `[ky, kx, c, oc]` (HWIO) as a definition-time table: for the tap
 /// order `ky, kx, c` a step of the reduction moves one row of output channels.
 fn nhwc_weights(
@@ -301,8 +319,9 @@ fn nhwc_weights(
     layout: DataLayout,
     oc: usize,
     channels: usize,
+    always: bool,
 ) -> Result<Option<BufferId>, ComputeError> {
-    let channels_fit = layout == DataLayout::Nhwc || oc.is_multiple_of(4);
+    let channels_fit = always || layout == DataLayout::Nhwc || oc.is_multiple_of(4);
     let float = x.ty.dtype == DType::F32 && w.ty.dtype == DType::F32;
     if !(float || int8_operands(x, w)) || !channels_fit {
         return Ok(None);

@@ -187,6 +187,7 @@ pub(super) fn conv_core(
         input_zp,
         weight_zp,
         layout: DataLayout::Nchw,
+        fma: false,
     };
     let y = if group == 1 {
         b.add(Op::Conv2d(attrs), &[x4, w4, bias])?

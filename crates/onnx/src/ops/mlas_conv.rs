@@ -6,8 +6,12 @@
 //! SGEMM `C[M,N] = W[M,K] · col[K,N]` per group and image, whose kernel runs one FMA chain from
 //! +0.0 over each block of `k`, adds the blocks to `C` in order (`C = acc + C`), and adds the bias
 //! last (docs/onnxruntime-int8-numerics.md §3.10 has the blocking rules and their sources).
-//! Here each (column range, `k` block) is a MATMUL with `fma` set on the matching slices, the
-//! blocks are summed with ADD in the same order and the bias added at the end.
+//! That chain over `k` is the chain of a direct convolution over `(c, ky, kx)`, so a convolution
+//! of one group whose pixels share one sequence of `k` blocks is a CONV2D with
+//! [`ConvAttrs::fma`] per block (no im2col; see [`DirectConv`] for how a block starting inside a
+//! channel's taps stays exact), the blocks summed with ADD in MLAS's order and the bias added
+//! at the end. A pointwise one runs channels-last as MATMULs with `fma` set; otherwise each
+//! (column range, `k` block) is a MATMUL with `fma` set on the matching slices of an im2col.
 //!
 //! Invariant: the value built equals MLAS's result bit for bit whenever this module returns one;
 //! shapes whose SGEMM would take MLAS's single-row or single-column kernels (other summation
@@ -18,7 +22,7 @@ use crate::builder::{Builder, NResult};
 use crate::node::NodeCx;
 use crate::ops::conv::{from_2d, to_2d, window};
 use crate::ops::matmul::matmul_nd;
-use kiln_ir::op::{BinaryOp, MatMulAttrs, PadMode};
+use kiln_ir::op::{BinaryOp, ConvAttrs, MatMulAttrs, PadMode};
 use kiln_ir::{DType, Op, ValueId};
 
 /// One SGEMM call: `C[:, n] (+)= W[:, k] · col[k, n]`, columns `n`, reduction range `k`.
@@ -123,8 +127,21 @@ fn column_runs(blocks: &[Block]) -> Vec<ColumnRun> {
     runs
 }
 
-/// `Conv` in MLAS's order, or `None` when it does not apply (see the module doc).
-pub(crate) fn conv(b: &mut Builder, cx: &NodeCx) -> NResult<Option<ValueId>> {
+/// What is known of a convolution input's values (a DequantizeLinear output): finite, and 0 or
+/// at least `min_nonzero` in magnitude.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Magnitudes {
+    pub(crate) min_nonzero: f64,
+    pub(crate) max: f64,
+}
+
+/// `Conv` in MLAS's order, or `None` when it does not apply (see the module doc). `input`
+/// bounds the input's values when they are known.
+pub(crate) fn conv(
+    b: &mut Builder,
+    cx: &NodeCx,
+    input: Option<Magnitudes>,
+) -> NResult<Option<ValueId>> {
     let (x, w) = (cx.input(0)?, cx.input(1)?);
     let bias = cx.opt_input(2);
     let (xs, ws) = (b.shape(x), b.shape(w));
@@ -183,6 +200,25 @@ pub(crate) fn conv(b: &mut Builder, cx: &NodeCx) -> NResult<Option<ValueId>> {
     if direct {
         let y = pointwise_channels_last(b, x4, &weights, bias, &runs, group, fma)?;
         return from_2d(b, y, one_d).map(Some);
+    }
+    if let ([run], 1) = (runs.as_slice(), group) {
+        let conv = DirectConv {
+            x: x4,
+            weights: &weights,
+            out_channels: o,
+            kernel: [kh, kw],
+            taps: kh * kw,
+            attrs: ConvAttrs {
+                pad: win.pad,
+                stride: win.stride,
+                dilation: win.dilation,
+                fma: true,
+                ..Default::default()
+            },
+        };
+        if let Some(y) = conv.build(b, &run.k_blocks, bias, input)? {
+            return from_2d(b, y, one_d).map(Some);
+        }
     }
     // im2col of the whole input: [B, C·kh·kw, OH·OW], k = c·kh·kw + ky·kw + kx.
     let col = if direct {
@@ -255,6 +291,137 @@ pub(crate) fn conv(b: &mut Builder, cx: &NodeCx) -> NResult<Option<ValueId>> {
     }
     let y = b.reshape(y, vec![batch, o, oh, ow])?;
     from_2d(b, y, one_d).map(Some)
+}
+
+/// A convolution of one group whose pixels all share one sequence of `k` blocks, computed as
+/// CONV2Ds with [`ConvAttrs::fma`] (no im2col): their chain over `(c, ky, kx)` is MLAS's over
+/// `k = c·kh·kw + ky·kw + kx`, padding included (im2col reads 0.0 there, as they do).
+struct DirectConv<'w> {
+    /// NCHW input.
+    x: ValueId,
+    /// OIHW weights.
+    weights: &'w [f32],
+    out_channels: usize,
+    /// `[kh, kw]`.
+    kernel: [usize; 2],
+    /// `kh·kw`.
+    taps: usize,
+    attrs: ConvAttrs,
+}
+
+/// A sum of products of two values of at least `2^-100` in magnitude never rounds a nonzero
+/// exact value to zero (see [`DirectConv::build`]).
+const NO_UNDERFLOW: f64 = 1.0 / (1u128 << 100) as f64;
+
+impl DirectConv<'_> {
+    /// One k block: a single CONV2D with the bias (`-0.0`, the exact identity of addition,
+    /// when there is none), bit-exact with MLAS for any input. Several blocks: block `[k0,
+    /// k0 + kc)` is a CONV2D over the channels holding it with the weights of other `k` set
+    /// to 0, its result added to the blocks before it (`C = block + C`), the bias last. A
+    /// zeroed tap adds `x·0 = ±0` to the chain, which leaves it unchanged unless `x` is not
+    /// finite or the chain holds -0.0; so blocks need `input` (finite values) and weights
+    /// such that every product is 0 or at least `2^-100`: an exact sum of such terms and of
+    /// f32 values is 0 or at least 2^-149 in magnitude (it is a multiple of the smaller of
+    /// their ulps), so no rounding reaches -0.0 (and an exact zero rounds to +0.0). `None`
+    /// when blocks are needed and that does not hold.
+    fn build(
+        &self,
+        b: &mut Builder,
+        k_blocks: &[Span],
+        bias: Option<ValueId>,
+        input: Option<Magnitudes>,
+    ) -> NResult<Option<ValueId>> {
+        let o = self.out_channels;
+        let neg_zero = |b: &mut Builder| b.const_tensor(vec![o], vec![-0.0f32; o]);
+        if let [(0, kc)] = k_blocks {
+            if *kc != self.weights.len() / o {
+                return Ok(None);
+            }
+            let bias = match bias {
+                Some(v) => v,
+                None => neg_zero(b)?,
+            };
+            let w = self.weight_block(b, 0, self.channels(), (0, *kc))?;
+            return b
+                .add(Op::Conv2d(self.attrs.clone()), &[self.x, w, bias])
+                .map(Some);
+        }
+        let min_w = self
+            .weights
+            .iter()
+            .filter(|w| **w != 0.0)
+            .fold(f64::INFINITY, |m, w| m.min(f64::from(w.abs())));
+        let normal = f64::from(f32::MIN_POSITIVE);
+        let safe = input.is_some_and(|i| {
+            i.max.is_finite()
+                && i.min_nonzero >= normal
+                && min_w >= normal
+                && i.min_nonzero * min_w >= NO_UNDERFLOW
+        }) && self.weights.iter().all(|w| w.is_finite());
+        if !safe {
+            return Ok(None);
+        }
+        let c = self.channels();
+        let mut acc: Option<ValueId> = None;
+        for &(k0, kc) in k_blocks {
+            let (lo, hi) = (k0 / self.taps, (k0 + kc).div_ceil(self.taps));
+            // A block over most channels reads the whole input (zero weights on the rest)
+            // rather than a copy of its channels.
+            let (lo, hi) = if (hi - lo) * 4 >= c * 3 {
+                (0, c)
+            } else {
+                (lo, hi)
+            };
+            let x = if (lo, hi) == (0, c) {
+                self.x
+            } else {
+                b.slice_axis(self.x, 1, lo, hi - lo, 1)?
+            };
+            let w = self.weight_block(b, lo, hi, (k0, kc))?;
+            let zero = neg_zero(b)?;
+            let part = b.add(Op::Conv2d(self.attrs.clone()), &[x, w, zero])?;
+            acc = Some(match acc {
+                None => part,
+                Some(sum) => b.binary(BinaryOp::Add, part, sum)?,
+            });
+        }
+        let Some(mut y) = acc else {
+            return Ok(None);
+        };
+        if let Some(bias) = bias {
+            let bias = b.reshape(bias, vec![1, o, 1, 1])?;
+            y = b.binary(BinaryOp::Add, y, bias)?;
+        }
+        Ok(Some(y))
+    }
+
+    fn channels(&self) -> usize {
+        self.weights.len() / (self.out_channels * self.taps)
+    }
+
+    /// The weights of input channels `lo..hi` (OIHW), those outside `k` block `(k0, kc)` zero.
+    fn weight_block(
+        &self,
+        b: &mut Builder,
+        lo: usize,
+        hi: usize,
+        (k0, kc): Span,
+    ) -> NResult<ValueId> {
+        let (c, taps) = (self.channels(), self.taps);
+        let w: Vec<f32> = (0..self.out_channels)
+            .flat_map(|m| {
+                (lo * taps..hi * taps).map(move |k| {
+                    if (k0..k0 + kc).contains(&k) {
+                        self.weights[m * c * taps + k]
+                    } else {
+                        0.0
+                    }
+                })
+            })
+            .collect();
+        let [kh, kw] = self.kernel;
+        b.const_tensor(vec![self.out_channels, hi - lo, kh, kw], w)
+    }
 }
 
 /// A pointwise (1×1, unit stride, unpadded) convolution computed channels-last: `C^T[n, m] =

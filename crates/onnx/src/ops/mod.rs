@@ -38,7 +38,7 @@ mod signal;
 mod topk;
 
 pub(crate) use mlas_conv::conv as mlas_order_conv;
-pub(crate) use qdq::{fuse_quantize, QdqGraph};
+pub(crate) use qdq::{dequantized_magnitudes, fuse_quantize, QdqGraph};
 
 /// The RESCALE multiplier and shift of a real scale (exposed for the unit tests).
 #[cfg(test)]

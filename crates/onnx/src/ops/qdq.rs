@@ -210,6 +210,24 @@ pub(super) struct QAct {
     pub(super) zp: i32,
 }
 
+/// The magnitudes a per-tensor 8-bit DequantizeLinear output `name` can take: finite, and
+/// either 0 or at least `min_nonzero`. `None` when `name` is not such an output.
+pub(crate) fn dequantized_magnitudes(
+    g: &QdqGraph,
+    b: &mut Builder,
+    values: &HashMap<String, ValueId>,
+    name: &str,
+) -> Option<super::mlas_conv::Magnitudes> {
+    let act = Fuser { g, b, values }.act(name)?;
+    // (q - zp) is an integer of at most 255 in magnitude; f32 rounds the product by less than
+    // half of its value.
+    let max = 255.0 * act.scale;
+    (act.scale > 0.0 && max < f64::from(f32::MAX) / 2.0).then_some(super::mlas_conv::Magnitudes {
+        min_nonzero: act.scale / 2.0,
+        max,
+    })
+}
+
 /// The integer value of the QuantizeLinear node `cx`, if its input is a fusable QDQ pattern.
 /// `Ok(None)`: not a QDQ pattern, map the node as usual. `Err`: the pattern fits but cannot be
 /// lowered; the caller notes the reason and maps the node as usual.
@@ -751,6 +769,7 @@ impl Fuser<'_, '_> {
             input_zp: x.zp,
             weight_zp: 0,
             layout: DataLayout::Nchw,
+            fma: false,
         };
         let x4 = to_2d(self.b, x.q)?;
         let sum = self.b.add(Op::DepthwiseConv2d(attrs), &[x4, ones, zeros])?;

@@ -23,6 +23,8 @@ use kiln_ir::DType;
 const COUNTERS: [AsmRegister64; 5] = [rcx, r8, r9, r10, r11];
 /// Innermost reduction loops up to this extent are unrolled completely.
 const FULL_UNROLL: usize = 8;
+/// Inner nests of up to this many steps run straight-line inside the loop around them.
+const FULL_UNROLL_NEST: usize = 16;
 /// Otherwise they are unrolled by this factor (plus a straight-line remainder).
 const UNROLL: usize = 4;
 /// Scratch vector registers the reduction needs.
@@ -203,6 +205,42 @@ impl Gen<'_> {
             }
             if rem > 0 {
                 body(self, rem)?;
+            }
+            return Ok(());
+        }
+        // Short inner nests (a convolution's taps inside its channels) run straight-line in
+        // each iteration of this loop, in their order, rather than as counted loops of a few
+        // steps.
+        let inner = &k.reduce[i + 1..];
+        if inner.iter().product::<usize>() <= FULL_UNROLL_NEST {
+            let ctr = COUNTERS[i];
+            if ext > 1 {
+                self.asm.a.mov(ctr, ext as i64).map_err(e)?;
+            }
+            let mut top = self.asm.a.create_label();
+            self.asm.a.set_label(&mut top).map_err(e)?;
+            let mut index = vec![0usize; inner.len()];
+            loop {
+                let at = |o: &OperandStrides| -> i64 {
+                    index
+                        .iter()
+                        .zip(&o.reduce[i + 1..])
+                        .map(|(&j, &st)| j as i64 * st)
+                        .sum()
+                };
+                self.step(c, regs, at(&k.lhs), at(&k.rhs))?;
+                // The next index, last loop fastest.
+                let Some(d) = (0..inner.len()).rev().find(|&d| index[d] + 1 < inner[d]) else {
+                    break;
+                };
+                index[d] += 1;
+                index[d + 1..].iter_mut().for_each(|j| *j = 0);
+            }
+            self.asm.add_imm(rsi, sl)?;
+            self.asm.add_imm(rdx, sr)?;
+            if ext > 1 {
+                self.asm.a.dec(ctr).map_err(e)?;
+                self.asm.a.jnz(top).map_err(e)?;
             }
             return Ok(());
         }
