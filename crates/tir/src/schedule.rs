@@ -382,25 +382,43 @@ impl Pack {
         if let Some((g, q)) = self.group {
             dims.push((q, strides[g]));
         }
-        let mut pos = vec![0usize; dims.len()];
+        // Rows of the innermost packed dimension: where each starts in the source and how many
+        // of its elements lie inside the original (the rest are padding). An odometer over the
+        // outer dimensions visits the rows in packed order.
+        let (&(inner, inner_stride), outer) = dims.split_last()?;
+        let last = dims.len() - 1;
+        let mut rows: Vec<(usize, usize)> = Vec::with_capacity(n / inner.max(1));
+        let mut pos = vec![0usize; outer.len()];
         let mut src = 0usize;
-        let index = (0..n).map(|_| {
-            let inside = pos[axis_outer] * f + pos[axis_inner] < shape[axis]
-                && self
-                    .group
-                    .is_none_or(|(g, q)| pos[group_outer] * q + pos[group_inner] < shape[g]);
-            let at = inside.then_some(src);
-            // Odometer step: the source offset follows the packed position.
-            for d in (0..dims.len()).rev() {
+        for _ in 0..n / inner.max(1) {
+            // The bound a dimension split in two keeps: `outer * factor + inner < extent`.
+            let room = |outer_d: usize, inner_d: usize, factor: usize, extent: usize| {
+                let start = pos[outer_d] * factor;
+                if inner_d == last {
+                    extent.saturating_sub(start)
+                } else if start + pos[inner_d] < extent {
+                    usize::MAX
+                } else {
+                    0
+                }
+            };
+            let mut valid = room(axis_outer, axis_inner, f, shape[axis]);
+            if let Some((g, q)) = self.group {
+                valid = valid.min(room(group_outer, group_inner, q, shape[g]));
+            }
+            rows.push((src, valid.min(inner)));
+            for d in (0..outer.len()).rev() {
                 pos[d] += 1;
-                src += dims[d].1;
-                if pos[d] < dims[d].0 {
+                src += outer[d].1;
+                if pos[d] < outer[d].0 {
                     break;
                 }
-                src -= dims[d].0 * dims[d].1;
+                src -= outer[d].0 * outer[d].1;
                 pos[d] = 0;
             }
-            at
+        }
+        let index = rows.into_iter().flat_map(|(base, valid)| {
+            (0..inner).map(move |j| (j < valid).then_some(base + j * inner_stride))
         });
         kiln_ir::Tensor::from_data(ty, t.data().gather_iter(n, index)).ok()
     }
