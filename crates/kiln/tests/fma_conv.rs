@@ -5,24 +5,14 @@
 //! onnxruntime's quantisation after it (a converting epilogue). Targets this machine cannot run
 //! are skipped with a notice.
 
+mod common;
+
 use kiln::{CompileOptions, Compiler, Target, Tensor};
 use kiln_ir::parse_graph;
 use proptest::prelude::*;
 
-/// The host and the built-in x86-64 targets with micro-kernels that run on this machine.
 fn targets() -> Vec<Target> {
-    let mut out = vec![Target::host()];
-    for name in ["x86_64-linux-gnu-avx2", "x86_64-linux-gnu-avx512"] {
-        let t = Target::named(name).unwrap();
-        if t.runs_natively() {
-            out.push(t);
-        } else {
-            println!(
-                "notice: this machine cannot run {name}; its fma convolutions are not checked here"
-            );
-        }
-    }
-    out
+    common::runnable_targets("fma convolutions")
 }
 
 /// Deterministic floats of mixed magnitudes (a few zeros among them).

@@ -6,25 +6,14 @@
 //! `i8(rne(clamp(f32(acc + bias) · scale, lo, hi)) + zp)` after each. Targets this machine
 //! cannot run are skipped with a notice.
 
+mod common;
+
 use kiln::{CompileOptions, Compiler, Target, Tensor};
 use kiln_ir::{parse_graph, DType};
 use proptest::prelude::*;
 
-/// The host and the built-in x86-64 targets with micro-kernels that run on this machine (each
-/// skipped one named once).
 fn targets() -> Vec<Target> {
-    let mut out = vec![Target::host()];
-    for name in ["x86_64-linux-gnu-avx2", "x86_64-linux-gnu-avx512"] {
-        let t = Target::named(name).unwrap();
-        if t.runs_natively() {
-            out.push(t);
-        } else {
-            println!(
-                "notice: this machine cannot run {name}; its int8 kernels are not checked here"
-            );
-        }
-    }
-    out
+    common::runnable_targets("int8 kernels")
 }
 
 /// A deterministic stream of small integers.
