@@ -127,12 +127,11 @@ fn column_runs(blocks: &[Block]) -> Vec<ColumnRun> {
     runs
 }
 
-/// What is known of a convolution input's values (a DequantizeLinear output): finite, and 0 or
-/// at least `min_nonzero` in magnitude.
+/// What is known of a convolution input's values (a DequantizeLinear output): all finite, and
+/// each 0 or at least `min_nonzero` in magnitude.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Magnitudes {
     pub(crate) min_nonzero: f64,
-    pub(crate) max: f64,
 }
 
 /// `Conv` in MLAS's order, or `None` when it does not apply (see the module doc). `input`
@@ -207,7 +206,6 @@ pub(crate) fn conv(
             weights: &weights,
             out_channels: o,
             kernel: [kh, kw],
-            taps: kh * kw,
             attrs: ConvAttrs {
                 pad: win.pad,
                 stride: win.stride,
@@ -304,8 +302,6 @@ struct DirectConv<'w> {
     out_channels: usize,
     /// `[kh, kw]`.
     kernel: [usize; 2],
-    /// `kh·kw`.
-    taps: usize,
     attrs: ConvAttrs,
 }
 
@@ -353,10 +349,7 @@ impl DirectConv<'_> {
             .fold(f64::INFINITY, |m, w| m.min(f64::from(w.abs())));
         let normal = f64::from(f32::MIN_POSITIVE);
         let safe = input.is_some_and(|i| {
-            i.max.is_finite()
-                && i.min_nonzero >= normal
-                && min_w >= normal
-                && i.min_nonzero * min_w >= NO_UNDERFLOW
+            i.min_nonzero >= normal && min_w >= normal && i.min_nonzero * min_w >= NO_UNDERFLOW
         }) && self.weights.iter().all(|w| w.is_finite());
         if !safe {
             return Ok(None);
@@ -364,7 +357,8 @@ impl DirectConv<'_> {
         let c = self.channels();
         let mut acc: Option<ValueId> = None;
         for &(k0, kc) in k_blocks {
-            let (lo, hi) = (k0 / self.taps, (k0 + kc).div_ceil(self.taps));
+            let taps = self.taps();
+            let (lo, hi) = (k0 / taps, (k0 + kc).div_ceil(taps));
             // A block over most channels reads the whole input (zero weights on the rest)
             // rather than a copy of its channels.
             let (lo, hi) = if (hi - lo) * 4 >= c * 3 {
@@ -396,7 +390,12 @@ impl DirectConv<'_> {
     }
 
     fn channels(&self) -> usize {
-        self.weights.len() / (self.out_channels * self.taps)
+        self.weights.len() / (self.out_channels * self.taps())
+    }
+
+    /// `kh·kw`.
+    fn taps(&self) -> usize {
+        self.kernel[0] * self.kernel[1]
     }
 
     /// The weights of input channels `lo..hi` (OIHW), those outside `k` block `(k0, kc)` zero.
@@ -407,7 +406,7 @@ impl DirectConv<'_> {
         hi: usize,
         (k0, kc): Span,
     ) -> NResult<ValueId> {
-        let (c, taps) = (self.channels(), self.taps);
+        let (c, taps) = (self.channels(), self.taps());
         let w: Vec<f32> = (0..self.out_channels)
             .flat_map(|m| {
                 (lo * taps..hi * taps).map(move |k| {

@@ -219,12 +219,11 @@ pub(crate) fn dequantized_magnitudes(
     name: &str,
 ) -> Option<super::mlas_conv::Magnitudes> {
     let act = Fuser { g, b, values }.act(name)?;
-    // (q - zp) is an integer of at most 255 in magnitude; f32 rounds the product by less than
-    // half of its value.
-    let max = 255.0 * act.scale;
-    (act.scale > 0.0 && max < f64::from(f32::MAX) / 2.0).then_some(super::mlas_conv::Magnitudes {
+    // (q - zp) is an integer of at most 255 in magnitude (so the product stays finite below
+    // this bound); f32 rounds the product by less than half of its value.
+    let finite = 255.0 * act.scale < f64::from(f32::MAX) / 2.0;
+    (act.scale > 0.0 && finite).then_some(super::mlas_conv::Magnitudes {
         min_nonzero: act.scale / 2.0,
-        max,
     })
 }
 
