@@ -771,3 +771,27 @@ fn default_schedules_are_not_trivial() {
     let t = check_op(&Op::Unary(UnaryOp::Exp), &[x], OpClass::Elementwise, REL);
     assert!(has(&t, &|i| matches!(i, I::Vectorize { .. })), "{t:?}");
 }
+
+/// Transposes large enough for tiles (layout conversions collapse to 2-D ones) run in square
+/// tiles of their two inner axes and compute the reference's values (f32, i32, a 3-D one
+/// swapping its inner axes, a ragged size that takes the untiled schedule).
+#[test]
+fn large_transposes_run_in_square_tiles() {
+    let mut rng = Rng(11);
+    let tiled = |trace: &kiln_tir::Trace| {
+        trace
+            .0
+            .iter()
+            .any(|i| matches!(i, kiln_tir::Instruction::Reorder { .. }))
+    };
+    for (dt, shape, perm, tiles) in [
+        (DType::F32, vec![64, 48], vec![1, 0], true),
+        (DType::I32, vec![32, 64], vec![1, 0], true),
+        (DType::F32, vec![2, 32, 48], vec![0, 2, 1], true),
+        (DType::F32, vec![40, 33], vec![1, 0], false),
+    ] {
+        let x = rand_default(&mut rng, dt, &shape);
+        let trace = check_op(&Op::Transpose { perm }, &[x], OpClass::Movement, 0.0);
+        assert_eq!(tiled(&trace), tiles, "{shape:?}: {trace:?}");
+    }
+}

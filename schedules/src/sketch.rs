@@ -385,6 +385,9 @@ fn build(
 /// (an axis no width divides is vectorized whole: vector chunks and a scalar tail); parallel
 /// outer loops.
 fn elementwise(r: &mut Recorder, stage: &str) {
+    if transpose_tiles(r, stage) {
+        return;
+    }
     let mut loops = r.loops(stage);
     // An innermost axis too short for a vector (the 3 channels of an image turned
     // channels-last) swaps with the one before it: vectors along that axis, stores strided.
@@ -422,6 +425,62 @@ fn elementwise(r: &mut Recorder, stage: &str) {
         r.vectorize(stage, &v);
     }
     unroll_selected_axes(r, stage);
+}
+
+/// Side of the square tiles a transposing stage is computed in.
+const TRANSPOSE_TILE: usize = 16;
+
+/// A stage that reads some operand across its innermost axis (`out[i, j] = x[j, i]`: a
+/// transpose, or a layout conversion collapsed to one) runs in square tiles of its two inner
+/// axes, vectorized along the innermost: a tile's reads touch `TRANSPOSE_TILE` cache lines of
+/// the operand that stay in cache for the whole tile, where row by row every lane's read is
+/// another line. Returns whether it did.
+fn transpose_tiles(r: &mut Recorder, stage: &str) -> bool {
+    let Some(st) = r.dag.find(stage).and_then(|id| r.dag.stage(id)) else {
+        return false;
+    };
+    let n = st.axes.len();
+    if n < 2 {
+        return false;
+    }
+    let (inner, outer) = (st.axes[n - 1].var, st.axes[n - 2].var);
+    let uses = |e: &kiln_tir::Expr, v: kiln_tir::VarId| {
+        let mut found = false;
+        e.walk(&mut |x| found |= matches!(x, kiln_tir::Expr::Var(w) if *w == v));
+        found
+    };
+    let mut transposed = false;
+    st.body.walk(&mut |e| {
+        if let kiln_tir::Expr::Load { indices, .. } = e {
+            if let Some((last, rest)) = indices.split_last() {
+                transposed |=
+                    !uses(last, inner) && uses(last, outer) && rest.iter().any(|i| uses(i, inner));
+            }
+        }
+    });
+    let loops = r.loops(stage);
+    let t = TRANSPOSE_TILE;
+    let fits = |l: &(String, IterKind, usize)| l.2 >= 2 * t && l.2.is_multiple_of(t);
+    if !transposed || loops.len() != n || !fits(&loops[n - 1]) || !fits(&loops[n - 2]) {
+        return false;
+    }
+    let (a, b) = (loops[n - 2].0.clone(), loops[n - 1].0.clone());
+    let cp = r.checkpoint();
+    let mut order: Vec<String> = loops[..n - 2].iter().map(|l| l.0.clone()).collect();
+    order.extend([
+        format!("{a}.0"),
+        format!("{b}.0"),
+        format!("{a}.1"),
+        format!("{b}.1"),
+    ]);
+    let done = r.split(stage, &b, t) && r.split(stage, &a, t) && r.reorder(stage, &order);
+    if !done {
+        r.restore(cp);
+        return false;
+    }
+    r.parallel_outer(stage);
+    r.vectorize(stage, &format!("{b}.1"));
+    true
 }
 
 /// Most iterations of a loop unrolled so that the `select`s testing its variable are decided
