@@ -104,6 +104,11 @@ pub fn prepare<'g>(
             true => kiln_rewrite::padding::pad_matmul_columns(&g, 16)?.unwrap_or(g),
             false => g,
         };
+        // 8-bit activations are stored as the target's dot products take them.
+        let g = match target.microkernels().and_then(|m| m.int8_activations()) {
+            Some(t) => kiln_rewrite::signedness::prefer_activation_type(&g, t)?.unwrap_or(g),
+            None => g,
+        };
         let (g, groups, fusion) = kiln_rewrite::fusion::fusion_groups(&g, &limits, &cost)?;
         report.fusion = Some(fusion);
         // Padded convolutions read their input from its producer's padded output.

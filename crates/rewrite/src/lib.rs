@@ -20,6 +20,7 @@ pub mod lang;
 pub mod movement;
 pub mod padding;
 pub mod rules;
+pub mod signedness;
 
 pub use analysis::{ClassData, GraphAnalysis, GraphEGraph};
 pub use cost::{CostModel, Cycles, GraphCost, RooflineCost};

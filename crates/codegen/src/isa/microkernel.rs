@@ -67,6 +67,17 @@ impl MicroIsa {
         }
     }
 
+    /// The 8-bit activation type the family's integer dot products take without converting
+    /// (`None`: both cost the same): VNNI's `vpdpbusd` multiplies unsigned activations by
+    /// signed weights, NEON's `sdot` signed by signed; AVX2 widens either kind to 16 bits.
+    pub fn int8_activations(self) -> Option<kiln_ir::DType> {
+        match self {
+            MicroIsa::X86Avx512Vnni => Some(kiln_ir::DType::U8),
+            MicroIsa::Aarch64Neon => Some(kiln_ir::DType::I8),
+            MicroIsa::X86Avx2 | MicroIsa::X86Avx512 => None,
+        }
+    }
+
     /// Vector registers.
     pub fn vector_registers(self) -> usize {
         match self {
