@@ -795,3 +795,37 @@ fn large_transposes_run_in_square_tiles() {
         assert_eq!(tiled(&trace), tiles, "{shape:?}: {trace:?}");
     }
 }
+
+/// Loops are unrolled for the `select`s that unrolling decides at compile time (a concat along
+/// a short axis: each copy reads one operand), not for a select on a value loaded per
+/// iteration (a per-channel rescale's table entry): sixteen copies of that body decided
+/// nothing and took seconds to compile.
+#[test]
+fn only_selects_on_the_loop_variable_unroll_its_loop() {
+    let mut rng = Rng(12);
+    let unrolled = |trace: &kiln_tir::Trace| {
+        trace
+            .0
+            .iter()
+            .any(|i| matches!(i, kiln_tir::Instruction::Unroll { .. }))
+    };
+    let parts = [
+        rand_default(&mut rng, DType::F32, &[2, 3, 32]),
+        rand_default(&mut rng, DType::F32, &[2, 5, 32]),
+    ];
+    let trace = check_op(&Op::Concat { axis: 1 }, &parts, OpClass::Movement, 0.0);
+    assert!(unrolled(&trace), "{trace:?}");
+    let x = rand(&mut rng, DType::I32, &[1, 16, 4, 32], -100_000, 100_000);
+    let per_channel = RescaleAttrs {
+        to: DType::I8,
+        multiplier: (0..16).map(|c| 1_000_000 + 97_531 * c).collect(),
+        shift: (0..16).map(|c| 30 + c % 8).collect(),
+        input_zp: 0,
+        output_zp: -3,
+        scale32: true,
+        rounding: RoundingMode::Double,
+        channel_axis: Some(1),
+    };
+    let trace = check_op(&Op::Rescale(per_channel), &[x], OpClass::Elementwise, 0.0);
+    assert!(!unrolled(&trace), "{trace:?}");
+}

@@ -402,16 +402,19 @@ fn elementwise(r: &mut Recorder, stage: &str) {
     let Some((inner, _, ext)) = loops.last().cloned() else {
         return;
     };
-    // The widest vector (16, 8 or 4 lanes) that divides the innermost axis at least twice:
-    // per-vector index arithmetic and guards are shared by more lanes.
+    // The widest vector (16, 8 or 4 lanes) that divides the innermost axis: per-vector index
+    // arithmetic and guards are shared by more lanes. An axis that is one such vector (the 16
+    // channels of a padded copy) is vectorized whole.
     let f = r.knobs.inner_vector.unwrap_or_else(|| {
         [16, 8, 4]
             .into_iter()
-            .find(|&w| ext.is_multiple_of(w) && ext >= 2 * w)
+            .find(|&w| ext.is_multiple_of(w))
             .unwrap_or(4)
     });
     let mut vec_loop = None;
-    if ext % f == 0 && ext >= 2 * f && r.split(stage, &inner, f) {
+    if ext == f && loops.len() > 1 {
+        vec_loop = Some(inner.clone());
+    } else if ext % f == 0 && ext >= 2 * f && r.split(stage, &inner, f) {
         vec_loop = Some(format!("{inner}.1"));
     } else if (ext >= 4 && r.knobs.inner_vector.is_none() || [4, 8, 16].contains(&ext))
         && loops.len() > 1
@@ -497,11 +500,7 @@ fn unroll_selected_axes(r: &mut Recorder, stage: &str) {
     let mut tested = std::collections::BTreeSet::new();
     st.body.walk(&mut |e| {
         if let kiln_tir::Expr::Select { cond, .. } = e {
-            cond.walk(&mut |c| {
-                if let kiln_tir::Expr::Var(v) = c {
-                    tested.insert(*v);
-                }
-            });
+            vars_outside_loads(cond, &mut tested);
         }
     });
     let names: Vec<String> = st
@@ -519,6 +518,22 @@ fn unroll_selected_axes(r: &mut Recorder, stage: &str) {
                 loop_: name.clone(),
             });
         }
+    }
+}
+
+/// The variables `e` mentions outside the indices of its loads: those whose value decides it
+/// once the loop is unrolled (a condition on a loaded value, such as a per-channel table
+/// entry, stays a run-time test however far its index's loop is unrolled).
+fn vars_outside_loads(e: &kiln_tir::Expr, out: &mut std::collections::BTreeSet<kiln_tir::VarId>) {
+    match e {
+        kiln_tir::Expr::Var(v) => {
+            out.insert(*v);
+        }
+        kiln_tir::Expr::Load { .. } => {}
+        _ => e
+            .children()
+            .into_iter()
+            .for_each(|c| vars_outside_loads(c, out)),
     }
 }
 

@@ -246,6 +246,30 @@ fn pools_naive_and_scheduled() {
     assert_eq!(out[2], av, "{f}");
 }
 
+/// Fused loops index with a division and a modulo, except where a loop has extent 1 (it is 0)
+/// or only loops of extent 1 are outside it (the quotient is already in range): a batch of one
+/// fused with the channels indexes the channels by the fused loop itself.
+#[test]
+fn fusing_a_batch_of_one_needs_no_division() {
+    let fused = Trace(vec![I::Fuse {
+        stage: s("maxpool"),
+        loops: vec![s("n"), s("c")],
+    }]);
+    for (n, divides) in [(1, false), (2, true)] {
+        let dag = pools(n, 3, 7, 8, 3, 2);
+        let inp = inputs_for(&dag, 6);
+        let (mx, _) = pools_ref(n, 3, 7, 8, 3, 2, &inp[0]);
+        let f = lower(&dag, &fused.apply(&dag).unwrap()).unwrap();
+        let text = f.to_string();
+        assert_eq!(
+            text.contains("n.c.fused // 3") && text.contains("n.c.fused % 3"),
+            divides,
+            "{f}"
+        );
+        assert_eq!(run(&f, &dag, &inp)[1], mx, "{f}");
+    }
+}
+
 #[test]
 fn reduction_and_transpose_and_elementwise() {
     let dag = reduce_axis1(3, 5, 4);
