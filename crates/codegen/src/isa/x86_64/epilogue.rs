@@ -168,6 +168,17 @@ pub struct Outputs<'a> {
     pub masked: &'a dyn Fn(usize) -> bool,
 }
 
+/// Accumulators whose epilogues are emitted interleaved, at most.
+const INTERLEAVED: usize = 4;
+
+/// One accumulator's epilogue being emitted: where it reads and writes, its free registers,
+/// and the register of each program node computed so far.
+struct Lane<'a> {
+    place: Place<'a>,
+    free: Vec<u8>,
+    reg: Vec<Option<u8>>,
+}
+
 /// Where the epilogue's inputs and output are, per accumulator.
 pub struct Place<'a> {
     /// The accumulator's register.
@@ -215,21 +226,49 @@ impl Program {
         let accs = (block.rows * block.vecs) as u8;
         let base_pool: Vec<u8> = (accs..regs as u8).collect();
         let mut done: Vec<u8> = vec![];
+        let mut tiles = vec![];
         for i in 0..block.rows {
-            let m = block.m0 + i;
             for (x, j) in (block.j0..block.j0 + block.vecs).enumerate() {
-                let acc = (i * block.vecs + x) as u8;
-                let masked = (outputs.masked)(j);
-                let mut pool = base_pool.clone();
-                pool.extend(&done);
-                let place = Place {
-                    acc,
-                    m,
-                    j,
-                    masked,
-                    inputs: &inputs,
-                };
-                let r = self.emit(asm, &place, &pool)?;
+                tiles.push(((i * block.vecs + x) as u8, block.m0 + i, j));
+            }
+        }
+        let need = self.registers(asm.isa == super::asm::VecIsa::Avx2).max(1);
+        let mut k = 0;
+        while k < tiles.len() {
+            // As many accumulators at once as the free registers hold programs for, their
+            // operations interleaved: one accumulator's chain of dependent operations (a
+            // requantisation is ~25 deep, a division among them) no longer waits alone.
+            let mut pool = base_pool.clone();
+            pool.extend(&done);
+            let group = (pool.len() / need)
+                .clamp(1, INTERLEAVED)
+                .min(tiles.len() - k);
+            let share = pool.len() / group;
+            let mut lanes: Vec<Lane> = tiles[k..k + group]
+                .iter()
+                .enumerate()
+                .map(|(g, &(acc, m, j))| Lane {
+                    place: Place {
+                        acc,
+                        m,
+                        j,
+                        masked: (outputs.masked)(j),
+                        inputs: &inputs,
+                    },
+                    free: pool[g * share..(g + 1) * share]
+                        .iter()
+                        .rev()
+                        .copied()
+                        .collect(),
+                    reg: vec![None; self.nodes.len()],
+                })
+                .collect();
+            self.emit_lanes(asm, &mut lanes)?;
+            for lane in &lanes {
+                let r = lane.reg[self.root()].ok_or("epilogue without result")?;
+                let Place {
+                    acc, m, j, masked, ..
+                } = lane.place;
                 let addr = Addr {
                     base: rsi,
                     disp: m as i64 * outputs.out_row + j as i64 * outputs.vector_bytes,
@@ -237,6 +276,7 @@ impl Program {
                 asm.store_as(outputs.dtype, addr, r, masked)?;
                 done.push(acc);
             }
+            k += group;
         }
         Ok(())
     }
@@ -375,7 +415,7 @@ impl Program {
     }
 
     /// Vector registers the program needs at once besides the accumulator (an upper bound of
-    /// what [`Program::emit`] allocates).
+    /// what [`Program::emit_block`] allocates per accumulator).
     pub fn registers(&self, avx2: bool) -> usize {
         let mut live = 0usize;
         let mut most = 0usize;
@@ -392,144 +432,152 @@ impl Program {
         most
     }
 
-    /// Emits the program for one accumulator with registers from `pool` (at least
-    /// [`Program::registers`] of them); returns the register holding the result.
-    pub fn emit(&self, asm: &mut Asm, place: &Place, pool: &[u8]) -> Result<u8, String> {
+    /// Emits the program for several accumulators at once, operation by operation, each with
+    /// the registers of its own [`Lane`]; the results are in each lane's `reg[root]`.
+    fn emit_lanes(&self, asm: &mut Asm, lanes: &mut [Lane]) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            for lane in lanes.iter_mut() {
+                self.emit_node(asm, i, lane)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits node `i` of the program for one accumulator.
+    fn emit_node(&self, asm: &mut Asm, i: usize, lane: &mut Lane) -> Result<(), String> {
         let avx2 = asm.isa == super::asm::VecIsa::Avx2;
-        let mut free: Vec<u8> = pool.iter().rev().copied().collect();
-        let mut reg: Vec<Option<u8>> = vec![None; self.nodes.len()];
+        let n = &self.nodes[i];
+        let Lane { place, free, reg } = lane;
         let take = |free: &mut Vec<u8>| {
             free.pop()
                 .ok_or_else(|| "epilogue out of registers".to_string())
         };
-        for (i, n) in self.nodes.iter().enumerate() {
-            let ops = n.operands();
-            let dying: Vec<usize> = n
-                .distinct_operands()
-                .into_iter()
-                .filter(|&o| self.last_use[o] == i)
-                .collect();
-            let release = |free: &mut Vec<u8>, reg: &[Option<u8>]| {
-                for &o in &dying {
-                    if let Some(r) = reg[o] {
-                        if !free.contains(&r) && (self.nodes[o] != Node::Acc) {
-                            free.push(r);
-                        }
+        let ops = n.operands();
+        let dying: Vec<usize> = n
+            .distinct_operands()
+            .into_iter()
+            .filter(|&o| self.last_use[o] == i)
+            .collect();
+        let release = |free: &mut Vec<u8>, reg: &[Option<u8>]| {
+            for &o in &dying {
+                if let Some(r) = reg[o] {
+                    if !free.contains(&r) && (self.nodes[o] != Node::Acc) {
+                        free.push(r);
                     }
                 }
-            };
-            if *n == Node::Acc {
-                reg[i] = Some(place.acc);
-                continue;
             }
-            // Scratch first: it must not alias an operand, even one that dies here.
-            let mut scratch = vec![];
-            for _ in 0..n.scratch(avx2) {
-                scratch.push(take(&mut free)?);
-            }
-            let tmp = scratch.first().copied();
-            if n.may_overwrite_operand() {
-                release(&mut free, &reg);
-            }
-            let d = take(&mut free)?;
-            let r = |k: usize| reg[ops[k]].ok_or_else(|| "operand without register".to_string());
-            match n {
-                Node::Acc => unreachable!("handled above"),
-                Node::Const(bits) => asm.constant(d, f32::from_bits(*bits))?,
-                Node::Input(k) => {
-                    let InputPtr {
-                        reg: base,
-                        row,
-                        col,
-                        reload,
-                    } = place.inputs[*k];
-                    if let Some(slot) = reload {
-                        asm.a
-                            .mov(base, qword_ptr(rdi + slot))
-                            .map_err(|x| x.to_string())?;
-                    }
-                    let disp = row * place.m as i64 + col / 4 * asm.isa.bytes() * place.j as i64;
-                    let addr = Addr { base, disp };
-                    if col == 0 {
-                        asm.bcast(d, addr)?;
-                    } else {
-                        asm.load(d, addr, place.masked)?;
-                    }
-                }
-                Node::Bin(op, _, _) => {
-                    let (a, b) = (r(0)?, r(1)?);
-                    let arith = match op {
-                        BinOp::Add => Arith::Add,
-                        BinOp::Sub => Arith::Sub,
-                        BinOp::Mul => Arith::Mul,
-                        BinOp::Div => Arith::Div,
-                        BinOp::Min => Arith::Min,
-                        BinOp::Max => Arith::Max,
-                        other => return Err(format!("epilogue operation {other:?}")),
-                    };
-                    asm.arith(arith, d, a, b)?;
-                    if matches!(op, BinOp::Min | BinOp::Max) {
-                        asm.nan_from(d, a, tmp.unwrap_or(d))?;
-                    }
-                }
-                Node::Select(op, ..) => {
-                    let (a, b, t, o) = (r(0)?, r(1)?, r(2)?, r(3)?);
-                    // `!=` is true on NaN (unordered); the others are ordered.
-                    let pred = match op {
-                        CmpOp::Eq => Pred::Eq,
-                        CmpOp::Ne => Pred::Neq,
-                        CmpOp::Lt => Pred::Lt,
-                        CmpOp::Le => Pred::Le,
-                        CmpOp::Gt => Pred::Gt,
-                        CmpOp::Ge => Pred::Ge,
-                    };
-                    asm.select(pred, a, b, t, o, d, tmp.unwrap_or(d))?;
-                }
-                Node::Int(bits) => asm.constant(d, f32::from_bits(*bits))?,
-                Node::Bound(side, bits, _) => {
-                    // `d` is fresh: the constant first, the operand second (kept on NaN).
-                    asm.constant(d, f32::from_bits(*bits))?;
-                    let op = match side {
-                        Side::Lower => Arith::Max,
-                        Side::Upper => Arith::Min,
-                    };
-                    asm.arith(op, d, d, r(0)?)?;
-                }
-                Node::IBin(op, _, _) => asm.int_arith(*op, d, r(0)?, r(1)?)?,
-                Node::Cvt(to, from, _) => {
-                    let tmp = [scratch.first().copied(), scratch.get(1).copied()];
-                    asm.convert(*to, *from, d, r(0)?, tmp)?
-                }
-                Node::Call(f, _) => match f {
-                    Intrinsic::Abs => asm.abs(d, r(0)?)?,
-                    Intrinsic::Sqrt => asm.sqrt(d, r(0)?)?,
-                    Intrinsic::Round => asm.round(d, r(0)?, 0)?,
-                    Intrinsic::Floor => asm.round(d, r(0)?, 1)?,
-                    Intrinsic::Ceil => asm.round(d, r(0)?, 2)?,
-                    Intrinsic::Exp => asm.exp(d, r(0)?, [scratch[0], scratch[1], scratch[2]])?,
-                    Intrinsic::Sigmoid => {
-                        asm.sigmoid(d, r(0)?, [scratch[0], scratch[1], scratch[2], scratch[3]])?
-                    }
-                    Intrinsic::Erf => asm.erf(
-                        d,
-                        r(0)?,
-                        [scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]],
-                    )?,
-                    Intrinsic::Fma => {
-                        // `d` is fresh (fma never overwrites an operand): `d = x * y + c`.
-                        let (x, y, c) = (r(0)?, r(1)?, r(2)?);
-                        asm.mov(d, c)?;
-                        asm.fma(d, x, super::asm::Src::Reg(y), false)?;
-                    }
-                    other => return Err(format!("epilogue call {other:?}")),
-                },
-            }
-            reg[i] = Some(d);
-            free.extend(scratch.iter().rev());
-            if !n.may_overwrite_operand() {
-                release(&mut free, &reg);
-            }
+        };
+        if *n == Node::Acc {
+            reg[i] = Some(place.acc);
+            return Ok(());
         }
-        reg[self.root()].ok_or_else(|| "epilogue without result".to_string())
+        // Scratch first: it must not alias an operand, even one that dies here.
+        let mut scratch = vec![];
+        for _ in 0..n.scratch(avx2) {
+            scratch.push(take(free)?);
+        }
+        let tmp = scratch.first().copied();
+        if n.may_overwrite_operand() {
+            release(free, reg);
+        }
+        let d = take(free)?;
+        let r = |k: usize| reg[ops[k]].ok_or_else(|| "operand without register".to_string());
+        match n {
+            Node::Acc => unreachable!("handled above"),
+            Node::Const(bits) => asm.constant(d, f32::from_bits(*bits))?,
+            Node::Input(k) => {
+                let InputPtr {
+                    reg: base,
+                    row,
+                    col,
+                    reload,
+                } = place.inputs[*k];
+                if let Some(slot) = reload {
+                    asm.a
+                        .mov(base, qword_ptr(rdi + slot))
+                        .map_err(|x| x.to_string())?;
+                }
+                let disp = row * place.m as i64 + col / 4 * asm.isa.bytes() * place.j as i64;
+                let addr = Addr { base, disp };
+                if col == 0 {
+                    asm.bcast(d, addr)?;
+                } else {
+                    asm.load(d, addr, place.masked)?;
+                }
+            }
+            Node::Bin(op, _, _) => {
+                let (a, b) = (r(0)?, r(1)?);
+                let arith = match op {
+                    BinOp::Add => Arith::Add,
+                    BinOp::Sub => Arith::Sub,
+                    BinOp::Mul => Arith::Mul,
+                    BinOp::Div => Arith::Div,
+                    BinOp::Min => Arith::Min,
+                    BinOp::Max => Arith::Max,
+                    other => return Err(format!("epilogue operation {other:?}")),
+                };
+                asm.arith(arith, d, a, b)?;
+                if matches!(op, BinOp::Min | BinOp::Max) {
+                    asm.nan_from(d, a, tmp.unwrap_or(d))?;
+                }
+            }
+            Node::Select(op, ..) => {
+                let (a, b, t, o) = (r(0)?, r(1)?, r(2)?, r(3)?);
+                // `!=` is true on NaN (unordered); the others are ordered.
+                let pred = match op {
+                    CmpOp::Eq => Pred::Eq,
+                    CmpOp::Ne => Pred::Neq,
+                    CmpOp::Lt => Pred::Lt,
+                    CmpOp::Le => Pred::Le,
+                    CmpOp::Gt => Pred::Gt,
+                    CmpOp::Ge => Pred::Ge,
+                };
+                asm.select(pred, a, b, t, o, d, tmp.unwrap_or(d))?;
+            }
+            Node::Int(bits) => asm.constant(d, f32::from_bits(*bits))?,
+            Node::Bound(side, bits, _) => {
+                // `d` is fresh: the constant first, the operand second (kept on NaN).
+                asm.constant(d, f32::from_bits(*bits))?;
+                let op = match side {
+                    Side::Lower => Arith::Max,
+                    Side::Upper => Arith::Min,
+                };
+                asm.arith(op, d, d, r(0)?)?;
+            }
+            Node::IBin(op, _, _) => asm.int_arith(*op, d, r(0)?, r(1)?)?,
+            Node::Cvt(to, from, _) => {
+                let tmp = [scratch.first().copied(), scratch.get(1).copied()];
+                asm.convert(*to, *from, d, r(0)?, tmp)?
+            }
+            Node::Call(f, _) => match f {
+                Intrinsic::Abs => asm.abs(d, r(0)?)?,
+                Intrinsic::Sqrt => asm.sqrt(d, r(0)?)?,
+                Intrinsic::Round => asm.round(d, r(0)?, 0)?,
+                Intrinsic::Floor => asm.round(d, r(0)?, 1)?,
+                Intrinsic::Ceil => asm.round(d, r(0)?, 2)?,
+                Intrinsic::Exp => asm.exp(d, r(0)?, [scratch[0], scratch[1], scratch[2]])?,
+                Intrinsic::Sigmoid => {
+                    asm.sigmoid(d, r(0)?, [scratch[0], scratch[1], scratch[2], scratch[3]])?
+                }
+                Intrinsic::Erf => asm.erf(
+                    d,
+                    r(0)?,
+                    [scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]],
+                )?,
+                Intrinsic::Fma => {
+                    // `d` is fresh (fma never overwrites an operand): `d = x * y + c`.
+                    let (x, y, c) = (r(0)?, r(1)?, r(2)?);
+                    asm.mov(d, c)?;
+                    asm.fma(d, x, super::asm::Src::Reg(y), false)?;
+                }
+                other => return Err(format!("epilogue call {other:?}")),
+            },
+        }
+        reg[i] = Some(d);
+        free.extend(scratch.iter().rev());
+        if !n.may_overwrite_operand() {
+            release(free, reg);
+        }
+        Ok(())
     }
 }
