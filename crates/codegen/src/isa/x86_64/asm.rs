@@ -203,6 +203,24 @@ impl Asm {
         .map_err(e)
     }
 
+    /// One Horner step `p = p * t + c` (one fma, rounded once). AVX-512 reads `c` as an
+    /// embedded broadcast from the constant pool; AVX2 builds it in `tmp`.
+    pub fn horner(&mut self, p: u8, t: u8, c: f32, tmp: u8) -> Result<(), String> {
+        match self.isa {
+            VecIsa::Avx512 => {
+                let l = self.label_of(c.to_bits());
+                self.a
+                    .vfmadd213ps(Self::z(p), Self::z(t), dword_bcst(l))
+                    .map_err(e)
+            }
+            VecIsa::Avx2 => {
+                self.constant(tmp, c)?;
+                self.fma(tmp, p, Src::Reg(t), false)?;
+                self.mov(p, tmp)
+            }
+        }
+    }
+
     /// `r = broadcast(value)` from the kernel's constant pool.
     pub fn constant(&mut self, r: u8, value: f32) -> Result<(), String> {
         self.constant_bits(r, value.to_bits())
@@ -409,10 +427,7 @@ impl Asm {
         self.fma(d, t2, Src::Reg(t1), false)?; // r = n * -C2 + r
         self.constant(t3, math::P[0])?;
         for &c in &math::P[1..] {
-            // p = p * r + c
-            self.constant(t1, c)?;
-            self.fma(t1, t3, Src::Reg(d), false)?;
-            self.mov(t3, t1)?;
+            self.horner(t3, d, c, t1)?; // p = p * r + c
         }
         self.arith(Arith::Mul, t1, d, d)?; // r²
         self.fma(d, t3, Src::Reg(t1), false)?; // y = p * r² + r
@@ -475,9 +490,7 @@ impl Asm {
         self.arith(Arith::Mul, t4, x, x)?;
         self.constant(t3, ERF_SMALL[ERF_SMALL.len() - 1])?;
         for &c in ERF_SMALL[..ERF_SMALL.len() - 1].iter().rev() {
-            self.constant(t1, c)?;
-            self.fma(t1, t3, Src::Reg(t4), false)?; // p * t + c
-            self.mov(t3, t1)?;
+            self.horner(t3, t4, c, t1)?; // p * t + c
         }
         self.arith(Arith::Mul, t5, x, t3)?;
         // a = min(|x|, clamp), a NaN passing through (x86 min returns its second operand).
@@ -486,9 +499,7 @@ impl Asm {
         self.arith(Arith::Min, t2, t1, t4)?;
         self.constant(t3, ERF_LARGE[ERF_LARGE.len() - 1])?;
         for &c in ERF_LARGE[..ERF_LARGE.len() - 1].iter().rev() {
-            self.constant(t1, c)?;
-            self.fma(t1, t3, Src::Reg(t2), false)?; // q * a + c
-            self.mov(t3, t1)?;
+            self.horner(t3, t2, c, t1)?; // q * a + c
         }
         // large = (1 - exp(q)) with x's sign or-ed in (1 - exp(q) >= 0).
         self.exp(d, t3, [t1, t2, t4])?;
