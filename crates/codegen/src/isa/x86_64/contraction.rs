@@ -295,9 +295,7 @@ impl Gen<'_> {
             let row_vec = |o: &OperandStrides| o.row != 0 && o.col != 0;
             // A broadcast operand that moves along the rows: one broadcast per row, in a
             // register unless AVX-512 can embed it in the fma (the other operand in a
-            // register) and the row has one fma: embedded in each of several, it is loaded
-            // once per column vector, and the loads (two 512-bit ones per cycle) rather than
-            // the fmas bound the step (16 loads for 14 fmas in a 7x2 tile, 9 in a register).
+            // register).
             let mut per_row = [None, None];
             for (x, (o, ptr, d, _)) in ops.iter().enumerate() {
                 if o.row != 0 && o.col == 0 {
@@ -306,7 +304,7 @@ impl Gen<'_> {
                         disp: d + m as i64 * o.row,
                     };
                     let other = &ops[1 - x].0;
-                    if avx2 || row_vec(other) || c.vecs > 1 {
+                    if avx2 || row_vec(other) {
                         self.asm.bcast(s0, addr)?;
                         per_row[x] = Some(Operand::Reg(s0));
                     } else {
