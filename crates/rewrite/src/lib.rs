@@ -19,6 +19,7 @@ pub mod fusion;
 pub mod lang;
 pub mod movement;
 pub mod padding;
+pub mod rebuild;
 pub mod rules;
 pub mod signedness;
 

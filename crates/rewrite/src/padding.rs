@@ -10,9 +10,9 @@
 //! kept columns are computed from the same values in the same order; graph inputs and outputs
 //! keep their names, and the result is verified.
 
+use crate::rebuild::rebuild;
 use kiln_ir::op::PadMode;
-use kiln_ir::{Graph, IrError, Op, OrderedF64, ValueId};
-use std::collections::HashMap;
+use kiln_ir::{Graph, IrError, Op, OrderedF64};
 
 /// Smallest output width worth padding (narrower matmuls are cheap anyway).
 const MIN_WIDTH: usize = 32;
@@ -50,59 +50,39 @@ pub fn pad_matmul_columns(graph: &Graph, multiple: usize) -> Result<Option<Graph
     if padded.is_empty() {
         return Ok(None);
     }
-    let mut out = Graph::new();
-    let mut map: HashMap<ValueId, ValueId> = HashMap::new();
-    for &v in graph.inputs() {
-        let value = graph.value(v);
-        let new = out.add_input(value.name.clone().unwrap_or_default(), value.ty.clone());
-        map.insert(v, new);
-    }
-    for (i, n) in graph.nodes().iter().enumerate() {
-        let new = if let Op::Const(c) = n.op {
-            let c = out.add_shared_const(graph.shared_constant(c).clone());
-            out.add_node(Op::Const(c), &[], n.name.clone())?
-        } else {
-            let inputs: Vec<ValueId> = n.inputs.iter().map(|v| map[v]).collect();
-            if padded.contains(&i) {
-                let b = inputs[1];
-                let shape = out.ty(b).shape.clone();
-                let width = shape[shape.len() - 1];
-                let extra = width.next_multiple_of(multiple) - width;
-                let mut pads = vec![[0, 0]; shape.len()];
-                pads[shape.len() - 1] = [0, extra];
-                let wide_b = out.add_node(
-                    Op::Pad {
-                        pads,
-                        mode: PadMode::Constant,
-                        value: OrderedF64(0.0),
-                    },
-                    &[b],
-                    n.name.clone(),
-                )?;
-                let wide = out.add_node(n.op.clone(), &[inputs[0], wide_b], n.name.clone())?;
-                let full = out.ty(wide).shape.clone();
-                let mut size = full.clone();
-                size[full.len() - 1] = width;
-                out.add_node(
-                    Op::Slice {
-                        start: vec![0; full.len()],
-                        size,
-                        stride: vec![1; full.len()],
-                    },
-                    &[wide],
-                    n.name.clone(),
-                )?
-            } else {
-                out.add_node(n.op.clone(), &inputs, n.name.clone())?
-            }
-        };
-        if let Some(name) = &graph.value(n.output).name {
-            out.set_name(new, name.clone());
+    let out = rebuild(graph, |out, i, n, inputs| {
+        if !padded.contains(&i) {
+            return out.add_node(n.op.clone(), &inputs, n.name.clone());
         }
-        map.insert(n.output, new);
-    }
-    out.set_outputs(graph.outputs().iter().map(|v| map[v]).collect())?;
-    out.verify()?;
+        let b = inputs[1];
+        let shape = out.ty(b).shape.clone();
+        let width = shape[shape.len() - 1];
+        let extra = width.next_multiple_of(multiple) - width;
+        let mut pads = vec![[0, 0]; shape.len()];
+        pads[shape.len() - 1] = [0, extra];
+        let wide_b = out.add_node(
+            Op::Pad {
+                pads,
+                mode: PadMode::Constant,
+                value: OrderedF64(0.0),
+            },
+            &[b],
+            n.name.clone(),
+        )?;
+        let wide = out.add_node(n.op.clone(), &[inputs[0], wide_b], n.name.clone())?;
+        let full = out.ty(wide).shape.clone();
+        let mut size = full.clone();
+        size[full.len() - 1] = width;
+        out.add_node(
+            Op::Slice {
+                start: vec![0; full.len()],
+                size,
+                stride: vec![1; full.len()],
+            },
+            &[wide],
+            n.name.clone(),
+        )
+    })?;
     Ok(Some(out))
 }
 

@@ -17,6 +17,7 @@
 //! point); graph inputs and outputs keep their names, types and order, and the result is
 //! verified.
 
+use crate::rebuild::rebuild;
 use kiln_ir::op::BinaryOp;
 use kiln_ir::{DType, Graph, IrError, Op, Tensor, ValueDef, ValueId};
 use std::collections::HashMap;
@@ -99,40 +100,20 @@ pub fn prefer_activation_type(graph: &Graph, preferred: DType) -> Result<Option<
     if converted.is_empty() {
         return Ok(None);
     }
-    let mut out = Graph::new();
-    let mut map: HashMap<ValueId, ValueId> = HashMap::new();
-    for &v in graph.inputs() {
-        let value = graph.value(v);
-        let new = out.add_input(value.name.clone().unwrap_or_default(), value.ty.clone());
-        map.insert(v, new);
-    }
-    for (i, n) in graph.nodes().iter().enumerate() {
-        let new = if let Op::Const(c) = n.op {
-            let c = out.add_shared_const(graph.shared_constant(c).clone());
-            out.add_node(Op::Const(c), &[], n.name.clone())?
-        } else {
-            let mut inputs: Vec<ValueId> = n.inputs.iter().map(|v| map[v]).collect();
-            if converted.contains(&i) {
-                let x = inputs[0];
-                let rank = out.ty(x).shape.len();
-                let wide = out.add_node(Op::Cast { to: DType::I32 }, &[x], n.name.clone())?;
-                let k = out.add_const_value(
-                    Tensor::new(vec![1; rank], vec![by])?,
-                    format!("{}.activation_offset", n.name),
-                );
-                let moved = out.add_node(Op::Binary(BinaryOp::Add), &[wide, k], n.name.clone())?;
-                inputs[0] = out.add_node(Op::Cast { to: preferred }, &[moved], n.name.clone())?;
-                out.add_node(moved_zp(&n.op, by), &inputs, n.name.clone())?
-            } else {
-                out.add_node(n.op.clone(), &inputs, n.name.clone())?
-            }
-        };
-        if let Some(name) = &graph.value(n.output).name {
-            out.set_name(new, name.clone());
+    let out = rebuild(graph, |out, i, n, mut inputs| {
+        if !converted.contains(&i) {
+            return out.add_node(n.op.clone(), &inputs, n.name.clone());
         }
-        map.insert(n.output, new);
-    }
-    out.set_outputs(graph.outputs().iter().map(|v| map[v]).collect())?;
-    out.verify()?;
+        let x = inputs[0];
+        let rank = out.ty(x).shape.len();
+        let wide = out.add_node(Op::Cast { to: DType::I32 }, &[x], n.name.clone())?;
+        let k = out.add_const_value(
+            Tensor::new(vec![1; rank], vec![by])?,
+            format!("{}.activation_offset", n.name),
+        );
+        let moved = out.add_node(Op::Binary(BinaryOp::Add), &[wide, k], n.name.clone())?;
+        inputs[0] = out.add_node(Op::Cast { to: preferred }, &[moved], n.name.clone())?;
+        out.add_node(moved_zp(&n.op, by), &inputs, n.name.clone())
+    })?;
     Ok(Some(out))
 }
