@@ -508,6 +508,62 @@ pub fn run_microkernel(
     call_microkernel(isa, kernel, &slots)
 }
 
+/// Runs pointwise micro-kernel `kernel` of family `isa` once on this machine (a safe entry for
+/// tests of the generators): `out[..cols]` from `inputs` (each read from its start); checks
+/// that the machine runs `isa` and that every buffer holds what the kernel reads or writes.
+pub fn run_pointwise(
+    isa: crate::isa::microkernel::MicroIsa,
+    kernel: &crate::isa::microkernel::PointwiseKernel,
+    out: &mut [f32],
+    inputs: &[&[f32]],
+) -> Result<(), CodegenError> {
+    let bad = |reason: String| CodegenError::BadArguments {
+        func: "pointwise microkernel".into(),
+        reason,
+    };
+    if !isa.runs_here() {
+        return Err(CodegenError::Isa(format!(
+            "this machine does not run {} micro-kernels",
+            isa.name()
+        )));
+    }
+    if inputs.len() != kernel.contiguous.len() {
+        return Err(bad(format!(
+            "{} inputs given, {} expected",
+            inputs.len(),
+            kernel.contiguous.len()
+        )));
+    }
+    let short = inputs
+        .iter()
+        .zip(&kernel.contiguous)
+        .position(|(x, &c)| x.len() < if c { kernel.cols } else { 1 });
+    if let Some(i) = short {
+        return Err(bad(format!("input {i} is shorter than the kernel reads")));
+    }
+    if out.len() < kernel.cols {
+        return Err(bad(format!(
+            "an output of {} elements for {} columns",
+            out.len(),
+            kernel.cols
+        )));
+    }
+    let code = crate::isa::microkernel::generate_pointwise(isa, kernel)
+        .map_err(|e| CodegenError::Isa(e.to_string()))?;
+    let f = RawFunction::new(code)?;
+    let mut ptrs: Vec<*const u8> = vec![out.as_mut_ptr().cast_const().cast()];
+    ptrs.extend(inputs.iter().map(|x| x.as_ptr().cast::<u8>()));
+    // SAFETY: `addr` is the kernel's code in live executable memory; the kernel follows the
+    // micro-kernel ABI and, as checked above, reads `cols` elements of each contiguous input,
+    // one of each broadcast one, and writes `cols` elements of the output through its own
+    // mutable borrow.
+    unsafe {
+        let call: unsafe extern "C" fn(*const *const u8) = std::mem::transmute(f.addr);
+        call(ptrs.as_ptr());
+    }
+    Ok(())
+}
+
 /// A buffer given to a micro-kernel: its start, its length and the offset of the access's
 /// base, in bytes.
 struct BytesAt {

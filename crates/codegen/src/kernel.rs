@@ -611,6 +611,12 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
                     self.em.stats.byte_vector_loops += 1;
                     self.byte_vector_loop(var, extent, body)
                 } else if self.em.opts.vectorize
+                    && plain
+                    && crate::vector::vectorizable(self.f, var, extent, body)
+                    && self.pointwise(var, extent, body)?
+                {
+                    Ok(())
+                } else if self.em.opts.vectorize
                     && (extent.is_multiple_of(crate::vector::LANES) || plain)
                     && crate::vector::vectorizable(self.f, var, extent, body)
                 {

@@ -40,6 +40,7 @@ pub mod isa;
 pub mod jit;
 pub mod kernel;
 pub mod parallel;
+mod pointwise;
 pub mod pool;
 pub mod promote;
 pub mod runtime;
@@ -139,6 +140,8 @@ pub struct CompileStats {
     pub microkernel_calls: usize,
     /// Distinct micro-kernels defined.
     pub microkernels: usize,
+    /// Elementwise loops emitted as pointwise micro-kernel calls (see `pointwise`).
+    pub pointwise_loops: usize,
 }
 
 /// Why code generation or a call of generated code failed.

@@ -32,9 +32,21 @@ impl<M: Module> EmitState<'_, M> {
         let Ok(code) = microkernel::generate(isa, kernel) else {
             return Ok(None);
         };
+        self.define_microkernel(isa, code, kernel, caller).map(Some)
+    }
+
+    /// The module function of micro-kernel code `code` (described by `kernel` in dumps),
+    /// defined on first use.
+    pub(crate) fn define_microkernel(
+        &mut self,
+        isa: MicroIsa,
+        code: MicroCode,
+        kernel: &dyn std::fmt::Debug,
+        caller: &str,
+    ) -> Result<FuncId, CodegenError> {
         let key = code.key();
         if let Some(&id) = self.microkernels.get(&key) {
-            return Ok(Some(id));
+            return Ok(id);
         }
         let name = format!("kiln_uk{}_{}", isa.name(), self.microkernels.len());
         dump_microkernel(&name, kernel, &code);
@@ -56,14 +68,14 @@ impl<M: Module> EmitState<'_, M> {
         }
         self.microkernels.insert(key, id);
         self.stats.microkernels += 1;
-        Ok(Some(id))
+        Ok(id)
     }
 }
 
 /// With `KILN_DUMP_MICROKERNELS=DIR` set, writes each micro-kernel a module defines as
 /// `DIR/NAME.txt`: the kernel's description and its instructions (a developer's aid; names
 /// restart with each module, so one compile per folder).
-fn dump_microkernel(name: &str, kernel: &ContractionKernel, code: &MicroCode) {
+fn dump_microkernel(name: &str, kernel: &dyn std::fmt::Debug, code: &MicroCode) {
     let Some(dir) = std::env::var_os("KILN_DUMP_MICROKERNELS").map(std::path::PathBuf::from) else {
         return;
     };

@@ -981,6 +981,15 @@ fn widened(e: &Expr) -> Result<(&Expr, i32), TensorizeError> {
 
 type LoadFn<'a> = dyn FnMut(BufferId, &[Expr]) -> Result<Epilogue, TensorizeError> + 'a;
 
+impl Epilogue {
+    /// The epilogue form of expression `e`, each load replaced by what `load` makes of it
+    /// (an [`Epilogue::Input`], usually): an error for an operation epilogues do not have.
+    /// Elementwise loops compiled as pointwise micro-kernels take their expression this way.
+    pub fn of_expr(e: &Expr, load: &mut LoadFn) -> Result<Epilogue, TensorizeError> {
+        epilogue_of(e, load)
+    }
+}
+
 fn epilogue_of(e: &Expr, load: &mut LoadFn) -> Result<Epilogue, TensorizeError> {
     let bx = Box::new;
     Ok(match e {

@@ -488,6 +488,50 @@ pub fn generate(isa: MicroIsa, kernel: &ContractionKernel) -> Result<MicroCode, 
     })
 }
 
+/// A pointwise micro-kernel: `out[j] = epilogue(inputs at j)` for `j in 0..cols`, all f32,
+/// each input contiguous (read at `j`) or broadcast (read at 0). The ABI's pointer array holds
+/// the output's pointer, then the inputs'. The epilogue reads no accumulator.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PointwiseKernel {
+    pub cols: usize,
+    /// Per input: contiguous (`true`) or broadcast.
+    pub contiguous: Vec<bool>,
+    pub epilogue: Epilogue,
+}
+
+impl PointwiseKernel {
+    /// What the kernel computes; `None` when an access leaves its slice.
+    pub fn reference(&self, out: &mut [f32], inputs: &[&[f32]]) -> Option<()> {
+        for j in 0..self.cols {
+            let vals = self
+                .contiguous
+                .iter()
+                .zip(inputs)
+                .map(|(&c, x)| x.get(if c { j } else { 0 }).copied())
+                .collect::<Option<Vec<f32>>>()?;
+            *out.get_mut(j)? = self.epilogue.eval(0.0, &|i| vals[i]);
+        }
+        Some(())
+    }
+}
+
+/// The code of pointwise kernel `kernel` for `isa` (x86-64 families; NEON's 4 lanes are what
+/// Cranelift's own vector code already runs, so it has none).
+pub fn generate_pointwise(
+    isa: MicroIsa,
+    kernel: &PointwiseKernel,
+) -> Result<MicroCode, MicrokernelError> {
+    use super::x86_64::{pointwise, VecIsa};
+    let v = match isa {
+        MicroIsa::X86Avx2 => VecIsa::Avx2,
+        MicroIsa::X86Avx512 | MicroIsa::X86Avx512Vnni => VecIsa::Avx512,
+        MicroIsa::Aarch64Neon => {
+            return Err(MicrokernelError("no pointwise kernels on NEON".into()))
+        }
+    };
+    Ok(MicroCode::Machine(pointwise(v, kernel)?))
+}
+
 /// Machine code of `void f(const void *)` that runs `iterations` rounds of 12 independent
 /// fused multiply-adds on full vectors of `isa` (`24 * lanes * iterations` flops): what peak
 /// measurements time (x86-64 families; kiln runs on x86-64 hosts only).

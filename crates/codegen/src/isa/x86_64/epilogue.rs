@@ -161,6 +161,9 @@ impl Block {
 /// the ABI array after lhs, rhs and out), the output's type, row stride and bytes per column
 /// vector, and which vectors are partial.
 pub struct Outputs<'a> {
+    /// The index of the output's pointer in the ABI array (2 in a contraction's, after lhs
+    /// and rhs; 0 in a pointwise kernel's); the inputs' pointers follow it.
+    pub out_slot: usize,
     pub inputs: &'a [(i64, i64)],
     pub dtype: DType,
     pub out_row: i64,
@@ -205,10 +208,12 @@ impl Program {
         regs: usize,
     ) -> Result<(), String> {
         let e = |x: iced_x86::IcedError| x.to_string();
-        asm.a.mov(rsi, qword_ptr(rdi + 16)).map_err(e)?;
+        let slot_of =
+            |i: usize| i32::try_from(8 * (outputs.out_slot + i)).map_err(|_| "too many inputs");
+        asm.a.mov(rsi, qword_ptr(rdi + slot_of(0)?)).map_err(e)?;
         let mut inputs = vec![];
         for (i, &(row, col)) in outputs.inputs.iter().enumerate() {
-            let slot = i32::try_from(24 + 8 * i).map_err(|_| "too many epilogue inputs")?;
+            let slot = slot_of(1 + i)?;
             let (reg, reload) = match INPUT_PTRS.get(i) {
                 Some(&reg) => {
                     asm.a.mov(reg, qword_ptr(rdi + slot)).map_err(e)?;

@@ -464,6 +464,7 @@ impl Gen<'_> {
         let (tail, nv) = (self.tail, self.nv);
         let masked = move |j: usize| tail != 0 && j + 1 == nv;
         let outputs = Outputs {
+            out_slot: 2,
             inputs: &self.k.inputs,
             dtype: self.out,
             out_row: self.k.out_row,

@@ -2,7 +2,7 @@
 //! and AVX-512F (zmm, 32 registers, `k` masks for ragged tails); 8-bit integer contractions
 //! with AVX-512 VNNI (`int8`).
 //!
-//! Invariant: the code of [`contraction`] follows the micro-kernel ABI of
+//! Invariant: the code of [`contraction`] and [`pointwise`] follows the micro-kernel ABI of
 //! [`crate::isa::microkernel`] (a frameless System V leaf: pointer array in `rdi`, only
 //! caller-saved registers, constants RIP-relative in its own bytes, `vzeroupper` before `ret`)
 //! and uses only instructions of its ISA's baseline.
@@ -12,10 +12,12 @@ mod contraction;
 mod epilogue;
 mod int8;
 mod int_ops;
+mod pointwise;
 
 pub use asm::VecIsa;
 pub use contraction::contraction;
 pub use int8::{int8_contraction, Int8Isa};
+pub use pointwise::pointwise;
 
 /// A function `void f(const void *)` running `iterations` rounds of 12 independent vector
 /// fused multiply-adds (no memory traffic): times the core's f32 peak,

@@ -1,0 +1,262 @@
+//! Pointwise micro-kernels: random kernels (lengths with ragged tails, contiguous and broadcast
+//! inputs, up to eight, expressions with `exp`, `erf`, `sigmoid`, clamps, NaN-propagating
+//! `min`/`max` and division) against `PointwiseKernel::reference` bit for bit, NaN and
+//! infinities among the inputs, nothing written past the kernel's length; and elementwise
+//! loops compiled with and without them, equal bit for bit (and to the interpreter within its
+//! exact `exp`'s distance).
+
+mod common;
+
+use common::*;
+use kiln_codegen::isa::microkernel::{
+    disassemble, generate_pointwise, MicroCode, MicroIsa, PointwiseKernel,
+};
+use kiln_codegen::jit::run_pointwise;
+use kiln_codegen::{CodegenOptions, JitModule, Threads};
+use kiln_ir::{DType, Tensor};
+use kiln_tir::{interp, BinOp, CmpOp, Epilogue, Expr, ForKind, Intrinsic, PrimFunc, Stmt};
+use proptest::prelude::*;
+
+const X86: [MicroIsa; 2] = [MicroIsa::X86Avx2, MicroIsa::X86Avx512];
+
+fn expression(choice: u8, inputs: usize) -> Epilogue {
+    use Epilogue as E;
+    let b = Box::new;
+    let x = E::Input(0);
+    let y = E::Input(inputs.saturating_sub(1));
+    // Every input past the first two added in, so each is read.
+    let sum = (2..inputs).fold(x.clone(), |s, i| {
+        E::Binary(BinOp::Add, b(s), b(E::Input(i)))
+    });
+    match choice % 7 {
+        // A softmax's numerator.
+        0 => E::Call(Intrinsic::Exp, vec![E::Binary(BinOp::Sub, b(sum), b(y))]),
+        // GELU.
+        1 => E::Binary(
+            BinOp::Mul,
+            b(E::Binary(BinOp::Mul, b(sum.clone()), b(E::Const(0.5)))),
+            b(E::Binary(
+                BinOp::Add,
+                b(E::Const(1.0)),
+                b(E::Call(
+                    Intrinsic::Erf,
+                    vec![E::Binary(BinOp::Mul, b(sum), b(E::Const(0.707_106_77)))],
+                )),
+            )),
+        ),
+        2 => E::Binary(
+            BinOp::Mul,
+            b(sum.clone()),
+            b(E::Call(Intrinsic::Sigmoid, vec![y])),
+        ),
+        // A clamp as the importer writes it.
+        3 => E::Select {
+            op: CmpOp::Lt,
+            a: b(sum.clone()),
+            b: b(E::Const(0.0)),
+            then: b(E::Const(0.0)),
+            otherwise: b(E::Select {
+                op: CmpOp::Gt,
+                a: b(sum.clone()),
+                b: b(E::Const(6.0)),
+                then: b(E::Const(6.0)),
+                otherwise: b(sum),
+            }),
+        },
+        4 => E::Binary(BinOp::Div, b(sum), b(y)),
+        5 => E::Binary(
+            BinOp::Max,
+            b(E::Binary(BinOp::Min, b(sum), b(y))),
+            b(E::Const(-1.5)),
+        ),
+        _ => E::Select {
+            op: CmpOp::Ne,
+            a: b(sum.clone()),
+            b: b(y),
+            then: b(E::Call(Intrinsic::Abs, vec![sum])),
+            otherwise: b(E::Const(7.0)),
+        },
+    }
+}
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            match i % 89 {
+                13 => f32::NAN,
+                29 => f32::INFINITY,
+                47 => f32::NEG_INFINITY,
+                _ => ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 24.0,
+            }
+        })
+        .collect()
+}
+
+fn same(a: &[f32], b: &[f32]) -> Result<(), String> {
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        if x.to_bits() != y.to_bits() && !(x.is_nan() && y.is_nan()) {
+            return Err(format!("element {i}: {x} vs reference {y}"));
+        }
+    }
+    Ok(())
+}
+
+fn check(isa: MicroIsa, k: &PointwiseKernel, seed: u64) -> Result<(), TestCaseError> {
+    let code = generate_pointwise(isa, k).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let MicroCode::Machine(bytes) = &code else {
+        return Err(TestCaseError::fail("x86-64 kernels are machine code"));
+    };
+    let text = disassemble(bytes);
+    prop_assert!(text.trim_end().ends_with("ret"), "{text}");
+    for r in ["rbx", "rbp", "r12", "r13", "r14", "r15", "rsp"] {
+        prop_assert!(!text.contains(r), "{} used:\n{}", r, text);
+    }
+    if !isa.runs_here() {
+        return Ok(());
+    }
+    let inputs: Vec<Vec<f32>> = k
+        .contiguous
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| values(if c { k.cols } else { 1 }, seed + 31 * i as u64))
+        .collect();
+    let slices: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+    // Sentinels past the end show a write outside the kernel's columns.
+    let mut want = vec![f32::from_bits(0x7fc0_1234); k.cols + 40];
+    k.reference(&mut want, &slices)
+        .ok_or_else(|| TestCaseError::fail("reference out of range"))?;
+    let mut got = vec![f32::from_bits(0x7fc0_1234); k.cols + 40];
+    run_pointwise(isa, k, &mut got, &slices).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    same(&got, &want).map_err(|e| TestCaseError::fail(format!("{isa:?}: {e}\n{k:?}")))?;
+    let untouched = got[k.cols..].iter().all(|v| v.to_bits() == 0x7fc0_1234);
+    prop_assert!(untouched, "{:?} wrote past {} columns", isa, k.cols);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn pointwise_kernels_compute_their_reference(
+        cols in prop_oneof![1usize..=40, 41usize..=300],
+        flags in prop::collection::vec(any::<bool>(), 1..=8),
+        choice in 0u8..7,
+        seed in any::<u64>(),
+    ) {
+        let k = PointwiseKernel {
+            cols,
+            epilogue: expression(choice, flags.len()),
+            contiguous: flags,
+        };
+        for isa in X86 {
+            check(isa, &k, seed)?;
+        }
+    }
+}
+
+#[test]
+fn families_this_machine_cannot_run_are_only_encoded() {
+    for isa in X86 {
+        if !isa.runs_here() {
+            println!(
+                "notice: this machine does not run {} micro-kernels; the pointwise tests only \
+                 encode and disassemble them",
+                isa.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn neon_has_no_pointwise_kernels() {
+    let k = PointwiseKernel {
+        cols: 16,
+        contiguous: vec![true],
+        epilogue: Epilogue::Input(0),
+    };
+    assert!(generate_pointwise(MicroIsa::Aarch64Neon, &k).is_err());
+}
+
+/// `out[r, i] = exp(x[r, i] - m[r, 0])` over `rows x n`, the inner loop vectorized (a
+/// softmax's numerator, as the elementwise sketch leaves it).
+fn softmax_numerator(rows: usize, n: usize) -> PrimFunc {
+    let mut f = PrimFunc::new("ew");
+    let x = f.add_param("x", DType::F32, vec![rows, n]);
+    let m = f.add_param("m", DType::F32, vec![rows, 1]);
+    let o = f.add_param("out", DType::F32, vec![rows, n]);
+    let (r, i) = (f.new_var("r"), f.new_var("i"));
+    let value = Expr::call(
+        Intrinsic::Exp,
+        vec![
+            Expr::load(x, vec![Expr::var(r), Expr::var(i)])
+                - Expr::load(m, vec![Expr::var(r), Expr::int(0)]),
+        ],
+    );
+    f.body = Stmt::for_(
+        r,
+        rows,
+        ForKind::Serial,
+        Stmt::for_(
+            i,
+            n,
+            ForKind::Vectorized,
+            Stmt::store(o, vec![Expr::var(r), Expr::var(i)], value),
+        ),
+    );
+    f
+}
+
+fn run(f: &PrimFunc, args: &[Tensor], micro: bool) -> (Vec<Tensor>, usize) {
+    let opts = CodegenOptions {
+        threads: Threads::Single,
+        microkernels: micro,
+        verify_ir: true,
+        ..CodegenOptions::default()
+    };
+    let jit = JitModule::compile(std::slice::from_ref(f), &opts).unwrap();
+    let mut got = args.to_vec();
+    jit.kernel(&f.name).unwrap().run(&mut got).unwrap();
+    (got, jit.stats().pointwise_loops)
+}
+
+#[test]
+fn elementwise_loops_give_the_vector_codes_bits() {
+    let host = kiln_codegen::isa::host_isa(false, false).unwrap();
+    let micro = kiln_codegen::isa::HostInfo::of(&*host)
+        .micro
+        .filter(|i| i.runs_here());
+    if micro.is_none() {
+        println!("notice: this machine has no pointwise micro-kernels; only the vector path ran");
+    }
+    // One vector and a tail, a row of attention scores, and lengths past two chunks (a loop of
+    // whole-chunk calls and a remainder kernel).
+    for (rows, n) in [(3, 9), (4, 197), (2, 600), (1, 1024)] {
+        let f = softmax_numerator(rows, n);
+        let mut args = random_args(&f, n as u64);
+        let x: Vec<f32> = args[0].as_slice::<f32>().unwrap().to_vec();
+        let x = x
+            .iter()
+            .enumerate()
+            .map(|(j, v)| match j % 53 {
+                7 => f32::NAN,
+                11 => f32::INFINITY,
+                19 => -100.0,
+                _ => v * 8.0,
+            })
+            .collect();
+        args[0] = Tensor::from_data(args[0].ty().clone(), kiln_ir::TensorData::F32(x)).unwrap();
+        let (vector, none) = run(&f, &args, false);
+        let (pointwise, calls) = run(&f, &args, true);
+        assert_eq!(none, 0);
+        if micro.is_some() {
+            assert_eq!(calls, 1, "{f}");
+        }
+        assert_close(&format!("{rows}x{n}\n{f}"), &pointwise, &vector, 0.0);
+        let mut want = args.clone();
+        interp::run(&f, &mut want).unwrap();
+        assert_close(&format!("{rows}x{n}\n{f}"), &pointwise, &want, 1e-6);
+    }
+}
