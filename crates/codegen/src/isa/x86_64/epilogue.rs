@@ -238,52 +238,91 @@ impl Program {
             }
         }
         let need = self.registers(asm.isa == super::asm::VecIsa::Avx2).max(1);
+        let addr_of = |m: usize, j: usize| Addr {
+            base: rsi,
+            disp: m as i64 * outputs.out_row + j as i64 * outputs.vector_bytes,
+        };
+        // A long f32 program (an `exp` or `erf`: ~30 dependent operations) of which the
+        // registers beside the accumulators hold only one copy runs after the tile: the
+        // accumulators are stored as they are, then reloaded a few at a time with the whole
+        // register file free (a store and a load of the same f32, exact; the tile is in L1).
+        let spill = outputs.dtype == DType::F32
+            && self.is_long()
+            && base_pool.len() / need < 2
+            && tiles.len() > 1;
+        if spill {
+            for &(acc, m, j) in &tiles {
+                asm.store_as(DType::F32, addr_of(m, j), acc, (outputs.masked)(j))?;
+            }
+        }
         let mut k = 0;
         while k < tiles.len() {
             // As many accumulators at once as the free registers hold programs for, their
             // operations interleaved: one accumulator's chain of dependent operations (a
             // requantisation is ~25 deep, a division among them) no longer waits alone.
-            let mut pool = base_pool.clone();
-            pool.extend(&done);
+            let (pool, need) = if spill {
+                ((0..regs as u8).collect::<Vec<u8>>(), need + 1)
+            } else {
+                let mut pool = base_pool.clone();
+                pool.extend(&done);
+                (pool, need)
+            };
             let group = (pool.len() / need)
                 .clamp(1, INTERLEAVED)
                 .min(tiles.len() - k);
             let share = pool.len() / group;
-            let mut lanes: Vec<Lane> = tiles[k..k + group]
-                .iter()
-                .enumerate()
-                .map(|(g, &(acc, m, j))| Lane {
+            let mut lanes = vec![];
+            for (g, &(acc, m, j)) in tiles[k..k + group].iter().enumerate() {
+                let mut free: Vec<u8> = pool[g * share..(g + 1) * share]
+                    .iter()
+                    .rev()
+                    .copied()
+                    .collect();
+                let masked = (outputs.masked)(j);
+                let acc = if spill {
+                    // The stored accumulator, into the lane's first register.
+                    let r = free.pop().ok_or("epilogue out of registers")?;
+                    asm.load(r, addr_of(m, j), masked)?;
+                    r
+                } else {
+                    acc
+                };
+                lanes.push(Lane {
                     place: Place {
                         acc,
                         m,
                         j,
-                        masked: (outputs.masked)(j),
+                        masked,
                         inputs: &inputs,
                     },
-                    free: pool[g * share..(g + 1) * share]
-                        .iter()
-                        .rev()
-                        .copied()
-                        .collect(),
+                    free,
                     reg: vec![None; self.nodes.len()],
-                })
-                .collect();
+                });
+            }
             self.emit_lanes(asm, &mut lanes)?;
             for lane in &lanes {
                 let r = lane.reg[self.root()].ok_or("epilogue without result")?;
                 let Place {
                     acc, m, j, masked, ..
                 } = lane.place;
-                let addr = Addr {
-                    base: rsi,
-                    disp: m as i64 * outputs.out_row + j as i64 * outputs.vector_bytes,
-                };
-                asm.store_as(outputs.dtype, addr, r, masked)?;
-                done.push(acc);
+                asm.store_as(outputs.dtype, addr_of(m, j), r, masked)?;
+                if !spill {
+                    done.push(acc);
+                }
             }
             k += group;
         }
         Ok(())
+    }
+
+    /// Whether the program evaluates a polynomial approximation (`exp`, `sigmoid`, `erf`).
+    fn is_long(&self) -> bool {
+        self.nodes.iter().any(|n| {
+            matches!(
+                n,
+                Node::Call(Intrinsic::Exp | Intrinsic::Sigmoid | Intrinsic::Erf, _)
+            )
+        })
     }
 
     /// Compiles an f32 contraction's epilogue `e` (an error for one with conversions or
