@@ -676,13 +676,20 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
         Ok(())
     }
 
-    /// A serial loop, its reduction element in a variable where [`crate::serial_reduce`] can.
+    /// A serial loop, its reduction element in a variable where [`crate::serial_reduce`] can,
+    /// neighbouring reductions interleaved where [`crate::jammed_reduce`] can.
     fn serial_or_carried(
         &mut self,
         var: VarId,
         extent: usize,
         body: &Stmt,
     ) -> Result<(), CodegenError> {
+        if self.carried.is_none() && !self.touches_promoted(body) {
+            if let Some(jam) = crate::jammed_reduce::jammed(self, var, extent, body) {
+                self.em.stats.jammed_reductions += 1;
+                return self.jammed_reduction(var, extent, body, &jam);
+            }
+        }
         match crate::serial_reduce::carried_element(self, var, extent, body) {
             Some(element) => {
                 self.em.stats.carried_reductions += 1;

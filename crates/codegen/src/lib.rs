@@ -37,6 +37,7 @@ mod approx;
 mod byte_lanes;
 pub mod entry;
 pub mod isa;
+mod jammed_reduce;
 pub mod jit;
 pub mod kernel;
 pub mod parallel;
@@ -136,6 +137,8 @@ pub struct CompileStats {
     pub promoted_buffers: usize,
     /// Serial reduction loops whose element was kept in a register (see `serial_reduce`).
     pub carried_reductions: usize,
+    /// Loops of serial reductions run several at once (see `jammed_reduce`).
+    pub jammed_reductions: usize,
     /// Tensorized regions emitted as micro-kernel calls.
     pub microkernel_calls: usize,
     /// Distinct micro-kernels defined.

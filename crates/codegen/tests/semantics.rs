@@ -406,10 +406,16 @@ fn vectorized_loops_of_any_extent_run_chunks_and_a_scalar_tail() {
         )
         .unwrap()
     };
-    // Unrolled chunks with a tail (5, 7), a loop over chunks with (197) and without (24) one.
+    // Unrolled chunks with a tail (5, 7), a loop over chunks with (197) and without (24) one;
+    // Cranelift's vector code (a host with pointwise micro-kernels calls one for 197, see
+    // tests/pointwise.rs).
     for extent in [5, 7, 24, 197] {
         let f = ragged_func(extent, None);
         for o in opts() {
+            let o = CodegenOptions {
+                microkernels: false,
+                ..o
+            };
             let stats = compare(&f, &[t(vec![3, extent]), t(vec![3])], &o);
             if o.vectorize {
                 assert_eq!(stats.vector_loops, 1, "extent {extent}");
@@ -519,6 +525,75 @@ fn serial_reductions_keep_their_element_in_a_register_exactly() {
         for o in opts() {
             let stats = compare(&f, std::slice::from_ref(&x), &o);
             assert_eq!(stats.carried_reductions, carried, "{update}");
+        }
+    }
+}
+
+#[test]
+fn neighbouring_serial_reductions_run_interleaved_exactly() {
+    // Row sums (a softmax's denominators, a layer norm's means: extent-1 loops around them)
+    // run eight rows at a time, the rows left over as written, each row's operations in its
+    // order; a store that does not move with the rows, or a body reading another row's
+    // element, stay one row at a time.
+    let cases = [
+        (
+            DType::F32,
+            197,
+            "%out[0, i, u] = %out[0, i, u] + %x[i, r]",
+            1,
+        ),
+        (
+            DType::F32,
+            20,
+            "%out[0, i, u] = %out[0, i, u] + %x[i, r]",
+            1,
+        ),
+        (
+            DType::I32,
+            24,
+            "%out[0, i, u] = %out[0, i, u] + %x[i, r] * %x[i, r]",
+            1,
+        ),
+        (
+            DType::F32,
+            12,
+            "%out[0, i, u] = %out[0, i, u] + %x[i, r]",
+            0,
+        ),
+        (
+            DType::F32,
+            20,
+            "%out[0, 0, u] = %out[0, 0, u] + %x[i, r]",
+            0,
+        ),
+        (
+            DType::F32,
+            20,
+            "%out[0, i, u] = %out[0, i, u] + %out[0, 19 - i, u] * %x[i, r]",
+            0,
+        ),
+    ];
+    for (ty, rows, update, jammed) in cases {
+        let init = if ty == DType::F32 {
+            "-0.5_f32"
+        } else {
+            "1_i32"
+        };
+        let text = format!(
+            "func @ew(%x: {ty}[{rows},37] param, %out: {ty}[1,{rows},1] param) {{ \
+            for i in 0..{rows} {{ for u in 0..1 {{ %out[0, i, u] = {init} \
+            for r in 0..37 {{ {update} }} }} }} }}"
+        );
+        let f = kiln_tir::parse_func(&text).unwrap();
+        let mut rng = Rng(29);
+        let x = Tensor::from_data(
+            TensorType::new(ty, vec![rows, 37]).unwrap(),
+            random_data(ty, rows * 37, &mut rng),
+        )
+        .unwrap();
+        for o in opts() {
+            let stats = compare(&f, std::slice::from_ref(&x), &o);
+            assert_eq!(stats.jammed_reductions, jammed, "{rows} rows: {update}");
         }
     }
 }
