@@ -7,7 +7,7 @@ width 384, opset 17. Writes OUT/encoder.onnx and OUT/encoder_data/{input_0,outpu
 output is onnxruntime's, one thread), the layout `benches/compare_onnxruntime.py --models OUT`
 and `kiln run --data` read. Needs `pip install onnx onnxruntime numpy`.
 
-Usage: python3 tools/make_encoder.py OUT
+Usage: python3 benches/export_encoder.py OUT
 """
 import os
 import sys
