@@ -13,7 +13,7 @@
 //! is touched. Iterations past the last full vector run as scalar code.
 
 use crate::kernel::{mem_flags, FnLowerer};
-use crate::vector::{contiguous, stores};
+use crate::vector::{contiguous, mentions, stores};
 use crate::CodegenError;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use cranelift_module::Module;
@@ -22,10 +22,6 @@ use kiln_tir::{Expr, PrimFunc, Stmt, VarId};
 
 /// Lanes of a byte vector.
 pub const BYTE_LANES: usize = 16;
-
-fn mentions(e: &Expr, v: VarId) -> bool {
-    e.any(&|x| matches!(x, Expr::Var(w) if *w == v))
-}
 
 /// Whether `e`, stored into a buffer of 8-bit type `d`, only moves bytes of that type.
 fn moves_bytes(f: &PrimFunc, e: &Expr, v: VarId, d: DType) -> bool {

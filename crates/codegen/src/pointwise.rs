@@ -16,7 +16,7 @@
 
 use crate::isa::microkernel::{generate_pointwise, MicroIsa, PointwiseKernel};
 use crate::kernel::FnLowerer;
-use crate::vector::contiguous;
+use crate::vector::{contiguous, mentions};
 use crate::CodegenError;
 use cranelift_codegen::ir::{types, InstBuilder, StackSlotData, StackSlotKind, Value};
 use cranelift_module::{FuncId, Module};
@@ -39,10 +39,6 @@ pub(crate) struct PointwiseLoop {
     loads: Vec<(BufferId, Vec<Expr>)>,
     contiguous: Vec<bool>,
     epilogue: Epilogue,
-}
-
-fn mentions(e: &Expr, v: VarId) -> bool {
-    e.any(&|x| matches!(x, Expr::Var(w) if *w == v))
 }
 
 /// The pointwise form of `for.vectorized v in 0..extent { body }`, where it has one (see the

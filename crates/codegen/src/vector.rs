@@ -70,7 +70,8 @@ enum VVal {
     Vector(Value),
 }
 
-fn mentions(e: &Expr, v: VarId) -> bool {
+/// Whether `e` reads loop variable `v`.
+pub(crate) fn mentions(e: &Expr, v: VarId) -> bool {
     e.any(&|x| matches!(x, Expr::Var(w) if *w == v))
 }
 
