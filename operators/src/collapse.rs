@@ -136,6 +136,65 @@ pub fn collapse(op: &Op, inputs: &[&TensorType]) -> Option<Collapsed> {
     })
 }
 
+/// Whether `op` computes each element of its result from the elements of its operands at the
+/// same (broadcast) position and nothing else: its definition never looks at an axis.
+pub fn is_pointwise(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Identity
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Clamp { .. }
+            | Op::Select
+            | Op::MulAdd
+            | Op::Cast { .. }
+    )
+}
+
+/// The runs of axes a group of pointwise ops (see [`is_pointwise`]) can run over merged, given
+/// the shape of every value it reads or computes (equal ranks, each broadcasting along size-1
+/// axes to `out`): axes merge while every value is either whole or size 1 along all of them
+/// (a `[1,64,8,8]` tensor plus a `[1,1,1,1]` scalar is a `[4096]` loop; a per-channel
+/// `[1,1,1,C]` operand keeps the channel axis apart). `None` when nothing merges.
+pub fn pointwise_runs(out: &[usize], values: &[&[usize]]) -> Option<Vec<Range<usize>>> {
+    let rank = out.len();
+    if rank < 2 || values.iter().any(|s| s.len() != rank) {
+        return None;
+    }
+    // Per value, whether the current run reads it whole (`Some(true)`), broadcast
+    // (`Some(false)`), or not yet known (every axis so far has extent 1).
+    let mut run_kind: Vec<Option<bool>> = vec![None; values.len()];
+    let mut out_runs: Vec<Range<usize>> = vec![];
+    for axis in 0..rank {
+        let kinds: Vec<Option<bool>> = values
+            .iter()
+            .map(|s| (out[axis] != 1).then_some(s[axis] == out[axis]))
+            .collect();
+        let joins = !out_runs.is_empty()
+            && kinds
+                .iter()
+                .zip(&run_kind)
+                .all(|(k, r)| k.is_none() || r.is_none() || k == r);
+        if joins {
+            if let Some(r) = out_runs.last_mut() {
+                r.end = axis + 1;
+            }
+            for (r, k) in run_kind.iter_mut().zip(&kinds) {
+                *r = r.or(*k);
+            }
+        } else {
+            out_runs.push(axis..axis + 1);
+            run_kind = kinds;
+        }
+    }
+    (out_runs.len() < rank).then_some(out_runs)
+}
+
+/// `shape` with each of `runs` merged into one axis (see [`pointwise_runs`]).
+pub fn merged(shape: &[usize], runs: &[Range<usize>]) -> Vec<usize> {
+    merge(shape, runs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +276,73 @@ mod tests {
             let pad = Op::Pad { pads, mode: PadMode::Constant, value: OrderedF64(-1.5) };
             check(&pad, &[s])?;
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// A chain of pointwise ops over operands broadcasting along random size-1 axes
+        /// computes, over the merged views, the reshape of what it computes unmerged.
+        #[test]
+        fn pointwise_groups_collapse_exactly(
+            out in shape(),
+            masks in prop::collection::vec(prop::collection::vec(any::<bool>(), 6), 3),
+        ) {
+            let shapes: Vec<Vec<usize>> = masks
+                .iter()
+                .map(|m| out.iter().zip(m).map(|(&d, &keep)| if keep { d } else { 1 }).collect())
+                .collect();
+            let xs: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| tensor(s, i)).collect();
+            // (x0 + x1) * x2, then a clamp: every value of the chain takes part in the merge.
+            let ops = [
+                Op::Binary(kiln_ir::op::BinaryOp::Add),
+                Op::Binary(kiln_ir::op::BinaryOp::Mul),
+                Op::Clamp { min: OrderedF64(-5.0), max: OrderedF64(500.0) },
+            ];
+            let run = |xs: &[Tensor]| -> Tensor {
+                let sum = crate::evaluate(&ops[0], &[&xs[0], &xs[1]]).expect("add");
+                let prod = crate::evaluate(&ops[1], &[&sum, &xs[2]]).expect("mul");
+                crate::evaluate(&ops[2], &[&prod]).expect("clamp")
+            };
+            let sum_shape: Vec<usize> = shapes[0].iter().zip(&shapes[1]).map(|(a, b)| *a.max(b)).collect();
+            let full = run(&xs);
+            let mut values: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
+            values.push(&sum_shape);
+            values.push(full.shape());
+            let Some(runs) = pointwise_runs(full.shape(), &values) else {
+                // Nothing merges only when no two neighbouring axes could.
+                return Ok(());
+            };
+            prop_assert!(runs.len() < out.len());
+            let views: Vec<Tensor> = xs
+                .iter()
+                .map(|t| t.clone().reshaped(merged(t.shape(), &runs)).expect("a row-major view"))
+                .collect();
+            let got = run(&views);
+            let want = full.clone().reshaped(merged(full.shape(), &runs)).expect("a view");
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn pointwise_runs_keep_broadcast_axes_apart() {
+        // A quantisation of an NCHW tensor by scalars: one run.
+        let scalar = [1, 1, 1, 1];
+        assert_eq!(
+            pointwise_runs(&[1, 64, 8, 8], &[&[1, 64, 8, 8], &scalar]),
+            Some(std::iter::once(0..4).collect())
+        );
+        // A per-channel bias of an NHWC tensor: pixels merge, channels stay apart.
+        assert_eq!(
+            pointwise_runs(&[1, 8, 8, 64], &[&[1, 8, 8, 64], &[1, 1, 1, 64]]),
+            Some(vec![0..3, 3..4])
+        );
+        // Per-channel NCHW: nothing to merge around the channel axis but the pixels.
+        assert_eq!(
+            pointwise_runs(&[2, 64, 8, 8], &[&[2, 64, 8, 8], &[1, 64, 1, 1]]),
+            Some(vec![0..1, 1..2, 2..4])
+        );
+        assert_eq!(pointwise_runs(&[3, 4], &[&[3, 1], &[1, 4]]), None);
     }
 
     #[test]

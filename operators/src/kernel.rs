@@ -160,8 +160,17 @@ pub fn group_dag(
         }
         _ => None,
     };
+    // A group of pointwise ops runs over the merged axes of its values (see
+    // `crate::collapse::pointwise_runs`): one long loop instead of a nest of short ones.
+    let pointwise_runs = match collapsed {
+        Some(_) => None,
+        None => pointwise_group_runs(graph, g),
+    };
     let view = |v: ValueId| {
         let mut ty = graph.ty(v).clone();
+        if let Some(runs) = &pointwise_runs {
+            ty.shape = crate::collapse::merged(&ty.shape, runs);
+        }
         if let Some((node, c)) = &collapsed {
             if let Some(i) = node.inputs.iter().position(|&x| x == v) {
                 ty.shape = c.inputs[i].clone();
@@ -174,6 +183,16 @@ pub fn group_dag(
     for (i, v) in group_inputs(graph, g).into_iter().enumerate() {
         let ty = view(v);
         let (name, binding, constant) = match const_id(graph, v) {
+            Some(c) if pointwise_runs.is_some() => (
+                format!("w{i}"),
+                KernelInput::Const(c),
+                graph
+                    .constant(c)
+                    .clone()
+                    .reshaped(ty.shape.clone())
+                    .ok()
+                    .map(std::sync::Arc::new),
+            ),
             Some(c) => (
                 format!("w{i}"),
                 KernelInput::Const(c),
@@ -229,6 +248,31 @@ pub fn group_dag(
     }
     let outputs = group_output(graph, g).into_iter().collect();
     Ok((b, ordered, outputs))
+}
+
+/// The merged axes a group of pointwise ops runs over, when it has some to merge: every node
+/// pointwise ([`crate::collapse::is_pointwise`]), its output not placed in padding.
+fn pointwise_group_runs(graph: &Graph, g: &Group) -> Option<Vec<std::ops::Range<usize>>> {
+    if g.alias
+        || crate::placement::group_placement(graph, g).is_some()
+        || !g
+            .nodes
+            .iter()
+            .all(|&n| crate::collapse::is_pointwise(&graph.node(n).op))
+    {
+        return None;
+    }
+    let out = graph.ty(graph.node(*g.nodes.last()?).output).shape.clone();
+    let mut shapes: Vec<&[usize]> = group_inputs(graph, g)
+        .into_iter()
+        .map(|v| graph.ty(v).shape.as_slice())
+        .collect();
+    shapes.extend(
+        g.nodes
+            .iter()
+            .map(|&n| graph.ty(graph.node(n).output).shape.as_slice()),
+    );
+    crate::collapse::pointwise_runs(&out, &shapes)
 }
 
 /// Lowers every group of `graph` (the partition rule of [`crate::fusion`]) with its default

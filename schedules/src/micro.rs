@@ -35,6 +35,11 @@ pub struct MicroShape {
     /// after a float convolution: x86-64).
     #[serde(default)]
     pub converting: bool,
+    /// Elementwise loops of at least [`crate::sketch::POINTWISE_MIN`] elements run as calls of
+    /// pointwise micro-kernels, a whole register wide (x86-64), so the sketch vectorizes them
+    /// in long runs.
+    #[serde(default)]
+    pub pointwise: bool,
 }
 
 /// Most tile rows ever chosen by default (longer rows add little once loads are amortised).
@@ -492,12 +497,14 @@ mod tests {
         registers: 32,
         int8: false,
         converting: true,
+        pointwise: true,
     };
     const AVX2: MicroShape = MicroShape {
         lanes: 8,
         registers: 16,
         int8: false,
         converting: false,
+        pointwise: true,
     };
 
     #[test]

@@ -375,7 +375,7 @@ fn build(
         if is_reduction(dag, id) {
             reduction_root(&mut r, &name);
         } else {
-            elementwise(&mut r, &name);
+            elementwise(&mut r, &name, micro);
         }
     }
     r.trace()
@@ -384,8 +384,8 @@ fn build(
 /// Splits the innermost loop by 4 ([`Knobs::inner_vector`]) and vectorizes it when divisible
 /// (an axis no width divides is vectorized whole: vector chunks and a scalar tail); parallel
 /// outer loops.
-fn elementwise(r: &mut Recorder, stage: &str) {
-    if transpose_tiles(r, stage) {
+fn elementwise(r: &mut Recorder, stage: &str, micro: Option<MicroShape>) {
+    if transpose_tiles(r, stage) || pointwise_runs(r, stage, micro) {
         return;
     }
     let mut loops = r.loops(stage);
@@ -428,6 +428,71 @@ fn elementwise(r: &mut Recorder, stage: &str) {
         r.vectorize(stage, &v);
     }
     unroll_selected_axes(r, stage);
+}
+
+/// Elementwise runs shorter than this stay Cranelift's vector code on targets with pointwise
+/// micro-kernels (below it a call costs more than the wider vectors save; the code generator's
+/// own threshold).
+pub const POINTWISE_MIN: usize = 64;
+
+/// On a target with pointwise micro-kernels ([`MicroShape::pointwise`]), an elementwise stage
+/// reading only f32 and i32 data into an f32 or 32/8-bit integer output whose innermost axis (merged
+/// by the operator library where it could) has at least [`POINTWISE_MIN`] elements is
+/// vectorized along that whole axis, one micro-kernel loop per run; when that axis is the only
+/// loop of a kernel that runs parallel, it is split into 8 or more runs of a multiple of 16
+/// elements, at least [`POINTWISE_MIN`] each, for the threads. Whether it did.
+fn pointwise_runs(r: &mut Recorder, stage: &str, micro: Option<MicroShape>) -> bool {
+    use kiln_ir::DType;
+    if !micro.is_some_and(|m| m.pointwise) || r.knobs.inner_vector.is_some() {
+        return false;
+    }
+    let Some(id) = r.dag.find(stage) else {
+        return false;
+    };
+    let dtype = |b: BufferId| r.dag.tensor(b).map(|t| t.dtype);
+    let stored = matches!(
+        dtype(id),
+        Some(DType::F32 | DType::I32 | DType::I8 | DType::U8)
+    );
+    let reads_words = r
+        .sched
+        .effective_reads(r.dag, id)
+        .iter()
+        .all(|&b| matches!(dtype(b), Some(DType::F32 | DType::I32)));
+    let loops = r.loops(stage);
+    let Some((inner, _, ext)) = loops.last().cloned() else {
+        return false;
+    };
+    if !stored || !reads_words || ext < POINTWISE_MIN {
+        return false;
+    }
+    let parallel = match r.knobs.parallel_min {
+        Some(m) => m > 0,
+        None => dag_work(r.dag) >= SERIAL_WORK,
+    };
+    let outer: usize = loops[..loops.len() - 1].iter().map(|l| l.2).product();
+    let vec_loop = if outer > 1 {
+        r.parallel_outer(stage);
+        inner
+    } else if parallel {
+        let Some(run) = (8..=256)
+            .filter(|p| ext % p == 0)
+            .map(|p| ext / p)
+            .find(|&run| run % 16 == 0 && run >= POINTWISE_MIN)
+        else {
+            return false;
+        };
+        if !r.split(stage, &inner, run) {
+            return false;
+        }
+        r.parallel_outer(stage);
+        format!("{inner}.1")
+    } else {
+        inner
+    };
+    r.vectorize(stage, &vec_loop);
+    unroll_selected_axes(r, stage);
+    true
 }
 
 /// Side of the square tiles a transposing stage is computed in.

@@ -527,6 +527,10 @@ pub fn run_pointwise(
             isa.name()
         )));
     }
+    let f32s = |d: &kiln_ir::DType| *d == kiln_ir::DType::F32;
+    if !f32s(&kernel.out) || !kernel.input_types.iter().all(f32s) {
+        return Err(bad("a kernel of other types than f32 on f32 slices".into()));
+    }
     if inputs.len() != kernel.contiguous.len() {
         return Err(bad(format!(
             "{} inputs given, {} expected",

@@ -598,37 +598,18 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
     ) -> Result<(), CodegenError> {
         match kind {
             ForKind::Unrolled if extent <= MAX_UNROLL => self.unrolled(var, extent, body),
-            ForKind::Vectorized => {
-                // A ragged extent (a scalar tail) or a loop over chunks only where no
-                // register-promoted buffer is accessed (those take constant indices).
-                let plain = !self.touches_promoted(body);
-                if self.em.opts.vectorize
-                    && plain
-                    && crate::vector::vectorizable(self.f, var, extent, body)
-                    && crate::byte_lanes::byte_moves(self.f, var, extent, body)
-                {
-                    self.em.stats.vector_loops += 1;
-                    self.em.stats.byte_vector_loops += 1;
-                    self.byte_vector_loop(var, extent, body)
-                } else if self.em.opts.vectorize
-                    && plain
-                    && crate::vector::vectorizable(self.f, var, extent, body)
-                    && self.pointwise(var, extent, body)?
-                {
-                    Ok(())
-                } else if self.em.opts.vectorize
-                    && (extent.is_multiple_of(crate::vector::LANES) || plain)
-                    && crate::vector::vectorizable(self.f, var, extent, body)
-                {
-                    self.em.stats.vector_loops += 1;
-                    self.vector_loop(var, extent, body, plain)
-                } else if extent <= MAX_UNROLL {
-                    self.em.stats.scalar_vectorized_loops += 1;
-                    self.unrolled(var, extent, body)
-                } else {
-                    self.serial(var, extent, body)
+            ForKind::Vectorized if self.em.opts.vectorize => {
+                // Byte-lane moves test their border per 16 lanes already (see `byte_lanes`).
+                let bytes = crate::vector::vectorizable(self.f, var, extent, body)
+                    && crate::byte_lanes::byte_moves(self.f, var, extent, body);
+                match crate::vector::unswitched(self.f, var, body).filter(|_| !bytes) {
+                    Some((cond, then, otherwise)) => {
+                        self.unswitch(var, extent, &cond, then, otherwise)
+                    }
+                    None => self.vectorized(var, extent, body),
                 }
             }
+            ForKind::Vectorized => self.vectorized(var, extent, body),
             ForKind::Parallel if self.outline_parallel => self.parallel_loop(var, extent, body),
             ForKind::Serial if self.em.opts.vectorize && !self.touches_promoted(body) => {
                 match crate::vector_reduce::max_reduction(self.f, var, extent, body) {
@@ -642,6 +623,79 @@ impl<'s, 'm, 'b, M: Module> FnLowerer<'s, 'm, 'b, M> {
             ForKind::Serial => self.serial_or_carried(var, extent, body),
             _ => self.serial(var, extent, body),
         }
+    }
+
+    /// A vectorized loop as byte-lane code, pointwise micro-kernel calls, 4-lane vector code
+    /// or (what none of them takes) scalar code.
+    fn vectorized(&mut self, var: VarId, extent: usize, body: &Stmt) -> Result<(), CodegenError> {
+        // A ragged extent (a scalar tail) or a loop over chunks only where no
+        // register-promoted buffer is accessed (those take constant indices).
+        let plain = !self.touches_promoted(body);
+        if self.em.opts.vectorize
+            && plain
+            && crate::vector::vectorizable(self.f, var, extent, body)
+            && crate::byte_lanes::byte_moves(self.f, var, extent, body)
+        {
+            self.em.stats.vector_loops += 1;
+            self.em.stats.byte_vector_loops += 1;
+            self.byte_vector_loop(var, extent, body)
+        } else if self.em.opts.vectorize
+            && plain
+            && crate::vector::vectorizable(self.f, var, extent, body)
+            && self.pointwise(var, extent, body)?
+        {
+            Ok(())
+        } else if self.em.opts.vectorize
+            && (extent.is_multiple_of(crate::vector::LANES) || plain)
+            && crate::vector::vectorizable(self.f, var, extent, body)
+        {
+            self.em.stats.vector_loops += 1;
+            self.vector_loop(var, extent, body, plain)
+        } else if extent <= MAX_UNROLL {
+            self.em.stats.scalar_vectorized_loops += 1;
+            self.unrolled(var, extent, body)
+        } else {
+            self.serial(var, extent, body)
+        }
+    }
+
+    /// `for.vectorized var in 0..extent { out[..] = select(cond, then, otherwise) }` with
+    /// `cond` the same on every iteration: the condition evaluated once, then the loop of the
+    /// arm it picks (each arm's loads guarded by the condition as before; an arm that is
+    /// such a select again is unswitched in turn).
+    fn unswitch(
+        &mut self,
+        var: VarId,
+        extent: usize,
+        cond: &Expr,
+        then: Stmt,
+        otherwise: Stmt,
+    ) -> Result<(), CodegenError> {
+        let c = self.expr(cond)?;
+        match self.const_condition(c) {
+            Some(true) => return self.for_loop(var, extent, ForKind::Vectorized, &then),
+            Some(false) => return self.for_loop(var, extent, ForKind::Vectorized, &otherwise),
+            None => {}
+        }
+        let (tb, eb, join) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        self.b.ins().brif(c, tb, &[], eb, &[]);
+        self.em.stats.unswitched_loops += 1;
+        self.guarded += 1;
+        let arm = |lw: &mut Self, block, body: &Stmt| {
+            lw.b.switch_to_block(block);
+            lw.for_loop(var, extent, ForKind::Vectorized, body)?;
+            lw.b.ins().jump(join, &[]);
+            Ok::<(), CodegenError>(())
+        };
+        let done = arm(self, tb, &then).and_then(|()| arm(self, eb, &otherwise));
+        self.guarded -= 1;
+        done?;
+        self.b.switch_to_block(join);
+        Ok(())
     }
 
     /// Whether `body` loads or stores a register-promoted buffer.

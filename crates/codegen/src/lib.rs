@@ -145,6 +145,8 @@ pub struct CompileStats {
     pub microkernels: usize,
     /// Elementwise loops emitted as pointwise micro-kernel calls (see `pointwise`).
     pub pointwise_loops: usize,
+    /// Vectorized loops of a select on a loop-invariant condition emitted as one loop per arm.
+    pub unswitched_loops: usize,
 }
 
 /// Why code generation or a call of generated code failed.

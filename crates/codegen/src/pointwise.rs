@@ -1,7 +1,8 @@
 //! Elementwise f32 loops as calls of the target's pointwise micro-kernel (x86-64: 8 or 16 lanes
 //! where Cranelift's vector code has 4, and an `exp` or `erf` in registers the whole way):
-//! `for.vectorized v in 0..n { out[I(v)] = e }` with `out` f32 and contiguous in `v`, every load
-//! in `e` an f32 buffer read contiguously in `v` or at indices without `v`, and `e` an epilogue
+//! `for.vectorized v in 0..n { out[I(v)] = e }` with `out` contiguous in `v` and f32 (or `i32`,
+//! `i8`, `u8` after the expression's conversion: a quantisation), every load
+//! in `e` an f32 (or i32) buffer read contiguously in `v` or at indices without `v`, and `e` an epilogue
 //! expression (f32 arithmetic, NaN-propagating `min`/`max`, selects on one comparison, the
 //! epilogue intrinsics; `v` nowhere but in load indices). A softmax's `exp(x - max)` runs this
 //! way.
@@ -36,8 +37,10 @@ const CHUNK_VECTORS: usize = 16;
 /// (an input of the kernel), and the expression over those inputs.
 pub(crate) struct PointwiseLoop {
     out: (BufferId, Vec<Expr>),
+    out_type: DType,
     loads: Vec<(BufferId, Vec<Expr>)>,
     contiguous: Vec<bool>,
+    input_types: Vec<DType>,
     epilogue: Epilogue,
 }
 
@@ -57,15 +60,19 @@ pub(crate) fn pointwise_loop(
     else {
         return None;
     };
-    if extent < MIN_EXTENT_LONG || f.buffer(*buf)?.dtype != DType::F32 || !contiguous(indices, v) {
+    let out = f.buffer(*buf)?.dtype;
+    let stored = matches!(out, DType::F32 | DType::I32 | DType::I8 | DType::U8);
+    if extent < MIN_EXTENT_LONG || !stored || !contiguous(indices, v) {
         return None;
     }
     let mut loads: Vec<(BufferId, Vec<Expr>)> = vec![];
     let mut flags = vec![];
+    let mut types = vec![];
     let epilogue = Epilogue::of_expr(value, &mut |b, idx| {
         let fail = |what: &str| Err(TensorizeError(what.into()));
-        if f.buffer(b).map(|d| d.dtype) != Some(DType::F32) {
-            return fail("a load of another type than f32");
+        let dtype = f.buffer(b).map(|d| d.dtype);
+        if !matches!(dtype, Some(DType::F32 | DType::I32)) {
+            return fail("a load of another type than f32 or i32");
         }
         let along = contiguous(idx, v);
         if !along && idx.iter().any(|i| mentions(i, v)) {
@@ -76,6 +83,7 @@ pub(crate) fn pointwise_loop(
             None => {
                 loads.push((b, idx.to_vec()));
                 flags.push(along);
+                types.extend(dtype);
                 loads.len() - 1
             }
         };
@@ -94,8 +102,10 @@ pub(crate) fn pointwise_loop(
     }
     Some(PointwiseLoop {
         out: (*buf, indices.clone()),
+        out_type: out,
         loads,
         contiguous: flags,
+        input_types: types,
         epilogue,
     })
 }
@@ -150,10 +160,12 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
             3,
         ));
         // Stores the pointers of the elements at `var = first` and calls `kernel`.
+        let out_bytes = p.out_type.size_bytes() as i64;
         let call = |lw: &mut Self, kernel: FuncId, first: Value| {
-            let bytes = lw.b.ins().imul_imm_s(first, 4);
             for (i, &(base, along)) in bases.iter().enumerate() {
                 let addr = if along {
+                    let size = if i == 0 { out_bytes } else { 4 };
+                    let bytes = lw.b.ins().imul_imm_s(first, size);
                     lw.b.ins().iadd(base, bytes)
                 } else {
                     base
@@ -194,6 +206,8 @@ impl<M: Module> FnLowerer<'_, '_, '_, M> {
             cols,
             contiguous: p.contiguous.clone(),
             epilogue: p.epilogue.clone(),
+            input_types: p.input_types.clone(),
+            out: p.out_type,
         };
         let Ok(code) = generate_pointwise(isa, &kernel) else {
             return Ok(None);

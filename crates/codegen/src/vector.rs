@@ -264,6 +264,39 @@ pub(crate) fn f32_lanes(f: &PrimFunc, e: &Expr, v: VarId) -> bool {
     classify(f, e, v) == Some(Kind::Vector(DType::F32))
 }
 
+/// The two arms of a vectorized loop whose body is one store of `select(cond, a, b)` with
+/// `cond` independent of `v` and of the stored buffer: `(cond, store of a, store of b)`, the
+/// loop to run decided once (a padded copy's border test per row, not per vector).
+pub(crate) fn unswitched(f: &PrimFunc, v: VarId, body: &Stmt) -> Option<(Expr, Stmt, Stmt)> {
+    let Stmt::Store {
+        buf,
+        indices,
+        value,
+    } = body
+    else {
+        return None;
+    };
+    let Expr::Select {
+        cond,
+        then,
+        otherwise,
+    } = value
+    else {
+        return None;
+    };
+    let mut reads_stored = false;
+    cond.walk(&mut |e| reads_stored |= matches!(e, Expr::Load { buf: b, .. } if b == buf));
+    if mentions(cond, v) || reads_stored || f.buffer(*buf).is_none() {
+        return None;
+    }
+    let store = |value: &Expr| Stmt::Store {
+        buf: *buf,
+        indices: indices.clone(),
+        value: value.clone(),
+    };
+    Some((cond.as_ref().clone(), store(then), store(otherwise)))
+}
+
 /// Whether `for.vectorized v in 0..extent { body }` may be emitted as 4-lane vector code.
 pub(crate) fn vectorizable(f: &PrimFunc, v: VarId, extent: usize, body: &Stmt) -> bool {
     if extent < LANES {

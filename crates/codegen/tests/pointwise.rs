@@ -149,7 +149,9 @@ proptest! {
         let k = PointwiseKernel {
             cols,
             epilogue: expression(choice, flags.len()),
+            input_types: vec![DType::F32; flags.len()],
             contiguous: flags,
+            out: DType::F32,
         };
         for isa in X86 {
             check(isa, &k, seed)?;
@@ -176,6 +178,8 @@ fn neon_has_no_pointwise_kernels() {
         cols: 16,
         contiguous: vec![true],
         epilogue: Epilogue::Input(0),
+        input_types: vec![DType::F32],
+        out: DType::F32,
     };
     assert!(generate_pointwise(MicroIsa::Aarch64Neon, &k).is_err());
 }
@@ -258,5 +262,138 @@ fn elementwise_loops_give_the_vector_codes_bits() {
         let mut want = args.clone();
         interp::run(&f, &mut want).unwrap();
         assert_close(&format!("{rows}x{n}\n{f}"), &pointwise, &want, 1e-6);
+    }
+}
+
+/// `out[i] = cast.T(clamp(round(x[i] / s) + zp, lo, hi))`, then for an f32 output the
+/// dequantisation `(cast.f32(cast.i32(q) - zq) * s)` with `zq` an i32 scalar: the quantize
+/// loops of an int8 model, vectorized whole as the elementwise sketch leaves them.
+fn quantize_loop(n: usize, out: DType) -> PrimFunc {
+    let mut f = PrimFunc::new("quantize");
+    let x = f.add_param("x", DType::F32, vec![n]);
+    let s = f.add_param("s", DType::F32, vec![1]);
+    let zq = f.add_param("zq", DType::I32, vec![1]);
+    let o = f.add_param("out", out, vec![n]);
+    let i = f.new_var("i");
+    let (lo, hi) = if out == DType::U8 {
+        (0.0, 255.0)
+    } else {
+        (-128.0, 127.0)
+    };
+    let zero = Expr::int(0);
+    let scaled = Expr::call(
+        Intrinsic::Round,
+        vec![Expr::load(x, vec![Expr::var(i)]) / Expr::load(s, vec![zero.clone()])],
+    ) + Expr::f32(3.0);
+    let clamped = Expr::select(
+        Expr::lt(scaled.clone(), Expr::f32(lo)),
+        Expr::f32(lo),
+        Expr::select(
+            Expr::cmp(CmpOp::Gt, scaled.clone(), Expr::f32(hi)),
+            Expr::f32(hi),
+            scaled,
+        ),
+    );
+    let value = match out {
+        DType::F32 => {
+            let q = Expr::cast(DType::I32, Expr::cast(DType::I8, clamped));
+            Expr::cast(DType::F32, q - Expr::load(zq, vec![zero.clone()]))
+                * Expr::load(s, vec![zero])
+        }
+        DType::I32 => {
+            Expr::cast(DType::I32, Expr::cast(DType::I8, clamped)) - Expr::load(zq, vec![zero])
+        }
+        t => Expr::cast(t, clamped),
+    };
+    f.body = Stmt::for_(
+        i,
+        n,
+        ForKind::Vectorized,
+        Stmt::store(o, vec![Expr::var(i)], value),
+    );
+    f
+}
+
+/// `f` compiled for AVX2 (8-lane pointwise kernels, the tail mask in a register) and run, where
+/// this machine has AVX2 and FMA.
+fn run_avx2(f: &PrimFunc, args: &[Tensor]) -> Option<(Vec<Tensor>, usize)> {
+    if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"))
+    {
+        println!(
+            "notice: this machine has no AVX2 with FMA; the AVX2 pointwise kernels did not run"
+        );
+        return None;
+    }
+    let flags = [
+        "sse3", "ssse3", "sse41", "sse42", "popcnt", "avx", "avx2", "fma", "bmi1", "bmi2",
+    ]
+    .iter()
+    .map(|f| (format!("has_{f}"), "true".to_string()))
+    .collect();
+    let opts = CodegenOptions {
+        threads: Threads::Single,
+        microkernels: true,
+        verify_ir: true,
+        isa: kiln_codegen::isa::IsaSpec::Triple {
+            triple: "x86_64-unknown-linux-gnu".into(),
+            flags,
+        },
+        ..CodegenOptions::default()
+    };
+    let jit = JitModule::compile(std::slice::from_ref(f), &opts).unwrap();
+    let mut got = args.to_vec();
+    jit.kernel(&f.name).unwrap().run(&mut got).unwrap();
+    Some((got, jit.stats().pointwise_loops))
+}
+
+#[test]
+fn quantize_loops_give_the_vector_codes_bits() {
+    let host = kiln_codegen::isa::host_isa(false, false).unwrap();
+    let micro = kiln_codegen::isa::HostInfo::of(&*host)
+        .micro
+        .filter(|i| i.runs_here());
+    if micro.is_none() {
+        println!("notice: this machine has no pointwise micro-kernels; only the vector path ran");
+    }
+    for out in [DType::F32, DType::I32, DType::I8, DType::U8] {
+        for n in [64, 77, 600, 3072] {
+            let f = quantize_loop(n, out);
+            let mut args = random_args(&f, n as u64);
+            // Values across the clamps, ties of the rounding, NaN and infinities.
+            let x: Vec<f32> = (0..n)
+                .map(|j| match j % 41 {
+                    3 => f32::NAN,
+                    5 => f32::INFINITY,
+                    9 => f32::NEG_INFINITY,
+                    13 => 2.5,
+                    17 => -0.5,
+                    _ => (j as f32 - n as f32 / 2.0) * 0.37,
+                })
+                .collect();
+            args[0] = Tensor::from_data(args[0].ty().clone(), kiln_ir::TensorData::F32(x)).unwrap();
+            args[1] = Tensor::from_data(args[1].ty().clone(), kiln_ir::TensorData::F32(vec![0.5]))
+                .unwrap();
+            let (vector, none) = run(&f, &args, false);
+            let (pointwise, calls) = run(&f, &args, true);
+            assert_eq!(none, 0);
+            if micro.is_some() {
+                assert_eq!(
+                    calls, 1,
+                    "{out} x {n}: the loop ran as pointwise calls\n{f}"
+                );
+            }
+            let what = format!("{out} x {n}\n{f}");
+            assert_close(&what, &pointwise, &vector, 0.0);
+            let mut want = args.clone();
+            interp::run(&f, &mut want).unwrap();
+            assert_close(&what, &pointwise, &want, 0.0);
+            if let Some((avx2, calls)) = run_avx2(&f, &args) {
+                // AVX2 narrows a partial vector only as a half (4 lanes): other tails of byte
+                // outputs stay vector code.
+                let byte_tail = matches!(out, DType::I8 | DType::U8) && ![0, 4].contains(&(n % 8));
+                assert_eq!(calls, usize::from(!byte_tail), "AVX2 {what}");
+                assert_close(&format!("AVX2 {what}"), &avx2, &want, 0.0);
+            }
+        }
     }
 }

@@ -1289,3 +1289,62 @@ fn parallel_loop_inside_a_serial_loop_reads_the_outer_variable() {
         check_against_interp(&f, &o, 5);
     }
 }
+
+/// `out[r, c] = select(1 <= r < ROWS + 1, x[r - 1, c], 0)` (a padded copy; with `nested`, the
+/// two bounds as two selects with different fill values): the rows outside `x` must never read
+/// it, whichever way the loop over `c` is emitted.
+fn padded_rows(nested: bool) -> PrimFunc {
+    const ROWS: usize = 4;
+    let mut f = PrimFunc::new("ew");
+    let x = f.add_param("x", DType::F32, vec![ROWS, 16]);
+    let o = f.add_param("out", DType::F32, vec![ROWS + 2, 16]);
+    let (r, c) = (f.new_var("r"), f.new_var("c"));
+    let read = Expr::load(x, vec![Expr::var(r) - Expr::int(1), Expr::var(c)]);
+    let above = Expr::cmp(CmpOp::Ge, Expr::var(r), Expr::int(1));
+    let below = Expr::lt(Expr::var(r), Expr::int(ROWS as i64 + 1));
+    let value = if nested {
+        Expr::select(
+            above,
+            Expr::select(below, read, Expr::f32(1.0)),
+            Expr::f32(2.0),
+        )
+    } else {
+        Expr::select(Expr::and(above, below), read, Expr::f32(0.0))
+    };
+    f.body = Stmt::for_(
+        r,
+        ROWS + 2,
+        ForKind::Serial,
+        Stmt::for_(
+            c,
+            16,
+            ForKind::Vectorized,
+            Stmt::store(o, vec![Expr::var(r), Expr::var(c)], value),
+        ),
+    );
+    f
+}
+
+#[test]
+fn loop_invariant_selects_run_one_loop_per_arm() {
+    let mut rng = Rng(5);
+    let x = Tensor::from_data(
+        TensorType::new(DType::F32, vec![4, 16]).unwrap(),
+        random_data(DType::F32, 64, &mut rng),
+    )
+    .unwrap();
+    for nested in [false, true] {
+        let f = padded_rows(nested);
+        for o in opts() {
+            let stats = compare(&f, std::slice::from_ref(&x), &o);
+            let want = if !o.vectorize {
+                0
+            } else if nested {
+                2
+            } else {
+                1
+            };
+            assert_eq!(stats.unswitched_loops, want, "{o:?}\n{f}");
+        }
+    }
+}

@@ -249,6 +249,7 @@ impl Target {
                 registers: m.vector_registers(),
                 int8: m.int8(),
                 converting: m.converting_epilogues(),
+                pointwise: m.pointwise_kernels(),
             }),
         }
     }

@@ -86,6 +86,7 @@ fn features_see_what_the_knobs_change() {
             registers: 32,
             int8: false,
             converting: true,
+            pointwise: true,
         }),
     };
     let (_, small) = schedule_with(

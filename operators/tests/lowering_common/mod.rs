@@ -134,6 +134,7 @@ pub const TARGETS: [SketchTarget; 4] = [
             registers: 32,
             int8: true,
             converting: true,
+            pointwise: true,
         }),
     },
     SketchTarget {
@@ -142,6 +143,7 @@ pub const TARGETS: [SketchTarget; 4] = [
             registers: 32,
             int8: false,
             converting: true,
+            pointwise: true,
         }),
     },
     SketchTarget {
@@ -150,6 +152,7 @@ pub const TARGETS: [SketchTarget; 4] = [
             registers: 16,
             int8: true,
             converting: true,
+            pointwise: true,
         }),
     },
 ];

@@ -157,6 +157,12 @@ impl MicroIsa {
     pub fn converting_epilogues(self) -> bool {
         true
     }
+
+    /// Whether the family has pointwise kernels ([`generate_pointwise`]): x86-64's, whose
+    /// vectors are wider than Cranelift's.
+    pub fn pointwise_kernels(self) -> bool {
+        self != MicroIsa::Aarch64Neon
+    }
 }
 
 /// How a contraction operand is addressed, in bytes from its pointer.
@@ -488,8 +494,8 @@ pub fn generate(isa: MicroIsa, kernel: &ContractionKernel) -> Result<MicroCode, 
     })
 }
 
-/// A pointwise micro-kernel: `out[j] = epilogue(inputs at j)` for `j in 0..cols`, all f32,
-/// each input contiguous (read at `j`) or broadcast (read at 0). The ABI's pointer array holds
+/// A pointwise micro-kernel: `out[j] = epilogue(inputs at j)` for `j in 0..cols`, 32-bit
+/// inputs, each input contiguous (read at `j`) or broadcast (read at 0). The ABI's pointer array holds
 /// the output's pointer, then the inputs'. The epilogue reads no accumulator.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PointwiseKernel {
@@ -497,11 +503,21 @@ pub struct PointwiseKernel {
     /// Per input: contiguous (`true`) or broadcast.
     pub contiguous: Vec<bool>,
     pub epilogue: Epilogue,
+    /// Per input: its type, `f32` or `i32`.
+    pub input_types: Vec<kiln_ir::DType>,
+    /// The output's type: `f32`, or `i32`, `i8` or `u8` after the expression's conversion
+    /// (a quantisation).
+    pub out: kiln_ir::DType,
 }
 
 impl PointwiseKernel {
-    /// What the kernel computes; `None` when an access leaves its slice.
+    /// What the kernel computes (all f32); `None` when an access leaves its slice or a type
+    /// is not f32.
     pub fn reference(&self, out: &mut [f32], inputs: &[&[f32]]) -> Option<()> {
+        let f32s = |d: &kiln_ir::DType| *d == kiln_ir::DType::F32;
+        if !f32s(&self.out) || !self.input_types.iter().all(f32s) {
+            return None;
+        }
         for j in 0..self.cols {
             let vals = self
                 .contiguous

@@ -1,6 +1,7 @@
 //! The pointwise micro-kernel: `out[j] = e(inputs)` for `j in 0..cols` over f32 vectors, each
 //! input read at `j` (contiguous) or at 0 (broadcast), the expression compiled as an epilogue
-//! [`Program`] and emitted for up to four vectors at once, interleaved.
+//! [`Program`] (a typed one when it converts to an integer output: a quantisation) and emitted
+//! for up to four vectors at once, interleaved.
 //!
 //! Invariant: each element is [`PointwiseKernel::reference`]'s, bit for bit (the program's
 //! invariant: one IEEE operation per node, the specified `exp`/`sigmoid`/`erf` operation by
@@ -29,7 +30,19 @@ pub fn pointwise(isa: VecIsa, k: &PointwiseKernel) -> Result<Vec<u8>, Microkerne
     if reads_acc {
         return Err(err("a pointwise expression has no accumulator".into()));
     }
-    let prog = Program::new(&k.epilogue).map_err(err)?;
+    if k.input_types.len() != k.contiguous.len()
+        || k.input_types.iter().any(|d| d.size_bytes() != 4)
+    {
+        return Err(err("pointwise inputs are 32-bit, one type each".into()));
+    }
+    let prog = Program::typed(&k.epilogue, DType::F32, &k.input_types).map_err(err)?;
+    if prog.result_type() != k.out {
+        return Err(err(format!(
+            "a pointwise expression of type {} stored as {}",
+            prog.result_type(),
+            k.out
+        )));
+    }
     let lanes = isa.lanes();
     let nv = k.cols.div_ceil(lanes);
     let tail = k.cols % lanes;
@@ -56,9 +69,9 @@ pub fn pointwise(isa: VecIsa, k: &PointwiseKernel) -> Result<Vec<u8>, Microkerne
     let outputs = Outputs {
         out_slot: 0,
         inputs: &inputs,
-        dtype: DType::F32,
+        dtype: k.out,
         out_row: 0,
-        vector_bytes: isa.bytes(),
+        vector_bytes: (lanes * k.out.size_bytes()) as i64,
         masked: &masked,
     };
     for block in Block::tiling(1, nv, 1, vc) {
