@@ -54,6 +54,8 @@ pub enum CliError {
     Tune(#[source] Box<kiln_tune::TuneError>),
     #[error("{0}")]
     Usage(String),
+    #[error("{0}")]
+    Remote(String),
 }
 
 impl CliError {

@@ -17,6 +17,7 @@ pub mod inspect;
 pub mod manifest;
 pub mod panic_guard;
 pub mod profile;
+pub mod remote;
 pub mod run;
 pub mod shapes;
 pub mod tune;
@@ -216,6 +217,47 @@ pub enum Command {
     /// Internal: measures tuning candidates sent on stdin (started by `kiln tune`).
     #[command(hide = true)]
     MeasureWorker,
+    /// The device agent: a small C program serving remote measurements on a board.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Remote measurement sessions with device agents.
+    #[command(subcommand)]
+    Rpc(RpcCommand),
+}
+
+/// `kiln agent ...`.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Build the agent for a target with the target's C compiler (libcrypto linked in), to copy
+    /// to the device and start there: `kiln-agent --listen ADDR:PORT --key-file FILE`.
+    Build {
+        /// A built-in target (see `kiln targets`), `host`, or a target .toml file.
+        #[arg(long, default_value = "host")]
+        target: String,
+        /// The executable to write.
+        #[arg(short, long, value_name = "PATH")]
+        out: PathBuf,
+    },
+}
+
+/// `kiln rpc ...`.
+#[derive(Debug, Subcommand)]
+pub enum RpcCommand {
+    /// Connect to an agent and print what its device is (CPU, cores, caches, features).
+    Info {
+        /// The agent's address.
+        #[arg(long, value_name = "HOST:PORT")]
+        rpc: String,
+        /// The file holding the pre-shared key the agent was started with.
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+        /// Deadline of the connection and of every message, in seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout_s: u64,
+        /// Print the device description as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `--no-rewrite` / `--dump-graph DIR`: the graph step before compiling.
@@ -494,6 +536,15 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
         })
         .map(|()| Outcome::Pass),
         Command::MeasureWorker => tune::measure_worker().map(|()| Outcome::Pass),
+        Command::Agent(AgentCommand::Build { target, out }) => {
+            remote::build_agent(&target, &out).map(|()| Outcome::Pass)
+        }
+        Command::Rpc(RpcCommand::Info {
+            rpc,
+            key_file,
+            timeout_s,
+            json,
+        }) => remote::info(&rpc, &key_file, timeout_s, json).map(|()| Outcome::Pass),
     }
 }
 

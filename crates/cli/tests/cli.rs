@@ -474,3 +474,44 @@ fn compile_errors_are_clean() {
     );
     assert!(!lib.exists());
 }
+
+/// `list` followed by `path`, as arguments.
+fn with_path(list: &[&str], path: &Path) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = list.iter().map(Into::into).collect();
+    v.push(path.into());
+    v
+}
+
+#[test]
+fn remote_commands_explain_bad_arguments() {
+    let dir = scratch("remote_args");
+    let info = [
+        "rpc",
+        "info",
+        "--rpc",
+        "127.0.0.1:1",
+        "--timeout-s",
+        "2",
+        "--key-file",
+    ];
+    let short = dir.join("short.key");
+    std::fs::write(&short, "too short\n").unwrap();
+    let err = expect_error(&kiln(with_path(&info, &short)), "a short key");
+    assert!(err.contains("at least 16"), "{err}");
+    let err = expect_error(
+        &kiln(with_path(&info, &dir.join("absent.key"))),
+        "no key file",
+    );
+    assert!(err.contains("absent.key"), "{err}");
+    let key = dir.join("good.key");
+    std::fs::write(&key, "0123456789abcdef0123\n").unwrap();
+    // Port 1 on loopback: nothing listens there.
+    let err = expect_error(&kiln(with_path(&info, &key)), "no agent");
+    assert!(err.contains("cannot connect to 127.0.0.1:1"), "{err}");
+    let build = ["agent", "build", "--target", "no-such-target", "-o"];
+    let err = expect_error(
+        &kiln(with_path(&build, &dir.join("agent"))),
+        "an unknown target",
+    );
+    assert!(err.contains("no-such-target"), "{err}");
+}

@@ -12,6 +12,7 @@
 //! - [`channel`]: after the handshake every frame carries an HMAC-SHA256 tag over its implicit
 //!   sequence number, type and payload, so a tampered, replayed, reordered or dropped frame
 //!   fails verification and ends the session.
+//! - [`agent`]: the host's client of a device agent (connect with deadlines, device info).
 //!
 //! Invariant: nothing a peer sends is trusted before it is authenticated: before the handshake
 //! completes a frame is at most [`frame::PREAUTH_MAX`] bytes and is parsed only as a HELLO or an
@@ -19,10 +20,12 @@
 //! confidentiality (frames are readable on the wire: use an SSH tunnel or a VPN on untrusted
 //! networks) and protection of the key file on either machine.
 
+pub mod agent;
 pub mod channel;
 pub mod frame;
 pub mod handshake;
 
+pub use agent::{AgentClient, DeviceInfo};
 pub use channel::{Channel, Role};
 pub use frame::{FrameError, PREAUTH_MAX};
 pub use handshake::{Key, PROTOCOL_VERSION};
@@ -48,4 +51,10 @@ pub enum RpcError {
     Peer(String),
     #[error("no randomness for a nonce: {0}")]
     Random(String),
+    #[error("cannot connect to {0}")]
+    Connect(String),
+    #[error("the agent could not do it: {0}")]
+    Remote(String),
+    #[error("expected a message of kind {want}, got kind {got}")]
+    Unexpected { want: u8, got: u8 },
 }

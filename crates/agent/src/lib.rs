@@ -1,0 +1,112 @@
+//! Kiln's device agent: the C program that runs on a board (which has no Rust toolchain) and
+//! serves the remote measurement protocol (`docs/rpc-protocol.md`), and [`build`], which
+//! compiles it for a target with that target's C compiler, as `kiln compile` links libraries.
+//!
+//! The sources live in `c/`: `wire.c` (frames, handshake, authenticated messages over
+//! OpenSSL's libcrypto), `device_info.c` (what INFO reports) and `agent.c` (listening, one
+//! forked child per session, the message loop). libcrypto is linked statically, so the
+//! executable needs only the C library on the device.
+//!
+//! Invariant: [`build`] writes an executable to `out` only when the compiler succeeded; every
+//! failure names what is missing and how to install it.
+
+use kiln::Target;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The agent's C sources, embedded so that an installed `kiln` builds agents anywhere.
+pub const SOURCES: [(&str, &str); 5] = [
+    ("wire.h", include_str!("../c/wire.h")),
+    ("wire.c", include_str!("../c/wire.c")),
+    ("device_info.h", include_str!("../c/device_info.h")),
+    ("device_info.c", include_str!("../c/device_info.c")),
+    ("agent.c", include_str!("../c/agent.c")),
+];
+
+/// Why an agent could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(
+        "the C compiler `{compiler}` for target `{target}` is not installed (on Debian/Ubuntu: \
+         apt-get install {packages})"
+    )]
+    CompilerMissing {
+        compiler: String,
+        target: String,
+        packages: String,
+    },
+    #[error(
+        "OpenSSL's libcrypto for target `{target}` is not installed (on Debian/Ubuntu: {install})"
+    )]
+    NoLibcrypto { target: String, install: String },
+    #[error("compiling the agent for `{target}` failed:\n{stderr}")]
+    Compile { target: String, stderr: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// What [`build`] made.
+#[derive(Clone, Debug)]
+pub struct BuiltAgent {
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
+/// Compiles the agent for `target` into the executable `out`.
+pub fn build(target: &Target, out: &Path) -> Result<BuiltAgent, AgentError> {
+    let io = |what: String| move |source| AgentError::Io { what, source };
+    let compiler =
+        kiln::aot::find_program(target.linker()).ok_or_else(|| AgentError::CompilerMissing {
+            compiler: target.linker().into(),
+            target: target.name().into(),
+            packages: target.linker_packages().into(),
+        })?;
+    let dir = tempfile::tempdir().map_err(io("a temporary directory".into()))?;
+    for (name, text) in SOURCES {
+        std::fs::write(dir.path().join(name), text).map_err(io(format!("writing {name}")))?;
+    }
+    let output = Command::new(&compiler)
+        .current_dir(dir.path())
+        .args(["-std=c11", "-O2", "-Wall", "-o"])
+        .arg(out)
+        .args(["agent.c", "wire.c", "device_info.c"])
+        // libcrypto statically (the board needs no OpenSSL), the C library dynamically
+        // (a static glibc cannot be relied on in forked, networked programs).
+        .args(["-Wl,-Bstatic", "-lcrypto", "-Wl,-Bdynamic"])
+        .output()
+        .map_err(io(format!("running {}", compiler.display())))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        if stderr.contains("openssl/") || stderr.contains("-lcrypto") {
+            return Err(AgentError::NoLibcrypto {
+                target: target.name().into(),
+                install: libcrypto_install(target),
+            });
+        }
+        return Err(AgentError::Compile {
+            target: target.name().into(),
+            stderr,
+        });
+    }
+    let bytes = std::fs::metadata(out)
+        .map_err(io(format!("reading {}", out.display())))?
+        .len();
+    Ok(BuiltAgent {
+        path: out.to_path_buf(),
+        bytes,
+    })
+}
+
+/// How to install libcrypto's static library for `target` on Debian.
+fn libcrypto_install(target: &Target) -> String {
+    match target.triple() {
+        Some(t) if t.starts_with("aarch64") && !cfg!(target_arch = "aarch64") => {
+            "dpkg --add-architecture arm64 && apt-get update && apt-get install libssl-dev:arm64"
+                .into()
+        }
+        _ => "apt-get install libssl-dev".into(),
+    }
+}

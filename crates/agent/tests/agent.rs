@@ -1,0 +1,339 @@
+//! The device agent built for this machine and run on loopback: the device information round
+//! trip, and an agent that outlives every hostile or broken client (a wrong key, another
+//! protocol version, frame lengths of 0, over the cap and 2^64 - 1, truncated frames, an HTTP
+//! request, tampered, replayed, reordered and dropped frames, a client beyond the session
+//! limit). Skipped with a notice where this machine has no C compiler or libcrypto, unless
+//! `KILN_REQUIRE_AGENT=1` (CI) makes that a failure.
+
+use kiln_rpc::agent::{AgentClient, BYE, FAILED, INFO, INFO_REQUEST};
+use kiln_rpc::{Channel, Key, Role, RpcError};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+const KEY: &[u8] = b"0123456789abcdef-the-agent-test-key\n";
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The agent executable, built once for the host; `None` (with a notice) when it cannot be.
+fn agent_binary() -> Option<&'static PathBuf> {
+    static BUILT: OnceLock<Option<(tempfile::TempDir, PathBuf)>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("kiln-agent");
+            match kiln_agent::build(&kiln::Target::host(), &path) {
+                Ok(_) => Some((dir, path)),
+                Err(e) if std::env::var("KILN_REQUIRE_AGENT").as_deref() != Ok("1") => {
+                    println!("notice: the device agent cannot be built here, its tests skip: {e}");
+                    None
+                }
+                Err(e) => panic!("KILN_REQUIRE_AGENT=1 and the agent does not build: {e}"),
+            }
+        })
+        .as_ref()
+        .map(|(_, p)| p)
+}
+
+/// A running agent on a loopback port, killed when dropped.
+struct Agent {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(extra: &[&str]) -> Option<Agent> {
+    let bin = agent_binary()?;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, KEY).unwrap();
+    let mut child = Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--key-file"])
+        .arg(&key_file)
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in the agent's first line: {line:?}"))
+        .to_string();
+    Some(Agent {
+        child,
+        addr,
+        _dir: dir,
+    })
+}
+
+fn key() -> Key {
+    Key::new(KEY).unwrap()
+}
+
+/// The agent still serves a full session (it survived whatever came before).
+fn still_serves(agent: &mut Agent) {
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent process exited"
+    );
+    let mut client = AgentClient::connect(&agent.addr, &key(), TIMEOUT).unwrap();
+    let info = client.device_info().unwrap();
+    assert_eq!(info.protocol_version, 1);
+    client.bye().unwrap();
+}
+
+/// Whether the agent closed `stream` (after reading whatever it still sent): an end of stream,
+/// or a reset (a socket closed with our bytes still unread in it resets the connection); not
+/// a deadline.
+fn closed_by_agent(mut stream: TcpStream) -> bool {
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut sink = vec![];
+    match stream.read_to_end(&mut sink) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+#[test]
+fn an_agent_reports_what_its_machine_is() {
+    let Some(agent) = start(&[]) else { return };
+    let mut client = AgentClient::connect(&agent.addr, &key(), TIMEOUT).unwrap();
+    let info = client.device_info().unwrap();
+    assert_eq!(info.arch, std::env::consts::ARCH);
+    assert_eq!(info.protocol_version, 1);
+    assert!(info.cores >= 1, "{info:?}");
+    assert!(info.memory_bytes > 0, "{info:?}");
+    if cfg!(target_arch = "x86_64") {
+        assert!(info.features.iter().any(|f| f == "sse2"), "{info:?}");
+    }
+    // A second request in the same session, then a message kind the agent does not know:
+    // answered with FAILED, and the session goes on.
+    assert_eq!(client.device_info().unwrap(), info);
+    client.channel().send(99, b"?").unwrap();
+    let (kind, reason) = client.channel().recv().unwrap();
+    assert_eq!(kind, FAILED);
+    assert!(String::from_utf8_lossy(&reason).contains("99"));
+    assert_eq!(client.device_info().unwrap(), info);
+    client.bye().unwrap();
+}
+
+#[test]
+fn a_wrong_key_is_refused_with_a_reason() {
+    let Some(mut agent) = start(&[]) else { return };
+    let wrong = Key::new(b"another key of enough bytes").unwrap();
+    let err = AgentClient::connect(&agent.addr, &wrong, TIMEOUT).unwrap_err();
+    assert!(
+        matches!(&err, RpcError::Peer(m) if m.contains("authentication failed")),
+        "{err}"
+    );
+    still_serves(&mut agent);
+}
+
+/// A HELLO body of protocol `version`.
+fn hello(version: u16) -> Vec<u8> {
+    let mut b = vec![1u8];
+    b.extend_from_slice(b"KILNRPC\0");
+    b.extend_from_slice(&version.to_le_bytes());
+    b.extend_from_slice(&[7u8; 32]);
+    b
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u64).to_le_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+#[test]
+fn another_protocol_version_is_named_in_the_error() {
+    let Some(mut agent) = start(&[]) else { return };
+    let mut s = TcpStream::connect(&agent.addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(&frame(&hello(2))).unwrap();
+    let mut reply = vec![];
+    s.read_to_end(&mut reply).unwrap();
+    // The agent's HELLO, then its ERROR.
+    let first = u64::from_le_bytes(reply[..8].try_into().unwrap()) as usize;
+    let error = &reply[8 + first + 8..];
+    assert_eq!(error[0], 3);
+    let text = String::from_utf8_lossy(&error[1..]);
+    assert!(
+        text.contains("version 1") && text.contains("version 2"),
+        "{text}"
+    );
+    still_serves(&mut agent);
+}
+
+#[test]
+fn hostile_frames_before_authentication_end_only_their_connection() {
+    let Some(mut agent) = start(&[]) else { return };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a length of 2^64 - 1", u64::MAX.to_le_bytes().to_vec()),
+        ("a length of 0", 0u64.to_le_bytes().to_vec()),
+        ("a length over the cap", frame(&[1u8; 257])),
+        ("a truncated frame", {
+            let mut f = frame(&hello(1));
+            f.truncate(20);
+            f
+        }),
+        (
+            "an HTTP request",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        ("a TVM magic", 0xff271u64.to_le_bytes().to_vec()),
+        (
+            "garbage",
+            (0..200u32).map(|i| (i * 97 % 251) as u8).collect(),
+        ),
+        ("an AUTH before a HELLO", frame(&[2u8; 33])),
+    ];
+    for (what, bytes) in cases {
+        let mut s = TcpStream::connect(&agent.addr).unwrap();
+        s.write_all(&bytes).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(closed_by_agent(s), "{what}: the agent did not close");
+        still_serves(&mut agent);
+    }
+}
+
+/// A stream whose writes are held back (when `hold` is set) for the test to forward, drop,
+/// reorder or alter.
+#[derive(Clone)]
+struct Tap {
+    stream: Arc<Mutex<TcpStream>>,
+    held: Arc<Mutex<Vec<Vec<u8>>>>,
+    hold: Arc<Mutex<bool>>,
+}
+
+impl Read for Tap {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut s = self.stream.lock().unwrap().try_clone()?;
+        s.read(buf)
+    }
+}
+
+impl Write for Tap {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if *self.hold.lock().unwrap() {
+            self.held.lock().unwrap().push(buf.to_vec());
+            return Ok(buf.len());
+        }
+        self.stream.lock().unwrap().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An authenticated session through a [`Tap`]; each held message is one frame's bytes.
+fn tapped(agent: &Agent) -> (Channel<Tap>, Tap) {
+    let stream = TcpStream::connect(&agent.addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let tap = Tap {
+        stream: Arc::new(Mutex::new(stream)),
+        held: Arc::default(),
+        hold: Arc::default(),
+    };
+    let channel = Channel::handshake(tap.clone(), &key(), Role::Client, 1 << 20).unwrap();
+    (channel, tap)
+}
+
+/// The held writes regrouped into whole frames.
+fn held_frames(tap: &Tap) -> Vec<Vec<u8>> {
+    let bytes: Vec<u8> = tap.held.lock().unwrap().drain(..).flatten().collect();
+    let mut frames = vec![];
+    let mut rest = &bytes[..];
+    while rest.len() >= 8 {
+        let n = 8 + u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+        frames.push(rest[..n].to_vec());
+        rest = &rest[n..];
+    }
+    frames
+}
+
+#[test]
+fn tampered_replayed_reordered_and_dropped_frames_end_the_session() {
+    let Some(mut agent) = start(&[]) else { return };
+    type Attack = fn(Vec<Vec<u8>>, Vec<u8>) -> Vec<Vec<u8>>;
+    let attacks: [(&str, Attack); 4] = [
+        ("tampered", |mut held, _| {
+            // The kind byte (the length prefix is 8 bytes).
+            held[0][8] ^= 1;
+            held
+        }),
+        ("replayed", |_, first| vec![first]),
+        ("reordered", |held, _| {
+            vec![held[1].clone(), held[0].clone()]
+        }),
+        ("dropped", |held, _| vec![held[1].clone()]),
+    ];
+    for (what, attack) in attacks {
+        let (mut channel, tap) = tapped(&agent);
+        // One genuine request and its answer; its frame is kept for the replay.
+        *tap.hold.lock().unwrap() = true;
+        channel.send(INFO_REQUEST, &[]).unwrap();
+        let first = held_frames(&tap).remove(0);
+        tap.stream.lock().unwrap().write_all(&first).unwrap();
+        assert_eq!(channel.recv().unwrap().0, INFO);
+        // Two more requests, held, then delivered as the attack has it.
+        channel.send(INFO_REQUEST, &[]).unwrap();
+        channel.send(INFO_REQUEST, &[]).unwrap();
+        for f in attack(held_frames(&tap), first) {
+            tap.stream.lock().unwrap().write_all(&f).unwrap();
+        }
+        let reply = channel.recv();
+        assert!(reply.is_err(), "{what}: the agent answered {reply:?}");
+        let s = tap.stream.lock().unwrap().try_clone().unwrap();
+        assert!(closed_by_agent(s), "{what}: the agent did not close");
+        still_serves(&mut agent);
+    }
+}
+
+#[test]
+fn clients_beyond_the_session_limit_are_told_the_agent_is_busy() {
+    let Some(mut agent) = start(&["--max-sessions", "1"]) else {
+        return;
+    };
+    let mut first = AgentClient::connect(&agent.addr, &key(), TIMEOUT).unwrap();
+    first.device_info().unwrap();
+    // The parent counts the session until its child exits; the second client is refused.
+    let err = AgentClient::connect(&agent.addr, &key(), TIMEOUT).unwrap_err();
+    assert!(
+        matches!(&err, RpcError::Peer(m) if m.contains("busy")),
+        "{err}"
+    );
+    first.channel().send(BYE, &[]).unwrap();
+    drop(first);
+    // Once the first session's child has exited, sessions are served again.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        match AgentClient::connect(&agent.addr, &key(), TIMEOUT) {
+            Ok(mut c) => {
+                c.device_info().unwrap();
+                break;
+            }
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("the agent never served again: {e}"),
+        }
+    }
+    assert!(agent.child.try_wait().unwrap().is_none());
+}
