@@ -5,17 +5,25 @@
  *
  * Each connection is served by a forked child, so a session that fails (a bad frame, a wrong
  * key, a crash) ends only that child; the parent keeps accepting. Every read and write has a
- * deadline (the socket's timeouts). Messages of this version: INFO (what the device is) and
- * BYE; anything else is answered with FAILED and the session goes on.
+ * deadline (the socket's timeouts). Messages: INFO (what the device is), a chunked upload of a
+ * library (size capped, SHA-256 checked, stored as HASH.so in the session's own directory),
+ * MEASURE (timed in a forked grandchild with resource limits and a watchdog, measure.c),
+ * DELETE and BYE; anything else is answered with FAILED and the session goes on.
  *
  * Invariant: nothing the peer sends is acted on before the handshake authenticated it
- * (wire.c), the key is never printed, and the parent never reads from a client. */
+ * (wire.c), the key is never printed, the parent never reads from a client, no path comes from
+ * the peer (files are named by their content hash inside work/session-PID), and a session's
+ * directory is removed when it ends (by the child, or by the parent when it reaps a child that
+ * could not). */
 #define _GNU_SOURCE
 #include "device_info.h"
+#include "measure.h"
 #include "wire.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
+#include <openssl/evp.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -39,12 +47,43 @@
 #define MAX_UPLOAD (256ull << 20)
 #define HANDSHAKE_TIMEOUT_S 10
 
+/* What one session may keep stored at once. */
+#define SESSION_STORE (1ull << 30)
+/* The address-space limit of a measured library when the request gives none. */
+#define DEFAULT_MEMORY_MB 4096ull
+
 enum {
     MSG_INFO_REQUEST = 16,
     MSG_INFO = 17,
+    MSG_UPLOAD_BEGIN = 18,
+    MSG_UPLOAD_READY = 19,
+    MSG_UPLOAD_CHUNK = 20,
+    MSG_UPLOAD_END = 21,
+    MSG_UPLOADED = 22,
+    MSG_MEASURE = 23,
+    MSG_MEASURED = 24,
+    MSG_DELETE = 25,
+    MSG_DELETED = 26,
     MSG_FAILED = 30,
     MSG_BYE = 31,
 };
+
+/* The upload in progress in a session. */
+typedef struct {
+    FILE *file;
+    uint64_t total, received;
+    uint8_t hash[32];
+    EVP_MD_CTX *md;
+    char failed[160];
+} upload_t;
+
+/* A session's state: its directory (work/session-PID, removed when it ends), the upload in
+ * progress and the bytes it has stored. */
+typedef struct {
+    char dir[4200];
+    upload_t up;
+    uint64_t stored;
+} session_t;
 
 static void logf_(const char *fmt, ...) {
     va_list ap;
@@ -94,8 +133,216 @@ static void send_failed(wire_session *s, const char *why) {
     (void)wire_send(s, MSG_FAILED, (const uint8_t *)why, strlen(why));
 }
 
+static uint64_t get_u64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+static uint32_t get_u32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void put_u32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void hex(const uint8_t hash[32], char out[65]) {
+    for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", hash[i]);
+}
+
+/* The stored library of content hash `hash` (a name the agent makes, never the peer's). */
+static void library_path(const session_t *ss, const uint8_t hash[32], char *out, size_t cap) {
+    char h[65];
+    hex(hash, h);
+    snprintf(out, cap, "%s/%s.so", ss->dir, h);
+}
+
+/* Removes a session directory and the files in it (it holds no subdirectories). */
+static void remove_session_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char path[4600];
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+static void upload_reset(session_t *ss) {
+    upload_t *u = &ss->up;
+    if (u->file) fclose(u->file);
+    if (u->md) EVP_MD_CTX_free(u->md);
+    char part[4300];
+    snprintf(part, sizeof part, "%s/upload.part", ss->dir);
+    unlink(part);
+    memset(u, 0, sizeof *u);
+}
+
+static int on_upload_begin(wire_session *s, session_t *ss, const uint8_t *p, size_t len) {
+    upload_reset(ss);
+    if (len != 8 + 32) {
+        send_failed(s, "UPLOAD_BEGIN takes a size and a SHA-256");
+        return s->poisoned;
+    }
+    uint64_t total = get_u64(p);
+    char why[160];
+    if (total == 0 || total > MAX_UPLOAD || ss->stored + total > SESSION_STORE) {
+        snprintf(why, sizeof why,
+                 "an upload of %llu bytes refused: at most %llu bytes, %llu per session",
+                 (unsigned long long)total, MAX_UPLOAD, SESSION_STORE);
+        send_failed(s, why);
+        return s->poisoned;
+    }
+    char part[4300];
+    snprintf(part, sizeof part, "%s/upload.part", ss->dir);
+    int fd = open(part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    upload_t *u = &ss->up;
+    u->file = fd >= 0 ? fdopen(fd, "wb") : NULL;
+    u->md = EVP_MD_CTX_new();
+    if (!u->file || !u->md || !EVP_DigestInit_ex(u->md, EVP_sha256(), NULL)) {
+        if (fd >= 0 && !u->file) close(fd);
+        upload_reset(ss);
+        send_failed(s, "cannot store an upload in the work dir");
+        return s->poisoned;
+    }
+    u->total = total;
+    memcpy(u->hash, p + 8, 32);
+    uint8_t ready[4];
+    /* Chunks that fit a frame with their kind and tag. */
+    put_u32(ready, SESSION_CAP - 1 - KILN_TAG_BYTES);
+    return wire_send(s, MSG_UPLOAD_READY, ready, sizeof ready);
+}
+
+/* Chunks have no reply: a failure is remembered and reported at UPLOAD_END. */
+static void on_upload_chunk(session_t *ss, const uint8_t *p, size_t len) {
+    upload_t *u = &ss->up;
+    if (!u->file || u->failed[0]) {
+        if (!u->failed[0]) snprintf(u->failed, sizeof u->failed, "a chunk without UPLOAD_BEGIN");
+        return;
+    }
+    if (len > u->total - u->received) {
+        snprintf(u->failed, sizeof u->failed, "more bytes than the %llu announced",
+                 (unsigned long long)u->total);
+        return;
+    }
+    if (fwrite(p, 1, len, u->file) != len || !EVP_DigestUpdate(u->md, p, len)) {
+        snprintf(u->failed, sizeof u->failed, "cannot write the upload: %s", strerror(errno));
+        return;
+    }
+    u->received += len;
+}
+
+static int on_upload_end(wire_session *s, session_t *ss) {
+    upload_t *u = &ss->up;
+    char why[200];
+    uint8_t got[32];
+    unsigned n = 0;
+    int flushed = u->file && fflush(u->file) == 0 && fsync(fileno(u->file)) == 0;
+    if (!u->file && !u->failed[0]) snprintf(u->failed, sizeof u->failed, "no upload in progress");
+    else if (!u->failed[0] && u->received != u->total)
+        snprintf(u->failed, sizeof u->failed, "%llu of %llu bytes received",
+                 (unsigned long long)u->received, (unsigned long long)u->total);
+    else if (!u->failed[0] && (!flushed || !EVP_DigestFinal_ex(u->md, got, &n)))
+        snprintf(u->failed, sizeof u->failed, "cannot finish the upload");
+    else if (!u->failed[0] && memcmp(got, u->hash, 32) != 0)
+        snprintf(u->failed, sizeof u->failed, "the content does not have the announced SHA-256");
+    if (u->failed[0]) {
+        snprintf(why, sizeof why, "upload failed: %s", u->failed);
+        upload_reset(ss);
+        send_failed(s, why);
+        return s->poisoned;
+    }
+    char part[4300], lib[4300];
+    snprintf(part, sizeof part, "%s/upload.part", ss->dir);
+    library_path(ss, u->hash, lib, sizeof lib);
+    fclose(u->file);
+    u->file = NULL;
+    uint64_t total = u->total;
+    uint8_t hash[32];
+    memcpy(hash, u->hash, 32);
+    int moved = chmod(part, 0700) == 0 && rename(part, lib) == 0;
+    upload_reset(ss);
+    if (!moved) {
+        send_failed(s, "cannot store the upload");
+        return s->poisoned;
+    }
+    ss->stored += total;
+    return wire_send(s, MSG_UPLOADED, hash, 32);
+}
+
+static int on_measure(wire_session *s, session_t *ss, const uint8_t *p, size_t len) {
+    if (len != 32 + 6 * 4 + 16) {
+        send_failed(s, "MEASURE takes a SHA-256 and the timing parameters");
+        return s->poisoned;
+    }
+    char lib[4300];
+    library_path(ss, p, lib, sizeof lib);
+    if (access(lib, R_OK)) {
+        send_failed(s, "no library of that SHA-256 was uploaded in this session");
+        return s->poisoned;
+    }
+    const uint8_t *q = p + 32;
+    measure_request req = {
+        .threads = (int32_t)get_u32(q),
+        .number = get_u32(q + 4),
+        .repeat = get_u32(q + 8),
+        .min_repeat_ms = get_u32(q + 12),
+        .warmup = get_u32(q + 16),
+        .timeout_ms = get_u32(q + 20),
+        .seed = get_u64(q + 24),
+        .memory_mb = get_u64(q + 32),
+    };
+    if (req.timeout_ms == 0 || req.timeout_ms > 3600u * 1000u) req.timeout_ms = 60000;
+    static measure_result r;
+    measure_library(lib, &req, DEFAULT_MEMORY_MB, &r);
+    /* status u8 | checksum [32] | number u32 | count u32 | f64 x count | message */
+    static uint8_t out[1 + 32 + 8 + 8 * MEASURE_MAX_REPEAT + sizeof r.message];
+    size_t n = 0;
+    out[n++] = (uint8_t)r.status;
+    memcpy(out + n, r.checksum, 32);
+    n += 32;
+    put_u32(out + n, r.number);
+    put_u32(out + n + 4, r.count);
+    n += 8;
+    for (uint32_t i = 0; i < r.count && i < MEASURE_MAX_REPEAT; i++) {
+        uint64_t bits;
+        memcpy(&bits, &r.seconds[i], 8);
+        for (int b = 0; b < 8; b++) out[n++] = (uint8_t)(bits >> (8 * b));
+    }
+    size_t m = strnlen(r.message, sizeof r.message);
+    memcpy(out + n, r.message, m);
+    n += m;
+    logf_("measured %.16s...: status %d, %u timings of %u calls%s%s", lib + strlen(ss->dir) + 1,
+          r.status, r.count, r.number, m ? ": " : "", r.message);
+    return wire_send(s, MSG_MEASURED, out, n);
+}
+
+static int on_delete(wire_session *s, session_t *ss, const uint8_t *p, size_t len) {
+    char lib[4300];
+    struct stat st;
+    if (len != 32) {
+        send_failed(s, "DELETE takes a SHA-256");
+        return s->poisoned;
+    }
+    library_path(ss, p, lib, sizeof lib);
+    if (stat(lib, &st) || unlink(lib)) {
+        send_failed(s, "no library of that SHA-256 is stored in this session");
+        return s->poisoned;
+    }
+    ss->stored -= (uint64_t)st.st_size <= ss->stored ? (uint64_t)st.st_size : ss->stored;
+    return wire_send(s, MSG_DELETED, p, 32);
+}
+
 /* Serves one connection; returns the process exit status. */
-static int serve(int fd, const char *peer, const wire_key *key, int session_timeout_s) {
+static int session_loop(wire_session *s, session_t *ss, const char *peer);
+
+static int serve(int fd, const char *peer, const wire_key *key, int session_timeout_s,
+                 const char *work_dir) {
     wire_io io = {fd_read, fd_write, &fd};
     wire_session s;
     set_deadline(fd, HANDSHAKE_TIMEOUT_S);
@@ -106,38 +353,71 @@ static int serve(int fd, const char *peer, const wire_key *key, int session_time
     }
     set_deadline(fd, session_timeout_s);
     logf_("session from %s authenticated", peer);
+    static session_t ss;
+    memset(&ss, 0, sizeof ss);
+    snprintf(ss.dir, sizeof ss.dir, "%s/session-%d", work_dir, (int)getpid());
+    if (mkdir(ss.dir, 0700) && errno != EEXIST) {
+        logf_("session from %s: cannot create %s", peer, ss.dir);
+        return 1;
+    }
+    int status = session_loop(&s, &ss, peer);
+    /* What the session stored goes with it. */
+    upload_reset(&ss);
+    remove_session_dir(ss.dir);
+    return status;
+}
+
+static int session_loop(wire_session *s, session_t *ss, const char *peer) {
+    int r;
     for (;;) {
         uint8_t kind, *payload;
         size_t len;
-        r = wire_recv(&s, &kind, &payload, &len);
+        r = wire_recv(s, &kind, &payload, &len);
         if (r == WIRE_CLOSED) {
             logf_("session from %s: the client closed the connection", peer);
             return 0;
         }
         if (r) {
-            logf_("session from %s ended: %s", peer, s.error);
+            logf_("session from %s ended: %s", peer, s->error);
             return 1;
         }
-        free(payload);
         switch (kind) {
+        case MSG_UPLOAD_BEGIN:
+            r = on_upload_begin(s, ss, payload, len) ? WIRE_IO : WIRE_OK;
+            break;
+        case MSG_UPLOAD_CHUNK:
+            on_upload_chunk(ss, payload, len);
+            r = WIRE_OK;
+            break;
+        case MSG_UPLOAD_END:
+            r = on_upload_end(s, ss) ? WIRE_IO : WIRE_OK;
+            break;
+        case MSG_MEASURE:
+            r = on_measure(s, ss, payload, len) ? WIRE_IO : WIRE_OK;
+            break;
+        case MSG_DELETE:
+            r = on_delete(s, ss, payload, len) ? WIRE_IO : WIRE_OK;
+            break;
         case MSG_INFO_REQUEST: {
             static char json[16384];
             size_t n = device_info_json(json, sizeof json, AGENT_VERSION, MAX_UPLOAD);
-            r = wire_send(&s, MSG_INFO, (const uint8_t *)json, n);
+            r = wire_send(s, MSG_INFO, (const uint8_t *)json, n);
             break;
         }
         case MSG_BYE:
+            free(payload);
             logf_("session from %s: bye", peer);
             return 0;
         default: {
             char why[64];
             snprintf(why, sizeof why, "unknown message kind %u", kind);
-            send_failed(&s, why);
-            r = s.poisoned ? WIRE_IO : WIRE_OK;
+            send_failed(s, why);
+            r = s->poisoned ? WIRE_IO : WIRE_OK;
         }
         }
+        free(payload);
         if (r) {
-            logf_("session from %s ended: %s", peer, s.error);
+            logf_("session from %s ended: %s", peer, s->error);
             return 1;
         }
     }
@@ -276,7 +556,14 @@ int main(int argc, char **argv) {
 
     int active = 0;
     for (;;) {
-        while (waitpid(-1, NULL, WNOHANG) > 0) active--;
+        pid_t done;
+        while ((done = waitpid(-1, NULL, WNOHANG)) > 0) {
+            active--;
+            /* A child killed before it cleaned up leaves its session directory behind. */
+            char dir[4200];
+            snprintf(dir, sizeof dir, "%s/session-%d", work_dir, (int)done);
+            remove_session_dir(dir);
+        }
         struct pollfd p = {lfd, POLLIN, 0};
         int ready = poll(&p, 1, 500);
         if (ready <= 0) continue;
@@ -301,7 +588,7 @@ int main(int argc, char **argv) {
         pid_t pid = fork();
         if (pid == 0) {
             close(lfd);
-            int status = serve(fd, peer, &key, session_timeout_s);
+            int status = serve(fd, peer, &key, session_timeout_s, work_dir);
             close(fd);
             _exit(status);
         }

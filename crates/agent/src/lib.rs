@@ -3,9 +3,12 @@
 //! compiles it for a target with that target's C compiler, as `kiln compile` links libraries.
 //!
 //! The sources live in `c/`: `wire.c` (frames, handshake, authenticated messages over
-//! OpenSSL's libcrypto), `device_info.c` (what INFO reports) and `agent.c` (listening, one
-//! forked child per session, the message loop). libcrypto is linked statically, so the
-//! executable needs only the C library on the device.
+//! OpenSSL's libcrypto), `device_info.c` (what INFO reports), `measure.c` (a library timed in
+//! a forked child with resource limits and a watchdog) and `agent.c` (listening, one forked
+//! child per session, uploads, the message loop). libcrypto is linked statically, so the
+//! executable needs only the C library on the device (glibc 2.34 or later: Debian 12, Ubuntu
+//! 22.04, Raspberry Pi OS bookworm). `c/fuzz_wire.c` is the libFuzzer harness of the wire
+//! decoder (`fuzz/README.md`).
 //!
 //! Invariant: [`build`] writes an executable to `out` only when the compiler succeeded; every
 //! failure names what is missing and how to install it.
@@ -15,11 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The agent's C sources, embedded so that an installed `kiln` builds agents anywhere.
-pub const SOURCES: [(&str, &str); 5] = [
+pub const SOURCES: [(&str, &str); 7] = [
     ("wire.h", include_str!("../c/wire.h")),
     ("wire.c", include_str!("../c/wire.c")),
     ("device_info.h", include_str!("../c/device_info.h")),
     ("device_info.c", include_str!("../c/device_info.c")),
+    ("measure.h", include_str!("../c/measure.h")),
+    ("measure.c", include_str!("../c/measure.c")),
     ("agent.c", include_str!("../c/agent.c")),
 ];
 
@@ -72,7 +77,7 @@ pub fn build(target: &Target, out: &Path) -> Result<BuiltAgent, AgentError> {
         .current_dir(dir.path())
         .args(["-std=c11", "-O2", "-Wall", "-o"])
         .arg(out)
-        .args(["agent.c", "wire.c", "device_info.c"])
+        .args(["agent.c", "wire.c", "device_info.c", "measure.c"])
         // libcrypto statically (the board needs no OpenSSL), the C library dynamically
         // (a static glibc cannot be relied on in forked, networked programs).
         .args(["-Wl,-Bstatic", "-lcrypto", "-Wl,-Bdynamic"])

@@ -1,11 +1,16 @@
 //! The device agent built for this machine and run on loopback: the device information round
-//! trip, and an agent that outlives every hostile or broken client (a wrong key, another
+//! trip; a compiled model uploaded, timed and checked against the host's own run of the same
+//! inputs; and an agent that outlives every hostile or broken client (a wrong key, another
 //! protocol version, frame lengths of 0, over the cap and 2^64 - 1, truncated frames, an HTTP
 //! request, tampered, replayed, reordered and dropped frames, a client beyond the session
-//! limit). Skipped with a notice where this machine has no C compiler or libcrypto, unless
-//! `KILN_REQUIRE_AGENT=1` (CI) makes that a failure.
+//! limit, a client that drops mid-upload, a wrong hash, libraries that crash, hang, allocate
+//! without bound or exit). Skipped with a notice where this machine has no C compiler or
+//! libcrypto, unless `KILN_REQUIRE_AGENT=1` (CI) makes that a failure.
 
-use kiln_rpc::agent::{AgentClient, BYE, FAILED, INFO, INFO_REQUEST};
+use kiln_rpc::agent::{
+    fill_input, AgentClient, MeasureRequest, MeasureStatus, BYE, FAILED, INFO, INFO_REQUEST,
+    UPLOAD_BEGIN, UPLOAD_CHUNK, UPLOAD_END, UPLOAD_READY,
+};
 use kiln_rpc::{Channel, Key, Role, RpcError};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -41,7 +46,7 @@ fn agent_binary() -> Option<&'static PathBuf> {
 struct Agent {
     child: Child,
     addr: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Agent {
@@ -76,11 +81,7 @@ fn start(extra: &[&str]) -> Option<Agent> {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no address in the agent's first line: {line:?}"))
         .to_string();
-    Some(Agent {
-        child,
-        addr,
-        _dir: dir,
-    })
+    Some(Agent { child, addr, dir })
 }
 
 fn key() -> Key {
@@ -336,4 +337,207 @@ fn clients_beyond_the_session_limit_are_told_the_agent_is_busy() {
         }
     }
     assert!(agent.child.try_wait().unwrap().is_none());
+}
+
+/// The host's own answer for a library of `graph` measured with `seed`: SHA-256 of its outputs
+/// on inputs generated as the agent generates them.
+fn host_checksum(graph: &kiln::Graph, seed: u64) -> [u8; 32] {
+    use sha2::Digest;
+    let code = |d: kiln::DType| match d {
+        kiln::DType::F32 => 0,
+        kiln::DType::F64 => 8,
+        _ => -1,
+    };
+    let mut state = seed;
+    let inputs: Vec<kiln::Tensor> = graph
+        .inputs()
+        .iter()
+        .map(|&v| {
+            let ty = graph.ty(v);
+            let mut bytes = vec![0u8; ty.byte_size()];
+            fill_input(&mut bytes, code(ty.dtype), &mut state);
+            kiln::tensor_from_bytes(ty, &bytes).unwrap()
+        })
+        .collect();
+    let model = kiln::Compiler::new(kiln::Target::host())
+        .compile(graph)
+        .unwrap();
+    let mut h = sha2::Sha256::new();
+    for out in model.run(&inputs).unwrap() {
+        h.update(kiln::tensor_bytes(&out));
+    }
+    h.finalize().into()
+}
+
+fn model_library(dir: &std::path::Path) -> (kiln::Graph, Vec<u8>) {
+    let model =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/models/dscnn_kws.onnx");
+    let graph = kiln::load_onnx(&model, &Default::default()).unwrap().graph;
+    let lib = dir.join("libdscnn.so");
+    kiln::aot::compile_library(&graph, &kiln::Target::host(), &Default::default(), &lib).unwrap();
+    (graph, std::fs::read(&lib).unwrap())
+}
+
+#[test]
+fn a_compiled_model_is_uploaded_timed_and_matches_the_host() {
+    let Some(mut agent) = start(&[]) else { return };
+    let (graph, lib) = model_library(agent.dir.path());
+    let mut client = AgentClient::connect(&agent.addr, &key(), TIMEOUT).unwrap();
+    let hash = client.upload(&lib).unwrap();
+    let req = MeasureRequest {
+        seed: 7,
+        repeat: 4,
+        min_repeat_ms: 5,
+        ..MeasureRequest::default()
+    };
+    let m = client.measure(&hash, &req).unwrap();
+    assert_eq!(m.status, MeasureStatus::Ok, "{}", m.message);
+    assert_eq!(m.seconds.len(), 4);
+    assert!(m.seconds.iter().all(|&s| s > 0.0 && s < 1.0), "{m:?}");
+    // `number` grew until a timing lasted 5 ms.
+    assert!(
+        m.number > 1 && m.seconds[0] * f64::from(m.number) >= 0.004,
+        "{m:?}"
+    );
+    assert_eq!(
+        m.checksum,
+        host_checksum(&graph, 7),
+        "outputs differ from the host's"
+    );
+    let other = client
+        .measure(
+            &hash,
+            &MeasureRequest {
+                seed: 8,
+                ..req.clone()
+            },
+        )
+        .unwrap();
+    assert_ne!(other.checksum, m.checksum, "another seed, other inputs");
+    client.delete(&hash).unwrap();
+    let err = client.measure(&hash, &req).unwrap_err();
+    assert!(
+        matches!(&err, RpcError::Remote(m) if m.contains("no library")),
+        "{err}"
+    );
+    let err = client.delete(&hash).unwrap_err();
+    assert!(matches!(err, RpcError::Remote(_)), "{err}");
+    // A wrong hash and an oversized upload are refused; the session goes on.
+    let mut begin = 64u64.to_le_bytes().to_vec();
+    begin.extend_from_slice(&[0u8; 32]);
+    client.channel().send(UPLOAD_BEGIN, &begin).unwrap();
+    assert_eq!(client.channel().recv().unwrap().0, UPLOAD_READY);
+    client.channel().send(UPLOAD_CHUNK, &[1u8; 64]).unwrap();
+    client.channel().send(UPLOAD_END, &[]).unwrap();
+    let (kind, why) = client.channel().recv().unwrap();
+    assert_eq!(kind, FAILED);
+    assert!(String::from_utf8_lossy(&why).contains("SHA-256"));
+    let mut huge = (1u64 << 40).to_le_bytes().to_vec();
+    huge.extend_from_slice(&[0u8; 32]);
+    client.channel().send(UPLOAD_BEGIN, &huge).unwrap();
+    let (kind, why) = client.channel().recv().unwrap();
+    assert_eq!(kind, FAILED);
+    assert!(String::from_utf8_lossy(&why).contains("refused"));
+    client.device_info().unwrap();
+    client.bye().unwrap();
+    still_serves(&mut agent);
+}
+
+/// Session directories the agent still has.
+fn session_dirs(agent: &Agent) -> usize {
+    std::fs::read_dir(agent.dir.path().join("work"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_client_that_drops_mid_upload_leaves_nothing_behind() {
+    let Some(mut agent) = start(&[]) else { return };
+    let mut client = AgentClient::connect(&agent.addr, &key(), TIMEOUT).unwrap();
+    let mut begin = (1u64 << 20).to_le_bytes().to_vec();
+    begin.extend_from_slice(&[9u8; 32]);
+    client.channel().send(UPLOAD_BEGIN, &begin).unwrap();
+    assert_eq!(client.channel().recv().unwrap().0, UPLOAD_READY);
+    client.channel().send(UPLOAD_CHUNK, &[5u8; 4096]).unwrap();
+    assert_eq!(session_dirs(&agent), 1);
+    drop(client);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while session_dirs(&agent) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        session_dirs(&agent),
+        0,
+        "the dropped session's files remain"
+    );
+    still_serves(&mut agent);
+}
+
+/// A shared library with Kiln's C ABI whose `kiln_model_run` does `body`.
+fn fake_library(dir: &std::path::Path, name: &str, body: &str) -> Vec<u8> {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(
+        &src,
+        format!(
+            "#include <stdint.h>\n#include <stdlib.h>\n#include <string.h>\n#include <unistd.h>\n\
+             typedef struct {{ const char *name; int32_t dtype, rank; const int64_t *shape; size_t bytes; }} info;\n\
+             static const int64_t shape[1] = {{4}};\n\
+             int32_t kiln_model_num_inputs(void) {{ return 1; }}\n\
+             int32_t kiln_model_num_outputs(void) {{ return 1; }}\n\
+             int32_t kiln_model_input_info(int32_t i, info *t) {{ t->name = \"x\"; t->dtype = 0; t->rank = 1; t->shape = shape; t->bytes = 16; return i != 0; }}\n\
+             int32_t kiln_model_output_info(int32_t i, info *t) {{ return kiln_model_input_info(i, t); }}\n\
+             int32_t kiln_model_create(int32_t n, void **m) {{ (void)n; *m = malloc(1); return 0; }}\n\
+             void kiln_model_destroy(void *m) {{ free(m); }}\n\
+             int32_t kiln_model_run(void *m, const void *const *in, void *const *out) {{ (void)m; memcpy(out[0], in[0], 16); {body} return 0; }}\n"
+        ),
+    )
+    .unwrap();
+    let lib = dir.join(format!("lib{name}.so"));
+    let ok = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O0", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cannot build the {name} library");
+    std::fs::read(lib).unwrap()
+}
+
+#[test]
+fn crashing_hanging_hungry_and_exiting_libraries_are_reported_and_contained() {
+    let Some(mut agent) = start(&[]) else { return };
+    let dir = agent.dir.path().to_path_buf();
+    let cases = [
+        (
+            "segfault",
+            "*(volatile int *)0 = 1;",
+            MeasureStatus::Crashed,
+            "signal 11",
+        ),
+        ("hang", "for (;;) {}", MeasureStatus::Timeout, "killed"),
+        (
+            "hungry",
+            "for (;;) { char *p = malloc(1 << 26); memset(p, 1, 1 << 26); }",
+            MeasureStatus::Crashed,
+            "signal",
+        ),
+        ("exit", "_exit(3);", MeasureStatus::Error, "status 3"),
+        ("fine", "", MeasureStatus::Ok, ""),
+    ];
+    let mut client = AgentClient::connect(&agent.addr, &key(), TIMEOUT).unwrap();
+    for (name, body, status, says) in cases {
+        let lib = fake_library(&dir, name, body);
+        let hash = client.upload(&lib).unwrap();
+        let req = MeasureRequest {
+            timeout_ms: 1500,
+            memory_mb: 256,
+            ..MeasureRequest::default()
+        };
+        let m = client.measure(&hash, &req).unwrap();
+        assert_eq!(m.status, status, "{name}: {m:?}");
+        assert!(m.message.contains(says), "{name}: {m:?}");
+    }
+    client.bye().unwrap();
+    still_serves(&mut agent);
 }

@@ -243,6 +243,40 @@ pub enum AgentCommand {
 /// `kiln rpc ...`.
 #[derive(Debug, Subcommand)]
 pub enum RpcCommand {
+    /// Compile the model for a target, time the library on an agent's device (upload, measure,
+    /// delete) and print its latency; where the target runs here too, check its outputs.
+    Bench {
+        /// The ONNX model file.
+        model: PathBuf,
+        /// The agent's address.
+        #[arg(long, value_name = "HOST:PORT")]
+        rpc: String,
+        /// The file holding the pre-shared key the agent was started with.
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+        /// The device's target (see `kiln targets`), or a target .toml file.
+        #[arg(long, default_value = "host")]
+        target: String,
+        /// Threads of the model on the device (1: a single-threaded library).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Timings (each of as many calls as `--min-repeat-ms` needs).
+        #[arg(long, default_value_t = 10)]
+        repeat: u32,
+        /// The shortest timing; shorter ones are redone with more calls.
+        #[arg(long, default_value_t = 100)]
+        min_repeat_ms: u32,
+        /// Deadline of the connection, of every message and of the measurement, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        import: ImportArgs,
+        #[command(flatten)]
+        graph: GraphArgs,
+    },
     /// Connect to an agent and print what its device is (CPU, cores, caches, features).
     Info {
         /// The agent's address.
@@ -539,6 +573,33 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
         Command::Agent(AgentCommand::Build { target, out }) => {
             remote::build_agent(&target, &out).map(|()| Outcome::Pass)
         }
+        Command::Rpc(RpcCommand::Bench {
+            model,
+            rpc,
+            key_file,
+            target,
+            threads,
+            repeat,
+            min_repeat_ms,
+            timeout_s,
+            json,
+            import,
+            graph,
+        }) => remote::bench(&remote::RemoteBench {
+            model,
+            rpc,
+            key_file,
+            target,
+            threads,
+            repeat,
+            min_repeat_ms,
+            timeout_s,
+            json,
+            import,
+            tuning_log: graph.tuning_log.clone(),
+            graph: graph.get(),
+        })
+        .map(|()| Outcome::Pass),
         Command::Rpc(RpcCommand::Info {
             rpc,
             key_file,

@@ -69,3 +69,147 @@ pub fn info(addr: &str, key_file: &Path, timeout_s: u64, json: bool) -> Result<(
     println!("features    {}", info.features.join(" "));
     Ok(())
 }
+
+/// What `kiln rpc bench` does.
+#[derive(Debug)]
+pub struct RemoteBench {
+    pub model: std::path::PathBuf,
+    pub rpc: String,
+    pub key_file: std::path::PathBuf,
+    pub target: String,
+    pub threads: usize,
+    pub repeat: u32,
+    pub min_repeat_ms: u32,
+    pub timeout_s: u64,
+    pub json: bool,
+    pub import: crate::shapes::ImportArgs,
+    pub graph: kiln::GraphOptions,
+    pub tuning_log: Option<std::path::PathBuf>,
+}
+
+/// `kiln rpc bench MODEL --rpc HOST:PORT --key-file FILE --target T`: the model compiled into a
+/// library for `T`, uploaded to the agent, timed there, deleted. Where `T` runs here too, the
+/// outputs' checksum is compared with this machine's run of the same inputs.
+pub fn bench(req: &RemoteBench) -> Result<(), CliError> {
+    if req.threads == 0 || req.repeat == 0 || req.repeat > 64 {
+        return Err(CliError::Usage(
+            "--threads must be positive and --repeat in 1..=64".into(),
+        ));
+    }
+    let target = kiln::Target::named(&req.target).map_err(|e| CliError::Usage(e.to_string()))?;
+    let key = read_key(&req.key_file)?;
+    let model = crate::load(&req.model, &req.import)?;
+    let threads = Some(req.threads).filter(|_| req.threads == 1);
+    let schedules = match &req.tuning_log {
+        Some(log) => crate::tune::schedules_from_log(log, target.name(), threads)?,
+        None => kiln::TunedSchedules::default(),
+    };
+    let dir = tempfile::tempdir().map_err(|e| CliError::io(std::env::temp_dir(), e))?;
+    let lib = dir.path().join("libmodel.so");
+    let options = kiln::AotOptions {
+        parallel: req.threads > 1,
+        header: None,
+        graph: req.graph.clone(),
+        schedules,
+    };
+    kiln::aot::compile_library(&model.graph, &target, &options, &lib)
+        .map_err(|e| CliError::Compile(Box::new(e)))?;
+    let bytes = std::fs::read(&lib).map_err(|e| CliError::io(&lib, e))?;
+    let timeout = Duration::from_secs(req.timeout_s.max(1));
+    let addr = &req.rpc;
+    let remote = |e: kiln_rpc::RpcError| CliError::Remote(format!("agent {addr}: {e}"));
+    let mut client = AgentClient::connect(addr, &key, timeout).map_err(remote)?;
+    let info = client.device_info().map_err(remote)?;
+    let hash = client.upload(&bytes).map_err(remote)?;
+    let request = kiln_rpc::agent::MeasureRequest {
+        threads: req.threads as i32,
+        repeat: req.repeat,
+        min_repeat_ms: req.min_repeat_ms,
+        timeout_ms: u32::try_from(req.timeout_s.saturating_mul(1000)).unwrap_or(u32::MAX),
+        ..Default::default()
+    };
+    let m = client.measure(&hash, &request).map_err(remote)?;
+    let _ = client.delete(&hash);
+    let _ = client.bye();
+    if m.status != kiln_rpc::agent::MeasureStatus::Ok {
+        return Err(CliError::Remote(format!(
+            "agent {addr}: the library did not run ({:?}): {}",
+            m.status, m.message
+        )));
+    }
+    let mut ms: Vec<f64> = m.seconds.iter().map(|s| s * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    let median = ms[ms.len() / 2];
+    let checksum: String = m.checksum.iter().map(|b| format!("{b:02x}")).collect();
+    let same = target
+        .runs_natively()
+        .then(|| host_checksum(&model.graph, &target, request.seed))
+        .transpose()?
+        .map(|h| h == m.checksum);
+    if req.json {
+        let j = serde_json::json!({
+            "device": info.cpu_model, "arch": info.arch, "target": target.name(),
+            "median_ms": median, "min_ms": ms[0], "calls_per_timing": m.number,
+            "timings_ms": ms, "library_bytes": bytes.len(), "checksum": checksum,
+            "matches_host": same,
+        });
+        println!("{j}");
+        return Ok(());
+    }
+    println!(
+        "device      {} ({}, {} cores) at {addr}",
+        info.cpu_model, info.arch, info.cores
+    );
+    println!("library     {} bytes for {}", bytes.len(), target.name());
+    println!("median      {median:.3} ms");
+    println!(
+        "min         {:.3} ms ({} timings of {} calls)",
+        ms[0],
+        ms.len(),
+        m.number
+    );
+    let verdict = match same {
+        Some(true) => " (identical to this machine's run of the same inputs)",
+        Some(false) => " (DIFFERS from this machine's run of the same inputs)",
+        None => "",
+    };
+    println!("outputs     sha256 {checksum}{verdict}");
+    Ok(())
+}
+
+/// SHA-256 of the outputs this machine computes for `graph` on the agent's inputs of `seed`.
+fn host_checksum(
+    graph: &kiln::Graph,
+    target: &kiln::Target,
+    seed: u64,
+) -> Result<[u8; 32], CliError> {
+    let code = |d: kiln::DType| match d {
+        kiln::DType::F32 => 0,
+        kiln::DType::F64 => 8,
+        _ => -1,
+    };
+    let mut state = seed;
+    let mut inputs = vec![];
+    for &v in graph.inputs() {
+        let ty = graph.ty(v);
+        let mut bytes = vec![0u8; ty.byte_size()];
+        kiln_rpc::agent::fill_input(&mut bytes, code(ty.dtype), &mut state);
+        inputs.push(
+            kiln::tensor_from_bytes(ty, &bytes)
+                .ok_or_else(|| CliError::Remote("cannot make the host's inputs".into()))?,
+        );
+    }
+    let backend = |source: crate::backend::BackendError| CliError::Backend {
+        backend: "jit",
+        source: Box::new(source),
+    };
+    let model = kiln::Compiler::new(target.clone())
+        .compile(graph)
+        .map_err(|e| backend(e.into()))?;
+    let outputs = model.run(&inputs).map_err(|e| backend(e.into()))?;
+    let mut all = vec![];
+    for o in &outputs {
+        all.extend(kiln::tensor_bytes(o));
+    }
+    Ok(kiln_rpc::agent::sha256(&all))
+}

@@ -515,3 +515,69 @@ fn remote_commands_explain_bad_arguments() {
     );
     assert!(err.contains("no-such-target"), "{err}");
 }
+
+/// `kiln rpc bench` against an agent built for this machine on loopback: the library runs
+/// there and its outputs equal this machine's run of the same inputs.
+#[test]
+fn rpc_bench_times_a_model_on_an_agent_and_checks_its_outputs() {
+    let dir = scratch("rpc_bench");
+    let agent = dir.join("kiln-agent");
+    if let Err(e) = kiln_agent::build(&kiln::Target::host(), &agent) {
+        assert!(
+            std::env::var("KILN_REQUIRE_AGENT").as_deref() != Ok("1"),
+            "KILN_REQUIRE_AGENT=1 and the agent does not build: {e}"
+        );
+        println!("notice: the device agent cannot be built here, this test skips: {e}");
+        return;
+    }
+    let key = dir.join("agent.key");
+    fs::write(&key, "a-key-for-the-cli-test-0123456789\n").unwrap();
+    let mut child = Command::new(&agent)
+        .args(["--listen", "127.0.0.1:0", "--key-file"])
+        .arg(&key)
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line.split("listening on ").nth(1).unwrap();
+    let addr = addr.split_whitespace().next().unwrap();
+    let model = models().join("dscnn_kws.onnx");
+    let args = [
+        "rpc",
+        "bench",
+        "--rpc",
+        addr,
+        "--repeat",
+        "3",
+        "--min-repeat-ms",
+        "5",
+        "--json",
+        "--key-file",
+    ];
+    let mut all = with_path(&args, &key);
+    all.push(model.into_os_string());
+    let out = kiln(all);
+    let _ = child.kill();
+    let _ = child.wait();
+    let (stdout, _) = expect_code(&out, 0, "rpc bench");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        report["matches_host"],
+        serde_json::Value::Bool(true),
+        "{report}"
+    );
+    assert!(report["median_ms"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(
+        report["timings_ms"].as_array().unwrap().len(),
+        3,
+        "{report}"
+    );
+}
