@@ -541,3 +541,75 @@ fn crashing_hanging_hungry_and_exiting_libraries_are_reported_and_contained() {
     client.bye().unwrap();
     still_serves(&mut agent);
 }
+
+/// The agent built for aarch64 and run under qemu-user on loopback (timings under qemu mean
+/// nothing: this checks the protocol and that a library compiled for aarch64 runs there).
+#[test]
+fn an_aarch64_agent_under_qemu_serves_and_measures() {
+    let target = kiln::Target::named("aarch64-linux-gnu").unwrap();
+    let require = std::env::var("KILN_REQUIRE_AGENT").as_deref() == Ok("1");
+    let runner = target.runner().to_vec();
+    let qemu = runner.first().and_then(|r| kiln::aot::find_program(r));
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("kiln-agent-aarch64");
+    let built = kiln_agent::build(&target, &bin);
+    match (&built, &qemu) {
+        (Ok(_), Some(_)) => {}
+        _ if require => panic!("KILN_REQUIRE_AGENT=1: no aarch64 agent under qemu: {built:?}"),
+        _ => {
+            println!("notice: no aarch64 agent or no qemu here, this test skips: {built:?}");
+            return;
+        }
+    }
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, KEY).unwrap();
+    let mut child = Command::new(&runner[0])
+        .args(&runner[1..])
+        .arg(&bin)
+        .args(["--listen", "127.0.0.1:0", "--key-file"])
+        .arg(&key_file)
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.split("listening on ").nth(1).unwrap();
+    let addr = addr.split_whitespace().next().unwrap().to_string();
+    let agent = Agent { child, addr, dir };
+    let slow = Duration::from_secs(60);
+    let mut client = AgentClient::connect(&agent.addr, &key(), slow).unwrap();
+    let info = client.device_info().unwrap();
+    assert_eq!(info.arch, "aarch64", "{info:?}");
+    let model =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/models/dscnn_kws.onnx");
+    let graph = kiln::load_onnx(&model, &Default::default()).unwrap().graph;
+    let lib = agent.dir.path().join("libdscnn_aarch64.so");
+    kiln::aot::compile_library(&graph, &target, &Default::default(), &lib).unwrap();
+    let hash = client.upload(&std::fs::read(&lib).unwrap()).unwrap();
+    let req = MeasureRequest {
+        repeat: 2,
+        min_repeat_ms: 1,
+        timeout_ms: 50_000,
+        ..MeasureRequest::default()
+    };
+    let first = client.measure(&hash, &req).unwrap();
+    assert_eq!(first.status, MeasureStatus::Ok, "{}", first.message);
+    let again = client.measure(&hash, &req).unwrap();
+    assert_eq!(
+        again.checksum, first.checksum,
+        "the same inputs, the same outputs"
+    );
+    // A library for the other architecture is an error, not a crash.
+    let x86 = agent.dir.path().join("libdscnn_x86.so");
+    kiln::aot::compile_library(&graph, &kiln::Target::host(), &Default::default(), &x86).unwrap();
+    let hash = client.upload(&std::fs::read(&x86).unwrap()).unwrap();
+    let m = client.measure(&hash, &req).unwrap();
+    assert_eq!(m.status, MeasureStatus::Error, "{m:?}");
+    assert!(m.message.contains("cannot load"), "{m:?}");
+    client.bye().unwrap();
+}
