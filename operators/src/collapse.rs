@@ -138,17 +138,11 @@ pub fn collapse(op: &Op, inputs: &[&TensorType]) -> Option<Collapsed> {
 
 /// Whether `op` computes each element of its result from the elements of its operands at the
 /// same (broadcast) position and nothing else: its definition never looks at an axis.
+///
+/// These are the fusion rule's epilogue ops but RESCALE (per-channel parameters along an axis)
+/// and TABLE (a lookup table operand that does not broadcast).
 pub fn is_pointwise(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Identity
-            | Op::Unary(_)
-            | Op::Binary(_)
-            | Op::Clamp { .. }
-            | Op::Select
-            | Op::MulAdd
-            | Op::Cast { .. }
-    )
+    crate::fusion::is_epilogue(op) && !matches!(op, Op::Rescale(_) | Op::Table)
 }
 
 /// The runs of axes a group of pointwise ops (see [`is_pointwise`]) can run over merged, given

@@ -2,6 +2,8 @@
 #define _GNU_SOURCE
 #include "measure.h"
 
+#include "kiln_model.h"
+
 #include <dlfcn.h>
 #include <errno.h>
 #include <openssl/evp.h>
@@ -15,19 +17,12 @@
 #include <time.h>
 #include <unistd.h>
 
-/* The subset of kiln_model.h the agent calls (the agent does not include the runtime). */
-typedef struct {
-    const char *name;
-    int32_t dtype, rank;
-    const int64_t *shape;
-    size_t bytes;
-} tensor_info;
-
+/* The library's entry points, looked up with dlsym (kiln_model.h is the runtime's header). */
 typedef int32_t (*count_fn)(void);
-typedef int32_t (*info_fn)(int32_t, tensor_info *);
-typedef int32_t (*create_fn)(int32_t, void **);
-typedef int32_t (*run_fn)(void *, const void *const *, void *const *);
-typedef void (*destroy_fn)(void *);
+typedef int32_t (*info_fn)(int32_t, kiln_tensor_info *);
+typedef int32_t (*create_fn)(int32_t, kiln_model **);
+typedef int32_t (*run_fn)(kiln_model *, const void *const *, void *const *);
+typedef void (*destroy_fn)(kiln_model *);
 typedef const char *(*missing_fn)(void);
 
 static uint64_t next(uint64_t *s) {
@@ -41,10 +36,10 @@ static uint64_t next(uint64_t *s) {
 }
 
 void measure_fill(void *buf, uint64_t bytes, int32_t dtype, uint64_t *state) {
-    if (dtype == 0) { /* f32 */
+    if (dtype == KILN_DTYPE_F32) {
         float *f = buf;
         for (uint64_t i = 0; i < bytes / 4; i++) f[i] = (float)(next(state) >> 40) / 16777216.0f;
-    } else if (dtype == 8) { /* f64 */
+    } else if (dtype == KILN_DTYPE_F64) {
         double *d = buf;
         for (uint64_t i = 0; i < bytes / 8; i++) d[i] = (double)(next(state) >> 11) / 9007199254740992.0;
     } else {
@@ -85,7 +80,7 @@ static void run_child(const char *path, const measure_request *q, measure_result
     size_t out_bytes[64];
     uint64_t state = q->seed;
     for (int32_t i = 0; i < ni; i++) {
-        tensor_info t;
+        kiln_tensor_info t;
         if (in_info(i, &t)) return fail(r, MEASURE_ERROR, "input info failed%s", NULL);
         void *b = malloc(t.bytes ? t.bytes : 1);
         if (!b) return fail(r, MEASURE_ERROR, "out of memory for the inputs%s", NULL);
@@ -93,16 +88,16 @@ static void run_child(const char *path, const measure_request *q, measure_result
         ins[i] = b;
     }
     for (int32_t i = 0; i < no; i++) {
-        tensor_info t;
+        kiln_tensor_info t;
         if (out_info(i, &t)) return fail(r, MEASURE_ERROR, "output info failed%s", NULL);
         out_bytes[i] = t.bytes;
         outs[i] = calloc(1, t.bytes ? t.bytes : 1);
         if (!outs[i]) return fail(r, MEASURE_ERROR, "out of memory for the outputs%s", NULL);
     }
-    void *model = NULL;
+    kiln_model *model = NULL;
     int32_t st = create(q->threads, &model);
     if (st) {
-        if (st == 6 && missing) return fail(r, MEASURE_ERROR, "this CPU lacks %s", missing());
+        if (st == KILN_ERROR_UNSUPPORTED_CPU && missing) return fail(r, MEASURE_ERROR, "this CPU lacks %s", missing());
         char code[16];
         snprintf(code, sizeof code, "%d", st);
         return fail(r, MEASURE_ERROR, "kiln_model_create failed with status %s", code);

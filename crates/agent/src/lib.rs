@@ -18,13 +18,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The agent's C sources, embedded so that an installed `kiln` builds agents anywhere.
-pub const SOURCES: [(&str, &str); 7] = [
+pub const SOURCES: [(&str, &str); 8] = [
     ("wire.h", include_str!("../c/wire.h")),
     ("wire.c", include_str!("../c/wire.c")),
     ("device_info.h", include_str!("../c/device_info.h")),
     ("device_info.c", include_str!("../c/device_info.c")),
     ("measure.h", include_str!("../c/measure.h")),
     ("measure.c", include_str!("../c/measure.c")),
+    // The C ABI of compiled libraries, which the agent loads.
+    ("kiln_model.h", include_str!("../../runtime/c/kiln_model.h")),
     ("agent.c", include_str!("../c/agent.c")),
 ];
 

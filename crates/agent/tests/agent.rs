@@ -57,11 +57,23 @@ impl Drop for Agent {
 }
 
 fn start(extra: &[&str]) -> Option<Agent> {
-    let bin = agent_binary()?;
+    Some(spawn(&[], agent_binary()?, extra))
+}
+
+/// The agent `bin` started on a loopback port (through `runner`, e.g. qemu, when not empty).
+fn spawn(runner: &[String], bin: &std::path::Path, extra: &[&str]) -> Agent {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("key");
     std::fs::write(&key_file, KEY).unwrap();
-    let mut child = Command::new(bin)
+    let mut command = match runner.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = command
         .args(["--listen", "127.0.0.1:0", "--key-file"])
         .arg(&key_file)
         .arg("--work-dir")
@@ -81,7 +93,7 @@ fn start(extra: &[&str]) -> Option<Agent> {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no address in the agent's first line: {line:?}"))
         .to_string();
-    Some(Agent { child, addr, dir })
+    Agent { child, addr, dir }
 }
 
 fn key() -> Key {
@@ -561,26 +573,7 @@ fn an_aarch64_agent_under_qemu_serves_and_measures() {
             return;
         }
     }
-    let key_file = dir.path().join("key");
-    std::fs::write(&key_file, KEY).unwrap();
-    let mut child = Command::new(&runner[0])
-        .args(&runner[1..])
-        .arg(&bin)
-        .args(["--listen", "127.0.0.1:0", "--key-file"])
-        .arg(&key_file)
-        .arg("--work-dir")
-        .arg(dir.path().join("work"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.split("listening on ").nth(1).unwrap();
-    let addr = addr.split_whitespace().next().unwrap().to_string();
-    let agent = Agent { child, addr, dir };
+    let agent = spawn(&runner, &bin, &[]);
     let slow = Duration::from_secs(60);
     let mut client = AgentClient::connect(&agent.addr, &key(), slow).unwrap();
     let info = client.device_info().unwrap();
