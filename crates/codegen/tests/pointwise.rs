@@ -220,14 +220,19 @@ fn run(f: &PrimFunc, args: &[Tensor], micro: bool) -> (Vec<Tensor>, usize) {
         verify_ir: true,
         ..CodegenOptions::default()
     };
-    let jit = JitModule::compile(std::slice::from_ref(f), &opts).unwrap();
+    run_with(f, args, &opts)
+}
+
+/// `f` compiled with `opts` and run on `args`: the results and the loops run as pointwise calls.
+fn run_with(f: &PrimFunc, args: &[Tensor], opts: &CodegenOptions) -> (Vec<Tensor>, usize) {
+    let jit = JitModule::compile(std::slice::from_ref(f), opts).unwrap();
     let mut got = args.to_vec();
     jit.kernel(&f.name).unwrap().run(&mut got).unwrap();
     (got, jit.stats().pointwise_loops)
 }
 
-#[test]
-fn elementwise_loops_give_the_vector_codes_bits() {
+/// This machine's pointwise micro-kernel family, if it runs one (a notice when not).
+fn host_pointwise() -> Option<MicroIsa> {
     let host = kiln_codegen::isa::host_isa(false, false).unwrap();
     let micro = kiln_codegen::isa::HostInfo::of(&*host)
         .micro
@@ -235,6 +240,12 @@ fn elementwise_loops_give_the_vector_codes_bits() {
     if micro.is_none() {
         println!("notice: this machine has no pointwise micro-kernels; only the vector path ran");
     }
+    micro
+}
+
+#[test]
+fn elementwise_loops_give_the_vector_codes_bits() {
+    let micro = host_pointwise();
     // One vector and a tail, a row of attention scores, and lengths past two chunks (a loop of
     // whole-chunk calls and a remainder kernel).
     for (rows, n) in [(3, 9), (4, 197), (2, 600), (1, 1024)] {
@@ -340,21 +351,12 @@ fn run_avx2(f: &PrimFunc, args: &[Tensor]) -> Option<(Vec<Tensor>, usize)> {
         },
         ..CodegenOptions::default()
     };
-    let jit = JitModule::compile(std::slice::from_ref(f), &opts).unwrap();
-    let mut got = args.to_vec();
-    jit.kernel(&f.name).unwrap().run(&mut got).unwrap();
-    Some((got, jit.stats().pointwise_loops))
+    Some(run_with(f, args, &opts))
 }
 
 #[test]
 fn quantize_loops_give_the_vector_codes_bits() {
-    let host = kiln_codegen::isa::host_isa(false, false).unwrap();
-    let micro = kiln_codegen::isa::HostInfo::of(&*host)
-        .micro
-        .filter(|i| i.runs_here());
-    if micro.is_none() {
-        println!("notice: this machine has no pointwise micro-kernels; only the vector path ran");
-    }
+    let micro = host_pointwise();
     for out in [DType::F32, DType::I32, DType::I8, DType::U8] {
         for n in [64, 77, 600, 3072] {
             let f = quantize_loop(n, out);
