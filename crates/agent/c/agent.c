@@ -1,14 +1,16 @@
 /* kiln-agent: the device side of Kiln's remote measurement (docs/rpc-protocol.md).
  *
  *   kiln-agent --listen ADDR:PORT --key-file FILE [--work-dir DIR] [--max-sessions N]
- *              [--session-timeout-s S]
+ *              [--session-timeout-s S] [--tracker HOST:PORT --device-key NAME
+ *              [--advertise-host HOST]]
  *
  * Each connection is served by a forked child, so a session that fails (a bad frame, a wrong
  * key, a crash) ends only that child; the parent keeps accepting. Every read and write has a
  * deadline (the socket's timeouts). Messages: INFO (what the device is), a chunked upload of a
  * library (size capped, SHA-256 checked, stored as HASH.so in the session's own directory),
  * MEASURE (timed in a forked grandchild with resource limits and a watchdog, measure.c),
- * DELETE and BYE; anything else is answered with FAILED and the session goes on.
+ * DELETE and BYE; anything else is answered with FAILED and the session goes on. With
+ * --tracker, a registrar process (register.c) keeps the agent in the tracker's pool.
  *
  * Invariant: nothing the peer sends is acted on before the handshake authenticated it
  * (wire.c), the key is never printed, the parent never reads from a client, no path comes from
@@ -18,6 +20,8 @@
 #define _GNU_SOURCE
 #include "device_info.h"
 #include "measure.h"
+#include "net.h"
+#include "register.h"
 #include "wire.h"
 
 #include <arpa/inet.h>
@@ -33,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -84,50 +89,6 @@ typedef struct {
     upload_t up;
     uint64_t stored;
 } session_t;
-
-static void logf_(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    char line[512];
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "kiln-agent[%d]: %s\n", (int)getpid(), line);
-}
-
-static long fd_read(void *ctx, void *buf, size_t n) {
-    int fd = *(int *)ctx;
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = read(fd, (char *)buf + got, n - got);
-        if (r == 0) return (long)got;
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        got += (size_t)r;
-    }
-    return (long)got;
-}
-
-static int fd_write(void *ctx, const void *buf, size_t n) {
-    int fd = *(int *)ctx;
-    size_t put = 0;
-    while (put < n) {
-        ssize_t r = send(fd, (const char *)buf + put, n - put, MSG_NOSIGNAL);
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        put += (size_t)r;
-    }
-    return 0;
-}
-
-static void set_deadline(int fd, int seconds) {
-    struct timeval tv = {seconds, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-}
 
 static void send_failed(wire_session *s, const char *why) {
     (void)wire_send(s, MSG_FAILED, (const uint8_t *)why, strlen(why));
@@ -317,7 +278,7 @@ static int on_measure(wire_session *s, session_t *ss, const uint8_t *p, size_t l
     size_t m = strnlen(r.message, sizeof r.message);
     memcpy(out + n, r.message, m);
     n += m;
-    logf_("measured %.16s...: status %d, %u timings of %u calls%s%s", lib + strlen(ss->dir) + 1,
+    net_log("measured %.16s...: status %d, %u timings of %u calls%s%s", lib + strlen(ss->dir) + 1,
           r.status, r.count, r.number, m ? ": " : "", r.message);
     return wire_send(s, MSG_MEASURED, out, n);
 }
@@ -343,21 +304,21 @@ static int session_loop(wire_session *s, session_t *ss, const char *peer);
 
 static int serve(int fd, const char *peer, const wire_key *key, int session_timeout_s,
                  const char *work_dir) {
-    wire_io io = {fd_read, fd_write, &fd};
+    wire_io io = {net_read, net_write, &fd};
     wire_session s;
-    set_deadline(fd, HANDSHAKE_TIMEOUT_S);
+    net_set_deadline(fd, HANDSHAKE_TIMEOUT_S);
     int r = wire_accept(&s, &io, key, SESSION_CAP);
     if (r) {
-        logf_("session from %s refused: %s", peer, s.error);
+        net_log("session from %s refused: %s", peer, s.error);
         return 1;
     }
-    set_deadline(fd, session_timeout_s);
-    logf_("session from %s authenticated", peer);
+    net_set_deadline(fd, session_timeout_s);
+    net_log("session from %s authenticated", peer);
     static session_t ss;
     memset(&ss, 0, sizeof ss);
     snprintf(ss.dir, sizeof ss.dir, "%s/session-%d", work_dir, (int)getpid());
     if (mkdir(ss.dir, 0700) && errno != EEXIST) {
-        logf_("session from %s: cannot create %s", peer, ss.dir);
+        net_log("session from %s: cannot create %s", peer, ss.dir);
         return 1;
     }
     int status = session_loop(&s, &ss, peer);
@@ -374,11 +335,11 @@ static int session_loop(wire_session *s, session_t *ss, const char *peer) {
         size_t len;
         r = wire_recv(s, &kind, &payload, &len);
         if (r == WIRE_CLOSED) {
-            logf_("session from %s: the client closed the connection", peer);
+            net_log("session from %s: the client closed the connection", peer);
             return 0;
         }
         if (r) {
-            logf_("session from %s ended: %s", peer, s->error);
+            net_log("session from %s ended: %s", peer, s->error);
             return 1;
         }
         switch (kind) {
@@ -406,7 +367,7 @@ static int session_loop(wire_session *s, session_t *ss, const char *peer) {
         }
         case MSG_BYE:
             free(payload);
-            logf_("session from %s: bye", peer);
+            net_log("session from %s: bye", peer);
             return 0;
         default: {
             char why[64];
@@ -417,7 +378,7 @@ static int session_loop(wire_session *s, session_t *ss, const char *peer) {
         }
         free(payload);
         if (r) {
-            logf_("session from %s ended: %s", peer, s->error);
+            net_log("session from %s ended: %s", peer, s->error);
             return 1;
         }
     }
@@ -427,9 +388,12 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: kiln-agent --listen ADDR:PORT --key-file FILE [--work-dir DIR]\n"
             "                  [--max-sessions N] [--session-timeout-s S]\n"
+            "                  [--tracker HOST:PORT --device-key NAME [--advertise-host HOST]]\n"
             "Serves Kiln's remote measurement protocol (version %d) on ADDR:PORT (port 0 picks a\n"
             "free one; the line 'listening on ADDR:PORT' on stdout says which). FILE holds the\n"
-            "pre-shared key (at least 16 bytes; keep it chmod 600).\n",
+            "pre-shared key (at least 16 bytes; keep it chmod 600). With --tracker the agent\n"
+            "joins that tracker's pool under NAME; clients reach it at the address the tracker\n"
+            "sees its registration come from (or HOST) and the port it listens on.\n",
             KILN_PROTOCOL_VERSION);
 }
 
@@ -438,22 +402,6 @@ static int die(const char *fmt, const char *arg) {
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\n");
     return 2;
-}
-
-/* Splits "host:port" (or "[v6]:port") in place. */
-static int split_addr(char *s, char **host, char **port) {
-    char *colon = strrchr(s, ':');
-    if (!colon) return -1;
-    *colon = 0;
-    *port = colon + 1;
-    *host = s;
-    if (s[0] == '[') {
-        size_t n = strlen(s);
-        if (n < 2 || s[n - 1] != ']') return -1;
-        s[n - 1] = 0;
-        *host = s + 1;
-    }
-    return **port ? 0 : -1;
 }
 
 static int read_key(const char *path, wire_key *key) {
@@ -480,8 +428,23 @@ static int read_key(const char *path, wire_key *key) {
     return 0;
 }
 
+/* Forks the process that keeps the agent registered with its tracker (it dies with the agent). */
+static pid_t start_registrar(const registrar_config *c, int lfd, pid_t agent) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != agent) _exit(0);
+        close(lfd);
+        registrar_run(c);
+        _exit(0);
+    }
+    if (pid < 0) net_log("cannot fork the registrar");
+    return pid;
+}
+
 int main(int argc, char **argv) {
     const char *listen_arg = NULL, *key_file = NULL, *work_dir = NULL;
+    const char *tracker = NULL, *device_key = NULL, *advertise = NULL;
     int max_sessions = 4, session_timeout_s = 120;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -502,6 +465,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--work-dir")) work_dir = v;
         else if (!strcmp(a, "--max-sessions")) max_sessions = atoi(v);
         else if (!strcmp(a, "--session-timeout-s")) session_timeout_s = atoi(v);
+        else if (!strcmp(a, "--tracker")) tracker = v;
+        else if (!strcmp(a, "--device-key")) device_key = v;
+        else if (!strcmp(a, "--advertise-host")) advertise = v;
         else {
             usage(stderr);
             return die("unknown argument %s", a);
@@ -514,6 +480,12 @@ int main(int argc, char **argv) {
     }
     if (max_sessions < 1 || session_timeout_s < 1)
         return die("%s", "--max-sessions and --session-timeout-s must be positive");
+    if (!tracker != !device_key)
+        return die("%s", "--tracker and --device-key go together");
+    if (device_key && !registrar_valid_name(device_key, 0))
+        return die("--device-key %s: use 1-64 of A-Z a-z 0-9 . _ -", device_key);
+    if (advertise && (!tracker || !registrar_valid_name(advertise, 1)))
+        return die("--advertise-host %s: a host name or address, with --tracker", advertise);
     wire_key key;
     int rc = read_key(key_file, &key);
     if (rc) return rc;
@@ -528,7 +500,7 @@ int main(int argc, char **argv) {
     char addr[300];
     snprintf(addr, sizeof addr, "%s", listen_arg);
     char *host, *port;
-    if (split_addr(addr, &host, &port)) return die("--listen %s is not ADDR:PORT", listen_arg);
+    if (net_split_addr(addr, &host, &port)) return die("--listen %s is not ADDR:PORT", listen_arg);
     struct addrinfo hints = {0}, *ai;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
@@ -554,10 +526,22 @@ int main(int argc, char **argv) {
            KILN_PROTOCOL_VERSION, work_dir);
     fflush(stdout);
 
+    registrar_config registrar = {tracker, device_key, advertise, atoi(bport), NULL, &key};
+    static char info[16384];
+    if (tracker) {
+        device_info_json(info, sizeof info, AGENT_VERSION, MAX_UPLOAD);
+        registrar.info_json = info;
+    }
+    pid_t agent = getpid(), registrar_pid = tracker ? start_registrar(&registrar, lfd, agent) : 0;
     int active = 0;
     for (;;) {
         pid_t done;
         while ((done = waitpid(-1, NULL, WNOHANG)) > 0) {
+            if (done == registrar_pid) {
+                net_log("the registrar ended; starting another");
+                registrar_pid = start_registrar(&registrar, lfd, agent);
+                continue;
+            }
             active--;
             /* A child killed before it cleaned up leaves its session directory behind. */
             char dir[4200];
@@ -578,11 +562,11 @@ int main(int argc, char **argv) {
         if (active >= max_sessions) {
             /* Before authentication, so only the fixed reason goes out. */
             static const uint8_t busy[] = "\x03" "the agent is busy: all sessions are in use";
-            wire_io io = {fd_read, fd_write, &fd};
-            set_deadline(fd, 1);
+            wire_io io = {net_read, net_write, &fd};
+            net_set_deadline(fd, 1);
             (void)wire_write_frame(&io, busy, sizeof busy - 1);
             close(fd);
-            logf_("refused %s: %d sessions active", peer, active);
+            net_log("refused %s: %d sessions active", peer, active);
             continue;
         }
         pid_t pid = fork();
@@ -594,6 +578,6 @@ int main(int argc, char **argv) {
         }
         close(fd);
         if (pid > 0) active++;
-        else logf_("cannot fork for %s", peer);
+        else net_log("cannot fork for %s", peer);
     }
 }

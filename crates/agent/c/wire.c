@@ -136,24 +136,11 @@ static int tag_of(const uint8_t *key, size_t key_len, const char *label, const u
     return wire_hmac(key, key_len, parts, lens, out);
 }
 
-int wire_accept(wire_session *s, const wire_io *io, const wire_key *key, uint64_t cap) {
-    memset(s, 0, sizeof *s);
-    s->io = *io;
-    s->cap = cap;
-    uint8_t sn[KILN_NONCE_BYTES], cn[KILN_NONCE_BYTES];
-    if (RAND_bytes(sn, sizeof sn) != 1) return fail(s, WIRE_CRYPTO, "no randomness for a nonce");
-    uint8_t hello[1 + 8 + 2 + KILN_NONCE_BYTES];
-    hello[0] = KILN_HELLO;
-    memcpy(hello + 1, MAGIC, 8);
-    hello[9] = KILN_PROTOCOL_VERSION & 0xff;
-    hello[10] = KILN_PROTOCOL_VERSION >> 8;
-    memcpy(hello + 11, sn, KILN_NONCE_BYTES);
-    int r = wire_write_frame(io, hello, sizeof hello);
-    if (r) return fail(s, r, "sending HELLO");
-
+/* Reads the peer's HELLO into `nonce`; a version mismatch is reported to the peer. */
+static int read_hello(wire_session *s, const wire_io *io, uint8_t nonce[KILN_NONCE_BYTES]) {
     uint8_t *body;
     size_t len;
-    r = wire_read_frame(io, KILN_PREAUTH_MAX, &body, &len);
+    int r = wire_read_frame(io, KILN_PREAUTH_MAX, &body, &len);
     if (r) return fail(s, r, "reading HELLO");
     if (body[0] == KILN_ERROR) {
         free(body);
@@ -187,9 +174,38 @@ int wire_accept(wire_session *s, const wire_io *io, const wire_key *key, uint64_
         free(body);
         return fail(s, WIRE_MALFORMED, "a HELLO of the wrong length");
     }
-    memcpy(cn, body + 11, KILN_NONCE_BYTES);
+    memcpy(nonce, body + 11, KILN_NONCE_BYTES);
     free(body);
 
+    return WIRE_OK;
+}
+
+/* Sends our HELLO with a fresh nonce. */
+static int send_hello(wire_session *s, const wire_io *io, uint8_t nonce[KILN_NONCE_BYTES]) {
+    if (RAND_bytes(nonce, KILN_NONCE_BYTES) != 1)
+        return fail(s, WIRE_CRYPTO, "no randomness for a nonce");
+    uint8_t hello[1 + 8 + 2 + KILN_NONCE_BYTES];
+    hello[0] = KILN_HELLO;
+    memcpy(hello + 1, MAGIC, 8);
+    hello[9] = KILN_PROTOCOL_VERSION & 0xff;
+    hello[10] = KILN_PROTOCOL_VERSION >> 8;
+    memcpy(hello + 11, nonce, KILN_NONCE_BYTES);
+    int r = wire_write_frame(io, hello, sizeof hello);
+    return r ? fail(s, r, "sending HELLO") : WIRE_OK;
+}
+
+int wire_accept(wire_session *s, const wire_io *io, const wire_key *key, uint64_t cap) {
+    memset(s, 0, sizeof *s);
+    s->io = *io;
+    s->cap = cap;
+    uint8_t sn[KILN_NONCE_BYTES], cn[KILN_NONCE_BYTES];
+    int r = send_hello(s, io, sn);
+    if (r) return r;
+    r = read_hello(s, io, cn);
+    if (r) return r;
+
+    uint8_t *body;
+    size_t len;
     /* The client proves it holds the key first; the server answers only a correct proof. */
     r = wire_read_frame(io, KILN_PREAUTH_MAX, &body, &len);
     if (r) return fail(s, r, "reading AUTH");
@@ -218,6 +234,47 @@ int wire_accept(wire_session *s, const wire_io *io, const wire_key *key, uint64_
         return fail(s, r, "computing keys");
     r = wire_write_frame(io, auth, sizeof auth);
     if (r) return fail(s, r, "sending AUTH");
+    return WIRE_OK;
+}
+
+int wire_connect(wire_session *s, const wire_io *io, const wire_key *key, uint64_t cap) {
+    memset(s, 0, sizeof *s);
+    s->io = *io;
+    s->cap = cap;
+    uint8_t sn[KILN_NONCE_BYTES], cn[KILN_NONCE_BYTES];
+    int r = send_hello(s, io, cn);
+    if (r) return r;
+    r = read_hello(s, io, sn);
+    if (r) return r;
+    uint8_t auth[1 + KILN_TAG_BYTES];
+    auth[0] = KILN_AUTH;
+    if ((r = tag_of(key->bytes, key->len, "kiln-rpc client auth", cn, sn, auth + 1)))
+        return fail(s, r, "computing a tag");
+    r = wire_write_frame(io, auth, sizeof auth);
+    if (r) return fail(s, r, "sending AUTH");
+    uint8_t *body;
+    size_t len;
+    r = wire_read_frame(io, KILN_PREAUTH_MAX, &body, &len);
+    if (r) return fail(s, r, "reading AUTH");
+    if (body[0] == KILN_ERROR) {
+        char reason[120];
+        size_t n = len - 1 < sizeof reason - 1 ? len - 1 : sizeof reason - 1;
+        memcpy(reason, body + 1, n);
+        reason[n] = 0;
+        for (size_t i = 0; i < n; i++)
+            if (reason[i] < 0x20 || reason[i] > 0x7e) reason[i] = '?';
+        free(body);
+        return fail(s, WIRE_PEER_ERROR, reason);
+    }
+    uint8_t want[KILN_TAG_BYTES];
+    r = tag_of(key->bytes, key->len, "kiln-rpc server auth", cn, sn, want);
+    int good = r == WIRE_OK && body[0] == KILN_AUTH && len == 1 + KILN_TAG_BYTES &&
+               CRYPTO_memcmp(want, body + 1, KILN_TAG_BYTES) == 0;
+    free(body);
+    if (!good) return fail(s, WIRE_AUTH, "the server does not hold the key");
+    if ((r = tag_of(key->bytes, key->len, "kiln-rpc client->server", cn, sn, s->send_key)) ||
+        (r = tag_of(key->bytes, key->len, "kiln-rpc server->client", cn, sn, s->recv_key)))
+        return fail(s, r, "computing keys");
     return WIRE_OK;
 }
 

@@ -87,6 +87,9 @@ int wire_write_frame(const wire_io *io, const uint8_t *body, size_t len);
  * close); frames afterwards are capped at `cap` bytes. */
 int wire_accept(wire_session *s, const wire_io *io, const wire_key *key, uint64_t cap);
 
+/* Runs the client side of the handshake with `key` (the agent registering with a tracker). */
+int wire_connect(wire_session *s, const wire_io *io, const wire_key *key, uint64_t cap);
+
 /* Sends one message of application kind `kind` (>= KILN_FIRST_APP_KIND). */
 int wire_send(wire_session *s, uint8_t kind, const uint8_t *payload, size_t len);
 /* Receives the next message: its kind, and its payload in a fresh buffer (freed by the caller;

@@ -18,13 +18,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The agent's C sources, embedded so that an installed `kiln` builds agents anywhere.
-pub const SOURCES: [(&str, &str); 8] = [
+pub const SOURCES: [(&str, &str); 12] = [
     ("wire.h", include_str!("../c/wire.h")),
     ("wire.c", include_str!("../c/wire.c")),
     ("device_info.h", include_str!("../c/device_info.h")),
     ("device_info.c", include_str!("../c/device_info.c")),
     ("measure.h", include_str!("../c/measure.h")),
     ("measure.c", include_str!("../c/measure.c")),
+    ("net.h", include_str!("../c/net.h")),
+    ("net.c", include_str!("../c/net.c")),
+    ("register.h", include_str!("../c/register.h")),
+    ("register.c", include_str!("../c/register.c")),
     // The C ABI of compiled libraries, which the agent loads.
     ("kiln_model.h", include_str!("../../runtime/c/kiln_model.h")),
     ("agent.c", include_str!("../c/agent.c")),
@@ -79,7 +83,12 @@ pub fn build(target: &Target, out: &Path) -> Result<BuiltAgent, AgentError> {
         .current_dir(dir.path())
         .args(["-std=c11", "-O2", "-Wall", "-o"])
         .arg(out)
-        .args(["agent.c", "wire.c", "device_info.c", "measure.c"])
+        .args(
+            SOURCES
+                .iter()
+                .map(|(n, _)| *n)
+                .filter(|n| n.ends_with(".c")),
+        )
         // libcrypto statically (the board needs no OpenSSL), the C library dynamically
         // (a static glibc cannot be relied on in forked, networked programs).
         .args(["-Wl,-Bstatic", "-lcrypto", "-Wl,-Bdynamic"])

@@ -223,6 +223,19 @@ pub enum Command {
     /// Remote measurement sessions with device agents.
     #[command(subcommand)]
     Rpc(RpcCommand),
+    /// Serve a pool of device agents: agents register under a device key and send heartbeats;
+    /// clients (`kiln tune --tracker`, `kiln rpc status`) queue for leases by key and priority.
+    Tracker {
+        /// The address to listen on (port 0 picks a free one, printed on stdout).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: String,
+        /// The file holding the pre-shared key of the pool (agents and clients use the same).
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+        /// How often agents send heartbeats; one silent for three periods is dropped.
+        #[arg(long, default_value_t = 2000)]
+        heartbeat_ms: u64,
+    },
 }
 
 /// `kiln agent ...`.
@@ -276,6 +289,18 @@ pub enum RpcCommand {
         import: ImportArgs,
         #[command(flatten)]
         graph: GraphArgs,
+    },
+    /// Print a tracker's devices, leases and queue.
+    Status {
+        /// The tracker's address.
+        #[arg(long, value_name = "HOST:PORT")]
+        tracker: String,
+        /// The file holding the pool's pre-shared key.
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Connect to an agent and print what its device is (CPU, cores, caches, features).
     Info {
@@ -606,6 +631,16 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             timeout_s,
             json,
         }) => remote::info(&rpc, &key_file, timeout_s, json).map(|()| Outcome::Pass),
+        Command::Rpc(RpcCommand::Status {
+            tracker,
+            key_file,
+            json,
+        }) => remote::status(&tracker, &key_file, json).map(|()| Outcome::Pass),
+        Command::Tracker {
+            listen,
+            key_file,
+            heartbeat_ms,
+        } => remote::tracker(&listen, &key_file, heartbeat_ms).map(|()| Outcome::Pass),
     }
 }
 

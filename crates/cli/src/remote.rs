@@ -1,5 +1,6 @@
-//! `kiln agent build` (the device agent for a target) and `kiln rpc info` (what an agent's
-//! device is): the commands of remote measurement.
+//! `kiln agent build` (the device agent for a target), `kiln rpc info` (what an agent's
+//! device is), `kiln rpc bench`, `kiln tracker` and `kiln rpc status`: the commands of remote
+//! measurement.
 //!
 //! Invariant: a key file is read only to make a [`kiln_rpc::Key`]; its bytes are never printed.
 
@@ -67,6 +68,70 @@ pub fn info(addr: &str, key_file: &Path, timeout_s: u64, json: bool) -> Result<(
     println!("caches      {}", caches.join(", "));
     println!("kernel      {}", info.kernel);
     println!("features    {}", info.features.join(" "));
+    Ok(())
+}
+
+/// `kiln tracker --listen ADDR:PORT --key-file FILE`: serves until killed.
+pub fn tracker(listen: &str, key_file: &Path, heartbeat_ms: u64) -> Result<(), CliError> {
+    if heartbeat_ms < 10 {
+        return Err(CliError::Usage("--heartbeat-ms must be at least 10".into()));
+    }
+    let key = read_key(key_file)?;
+    let options = kiln_rpc::tracker::TrackerOptions {
+        heartbeat: Duration::from_millis(heartbeat_ms),
+        ..Default::default()
+    };
+    let tracker = kiln_rpc::tracker::Tracker::bind(listen, key, options)
+        .map_err(|e| CliError::Remote(format!("cannot listen on {listen}: {e}")))?;
+    let addr = tracker
+        .local_addr()
+        .map_err(|e| CliError::Remote(e.to_string()))?;
+    println!(
+        "kiln tracker: listening on {addr} (protocol {})",
+        kiln_rpc::PROTOCOL_VERSION
+    );
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    tracker.serve();
+    Ok(())
+}
+
+/// `kiln rpc status --tracker HOST:PORT --key-file FILE [--json]`.
+pub fn status(addr: &str, key_file: &Path, json: bool) -> Result<(), CliError> {
+    let key = read_key(key_file)?;
+    let remote = |e: kiln_rpc::RpcError| CliError::Remote(format!("tracker {addr}: {e}"));
+    let mut client = kiln_rpc::tracker::TrackerClient::connect(addr, &key, Duration::from_secs(10))
+        .map_err(remote)?;
+    let s = client.status().map_err(remote)?;
+    if json {
+        let text = serde_json::to_string_pretty(&s).map_err(|e| CliError::Remote(e.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!("devices ({})", s.devices.len());
+    for d in &s.devices {
+        let lease = d
+            .lease_id
+            .map_or("free".to_string(), |l| format!("leased ({l})"));
+        println!(
+            "  {:>4}  {:<16} {:<22} {:<10} {}  (heartbeat {:.1} s ago)",
+            d.device_id, d.device_key, d.address, lease, d.cpu, d.last_heartbeat_s
+        );
+    }
+    println!("leases ({})", s.leases.len());
+    for l in &s.leases {
+        println!(
+            "  {:>4}  device {} `{}` held by {} for {:.1} s, {:.0} s left",
+            l.lease_id, l.device_id, l.device_key, l.client, l.held_s, l.remaining_s
+        );
+    }
+    println!("queue ({}, in service order)", s.queue.len());
+    for q in &s.queue {
+        println!(
+            "  {:>4}  `{}` priority {} from {}, waiting {:.1} s",
+            q.ticket, q.device_key, q.priority, q.client, q.waiting_s
+        );
+    }
     Ok(())
 }
 

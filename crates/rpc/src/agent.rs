@@ -17,7 +17,7 @@
 
 use crate::{Channel, Key, Role, RpcError};
 use serde::{Deserialize, Serialize};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::time::Duration;
 
 pub const INFO_REQUEST: u8 = 16;
@@ -172,18 +172,7 @@ impl AgentClient {
     /// Connects to the agent at `addr` and runs the handshake with `key`; `timeout` bounds the
     /// connection and every later read and write.
     pub fn connect(addr: &str, key: &Key, timeout: Duration) -> Result<AgentClient, RpcError> {
-        let target = addr
-            .to_socket_addrs()
-            .map_err(|e| RpcError::Connect(format!("{addr}: {e}")))?
-            .next()
-            .ok_or_else(|| RpcError::Connect(format!("{addr}: no address")))?;
-        let stream = TcpStream::connect_timeout(&target, timeout)
-            .map_err(|e| RpcError::Connect(format!("{addr}: {e}")))?;
-        let deadlines = stream
-            .set_read_timeout(Some(timeout))
-            .and_then(|()| stream.set_write_timeout(Some(timeout)))
-            .and_then(|()| stream.set_nodelay(true));
-        deadlines.map_err(|e| RpcError::Connect(format!("{addr}: {e}")))?;
+        let stream = crate::connect_stream(addr, timeout)?;
         let channel = Channel::handshake(stream, key, Role::Client, SESSION_CAP)?;
         Ok(AgentClient { channel })
     }

@@ -13,6 +13,7 @@ use crate::frame::{read_frame, write_frame, FrameError, PREAUTH_MAX};
 use crate::handshake::{self, Key, Side, FIRST_APP_KIND, NONCE_BYTES, PROTOCOL_VERSION, TAG_BYTES};
 use crate::RpcError;
 use std::io::{Read, Write};
+use std::net::TcpStream;
 
 /// Which end of the session this is: the client connects and authenticates first.
 pub type Role = Side;
@@ -147,6 +148,61 @@ impl<S: Read + Write> Channel<S> {
     /// The underlying stream (to set deadlines, or to shut it down).
     pub fn stream(&self) -> &S {
         &self.stream
+    }
+}
+
+/// The sending half of a split TCP session.
+#[derive(Debug)]
+pub struct SendHalf(Channel<TcpStream>);
+
+/// The receiving half of a split TCP session.
+#[derive(Debug)]
+pub struct RecvHalf(Channel<TcpStream>);
+
+impl SendHalf {
+    /// See [`Channel::send`].
+    pub fn send(&mut self, kind: u8, payload: &[u8]) -> Result<(), RpcError> {
+        self.0.send(kind, payload)
+    }
+
+    /// The underlying stream.
+    pub fn stream(&self) -> &TcpStream {
+        &self.0.stream
+    }
+}
+
+impl RecvHalf {
+    /// See [`Channel::recv`].
+    pub fn recv(&mut self) -> Result<(u8, Vec<u8>), RpcError> {
+        self.0.recv()
+    }
+
+    /// The underlying stream.
+    pub fn stream(&self) -> &TcpStream {
+        &self.0.stream
+    }
+}
+
+impl Channel<TcpStream> {
+    /// Splits the session so that one thread sends while another receives: each half keeps
+    /// its own direction's sequence number (the directions are independent), and an error in
+    /// either poisons only that half (its peer notices at its next frame).
+    pub fn split(self) -> std::io::Result<(SendHalf, RecvHalf)> {
+        let other = self.stream.try_clone()?;
+        let recv = Channel {
+            stream: other,
+            send_key: [0; TAG_BYTES],
+            recv_key: self.recv_key,
+            send_seq: 0,
+            recv_seq: self.recv_seq,
+            cap: self.cap,
+            poisoned: self.poisoned,
+        };
+        let send = Channel {
+            recv_key: [0; TAG_BYTES],
+            ..self
+        };
+        Ok((SendHalf(send), RecvHalf(recv)))
     }
 }
 

@@ -12,7 +12,10 @@
 //! - [`channel`]: after the handshake every frame carries an HMAC-SHA256 tag over its implicit
 //!   sequence number, type and payload, so a tampered, replayed, reordered or dropped frame
 //!   fails verification and ends the session.
-//! - [`agent`]: the host's client of a device agent (connect with deadlines, device info).
+//! - [`agent`]: the host's client of a device agent (connect with deadlines, device info,
+//!   upload, measure, delete).
+//! - [`tracker`]: the device pool: agents register and send heartbeats, clients queue for
+//!   leases by device key and priority; its server and both kinds of client.
 //!
 //! Invariant: nothing a peer sends is trusted before it is authenticated: before the handshake
 //! completes a frame is at most [`frame::PREAUTH_MAX`] bytes and is parsed only as a HELLO or an
@@ -24,11 +27,30 @@ pub mod agent;
 pub mod channel;
 pub mod frame;
 pub mod handshake;
+pub mod tracker;
 
 pub use agent::{AgentClient, DeviceInfo};
 pub use channel::{Channel, Role};
 pub use frame::{FrameError, PREAUTH_MAX};
 pub use handshake::{Key, PROTOCOL_VERSION};
+use std::net::{TcpStream, ToSocketAddrs};
+
+/// A TCP connection to `addr` with `timeout` on the connection and on every read and write.
+pub fn connect_stream(addr: &str, timeout: std::time::Duration) -> Result<TcpStream, RpcError> {
+    let target = addr
+        .to_socket_addrs()
+        .map_err(|e| RpcError::Connect(format!("{addr}: {e}")))?
+        .next()
+        .ok_or_else(|| RpcError::Connect(format!("{addr}: no address")))?;
+    let stream = TcpStream::connect_timeout(&target, timeout)
+        .map_err(|e| RpcError::Connect(format!("{addr}: {e}")))?;
+    let deadlines = stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .and_then(|()| stream.set_nodelay(true));
+    deadlines.map_err(|e| RpcError::Connect(format!("{addr}: {e}")))?;
+    Ok(stream)
+}
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
