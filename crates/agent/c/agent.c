@@ -428,6 +428,23 @@ static int read_key(const char *path, wire_key *key) {
     return 0;
 }
 
+/* Removes the session directories an agent killed with its sessions left behind: those whose
+ * process is gone (another agent may share the work dir). */
+static void remove_stale_sessions(const char *work_dir) {
+    DIR *d = opendir(work_dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, "session-", 8) != 0) continue;
+        long pid = strtol(e->d_name + 8, NULL, 10);
+        if (pid <= 0 || kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%.4096s/session-%ld", work_dir, pid);
+        remove_session_dir(dir);
+    }
+    closedir(d);
+}
+
 /* Forks the process that keeps the agent registered with its tracker (it dies with the agent). */
 static pid_t start_registrar(const registrar_config *c, int lfd, pid_t agent) {
     pid_t pid = fork();
@@ -496,6 +513,7 @@ int main(int argc, char **argv) {
         work_dir = work;
     }
     if (mkdir(work_dir, 0700) && errno != EEXIST) return die("cannot create the work dir %s", work_dir);
+    remove_stale_sessions(work_dir);
 
     char addr[300];
     snprintf(addr, sizeof addr, "%s", listen_arg);
@@ -571,6 +589,10 @@ int main(int argc, char **argv) {
         }
         pid_t pid = fork();
         if (pid == 0) {
+            /* A session ends with its agent: a killed agent is a lost device, not one that
+             * goes on measuring unseen. */
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (getppid() != agent) _exit(1);
             close(lfd);
             int status = serve(fd, peer, &key, session_timeout_s, work_dir);
             close(fd);

@@ -485,28 +485,14 @@ fn a_client_that_drops_mid_upload_leaves_nothing_behind() {
     still_serves(&mut agent);
 }
 
-/// A shared library with Kiln's C ABI whose `kiln_model_run` does `body`.
+/// A shared library with Kiln's C ABI whose `kiln_model_run` does `body` (`fake_model.c`).
 fn fake_library(dir: &std::path::Path, name: &str, body: &str) -> Vec<u8> {
-    let src = dir.join(format!("{name}.c"));
-    std::fs::write(
-        &src,
-        format!(
-            "#include <stdint.h>\n#include <stdlib.h>\n#include <string.h>\n#include <unistd.h>\n\
-             typedef struct {{ const char *name; int32_t dtype, rank; const int64_t *shape; size_t bytes; }} info;\n\
-             static const int64_t shape[1] = {{4}};\n\
-             int32_t kiln_model_num_inputs(void) {{ return 1; }}\n\
-             int32_t kiln_model_num_outputs(void) {{ return 1; }}\n\
-             int32_t kiln_model_input_info(int32_t i, info *t) {{ t->name = \"x\"; t->dtype = 0; t->rank = 1; t->shape = shape; t->bytes = 16; return i != 0; }}\n\
-             int32_t kiln_model_output_info(int32_t i, info *t) {{ return kiln_model_input_info(i, t); }}\n\
-             int32_t kiln_model_create(int32_t n, void **m) {{ (void)n; *m = malloc(1); return 0; }}\n\
-             void kiln_model_destroy(void *m) {{ free(m); }}\n\
-             int32_t kiln_model_run(void *m, const void *const *in, void *const *out) {{ (void)m; memcpy(out[0], in[0], 16); {body} return 0; }}\n"
-        ),
-    )
-    .unwrap();
     let lib = dir.join(format!("lib{name}.so"));
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_model.c");
     let ok = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O0", "-o"])
+        .args(["-shared", "-fPIC", "-O0"])
+        .arg(format!("-DFAKE_BODY={body}"))
+        .arg("-o")
         .arg(&lib)
         .arg(&src)
         .status()

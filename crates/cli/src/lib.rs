@@ -138,6 +138,9 @@ pub enum Command {
         /// `--profile`.
         #[arg(long, value_name = "FILE")]
         profile_json: Option<PathBuf>,
+        /// Time the model on a remote device instead (compiled as a library for `--target`).
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
         #[command(flatten)]
         import: ImportArgs,
         #[command(flatten)]
@@ -177,7 +180,7 @@ pub enum Command {
         /// The tuning log (JSON lines); its cost model is kept beside it as LOG.model.json.
         #[arg(long, value_name = "FILE")]
         log: PathBuf,
-        /// The target to tune for (it must run on this machine).
+        /// The target to tune for (it must run on this machine, or be the remote devices').
         #[arg(long, default_value = "host")]
         target: String,
         /// Draw the tuning curve (best latency against trials, per task and for the model).
@@ -213,6 +216,9 @@ pub enum Command {
         /// Activation layout of convolutions (as for compile).
         #[arg(long, value_enum, default_value = "auto")]
         layout: LayoutArg,
+        /// Measure candidates on remote devices (built here for `--target`).
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
     },
     /// Internal: measures tuning candidates sent on stdin (started by `kiln tune`).
     #[command(hide = true)]
@@ -255,18 +261,16 @@ pub enum AgentCommand {
 
 /// `kiln rpc ...`.
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum RpcCommand {
     /// Compile the model for a target, time the library on an agent's device (upload, measure,
     /// delete) and print its latency; where the target runs here too, check its outputs.
     Bench {
         /// The ONNX model file.
         model: PathBuf,
-        /// The agent's address.
-        #[arg(long, value_name = "HOST:PORT")]
-        rpc: String,
-        /// The file holding the pre-shared key the agent was started with.
-        #[arg(long, value_name = "FILE")]
-        key_file: PathBuf,
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
         /// The device's target (see `kiln targets`), or a target .toml file.
         #[arg(long, default_value = "host")]
         target: String,
@@ -517,9 +521,31 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             json,
             profile,
             profile_json,
+            remote,
             import,
             graph,
         } => {
+            if remote.is_remote() {
+                if profile || profile_json.is_some() || data.is_some() {
+                    return Err(CliError::Usage(
+                        "--profile, --profile-json and --data time on this machine only".into(),
+                    ));
+                }
+                return remote::bench(&remote::RemoteBench {
+                    model,
+                    remote,
+                    target,
+                    threads: threads.unwrap_or(1),
+                    repeat: iters.clamp(1, 64) as u32,
+                    min_repeat_ms: 100,
+                    timeout_s: 60,
+                    json,
+                    import,
+                    tuning_log: graph.tuning_log.clone(),
+                    graph: graph.get(),
+                })
+                .map(|()| Outcome::Pass);
+            }
             let threads = threads.unwrap_or_else(cpus);
             let req = bench::BenchRequest {
                 model,
@@ -576,7 +602,9 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             input_shapes,
             no_rewrite,
             layout,
+            remote,
         } => tune::tune(&tune::TuneRequest {
+            remote,
             repeat_ms,
             build_timeout_ms,
             run_timeout_ms,
@@ -600,8 +628,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
         }
         Command::Rpc(RpcCommand::Bench {
             model,
-            rpc,
-            key_file,
+            remote,
             target,
             threads,
             repeat,
@@ -612,8 +639,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             graph,
         }) => remote::bench(&remote::RemoteBench {
             model,
-            rpc,
-            key_file,
+            remote,
             target,
             threads,
             repeat,

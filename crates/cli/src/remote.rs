@@ -71,6 +71,133 @@ pub fn info(addr: &str, key_file: &Path, timeout_s: u64, json: bool) -> Result<(
     Ok(())
 }
 
+/// Where a command measures when not on this machine: `--rpc` agents or a `--tracker`'s pool.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct RemoteArgs {
+    /// Measure on the device agent at HOST:PORT instead of this machine (repeatable: several
+    /// devices measure in parallel).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub rpc: Vec<String>,
+    /// Lease devices from this tracker (with --device-key) instead of this machine.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        conflicts_with = "rpc",
+        requires = "device_key"
+    )]
+    pub tracker: Option<String>,
+    /// The pool of devices to lease from the tracker (the key agents registered under).
+    #[arg(long, value_name = "NAME", requires = "tracker")]
+    pub device_key: Option<String>,
+    /// Devices to lease at once (candidates are measured on all of them in parallel).
+    #[arg(long, default_value_t = 1, requires = "tracker")]
+    pub devices: usize,
+    /// Priority of the lease requests (higher is served first).
+    #[arg(long, default_value_t = 0, requires = "tracker")]
+    pub priority: i32,
+    /// How long to wait for the first device from the tracker, in seconds.
+    #[arg(long, default_value_t = 600, requires = "tracker")]
+    pub lease_wait_s: u64,
+    /// The file holding the pre-shared key of the agents (and the tracker).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl RemoteArgs {
+    /// Whether a remote device was asked for.
+    pub fn is_remote(&self) -> bool {
+        !self.rpc.is_empty() || self.tracker.is_some()
+    }
+
+    /// The key and the devices, when remote.
+    pub fn devices(&self) -> Result<Option<(Key, kiln_tune::Devices)>, CliError> {
+        if !self.is_remote() {
+            if self.key_file.is_some() {
+                return Err(CliError::Usage(
+                    "--key-file goes with --rpc or --tracker".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let key_file = self.key_file.as_ref().ok_or_else(|| {
+            CliError::Usage("--rpc and --tracker need --key-file (the agents' key)".into())
+        })?;
+        let key = read_key(key_file)?;
+        let devices = match (&self.tracker, &self.device_key) {
+            (Some(tracker), Some(device_key)) => {
+                if self.devices == 0 {
+                    return Err(CliError::Usage("--devices must be positive".into()));
+                }
+                kiln_tune::Devices::Tracker {
+                    tracker: tracker.clone(),
+                    device_key: device_key.clone(),
+                    count: self.devices,
+                    priority: self.priority,
+                    // Renewed by the next run: a tuning run longer than a day is cut off.
+                    lease: Duration::from_secs(24 * 3600),
+                    wait: Duration::from_secs(self.lease_wait_s.max(1)),
+                }
+            }
+            (Some(_), None) => return Err(CliError::Usage("--tracker needs --device-key".into())),
+            _ => kiln_tune::Devices::Agents(self.rpc.clone()),
+        };
+        Ok(Some((key, devices)))
+    }
+
+    /// Where the device is, for messages.
+    pub fn describe(&self) -> String {
+        match (&self.tracker, &self.device_key) {
+            (Some(t), Some(k)) => format!("device `{k}` of tracker {t}"),
+            _ => format!("agent {}", self.rpc.join(", ")),
+        }
+    }
+}
+
+/// One device for a whole-model measurement: an agent session, and the lease holding it.
+fn one_device(
+    args: &RemoteArgs,
+    timeout: Duration,
+) -> Result<
+    (
+        AgentClient,
+        String,
+        Option<kiln_rpc::tracker::TrackerClient>,
+    ),
+    CliError,
+> {
+    let Some((key, devices)) = args.devices()? else {
+        return Err(CliError::Usage("--rpc or --tracker is required".into()));
+    };
+    let remote = |e: kiln_rpc::RpcError| CliError::Remote(format!("{}: {e}", args.describe()));
+    match devices {
+        kiln_tune::Devices::Agents(addrs) => {
+            let addr = addrs[0].clone();
+            let client = AgentClient::connect(&addr, &key, timeout).map_err(remote)?;
+            Ok((client, addr, None))
+        }
+        kiln_tune::Devices::Tracker {
+            tracker,
+            device_key,
+            priority,
+            wait,
+            ..
+        } => {
+            let mut t = kiln_rpc::tracker::TrackerClient::connect(&tracker, &key, timeout)
+                .map_err(remote)?;
+            t.request(&kiln_rpc::tracker::LeaseRequest {
+                device_key,
+                priority,
+                lease_ms: 3_600_000,
+                client: "kiln bench".into(),
+            })
+            .map_err(remote)?;
+            let lease = t.wait_lease(Some(wait)).map_err(remote)?;
+            let client = AgentClient::connect(&lease.address, &key, timeout).map_err(remote)?;
+            Ok((client, lease.address, Some(t)))
+        }
+    }
+}
+
 /// `kiln tracker --listen ADDR:PORT --key-file FILE`: serves until killed.
 pub fn tracker(listen: &str, key_file: &Path, heartbeat_ms: u64) -> Result<(), CliError> {
     if heartbeat_ms < 10 {
@@ -139,8 +266,7 @@ pub fn status(addr: &str, key_file: &Path, json: bool) -> Result<(), CliError> {
 #[derive(Debug)]
 pub struct RemoteBench {
     pub model: std::path::PathBuf,
-    pub rpc: String,
-    pub key_file: std::path::PathBuf,
+    pub remote: RemoteArgs,
     pub target: String,
     pub threads: usize,
     pub repeat: u32,
@@ -152,8 +278,9 @@ pub struct RemoteBench {
     pub tuning_log: Option<std::path::PathBuf>,
 }
 
-/// `kiln rpc bench MODEL --rpc HOST:PORT --key-file FILE --target T`: the model compiled into a
-/// library for `T`, uploaded to the agent, timed there, deleted. Where `T` runs here too, the
+/// `kiln rpc bench MODEL --rpc HOST:PORT --key-file FILE --target T` (or `--tracker HOST:PORT
+/// --device-key NAME`; `kiln bench` with those options comes here too): the model compiled
+/// into a library for `T`, uploaded to the agent, timed there, deleted. Where `T` runs here too, the
 /// outputs' checksum is compared with this machine's run of the same inputs.
 pub fn bench(req: &RemoteBench) -> Result<(), CliError> {
     if req.threads == 0 || req.repeat == 0 || req.repeat > 64 {
@@ -162,7 +289,7 @@ pub fn bench(req: &RemoteBench) -> Result<(), CliError> {
         ));
     }
     let target = kiln::Target::named(&req.target).map_err(|e| CliError::Usage(e.to_string()))?;
-    let key = read_key(&req.key_file)?;
+    req.remote.devices()?;
     let model = crate::load(&req.model, &req.import)?;
     let threads = Some(req.threads).filter(|_| req.threads == 1);
     let schedules = match &req.tuning_log {
@@ -181,9 +308,9 @@ pub fn bench(req: &RemoteBench) -> Result<(), CliError> {
         .map_err(|e| CliError::Compile(Box::new(e)))?;
     let bytes = std::fs::read(&lib).map_err(|e| CliError::io(&lib, e))?;
     let timeout = Duration::from_secs(req.timeout_s.max(1));
-    let addr = &req.rpc;
+    let (mut client, addr, _lease) = one_device(&req.remote, timeout)?;
+    let addr = &addr;
     let remote = |e: kiln_rpc::RpcError| CliError::Remote(format!("agent {addr}: {e}"));
-    let mut client = AgentClient::connect(addr, &key, timeout).map_err(remote)?;
     let info = client.device_info().map_err(remote)?;
     let hash = client.upload(&bytes).map_err(remote)?;
     let request = kiln_rpc::agent::MeasureRequest {

@@ -1,4 +1,5 @@
-//! `kiln tune`: tunes a model's kernels on this machine and appends every measurement to a
+//! `kiln tune`: tunes a model's kernels on this machine (or on remote devices: `--rpc`,
+//! `--tracker`) and appends every measurement to a
 //! tuning log that `kiln compile/run/bench --tuning-log` read; and the hidden `measure-worker`
 //! command the tuner runs candidates in.
 //!
@@ -10,8 +11,9 @@ use crate::error::CliError;
 use crate::shapes::ShapeBinding;
 use kiln::Target;
 use kiln_tune::log::{read_log, TuningLog};
-use kiln_tune::measure::{LocalRunner, MeasureOptions, ModelSpec};
+use kiln_tune::measure::{LocalRunner, MeasureOptions, ModelSpec, Runner};
 use kiln_tune::model::{holdout_accuracy, CostModel, XgbCostModel};
+use kiln_tune::remote::{RemoteOptions, RpcRunner};
 use kiln_tune::search::{TuneOptions, Tuner};
 use std::path::{Path, PathBuf};
 
@@ -33,6 +35,8 @@ pub struct TuneRequest {
     pub input_shapes: Vec<ShapeBinding>,
     pub rewrite: bool,
     pub layout: String,
+    /// Remote devices to measure on (none: this machine).
+    pub remote: crate::remote::RemoteArgs,
 }
 
 fn tune_err(e: kiln_tune::TuneError) -> CliError {
@@ -62,9 +66,11 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
         ));
     }
     let target = Target::named(&req.target).map_err(|e| CliError::Usage(e.to_string()))?;
-    if !target.runs_natively() {
+    let remote = req.remote.devices()?;
+    if remote.is_none() && !target.runs_natively() {
         return Err(CliError::Usage(format!(
-            "target `{}` does not run on this machine: tuning measures candidates here",
+            "target `{}` does not run on this machine: measure on its devices with --rpc or \
+             --tracker",
             target.name()
         )));
     }
@@ -132,18 +138,42 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
         }
     );
     let mut log = TuningLog::open(&req.log).map_err(|e| tune_err(e.into()))?;
-    let exe = std::env::current_exe().map_err(|e| CliError::io("current executable", e))?;
-    let mut runner = LocalRunner {
-        command: vec![exe.into_os_string(), "measure-worker".into()],
-        model: spec,
-        options: MeasureOptions {
-            threads: req.threads,
-            target: target.name().to_string(),
-            min_repeat_ms: req.repeat_ms,
-            build_timeout_ms: req.build_timeout_ms,
-            run_timeout_ms: req.run_timeout_ms,
-            ..MeasureOptions::default()
-        },
+    let measure = MeasureOptions {
+        threads: req.threads,
+        target: target.name().to_string(),
+        min_repeat_ms: req.repeat_ms,
+        build_timeout_ms: req.build_timeout_ms,
+        run_timeout_ms: req.run_timeout_ms,
+        ..MeasureOptions::default()
+    };
+    let mut runner: Box<dyn Runner> = match remote {
+        None => {
+            let exe = std::env::current_exe().map_err(|e| CliError::io("current executable", e))?;
+            Box::new(LocalRunner {
+                command: vec![exe.into_os_string(), "measure-worker".into()],
+                model: spec,
+                options: measure,
+            })
+        }
+        Some((key, devices)) => {
+            let options = RemoteOptions {
+                key,
+                devices,
+                io_timeout: std::time::Duration::from_secs(30),
+                client: format!("kiln tune {}", req.model.display()),
+                memory_mb: 0,
+            };
+            let mut runner =
+                RpcRunner::new(&spec, target.clone(), measure, options).map_err(tune_err)?;
+            let n = runner
+                .connect()
+                .map_err(|e| CliError::Remote(format!("{}: {e}", req.remote.describe())))?;
+            println!(
+                "measuring on {n} device(s): {}",
+                runner.device().unwrap_or_else(|| req.remote.describe())
+            );
+            Box::new(runner)
+        }
     };
     let bar = indicatif::ProgressBar::new(remaining as u64);
     bar.set_style(
@@ -155,7 +185,7 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
     if remaining > 0 {
         tuner.set_trials(remaining);
         tuner
-            .run(&mut runner, &mut log, &mut |p| {
+            .run(runner.as_mut(), &mut log, &mut |p| {
                 bar.set_position(p.trials as u64);
                 let best = p.model_ms.map_or("-".to_string(), |m| format!("{m:.4} ms"));
                 bar.set_message(format!("best {best}, {} errors", p.errors));

@@ -514,6 +514,43 @@ fn remote_commands_explain_bad_arguments() {
         "an unknown target",
     );
     assert!(err.contains("no-such-target"), "{err}");
+
+    // Tuning and benchmarking on remote devices.
+    let model = models().join("dscnn_kws.onnx");
+    let log = dir.join("remote.jsonl");
+    let tune = |extra: &[&str]| {
+        let mut args: Vec<std::ffi::OsString> = vec!["tune".into(), model.clone().into()];
+        args.extend(["--trials", "2", "--log"].map(Into::into));
+        args.push(log.clone().into());
+        args.extend(extra.iter().map(Into::into));
+        kiln(args)
+    };
+    let key_arg = key.to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (&["--target", "aarch64-linux-gnu"], "with --rpc or"),
+        (&["--rpc", "127.0.0.1:1"], "need --key-file"),
+        (
+            &["--tracker", "127.0.0.1:1", "--key-file", key_arg],
+            "--device-key",
+        ),
+        (
+            &["--rpc", "127.0.0.1:1", "--key-file", key_arg],
+            "cannot connect to 127.0.0.1:1",
+        ),
+        (&["--key-file", key_arg], "--key-file goes with"),
+    ];
+    for (extra, says) in cases {
+        let err = expect_error(&tune(extra), says);
+        assert!(err.contains(says), "{extra:?}: {err}");
+    }
+    let err = expect_error(
+        &kiln(with_path(
+            &["tracker", "--listen", "127.0.0.1:0", "--key-file"],
+            &short,
+        )),
+        "a tracker with a short key",
+    );
+    assert!(err.contains("at least 16"), "{err}");
 }
 
 /// `kiln rpc bench` against an agent built for this machine on loopback: the library runs
@@ -550,6 +587,7 @@ fn rpc_bench_times_a_model_on_an_agent_and_checks_its_outputs() {
     let addr = line.split("listening on ").nth(1).unwrap();
     let addr = addr.split_whitespace().next().unwrap();
     let model = models().join("dscnn_kws.onnx");
+    let tracker_checks = through_a_tracker(&dir, &agent, &key, &model);
     let args = [
         "rpc",
         "bench",
@@ -580,4 +618,108 @@ fn rpc_bench_times_a_model_on_an_agent_and_checks_its_outputs() {
         3,
         "{report}"
     );
+    tracker_checks.unwrap();
+}
+
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The first line `child` prints on stdout.
+fn first_line(child: &mut std::process::Child) -> String {
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    line
+}
+
+/// `kiln tracker` with the agent registered: `kiln rpc status` lists it, `kiln bench
+/// --tracker` times the model there (outputs checked against this machine), `kiln tune
+/// --tracker` logs measurements made there, and the leases end with the commands.
+fn through_a_tracker(dir: &Path, agent: &Path, key: &Path, model: &Path) -> Result<(), String> {
+    let mut tracker = Command::new(KILN)
+        .args([
+            "tracker",
+            "--listen",
+            "127.0.0.1:0",
+            "--heartbeat-ms",
+            "200",
+            "--key-file",
+        ])
+        .arg(key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = first_line(&mut tracker);
+    let _tracker = Killed(tracker);
+    let at = line.split("listening on ").nth(1).ok_or(line.clone())?;
+    let at = at.split_whitespace().next().unwrap().to_string();
+    let mut registered = Command::new(agent)
+        .args(["--listen", "127.0.0.1:0", "--key-file"])
+        .arg(key)
+        .arg("--work-dir")
+        .arg(dir.join("work-tracked"))
+        .args(["--tracker", &at, "--device-key", "cli"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    first_line(&mut registered);
+    let _registered = Killed(registered);
+    let status = |what: &str| -> serde_json::Value {
+        let out = kiln(with_path(
+            &["rpc", "status", "--json", "--tracker", &at, "--key-file"],
+            key,
+        ));
+        let (stdout, _) = expect_code(&out, 0, what);
+        serde_json::from_str(stdout.trim()).unwrap()
+    };
+    let start = std::time::Instant::now();
+    while status("status").pointer("/devices/0/device_key") != Some(&"cli".into()) {
+        if start.elapsed() > std::time::Duration::from_secs(20) {
+            return Err("the agent did not register".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let remote = ["--tracker", &at, "--device-key", "cli", "--key-file"];
+    let mut bench: Vec<std::ffi::OsString> = vec!["bench".into(), model.into()];
+    bench.extend(["--json", "--iters", "3"].map(Into::into));
+    bench.extend(with_path(&remote, key));
+    let (stdout, _) = expect_code(&kiln(bench), 0, "bench --tracker");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    if report["matches_host"] != serde_json::Value::Bool(true) {
+        return Err(format!("bench --tracker: {report}"));
+    }
+    let log = dir.join("tracked.jsonl");
+    let mut tune: Vec<std::ffi::OsString> = vec!["tune".into(), model.into()];
+    tune.extend(["--trials", "3", "--repeat-ms", "1", "--log"].map(Into::into));
+    tune.push(log.clone().into());
+    tune.extend(with_path(&remote, key));
+    let (stdout, _) = expect_code(&kiln(tune), 0, "tune --tracker");
+    if !stdout.contains("measuring on 1 device(s)") {
+        return Err(format!("tune --tracker: {stdout}"));
+    }
+    let records = fs::read_to_string(&log).unwrap();
+    let measured: Vec<&str> = records
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"measure\""))
+        .collect();
+    if measured.len() != 3 || measured.iter().any(|l| !l.contains("\"device\":")) {
+        return Err(format!("tune --tracker logged:\n{records}"));
+    }
+    let after = status("status after");
+    if after["leases"].as_array().map(Vec::len) != Some(0) {
+        return Err(format!("leases left: {after}"));
+    }
+    Ok(())
 }

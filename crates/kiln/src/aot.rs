@@ -127,6 +127,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AotError + '_ {
     }
 }
 
+/// The target's C compiler, which links libraries.
+fn linker_of(target: &Target) -> Result<PathBuf, AotError> {
+    find_program(target.linker()).ok_or_else(|| AotError::LinkerMissing {
+        linker: target.linker().into(),
+        target: target.name().into(),
+        packages: target.linker_packages().into(),
+    })
+}
+
 /// Compiles `graph` for `target` into the shared library `out`.
 pub fn compile_library(
     graph: &Graph,
@@ -134,11 +143,7 @@ pub fn compile_library(
     options: &AotOptions,
     out: &Path,
 ) -> Result<LibraryInfo, AotError> {
-    let linker = find_program(target.linker()).ok_or_else(|| AotError::LinkerMissing {
-        linker: target.linker().into(),
-        target: target.name().into(),
-        packages: target.linker_packages().into(),
-    })?;
+    let linker = linker_of(target)?;
     let start = Instant::now();
     let prepared =
         crate::graph_opt::prepare(graph, &options.graph, target).map_err(CompileError::from)?;
@@ -150,8 +155,120 @@ pub fn compile_library(
         &target.sketch_target(),
         ENTRY,
     )?;
+    let stages = crate::StageTimes {
+        rewrite_ms,
+        ..planned.times
+    };
+    link_library(
+        &planned,
+        target,
+        options.parallel,
+        options.header.as_deref(),
+        stages,
+        &linker,
+        out,
+    )
+}
+
+/// A param of the one kernel of a kernel library ([`compile_kernel_library`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum KernelParam {
+    /// Read from a library input of the param's type, named so.
+    Input(String),
+    /// Embedded in the library (a weight, a table).
+    Constant(Vec<u8>),
+    /// Written to a library output of the param's type, named so.
+    Output(String),
+}
+
+/// Compiles one kernel into a shared library with the model C ABI, its `Input` params the
+/// library's inputs and its `Output` params its outputs, in order: what a remote tuner uploads
+/// to time one candidate schedule on a device.
+pub fn compile_kernel_library(
+    func: &kiln_tir::PrimFunc,
+    params: &[KernelParam],
+    target: &Target,
+    parallel: bool,
+    out: &Path,
+) -> Result<LibraryInfo, AotError> {
+    let linker = linker_of(target)?;
+    let invalid =
+        |why: String| AotError::Compile(CompileError::Verify(kiln_ir::IrError::Invalid(why)));
+    if params.len() != func.params.len() {
+        return Err(invalid(format!(
+            "kernel {} has {} params, {} described",
+            func.name,
+            func.params.len(),
+            params.len()
+        )));
+    }
+    let mut planned = PlannedModel {
+        funcs: vec![func.clone()],
+        entry: kiln_codegen::ModelEntry {
+            name: ENTRY.into(),
+            calls: vec![],
+        },
+        constants: vec![],
+        copies: vec![],
+        input_types: vec![],
+        input_names: vec![],
+        output_types: vec![],
+        output_names: vec![],
+        arena_bytes: 0,
+        naive_bytes: 0,
+        tuned_kernels: 0,
+        kernels: vec![],
+        times: crate::StageTimes::default(),
+    };
+    let mut args = Vec::with_capacity(params.len());
+    for (param, &buffer) in params.iter().zip(&func.params) {
+        let decl = &func.buffers[buffer.index()];
+        let ty = kiln_ir::TensorType::new(decl.dtype, decl.shape.clone())
+            .map_err(|e| invalid(e.to_string()))?;
+        args.push(match param {
+            KernelParam::Input(name) => {
+                planned.input_types.push(ty);
+                planned.input_names.push(name.clone());
+                kiln_codegen::Arg::Input(planned.input_types.len() - 1)
+            }
+            KernelParam::Output(name) => {
+                planned.output_types.push(ty);
+                planned.output_names.push(name.clone());
+                kiln_codegen::Arg::Output(planned.output_types.len() - 1)
+            }
+            KernelParam::Constant(bytes) => {
+                if bytes.len() != ty.byte_size() {
+                    return Err(invalid(format!(
+                        "a constant of {} bytes for a param of type {ty}",
+                        bytes.len()
+                    )));
+                }
+                planned.constants.push(bytes.clone());
+                kiln_codegen::Arg::Constant(planned.constants.len() - 1)
+            }
+        });
+    }
+    planned.entry.calls.push(kiln_codegen::KernelCall {
+        kernel: func.name.clone(),
+        args,
+    });
+    let stages = crate::StageTimes::default();
+    link_library(&planned, target, parallel, None, stages, &linker, out)
+}
+
+/// Generates the code of a planned model and links it with its tables and the runtime.
+fn link_library(
+    planned: &PlannedModel,
+    target: &Target,
+    parallel: bool,
+    header_out: Option<&Path>,
+    mut stages: crate::StageTimes,
+    linker: &Path,
+    out: &Path,
+) -> Result<LibraryInfo, AotError> {
+    let start = Instant::now();
     let codegen = CodegenOptions {
-        threads: if options.parallel {
+        threads: if parallel {
             Threads::Global
         } else {
             Threads::Single
@@ -160,7 +277,6 @@ pub fn compile_library(
         ..CodegenOptions::default()
     };
     let constants: Vec<&[u8]> = planned.constants.iter().map(Vec::as_slice).collect();
-    let codegen_start = Instant::now();
     let object = kiln_codegen::compile_object(
         "kiln_model",
         &planned.funcs,
@@ -170,22 +286,18 @@ pub fn compile_library(
         &codegen,
     )
     .map_err(CompileError::from)?;
-    let codegen_ms = start.elapsed().as_secs_f64() * 1e3;
-    let mut stages = crate::StageTimes {
-        rewrite_ms,
-        codegen_ms: crate::compile::ms_since(codegen_start),
-        ..planned.times
-    };
+    stages.codegen_ms = crate::compile::ms_since(start);
+    let codegen_ms = stages.rewrite_ms + stages.lower_ms + stages.plan_ms + stages.codegen_ms;
 
     let start = Instant::now();
     let dir = tempfile::Builder::new()
         .prefix("kiln-aot-")
         .tempdir()
         .map_err(io_err(&std::env::temp_dir()))?;
-    let header = model_header(&planned);
+    let header = model_header(planned);
     let features =
         kiln_codegen::isa::required_cpu_features(&target.isa_spec()).map_err(CompileError::from)?;
-    let tables = model_tables(&planned, options.parallel, &features);
+    let tables = model_tables(planned, parallel, &features);
     let exports = version_script();
     let files: [(&str, &[u8]); 5] = [
         ("kiln_model.o", &object.bytes),
@@ -201,7 +313,7 @@ pub fn compile_library(
     // Link beside `out` and rename: `out` is either the old file or the complete new library.
     let out = absolute(out);
     let partial = out.with_extension("so.partial");
-    let mut cmd = Command::new(&linker);
+    let mut cmd = Command::new(linker);
     cmd.current_dir(dir.path())
         .args(["-shared", "-fPIC", "-O2", "-std=gnu99", "-o"])
         .arg(&partial)
@@ -214,7 +326,7 @@ pub fn compile_library(
             "-lm",
             "-lpthread",
         ]);
-    let output = cmd.output().map_err(io_err(&linker))?;
+    let output = cmd.output().map_err(io_err(linker))?;
     if !output.status.success() {
         let _ = std::fs::remove_file(&partial);
         return Err(AotError::LinkFailed {
@@ -224,7 +336,7 @@ pub fn compile_library(
         });
     }
     std::fs::rename(&partial, &out).map_err(io_err(&out))?;
-    if let Some(h) = &options.header {
+    if let Some(h) = header_out {
         std::fs::write(h, header).map_err(io_err(h))?;
     }
     let library_bytes = std::fs::metadata(&out).map_err(io_err(&out))?.len();

@@ -25,7 +25,7 @@ pub mod graph_opt;
 pub mod profile;
 pub mod target;
 
-pub use aot::{AotError, AotOptions, LibraryInfo};
+pub use aot::{compile_kernel_library, AotError, AotOptions, KernelParam, LibraryInfo};
 pub use bytes::{tensor_bytes, tensor_from_bytes};
 pub use compile::{CompileError, CompileStats, CompiledModel, RunError, StageTimes};
 pub use graph_opt::{GraphOptions, RewriteReport};

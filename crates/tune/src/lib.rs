@@ -4,7 +4,8 @@
 //! `kiln_schedules` gives each its sketch and search space; [`features`] describes a scheduled
 //! kernel; [`model`] learns from measurements which candidates are fast (XGBoost); [`search`]
 //! picks tasks and candidates by evolutionary search over the model's predictions; [`measure`]
-//! builds and times candidates in separate processes; [`log`] keeps every measurement in an
+//! builds and times candidates in separate processes, [`remote`] on device agents over RPC;
+//! [`log`] keeps every measurement in an
 //! append-only JSON-lines tuning log that later compiles read ([`log::LogContents::best_schedules`]);
 //! [`plot`] draws the tuning curve.
 //!
@@ -17,12 +18,14 @@ pub mod log;
 pub mod measure;
 pub mod model;
 pub mod plot;
+pub mod remote;
 pub mod search;
 pub mod task;
 
 pub use log::{read_log, LogContents, TuningLog};
 pub use measure::{LocalRunner, MeasureOptions, ModelSpec, Runner};
 pub use model::{holdout_accuracy, CostModel, XgbCostModel};
+pub use remote::{Devices, RemoteOptions, RpcRunner};
 pub use search::{Progress, TuneOptions, Tuner};
 pub use task::{extract_tasks, Task, TaskSet};
 

@@ -61,6 +61,9 @@ pub struct MeasureRecord {
     pub error: Option<String>,
     /// Seconds since the Unix epoch.
     pub timestamp: u64,
+    /// The remote device it was measured on (`None`: the machine that tuned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 impl MeasureRecord {
@@ -252,6 +255,7 @@ mod tests {
             times_ms: if error.is_some() { vec![] } else { vec![ms] },
             error: error.map(String::from),
             timestamp: 1,
+            device: None,
         })
     }
 

@@ -125,7 +125,8 @@ pub enum Measured {
     Error(String),
 }
 
-/// Builds and times candidates of one task. A later issue adds a runner for a remote device.
+/// Builds and times candidates of one task: [`LocalRunner`] here, [`crate::remote::RpcRunner`]
+/// on remote devices.
 pub trait Runner {
     /// One result per candidate, in order.
     fn measure(
@@ -134,6 +135,11 @@ pub trait Runner {
         first_trial: usize,
         candidates: &[Knobs],
     ) -> Vec<Measured>;
+
+    /// The device measured on, when it is not this machine (recorded in the log).
+    fn device(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Runs candidates in worker processes on this machine.
@@ -381,16 +387,13 @@ fn synthetic(ty: &TensorType) -> Vec<u8> {
     }
 }
 
-/// Builds and times one candidate of `task` in this process.
-fn measure_one(
+/// Schedules and lowers one candidate of `task`: its kernel and what each of its input params
+/// binds (the params after those are its outputs).
+pub fn lower_candidate(
     task: &crate::task::Task,
     graph: &kiln_ir::Graph,
     knobs: &Knobs,
-    options: &MeasureOptions,
-    report: &mut dyn FnMut(Event),
-    index: usize,
-) -> Result<Vec<f64>, String> {
-    let start = Instant::now();
+) -> Result<(kiln_tir::PrimFunc, Vec<KernelInput>), String> {
     let (trace, mut func) = schedule_with(&task.dag, task.class, &task.keep, knobs, &task.target)
         .map_err(|e| e.to_string())?;
     let mut inputs = task.inputs.clone();
@@ -402,6 +405,20 @@ fn measure_one(
         &mut func,
         &mut inputs,
     );
+    Ok((func, inputs))
+}
+
+/// Builds and times one candidate of `task` in this process.
+fn measure_one(
+    task: &crate::task::Task,
+    graph: &kiln_ir::Graph,
+    knobs: &Knobs,
+    options: &MeasureOptions,
+    report: &mut dyn FnMut(Event),
+    index: usize,
+) -> Result<Vec<f64>, String> {
+    let start = Instant::now();
+    let (func, inputs) = lower_candidate(task, graph, knobs)?;
     let target = kiln::Target::named(&options.target).map_err(|e| e.to_string())?;
     let codegen = CodegenOptions {
         isa: target.isa_spec(),
@@ -413,7 +430,8 @@ fn measure_one(
         ..CodegenOptions::default()
     };
     let name = func.name.clone();
-    let module = JitModule::compile(&[func.clone()], &codegen).map_err(|e| e.to_string())?;
+    let module =
+        JitModule::compile(std::slice::from_ref(&func), &codegen).map_err(|e| e.to_string())?;
     let kernel = module
         .kernel(&name)
         .ok_or("the compiled kernel is missing")?;

@@ -448,6 +448,7 @@ impl<'a> Tuner<'a> {
                     times_ms,
                     error,
                     timestamp: now_secs(),
+                    device: runner.device(),
                 }))?;
                 self.record(t, knobs, ms);
                 self.trials += 1;
