@@ -98,7 +98,7 @@ fn start_agent(
 fn tracker() -> TrackerHandle {
     std::env::set_var("KILN_TRACKER_QUIET", "1");
     let options = TrackerOptions {
-        heartbeat: Duration::from_millis(300),
+        heartbeat: Duration::from_millis(1000),
         ..TrackerOptions::default()
     };
     Tracker::bind("127.0.0.1:0", Key::new(KEY).unwrap(), options)

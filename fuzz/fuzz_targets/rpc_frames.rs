@@ -1,8 +1,8 @@
 //! Fuzz target: arbitrary bytes as what a peer sends to the host's side of the RPC protocol.
 //!
 //! Invariant checked: the frame reader (under the pre-authentication cap and a session's), the
-//! handshake as client and as server with the channel after it, and the parsers of the
-//! agent's replies (MEASURED, INFO) never panic, never read a frame over its cap and end every
+//! handshake as client and as server with the channel after it, the parsers of the agent's
+//! replies (MEASURED, INFO) and of the tracker's messages never panic, never read a frame over its cap and end every
 //! input in a result.
 #![no_main]
 
@@ -43,4 +43,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = kiln_rpc::agent::parse_measured(data);
     let _ = serde_json::from_slice::<kiln_rpc::DeviceInfo>(data);
+    use kiln_rpc::tracker::{Lease, LeaseRequest, Register, TrackerStatus};
+    let _ = serde_json::from_slice::<Register>(data);
+    let _ = serde_json::from_slice::<LeaseRequest>(data);
+    let _ = serde_json::from_slice::<Lease>(data);
+    let _ = serde_json::from_slice::<TrackerStatus>(data);
 });

@@ -1,7 +1,8 @@
 /* libFuzzer harness of the agent's wire decoder (wire.c): the input is what a peer sends on a
  * fresh connection. It runs the server handshake on it (fixed key; the agent's HELLO and any
  * ERROR go nowhere) and, past a handshake (never, short of forging HMAC-SHA256), the message
- * loop; then it reads the same bytes as a stream of frames under a small and a large cap.
+ * loop; then the client handshake (the registrar's, towards a tracker) on the same bytes; then
+ * it reads them as a stream of frames under a small and a large cap.
  * Every path must end in a status, never a crash, a leak or a read past the input.
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined crates/agent/c/fuzz_wire.c \
@@ -41,6 +42,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     wire_io io = {mem_read, mem_write, &m};
     wire_session s;
     if (wire_accept(&s, &io, &key, 1u << 20) == WIRE_OK) {
+        uint8_t kind, *payload;
+        size_t len;
+        while (wire_recv(&s, &kind, &payload, &len) == WIRE_OK) free(payload);
+    }
+    m.pos = 0;
+    if (wire_connect(&s, &io, &key, 64u << 10) == WIRE_OK) {
         uint8_t kind, *payload;
         size_t len;
         while (wire_recv(&s, &kind, &payload, &len) == WIRE_OK) free(payload);

@@ -10,6 +10,9 @@
 //! 22.04, Raspberry Pi OS bookworm). `c/fuzz_wire.c` is the libFuzzer harness of the wire
 //! decoder (`fuzz/README.md`).
 //!
+//! [`expected_checksum`] reproduces on this machine the outputs checksum an agent reports, so a
+//! host can check what a device computed.
+//!
 //! Invariant: [`build`] writes an executable to `out` only when the compiler succeeded; every
 //! failure names what is missing and how to install it.
 
@@ -125,4 +128,44 @@ fn libcrypto_install(target: &Target) -> String {
         }
         _ => "apt-get install libssl-dev".into(),
     }
+}
+
+/// Why this machine could not reproduce a measurement's outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum ChecksumError {
+    #[error("compiling it here: {0}")]
+    Compile(#[from] kiln::CompileError),
+    #[error("running it here: {0}")]
+    Run(#[from] kiln::RunError),
+    #[error("input {0} cannot be made from the agent's bytes")]
+    Input(usize),
+}
+
+/// The outputs checksum an agent reports for `graph` measured with inputs of `seed`
+/// (`kiln_rpc::agent::fill_input`, SHA-256 of the outputs in order), computed by compiling and
+/// running `graph` here for `target`, which must run on this machine.
+pub fn expected_checksum(
+    graph: &kiln::Graph,
+    target: &Target,
+    seed: u64,
+) -> Result<[u8; 32], ChecksumError> {
+    let code = |d: kiln::DType| match d {
+        kiln::DType::F32 => 0,
+        kiln::DType::F64 => 8,
+        _ => -1,
+    };
+    let mut state = seed;
+    let mut inputs = vec![];
+    for (i, &v) in graph.inputs().iter().enumerate() {
+        let ty = graph.ty(v);
+        let mut bytes = vec![0u8; ty.byte_size()];
+        kiln_rpc::agent::fill_input(&mut bytes, code(ty.dtype), &mut state);
+        inputs.push(kiln::tensor_from_bytes(ty, &bytes).ok_or(ChecksumError::Input(i))?);
+    }
+    let model = kiln::Compiler::new(target.clone()).compile(graph)?;
+    let mut all = vec![];
+    for o in &model.run(&inputs)? {
+        all.extend(kiln::tensor_bytes(o));
+    }
+    Ok(kiln_rpc::agent::sha256(&all))
 }

@@ -2,14 +2,15 @@
 //! trip; a compiled model uploaded, timed and checked against the host's own run of the same
 //! inputs; and an agent that outlives every hostile or broken client (a wrong key, another
 //! protocol version, frame lengths of 0, over the cap and 2^64 - 1, truncated frames, an HTTP
-//! request, tampered, replayed, reordered and dropped frames, a client beyond the session
+//! request, tampered, replayed, reordered and dropped frames (these and the version mismatch
+//! against a tracker too), a client beyond the session
 //! limit, a client that drops mid-upload, a wrong hash, libraries that crash, hang, allocate
 //! without bound or exit). Skipped with a notice where this machine has no C compiler or
 //! libcrypto, unless `KILN_REQUIRE_AGENT=1` (CI) makes that a failure.
 
 use kiln_rpc::agent::{
-    fill_input, AgentClient, MeasureRequest, MeasureStatus, BYE, FAILED, INFO, INFO_REQUEST,
-    UPLOAD_BEGIN, UPLOAD_CHUNK, UPLOAD_END, UPLOAD_READY,
+    AgentClient, MeasureRequest, MeasureStatus, BYE, FAILED, INFO, INFO_REQUEST, UPLOAD_BEGIN,
+    UPLOAD_CHUNK, UPLOAD_END, UPLOAD_READY,
 };
 use kiln_rpc::{Channel, Key, Role, RpcError};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -174,24 +175,32 @@ fn frame(body: &[u8]) -> Vec<u8> {
     f
 }
 
-#[test]
-fn another_protocol_version_is_named_in_the_error() {
-    let Some(mut agent) = start(&[]) else { return };
-    let mut s = TcpStream::connect(&agent.addr).unwrap();
+/// A HELLO of version 2 to the endpoint at `addr`: its ERROR names both versions.
+fn version_mismatch(addr: &str) {
+    let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
     s.write_all(&frame(&hello(2))).unwrap();
     let mut reply = vec![];
     s.read_to_end(&mut reply).unwrap();
-    // The agent's HELLO, then its ERROR.
+    // The endpoint's HELLO, then its ERROR.
     let first = u64::from_le_bytes(reply[..8].try_into().unwrap()) as usize;
     let error = &reply[8 + first + 8..];
     assert_eq!(error[0], 3);
     let text = String::from_utf8_lossy(&error[1..]);
     assert!(
         text.contains("version 1") && text.contains("version 2"),
-        "{text}"
+        "{addr}: {text}"
     );
+}
+
+#[test]
+fn another_protocol_version_is_named_in_the_error() {
+    let Some(mut agent) = start(&[]) else { return };
+    version_mismatch(&agent.addr);
     still_serves(&mut agent);
+    let (tracker, still_serves) = tracker();
+    version_mismatch(&tracker.addr().to_string());
+    still_serves();
 }
 
 #[test]
@@ -255,9 +264,10 @@ impl Write for Tap {
     }
 }
 
-/// An authenticated session through a [`Tap`]; each held message is one frame's bytes.
-fn tapped(agent: &Agent) -> (Channel<Tap>, Tap) {
-    let stream = TcpStream::connect(&agent.addr).unwrap();
+/// An authenticated session with the endpoint at `addr` through a [`Tap`]; each held message
+/// is one frame's bytes.
+fn tapped(addr: &str) -> (Channel<Tap>, Tap) {
+    let stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     let tap = Tap {
         stream: Arc::new(Mutex::new(stream)),
@@ -281,9 +291,24 @@ fn held_frames(tap: &Tap) -> Vec<Vec<u8>> {
     frames
 }
 
-#[test]
-fn tampered_replayed_reordered_and_dropped_frames_end_the_session() {
-    let Some(mut agent) = start(&[]) else { return };
+/// A tracker on loopback with the agents' key, and a check that it still serves.
+fn tracker() -> (kiln_rpc::tracker::TrackerHandle, impl Fn()) {
+    std::env::set_var("KILN_TRACKER_QUIET", "1");
+    let t = kiln_rpc::tracker::Tracker::bind("127.0.0.1:0", key(), Default::default())
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let addr = t.addr().to_string();
+    let still_serves = move || {
+        let mut c = kiln_rpc::tracker::TrackerClient::connect(&addr, &key(), TIMEOUT).unwrap();
+        c.status().unwrap();
+    };
+    (t, still_serves)
+}
+
+/// Tampered, replayed, reordered and dropped frames of a session with the endpoint at `addr`,
+/// which answers `request` with `answer`: each must end that session, and only that one.
+fn attack_sessions(addr: &str, request: u8, answer: u8, still_serves: &mut dyn FnMut()) {
     type Attack = fn(Vec<Vec<u8>>, Vec<u8>) -> Vec<Vec<u8>>;
     let attacks: [(&str, Attack); 4] = [
         ("tampered", |mut held, _| {
@@ -298,25 +323,37 @@ fn tampered_replayed_reordered_and_dropped_frames_end_the_session() {
         ("dropped", |held, _| vec![held[1].clone()]),
     ];
     for (what, attack) in attacks {
-        let (mut channel, tap) = tapped(&agent);
+        let (mut channel, tap) = tapped(addr);
         // One genuine request and its answer; its frame is kept for the replay.
         *tap.hold.lock().unwrap() = true;
-        channel.send(INFO_REQUEST, &[]).unwrap();
+        channel.send(request, &[]).unwrap();
         let first = held_frames(&tap).remove(0);
         tap.stream.lock().unwrap().write_all(&first).unwrap();
-        assert_eq!(channel.recv().unwrap().0, INFO);
+        assert_eq!(channel.recv().unwrap().0, answer);
         // Two more requests, held, then delivered as the attack has it.
-        channel.send(INFO_REQUEST, &[]).unwrap();
-        channel.send(INFO_REQUEST, &[]).unwrap();
+        channel.send(request, &[]).unwrap();
+        channel.send(request, &[]).unwrap();
         for f in attack(held_frames(&tap), first) {
             tap.stream.lock().unwrap().write_all(&f).unwrap();
         }
         let reply = channel.recv();
-        assert!(reply.is_err(), "{what}: the agent answered {reply:?}");
+        assert!(reply.is_err(), "{what}: {addr} answered {reply:?}");
         let s = tap.stream.lock().unwrap().try_clone().unwrap();
-        assert!(closed_by_agent(s), "{what}: the agent did not close");
-        still_serves(&mut agent);
+        assert!(closed_by_agent(s), "{what}: {addr} did not close");
+        still_serves();
     }
+}
+
+#[test]
+fn tampered_replayed_reordered_and_dropped_frames_end_the_session() {
+    let Some(mut agent) = start(&[]) else { return };
+    let addr = agent.addr.clone();
+    attack_sessions(&addr, INFO_REQUEST, INFO, &mut || still_serves(&mut agent));
+    // The tracker speaks the same sessions (its code is the host's, in Rust).
+    let (tracker, mut check) = tracker();
+    let addr = tracker.addr().to_string();
+    use kiln_rpc::tracker::{STATUS, STATUS_REQUEST};
+    attack_sessions(&addr, STATUS_REQUEST, STATUS, &mut check);
 }
 
 #[test]
@@ -351,36 +388,6 @@ fn clients_beyond_the_session_limit_are_told_the_agent_is_busy() {
     assert!(agent.child.try_wait().unwrap().is_none());
 }
 
-/// The host's own answer for a library of `graph` measured with `seed`: SHA-256 of its outputs
-/// on inputs generated as the agent generates them.
-fn host_checksum(graph: &kiln::Graph, seed: u64) -> [u8; 32] {
-    use sha2::Digest;
-    let code = |d: kiln::DType| match d {
-        kiln::DType::F32 => 0,
-        kiln::DType::F64 => 8,
-        _ => -1,
-    };
-    let mut state = seed;
-    let inputs: Vec<kiln::Tensor> = graph
-        .inputs()
-        .iter()
-        .map(|&v| {
-            let ty = graph.ty(v);
-            let mut bytes = vec![0u8; ty.byte_size()];
-            fill_input(&mut bytes, code(ty.dtype), &mut state);
-            kiln::tensor_from_bytes(ty, &bytes).unwrap()
-        })
-        .collect();
-    let model = kiln::Compiler::new(kiln::Target::host())
-        .compile(graph)
-        .unwrap();
-    let mut h = sha2::Sha256::new();
-    for out in model.run(&inputs).unwrap() {
-        h.update(kiln::tensor_bytes(&out));
-    }
-    h.finalize().into()
-}
-
 fn model_library(dir: &std::path::Path) -> (kiln::Graph, Vec<u8>) {
     let model =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/models/dscnn_kws.onnx");
@@ -413,7 +420,7 @@ fn a_compiled_model_is_uploaded_timed_and_matches_the_host() {
     );
     assert_eq!(
         m.checksum,
-        host_checksum(&graph, 7),
+        kiln_agent::expected_checksum(&graph, &kiln::Target::host(), 7).unwrap(),
         "outputs differ from the host's"
     );
     let other = client

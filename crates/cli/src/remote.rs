@@ -335,8 +335,9 @@ pub fn bench(req: &RemoteBench) -> Result<(), CliError> {
     let checksum: String = m.checksum.iter().map(|b| format!("{b:02x}")).collect();
     let same = target
         .runs_natively()
-        .then(|| host_checksum(&model.graph, &target, request.seed))
-        .transpose()?
+        .then(|| kiln_agent::expected_checksum(&model.graph, &target, request.seed))
+        .transpose()
+        .map_err(|e| CliError::Remote(format!("checking the outputs: {e}")))?
         .map(|h| h == m.checksum);
     if req.json {
         let j = serde_json::json!({
@@ -367,41 +368,4 @@ pub fn bench(req: &RemoteBench) -> Result<(), CliError> {
     };
     println!("outputs     sha256 {checksum}{verdict}");
     Ok(())
-}
-
-/// SHA-256 of the outputs this machine computes for `graph` on the agent's inputs of `seed`.
-fn host_checksum(
-    graph: &kiln::Graph,
-    target: &kiln::Target,
-    seed: u64,
-) -> Result<[u8; 32], CliError> {
-    let code = |d: kiln::DType| match d {
-        kiln::DType::F32 => 0,
-        kiln::DType::F64 => 8,
-        _ => -1,
-    };
-    let mut state = seed;
-    let mut inputs = vec![];
-    for &v in graph.inputs() {
-        let ty = graph.ty(v);
-        let mut bytes = vec![0u8; ty.byte_size()];
-        kiln_rpc::agent::fill_input(&mut bytes, code(ty.dtype), &mut state);
-        inputs.push(
-            kiln::tensor_from_bytes(ty, &bytes)
-                .ok_or_else(|| CliError::Remote("cannot make the host's inputs".into()))?,
-        );
-    }
-    let backend = |source: crate::backend::BackendError| CliError::Backend {
-        backend: "jit",
-        source: Box::new(source),
-    };
-    let model = kiln::Compiler::new(target.clone())
-        .compile(graph)
-        .map_err(|e| backend(e.into()))?;
-    let outputs = model.run(&inputs).map_err(|e| backend(e.into()))?;
-    let mut all = vec![];
-    for o in &outputs {
-        all.extend(kiln::tensor_bytes(o));
-    }
-    Ok(kiln_rpc::agent::sha256(&all))
 }

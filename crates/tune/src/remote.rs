@@ -26,7 +26,7 @@ use kiln_schedules::Knobs;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A candidate's kernel library, or why it did not build.
 pub type BuiltLibrary = Result<Vec<u8>, String>;
@@ -68,10 +68,17 @@ pub struct RemoteOptions {
 /// A device in use: its agent session, and its lease when it came from a tracker (the lease
 /// ends when this is dropped).
 struct Device {
+    /// The agent's address.
     name: String,
     agent: AgentClient,
     _lease: Option<TrackerClient>,
+    /// When the session last carried a message: an agent ends sessions idle for its
+    /// `--session-timeout-s` (120 s by default), so an idle one is renewed before use.
+    last_used: Instant,
 }
+
+/// Sessions idle longer than this are renewed before they are used again.
+const IDLE_RENEW: Duration = Duration::from_secs(60);
 
 /// Measures candidates on remote device agents.
 pub struct RpcRunner {
@@ -133,6 +140,25 @@ impl RpcRunner {
     pub fn connect(&mut self) -> Result<usize, String> {
         let timeout = self.remote.io_timeout;
         let mut last_error = String::new();
+        // Renew idle sessions (their leases stay); a device that does not answer is dropped.
+        let key = self.remote.key.clone();
+        self.devices.retain_mut(|d| {
+            if d.last_used.elapsed() < IDLE_RENEW {
+                return true;
+            }
+            match AgentClient::connect(&d.name, &key, timeout) {
+                Ok(agent) => {
+                    let old = std::mem::replace(&mut d.agent, agent);
+                    let _ = old.bye();
+                    d.last_used = Instant::now();
+                    true
+                }
+                Err(e) => {
+                    last_error = format!("agent {}: {e}", d.name);
+                    false
+                }
+            }
+        });
         match self.remote.devices.clone() {
             Devices::Agents(addrs) => {
                 for addr in addrs {
@@ -235,6 +261,7 @@ impl RpcRunner {
             name,
             agent,
             _lease: lease,
+            last_used: Instant::now(),
         });
     }
 
@@ -352,6 +379,7 @@ fn measure_on(device: &mut Device, library: &[u8], req: &MeasureRequest) -> Outc
         Ok(()) | Err(RpcError::Remote(_)) => false,
         Err(_) => true,
     };
+    device.last_used = Instant::now();
     Outcome::Done { result, lost }
 }
 
