@@ -185,6 +185,8 @@ fn tune_and_check(t: &TrackerHandle, target: &Target, device_key: &str, dir: &Pa
     let mut log = TuningLog::open(&log_path).unwrap();
     tuner.run(&mut runner, &mut log, &mut |_| {}).unwrap();
     drop(log);
+    // Its devices' leases end with the runner.
+    drop(runner);
 
     let contents = kiln_tune::read_log(&log_path).unwrap();
     let measured: Vec<_> = contents.measures().collect();
@@ -213,7 +215,34 @@ fn tune_and_check(t: &TrackerHandle, target: &Target, device_key: &str, dir: &Pa
     let runner_bin = dir.join(format!("run_model-{}", target.name()));
     build_runner(target.linker(), &runner_bin);
     check_through_c_with(&c, target, &aot, &runner_bin, target.runner(), dir);
+
+    // The device described through its agent: its report, and every probe timed there.
+    let key = Key::new(KEY).unwrap();
+    let mut tracker =
+        kiln_rpc::tracker::TrackerClient::connect(&t.addr().to_string(), &key, T).unwrap();
+    tracker
+        .request(&kiln_rpc::tracker::LeaseRequest {
+            device_key: device_key.into(),
+            priority: 0,
+            lease_ms: 600_000,
+            client: "describe".into(),
+        })
+        .unwrap();
+    let lease = tracker.wait_lease(Some(T)).unwrap();
+    let mut agent = kiln_rpc::AgentClient::connect(&lease.address, &key, T).unwrap();
+    let d = kiln_tune::remote::describe_remote(&mut agent, target, 1).unwrap();
+    let arch = if target.name().starts_with("aarch64") {
+        "aarch64"
+    } else {
+        "x86_64"
+    };
+    assert_eq!(d.arch, arch);
+    assert_eq!(d.probes.len(), kiln_tune::device::PROBES.len());
+    assert!(d.probes.iter().all(|p| p.ms > 0.0), "{d:?}");
+    assert_eq!(tracker.release().unwrap(), "released");
 }
+
+const T: Duration = Duration::from_secs(60);
 
 #[test]
 fn a_bundled_model_tuned_through_the_tracker_on_x86_64_and_aarch64_agents_matches_its_outputs() {

@@ -12,6 +12,7 @@ pub mod compare;
 pub mod compile;
 pub mod conformance;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod inspect;
 pub mod manifest;
@@ -229,6 +230,21 @@ pub enum Command {
     /// Remote measurement sessions with device agents.
     #[command(subcommand)]
     Rpc(RpcCommand),
+    /// Describe a device as the tuner sees it: its target's register file, cores, clock and
+    /// caches, and the latencies of a fixed set of probe kernels (here, or on a remote device).
+    Device {
+        /// The target the device runs (see `kiln targets`).
+        #[arg(long, default_value = "host")]
+        target: String,
+        /// Threads the probes run with.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+    },
     /// Serve a pool of device agents: agents register under a device key and send heartbeats;
     /// clients (`kiln tune --tracker`, `kiln rpc status`) queue for leases by key and priority.
     Tracker {
@@ -662,6 +678,12 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             key_file,
             json,
         }) => remote::status(&tracker, &key_file, json).map(|()| Outcome::Pass),
+        Command::Device {
+            target,
+            threads,
+            json,
+            remote,
+        } => device::describe(&target, threads, &remote, json).map(|()| Outcome::Pass),
         Command::Tracker {
             listen,
             key_file,

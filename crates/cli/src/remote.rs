@@ -154,7 +154,7 @@ impl RemoteArgs {
 }
 
 /// One device for a whole-model measurement: an agent session, and the lease holding it.
-fn one_device(
+pub(crate) fn one_device(
     args: &RemoteArgs,
     timeout: Duration,
 ) -> Result<

@@ -717,6 +717,14 @@ fn through_a_tracker(dir: &Path, agent: &Path, key: &Path, model: &Path) -> Resu
     if measured.len() != 3 || measured.iter().any(|l| !l.contains("\"device\":")) {
         return Err(format!("tune --tracker logged:\n{records}"));
     }
+    let mut device: Vec<std::ffi::OsString> = vec!["device".into(), "--json".into()];
+    device.extend(with_path(&remote, key));
+    let (stdout, _) = expect_code(&kiln(device), 0, "device --tracker");
+    let d: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let probes = d["probes"].as_array().map_or(0, Vec::len);
+    if d["arch"] != "x86_64" || probes != 6 {
+        return Err(format!("device --tracker: {d}"));
+    }
     let after = status("status after");
     if after["leases"].as_array().map(Vec::len) != Some(0) {
         return Err(format!("leases left: {after}"));

@@ -1,6 +1,7 @@
 //! Kiln's auto-tuner: finds fast schedules for a model's kernels on this machine.
 //!
-//! The pipeline, one module each: [`task`] extracts the distinct workloads of a model;
+//! The pipeline, one module each ([`device`] describes the machine measured on, for cost
+//! models that transfer between devices): [`task`] extracts the distinct workloads of a model;
 //! `kiln_schedules` gives each its sketch and search space; [`features`] describes a scheduled
 //! kernel; [`model`] learns from measurements which candidates are fast (XGBoost); [`search`]
 //! picks tasks and candidates by evolutionary search over the model's predictions; [`measure`]
@@ -13,6 +14,7 @@
 //! of the same DAG (`kiln_schedules`), and the compiler replays a logged trace only when it
 //! still replays and lowers on the workload's DAG.
 
+pub mod device;
 pub mod features;
 pub mod log;
 pub mod measure;

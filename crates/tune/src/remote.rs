@@ -14,6 +14,7 @@
 //! it. A candidate that crashes, hangs or exhausts memory on the device is the agent's verdict
 //! (an error result); the agent survives it (it measures in a forked child).
 
+use crate::device::{DeviceDescription, Probe};
 use crate::measure::{lower_candidate, MeasureOptions, Measured, ModelSpec, Runner};
 use crate::task::{extract_tasks, Task, TaskSet};
 use crate::TuneError;
@@ -506,4 +507,62 @@ impl RpcRunner {
             .map(|r| r.unwrap_or_else(|| Measured::Error("not measured".into())))
             .collect()
     }
+}
+
+/// The probes ([`crate::device::PROBES`]) compiled as libraries for `target` and timed on the
+/// agent's device with `threads` threads: the measured part of its [`DeviceDescription`].
+pub fn probe_remotely(
+    agent: &mut AgentClient,
+    target: &Target,
+    threads: usize,
+) -> Result<Vec<Probe>, TuneError> {
+    let dir = tempfile::Builder::new().prefix("kiln-probes-").tempdir()?;
+    let mut probes = vec![];
+    for (name, graph) in crate::device::probe_graphs()? {
+        let lib = dir.path().join(format!("lib{name}.so"));
+        let options = kiln::AotOptions {
+            parallel: threads > 1,
+            ..kiln::AotOptions::default()
+        };
+        let failed = |e: String| TuneError::Job(format!("probe {name}: {e}"));
+        kiln::aot::compile_library(&graph, target, &options, &lib)
+            .map_err(|e| failed(e.to_string()))?;
+        let bytes = std::fs::read(&lib)?;
+        let hash = agent.upload(&bytes).map_err(|e| failed(e.to_string()))?;
+        let req = MeasureRequest {
+            threads: threads.max(1) as i32,
+            repeat: 5,
+            min_repeat_ms: 20,
+            timeout_ms: 60_000,
+            ..MeasureRequest::default()
+        };
+        let m = agent
+            .measure(&hash, &req)
+            .map_err(|e| failed(e.to_string()))?;
+        let _ = agent.delete(&hash);
+        if m.status != MeasureStatus::Ok || m.seconds.is_empty() {
+            return Err(failed(format!("{:?}: {}", m.status, m.message)));
+        }
+        let mut ms: Vec<f64> = m.seconds.iter().map(|s| s * 1e3).collect();
+        ms.sort_by(f64::total_cmp);
+        probes.push(Probe {
+            name: name.to_string(),
+            ms: ms[ms.len() / 2],
+        });
+    }
+    Ok(probes)
+}
+
+/// A remote device's whole description: its agent's report and its probes.
+pub fn describe_remote(
+    agent: &mut AgentClient,
+    target: &Target,
+    threads: usize,
+) -> Result<DeviceDescription, TuneError> {
+    let info = agent
+        .device_info()
+        .map_err(|e| TuneError::Job(format!("device info: {e}")))?;
+    let mut d = DeviceDescription::of_agent(target, &info, threads);
+    d.probes = probe_remotely(agent, target, threads)?;
+    Ok(d)
 }
