@@ -40,6 +40,7 @@ pub mod isa;
 mod jammed_reduce;
 pub mod jit;
 pub mod kernel;
+mod loops;
 pub mod parallel;
 mod pointwise;
 pub mod pool;
