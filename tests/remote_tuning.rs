@@ -13,28 +13,16 @@ mod c_check;
 
 use c_check::*;
 use kiln::{AotOptions, Target};
+use kiln_agent::LocalAgent;
 use kiln_rpc::tracker::{Tracker, TrackerHandle, TrackerOptions};
 use kiln_rpc::Key;
 use kiln_tune::measure::{MeasureOptions, Measured, ModelSpec, Runner};
 use kiln_tune::{Devices, RemoteOptions, RpcRunner, TuneOptions, Tuner, TuningLog};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const KEY: &[u8] = b"remote tuning test key, 32 bytes";
-
-/// An agent process, killed when dropped.
-struct Agent {
-    child: Child,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The agent for `target`, or `None` (with a notice) where it cannot be built or run here.
 fn agent_binary(target: &Target, dir: &Path) -> Option<PathBuf> {
@@ -61,38 +49,13 @@ fn start_agent(
     dir: &Path,
     tracker: &TrackerHandle,
     device_key: &str,
-) -> Agent {
+) -> LocalAgent {
     let key_file = dir.join("key");
     std::fs::write(&key_file, KEY).unwrap();
-    let mut command = match target.runner().split_first() {
-        Some((program, args)) => {
-            let mut c = Command::new(program);
-            c.args(args).arg(bin);
-            c
-        }
-        None => Command::new(bin),
-    };
-    let mut child = command
-        .args(["--listen", "127.0.0.1:0", "--key-file"])
-        .arg(&key_file)
-        .arg("--work-dir")
-        .arg(dir.join(format!("work-{device_key}-{}", std::process::id())))
-        .args([
-            "--tracker",
-            &tracker.addr().to_string(),
-            "--device-key",
-            device_key,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening on"), "{line:?}");
-    Agent { child }
+    let work = dir.join(format!("work-{device_key}-{}", std::process::id()));
+    let at = tracker.addr().to_string();
+    let args = ["--tracker", &at, "--device-key", device_key];
+    LocalAgent::start(target.runner(), bin, &key_file, &work, &args).unwrap()
 }
 
 fn tracker() -> TrackerHandle {

@@ -194,14 +194,19 @@ static int send_hello(wire_session *s, const wire_io *io, uint8_t nonce[KILN_NON
     return r ? fail(s, r, "sending HELLO") : WIRE_OK;
 }
 
-int wire_accept(wire_session *s, const wire_io *io, const wire_key *key, uint64_t cap) {
+/* Starts a session: our HELLO (nonce `ours`) sent, the peer's (nonce `theirs`) read. */
+static int exchange_hellos(wire_session *s, const wire_io *io, uint64_t cap,
+                           uint8_t ours[KILN_NONCE_BYTES], uint8_t theirs[KILN_NONCE_BYTES]) {
     memset(s, 0, sizeof *s);
     s->io = *io;
     s->cap = cap;
+    int r = send_hello(s, io, ours);
+    return r ? r : read_hello(s, io, theirs);
+}
+
+int wire_accept(wire_session *s, const wire_io *io, const wire_key *key, uint64_t cap) {
     uint8_t sn[KILN_NONCE_BYTES], cn[KILN_NONCE_BYTES];
-    int r = send_hello(s, io, sn);
-    if (r) return r;
-    r = read_hello(s, io, cn);
+    int r = exchange_hellos(s, io, cap, sn, cn);
     if (r) return r;
 
     uint8_t *body;
@@ -238,13 +243,8 @@ int wire_accept(wire_session *s, const wire_io *io, const wire_key *key, uint64_
 }
 
 int wire_connect(wire_session *s, const wire_io *io, const wire_key *key, uint64_t cap) {
-    memset(s, 0, sizeof *s);
-    s->io = *io;
-    s->cap = cap;
     uint8_t sn[KILN_NONCE_BYTES], cn[KILN_NONCE_BYTES];
-    int r = send_hello(s, io, cn);
-    if (r) return r;
-    r = read_hello(s, io, sn);
+    int r = exchange_hellos(s, io, cap, cn, sn);
     if (r) return r;
     uint8_t auth[1 + KILN_TAG_BYTES];
     auth[0] = KILN_AUTH;

@@ -169,3 +169,78 @@ pub fn expected_checksum(
     }
     Ok(kiln_rpc::agent::sha256(&all))
 }
+
+/// An agent started on this machine on a loopback port (through `runner`, e.g. qemu-user,
+/// when not empty): what tests and single-machine remote runs use. It is killed, with its
+/// sessions, when dropped.
+#[derive(Debug)]
+pub struct LocalAgent {
+    pub child: std::process::Child,
+    /// `127.0.0.1:PORT`, from the agent's first line.
+    pub addr: String,
+}
+
+impl LocalAgent {
+    /// Starts `bin --listen 127.0.0.1:0 --key-file KEY_FILE --work-dir WORK_DIR ARGS...` and
+    /// waits for the line saying where it listens (its stderr, the log, is discarded).
+    pub fn start(
+        runner: &[String],
+        bin: &Path,
+        key_file: &Path,
+        work_dir: &Path,
+        args: &[&str],
+    ) -> Result<LocalAgent, AgentError> {
+        use std::io::BufRead;
+        let mut command = match runner.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let io = |what: &str| {
+            let what = format!("{what} {}", bin.display());
+            move |source| AgentError::Io { what, source }
+        };
+        let mut child = command
+            .args(["--listen", "127.0.0.1:0", "--key-file"])
+            .arg(key_file)
+            .arg("--work-dir")
+            .arg(work_dir)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(io("starting"))?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            std::io::BufReader::new(out)
+                .read_line(&mut line)
+                .map_err(io("reading the first line of"))?;
+        }
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string);
+        match addr {
+            Some(addr) => Ok(LocalAgent { child, addr }),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(AgentError::Io {
+                    what: format!("starting {}", bin.display()),
+                    source: std::io::Error::other(format!("no address in its first line {line:?}")),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for LocalAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -13,10 +13,10 @@ use kiln_rpc::agent::{
     UPLOAD_CHUNK, UPLOAD_END, UPLOAD_READY,
 };
 use kiln_rpc::{Channel, Key, Role, RpcError};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -43,18 +43,11 @@ fn agent_binary() -> Option<&'static PathBuf> {
         .map(|(_, p)| p)
 }
 
-/// A running agent on a loopback port, killed when dropped.
+/// A running agent on a loopback port (killed when dropped) and its scratch folder.
 struct Agent {
-    child: Child,
+    local: kiln_agent::LocalAgent,
     addr: String,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start(extra: &[&str]) -> Option<Agent> {
@@ -66,35 +59,10 @@ fn spawn(runner: &[String], bin: &std::path::Path, extra: &[&str]) -> Agent {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("key");
     std::fs::write(&key_file, KEY).unwrap();
-    let mut command = match runner.split_first() {
-        Some((program, args)) => {
-            let mut c = Command::new(program);
-            c.args(args).arg(bin);
-            c
-        }
-        None => Command::new(bin),
-    };
-    let mut child = command
-        .args(["--listen", "127.0.0.1:0", "--key-file"])
-        .arg(&key_file)
-        .arg("--work-dir")
-        .arg(dir.path().join("work"))
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in the agent's first line: {line:?}"))
-        .to_string();
-    Agent { child, addr, dir }
+    let work = dir.path().join("work");
+    let local = kiln_agent::LocalAgent::start(runner, bin, &key_file, &work, extra).unwrap();
+    let addr = local.addr.clone();
+    Agent { local, addr, dir }
 }
 
 fn key() -> Key {
@@ -104,7 +72,7 @@ fn key() -> Key {
 /// The agent still serves a full session (it survived whatever came before).
 fn still_serves(agent: &mut Agent) {
     assert!(
-        agent.child.try_wait().unwrap().is_none(),
+        agent.local.child.try_wait().unwrap().is_none(),
         "the agent process exited"
     );
     let mut client = AgentClient::connect(&agent.addr, &key(), TIMEOUT).unwrap();
@@ -385,7 +353,7 @@ fn clients_beyond_the_session_limit_are_told_the_agent_is_busy() {
             Err(e) => panic!("the agent never served again: {e}"),
         }
     }
-    assert!(agent.child.try_wait().unwrap().is_none());
+    assert!(agent.local.child.try_wait().unwrap().is_none());
 }
 
 fn model_library(dir: &std::path::Path) -> (kiln::Graph, Vec<u8>) {
