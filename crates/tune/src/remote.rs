@@ -409,17 +409,23 @@ impl RpcRunner {
     /// build: it is passed through as its result). What [`Runner::measure`] does after
     /// building; public for libraries built elsewhere (and for tests).
     pub fn measure_libraries(&mut self, built: &[BuiltLibrary]) -> Vec<Measured> {
-        let mut results: Vec<Option<Measured>> = built
+        let results: Vec<Option<Measured>> = built
             .iter()
             .map(|b| b.as_ref().err().map(|e| Measured::Error(e.clone())))
             .collect();
-        let mut queue: VecDeque<(usize, u32)> = (0..built.len())
+        let queue: VecDeque<(usize, u32)> = (0..built.len())
             .filter(|&i| results[i].is_none())
             .map(|i| (i, 0))
             .collect();
+        let round = Round {
+            queue: Mutex::new(queue),
+            results: Mutex::new(results),
+            requeued: AtomicUsize::new(0),
+            lost: Mutex::new(Vec::new()),
+        };
         let req = self.request();
         let mut rounds = 0;
-        while !queue.is_empty() {
+        while !lock(&round.queue).is_empty() {
             rounds += 1;
             let connected = if rounds > 2 * MAX_LOSSES as usize {
                 Err("devices kept failing".to_string())
@@ -427,85 +433,94 @@ impl RpcRunner {
                 self.connect()
             };
             if let Err(why) = connected {
-                for (i, _) in queue.drain(..) {
+                let mut results = lock(&round.results);
+                for (i, _) in lock(&round.queue).drain(..) {
                     results[i] = Some(Measured::Error(format!("no device to measure on: {why}")));
                 }
                 break;
             }
-            let shared_queue = Mutex::new(std::mem::take(&mut queue));
-            let shared_results = Mutex::new(std::mem::take(&mut results));
+            // Each device drains the queue on a thread of its own; the lost ones do not return.
             let devices = std::mem::take(&mut self.devices);
-            let lost = Mutex::new(Vec::new());
-            let requeued = AtomicUsize::new(0);
-            let survivors: Vec<Device> = std::thread::scope(|s| {
+            self.devices = std::thread::scope(|s| {
                 let handles: Vec<_> = devices
                     .into_iter()
-                    .map(|mut device| {
-                        let (queue, results, req, lost, requeued) =
-                            (&shared_queue, &shared_results, &req, &lost, &requeued);
-                        s.spawn(move || loop {
-                            let lock = |q: &Mutex<VecDeque<(usize, u32)>>| {
-                                let mut q = q.lock().unwrap_or_else(|p| p.into_inner());
-                                q.pop_front()
-                            };
-                            let Some((i, losses)) = lock(queue) else {
-                                return Some(device);
-                            };
-                            let Some(Ok(library)) = built.get(i) else {
-                                continue;
-                            };
-                            let (result, device_lost) = match measure_on(&mut device, library, req) {
-                                Outcome::Done { result, lost } => (Some(result), lost.then(String::new)),
-                                Outcome::Lost(why) => (None, Some(why)),
-                            };
-                            match result {
-                                Some(r) => {
-                                    results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
-                                }
-                                None if losses + 1 >= MAX_LOSSES => {
-                                    let why = device_lost.clone().unwrap_or_default();
-                                    results.lock().unwrap_or_else(|p| p.into_inner())[i] =
-                                        Some(Measured::Error(format!(
-                                            "lost {MAX_LOSSES} devices while measuring it (the last: {why})"
-                                        )));
-                                }
-                                None => {
-                                    requeued.fetch_add(1, Ordering::SeqCst);
-                                    queue
-                                        .lock()
-                                        .unwrap_or_else(|p| p.into_inner())
-                                        .push_back((i, losses + 1));
-                                }
-                            }
-                            if let Some(why) = device_lost {
-                                lost.lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .push((device.name.clone(), why));
-                                return None;
-                            }
-                        })
-                    })
+                    .map(|device| s.spawn(|| round.drain(device, built, &req)))
                     .collect();
                 handles
                     .into_iter()
                     .filter_map(|h| h.join().ok().flatten())
                     .collect()
             });
-            self.requeued += requeued.into_inner();
-            for (name, why) in lost.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            for (name, why) in std::mem::take(&mut *lock(&round.lost)) {
                 self.lost_devices += 1;
                 eprintln!("note: lost device {name}: {why}");
             }
-            self.devices = survivors;
-            queue = shared_queue.into_inner().unwrap_or_else(|p| p.into_inner());
-            results = shared_results
-                .into_inner()
-                .unwrap_or_else(|p| p.into_inner());
         }
+        self.requeued += round.requeued.into_inner();
+        let results = round
+            .results
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
         results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Measured::Error("not measured".into())))
             .collect()
+    }
+}
+
+/// The shared state of one round of measurement across devices.
+struct Round {
+    /// Candidates still to measure, with how many devices each has lost.
+    queue: Mutex<VecDeque<(usize, u32)>>,
+    results: Mutex<Vec<Option<Measured>>>,
+    requeued: AtomicUsize,
+    /// Devices lost in this round: name and why.
+    lost: Mutex<Vec<(String, String)>>,
+}
+
+/// `m` locked; a thread that panicked holding it left whole values behind.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Round {
+    /// Measures queued candidates on `device` until the queue is empty (the device comes
+    /// back) or the device is lost (`None`; a candidate it had not finished is queued again).
+    fn drain(
+        &self,
+        mut device: Device,
+        built: &[BuiltLibrary],
+        req: &MeasureRequest,
+    ) -> Option<Device> {
+        loop {
+            let Some((i, losses)) = lock(&self.queue).pop_front() else {
+                return Some(device);
+            };
+            let Some(Ok(library)) = built.get(i) else {
+                continue;
+            };
+            let lost = match measure_on(&mut device, library, req) {
+                Outcome::Done { result, lost } => {
+                    lock(&self.results)[i] = Some(result);
+                    lost.then(|| "the session failed after a measurement".to_string())
+                }
+                Outcome::Lost(why) if losses + 1 >= MAX_LOSSES => {
+                    let e =
+                        format!("lost {MAX_LOSSES} devices while measuring it (the last: {why})");
+                    lock(&self.results)[i] = Some(Measured::Error(e));
+                    Some(why)
+                }
+                Outcome::Lost(why) => {
+                    self.requeued.fetch_add(1, Ordering::SeqCst);
+                    lock(&self.queue).push_back((i, losses + 1));
+                    Some(why)
+                }
+            };
+            if let Some(why) = lost {
+                lock(&self.lost).push((device.name.clone(), why));
+                return None;
+            }
+        }
     }
 }
 
