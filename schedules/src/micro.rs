@@ -192,25 +192,7 @@ fn pack_panel(
     group: Option<usize>,
 ) -> bool {
     let dag = r.dag;
-    let Some(stage) = dag.stage(a) else {
-        return true;
-    };
-    let Some(col_var) = stage.axes.get(axis).map(|x| x.var) else {
-        return true;
-    };
-    let mut found = None;
-    stage.body.walk(&mut |e| {
-        if let kiln_tir::Expr::Load { buf, indices } = e {
-            let last = indices.last() == Some(&kiln_tir::Expr::Var(col_var));
-            let elsewhere = indices[..indices.len().saturating_sub(1)]
-                .iter()
-                .any(|i| i.any(&|x| *x == kiln_tir::Expr::Var(col_var)));
-            if last && !elsewhere && dag.tensor(*buf).is_some_and(|t| t.constant) {
-                found = Some((*buf, indices.len()));
-            }
-        }
-    });
-    let Some((buf, rank)) = found else {
+    let Some((buf, rank)) = constant_panel(r, a, axis) else {
         return true;
     };
     let Some(name) = dag.tensor(buf).map(|t| t.name.clone()) else {
@@ -335,6 +317,26 @@ fn channel_reduction(r: &Recorder, a: BufferId) -> Option<usize> {
         .map(|l| l.2)
 }
 
+/// The constant placeholder stage `a` reads with axis `axis`'s variable as its last index and
+/// nowhere else (the weight panel a micro-kernel streams), with its rank.
+fn constant_panel(r: &Recorder, a: BufferId, axis: usize) -> Option<(BufferId, usize)> {
+    let dag = r.dag;
+    let col_var = dag.stage(a)?.axes.get(axis)?.var;
+    let mut found = None;
+    dag.stage(a)?.body.walk(&mut |e| {
+        if let kiln_tir::Expr::Load { buf, indices } = e {
+            let last = indices.last() == Some(&kiln_tir::Expr::Var(col_var));
+            let elsewhere = indices[..indices.len().saturating_sub(1)]
+                .iter()
+                .any(|i| i.any(&|x| *x == kiln_tir::Expr::Var(col_var)));
+            if last && !elsewhere && dag.tensor(*buf).is_some_and(|t| t.constant) {
+                found = Some((*buf, indices.len()));
+            }
+        }
+    });
+    found
+}
+
 /// Whether matmul stage `stage` reduces over `k` in a multiple of 4 (int8 quadruples).
 fn k_in_quads(r: &Recorder, stage: &str) -> bool {
     r.loops(stage)
@@ -382,6 +384,11 @@ pub(crate) fn matmul(r: &mut Recorder, shape: MicroShape, o: BufferId, a: Buffer
         .is_some_and(|t| t.dtype == kiln_ir::DType::I32);
     let quads = int8 && k_in_quads(r, &aname);
     if int8 && !(shape.int8 && quads) {
+        return false;
+    }
+    // The integer kernels read weights packed in quadruples, which only a constant can be
+    // (packed when the kernel is compiled): a product of two activations takes another sketch.
+    if quads && constant_panel(r, a, 2).is_none() {
         return false;
     }
     let (first, second) = tile_loop_order(r, m, rows);
@@ -458,6 +465,9 @@ pub(crate) fn matmul_root(r: &mut Recorder, shape: MicroShape, o: BufferId) -> b
     let int8 = t.dtype == kiln_ir::DType::I32;
     let quads = int8 && k_in_quads(r, &name);
     if int8 && !(shape.int8 && quads) {
+        return false;
+    }
+    if quads && constant_panel(r, o, 2).is_none() {
         return false;
     }
     transaction(r, |r| {

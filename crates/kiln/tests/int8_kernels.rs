@@ -305,3 +305,46 @@ fn quantization_after_a_float_convolution_fuses_into_its_kernel() {
         }
     }
 }
+
+/// A product of two int8 activations (attention's Q·K^T in a quantised transformer): the
+/// integer micro-kernels read weights packed in quadruples when the kernel is compiled, which
+/// an activation cannot be, so it takes the vector-code sketch (4x faster than a tensorized
+/// region over an unpacked operand) and computes exactly what the reference does.
+#[test]
+fn an_int8_product_of_two_activations_is_exact_and_not_tensorized() {
+    let text = r#"graph {
+  input %0 "a": i8[1,64,64]
+  input %1 "b": i8[1,64,64]
+  %2: i32[1,64,64] = matmul(%0, %1) {"a_zp":3,"b_zp":-2}
+  output %2
+}"#;
+    let g = parse_graph(text).unwrap();
+    let values = |seed: usize| -> Vec<i8> {
+        (0..64 * 64)
+            .map(|i| ((i * 37 + seed * 11) % 255) as i32 - 127)
+            .map(|v| v as i8)
+            .collect()
+    };
+    let inputs = [
+        Tensor::new(vec![1, 64, 64], values(1)).unwrap(),
+        Tensor::new(vec![1, 64, 64], values(2)).unwrap(),
+    ];
+    let want = kiln_reference::run(&g, &inputs).unwrap();
+    for target in targets() {
+        let options = CompileOptions {
+            threads: 1,
+            ..CompileOptions::default()
+        };
+        let model = Compiler::new(target.clone())
+            .with_options(options)
+            .compile(&g)
+            .unwrap();
+        assert!(
+            model.kernels().iter().all(|k| !k.tensorized),
+            "{}: {:?}",
+            target.name(),
+            model.kernels()
+        );
+        assert_eq!(model.run(&inputs).unwrap(), want, "{}", target.name());
+    }
+}
