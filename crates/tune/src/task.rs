@@ -1,10 +1,11 @@
 //! Tasks: the distinct workloads of a model, each with the DAG the tuner schedules.
 //!
 //! Invariant: a model's tasks are exactly the distinct workload keys
-//! ([`kiln_operators::kernel::workload_key`]) of the kernels the compiler lowers for it with the
-//! same graph options (alias groups included: one that cannot share its source's storage runs
-//! as a copy), each weighted by how many kernels share it; [`extract_tasks`] is deterministic, so a measurement process rebuilding a
-//! task from the model file gets the same DAG.
+//! ([`kiln_operators::kernel::workload_key`]) of the kernels the compiler runs for it with the
+//! same graph options (alias groups only where they write a graph output: elsewhere they share
+//! their source's storage and run no code), each weighted by how many kernels share it;
+//! [`extract_tasks`] is deterministic, so a measurement process rebuilding a task from the
+//! model file gets the same DAG.
 
 use crate::TuneError;
 use kiln::GraphOptions;
@@ -68,11 +69,20 @@ pub fn extract_tasks(
     let groups = prepared.groups.unwrap_or_else(|| partition(&graph));
     let mut tasks: Vec<Task> = vec![];
     for g in &groups {
-        // Alias groups (row-major reshapes) usually run no code, but one whose source cannot
-        // be shared (a graph input) is a copy kernel: they are tasks too.
         if g.nodes
             .iter()
             .all(|&n| matches!(graph.node(n).op, Op::Const(_)))
+        {
+            continue;
+        }
+        // An alias group (a row-major reshape) shares its source's storage and runs no code,
+        // unless it writes a graph output (then the compiler may have to copy): only those
+        // are tasks, so a model's estimate sums the kernels that run.
+        if g.alias
+            && !g
+                .nodes
+                .last()
+                .is_some_and(|&n| graph.outputs().contains(&graph.node(n).output))
         {
             continue;
         }
