@@ -8,6 +8,7 @@
 //!   sampling and mutation.
 //! * [`micro`]: on targets with micro-kernels ([`SketchTarget`]), the register tiles of
 //!   convolutions and matmuls as tensorized regions sized for the target's registers.
+//! * [`tuned`]: what ships in `schedules/tuned/` (the pretrained latency model).
 //!
 //! Invariant: every trace produced here replays legally on its DAG and lowers
 //! ([`sketch::schedule_with`] falls back to simpler traces when lowering rejects one), so any
@@ -16,6 +17,7 @@
 pub mod micro;
 pub mod sketch;
 pub mod space;
+pub mod tuned;
 
 pub use micro::{MicroShape, SketchTarget};
 pub use sketch::{

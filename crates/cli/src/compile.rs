@@ -20,8 +20,8 @@ pub struct CompileRequest {
     pub single_thread: bool,
     pub import: ImportArgs,
     pub graph: kiln::GraphOptions,
-    /// `--tuning-log`.
-    pub tuning_log: Option<PathBuf>,
+    /// The tuned schedules (`--tuning-log`, else the shipped pre-tuned records).
+    pub schedules: kiln::TunedSchedules,
 }
 
 /// Compiles the model into a shared library and prints what was built.
@@ -31,14 +31,7 @@ pub fn compile(req: &CompileRequest) -> Result<(), CliError> {
     for note in &model.notes {
         println!("note: {note}");
     }
-    // A single-threaded library takes records measured on one thread; a parallel one, whose
-    // pool size is chosen when it runs, takes the fastest of any thread count.
-    let schedules = match &req.tuning_log {
-        Some(log) => {
-            crate::tune::schedules_from_log(log, target.name(), req.single_thread.then_some(1))?
-        }
-        None => kiln::TunedSchedules::default(),
-    };
+    let schedules = req.schedules.clone();
     let options = AotOptions {
         parallel: !req.single_thread,
         header: req.header.clone(),

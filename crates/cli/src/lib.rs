@@ -17,6 +17,7 @@ pub mod error;
 pub mod inspect;
 pub mod manifest;
 pub mod panic_guard;
+pub mod predict;
 pub mod profile;
 pub mod remote;
 pub mod run;
@@ -220,6 +221,17 @@ pub enum Command {
         /// Measure candidates on remote devices (built here for `--target`).
         #[command(flatten)]
         remote: remote::RemoteArgs,
+        /// The pretrained latency model the search starts from and adapts to this device
+        /// (default: the one shipped with Kiln, `schedules/tuned/cost-model.json`).
+        #[arg(long, value_name = "FILE")]
+        cost_model: Option<PathBuf>,
+        /// Start without a pretrained model: learn only from this run's measurements.
+        #[arg(long)]
+        no_pretrained: bool,
+        /// After tuning, add the log's best record per workload and thread count to the
+        /// pre-tuned records in DIR (`schedules/tuned/records` ships with Kiln).
+        #[arg(long, value_name = "DIR")]
+        export_pretuned: Option<PathBuf>,
     },
     /// Internal: measures tuning candidates sent on stdin (started by `kiln tune`).
     #[command(hide = true)]
@@ -230,6 +242,34 @@ pub enum Command {
     /// Remote measurement sessions with device agents.
     #[command(subcommand)]
     Rpc(RpcCommand),
+    /// Predict a model's latency without running it: per kernel and in total, with the
+    /// schedules a compile would use, from the latency model and the device's probes.
+    Predict {
+        /// The ONNX model file.
+        model: PathBuf,
+        /// The target to predict for (see `kiln targets`).
+        #[arg(long, default_value = "host")]
+        target: String,
+        /// Threads the model would run with (default: the number of CPUs, as for bench).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// The latency model (default: the one shipped with Kiln).
+        #[arg(long, value_name = "FILE")]
+        cost_model: Option<PathBuf>,
+        /// The device's description from `kiln device --json` (default: probe this machine).
+        #[arg(long, value_name = "FILE")]
+        device: Option<PathBuf>,
+        /// Print one JSON object (`total_ms`, and per kernel `ms`, `weight`, `schedule`).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        import: ImportArgs,
+        #[command(flatten)]
+        graph: GraphArgs,
+    },
+    /// Latency models: learn one from tuning logs and score it on held-out workloads.
+    #[command(subcommand)]
+    CostModel(CostModelCommand),
     /// Describe a device as the tuner sees it: its target's register file, cores, clock and
     /// caches, and the latencies of a fixed set of probe kernels (here, or on a remote device).
     Device {
@@ -257,6 +297,37 @@ pub enum Command {
         /// How often agents send heartbeats; one silent for three periods is dropped.
         #[arg(long, default_value_t = 2000)]
         heartbeat_ms: u64,
+    },
+}
+
+/// `kiln cost-model ...`.
+#[derive(Debug, Subcommand)]
+pub enum CostModelCommand {
+    /// Train the latency model on tuning logs (records measured on this machine, for targets
+    /// that run here; each device is probed once).
+    Train {
+        /// A tuning log (repeatable).
+        #[arg(long = "log", value_name = "FILE", required = true)]
+        logs: Vec<PathBuf>,
+        /// A model the logs tuned (repeatable): their workloads are lowered again from it.
+        #[arg(long = "model", value_name = "FILE.onnx", required = true)]
+        models: Vec<PathBuf>,
+        /// Where to save the trained model.
+        #[arg(short, long, value_name = "FILE.json")]
+        out: Option<PathBuf>,
+        /// Score the model on whole held-out workloads first, with this many folds.
+        #[arg(long, value_name = "FOLDS")]
+        evaluate: Option<usize>,
+        /// Write the training set as CSV (task, device, ms, then every feature by name).
+        #[arg(long, value_name = "FILE.csv")]
+        export_csv: Option<PathBuf>,
+        /// Print the evaluation as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        import: ImportArgs,
+        #[command(flatten)]
+        graph: GraphArgs,
     },
 }
 
@@ -352,9 +423,14 @@ pub struct GraphArgs {
     /// wherever possible.
     #[arg(long, value_enum, default_value = "auto")]
     pub layout: LayoutArg,
-    /// Use the fastest schedules this tuning log (from `kiln tune`) holds for the target.
+    /// Use the fastest schedules this tuning log (from `kiln tune`) holds for the target
+    /// (instead of the pre-tuned records shipped with Kiln).
     #[arg(long, value_name = "FILE")]
     pub tuning_log: Option<PathBuf>,
+    /// Ignore the pre-tuned records shipped with Kiln (`schedules/tuned/records/`): default
+    /// schedules wherever no --tuning-log says otherwise.
+    #[arg(long)]
+    pub no_pretuned: bool,
 }
 
 /// `--layout`.
@@ -391,7 +467,8 @@ impl GraphArgs {
     }
 
     /// The tuned schedules of `--tuning-log` for `target`, measured with `threads` threads
-    /// (any count when `None`); none without the option.
+    /// (any count when `None`); without the option, the shipped pre-tuned records for them
+    /// (none with `--no-pretuned`).
     fn schedules(
         &self,
         target: &str,
@@ -399,7 +476,25 @@ impl GraphArgs {
     ) -> Result<kiln::TunedSchedules, CliError> {
         match &self.tuning_log {
             Some(log) => tune::schedules_from_log(log, target, threads),
-            None => Ok(kiln::TunedSchedules::default()),
+            None if self.no_pretuned => Ok(kiln::TunedSchedules::default()),
+            None => Ok(tune::pretuned_schedules(target, threads)),
+        }
+    }
+
+    /// The log whose records schedule the kernels (as [`Self::schedules`] chooses).
+    fn schedule_log(
+        &self,
+        target: &str,
+        threads: Option<usize>,
+    ) -> Result<Option<kiln_tune::LogContents>, CliError> {
+        match &self.tuning_log {
+            Some(log) => Ok(Some(
+                kiln_tune::read_log(log).map_err(|e| CliError::Tune(Box::new(e.into())))?,
+            )),
+            None if self.no_pretuned => Ok(None),
+            None => Ok(kiln::Target::named(target).ok().map(|t| {
+                kiln_tune::pretrained::records(&t, threads, &kiln_tune::pretrained::host_cpu())
+            })),
         }
     }
 }
@@ -588,7 +683,9 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             import,
             graph,
         } => compile::compile(&compile::CompileRequest {
-            tuning_log: graph.tuning_log.clone(),
+            // A single-threaded library takes records measured on one thread; a parallel
+            // one, whose pool size is chosen when it runs, the fastest of any thread count.
+            schedules: graph.schedules(&target, single_thread.then_some(1))?,
             model,
             out,
             target,
@@ -619,8 +716,14 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             no_rewrite,
             layout,
             remote,
+            cost_model,
+            no_pretrained,
+            export_pretuned,
         } => tune::tune(&tune::TuneRequest {
             remote,
+            cost_model,
+            no_pretrained,
+            export_pretuned,
             repeat_ms,
             build_timeout_ms,
             run_timeout_ms,
@@ -678,6 +781,50 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             key_file,
             json,
         }) => remote::status(&tracker, &key_file, json).map(|()| Outcome::Pass),
+        Command::Predict {
+            model,
+            target,
+            threads,
+            cost_model,
+            device,
+            json,
+            import,
+            graph,
+        } => {
+            let threads = threads.unwrap_or_else(cpus);
+            predict::predict(&predict::PredictRequest {
+                log: graph.schedule_log(&target, Some(threads))?,
+                model,
+                target,
+                threads,
+                cost_model,
+                device,
+                json,
+                import,
+                graph: graph.get(),
+            })
+            .map(|()| Outcome::Pass)
+        }
+        Command::CostModel(CostModelCommand::Train {
+            logs,
+            models,
+            out,
+            evaluate,
+            export_csv,
+            json,
+            import,
+            graph,
+        }) => predict::train(&predict::TrainRequest {
+            logs,
+            models,
+            out,
+            evaluate,
+            export_csv,
+            json,
+            import,
+            graph: graph.get(),
+        })
+        .map(|()| Outcome::Pass),
         Command::Device {
             target,
             threads,

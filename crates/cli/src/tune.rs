@@ -10,12 +10,15 @@
 use crate::error::CliError;
 use crate::shapes::ShapeBinding;
 use kiln::Target;
+use kiln_tune::device::DeviceDescription;
+use kiln_tune::latency::{DeviceCostModel, LatencyModel};
 use kiln_tune::log::{read_log, TuningLog};
 use kiln_tune::measure::{LocalRunner, MeasureOptions, ModelSpec, Runner};
 use kiln_tune::model::{holdout_accuracy, CostModel, XgbCostModel};
 use kiln_tune::remote::{RemoteOptions, RpcRunner};
 use kiln_tune::search::{TuneOptions, Tuner};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// A `kiln tune` invocation.
 #[derive(Clone, Debug)]
@@ -37,6 +40,12 @@ pub struct TuneRequest {
     pub layout: String,
     /// Remote devices to measure on (none: this machine).
     pub remote: crate::remote::RemoteArgs,
+    /// The latency model to start from (default: the one shipped with Kiln).
+    pub cost_model: Option<PathBuf>,
+    /// Learn from this run's measurements only (the ranking model of earlier Kilns).
+    pub no_pretrained: bool,
+    /// Add the best records to the pre-tuned records in this folder (`schedules/tuned/records`).
+    pub export_pretuned: Option<PathBuf>,
 }
 
 fn tune_err(e: kiln_tune::TuneError) -> CliError {
@@ -48,6 +57,51 @@ pub fn model_path(log: &Path) -> PathBuf {
     let mut name = log.file_name().unwrap_or_default().to_os_string();
     name.push(".model.json");
     log.with_file_name(name)
+}
+
+/// The cost model the search uses: the pretrained latency model (`--cost-model`, else the
+/// shipped one) adapted to this device, described by its probes; or, with `--no-pretrained`,
+/// without a pretrained model, or on remote devices (not yet described here), a ranking model
+/// learnt from this run's measurements.
+fn search_model(
+    req: &TuneRequest,
+    target: &Target,
+    remote: bool,
+    model_file: &Path,
+) -> Result<Box<dyn CostModel>, CliError> {
+    let pretrained = match (&req.cost_model, req.no_pretrained) {
+        (Some(_), true) => {
+            return Err(CliError::Usage(
+                "--cost-model and --no-pretrained contradict each other".into(),
+            ))
+        }
+        (Some(path), false) => Some(LatencyModel::load(path).map_err(tune_err)?),
+        (None, false) if !remote => kiln_tune::pretrained::latency_model().map_err(tune_err)?,
+        _ => None,
+    };
+    if let Some(m) = pretrained {
+        if remote {
+            return Err(CliError::Usage(
+                "--cost-model: a pretrained model needs the device's probes, which remote \
+                 tuning does not take yet; pass --no-pretrained"
+                    .into(),
+            ));
+        }
+        let device = DeviceDescription::of_host(target, req.threads).map_err(tune_err)?;
+        println!(
+            "cost model: pretrained latency model, adapted to {} ({} thread(s))",
+            target.name(),
+            req.threads
+        );
+        return Ok(Box::new(DeviceCostModel::new(
+            Some(Rc::new(m)),
+            device.features(),
+        )));
+    }
+    Ok(match (req.resume, model_file.is_file()) {
+        (true, true) => Box::new(XgbCostModel::load(model_file).map_err(tune_err)?),
+        _ => Box::new(XgbCostModel::new()),
+    })
 }
 
 /// Tunes the model and prints what it found.
@@ -105,10 +159,7 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
         );
     }
     let model_file = model_path(&req.log);
-    let cost_model: Box<dyn CostModel> = match (req.resume, model_file.is_file()) {
-        (true, true) => Box::new(XgbCostModel::load(&model_file).map_err(tune_err)?),
-        _ => Box::new(XgbCostModel::new()),
-    };
+    let cost_model = search_model(req, &target, remote.is_some(), &model_file)?;
     let options = TuneOptions {
         trials: req.trials,
         batch: req.batch,
@@ -212,6 +263,13 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
         .map_err(tune_err)?;
         println!("plot: {}", plot.display());
     }
+    if let Some(dir) = &req.export_pretuned {
+        let log = read_log(&req.log).map_err(|e| tune_err(e.into()))?;
+        let n =
+            kiln_tune::pretrained::export(&log, &target, &kiln_tune::pretrained::host_cpu(), dir)
+                .map_err(tune_err)?;
+        println!("pre-tuned: {n} record(s) added to {}", dir.display());
+    }
     Ok(())
 }
 
@@ -250,7 +308,8 @@ fn report(set: &kiln_tune::TaskSet, tuner: &Tuner) {
     let samples = tuner.samples();
     match holdout_accuracy(&samples, 7) {
         Ok((acc, pairs)) if pairs > 0 => println!(
-            "cost model: pairwise ranking accuracy {acc:.3} on {pairs} held-out pairs (random: 0.5)"
+            "ranking model refit on this run's measurements: pairwise accuracy {acc:.3} on \
+             {pairs} held-out pairs (random: 0.5)"
         ),
         _ => println!("cost model: too few measurements for a held-out accuracy"),
     }
@@ -261,6 +320,24 @@ pub fn measure_worker() -> Result<(), CliError> {
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     kiln_tune::measure::serve(&mut stdin.lock(), &mut stdout.lock()).map_err(tune_err)
+}
+
+/// The pre-tuned records shipped with Kiln for `target` on `threads` threads (any when `None`;
+/// a note on stderr when some apply).
+pub fn pretuned_schedules(target: &str, threads: Option<usize>) -> kiln::TunedSchedules {
+    let Ok(t) = Target::named(target) else {
+        return kiln::TunedSchedules::default();
+    };
+    let records = kiln_tune::pretrained::records(&t, threads, &kiln_tune::pretrained::host_cpu());
+    let schedules = records.best_schedules(target, threads);
+    if !schedules.traces.is_empty() {
+        eprintln!(
+            "note: kiln's pre-tuned schedules for `{target}` apply ({} workloads known; \
+             --no-pretuned ignores them)",
+            schedules.traces.len()
+        );
+    }
+    schedules
 }
 
 /// The tuned schedules a `--tuning-log` holds for `target`, measured with `threads` threads

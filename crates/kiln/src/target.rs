@@ -254,6 +254,11 @@ impl Target {
         }
     }
 
+    /// How many ISA flags the target sets (a measure of how specific it is).
+    pub fn isa_flag_count(&self) -> usize {
+        self.isa_flags.len()
+    }
+
     /// Whether this target's code runs natively on this machine (the host, or a target of the
     /// host's architecture whose flags the host has).
     pub fn runs_natively(&self) -> bool {

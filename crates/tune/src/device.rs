@@ -140,11 +140,12 @@ pub struct DeviceDescription {
 }
 
 /// The names of [`DeviceDescription::features`], in order.
-pub const FEATURE_NAMES: [&str; 14] = [
+pub const FEATURE_NAMES: [&str; 15] = [
     "lanes",
     "registers",
     "int8_kernels",
     "log2_cores",
+    "log2_threads",
     "clock_ghz",
     "log2_l1_bytes",
     "log2_l2_bytes",
@@ -229,6 +230,7 @@ impl DeviceDescription {
             self.registers as f32,
             f32::from(u8::from(self.int8_kernels)),
             log2(u64::from(self.cores)),
+            log2(self.threads as u64),
             if self.clock_mhz == 0 {
                 f32::NAN
             } else {
@@ -458,9 +460,11 @@ mod tests {
         assert_eq!(d.cache_bytes(2), 1 << 20);
         assert_eq!(d.cache_bytes(3), 0);
         let f = d.features();
-        assert_eq!(f[3], 2.0, "log2 of 4 cores");
+        let at = |name: &str| f[FEATURE_NAMES.iter().position(|n| *n == name).unwrap()];
+        assert_eq!(at("log2_cores"), 2.0, "log2 of 4 cores");
+        assert_eq!(at("log2_threads"), 0.0, "log2 of 1 thread");
         assert!(
-            f[7].is_nan() && f[8].is_nan(),
+            at("log2_l3_bytes").is_nan() && at("log_ms_gemm_f32").is_nan(),
             "no L3, no probes yet: missing"
         );
         assert_eq!(d.lanes, 4, "NEON: four f32 lanes");

@@ -4,12 +4,14 @@
 //! execution, how often it executes, the loop annotations around it and how it touches memory;
 //! a kernel's vector describes its heaviest store (most arithmetic times executions) in detail
 //! and its next heaviest (usually the epilogue) and adds totals over all stores, including how
-//! much local memory codegen can keep in registers. Every value is scaled by `log2(1 + |x|)`, so counts that
-//! differ by orders of magnitude stay comparable for the trees.
+//! much local memory codegen can keep in registers, then the knobs that scheduled it. Every
+//! count is scaled by `log2(1 + |x|)`, so counts that differ by orders of magnitude stay
+//! comparable for the trees.
 //!
 //! Invariant: [`kernel_features`] returns exactly [`FEATURE_COUNT`] finite values for any
 //! function, named by [`feature_names`] in order.
 
+use kiln_schedules::Knobs;
 use kiln_tir::{BinOp, BufferId, Expr, ForKind, PrimFunc, Stmt, VarId};
 
 /// Buffers described per store: the store's own and its three most-touched loads.
@@ -83,7 +85,23 @@ const PER_STORE: usize = 17 + 6 * (1 + LOADS) + 1;
 const STORES: usize = 2;
 
 /// The length of a feature vector.
-pub const FEATURE_COUNT: usize = STORES * PER_STORE + TOTAL_FEATURES.len();
+const LOOP_FEATURE_COUNT: usize = STORES * PER_STORE + TOTAL_FEATURES.len();
+
+/// The schedule decisions themselves, after the loop features (`log2(1 + value)` for sizes,
+/// 0/1 for flags, -1 where the knob is left to the sketch's default): the loop IR shows their
+/// effects only in part (a register tile's shape, a parallel grain).
+const KNOB_FEATURES: [&str; 7] = [
+    "knob.vector_tile",
+    "knob.row_tile",
+    "knob.parallel_min",
+    "knob.unroll_tile",
+    "knob.unroll_window",
+    "knob.attach_outer",
+    "knob.inner_vector",
+];
+
+/// The length of a feature vector.
+pub const FEATURE_COUNT: usize = LOOP_FEATURE_COUNT + KNOB_FEATURES.len();
 
 /// The names of the features, in order: `store0.*` for the heaviest store, `store1.*` for the
 /// next, then the totals.
@@ -93,7 +111,23 @@ pub fn feature_names() -> Vec<String> {
         names.extend(STORE_FEATURES.iter().map(|f| format!("store{s}.{f}")));
     }
     names.extend(TOTAL_FEATURES.iter().map(|f| f.to_string()));
+    names.extend(KNOB_FEATURES.iter().map(|f| f.to_string()));
     names
+}
+
+/// The knob features of a candidate (see [`KNOB_FEATURES`]).
+fn knob_features(knobs: &Knobs) -> [f32; KNOB_FEATURES.len()] {
+    let size = |v: Option<usize>| v.map_or(-1.0, |v| scale(v as f64));
+    let flag = |v: Option<bool>| v.map_or(-1.0, |b| f32::from(u8::from(b)));
+    [
+        size(knobs.vector_tile),
+        size(knobs.row_tile),
+        size(knobs.parallel_min),
+        flag(knobs.unroll_tile),
+        flag(knobs.unroll_window),
+        flag(knobs.attach_outer),
+        size(knobs.inner_vector),
+    ]
 }
 
 #[derive(Clone, Copy)]
@@ -440,8 +474,8 @@ fn scale(x: f64) -> f32 {
     }
 }
 
-/// The feature vector of a lowered kernel (see the module doc).
-pub fn kernel_features(func: &PrimFunc) -> Vec<f32> {
+/// The feature vector of a kernel lowered with `knobs` (see the module doc).
+pub fn kernel_features(func: &PrimFunc, knobs: &Knobs) -> Vec<f32> {
     let mut stores = vec![];
     walk(func, &func.body, &mut vec![], &mut stores);
     let mut order: Vec<usize> = (0..stores.len()).collect();
@@ -486,8 +520,9 @@ pub fn kernel_features(func: &PrimFunc) -> Vec<f32> {
         ]
         .map(scale),
     );
-    debug_assert_eq!(v.len(), FEATURE_COUNT);
-    v.resize(FEATURE_COUNT, 0.0);
+    debug_assert_eq!(v.len(), LOOP_FEATURE_COUNT);
+    v.resize(LOOP_FEATURE_COUNT, 0.0);
+    v.extend(knob_features(knobs));
     v
 }
 

@@ -3,7 +3,9 @@
 //! The pipeline, one module each ([`device`] describes the machine measured on, for cost
 //! models that transfer between devices): [`task`] extracts the distinct workloads of a model;
 //! `kiln_schedules` gives each its sketch and search space; [`features`] describes a scheduled
-//! kernel; [`model`] learns from measurements which candidates are fast (XGBoost); [`search`]
+//! kernel; [`model`] learns from measurements which candidates are fast (XGBoost), and
+//! [`latency`] predicts their absolute latency on a described device (trained from logs by
+//! [`dataset`], judged on unseen tasks by [`evaluate`], summed over a model by [`predict`]); [`search`]
 //! picks tasks and candidates by evolutionary search over the model's predictions; [`measure`]
 //! builds and times candidates in separate processes, [`remote`] on device agents over RPC;
 //! [`log`] keeps every measurement in an
@@ -14,19 +16,26 @@
 //! of the same DAG (`kiln_schedules`), and the compiler replays a logged trace only when it
 //! still replays and lowers on the workload's DAG.
 
+pub mod dataset;
 pub mod device;
+pub mod evaluate;
 pub mod features;
+pub mod latency;
 pub mod log;
 pub mod measure;
 pub mod model;
 pub mod plot;
+pub mod predict;
+pub mod pretrained;
 pub mod remote;
 pub mod search;
 pub mod task;
 
+pub use latency::{DeviceCostModel, LatencyModel};
 pub use log::{read_log, LogContents, TuningLog};
 pub use measure::{LocalRunner, MeasureOptions, ModelSpec, Runner};
 pub use model::{holdout_accuracy, CostModel, XgbCostModel};
+pub use predict::{predict_model, ModelPrediction};
 pub use remote::{Devices, RemoteOptions, RpcRunner};
 pub use search::{Progress, TuneOptions, Tuner};
 pub use task::{extract_tasks, Task, TaskSet};

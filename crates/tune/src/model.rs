@@ -23,6 +23,9 @@ pub struct Sample {
     pub features: Vec<f32>,
     /// Normalised throughput in `[0, 1]`.
     pub label: f32,
+    /// The measured median latency in milliseconds (`None`: the candidate failed), for models
+    /// that predict absolute latency ([`crate::latency`]).
+    pub ms: Option<f64>,
 }
 
 /// A learned (or stand-in) predictor of candidate speed.
@@ -232,6 +235,7 @@ mod tests {
                     task: 0,
                     features: f,
                     label: (1.0 + b) / (1.0 + a + b),
+                    ms: Some(f64::from((1.0 + a + b) / (1.0 + b))),
                 }
             })
             .collect();

@@ -1,7 +1,8 @@
 //! The search: which task to measure next, and which of its candidates.
 //!
 //! Per round the task scheduler picks one task: first every task once (its default schedule is
-//! always its first candidate, the baseline), then the task where the model's weighted latency
+//! always its first candidate, the baseline; with a model already trained — a pretrained one —
+//! the first round adds only the model's favourite), then the task where the model's weighted latency
 //! (`weight x best time`, summed over tasks) can fall most, estimated from how much the task's
 //! best improved in its last round. For that task an evolutionary search runs over the cost
 //! model's predictions: a population of the best measured candidates and random ones, evolved
@@ -152,7 +153,7 @@ impl<'a> Tuner<'a> {
             .entry(knobs.clone())
             .or_insert_with(|| {
                 match schedule_with(&task.dag, task.class, &task.keep, knobs, &task.target) {
-                    Ok((trace, func)) => (trace, kernel_features(&func)),
+                    Ok((trace, func)) => (trace, kernel_features(&func, knobs)),
                     Err(_) => (Trace::default(), vec![0.0; crate::features::FEATURE_COUNT]),
                 }
             })
@@ -225,6 +226,7 @@ impl<'a> Tuner<'a> {
                     task: *t,
                     features: f.clone(),
                     label,
+                    ms: *ms,
                 }
             })
             .collect()
@@ -365,7 +367,12 @@ impl<'a> Tuner<'a> {
             let scores = self.score(t, &all)?;
             let mut scored: Vec<(Knobs, f32)> = all.into_iter().zip(scores).collect();
             scored.sort_by(|a, b| b.1.total_cmp(&a.1));
-            let explore = ((n as f64) * self.options.epsilon).ceil() as usize;
+            // (A first round of two — baseline and favourite — explores nothing.)
+            let explore = if n > 2 {
+                ((n as f64) * self.options.epsilon).ceil() as usize
+            } else {
+                0
+            };
             for (k, _) in scored {
                 if batch.len() + explore >= n {
                     break;
@@ -399,12 +406,13 @@ impl<'a> Tuner<'a> {
         let mut spent = 0;
         while spent < total {
             let Some(t) = self.next_task() else { break };
-            // A task's first round is half a batch: the baseline and random points, before
-            // the model knows anything about it.
-            let batch_size = if self.states[t].trials == 0 {
-                self.options.batch.div_ceil(2)
-            } else {
-                self.options.batch
+            // A task's first round is small: the baseline and the model's favourite when the
+            // model is already trained (a pretrained one knows unseen tasks), else the
+            // baseline and random points (half a batch).
+            let batch_size = match (self.states[t].trials, self.model.is_trained()) {
+                (0, true) => 2,
+                (0, false) => self.options.batch.div_ceil(2),
+                _ => self.options.batch,
             };
             let n = batch_size.min(total - spent).max(1);
             let batch = self.propose(t, n)?;
