@@ -91,18 +91,13 @@ fn train_predict_and_tune_from_a_latency_model() {
 
     // Prediction with the log's schedules: every task once, tuned where the log has records,
     // the total the weighted sum.
-    let out = ok(kiln(&[
-        "predict",
-        model,
-        "--cost-model",
-        &cost,
-        "--threads",
-        "1",
-        "--tuning-log",
-        &log,
-        "--json",
-    ]));
-    let p1: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let predict = |extra: &[&str]| {
+        let mut args = vec!["predict", model, "--cost-model", &cost, "--threads", "1"];
+        args.extend(extra);
+        ok(kiln(&args))
+    };
+    let json = |text: String| -> serde_json::Value { serde_json::from_str(&text).unwrap() };
+    let p1 = json(predict(&["--tuning-log", &log, "--json"]));
     let kernels = p1["kernels"].as_array().unwrap();
     assert!(kernels.len() >= 5, "{p1}");
     assert!(kernels.iter().any(|k| k["schedule"] == "tuned"), "{p1}");
@@ -112,31 +107,15 @@ fn train_predict_and_tune_from_a_latency_model() {
         .sum();
     let total = p1["total_ms"].as_f64().unwrap();
     assert!(total > 0.0 && (total - sum).abs() <= 1e-9 * sum, "{p1}");
-    // Without the log, every schedule is the default.
-    let out = ok(kiln(&[
-        "predict",
-        model,
-        "--cost-model",
-        &cost,
-        "--threads",
-        "1",
-        "--json",
-    ]));
-    let p2: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // Without the log (nor pre-tuned records), every schedule is the default.
+    let p2 = json(predict(&["--no-pretuned", "--json"]));
     assert!(p2["kernels"]
         .as_array()
         .unwrap()
         .iter()
         .all(|k| k["schedule"] == "default"));
     // The table names the total.
-    let out = ok(kiln(&[
-        "predict",
-        model,
-        "--cost-model",
-        &cost,
-        "--threads",
-        "1",
-    ]));
+    let out = predict(&[]);
     assert!(out.contains("predicted "), "{out}");
 
     // Tuning from the latency model: the search uses it from the first trial.

@@ -103,6 +103,21 @@ pub struct LogContents {
 }
 
 impl LogContents {
+    /// The records of a log's text (lines that do not parse are skipped and counted).
+    pub fn parse(text: &str) -> LogContents {
+        let mut contents = LogContents::default();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Record>(line) {
+                Ok(r) => contents.records.push(r),
+                Err(_) => contents.skipped_lines.push(i + 1),
+            }
+        }
+        contents
+    }
+
     /// The measurements, in log order.
     pub fn measures(&self) -> impl Iterator<Item = &MeasureRecord> {
         self.records.iter().filter_map(|r| match r {
@@ -155,17 +170,7 @@ pub fn read_log(path: &Path) -> Result<LogContents, LogError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(io(e)),
     };
-    let mut contents = LogContents::default();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Record>(line) {
-            Ok(r) => contents.records.push(r),
-            Err(_) => contents.skipped_lines.push(i + 1),
-        }
-    }
-    Ok(contents)
+    Ok(LogContents::parse(&text))
 }
 
 /// A log open for appending.

@@ -62,20 +62,6 @@ pub fn host_cpu() -> String {
     format!("{model} ({})", std::env::consts::ARCH)
 }
 
-fn parse(text: &str) -> LogContents {
-    let mut contents = LogContents::default();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Record>(line) {
-            Ok(r) => contents.records.push(r),
-            Err(_) => contents.skipped_lines.push(i + 1),
-        }
-    }
-    contents
-}
-
 /// The shipped records `target` compiles with on `threads` threads (any when `None`): per
 /// workload the fastest record measured on `cpu`, else the fastest of any CPU, renamed to
 /// `target`'s own name so that [`LogContents::best_schedules`] finds them.
@@ -87,7 +73,7 @@ pub fn records(target: &Target, threads: Option<usize>, cpu: &str) -> LogContent
         .iter()
         .find(|(n, _)| *n == name)
         .map_or("", |(_, t)| t);
-    let all = parse(text);
+    let all = LogContents::parse(text);
     let mut chosen: HashMap<(String, usize), (bool, f64, MeasureRecord)> = HashMap::new();
     for m in all.measures() {
         if m.target != name || threads.is_some_and(|t| t != m.threads) {
