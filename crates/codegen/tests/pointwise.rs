@@ -378,10 +378,16 @@ fn quantize_loops_give_the_vector_codes_bits() {
             let (vector, none) = run(&f, &args, false);
             let (pointwise, calls) = run(&f, &args, true);
             assert_eq!(none, 0);
-            if micro.is_some() {
+            // AVX2 narrows a partial vector only as a half (4 lanes): other tails of byte
+            // outputs stay vector code (AVX-512 masks any tail).
+            let byte_tail = matches!(out, DType::I8 | DType::U8) && ![0, 4].contains(&(n % 8));
+            if let Some(m) = micro {
+                let expected = usize::from(!(m == MicroIsa::X86Avx2 && byte_tail));
                 assert_eq!(
-                    calls, 1,
-                    "{out} x {n}: the loop ran as pointwise calls\n{f}"
+                    calls,
+                    expected,
+                    "{out} x {n} on {}: the loop ran as pointwise calls\n{f}",
+                    m.name()
                 );
             }
             let what = format!("{out} x {n}\n{f}");
@@ -390,9 +396,6 @@ fn quantize_loops_give_the_vector_codes_bits() {
             interp::run(&f, &mut want).unwrap();
             assert_close(&what, &pointwise, &want, 0.0);
             if let Some((avx2, calls)) = run_avx2(&f, &args) {
-                // AVX2 narrows a partial vector only as a half (4 lanes): other tails of byte
-                // outputs stay vector code.
-                let byte_tail = matches!(out, DType::I8 | DType::U8) && ![0, 4].contains(&(n % 8));
                 assert_eq!(calls, usize::from(!byte_tail), "AVX2 {what}");
                 assert_close(&format!("AVX2 {what}"), &avx2, &want, 0.0);
             }
