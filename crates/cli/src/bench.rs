@@ -7,7 +7,6 @@ use crate::data::read_inputs;
 use crate::error::CliError;
 use crate::load;
 use crate::shapes::ImportArgs;
-use kiln_ir::{Tensor, TensorData, TensorType};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -55,24 +54,6 @@ pub struct BenchReport {
     pub profile: Option<crate::profile::Profile>,
 }
 
-/// Deterministic inputs when no data folder is given: floats in [-1, 1), integers 0.
-fn synthetic_input(ty: &TensorType) -> Tensor {
-    let n = ty.num_elements();
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-    };
-    let data = if ty.dtype.is_float() {
-        TensorData::from_f64(ty.dtype, (0..n).map(|_| next()))
-    } else {
-        TensorData::zeros(ty.dtype, n)
-    };
-    Tensor::from_data(ty.clone(), data).expect("sized from its type")
-}
-
 /// Compiles and times the model.
 pub fn bench(req: &BenchRequest) -> Result<BenchReport, CliError> {
     if req.iters == 0 || req.threads == 0 {
@@ -100,7 +81,11 @@ pub fn bench(req: &BenchRequest) -> Result<BenchReport, CliError> {
         .map_err(|e| backend_err(e.into()))?;
     let inputs = match &req.data {
         Some(dir) => read_inputs(dir)?,
-        None => compiled.input_types().iter().map(synthetic_input).collect(),
+        None => compiled
+            .input_types()
+            .iter()
+            .map(kiln::synthetic_input)
+            .collect(),
     };
     let warmup = (req.iters / 10).clamp(2, 10);
     for _ in 0..warmup {

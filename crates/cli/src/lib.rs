@@ -228,6 +228,11 @@ pub enum Command {
         /// Start without a pretrained model: learn only from this run's measurements.
         #[arg(long)]
         no_pretrained: bool,
+        /// After the search, measure the N fastest schedules of each task again (twice, in
+        /// turn with the default schedule), so that no schedule wins on one lucky measurement
+        /// (0: off)
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        confirm: usize,
         /// After tuning, add the log's best record per workload and thread count to the
         /// pre-tuned records in DIR (`schedules/tuned/records` ships with Kiln).
         #[arg(long, value_name = "DIR")]
@@ -719,7 +724,9 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             cost_model,
             no_pretrained,
             export_pretuned,
+            confirm,
         } => tune::tune(&tune::TuneRequest {
+            confirm,
             remote,
             cost_model,
             no_pretrained,

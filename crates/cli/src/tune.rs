@@ -46,6 +46,8 @@ pub struct TuneRequest {
     pub no_pretrained: bool,
     /// Add the best records to the pre-tuned records in this folder (`schedules/tuned/records`).
     pub export_pretuned: Option<PathBuf>,
+    /// Schedules per task measured again after the search (0: none).
+    pub confirm: usize,
 }
 
 fn tune_err(e: kiln_tune::TuneError) -> CliError {
@@ -197,6 +199,8 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
         run_timeout_ms: req.run_timeout_ms,
         ..MeasureOptions::default()
     };
+    let graph_options = spec.graph_options();
+    let remote_tuning = remote.is_some();
     let mut runner: Box<dyn Runner> = match remote {
         None => {
             let exe = std::env::current_exe().map_err(|e| CliError::io("current executable", e))?;
@@ -244,6 +248,19 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
             .map_err(tune_err)?;
     }
     bar.finish_and_clear();
+    if remaining > 0 && req.confirm > 0 {
+        let c = tuner
+            .confirm(runner.as_mut(), &mut log, req.confirm, CONFIRM_ROUNDS)
+            .map_err(tune_err)?;
+        if c.tasks > 0 {
+            println!(
+                "confirmed: the {} fastest schedule(s) of {} task(s) measured again {CONFIRM_ROUNDS} \
+                 times in turn with their defaults ({} measurements): {} task(s) changed their \
+                 best, {} of them back to the default",
+                req.confirm, c.tasks, c.measurements, c.changed, c.back_to_default
+            );
+        }
+    }
     report(&set, &tuner);
     if let Some(plot) = &req.plot {
         let labels: Vec<String> = set
@@ -264,12 +281,109 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
         println!("plot: {}", plot.display());
     }
     if let Some(dir) = &req.export_pretuned {
-        let log = read_log(&req.log).map_err(|e| tune_err(e.into()))?;
-        let n =
-            kiln_tune::pretrained::export(&log, &target, &kiln_tune::pretrained::host_cpu(), dir)
-                .map_err(tune_err)?;
-        println!("pre-tuned: {n} record(s) added to {}", dir.display());
+        export_pretuned(
+            req,
+            &model.graph,
+            &graph_options,
+            &target,
+            dir,
+            remote_tuning,
+        )?;
     }
+    Ok(())
+}
+
+/// `--export-pretuned DIR`: the log's records that beat their defaults alone; measured here,
+/// each must also beat its default inside the model ([`kiln_tune::validate`]) to be written.
+fn export_pretuned(
+    req: &TuneRequest,
+    graph: &kiln::Graph,
+    graph_options: &kiln::GraphOptions,
+    target: &Target,
+    dir: &std::path::Path,
+    remote_tuning: bool,
+) -> Result<(), CliError> {
+    use kiln_tune::pretrained::{beats_default, export, export_candidates, host_cpu};
+    let log = read_log(&req.log).map_err(|e| tune_err(e.into()))?;
+    let cpu = host_cpu();
+    let n = if remote_tuning {
+        println!(
+            "note: records measured on a remote device are exported as they won alone; they \
+             are not validated inside the model (that would need the model run on the device)"
+        );
+        export(&log, target, &cpu, dir, &|_| true).map_err(tune_err)?
+    } else {
+        let here = |r: &kiln_tune::log::MeasureRecord| {
+            r.threads == req.threads && r.device.as_deref() == Some(cpu.as_str())
+        };
+        let candidates: Vec<_> = export_candidates(&log, target, &cpu)
+            .into_iter()
+            .filter(|(r, _)| here(r))
+            .collect();
+        let schedules = kiln::TunedSchedules {
+            traces: candidates
+                .iter()
+                .map(|(r, _)| (r.workload.clone(), r.trace.clone()))
+                .collect(),
+        };
+        let validation = kiln_tune::validate::in_model(
+            graph,
+            target,
+            &schedules,
+            &kiln_tune::validate::ValidateOptions {
+                threads: req.threads,
+                graph: graph_options.clone(),
+                ..Default::default()
+            },
+        )
+        .map_err(tune_err)?;
+        println!(
+            "inside the model ({} thread(s)): {} candidate record(s); kernels {:.4} ms with \
+             them, {:.4} ms with the defaults",
+            req.threads,
+            candidates.len(),
+            validation.model.tuned_ms,
+            validation.model.default_ms
+        );
+        let wins = |r: &kiln_tune::log::MeasureRecord| {
+            validation
+                .workloads
+                .get(&r.workload)
+                .is_some_and(|v| beats_default(v.tuned_ms, v.default_ms))
+        };
+        let desc: std::collections::HashMap<&str, &str> = log
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                kiln_tune::log::Record::Workload(w) => Some((w.workload.as_str(), w.desc.as_str())),
+                kiln_tune::log::Record::Measure(_) => None,
+            })
+            .collect();
+        for (r, alone) in &candidates {
+            if let Some(v) = validation.workloads.get(&r.workload) {
+                println!(
+                    "  {}: alone {alone:.4} ms; in the model {:.4} ms, default {:.4} ms: {}",
+                    if wins(r) { "keep" } else { "drop" },
+                    v.tuned_ms,
+                    v.default_ms,
+                    desc.get(r.workload.as_str())
+                        .unwrap_or(&r.workload.as_str())
+                );
+            }
+        }
+        let skipped = export_candidates(&log, target, &cpu)
+            .iter()
+            .filter(|(r, _)| !here(r))
+            .count();
+        if skipped > 0 {
+            println!(
+                "note: {skipped} record(s) of other thread counts or devices in the log are not \
+                 exported (they are validated by a run with their --threads on their device)"
+            );
+        }
+        export(&log, target, &cpu, dir, &|r| here(r) && wins(r)).map_err(tune_err)?
+    };
+    println!("pre-tuned: {n} record(s) added to {}", dir.display());
     Ok(())
 }
 
@@ -314,6 +428,9 @@ fn report(set: &kiln_tune::TaskSet, tuner: &Tuner) {
         _ => println!("cost model: too few measurements for a held-out accuracy"),
     }
 }
+
+/// How many times [`Tuner::confirm`] measures each confirmed schedule again.
+const CONFIRM_ROUNDS: usize = 2;
 
 /// The hidden worker command: one measurement job from stdin, events to stdout.
 pub fn measure_worker() -> Result<(), CliError> {

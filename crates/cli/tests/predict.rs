@@ -55,7 +55,16 @@ fn train_predict_and_tune_from_a_latency_model() {
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let model = dscnn();
     let model = model.to_str().unwrap();
-    let fast = ["--repeat-ms", "0.2", "--batch", "4", "--threads", "1"];
+    let fast = [
+        "--repeat-ms",
+        "0.2",
+        "--batch",
+        "4",
+        "--threads",
+        "1",
+        "--confirm",
+        "0",
+    ];
     let (log, cost) = (p("log.jsonl"), p("latency.json"));
 
     let mut args = vec![

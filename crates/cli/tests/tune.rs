@@ -281,3 +281,68 @@ fn compiles_with_a_tuning_log_use_its_records_and_stay_correct() {
     );
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
 }
+
+#[test]
+fn exported_records_are_the_runs_winners_inside_the_model_and_stay_correct() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("tune.jsonl");
+    let records = dir.path().join("records");
+    let model = dscnn();
+    let m = model.to_str().unwrap();
+    let mut args = vec![
+        "tune",
+        m,
+        "--target",
+        "x86_64-linux-gnu",
+        "--threads",
+        "1",
+        "--trials",
+        "24",
+        "--log",
+        log.to_str().unwrap(),
+        "--export-pretuned",
+        records.to_str().unwrap(),
+    ];
+    args.extend(FAST);
+    let o = run(&args, &[]);
+    assert!(o.status.success(), "{}", show(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains("inside the model (1 thread(s))"), "{out}");
+    let written: usize = out
+        .split("pre-tuned: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no record count in:\n{out}"));
+    // Every record kept was reported as kept, none is a default schedule, and all are for
+    // the target and thread count tuned, naming this machine's CPU.
+    let file = records.join("x86_64-linux-gnu.jsonl");
+    let shipped = measures(&file);
+    assert_eq!(shipped.len(), written);
+    assert_eq!(out.matches("  keep: ").count(), written, "{out}");
+    for r in &shipped {
+        assert_eq!(r["target"], "x86_64-linux-gnu");
+        assert_eq!(r["threads"], 1);
+        assert!(r["device"].as_str().is_some_and(|d| !d.is_empty()), "{r}");
+        assert_ne!(r["knobs"], serde_json::json!({}), "{r}");
+    }
+    assert!(measures(&log).len() >= 24);
+    // The records compile and compute the reference outputs.
+    let data = models().join("dscnn_kws_data");
+    let o = run(
+        &[
+            "run",
+            m,
+            "--data",
+            data.to_str().unwrap(),
+            "--target",
+            "x86_64-linux-gnu",
+            "--threads",
+            "1",
+            "--tuning-log",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", show(&o));
+}

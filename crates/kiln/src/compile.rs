@@ -495,6 +495,7 @@ pub(crate) fn plan_model(
                     .map(|&v| graph.ty(v).to_string())
                     .unwrap_or_default(),
                 tensorized: tensorized && micro,
+                workload: kernel.workload.clone(),
             }
         })
         .collect();

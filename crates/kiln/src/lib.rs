@@ -33,7 +33,7 @@ pub use kiln_ir::{DType, Graph, Tensor, TensorType};
 pub use kiln_onnx::{ImportError, ImportOptions, Int8Numerics, Model};
 pub use kiln_operators::kernel::TunedSchedules;
 pub use kiln_rewrite::{LayoutChoice, RewriteOptions};
-pub use profile::{KernelInfo, ProfiledRun};
+pub use profile::{synthetic_input, KernelInfo, ProfiledRun};
 pub use target::{Target, TargetError};
 
 use std::path::Path;

@@ -7,7 +7,7 @@
 //! are profiled one at a time in a process (the marks are process-wide).
 
 use crate::compile::{CompiledModel, RunError};
-use kiln_ir::Tensor;
+use kiln_ir::{Tensor, TensorData, TensorType};
 use std::time::{Duration, Instant};
 
 /// A kernel of a compiled model, as profiles report it.
@@ -23,6 +23,8 @@ pub struct KernelInfo {
     pub output: String,
     /// Whether its register tiles run as target micro-kernels.
     pub tensorized: bool,
+    /// The workload key its schedule is tuned under.
+    pub workload: String,
 }
 
 /// One profiled run.
@@ -67,6 +69,25 @@ impl CompiledModel {
             kernels,
         })
     }
+}
+
+/// Deterministic inputs for timing a model without data: floats in [-1, 1) from a fixed
+/// xorshift sequence, integers 0.
+pub fn synthetic_input(ty: &TensorType) -> Tensor {
+    let n = ty.num_elements();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    };
+    let data = if ty.dtype.is_float() {
+        TensorData::from_f64(ty.dtype, (0..n).map(|_| next()))
+    } else {
+        TensorData::zeros(ty.dtype, n)
+    };
+    Tensor::from_data(ty.clone(), data).expect("sized from its type")
 }
 
 /// The f32 peak of one core of this machine, measured with an FMA loop in the vectors of its

@@ -16,6 +16,7 @@
 //! of the same DAG (`kiln_schedules`), and the compiler replays a logged trace only when it
 //! still replays and lowers on the workload's DAG.
 
+pub mod contention;
 pub mod dataset;
 pub mod device;
 pub mod evaluate;
@@ -30,6 +31,7 @@ pub mod pretrained;
 pub mod remote;
 pub mod search;
 pub mod task;
+pub mod validate;
 
 pub use latency::{DeviceCostModel, LatencyModel};
 pub use log::{read_log, LogContents, TuningLog};

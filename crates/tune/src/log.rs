@@ -76,6 +76,17 @@ impl MeasureRecord {
     }
 }
 
+/// The fastest schedule of a workload in a log ([`LogContents::best`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BestSchedule<'a> {
+    /// Its latest measurement (knobs and trace).
+    pub record: &'a MeasureRecord,
+    /// The median over its measurements of their medians, milliseconds.
+    pub ms: f64,
+    /// How many times it was measured.
+    pub measurements: usize,
+}
+
 /// The median of `times` (the upper one of an even count), `None` when empty.
 pub fn median(times: &[f64]) -> Option<f64> {
     if times.is_empty() {
@@ -126,20 +137,40 @@ impl LogContents {
         })
     }
 
-    /// The fastest successful measurement per workload for `target` (any thread count when
-    /// `threads` is `None`).
-    pub fn best(&self, target: &str, threads: Option<usize>) -> HashMap<String, &MeasureRecord> {
-        let mut best: HashMap<String, &MeasureRecord> = HashMap::new();
+    /// Per workload, the fastest schedule (knobs) measured for `target` (on any thread count
+    /// when `threads` is `None`). A schedule measured more than once (a confirmation, a
+    /// resumed run) is as fast as the median of its measurements, so one lucky run among
+    /// slower ones does not make it the best.
+    pub fn best(&self, target: &str, threads: Option<usize>) -> HashMap<String, BestSchedule<'_>> {
+        let mut pooled: HashMap<(&str, usize, &Knobs), Vec<&MeasureRecord>> = HashMap::new();
         for m in self.measures() {
             if m.target != target || threads.is_some_and(|t| t != m.threads) {
                 continue;
             }
-            let Some(ms) = m.median_ms() else { continue };
+            if m.median_ms().is_some() {
+                pooled
+                    .entry((m.workload.as_str(), m.threads, &m.knobs))
+                    .or_default()
+                    .push(m);
+            }
+        }
+        let mut best: HashMap<String, BestSchedule<'_>> = HashMap::new();
+        for records in pooled.into_values() {
+            let medians: Vec<f64> = records.iter().filter_map(|m| m.median_ms()).collect();
+            let Some(ms) = median(&medians) else { continue };
+            let record = records[records.len() - 1];
             let better = best
-                .get(&m.workload)
-                .is_none_or(|b| b.median_ms().is_none_or(|bm| ms < bm));
+                .get(&record.workload)
+                .is_none_or(|b| (ms, &record.knobs) < (b.ms, &b.record.knobs));
             if better {
-                best.insert(m.workload.clone(), m);
+                best.insert(
+                    record.workload.clone(),
+                    BestSchedule {
+                        record,
+                        ms,
+                        measurements: medians.len(),
+                    },
+                );
             }
         }
         best
@@ -153,7 +184,7 @@ impl LogContents {
             traces: self
                 .best(target, threads)
                 .into_iter()
-                .map(|(k, m)| (k, m.trace.clone()))
+                .map(|(k, b)| (k, b.record.trace.clone()))
                 .collect(),
         }
     }
@@ -251,11 +282,15 @@ mod tests {
     use super::*;
 
     fn measure(workload: &str, ms: f64, error: Option<&str>) -> Record {
+        measure_with(workload, Knobs::default(), ms, error)
+    }
+
+    fn measure_with(workload: &str, knobs: Knobs, ms: f64, error: Option<&str>) -> Record {
         Record::Measure(MeasureRecord {
             workload: workload.into(),
             target: "host".into(),
             threads: 1,
-            knobs: Knobs::default(),
+            knobs,
             trace: Trace::default(),
             times_ms: if error.is_some() { vec![] } else { vec![ms] },
             error: error.map(String::from),
@@ -286,11 +321,39 @@ mod tests {
         let read = read_log(&path).unwrap();
         assert_eq!(read.records.len(), 4);
         assert_eq!(read.skipped_lines, vec![3]);
+        // Both of `a`'s measurements are of one schedule: it is as fast as their median.
         let best = read.best("host", None);
-        assert_eq!(best["a"].median_ms(), Some(1.0));
-        assert_eq!(best["b"].median_ms(), Some(4.0));
+        assert_eq!((best["a"].ms, best["a"].measurements), (2.0, 2));
+        assert_eq!(best["b"].ms, 4.0);
         assert!(read.best("other", None).is_empty());
         assert_eq!(read.best_schedules("host", Some(1)).traces.len(), 2);
         assert!(read.best_schedules("host", Some(2)).traces.is_empty());
+    }
+
+    #[test]
+    fn a_schedule_measured_again_is_as_fast_as_the_median_of_its_measurements() {
+        let fast_once = Knobs {
+            row_tile: Some(4),
+            ..Knobs::default()
+        };
+        let steady = Knobs {
+            row_tile: Some(2),
+            ..Knobs::default()
+        };
+        let mut text = String::new();
+        for (knobs, ms) in [
+            (&fast_once, 1.0),
+            (&steady, 2.0),
+            (&fast_once, 3.0),
+            (&fast_once, 3.2),
+        ] {
+            let r = measure_with("w", knobs.clone(), ms, None);
+            text.push_str(&serde_json::to_string(&r).unwrap());
+            text.push('\n');
+        }
+        let log = LogContents::parse(&text);
+        let best = log.best("host", Some(1));
+        assert_eq!(best["w"].record.knobs, steady);
+        assert_eq!((best["w"].ms, best["w"].measurements), (2.0, 1));
     }
 }

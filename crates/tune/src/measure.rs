@@ -5,14 +5,16 @@
 //! workload key and the candidates' knobs. The worker rebuilds the task from the model
 //! ([`crate::task::extract_tasks`] is deterministic), and for each candidate reports `start`,
 //! builds it (schedule, lowering, JIT), reports `built`, times it (warm-up, then repeats of
-//! enough calls to last `min_repeat_ms`, the per-call mean of each repeat) and reports `done`
-//! or `error`, one JSON line each.
+//! enough calls to last `min_repeat_ms`, the per-call mean of each repeat; a repeat during
+//! which the kernel's threads waited for a CPU is timed again, see [`crate::contention`]) and
+//! reports `done` or `error`, one JSON line each.
 //!
 //! Invariant: every candidate handed to [`Runner::measure`] gets exactly one result. A worker
 //! that crashes or exceeds the build or run timeout is killed; the candidate in flight is
 //! recorded as an error naming the signal or the timeout, and a new worker continues with the
 //! remaining candidates, so no candidate can stop tuning.
 
+use crate::contention::{self, run_queue_wait_ns};
 use crate::task::extract_tasks;
 use crate::TuneError;
 use kiln_codegen::{CodegenOptions, JitModule, Threads};
@@ -466,13 +468,28 @@ fn measure_one(
     call(&mut buffers)?;
     let one = t0.elapsed().as_secs_f64() * 1e3;
     let number = ((options.min_repeat_ms / one.max(1e-6)).ceil() as usize).clamp(1, 100_000);
-    let mut times = Vec::with_capacity(options.repeats);
-    for _ in 0..options.repeats.max(1) {
+    // A repeat during which the kernel's threads waited for a CPU (another process ran) is
+    // timed again, up to as many extra repeats as were asked for; after that the disturbed
+    // ones count too (a machine that is always busy still gets numbers).
+    let repeats = options.repeats.max(1);
+    let mut times = Vec::with_capacity(repeats);
+    let mut disturbed = vec![];
+    while times.len() < repeats {
+        let waited = run_queue_wait_ns();
         let t = Instant::now();
         for _ in 0..number {
             call(&mut buffers)?;
         }
-        times.push(t.elapsed().as_secs_f64() * 1e3 / number as f64);
+        let wall = t.elapsed();
+        let ms = wall.as_secs_f64() * 1e3 / number as f64;
+        let waited = run_queue_wait_ns()
+            .zip(waited)
+            .map_or(0, |(after, before)| after.saturating_sub(before));
+        if contention::disturbed(waited, wall) && disturbed.len() < repeats {
+            disturbed.push(ms);
+        } else {
+            times.push(ms);
+        }
     }
     Ok(times)
 }

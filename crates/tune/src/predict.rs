@@ -73,7 +73,7 @@ pub fn predict_model(
         let tuned = best
             .as_ref()
             .and_then(|b| b.get(&task.key))
-            .and_then(|m| lower(&m.knobs));
+            .and_then(|b| lower(&b.record.knobs));
         let (f, schedule) = match tuned {
             Some(f) => (f, ScheduleSource::Tuned),
             None => (

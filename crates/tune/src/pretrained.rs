@@ -9,7 +9,7 @@
 //! loaded one (same feature lists), so a stale file is an error naming the fix.
 
 use crate::latency::LatencyModel;
-use crate::log::{read_log, LogContents, MeasureRecord, Record, TuningLog};
+use crate::log::{median, read_log, LogContents, MeasureRecord, Record, TuningLog};
 use crate::TuneError;
 use kiln::Target;
 use kiln_schedules::Knobs;
@@ -105,6 +105,16 @@ pub fn records(target: &Target, threads: Option<usize>, cpu: &str) -> LogContent
 /// loses inside the model.
 pub const MIN_GAIN: f64 = 0.10;
 
+/// And how many milliseconds per call it must save: below a microsecond, timings (alone and
+/// inside the model) are at their clock's resolution.
+pub const MIN_SAVING_MS: f64 = 0.001;
+
+/// Whether a schedule taking `ms` beats a default taking `default_ms` by more than noise
+/// ([`MIN_GAIN`] and [`MIN_SAVING_MS`]).
+pub fn beats_default(ms: f64, default_ms: f64) -> bool {
+    ms * (1.0 + MIN_GAIN) <= default_ms && default_ms - ms >= MIN_SAVING_MS
+}
+
 /// The CPU a record was measured on: the remote device it names (without its address), else
 /// `host`.
 fn cpu_of(m: &MeasureRecord, host: &str) -> String {
@@ -114,17 +124,65 @@ fn cpu_of(m: &MeasureRecord, host: &str) -> String {
         .to_string()
 }
 
-/// Adds the best record of each (workload, threads, CPU) that `log` holds for `target` to the
-/// pre-tuned records in `dir` (`dir/<built-in target>.jsonl`, appended) when it beats the
-/// default schedule measured in the same log by [`MIN_GAIN`], each naming the CPU it was
-/// measured on (`host_cpu` for this machine's records); one already there for the same
-/// workload, threads and CPU gets a new record only when it is faster (the file stays
-/// append-only; [`records`] takes the fastest). Returns how many records were written.
+/// A (workload, threads, CPU) that pre-tuned records are kept for.
+type RecordKey = (String, usize, String);
+
+/// The records of `log` for `target` that may ship: per (workload, threads, CPU) the fastest
+/// schedule when it beats the default schedule measured in the same log ([`beats_default`])
+/// (each schedule as fast as the median of its measurements), with its time.
+pub fn export_candidates(
+    log: &LogContents,
+    target: &Target,
+    host_cpu: &str,
+) -> Vec<(MeasureRecord, f64)> {
+    let mut pooled: HashMap<(RecordKey, &Knobs), (Vec<f64>, &MeasureRecord)> = HashMap::new();
+    for m in log.measures().filter(|m| m.target == target.name()) {
+        if let Some(ms) = m.median_ms() {
+            let key = (m.workload.clone(), m.threads, cpu_of(m, host_cpu));
+            let e = pooled.entry((key, &m.knobs)).or_insert((vec![], m));
+            e.0.push(ms);
+            e.1 = m;
+        }
+    }
+    let mut default_ms: HashMap<RecordKey, f64> = HashMap::new();
+    let mut best: HashMap<RecordKey, (f64, &MeasureRecord)> = HashMap::new();
+    for ((key, knobs), (times, m)) in pooled {
+        let Some(ms) = median(&times) else { continue };
+        if *knobs == Knobs::default() {
+            default_ms.insert(key.clone(), ms);
+        }
+        if best
+            .get(&key)
+            .is_none_or(|(b, r)| (ms, knobs) < (*b, &r.knobs))
+        {
+            best.insert(key, (ms, m));
+        }
+    }
+    let mut out: Vec<(RecordKey, MeasureRecord, f64)> = best
+        .into_iter()
+        .filter(|(key, (ms, _))| default_ms.get(key).is_some_and(|&d| beats_default(*ms, d)))
+        .map(|(key, (ms, m))| {
+            let mut r = m.clone();
+            r.device = Some(key.2.clone());
+            (key, r, ms)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.into_iter().map(|(_, r, ms)| (r, ms)).collect()
+}
+
+/// Adds [`export_candidates`] of `log` to the pre-tuned records in `dir`
+/// (`dir/<built-in target>.jsonl`, appended), each naming the CPU it was measured on
+/// (`host_cpu` for this machine's records), when `keep` accepts it (the caller's check inside
+/// the model, [`crate::validate`]); one already there for the same workload, threads and CPU
+/// gets a new record only when it is faster (the file stays append-only; [`records`] takes the
+/// fastest). Returns how many records were written.
 pub fn export(
     log: &LogContents,
     target: &Target,
     host_cpu: &str,
     dir: &Path,
+    keep: &dyn Fn(&MeasureRecord) -> bool,
 ) -> Result<usize, TuneError> {
     let name = records_target(target).ok_or_else(|| {
         TuneError::Job(format!(
@@ -135,8 +193,7 @@ pub fn export(
     })?;
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("{name}.jsonl"));
-    type Key = (String, usize, String);
-    let mut have: HashMap<Key, f64> = HashMap::new();
+    let mut have: HashMap<RecordKey, f64> = HashMap::new();
     for m in read_log(&path)?.measures() {
         if let Some(ms) = m.median_ms() {
             let e = have
@@ -145,43 +202,14 @@ pub fn export(
             *e = e.min(ms);
         }
     }
-    // The default schedule's time per (workload, threads, CPU): a record ships only when it
-    // beats it by more than measurement noise.
-    let mut default_ms: HashMap<Key, f64> = HashMap::new();
-    for m in log.measures().filter(|m| m.target == target.name()) {
-        if let (true, Some(ms)) = (m.knobs == Knobs::default(), m.median_ms()) {
-            let e = default_ms
-                .entry((m.workload.clone(), m.threads, cpu_of(m, host_cpu)))
-                .or_insert(ms);
-            *e = e.min(ms);
-        }
-    }
-    let mut best: HashMap<Key, &MeasureRecord> = HashMap::new();
-    for m in log.measures().filter(|m| m.target == target.name()) {
-        let Some(ms) = m.median_ms() else { continue };
-        let key = (m.workload.clone(), m.threads, cpu_of(m, host_cpu));
-        if best
-            .get(&key)
-            .is_none_or(|b| b.median_ms().is_none_or(|bm| ms < bm))
-        {
-            best.insert(key, m);
-        }
-    }
-    let mut best: Vec<(Key, &MeasureRecord)> = best.into_iter().collect();
-    best.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = TuningLog::open(&path)?;
     let mut written = 0;
-    for (key, m) in best {
-        let ms = m.median_ms().unwrap_or(f64::INFINITY);
-        let beats_default = default_ms
-            .get(&key)
-            .is_some_and(|&d| ms * (1.0 + MIN_GAIN) <= d);
-        if !beats_default || have.get(&key).is_some_and(|&old| old <= ms) {
+    for (mut r, ms) in export_candidates(log, target, host_cpu) {
+        let key = (r.workload.clone(), r.threads, cpu_of(&r, host_cpu));
+        if !keep(&r) || have.get(&key).is_some_and(|&old| old <= ms) {
             continue;
         }
-        let mut r = m.clone();
         r.target = name.clone();
-        r.device = Some(key.2);
         out.append(&Record::Measure(r))?;
         written += 1;
     }

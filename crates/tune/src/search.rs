@@ -11,9 +11,14 @@
 //! candidates plus an ε share of random ones (exploration). The model is retrained whenever the
 //! measurements grew by a fifth.
 //!
-//! Invariant: a candidate is measured at most once per task (resumed measurements count), every
-//! measurement is appended to the log before the next round starts, and the best schedule of a
-//! task is always one that ran without error.
+//! After the search, [`Tuner::confirm`] measures the few fastest schedules of each task again,
+//! in turn with its default: a schedule's time is the median of its measurements, so a winner
+//! of one lucky measurement loses its place.
+//!
+//! Invariant: the search measures a candidate at most once per task (resumed measurements
+//! count; only the confirmation measures again), every measurement is appended to the log
+//! before the next round starts, and the best schedule of a task is always one that ran
+//! without error.
 
 use crate::features::kernel_features;
 use crate::log::{median, now_secs, LogContents, MeasureRecord, Record, TuningLog, WorkloadRecord};
@@ -68,8 +73,10 @@ impl Default for TuneOptions {
 /// What the tuner knows about one task.
 #[derive(Clone, Debug, Default)]
 pub struct TaskState {
-    /// Measured candidates: median ms, or `None` for an error.
+    /// Measured candidates: median ms (over their measurements), or `None` for an error.
     pub measured: HashMap<Knobs, Option<f64>>,
+    /// The median of each successful measurement of a candidate.
+    times: HashMap<Knobs, Vec<f64>>,
     pub best: Option<(Knobs, f64)>,
     /// The default schedule's time, once measured.
     pub default_ms: Option<f64>,
@@ -101,6 +108,17 @@ pub struct Progress {
     pub default_model_ms: Option<f64>,
     pub task: String,
     pub errors: usize,
+}
+
+/// What [`Tuner::confirm`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Confirmation {
+    /// Tasks whose best schedules were measured again.
+    pub tasks: usize,
+    pub measurements: usize,
+    /// Tasks whose best schedule changed, and those of them now best with the default.
+    pub changed: usize,
+    pub back_to_default: usize,
 }
 
 /// The tuner over one model's tasks.
@@ -163,19 +181,30 @@ impl<'a> Tuner<'a> {
         self.lowered(t, knobs).1.clone()
     }
 
+    /// Takes in one measurement (`None`: an error). A candidate measured again is as fast as
+    /// the median of its successful measurements, and the task's best is chosen again.
     fn record(&mut self, t: usize, knobs: &Knobs, ms: Option<f64>) {
         let features = self.features(t, knobs);
         let s = &mut self.states[t];
-        s.measured.insert(knobs.clone(), ms);
         s.trials += 1;
-        if let Some(ms) = ms {
-            if *knobs == Knobs::default() {
-                s.default_ms = Some(ms);
+        let pooled = match ms {
+            Some(ms) => {
+                let times = s.times.entry(knobs.clone()).or_default();
+                times.push(ms);
+                median(times)
             }
-            if s.best.as_ref().is_none_or(|(_, b)| ms < *b) {
-                s.best = Some((knobs.clone(), ms));
-            }
+            None => s.measured.get(knobs).copied().flatten(),
+        };
+        s.measured.insert(knobs.clone(), pooled);
+        if *knobs == Knobs::default() && pooled.is_some() {
+            s.default_ms = pooled;
         }
+        s.best = s
+            .measured
+            .iter()
+            .filter_map(|(k, ms)| ms.map(|ms| (k, ms)))
+            .min_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)))
+            .map(|(k, ms)| (k.clone(), ms));
         self.history.push((t, features, ms));
     }
 
@@ -202,9 +231,6 @@ impl<'a> Tuner<'a> {
             let Some(&t) = index.get(m.workload.as_str()) else {
                 continue;
             };
-            if self.states[t].measured.contains_key(&m.knobs) {
-                continue;
-            }
             self.record(t, &m.knobs, m.median_ms());
             taken += 1;
         }
@@ -434,31 +460,7 @@ impl<'a> Tuner<'a> {
             let before = self.states[t].best.as_ref().map(|b| b.1);
             let results = runner.measure(&task.key, self.trials, &batch);
             for (knobs, result) in batch.iter().zip(results) {
-                let (times_ms, error) = match result {
-                    Measured::Times(t) => (t, None),
-                    Measured::Error(e) => (vec![], Some(e)),
-                };
-                let trace = self.lowered(t, knobs).0.clone();
-                let ms = if error.is_none() {
-                    median(&times_ms)
-                } else {
-                    None
-                };
-                if ms.is_none() {
-                    self.errors += 1;
-                }
-                log.append(&Record::Measure(MeasureRecord {
-                    workload: task.key.clone(),
-                    target: self.options.target.clone(),
-                    threads: self.options.threads,
-                    knobs: knobs.clone(),
-                    trace,
-                    times_ms,
-                    error,
-                    timestamp: now_secs(),
-                    device: runner.device(),
-                }))?;
-                self.record(t, knobs, ms);
+                self.take_result(t, knobs, result, runner.device(), log)?;
                 self.trials += 1;
                 spent += 1;
                 let task_best_ms = self.states[t].best.as_ref().map_or(f64::NAN, |b| b.1);
@@ -486,6 +488,95 @@ impl<'a> Tuner<'a> {
             });
         }
         Ok(())
+    }
+
+    /// Appends one candidate's result to the log and takes it in.
+    fn take_result(
+        &mut self,
+        t: usize,
+        knobs: &Knobs,
+        result: Measured,
+        device: Option<String>,
+        log: &mut TuningLog,
+    ) -> Result<(), TuneError> {
+        let (times_ms, error) = match result {
+            Measured::Times(t) => (t, None),
+            Measured::Error(e) => (vec![], Some(e)),
+        };
+        let trace = self.lowered(t, knobs).0.clone();
+        let ms = if error.is_none() {
+            median(&times_ms)
+        } else {
+            None
+        };
+        if ms.is_none() {
+            self.errors += 1;
+        }
+        log.append(&Record::Measure(MeasureRecord {
+            workload: self.set.tasks[t].key.clone(),
+            target: self.options.target.clone(),
+            threads: self.options.threads,
+            knobs: knobs.clone(),
+            trace,
+            times_ms,
+            error,
+            timestamp: now_secs(),
+            device,
+        }))?;
+        self.record(t, knobs, ms);
+        Ok(())
+    }
+
+    /// Measures again the `top` fastest schedules of every task that has one faster than its
+    /// default, together with the default, `rounds` times in turn (default, the others,
+    /// default, ...), so that a schedule that won on one lucky measurement (a quiet moment, a
+    /// noisy neighbour during the default's) is judged on the median of several. The
+    /// measurements are appended to the log like any other (they are not search trials).
+    pub fn confirm(
+        &mut self,
+        runner: &mut dyn Runner,
+        log: &mut TuningLog,
+        top: usize,
+        rounds: usize,
+    ) -> Result<Confirmation, TuneError> {
+        let mut report = Confirmation::default();
+        if top == 0 || rounds == 0 {
+            return Ok(report);
+        }
+        for t in 0..self.set.tasks.len() {
+            let s = &self.states[t];
+            let (Some((before, best_ms)), Some(default_ms)) = (s.best.clone(), s.default_ms) else {
+                continue;
+            };
+            if before == Knobs::default() || best_ms >= default_ms {
+                continue;
+            }
+            let mut ranked: Vec<(&Knobs, f64)> = s
+                .measured
+                .iter()
+                .filter(|(k, _)| **k != Knobs::default())
+                .filter_map(|(k, ms)| ms.map(|ms| (k, ms)))
+                .collect();
+            ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
+            let mut group = vec![Knobs::default()];
+            group.extend(ranked.iter().take(top).map(|(k, _)| (*k).clone()));
+            let batch: Vec<Knobs> = (0..rounds).flat_map(|_| group.clone()).collect();
+            let key = self.set.tasks[t].key.clone();
+            let results = runner.measure(&key, self.trials, &batch);
+            for (knobs, result) in batch.iter().zip(results) {
+                self.take_result(t, knobs, result, runner.device(), log)?;
+                report.measurements += 1;
+            }
+            report.tasks += 1;
+            let after = self.states[t].best.as_ref().map(|b| &b.0);
+            if after != Some(&before) {
+                report.changed += 1;
+                if after == Some(&Knobs::default()) {
+                    report.back_to_default += 1;
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// The first trial of this run after which the model estimate stayed within `1 + tol` of

@@ -79,7 +79,7 @@ fn export_adds_the_best_per_workload_threads_and_cpu_append_only() {
         ],
         skipped_lines: vec![],
     };
-    let n = export(&log, &target, "CPU X (x86_64)", dir.path()).unwrap();
+    let n = export(&log, &target, "CPU X (x86_64)", dir.path(), &|_| true).unwrap();
     assert_eq!(
         n, 3,
         "w1 on 1 and 2 threads, w2 on the board; not the avx2 record, not w3 (within noise)"
@@ -97,7 +97,7 @@ fn export_adds_the_best_per_workload_threads_and_cpu_append_only() {
     assert_eq!(w2.device.as_deref(), Some("Board A (aarch64)"));
     // Exporting again adds nothing (nothing faster); a faster record is appended.
     assert_eq!(
-        export(&log, &target, "CPU X (x86_64)", dir.path()).unwrap(),
+        export(&log, &target, "CPU X (x86_64)", dir.path(), &|_| true).unwrap(),
         0
     );
     let faster = LogContents {
@@ -108,7 +108,7 @@ fn export_adds_the_best_per_workload_threads_and_cpu_append_only() {
         skipped_lines: vec![],
     };
     assert_eq!(
-        export(&faster, &target, "CPU X (x86_64)", dir.path()).unwrap(),
+        export(&faster, &target, "CPU X (x86_64)", dir.path(), &|_| true).unwrap(),
         1
     );
     assert_eq!(read_log(&file).unwrap().measures().count(), 4);
@@ -118,8 +118,15 @@ fn export_adds_the_best_per_workload_threads_and_cpu_append_only() {
         .all(|m| m.workload != "w3" && m.knobs != Knobs::default()));
     // Another CPU's record of the same workload is kept beside it.
     assert_eq!(
-        export(&log, &target, "CPU Y (x86_64)", dir.path()).unwrap(),
+        export(&log, &target, "CPU Y (x86_64)", dir.path(), &|_| true).unwrap(),
         2
+    );
+    // A record the caller's check (inside the model) rejects is not written.
+    assert_eq!(
+        export(&log, &target, "CPU Z (x86_64)", dir.path(), &|r| r.threads
+            == 1)
+        .unwrap(),
+        1
     );
     // A target file has no built-in records to join.
     let custom = dir.path().join("custom.toml");
@@ -129,7 +136,7 @@ fn export_adds_the_best_per_workload_threads_and_cpu_append_only() {
     )
     .unwrap();
     if let Ok(t) = kiln::Target::from_file(&custom) {
-        let err = export(&log, &t, "CPU X (x86_64)", dir.path()).unwrap_err();
+        let err = export(&log, &t, "CPU X (x86_64)", dir.path(), &|_| true).unwrap_err();
         assert!(err.to_string().contains("built-in target"), "{err}");
     }
 }
