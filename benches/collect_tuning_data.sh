@@ -6,6 +6,8 @@
 #
 # Devices: KILN_TARGETS (default: the x86-64 targets that run here) x KILN_THREADS (default
 # "1 2"). Existing logs are continued (--resume), so a killed run picks up where it stopped.
+# KILN_EXPORT_PRETUNED=DIR also adds each run's records that win inside the model to DIR.
+# Each run's full output is kept in LOG.out.
 # Then: kiln cost-model train --log OUT/*.jsonl --model MODEL.onnx... -o cost-model.json
 set -euo pipefail
 out=$1 trials=$2
@@ -25,7 +27,9 @@ for model in "$@"; do
             echo "== $name $target ${threads}t"
             "$kiln" tune "$model" --target "$target" --threads "$threads" --trials "$trials" \
                 --batch "${KILN_BATCH:-8}" --repeat-ms "${KILN_REPEAT_MS:-5}" --log "$log" --resume \
-                | tail -n 2
+                ${KILN_EXPORT_PRETUNED:+--export-pretuned "$KILN_EXPORT_PRETUNED"} \
+                > "$log.out" 2>&1
+            grep -E "kernels summed|pre-tuned:" "$log.out" || tail -n 2 "$log.out"
         done
     done
 done

@@ -361,11 +361,14 @@ fn export_pretuned(
             .collect();
         for (r, alone) in &candidates {
             if let Some(v) = validation.workloads.get(&r.workload) {
+                let calls = v.calls.max(1) as f64;
                 println!(
-                    "  {}: alone {alone:.4} ms; in the model {:.4} ms, default {:.4} ms: {}",
+                    "  {}: alone {alone:.4} ms; in the model {:.4} ms, default {:.4} ms (per \
+                     call, x{}): {}",
                     if wins(r) { "keep" } else { "drop" },
-                    v.tuned_ms,
-                    v.default_ms,
+                    v.tuned_ms / calls,
+                    v.default_ms / calls,
+                    v.calls,
                     desc.get(r.workload.as_str())
                         .unwrap_or(&r.workload.as_str())
                 );

@@ -66,7 +66,16 @@ fn a_killed_run_resumes_without_losing_or_corrupting_records() {
     let log = dir.path().join("tune.jsonl");
     let log_s = log.to_str().unwrap();
     let model = dscnn();
-    let mut args = vec![model.to_str().unwrap(), "--trials", "40", "--log", log_s];
+    // No confirmation: the test checks that the search measures no candidate twice.
+    let mut args = vec![
+        model.to_str().unwrap(),
+        "--trials",
+        "40",
+        "--log",
+        log_s,
+        "--confirm",
+        "0",
+    ];
     args.extend(FAST);
     let mut child = Command::new(KILN)
         .arg("tune")

@@ -23,6 +23,8 @@ use std::collections::HashMap;
 pub struct InModel {
     pub default_ms: f64,
     pub tuned_ms: f64,
+    /// How many kernel calls of a run these times sum (the workload's kernels in the model).
+    pub calls: usize,
 }
 
 /// What [`in_model`] measured.
@@ -111,6 +113,11 @@ pub fn in_model(
                 InModel {
                     default_ms: median(d),
                     tuned_ms: median(t),
+                    calls: variants[0]
+                        .kernels()
+                        .iter()
+                        .filter(|k| k.workload == *w)
+                        .count(),
                 },
             ))
         })
@@ -120,6 +127,7 @@ pub fn in_model(
         model: InModel {
             default_ms: median(&default_whole),
             tuned_ms: median(&tuned_whole),
+            calls: variants[0].kernels().len(),
         },
     })
 }
