@@ -306,20 +306,17 @@ fn export_pretuned(
     use kiln_tune::pretrained::{beats_default, export, export_candidates, host_cpu};
     let log = read_log(&req.log).map_err(|e| tune_err(e.into()))?;
     let cpu = host_cpu();
+    let all = export_candidates(&log, target, &cpu);
     let n = if remote_tuning {
         println!(
             "note: records measured on a remote device are exported as they won alone; they \
              are not validated inside the model (that would need the model run on the device)"
         );
-        export(&log, target, &cpu, dir, &|_| true).map_err(tune_err)?
+        export(&all, target, &cpu, dir).map_err(tune_err)?
     } else {
-        let here = |r: &kiln_tune::log::MeasureRecord| {
+        let (candidates, elsewhere): (Vec<_>, Vec<_>) = all.into_iter().partition(|(r, _)| {
             r.threads == req.threads && r.device.as_deref() == Some(cpu.as_str())
-        };
-        let candidates: Vec<_> = export_candidates(&log, target, &cpu)
-            .into_iter()
-            .filter(|(r, _)| here(r))
-            .collect();
+        });
         let schedules = kiln::TunedSchedules {
             traces: candidates
                 .iter()
@@ -374,17 +371,15 @@ fn export_pretuned(
                 );
             }
         }
-        let skipped = export_candidates(&log, target, &cpu)
-            .iter()
-            .filter(|(r, _)| !here(r))
-            .count();
-        if skipped > 0 {
+        if !elsewhere.is_empty() {
             println!(
-                "note: {skipped} record(s) of other thread counts or devices in the log are not \
-                 exported (they are validated by a run with their --threads on their device)"
+                "note: {} record(s) of other thread counts or devices in the log are not \
+                 exported (they are validated by a run with their --threads on their device)",
+                elsewhere.len()
             );
         }
-        export(&log, target, &cpu, dir, &|r| here(r) && wins(r)).map_err(tune_err)?
+        let kept: Vec<_> = candidates.into_iter().filter(|(r, _)| wins(r)).collect();
+        export(&kept, target, &cpu, dir).map_err(tune_err)?
     };
     println!("pre-tuned: {n} record(s) added to {}", dir.display());
     Ok(())

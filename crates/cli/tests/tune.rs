@@ -177,6 +177,9 @@ fn crashing_and_hanging_candidates_are_logged_as_errors_and_tuning_goes_on() {
             "2000",
             "--build-timeout-ms",
             "2000",
+            // The trial counts below are the search's: no confirmation.
+            "--confirm",
+            "0",
         ];
         args.extend(FAST);
         let o = run(&args, &[("KILN_TUNE_FAULT", fault)]);

@@ -171,18 +171,17 @@ pub fn export_candidates(
     out.into_iter().map(|(_, r, ms)| (r, ms)).collect()
 }
 
-/// Adds [`export_candidates`] of `log` to the pre-tuned records in `dir`
+/// Adds `candidates` (from [`export_candidates`], less those the caller's check inside the
+/// model rejected, [`crate::validate`]) to the pre-tuned records in `dir`
 /// (`dir/<built-in target>.jsonl`, appended), each naming the CPU it was measured on
-/// (`host_cpu` for this machine's records), when `keep` accepts it (the caller's check inside
-/// the model, [`crate::validate`]); one already there for the same workload, threads and CPU
-/// gets a new record only when it is faster (the file stays append-only; [`records`] takes the
-/// fastest). Returns how many records were written.
+/// (`host_cpu` for this machine's records); one already there for the same workload, threads
+/// and CPU gets a new record only when it is faster (the file stays append-only; [`records`]
+/// takes the fastest). Returns how many records were written.
 pub fn export(
-    log: &LogContents,
+    candidates: &[(MeasureRecord, f64)],
     target: &Target,
     host_cpu: &str,
     dir: &Path,
-    keep: &dyn Fn(&MeasureRecord) -> bool,
 ) -> Result<usize, TuneError> {
     let name = records_target(target).ok_or_else(|| {
         TuneError::Job(format!(
@@ -204,11 +203,12 @@ pub fn export(
     }
     let mut out = TuningLog::open(&path)?;
     let mut written = 0;
-    for (mut r, ms) in export_candidates(log, target, host_cpu) {
-        let key = (r.workload.clone(), r.threads, cpu_of(&r, host_cpu));
-        if !keep(&r) || have.get(&key).is_some_and(|&old| old <= ms) {
+    for (r, ms) in candidates {
+        let key = (r.workload.clone(), r.threads, cpu_of(r, host_cpu));
+        if have.get(&key).is_some_and(|&old| old <= *ms) {
             continue;
         }
+        let mut r = r.clone();
         r.target = name.clone();
         out.append(&Record::Measure(r))?;
         written += 1;

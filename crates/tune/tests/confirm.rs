@@ -2,21 +2,14 @@
 //! the confirmation measures it again, and the in-model validation times every kernel of the
 //! model under both variants.
 
+mod common;
+
+use common::dscnn;
 use kiln_schedules::Knobs;
-use kiln_tune::measure::{Measured, ModelSpec, Runner};
+use kiln_tune::measure::{Measured, Runner};
 use kiln_tune::validate::{in_model, ValidateOptions};
 use kiln_tune::{extract_tasks, read_log, TuneOptions, Tuner, TuningLog};
 use std::collections::HashMap;
-
-fn dscnn() -> ModelSpec {
-    ModelSpec {
-        path: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/models/dscnn_kws.onnx"),
-        input_shapes: vec![],
-        rewrite: true,
-        layout: "auto".into(),
-    }
-}
 
 /// A device where the first non-default candidate of each workload is measured once at 0.5 ms
 /// (a quiet moment) and 2 ms ever after; the default takes 1 ms, every other candidate 1.5 ms.

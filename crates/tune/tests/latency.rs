@@ -5,6 +5,8 @@
 //! that devices are told apart, that a pretrained model adapts to a new device, and that the
 //! plumbing (logs joined with tasks, schedules a compile would use) is right.
 
+mod common;
+
 use kiln_schedules::{schedule_with, Knobs, SplitMix};
 use kiln_tir::Trace;
 use kiln_tune::dataset::{collect, device_name};
@@ -13,7 +15,6 @@ use kiln_tune::evaluate::holdout_tasks;
 use kiln_tune::features::{feature_names, kernel_features};
 use kiln_tune::latency::{Boosting, DeviceCostModel, LatencyModel, LatencySample};
 use kiln_tune::log::{LogContents, MeasureRecord, Record};
-use kiln_tune::measure::ModelSpec;
 use kiln_tune::model::{CostModel, Sample};
 use kiln_tune::predict::{predict_model, ScheduleSource};
 use kiln_tune::{extract_tasks, TaskSet};
@@ -21,13 +22,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 fn dscnn(target: &kiln::Target) -> (kiln::Graph, TaskSet) {
-    let spec = ModelSpec {
-        path: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/models/dscnn_kws.onnx"),
-        input_shapes: vec![],
-        rewrite: true,
-        layout: "auto".into(),
-    };
+    let spec = common::dscnn();
     let model = spec.load().unwrap();
     let set = extract_tasks(&model.graph, &spec.graph_options(), target).unwrap();
     (model.graph, set)

@@ -5,7 +5,8 @@
 use kiln_schedules::Knobs;
 use kiln_tir::Trace;
 use kiln_tune::log::{read_log, LogContents, MeasureRecord, Record};
-use kiln_tune::pretrained::{export, records_target};
+use kiln_tune::pretrained::{export, export_candidates, records_target};
+use kiln_tune::TuneError;
 
 fn record(workload: &str, target: &str, threads: usize, ms: f64, device: Option<&str>) -> Record {
     Record::Measure(MeasureRecord {
@@ -30,6 +31,16 @@ fn default_record(workload: &str, threads: usize, ms: f64, device: Option<&str>)
         m.knobs = Knobs::default();
     }
     r
+}
+
+/// Exports every candidate of `log` (no check inside the model).
+fn export_all(
+    log: &LogContents,
+    target: &kiln::Target,
+    cpu: &str,
+    dir: &std::path::Path,
+) -> Result<usize, TuneError> {
+    export(&export_candidates(log, target, cpu), target, cpu, dir)
 }
 
 #[test]
@@ -79,7 +90,7 @@ fn export_adds_the_best_per_workload_threads_and_cpu_append_only() {
         ],
         skipped_lines: vec![],
     };
-    let n = export(&log, &target, "CPU X (x86_64)", dir.path(), &|_| true).unwrap();
+    let n = export_all(&log, &target, "CPU X (x86_64)", dir.path()).unwrap();
     assert_eq!(
         n, 3,
         "w1 on 1 and 2 threads, w2 on the board; not the avx2 record, not w3 (within noise)"
@@ -97,7 +108,7 @@ fn export_adds_the_best_per_workload_threads_and_cpu_append_only() {
     assert_eq!(w2.device.as_deref(), Some("Board A (aarch64)"));
     // Exporting again adds nothing (nothing faster); a faster record is appended.
     assert_eq!(
-        export(&log, &target, "CPU X (x86_64)", dir.path(), &|_| true).unwrap(),
+        export_all(&log, &target, "CPU X (x86_64)", dir.path()).unwrap(),
         0
     );
     let faster = LogContents {
@@ -108,7 +119,7 @@ fn export_adds_the_best_per_workload_threads_and_cpu_append_only() {
         skipped_lines: vec![],
     };
     assert_eq!(
-        export(&faster, &target, "CPU X (x86_64)", dir.path(), &|_| true).unwrap(),
+        export_all(&faster, &target, "CPU X (x86_64)", dir.path()).unwrap(),
         1
     );
     assert_eq!(read_log(&file).unwrap().measures().count(), 4);
@@ -118,13 +129,20 @@ fn export_adds_the_best_per_workload_threads_and_cpu_append_only() {
         .all(|m| m.workload != "w3" && m.knobs != Knobs::default()));
     // Another CPU's record of the same workload is kept beside it.
     assert_eq!(
-        export(&log, &target, "CPU Y (x86_64)", dir.path(), &|_| true).unwrap(),
+        export_all(&log, &target, "CPU Y (x86_64)", dir.path()).unwrap(),
         2
     );
-    // A record the caller's check (inside the model) rejects is not written.
+    // Only the candidates the caller keeps (its check inside the model) are written.
     assert_eq!(
-        export(&log, &target, "CPU Z (x86_64)", dir.path(), &|r| r.threads
-            == 1)
+        export(
+            &export_candidates(&log, &target, "CPU Z (x86_64)")
+                .into_iter()
+                .filter(|(r, _)| r.threads == 1)
+                .collect::<Vec<_>>(),
+            &target,
+            "CPU Z (x86_64)",
+            dir.path()
+        )
         .unwrap(),
         1
     );
@@ -136,7 +154,7 @@ fn export_adds_the_best_per_workload_threads_and_cpu_append_only() {
     )
     .unwrap();
     if let Ok(t) = kiln::Target::from_file(&custom) {
-        let err = export(&log, &t, "CPU X (x86_64)", dir.path(), &|_| true).unwrap_err();
+        let err = export_all(&log, &t, "CPU X (x86_64)", dir.path()).unwrap_err();
         assert!(err.to_string().contains("built-in target"), "{err}");
     }
 }

@@ -1,19 +1,11 @@
 //! Task extraction and features on a bundled model.
 
+mod common;
+
+use common::dscnn;
 use kiln_schedules::{schedule_with, Knobs, MicroShape, OpClass, SketchTarget};
 use kiln_tune::extract_tasks;
 use kiln_tune::features::{feature_names, kernel_features, FEATURE_COUNT};
-use kiln_tune::measure::ModelSpec;
-
-fn dscnn() -> ModelSpec {
-    ModelSpec {
-        path: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/models/dscnn_kws.onnx"),
-        input_shapes: vec![],
-        rewrite: true,
-        layout: "auto".into(),
-    }
-}
 
 #[test]
 fn tasks_are_the_distinct_kernels_weighted_by_count() {
