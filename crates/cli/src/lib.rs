@@ -233,6 +233,20 @@ pub enum Command {
         /// (0: off)
         #[arg(long, value_name = "N", default_value_t = 3)]
         confirm: usize,
+        /// Whether kernels find their weights in cache when timed: `cold` rotates copies of
+        /// them that exceed the last-level cache, as inside a model whose weights do not stay
+        /// cached; `auto` is cold for models whose constants take more than a quarter of the
+        /// last-level cache (local measurements only).
+        #[arg(long, value_enum, default_value = "auto")]
+        constant_cache: ConstantCacheArg,
+        /// Measure first, in each task's first round, the schedules that won in these logs
+        /// (for the same target, on other thread counts or CPUs; repeatable) instead of those
+        /// of the shipped pre-tuned records.
+        #[arg(long, value_name = "LOG")]
+        seeds_from: Vec<PathBuf>,
+        /// Do not seed the first rounds with schedules that won elsewhere.
+        #[arg(long, conflicts_with = "seeds_from")]
+        no_seeds: bool,
         /// After tuning, add the log's best record per workload and thread count to the
         /// pre-tuned records in DIR (`schedules/tuned/records` ships with Kiln).
         #[arg(long, value_name = "DIR")]
@@ -444,6 +458,25 @@ pub enum LayoutArg {
     Auto,
     Nchw,
     Nhwc,
+}
+
+/// `--constant-cache`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ConstantCacheArg {
+    Auto,
+    Warm,
+    Cold,
+}
+
+impl ConstantCacheArg {
+    fn get(self) -> kiln_tune::cache::ConstantCache {
+        use kiln_tune::cache::ConstantCache;
+        match self {
+            ConstantCacheArg::Auto => ConstantCache::Auto,
+            ConstantCacheArg::Warm => ConstantCache::Warm,
+            ConstantCacheArg::Cold => ConstantCache::Cold,
+        }
+    }
 }
 
 impl LayoutArg {
@@ -725,8 +758,14 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             no_pretrained,
             export_pretuned,
             confirm,
+            constant_cache,
+            seeds_from,
+            no_seeds,
         } => tune::tune(&tune::TuneRequest {
+            seeds_from,
+            no_seeds,
             confirm,
+            constant_cache: constant_cache.get(),
             remote,
             cost_model,
             no_pretrained,

@@ -48,6 +48,77 @@ pub struct TuneRequest {
     pub export_pretuned: Option<PathBuf>,
     /// Schedules per task measured again after the search (0: none).
     pub confirm: usize,
+    /// Whether constant inputs are timed warm or cold (local measurements).
+    pub constant_cache: kiln_tune::cache::ConstantCache,
+    /// Logs whose winners seed the first rounds (empty: the shipped pre-tuned records).
+    pub seeds_from: Vec<PathBuf>,
+    /// No seeds at all.
+    pub no_seeds: bool,
+}
+
+/// The schedules each task's first round measures after its default ([`kiln_tune::seeds`]):
+/// the winners of `--seeds-from` logs, else of the shipped pre-tuned records.
+fn first_round_seeds(
+    req: &TuneRequest,
+    target: &Target,
+    set: &kiln_tune::TaskSet,
+) -> Result<kiln_tune::seeds::Seeds, CliError> {
+    if req.no_seeds {
+        return Ok(Default::default());
+    }
+    let (logs, source) = if req.seeds_from.is_empty() {
+        let cpu = kiln_tune::pretrained::host_cpu();
+        (
+            vec![kiln_tune::pretrained::records(target, None, &cpu)],
+            "the shipped pre-tuned records".to_string(),
+        )
+    } else {
+        let logs = req
+            .seeds_from
+            .iter()
+            .map(|p| read_log(p).map_err(|e| tune_err(e.into())))
+            .collect::<Result<Vec<_>, _>>()?;
+        (logs, format!("{} log(s)", req.seeds_from.len()))
+    };
+    let mut seeds = kiln_tune::seeds::from_logs(&logs, target.name(), req.threads);
+    seeds.retain(|workload, knobs| {
+        !knobs.is_empty() && set.tasks.iter().any(|t| &t.key == workload)
+    });
+    if !seeds.is_empty() {
+        println!(
+            "seeds: {} of {} task(s) start from schedules that won in {source}",
+            seeds.len(),
+            set.tasks.len()
+        );
+    }
+    Ok(seeds)
+}
+
+/// How the run times constant inputs, for the user ([`kiln_tune::cache`]).
+fn constant_cache_line(req: &TuneRequest, graph: &kiln::Graph, remote: bool) -> String {
+    use kiln_tune::cache::{model_constant_bytes, ConstantCache};
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    if remote {
+        return "weights: timed as the device agent runs them (it repeats calls on one copy)"
+            .into();
+    }
+    let constants = model_constant_bytes(graph);
+    let cache = kiln_tune::device::host_last_level_cache_bytes();
+    let cold = req.constant_cache.is_cold(constants, cache);
+    let why = match (req.constant_cache, cache) {
+        (ConstantCache::Auto, Some(c)) => format!(
+            "the model's constants, {:.1} MiB, {} a quarter of the {:.0} MiB last-level cache",
+            mib(constants),
+            if cold { "exceed" } else { "fit in" },
+            mib(c)
+        ),
+        (ConstantCache::Auto, None) => "this machine reports no last-level cache".into(),
+        _ => "--constant-cache".into(),
+    };
+    format!(
+        "weights: timed {} ({why})",
+        if cold { "cold" } else { "warm" }
+    )
 }
 
 fn tune_err(e: kiln_tune::TuneError) -> CliError {
@@ -162,7 +233,9 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
     }
     let model_file = model_path(&req.log);
     let cost_model = search_model(req, &target, remote.is_some(), &model_file)?;
+    let seeds = first_round_seeds(req, &target, &set)?;
     let options = TuneOptions {
+        seeds,
         trials: req.trials,
         batch: req.batch,
         seed: req.seed,
@@ -190,6 +263,7 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
             String::new()
         }
     );
+    println!("{}", constant_cache_line(req, &set.graph, remote.is_some()));
     let mut log = TuningLog::open(&req.log).map_err(|e| tune_err(e.into()))?;
     let measure = MeasureOptions {
         threads: req.threads,
@@ -197,6 +271,7 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
         min_repeat_ms: req.repeat_ms,
         build_timeout_ms: req.build_timeout_ms,
         run_timeout_ms: req.run_timeout_ms,
+        constants: req.constant_cache,
         ..MeasureOptions::default()
     };
     let graph_options = spec.graph_options();

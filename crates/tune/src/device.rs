@@ -248,6 +248,15 @@ impl DeviceDescription {
     }
 }
 
+/// The largest data cache of this machine (the last level), when Linux reports it.
+pub fn host_last_level_cache_bytes() -> Option<u64> {
+    MachineReport::of_host()
+        .caches
+        .iter()
+        .map(|c| c.bytes)
+        .max()
+}
+
 /// What a machine says about itself.
 #[derive(Clone, Debug, Default)]
 struct MachineReport {

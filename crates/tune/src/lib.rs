@@ -16,6 +16,7 @@
 //! of the same DAG (`kiln_schedules`), and the compiler replays a logged trace only when it
 //! still replays and lowers on the workload's DAG.
 
+pub mod cache;
 pub mod contention;
 pub mod dataset;
 pub mod device;
@@ -30,6 +31,7 @@ pub mod predict;
 pub mod pretrained;
 pub mod remote;
 pub mod search;
+pub mod seeds;
 pub mod task;
 pub mod validate;
 

@@ -6,14 +6,16 @@
 //! ([`crate::task::extract_tasks`] is deterministic), and for each candidate reports `start`,
 //! builds it (schedule, lowering, JIT), reports `built`, times it (warm-up, then repeats of
 //! enough calls to last `min_repeat_ms`, the per-call mean of each repeat; a repeat during
-//! which the kernel's threads waited for a CPU is timed again, see [`crate::contention`]) and
-//! reports `done` or `error`, one JSON line each.
+//! which the kernel's threads waited for a CPU is timed again, see [`crate::contention`]; the
+//! constant inputs warm or cold as in the model, see [`crate::cache`]) and reports `done` or
+//! `error`, one JSON line each.
 //!
 //! Invariant: every candidate handed to [`Runner::measure`] gets exactly one result. A worker
 //! that crashes or exceeds the build or run timeout is killed; the candidate in flight is
 //! recorded as an error naming the signal or the timeout, and a new worker continues with the
 //! remaining candidates, so no candidate can stop tuning.
 
+use crate::cache::{self, ConstantCache};
 use crate::contention::{self, run_queue_wait_ns};
 use crate::task::extract_tasks;
 use crate::TuneError;
@@ -45,6 +47,9 @@ pub struct MeasureOptions {
     /// Limits on building (scheduling, lowering, code generation) and on running one candidate.
     pub build_timeout_ms: u64,
     pub run_timeout_ms: u64,
+    /// Whether constant inputs are cached as the calls repeat ([`crate::cache`]).
+    #[serde(default)]
+    pub constants: ConstantCache,
 }
 
 impl Default for MeasureOptions {
@@ -57,6 +62,7 @@ impl Default for MeasureOptions {
             min_repeat_ms: 10.0,
             build_timeout_ms: 20_000,
             run_timeout_ms: 10_000,
+            constants: ConstantCache::Auto,
         }
     }
 }
@@ -410,12 +416,14 @@ pub fn lower_candidate(
     Ok((func, inputs))
 }
 
-/// Builds and times one candidate of `task` in this process.
+/// Builds and times one candidate of `task` in this process; `cold_against`: the constant
+/// inputs are timed cold against a cache of that many bytes ([`crate::cache`]).
 fn measure_one(
     task: &crate::task::Task,
     graph: &kiln_ir::Graph,
     knobs: &Knobs,
     options: &MeasureOptions,
+    cold_against: Option<u64>,
     report: &mut dyn FnMut(Event),
     index: usize,
 ) -> Result<Vec<f64>, String> {
@@ -441,7 +449,8 @@ fn measure_one(
         index,
         build_ms: start.elapsed().as_secs_f64() * 1e3,
     });
-    let mut buffers: Vec<Vec<u8>> = func
+    // Each param's buffers: one, or for constants timed cold, copies the calls rotate over.
+    let bytes: Vec<(Vec<u8>, bool)> = func
         .params
         .iter()
         .enumerate()
@@ -449,15 +458,36 @@ fn measure_one(
             let decl = &func.buffers[p.index()];
             let ty = TensorType::new(decl.dtype, decl.shape.clone());
             match (inputs.get(i), ty) {
-                (Some(KernelInput::Const(c)), _) => kiln::tensor_bytes(graph.constant(*c)),
-                (Some(KernelInput::Table(t)), _) => kiln::tensor_bytes(t),
-                (Some(KernelInput::Value(_)), Ok(ty)) => synthetic(&ty),
-                (_, _) => vec![0u8; decl.num_elements() * decl.dtype.size_bytes()],
+                (Some(KernelInput::Const(c)), _) => (kiln::tensor_bytes(graph.constant(*c)), true),
+                (Some(KernelInput::Table(t)), _) => (kiln::tensor_bytes(t), true),
+                (Some(KernelInput::Value(_)), Ok(ty)) => (synthetic(&ty), false),
+                (_, _) => (
+                    vec![0u8; decl.num_elements() * decl.dtype.size_bytes()],
+                    false,
+                ),
             }
         })
         .collect();
-    let call = |buffers: &mut Vec<Vec<u8>>| {
-        let mut args: Vec<&mut [u8]> = buffers.iter_mut().map(|b| b.as_mut_slice()).collect();
+    let constant_bytes: u64 = bytes
+        .iter()
+        .filter(|(_, constant)| *constant)
+        .map(|(b, _)| b.len() as u64)
+        .sum();
+    let copies = cold_against.map_or(1, |c| cache::copies_for_cold(constant_bytes, Some(c)));
+    let mut buffers: Vec<Vec<Vec<u8>>> = bytes
+        .into_iter()
+        .map(|(b, constant)| vec![b; if constant { copies } else { 1 }])
+        .collect();
+    let mut calls = 0usize;
+    let mut call = |buffers: &mut Vec<Vec<Vec<u8>>>| {
+        let mut args: Vec<&mut [u8]> = buffers
+            .iter_mut()
+            .map(|copies| {
+                let n = copies.len();
+                copies[calls % n].as_mut_slice()
+            })
+            .collect();
+        calls += 1;
         kernel.run_bytes(&mut args).map_err(|e| e.to_string())
     };
     for _ in 0..options.warmup.max(1) {
@@ -511,6 +541,12 @@ pub fn serve(input: &mut dyn Read, output: &mut dyn Write) -> Result<(), TuneErr
     let task = tasks
         .get(job.workload.as_str())
         .ok_or_else(|| TuneError::Job(format!("the model has no workload {}", job.workload)))?;
+    let cache_bytes = crate::device::host_last_level_cache_bytes();
+    let cold_against = job
+        .options
+        .constants
+        .is_cold(cache::model_constant_bytes(&set.graph), cache_bytes)
+        .then(|| cache_bytes.unwrap_or(cache::ASSUMED_CACHE_BYTES));
     let mut send = |ev: Event| -> Result<(), TuneError> {
         let text = serde_json::to_string(&ev).map_err(|e| TuneError::Job(e.to_string()))?;
         writeln!(output, "{text}").map_err(TuneError::Io)?;
@@ -529,6 +565,7 @@ pub fn serve(input: &mut dyn Read, output: &mut dyn Write) -> Result<(), TuneErr
             &set.graph,
             knobs,
             &job.options,
+            cold_against,
             &mut |e| {
                 let _ = send(e);
             },

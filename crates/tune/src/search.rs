@@ -1,8 +1,9 @@
 //! The search: which task to measure next, and which of its candidates.
 //!
 //! Per round the task scheduler picks one task: first every task once (its default schedule is
-//! always its first candidate, the baseline; with a model already trained — a pretrained one —
-//! the first round adds only the model's favourite), then the task where the model's weighted latency
+//! always its first candidate, the baseline, then the schedules that won on other devices
+//! ([`crate::seeds`]); with a model already trained — a pretrained one — the first round adds
+//! only the model's favourite), then the task where the model's weighted latency
 //! (`weight x best time`, summed over tasks) can fall most, estimated from how much the task's
 //! best improved in its last round. For that task an evolutionary search runs over the cost
 //! model's predictions: a population of the best measured candidates and random ones, evolved
@@ -24,6 +25,7 @@ use crate::features::kernel_features;
 use crate::log::{median, now_secs, LogContents, MeasureRecord, Record, TuningLog, WorkloadRecord};
 use crate::measure::{Measured, Runner};
 use crate::model::{CostModel, Sample};
+use crate::seeds::{Seeds, MAX_SEEDS};
 use crate::task::{Task, TaskSet};
 use crate::TuneError;
 use kiln_schedules::{schedule_with, Knobs, SplitMix};
@@ -51,6 +53,9 @@ pub struct TuneOptions {
     pub threads: usize,
     /// Where the cost model is saved after each training (`None`: not saved).
     pub model_path: Option<PathBuf>,
+    /// Per workload, schedules that won on other devices, measured in its first round
+    /// ([`crate::seeds`]).
+    pub seeds: Seeds,
 }
 
 impl Default for TuneOptions {
@@ -66,6 +71,7 @@ impl Default for TuneOptions {
             target: "host".into(),
             threads: 1,
             model_path: None,
+            seeds: HashMap::new(),
         }
     }
 }
@@ -298,6 +304,14 @@ impl<'a> Tuner<'a> {
         self.states[t].measured.len() < self.set.tasks[t].space.size().max(1)
     }
 
+    /// The seeds of task `t` (see [`crate::seeds`]).
+    fn first_round_seeds(&self, t: usize) -> Vec<Knobs> {
+        self.options
+            .seeds
+            .get(&self.set.tasks[t].key)
+            .map_or(vec![], |s| s.iter().take(MAX_SEEDS).cloned().collect())
+    }
+
     /// The task scheduler (see the module doc).
     fn next_task(&self) -> Option<usize> {
         let tasks = &self.set.tasks;
@@ -342,6 +356,13 @@ impl<'a> Tuner<'a> {
         let fresh = |k: &Knobs, batch: &[Knobs]| !measured.contains_key(k) && !batch.contains(k);
         if !measured.contains_key(&Knobs::default()) {
             batch.push(Knobs::default());
+        }
+        if self.states[t].trials == 0 {
+            for k in self.first_round_seeds(t) {
+                if batch.len() < n && fresh(&k, &batch) {
+                    batch.push(k);
+                }
+            }
         }
         if self.model.is_trained() {
             // Population: the best measured, then random points.
@@ -393,8 +414,8 @@ impl<'a> Tuner<'a> {
             let scores = self.score(t, &all)?;
             let mut scored: Vec<(Knobs, f32)> = all.into_iter().zip(scores).collect();
             scored.sort_by(|a, b| b.1.total_cmp(&a.1));
-            // (A first round of two — baseline and favourite — explores nothing.)
-            let explore = if n > 2 {
+            // (A first round — baseline, seeds and favourite — explores nothing.)
+            let explore = if self.states[t].trials > 0 && n > 2 {
                 ((n as f64) * self.options.epsilon).ceil() as usize
             } else {
                 0
@@ -435,9 +456,10 @@ impl<'a> Tuner<'a> {
             // A task's first round is small: the baseline and the model's favourite when the
             // model is already trained (a pretrained one knows unseen tasks), else the
             // baseline and random points (half a batch).
+            let seeds = self.first_round_seeds(t).len();
             let batch_size = match (self.states[t].trials, self.model.is_trained()) {
-                (0, true) => 2,
-                (0, false) => self.options.batch.div_ceil(2),
+                (0, true) => 2 + seeds,
+                (0, false) => self.options.batch.div_ceil(2).max(2 + seeds),
                 _ => self.options.batch,
             };
             let n = batch_size.min(total - spent).max(1);
