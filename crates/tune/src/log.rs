@@ -137,40 +137,54 @@ impl LogContents {
         })
     }
 
-    /// Per workload, the fastest schedule (knobs) measured for `target` (on any thread count
-    /// when `threads` is `None`). A schedule measured more than once (a confirmation, a
-    /// resumed run) is as fast as the median of its measurements, so one lucky run among
-    /// slower ones does not make it the best.
-    pub fn best(&self, target: &str, threads: Option<usize>) -> HashMap<String, BestSchedule<'_>> {
-        let mut pooled: HashMap<(&str, usize, &Knobs), Vec<&MeasureRecord>> = HashMap::new();
+    /// Every successful schedule's measurements pooled per `key_of(record)` (records it maps
+    /// to `None` left out) and knobs: a schedule is as fast as the median of its measurements'
+    /// medians, and stands for its latest record.
+    pub fn pooled<'a, K: std::hash::Hash + Eq>(
+        &'a self,
+        key_of: impl Fn(&'a MeasureRecord) -> Option<K>,
+    ) -> Vec<(K, BestSchedule<'a>)> {
+        let mut pooled: HashMap<(K, &Knobs), (Vec<f64>, &MeasureRecord)> = HashMap::new();
         for m in self.measures() {
-            if m.target != target || threads.is_some_and(|t| t != m.threads) {
+            let (Some(ms), Some(key)) = (m.median_ms(), key_of(m)) else {
                 continue;
-            }
-            if m.median_ms().is_some() {
-                pooled
-                    .entry((m.workload.as_str(), m.threads, &m.knobs))
-                    .or_default()
-                    .push(m);
-            }
+            };
+            let e = pooled.entry((key, &m.knobs)).or_insert((vec![], m));
+            e.0.push(ms);
+            e.1 = m;
         }
-        let mut best: HashMap<String, BestSchedule<'_>> = HashMap::new();
-        for records in pooled.into_values() {
-            let medians: Vec<f64> = records.iter().filter_map(|m| m.median_ms()).collect();
-            let Some(ms) = median(&medians) else { continue };
-            let record = records[records.len() - 1];
-            let better = best
-                .get(&record.workload)
-                .is_none_or(|b| (ms, &record.knobs) < (b.ms, &b.record.knobs));
-            if better {
-                best.insert(
-                    record.workload.clone(),
+        pooled
+            .into_iter()
+            .filter_map(|((key, _), (medians, record))| {
+                let ms = median(&medians)?;
+                Some((
+                    key,
                     BestSchedule {
                         record,
                         ms,
                         measurements: medians.len(),
                     },
-                );
+                ))
+            })
+            .collect()
+    }
+
+    /// Per workload, the fastest schedule (knobs) measured for `target` (on any thread count
+    /// when `threads` is `None`). A schedule measured more than once (a confirmation, a
+    /// resumed run) is as fast as the median of its measurements, so one lucky run among
+    /// slower ones does not make it the best.
+    pub fn best(&self, target: &str, threads: Option<usize>) -> HashMap<String, BestSchedule<'_>> {
+        let schedules = self.pooled(|m| {
+            (m.target == target && threads.is_none_or(|t| t == m.threads))
+                .then_some((m.workload.as_str(), m.threads))
+        });
+        let mut best: HashMap<String, BestSchedule<'_>> = HashMap::new();
+        for (_, schedule) in schedules {
+            let better = best
+                .get(&schedule.record.workload)
+                .is_none_or(|b| (schedule.ms, &schedule.record.knobs) < (b.ms, &b.record.knobs));
+            if better {
+                best.insert(schedule.record.workload.clone(), schedule);
             }
         }
         best

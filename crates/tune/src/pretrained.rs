@@ -9,7 +9,7 @@
 //! loaded one (same feature lists), so a stale file is an error naming the fix.
 
 use crate::latency::LatencyModel;
-use crate::log::{median, read_log, LogContents, MeasureRecord, Record, TuningLog};
+use crate::log::{read_log, LogContents, MeasureRecord, Record, TuningLog};
 use crate::TuneError;
 use kiln::Target;
 use kiln_schedules::Knobs;
@@ -135,25 +135,19 @@ pub fn export_candidates(
     target: &Target,
     host_cpu: &str,
 ) -> Vec<(MeasureRecord, f64)> {
-    let mut pooled: HashMap<(RecordKey, &Knobs), (Vec<f64>, &MeasureRecord)> = HashMap::new();
-    for m in log.measures().filter(|m| m.target == target.name()) {
-        if let Some(ms) = m.median_ms() {
-            let key = (m.workload.clone(), m.threads, cpu_of(m, host_cpu));
-            let e = pooled.entry((key, &m.knobs)).or_insert((vec![], m));
-            e.0.push(ms);
-            e.1 = m;
-        }
-    }
+    let schedules = log.pooled(|m| {
+        (m.target == target.name()).then(|| (m.workload.clone(), m.threads, cpu_of(m, host_cpu)))
+    });
     let mut default_ms: HashMap<RecordKey, f64> = HashMap::new();
     let mut best: HashMap<RecordKey, (f64, &MeasureRecord)> = HashMap::new();
-    for ((key, knobs), (times, m)) in pooled {
-        let Some(ms) = median(&times) else { continue };
-        if *knobs == Knobs::default() {
+    for (key, schedule) in schedules {
+        let (ms, m) = (schedule.ms, schedule.record);
+        if m.knobs == Knobs::default() {
             default_ms.insert(key.clone(), ms);
         }
         if best
             .get(&key)
-            .is_none_or(|(b, r)| (ms, knobs) < (*b, &r.knobs))
+            .is_none_or(|(b, r)| (ms, &m.knobs) < (*b, &r.knobs))
         {
             best.insert(key, (ms, m));
         }

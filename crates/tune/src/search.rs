@@ -215,7 +215,9 @@ impl<'a> Tuner<'a> {
     }
 
     /// Takes in the measurements of `log` for these tasks (same target and threads): they are
-    /// not measured again, and the model trains on them. Returns how many were taken.
+    /// not measured again, and the model trains on them. Returns how many trials they were:
+    /// distinct schedules per task (a confirmation's measurements of a schedule again are
+    /// pooled with its first and spent no trial).
     pub fn resume(&mut self, log: &LogContents) -> Result<usize, TuneError> {
         let index: HashMap<&str, usize> = self
             .set
@@ -237,8 +239,8 @@ impl<'a> Tuner<'a> {
             let Some(&t) = index.get(m.workload.as_str()) else {
                 continue;
             };
+            taken += usize::from(!self.states[t].measured.contains_key(&m.knobs));
             self.record(t, &m.knobs, m.median_ms());
-            taken += 1;
         }
         self.retrain(true)?;
         Ok(taken)

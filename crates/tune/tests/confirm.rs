@@ -88,6 +88,18 @@ fn a_schedule_that_won_once_by_luck_loses_to_the_default_once_measured_again() {
     for best in contents.best(target.name(), Some(1)).values() {
         assert_eq!(best.record.knobs, Knobs::default(), "{best:?}");
     }
+    // A resumed run counts the search's trials, not the confirmation's measurements again.
+    let mut resumed = Tuner::new(
+        &set,
+        TuneOptions {
+            trials: 60,
+            batch: 4,
+            target: target.name().into(),
+            ..TuneOptions::default()
+        },
+        Box::new(kiln_tune::XgbCostModel::new()),
+    );
+    assert_eq!(resumed.resume(&contents).unwrap(), tuner.trials);
 }
 
 #[test]
