@@ -139,9 +139,10 @@ pub fn model_path(log: &Path) -> PathBuf {
 fn search_model(
     req: &TuneRequest,
     target: &Target,
-    remote: bool,
+    device: Option<&DeviceDescription>,
     model_file: &Path,
 ) -> Result<Box<dyn CostModel>, CliError> {
+    let remote = device.is_none();
     let pretrained = match (&req.cost_model, req.no_pretrained) {
         (Some(_), true) => {
             return Err(CliError::Usage(
@@ -153,14 +154,13 @@ fn search_model(
         _ => None,
     };
     if let Some(m) = pretrained {
-        if remote {
+        let Some(device) = device else {
             return Err(CliError::Usage(
                 "--cost-model: a pretrained model needs the device's probes, which remote \
                  tuning does not take yet; pass --no-pretrained"
                     .into(),
             ));
-        }
-        let device = DeviceDescription::of_host(target, req.threads).map_err(tune_err)?;
+        };
         println!(
             "cost model: pretrained latency model, adapted to {} ({} thread(s))",
             target.name(),
@@ -232,7 +232,13 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
         );
     }
     let model_file = model_path(&req.log);
-    let cost_model = search_model(req, &target, remote.is_some(), &model_file)?;
+    // This machine as the device, as its probes find it now (local runs): it describes this
+    // run's measurements in the log, and the pretrained model adapts to it.
+    let device = match remote {
+        None => Some(DeviceDescription::of_host(&target, req.threads).map_err(tune_err)?),
+        Some(_) => None,
+    };
+    let cost_model = search_model(req, &target, device.as_ref(), &model_file)?;
     let seeds = first_round_seeds(req, &target, &set)?;
     let options = TuneOptions {
         seeds,
@@ -265,6 +271,17 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
     );
     println!("{}", constant_cache_line(req, &set.graph, remote.is_some()));
     let mut log = TuningLog::open(&req.log).map_err(|e| tune_err(e.into()))?;
+    if let Some(description) = device {
+        log.append(&kiln_tune::log::Record::Device(
+            kiln_tune::log::DeviceRecord {
+                target: target.name().to_string(),
+                threads: req.threads,
+                description,
+                timestamp: kiln_tune::log::now_secs(),
+            },
+        ))
+        .map_err(|e| tune_err(e.into()))?;
+    }
     let measure = MeasureOptions {
         threads: req.threads,
         target: target.name().to_string(),
@@ -428,7 +445,7 @@ fn export_pretuned(
             .iter()
             .filter_map(|r| match r {
                 kiln_tune::log::Record::Workload(w) => Some((w.workload.as_str(), w.desc.as_str())),
-                kiln_tune::log::Record::Measure(_) => None,
+                _ => None,
             })
             .collect();
         for (r, alone) in &candidates {

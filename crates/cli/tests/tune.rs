@@ -238,6 +238,14 @@ fn compiles_with_a_tuning_log_use_its_records_and_stay_correct() {
         out.contains("weights: timed cold (--constant-cache)"),
         "{out}"
     );
+    // The run starts its log with the device as its probes found it.
+    let first = lines(&log)[0].1.clone().unwrap();
+    assert_eq!(first["kind"], "device", "{first}");
+    assert_eq!(first["threads"], 1);
+    assert_eq!(
+        first["description"]["probes"].as_array().map(Vec::len),
+        Some(kiln_tune::device::PROBES.len())
+    );
     let tasks: usize = out
         .split(" tasks (")
         .next()

@@ -5,7 +5,8 @@
 //! models the log was tuned on are given too: their tasks are extracted for each target the
 //! log mentions and every record is lowered again with its knobs
 //! ([`kiln_schedules::schedule_with`]) to get its [`kernel_features`]. A device is a
-//! (target, threads) pair of this machine, described once by `describe`.
+//! (target, threads) pair of this machine, described as the `device` record before a
+//! measurement in its log found it (a run's probes when it started), else once by `describe`.
 //!
 //! Invariant: a sample is made only from a successful measurement whose workload is one of the
 //! given models' tasks for the record's own target and whose knobs lower on that task's DAG;
@@ -14,7 +15,7 @@
 use crate::device::DeviceDescription;
 use crate::features::kernel_features;
 use crate::latency::LatencySample;
-use crate::log::LogContents;
+use crate::log::{LogContents, Record};
 use crate::task::{extract_tasks, Task};
 use crate::TuneError;
 use kiln::{Graph, GraphOptions, Target};
@@ -51,7 +52,8 @@ pub fn device_name(target: &str, threads: usize) -> String {
 }
 
 /// Joins the measurements of `logs` with the tasks of `models` (see the module doc).
-/// `describe(target, threads)` describes this machine as that device.
+/// `describe(target, threads)` describes this machine as that device, for measurements no
+/// `device` record of their log describes.
 pub fn collect(
     models: &[Graph],
     options: &GraphOptions,
@@ -60,67 +62,85 @@ pub fn collect(
 ) -> Result<Dataset, TuneError> {
     let mut data = Dataset::default();
     let mut tasks_of: HashMap<String, Option<HashMap<String, Task>>> = HashMap::new();
-    let mut device_features: HashMap<String, (Arc<[f32]>, Arc<str>)> = HashMap::new();
-    for m in logs.iter().flat_map(|l| l.measures()) {
-        let Some(ms) = m.median_ms().filter(|&ms| ms > 0.0) else {
-            data.skipped.errors += 1;
-            continue;
-        };
-        if m.device.is_some() {
-            data.skipped.remote += 1;
-            continue;
-        }
-        if !tasks_of.contains_key(&m.target) {
-            let tasks = match Target::named(&m.target) {
-                Ok(target) => {
-                    let mut tasks = HashMap::new();
-                    for g in models {
-                        for t in extract_tasks(g, options, &target)?.tasks {
-                            tasks.entry(t.key.clone()).or_insert(t);
-                        }
-                    }
-                    Some(tasks)
+    // Devices described here and now, by name.
+    let mut described_now: HashMap<String, Arc<[f32]>> = HashMap::new();
+    for log in logs {
+        // The devices this log's runs described when they started, by name.
+        let mut logged: HashMap<String, Arc<[f32]>> = HashMap::new();
+        for record in &log.records {
+            let m = match record {
+                Record::Device(d) => {
+                    let name = device_name(&d.target, d.threads);
+                    logged.insert(name.clone(), d.description.features().into());
+                    data.devices.insert(name, d.description.clone());
+                    continue;
                 }
-                Err(_) => None,
+                Record::Measure(m) => m,
+                Record::Workload(_) => continue,
             };
-            tasks_of.insert(m.target.clone(), tasks);
+            let Some(ms) = m.median_ms().filter(|&ms| ms > 0.0) else {
+                data.skipped.errors += 1;
+                continue;
+            };
+            if m.device.is_some() {
+                data.skipped.remote += 1;
+                continue;
+            }
+            if !tasks_of.contains_key(&m.target) {
+                let tasks = match Target::named(&m.target) {
+                    Ok(target) => {
+                        let mut tasks = HashMap::new();
+                        for g in models {
+                            for t in extract_tasks(g, options, &target)?.tasks {
+                                tasks.entry(t.key.clone()).or_insert(t);
+                            }
+                        }
+                        Some(tasks)
+                    }
+                    Err(_) => None,
+                };
+                tasks_of.insert(m.target.clone(), tasks);
+            }
+            let Some(tasks) = &tasks_of[&m.target] else {
+                data.skipped.unknown_target += 1;
+                continue;
+            };
+            let Some(task) = tasks.get(&m.workload) else {
+                data.skipped.unknown_workload += 1;
+                continue;
+            };
+            let Ok((_, func)) = kiln_schedules::schedule_with(
+                &task.dag,
+                task.class,
+                &task.keep,
+                &m.knobs,
+                &task.target,
+            ) else {
+                data.skipped.not_lowering += 1;
+                continue;
+            };
+            let name = device_name(&m.target, m.threads);
+            let device = match logged.get(&name) {
+                Some(features) => features.clone(),
+                None => {
+                    if !described_now.contains_key(&name) {
+                        let target =
+                            Target::named(&m.target).map_err(|e| TuneError::Job(e.to_string()))?;
+                        let description = describe(&target, m.threads)?;
+                        described_now.insert(name.clone(), description.features().into());
+                        data.devices.entry(name.clone()).or_insert(description);
+                    }
+                    described_now[&name].clone()
+                }
+            };
+            data.samples.push(LatencySample {
+                task: m.workload.clone(),
+                kernel: kernel_features(&func, &m.knobs),
+                device,
+                device_name: name.as_str().into(),
+                ms,
+            });
         }
-        let Some(tasks) = &tasks_of[&m.target] else {
-            data.skipped.unknown_target += 1;
-            continue;
-        };
-        let Some(task) = tasks.get(&m.workload) else {
-            data.skipped.unknown_workload += 1;
-            continue;
-        };
-        let Ok((_, func)) = kiln_schedules::schedule_with(
-            &task.dag,
-            task.class,
-            &task.keep,
-            &m.knobs,
-            &task.target,
-        ) else {
-            data.skipped.not_lowering += 1;
-            continue;
-        };
-        let name = device_name(&m.target, m.threads);
-        if !device_features.contains_key(&name) {
-            let target = Target::named(&m.target).map_err(|e| TuneError::Job(e.to_string()))?;
-            let description = describe(&target, m.threads)?;
-            device_features.insert(
-                name.clone(),
-                (description.features().into(), name.as_str().into()),
-            );
-            data.devices.insert(name.clone(), description);
-        }
-        let (device, device_name) = device_features[&name].clone();
-        data.samples.push(LatencySample {
-            task: m.workload.clone(),
-            kernel: kernel_features(&func, &m.knobs),
-            device,
-            device_name,
-            ms,
-        });
     }
     Ok(data)
 }

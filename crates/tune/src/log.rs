@@ -1,9 +1,11 @@
 //! The tuning log: append-only JSON lines, one record per line.
 //!
-//! Two kinds of record share the file (TVM's workload and record tables): a `workload` record
-//! the first time a workload is tuned (its key, class and a readable description) and one
+//! Three kinds of record share the file (TVM's workload and record tables): a `workload` record
+//! the first time a workload is tuned (its key, class and a readable description), one
 //! `measure` record per measured candidate (workload key, target, threads, knobs, the trace to
-//! replay, the measured times or the error, a Unix timestamp).
+//! replay, the measured times or the error, a Unix timestamp), and a `device` record when a
+//! run starts on this machine: the device as its probes found it then, which describes the
+//! measurements after it (a shared machine is not equally fast every hour).
 //!
 //! Invariant: a record is appended as one `write` of one complete line (the file is opened in
 //! append mode) and flushed to disk before [`TuningLog::append`] returns, so a `kill -9` loses at
@@ -11,6 +13,7 @@
 //! line that does not parse — at most the torn last line after a kill — and the first append
 //! after opening terminates such a line, so it never glues onto a new record.
 
+use crate::device::DeviceDescription;
 use kiln_schedules::{Knobs, OpClass};
 use kiln_tir::Trace;
 use serde::{Deserialize, Serialize};
@@ -97,12 +100,24 @@ pub fn median(times: &[f64]) -> Option<f64> {
     Some(t[t.len() / 2])
 }
 
+/// The device a run measured on, described when the run started.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// The target and thread count the run measured with (its measurements' own).
+    pub target: String,
+    pub threads: usize,
+    pub description: DeviceDescription,
+    /// Seconds since the Unix epoch.
+    pub timestamp: u64,
+}
+
 /// A line of the log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Record {
     Workload(WorkloadRecord),
     Measure(MeasureRecord),
+    Device(DeviceRecord),
 }
 
 /// The records of a log file and how many lines were skipped.
@@ -133,7 +148,7 @@ impl LogContents {
     pub fn measures(&self) -> impl Iterator<Item = &MeasureRecord> {
         self.records.iter().filter_map(|r| match r {
             Record::Measure(m) => Some(m),
-            Record::Workload(_) => None,
+            Record::Workload(_) | Record::Device(_) => None,
         })
     }
 

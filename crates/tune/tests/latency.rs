@@ -14,7 +14,7 @@ use kiln_tune::device::{DeviceDescription, Probe};
 use kiln_tune::evaluate::holdout_tasks;
 use kiln_tune::features::{feature_names, kernel_features};
 use kiln_tune::latency::{Boosting, DeviceCostModel, LatencyModel, LatencySample};
-use kiln_tune::log::{LogContents, MeasureRecord, Record};
+use kiln_tune::log::{DeviceRecord, LogContents, MeasureRecord, Record};
 use kiln_tune::model::{CostModel, Sample};
 use kiln_tune::predict::{predict_model, ScheduleSource};
 use kiln_tune::{extract_tasks, TaskSet};
@@ -287,6 +287,56 @@ fn logs_join_their_tasks_and_what_cannot_is_counted() {
         kernel_features(&f, &Knobs::default())
     );
     assert_eq!(data.samples[0].ms, 0.5);
+}
+
+#[test]
+fn a_logged_device_describes_the_measurements_after_it() {
+    let (graph, set) = dscnn(&baseline());
+    let key = &set.tasks[0].key;
+    let t = "x86_64-linux-gnu";
+    // The machine as a run found it (slow that hour), then a run that logged no device.
+    let slow = device(t, 1, 0.5);
+    let records = vec![
+        Record::Device(DeviceRecord {
+            target: t.into(),
+            threads: 1,
+            description: slow.clone(),
+            timestamp: 1,
+        }),
+        record(key, t, 1, Knobs::default(), 2.0),
+    ];
+    let logs = [
+        LogContents {
+            records,
+            skipped_lines: vec![],
+        },
+        LogContents {
+            records: vec![record(key, t, 1, Knobs::default(), 1.0)],
+            skipped_lines: vec![],
+        },
+    ];
+    let mut described = 0;
+    let mut describe = |t: &kiln::Target, threads: usize| {
+        described += 1;
+        Ok(device(t.name(), threads, 1.0))
+    };
+    let data = collect(
+        &[graph],
+        &kiln::GraphOptions::default(),
+        &logs,
+        &mut describe,
+    )
+    .unwrap();
+    assert_eq!(data.samples.len(), 2);
+    // Bit for bit (unknown cache sizes are NaN).
+    let bits = |f: &[f32]| f.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&data.samples[0].device), bits(&slow.features()));
+    assert_eq!(
+        bits(&data.samples[1].device),
+        bits(&device(t, 1, 1.0).features())
+    );
+    // Only the measurement no record describes needed this machine's probes.
+    assert_eq!(described, 1);
 }
 
 #[test]
