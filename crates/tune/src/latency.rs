@@ -2,8 +2,12 @@
 //! features ([`crate::features`]) and the device's description ([`crate::device`]).
 //!
 //! Gradient-boosted trees (XGBoost) regress `ln(ms)` on one row per measurement: the kernel's
-//! [`FEATURE_COUNT`] features followed by the device's [`DEVICE_FEATURE_COUNT`]. Because the
-//! label is absolute, one model serves every task and every device it has records for: the
+//! [`FEATURE_COUNT`] features followed by the device's [`DEVICE_FEATURE_COUNT`]. The trees
+//! learn `ln(ms)` less the device's [`speed_index`] (the mean log latency of its probes), which
+//! is added back to every prediction: a machine that runs everything 30% slower this hour, as
+//! a shared one does, has probes 30% slower and gets predictions 30% slower, where trees on
+//! the raw label could not leave the probe range they were trained on. Because the label is
+//! absolute, one model serves every task and every device it has records for: the
 //! search ranks a task's candidates by it, and whole-model latency is a sum of its predictions
 //! ([`crate::predict`]). [`DeviceCostModel`] is the tuner's view of it for one device: it
 //! starts from a pretrained [`LatencyModel`] (usable from trial one) and adapts to the device's
@@ -30,6 +34,25 @@ pub const DEVICE_FEATURE_COUNT: usize = DEVICE_FEATURE_NAMES.len();
 pub const ROW_WIDTH: usize = FEATURE_COUNT + DEVICE_FEATURE_COUNT;
 /// The booster attribute holding the feature names a model was trained on.
 const FEATURES_ATTRIBUTE: &str = "kiln_features";
+/// The booster attribute naming what its trees predict: [`PROBE_RELATIVE`], or (absent, models
+/// of earlier Kilns) `ln(ms)` itself.
+const LABEL_ATTRIBUTE: &str = "kiln_label";
+const PROBE_RELATIVE: &str = "ln_ms_less_probe_index";
+
+/// A device's speed index: the mean of the log latencies of its probes (the device features
+/// named `log_ms_*`) that it has, 0 when it has none (a model then predicts `ln(ms)` as is).
+pub fn speed_index(device: &[f32]) -> f32 {
+    let (sum, n) = DEVICE_FEATURE_NAMES
+        .iter()
+        .zip(device)
+        .filter(|(name, v)| name.starts_with("log_ms_") && v.is_finite())
+        .fold((0.0, 0), |(sum, n), (_, v)| (sum + v, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f32
+    }
+}
 
 /// One successful measurement as training data.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,6 +154,8 @@ fn boost(d: &DMatrix, boosting: Boosting) -> Result<Booster, TuneError> {
 /// A pretrained latency model (see the module doc).
 pub struct LatencyModel {
     booster: Booster,
+    /// Its trees predict `ln(ms)` less the device's [`speed_index`].
+    probe_relative: bool,
 }
 
 impl std::fmt::Debug for LatencyModel {
@@ -148,13 +173,22 @@ impl LatencyModel {
             ));
         }
         let mut d = matrix(samples.iter().map(|s| (&s.kernel[..], &s.device[..])))?;
-        let labels: Vec<f32> = samples.iter().map(|s| s.ms.ln() as f32).collect();
+        let labels: Vec<f32> = samples
+            .iter()
+            .map(|s| s.ms.ln() as f32 - speed_index(&s.device))
+            .collect();
         d.set_labels(&labels).map_err(xgb_err)?;
         let mut booster = boost(&d, boosting)?;
         booster
             .set_attribute(FEATURES_ATTRIBUTE, &all_feature_names())
             .map_err(xgb_err)?;
-        Ok(LatencyModel { booster })
+        booster
+            .set_attribute(LABEL_ATTRIBUTE, PROBE_RELATIVE)
+            .map_err(xgb_err)?;
+        Ok(LatencyModel {
+            booster,
+            probe_relative: true,
+        })
     }
 
     fn check_features(booster: Booster, origin: &str) -> Result<Self, TuneError> {
@@ -168,7 +202,14 @@ impl LatencyModel {
                  (kiln cost-model train)"
             )));
         }
-        Ok(LatencyModel { booster })
+        let probe_relative = booster
+            .get_attribute(LABEL_ATTRIBUTE)
+            .map_err(xgb_err)?
+            .is_some_and(|l| l == PROBE_RELATIVE);
+        Ok(LatencyModel {
+            booster,
+            probe_relative,
+        })
     }
 
     /// Loads a model saved by [`Self::save`].
@@ -199,8 +240,13 @@ impl LatencyModel {
         }
         let d = matrix(kernels.iter().map(|k| (&k[..], device)))?;
         let p = self.booster.predict(&d).map_err(xgb_err)?;
+        let index = if self.probe_relative {
+            speed_index(device)
+        } else {
+            0.0
+        };
         Ok(p.into_iter()
-            .map(|x| if x.is_finite() { x } else { 0.0 })
+            .map(|x| if x.is_finite() { x + index } else { index })
             .collect())
     }
 

@@ -13,7 +13,7 @@ use kiln_tune::dataset::{collect, device_name};
 use kiln_tune::device::{DeviceDescription, Probe};
 use kiln_tune::evaluate::holdout_tasks;
 use kiln_tune::features::{feature_names, kernel_features};
-use kiln_tune::latency::{Boosting, DeviceCostModel, LatencyModel, LatencySample};
+use kiln_tune::latency::{speed_index, Boosting, DeviceCostModel, LatencyModel, LatencySample};
 use kiln_tune::log::{DeviceRecord, LogContents, MeasureRecord, Record};
 use kiln_tune::model::{CostModel, Sample};
 use kiln_tune::predict::{predict_model, ScheduleSource};
@@ -151,6 +151,26 @@ fn the_model_ranks_unseen_tasks_and_tells_devices_apart() {
     other.save(&ranking).unwrap();
     let err = LatencyModel::load(&ranking).unwrap_err().to_string();
     assert!(err.contains("retrain"), "{err}");
+}
+
+#[test]
+fn a_device_slower_this_hour_is_predicted_slower_by_its_probes() {
+    let (_, set) = dscnn(&baseline());
+    let cands = candidates(&set, 12, 3);
+    // Trained on one device as its probes found it, predicted when everything (the probes
+    // too) runs 1.5x slower: outside the probe values the trees saw.
+    let device_then = device("a", 1, 1.0);
+    let model =
+        LatencyModel::train(&samples(&cands, &device_then, 1.0), Boosting::PRETRAIN).unwrap();
+    let kernels: Vec<Vec<f32>> = cands.iter().map(|c| c.1.clone()).collect();
+    let then = model.predict_ms(&kernels, &device_then.features()).unwrap();
+    let now = model
+        .predict_ms(&kernels, &device("a", 1, 1.5).features())
+        .unwrap();
+    for (a, b) in now.iter().zip(&then) {
+        assert!((b / a * 1.5 - 1.0).abs() < 1e-3, "{a} vs {b}");
+    }
+    assert!((speed_index(&device("a", 1, 1.5).features()) - 1.5f32.ln()).abs() < 1e-6);
 }
 
 #[test]
