@@ -18,6 +18,8 @@ pub struct CompileRequest {
     pub target: String,
     pub header: Option<PathBuf>,
     pub single_thread: bool,
+    /// The exported functions' prefix (`None`: `kiln`).
+    pub prefix: Option<String>,
     pub import: ImportArgs,
     pub graph: kiln::GraphOptions,
     /// The tuned schedules (`--tuning-log`, else the shipped pre-tuned records).
@@ -27,6 +29,9 @@ pub struct CompileRequest {
 /// Compiles the model into a shared library and prints what was built.
 pub fn compile(req: &CompileRequest) -> Result<(), CliError> {
     let target = Target::named(&req.target).map_err(|e| CliError::Usage(e.to_string()))?;
+    if let Some(p) = &req.prefix {
+        kiln::aot::validate_prefix(p).map_err(|e| CliError::Usage(format!("--prefix: {e}")))?;
+    }
     let model = crate::load(&req.model, &req.import)?;
     for note in &model.notes {
         println!("note: {note}");
@@ -37,6 +42,7 @@ pub fn compile(req: &CompileRequest) -> Result<(), CliError> {
         header: req.header.clone(),
         graph: req.graph.clone(),
         schedules,
+        prefix: req.prefix.clone(),
     };
     let info = Compiler::new(target.clone())
         .compile_library(&model.graph, &options, &req.out)
@@ -54,8 +60,12 @@ pub fn compile(req: &CompileRequest) -> Result<(), CliError> {
     );
     if !info.cpu_features.is_empty() {
         println!(
-            "requires CPU features: {} (checked by kiln_model_create)",
-            info.cpu_features.join(" ")
+            "requires CPU features: {} (checked by {})",
+            info.cpu_features.join(" "),
+            kiln::aot::exported_name(
+                "kiln_model_create",
+                req.prefix.as_deref().unwrap_or(kiln::aot::DEFAULT_PREFIX)
+            )
         );
     }
     if let Some(h) = &req.header {

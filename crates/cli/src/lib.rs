@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod panic_guard;
 pub mod predict;
 pub mod profile;
+pub mod reference;
 pub mod remote;
 pub mod run;
 pub mod shapes;
@@ -164,6 +165,11 @@ pub enum Command {
         /// Build a library whose code never uses threads (no pool, smaller).
         #[arg(long)]
         single_thread: bool,
+        /// Name the exported functions NAME_model_run, NAME_model_create, ... instead of
+        /// kiln_model_run, ... (and the header's declarations), so that the libraries of
+        /// several models link into one program. A C identifier.
+        #[arg(long, value_name = "NAME")]
+        prefix: Option<String>,
         #[command(flatten)]
         import: ImportArgs,
         #[command(flatten)]
@@ -490,7 +496,7 @@ impl LayoutArg {
 }
 
 impl GraphArgs {
-    fn get(&self) -> kiln::GraphOptions {
+    pub fn get(&self) -> kiln::GraphOptions {
         let mut options = kiln::GraphOptions {
             rewrite: !self.no_rewrite,
             dump_dir: self.dump_graph.clone(),
@@ -507,7 +513,7 @@ impl GraphArgs {
     /// The tuned schedules of `--tuning-log` for `target`, measured with `threads` threads
     /// (any count when `None`); without the option, the shipped pre-tuned records for them
     /// (none with `--no-pretuned`).
-    fn schedules(
+    pub fn schedules(
         &self,
         target: &str,
         threads: Option<usize>,
@@ -520,7 +526,7 @@ impl GraphArgs {
     }
 
     /// The log whose records schedule the kernels (as [`Self::schedules`] chooses).
-    fn schedule_log(
+    pub fn schedule_log(
         &self,
         target: &str,
         threads: Option<usize>,
@@ -718,6 +724,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             target,
             header,
             single_thread,
+            prefix,
             import,
             graph,
         } => compile::compile(&compile::CompileRequest {
@@ -729,6 +736,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, CliError> {
             target,
             header,
             single_thread,
+            prefix,
             import,
             graph: graph.get(),
         })

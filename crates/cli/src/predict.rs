@@ -91,6 +91,20 @@ fn device(
 
 /// Predicts the model's latency and prints it.
 pub fn predict(req: &PredictRequest) -> Result<(), CliError> {
+    let (p, d) = prediction(req)?;
+    if req.json {
+        let text = serde_json::to_string_pretty(&p).map_err(|e| CliError::Remote(e.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    print_prediction(&p, &d, &req.model);
+    Ok(())
+}
+
+/// The model's predicted latency, and the device it was predicted for.
+pub fn prediction(
+    req: &PredictRequest,
+) -> Result<(kiln_tune::predict::ModelPrediction, DeviceDescription), CliError> {
     if req.threads == 0 {
         return Err(CliError::Usage("--threads must be positive".into()));
     }
@@ -108,11 +122,10 @@ pub fn predict(req: &PredictRequest) -> Result<(), CliError> {
         &d.features(),
     )
     .map_err(tune_err)?;
-    if req.json {
-        let text = serde_json::to_string_pretty(&p).map_err(|e| CliError::Remote(e.to_string()))?;
-        println!("{text}");
-        return Ok(());
-    }
+    Ok((p, d))
+}
+
+fn print_prediction(p: &kiln_tune::predict::ModelPrediction, d: &DeviceDescription, model: &Path) {
     let mut kernels = p.kernels.clone();
     kernels.sort_by(|a, b| (b.ms * b.weight as f64).total_cmp(&(a.ms * a.weight as f64)));
     println!(
@@ -136,12 +149,11 @@ pub fn predict(req: &PredictRequest) -> Result<(), CliError> {
     println!(
         "predicted {:.3} ms for {} on {} ({} thread(s), {})",
         p.total_ms,
-        req.model.display(),
-        target.name(),
-        req.threads,
+        model.display(),
+        p.target,
+        p.threads,
         d.cpu_model
     );
-    Ok(())
 }
 
 /// A `kiln cost-model train` invocation.

@@ -303,6 +303,7 @@ pub fn bench(req: &RemoteBench) -> Result<(), CliError> {
         header: None,
         graph: req.graph.clone(),
         schedules,
+        prefix: None,
     };
     kiln::aot::compile_library(&model.graph, &target, &options, &lib)
         .map_err(|e| CliError::Compile(Box::new(e)))?;

@@ -177,8 +177,62 @@ fn search_model(
     })
 }
 
-/// Tunes the model and prints what it found.
+/// What a tuning run found, per task and for the model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TuneSummary {
+    /// Trials measured by this run (resumed ones excluded), and of them the failed ones.
+    pub trials: usize,
+    pub errors: usize,
+    /// `sum weight x time` over the tasks with their default and their best schedules.
+    pub default_ms: Option<f64>,
+    pub tuned_ms: Option<f64>,
+    pub tasks: Vec<TaskSummary>,
+}
+
+/// One task of a [`TuneSummary`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskSummary {
+    /// The ops and output type.
+    pub desc: String,
+    /// Kernels of the model that run this workload.
+    pub weight: usize,
+    pub trials: usize,
+    pub default_ms: Option<f64>,
+    pub best_ms: Option<f64>,
+}
+
+/// Tunes the model and prints what it found, with a progress bar on the terminal.
 pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
+    let exe = std::env::current_exe().map_err(|e| CliError::io("current executable", e))?;
+    let bar = indicatif::ProgressBar::new(req.trials as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} trials  {msg}  [{elapsed_precise}, ETA {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let result = tune_with(
+        req,
+        vec![exe.into_os_string(), "measure-worker".into()],
+        &mut |p| {
+            bar.set_length(p.total as u64);
+            bar.set_position(p.trials as u64);
+            let best = p.model_ms.map_or("-".to_string(), |m| format!("{m:.4} ms"));
+            bar.set_message(format!("best {best}, {} errors", p.errors));
+        },
+    );
+    bar.finish_and_clear();
+    result.map(|_| ())
+}
+
+/// Tunes the model as [`tune`] does, measuring local candidates in processes started with
+/// `worker` (a command whose stdin/stdout speak [`kiln_tune::measure::serve`]'s protocol) and
+/// reporting each round to `progress`; returns what it found.
+pub fn tune_with(
+    req: &TuneRequest,
+    worker: Vec<std::ffi::OsString>,
+    progress: &mut dyn FnMut(&kiln_tune::search::Progress),
+) -> Result<TuneSummary, CliError> {
     if req.trials == 0 || req.batch == 0 || req.threads == 0 {
         return Err(CliError::Usage(
             "--trials, --batch and --threads must be positive".into(),
@@ -294,14 +348,11 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
     let graph_options = spec.graph_options();
     let remote_tuning = remote.is_some();
     let mut runner: Box<dyn Runner> = match remote {
-        None => {
-            let exe = std::env::current_exe().map_err(|e| CliError::io("current executable", e))?;
-            Box::new(LocalRunner {
-                command: vec![exe.into_os_string(), "measure-worker".into()],
-                model: spec,
-                options: measure,
-            })
-        }
+        None => Box::new(LocalRunner {
+            command: worker,
+            model: spec,
+            options: measure,
+        }),
         Some((key, devices)) => {
             let options = RemoteOptions {
                 key,
@@ -322,24 +373,12 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
             Box::new(runner)
         }
     };
-    let bar = indicatif::ProgressBar::new(remaining as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} trials  {msg}  [{elapsed_precise}, ETA {eta}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
     if remaining > 0 {
         tuner.set_trials(remaining);
         tuner
-            .run(runner.as_mut(), &mut log, &mut |p| {
-                bar.set_position(p.trials as u64);
-                let best = p.model_ms.map_or("-".to_string(), |m| format!("{m:.4} ms"));
-                bar.set_message(format!("best {best}, {} errors", p.errors));
-            })
+            .run(runner.as_mut(), &mut log, progress)
             .map_err(tune_err)?;
     }
-    bar.finish_and_clear();
     if remaining > 0 && req.confirm > 0 {
         let c = tuner
             .confirm(runner.as_mut(), &mut log, req.confirm, CONFIRM_ROUNDS)
@@ -354,6 +393,24 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
         }
     }
     report(&set, &tuner);
+    let summary = TuneSummary {
+        trials: tuner.trials,
+        errors: tuner.errors,
+        default_ms: tuner.default_model_ms(),
+        tuned_ms: tuner.model_ms(),
+        tasks: set
+            .tasks
+            .iter()
+            .zip(&tuner.states)
+            .map(|(t, s)| TaskSummary {
+                desc: t.desc.clone(),
+                weight: t.weight,
+                trials: s.trials,
+                default_ms: s.default_ms,
+                best_ms: s.best.as_ref().map(|b| b.1),
+            })
+            .collect(),
+    };
     if let Some(plot) = &req.plot {
         let labels: Vec<String> = set
             .tasks
@@ -382,7 +439,7 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
             remote_tuning,
         )?;
     }
-    Ok(())
+    Ok(summary)
 }
 
 /// `--export-pretuned DIR`: the log's records that beat their defaults alone; measured here,

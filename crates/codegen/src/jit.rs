@@ -62,6 +62,15 @@ impl std::fmt::Debug for JitModule {
     }
 }
 
+// SAFETY: the raw addresses in `kernels`/`entries` point into executable memory that the module
+// owns and never writes after `finalize_definitions`; compiled code keeps no state between calls
+// (every buffer it touches is passed to it), so calls from several threads at once are as safe as
+// calls from one: a parallel loop submitted while another runs takes no pool worker and runs on
+// its own thread (`crate::pool`). The cranelift module is touched again only by `Drop`.
+unsafe impl Send for JitModule {}
+// SAFETY: as above: `&JitModule` only reads immutable addresses and calls reentrant code.
+unsafe impl Sync for JitModule {}
+
 impl Drop for JitModule {
     fn drop(&mut self) {
         if let Some(m) = self.module.take() {

@@ -64,6 +64,8 @@ pub enum AotError {
         target: String,
         packages: String,
     },
+    #[error("invalid symbol prefix `{0}`: {1}")]
+    BadPrefix(String, &'static str),
     #[error("linking failed: `{command}` exited with {status}:\n{stderr}")]
     LinkFailed {
         command: String,
@@ -84,6 +86,11 @@ pub struct AotOptions {
     pub graph: crate::GraphOptions,
     /// Tuned schedules (from a tuning log) replacing the default schedule of their workloads.
     pub schedules: crate::TunedSchedules,
+    /// What the exported functions are named after (`None`: `kiln`, as in `kiln_model_run`):
+    /// with `Some("resnet")` the library exports `resnet_model_run`, `resnet_abi_version`, ...
+    /// and its header declares those, so libraries of several models link into one program.
+    /// A C identifier ([`validate_prefix`]).
+    pub prefix: Option<String>,
 }
 
 impl Default for AotOptions {
@@ -93,6 +100,7 @@ impl Default for AotOptions {
             header: None,
             graph: crate::GraphOptions::default(),
             schedules: crate::TunedSchedules::default(),
+            prefix: None,
         }
     }
 }
@@ -143,6 +151,8 @@ pub fn compile_library(
     options: &AotOptions,
     out: &Path,
 ) -> Result<LibraryInfo, AotError> {
+    let prefix = options.prefix.as_deref().unwrap_or(DEFAULT_PREFIX);
+    validate_prefix(prefix)?;
     let linker = linker_of(target)?;
     let start = Instant::now();
     let prepared =
@@ -159,15 +169,45 @@ pub fn compile_library(
         rewrite_ms,
         ..planned.times
     };
-    link_library(
-        &planned,
-        target,
-        options.parallel,
-        options.header.as_deref(),
-        stages,
-        &linker,
-        out,
-    )
+    let library = Library {
+        parallel: options.parallel,
+        header: options.header.as_deref(),
+        prefix,
+    };
+    link_library(&planned, target, &library, stages, &linker, out)
+}
+
+/// The prefix of the exported functions when [`AotOptions::prefix`] is `None`.
+pub const DEFAULT_PREFIX: &str = "kiln";
+
+/// Checks that `prefix` can name C functions: an ASCII letter or `_` then letters, digits or
+/// `_`, at most 64 bytes, and not `kiln_`-something (the runtime's own names).
+pub fn validate_prefix(prefix: &str) -> Result<(), AotError> {
+    let bad = |why| Err(AotError::BadPrefix(prefix.to_string(), why));
+    let mut bytes = prefix.bytes();
+    match bytes.next() {
+        None => return bad("it is empty"),
+        Some(b) if !(b.is_ascii_alphabetic() || b == b'_') => {
+            return bad("a C identifier starts with a letter or `_`")
+        }
+        _ => {}
+    }
+    if !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return bad("a C identifier has only ASCII letters, digits and `_`");
+    }
+    if prefix.len() > 64 {
+        return bad("it is longer than 64 bytes");
+    }
+    if prefix != DEFAULT_PREFIX && prefix.starts_with("kiln_") {
+        return bad("names starting with `kiln_` belong to the library's runtime");
+    }
+    Ok(())
+}
+
+/// The name exported symbol `sym` (one of [`EXPORTED_SYMBOLS`]) has with `prefix`.
+pub fn exported_name(sym: &str, prefix: &str) -> String {
+    let rest = sym.strip_prefix(DEFAULT_PREFIX).unwrap_or(sym);
+    format!("{prefix}{rest}")
 }
 
 /// A param of the one kernel of a kernel library ([`compile_kernel_library`]).
@@ -253,19 +293,38 @@ pub fn compile_kernel_library(
         args,
     });
     let stages = crate::StageTimes::default();
-    link_library(&planned, target, parallel, None, stages, &linker, out)
+    let library = Library {
+        parallel,
+        header: None,
+        prefix: DEFAULT_PREFIX,
+    };
+    link_library(&planned, target, &library, stages, &linker, out)
+}
+
+/// What kind of library [`link_library`] builds.
+struct Library<'a> {
+    /// Parallel loops on the library's pool (else single-threaded code).
+    parallel: bool,
+    /// Where to write the C header, if anywhere.
+    header: Option<&'a Path>,
+    /// The exported functions' prefix.
+    prefix: &'a str,
 }
 
 /// Generates the code of a planned model and links it with its tables and the runtime.
 fn link_library(
     planned: &PlannedModel,
     target: &Target,
-    parallel: bool,
-    header_out: Option<&Path>,
+    library: &Library<'_>,
     mut stages: crate::StageTimes,
     linker: &Path,
     out: &Path,
 ) -> Result<LibraryInfo, AotError> {
+    let Library {
+        parallel,
+        header: header_out,
+        prefix,
+    } = *library;
     let start = Instant::now();
     let codegen = CodegenOptions {
         threads: if parallel {
@@ -297,8 +356,8 @@ fn link_library(
     let header = model_header(planned);
     let features =
         kiln_codegen::isa::required_cpu_features(&target.isa_spec()).map_err(CompileError::from)?;
-    let tables = model_tables(planned, parallel, &features);
-    let exports = version_script();
+    let tables = model_tables(planned, parallel, &features, prefix);
+    let exports = version_script(prefix);
     let files: [(&str, &[u8]); 5] = [
         ("kiln_model.o", &object.bytes),
         ("kiln_model.h", header.as_bytes()),
@@ -337,7 +396,7 @@ fn link_library(
     }
     std::fs::rename(&partial, &out).map_err(io_err(&out))?;
     if let Some(h) = header_out {
-        std::fs::write(h, header).map_err(io_err(h))?;
+        std::fs::write(h, prefixed_header(&header, prefix)).map_err(io_err(h))?;
     }
     let library_bytes = std::fs::metadata(&out).map_err(io_err(&out))?.len();
     stages.link_ms = crate::compile::ms_since(start);
@@ -377,10 +436,10 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
     })
 }
 
-fn version_script() -> String {
+fn version_script(prefix: &str) -> String {
     let mut s = String::from("{\n  global:\n");
     for sym in EXPORTED_SYMBOLS {
-        let _ = writeln!(s, "    {sym};");
+        let _ = writeln!(s, "    {};", exported_name(sym, prefix));
     }
     s.push_str("  local:\n    *;\n};\n");
     s
@@ -444,6 +503,33 @@ fn model_header(m: &PlannedModel) -> String {
     );
     let end = "#endif /* KILN_MODEL_H */";
     HEADER.replace(end, &format!("{block}{end}"))
+}
+
+/// `header` (a [`model_header`]) declaring the functions named with `prefix`: the exported
+/// names, the include guard and the model's size macros (`PREFIX_MODEL_NUM_INPUTS`) renamed;
+/// the ABI's shared definitions keep their names (guarded by `KILN_ABI_DEFINITIONS`), so
+/// headers of several libraries compile in one translation unit.
+fn prefixed_header(header: &str, prefix: &str) -> String {
+    if prefix == DEFAULT_PREFIX {
+        return header.to_string();
+    }
+    let mut h = header.to_string();
+    // Longest names first, so no name is replaced inside a longer one.
+    let mut syms: Vec<&str> = EXPORTED_SYMBOLS.to_vec();
+    syms.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for sym in syms {
+        h = h.replace(sym, &exported_name(sym, prefix));
+    }
+    let upper = prefix.to_ascii_uppercase();
+    for name in [
+        "KILN_MODEL_H",
+        "KILN_MODEL_NUM_INPUTS",
+        "KILN_MODEL_NUM_OUTPUTS",
+    ] {
+        let rest = name.strip_prefix("KILN").unwrap_or(name);
+        h = h.replace(name, &format!("{upper}{rest}"));
+    }
+    h
 }
 
 /// C code defining `KILN__CPU_FEATURES` (the features, space-separated) and
@@ -511,11 +597,17 @@ static const char *kiln__missing_cpu_feature(void) {{
 const AARCH64_HWCAPS: [(&str, u32); 1] = [("dotprod", 20)];
 
 /// The generated C file: the tables the runtime reads, then the runtime itself.
-fn model_tables(m: &PlannedModel, parallel: bool, features: &[&str]) -> String {
+fn model_tables(m: &PlannedModel, parallel: bool, features: &[&str], prefix: &str) -> String {
     let mut c = String::from(
-        "/* Generated by Kiln: the model's tables, then the runtime (kiln_model_rt.c). */\n\
-         #include \"kiln_model.h\"\n\n",
+        "/* Generated by Kiln: the model's tables, then the runtime (kiln_model_rt.c). */\n",
     );
+    if prefix != DEFAULT_PREFIX {
+        // The runtime defines the ABI's functions under the prefixed names.
+        for sym in EXPORTED_SYMBOLS {
+            let _ = writeln!(c, "#define {sym} {}", exported_name(sym, prefix));
+        }
+    }
+    c.push_str("#include \"kiln_model.h\"\n\n");
     let _ = writeln!(c, "#define KILN__ENTRY {ENTRY}");
     let _ = writeln!(c, "#define KILN__CONSTANTS {CONSTANTS}");
     let _ = writeln!(c, "#define KILN__NUM_INPUTS {}", m.input_types.len());
@@ -588,7 +680,7 @@ mod tests {
 
     #[test]
     fn the_version_script_exports_exactly_the_abi() {
-        let v = version_script();
+        let v = version_script(DEFAULT_PREFIX);
         for s in EXPORTED_SYMBOLS {
             assert!(v.contains(&format!("{s};")));
             assert!(
@@ -597,5 +689,31 @@ mod tests {
             );
         }
         assert!(v.contains("local:\n    *;"));
+    }
+
+    #[test]
+    fn a_prefix_renames_the_exports_and_the_header_only() {
+        let v = version_script("resnet");
+        assert!(v.contains("resnet_model_run;") && v.contains("resnet_abi_version;"));
+        assert!(!v.contains("kiln_"));
+        let h = prefixed_header(HEADER, "resnet");
+        for s in EXPORTED_SYMBOLS {
+            assert!(!h.contains(&format!("{s}(")), "{s} left in the header");
+            assert!(h.contains(&format!("{}(", exported_name(s, "resnet"))));
+        }
+        assert!(h.contains("#ifndef RESNET_MODEL_H"));
+        // The shared definitions keep their names.
+        assert!(h.contains("kiln_tensor_info") && h.contains("KILN_OK"));
+        assert_eq!(prefixed_header(HEADER, DEFAULT_PREFIX), HEADER);
+    }
+
+    #[test]
+    fn prefixes_must_be_c_identifiers() {
+        for good in ["resnet", "_m2", "Model_8", "kiln"] {
+            assert!(validate_prefix(good).is_ok(), "{good}");
+        }
+        for bad in ["", "8net", "res-net", "kiln_x", "né", &"a".repeat(65)] {
+            assert!(validate_prefix(bad).is_err(), "{bad}");
+        }
     }
 }

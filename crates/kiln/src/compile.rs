@@ -49,6 +49,15 @@ pub enum RunError {
         expected: String,
         got: String,
     },
+    #[error("the model has {expected} outputs but {got} buffers were given")]
+    OutputCount { expected: usize, got: usize },
+    #[error("output {index} (`{name}`) needs a buffer of {expected} bytes, got {got}")]
+    OutputSize {
+        index: usize,
+        name: String,
+        expected: usize,
+        got: usize,
+    },
     #[error("compiled code failed: {0}")]
     Codegen(#[from] kiln_codegen::CodegenError),
     #[error("the model was not compiled for profiling (CompileOptions::profile)")]
@@ -136,6 +145,7 @@ pub struct CompiledModel {
     input_types: Vec<TensorType>,
     input_names: Vec<String>,
     output_types: Vec<TensorType>,
+    output_names: Vec<String>,
     constants: Vec<Vec<u8>>,
     copies: Vec<(usize, CopySource)>,
     stats: CompileStats,
@@ -260,6 +270,7 @@ pub(crate) fn compile(
         input_types: planned.input_types,
         input_names: planned.input_names,
         output_types: planned.output_types,
+        output_names: planned.output_names,
         constants: planned.constants,
         copies: planned.copies,
         stats,
@@ -586,7 +597,7 @@ impl CompiledModel {
             }
         }
         // Inputs are read in place and outputs written into the tensors returned (where the
-        // host's layout is the byte layout); the arena is reused between runs.
+        // host's layout is the byte layout).
         let input_bytes: Vec<std::borrow::Cow<'_, [u8]>> =
             inputs.iter().map(tensor_byte_view).collect();
         let mut outputs: Vec<TensorData> = self
@@ -604,12 +615,7 @@ impl CompiledModel {
                     .then(|| vec![0u8; t.byte_size()])
             })
             .collect();
-        let mut arena = self.take_arena();
-        let entry = self
-            .jit
-            .entry(ENTRY)
-            .expect("the entry is compiled with the module");
-        let result = {
+        {
             let ins: Vec<&[u8]> = input_bytes.iter().map(|b| b.as_ref()).collect();
             let mut outs: Vec<&mut [u8]> = outputs
                 .iter_mut()
@@ -619,12 +625,9 @@ impl CompiledModel {
                     None => data_bytes_mut(d).unwrap_or_default(),
                 })
                 .collect();
-            let consts: Vec<&[u8]> = self.constants.iter().map(Vec::as_slice).collect();
-            entry.run(&ins, &mut outs, &mut arena, &consts)
-        };
-        self.give_back_arena(arena);
-        result?;
-        let mut tensors: Vec<Tensor> = outputs
+            self.run_bytes(&ins, &mut outs)?;
+        }
+        Ok(outputs
             .into_iter()
             .zip(staged)
             .zip(&self.output_types)
@@ -633,17 +636,73 @@ impl CompiledModel {
                 None => Tensor::from_data(ty.clone(), d).ok(),
             })
             .map(|t| t.expect("outputs are sized from their types"))
-            .collect();
-        for &(j, copy) in &self.copies {
-            let ty = &self.output_types[j];
-            tensors[j] = match copy {
-                CopySource::Input(i) => inputs[i].clone(),
-                CopySource::Constant(c) => tensor_from_bytes(ty, &self.constants[c])
-                    .expect("constants are sized from their types"),
-                CopySource::Output(o) => tensors[o].clone(),
-            };
+            .collect())
+    }
+
+    /// Runs the model on the dense little-endian bytes of each input (row-major, bool one byte
+    /// of 0 or 1), writing each output's bytes into `outputs`: the zero-copy form of
+    /// [`CompiledModel::run`] for callers that own their buffers (the Python binding). Every
+    /// buffer must be exactly its type's byte size ([`TensorType::byte_size`]).
+    pub fn run_bytes(&self, inputs: &[&[u8]], outputs: &mut [&mut [u8]]) -> Result<(), RunError> {
+        if inputs.len() != self.input_types.len() {
+            return Err(RunError::InputCount {
+                expected: self.input_types.len(),
+                got: inputs.len(),
+            });
         }
-        Ok(tensors)
+        if outputs.len() != self.output_types.len() {
+            return Err(RunError::OutputCount {
+                expected: self.output_types.len(),
+                got: outputs.len(),
+            });
+        }
+        for (index, (bytes, ty)) in inputs.iter().zip(&self.input_types).enumerate() {
+            if bytes.len() != ty.byte_size() {
+                return Err(RunError::InputType {
+                    index,
+                    name: self.input_names[index].clone(),
+                    expected: format!("{ty} ({} bytes)", ty.byte_size()),
+                    got: format!("{} bytes", bytes.len()),
+                });
+            }
+        }
+        for (index, (bytes, ty)) in outputs.iter().zip(&self.output_types).enumerate() {
+            if bytes.len() != ty.byte_size() {
+                return Err(RunError::OutputSize {
+                    index,
+                    name: self.output_names[index].clone(),
+                    expected: ty.byte_size(),
+                    got: bytes.len(),
+                });
+            }
+        }
+        // The arena is reused between runs.
+        let mut arena = self.take_arena();
+        let entry = self
+            .jit
+            .entry(ENTRY)
+            .expect("the entry is compiled with the module");
+        let consts: Vec<&[u8]> = self.constants.iter().map(Vec::as_slice).collect();
+        let result = entry.run(inputs, outputs, &mut arena, &consts);
+        self.give_back_arena(arena);
+        result?;
+        for &(j, copy) in &self.copies {
+            match copy {
+                CopySource::Input(i) => outputs[j].copy_from_slice(inputs[i]),
+                CopySource::Constant(c) => outputs[j].copy_from_slice(&self.constants[c]),
+                CopySource::Output(o) => {
+                    let (from, to) = if o < j {
+                        let (a, b) = outputs.split_at_mut(j);
+                        (&*a[o], &mut *b[0])
+                    } else {
+                        let (a, b) = outputs.split_at_mut(o);
+                        (&*b[0], &mut *a[j])
+                    };
+                    to.copy_from_slice(from);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// An arena for one run: a buffer of an earlier run when one is free (no allocation and
@@ -684,5 +743,15 @@ impl CompiledModel {
     /// The output types, in order.
     pub fn output_types(&self) -> &[TensorType] {
         &self.output_types
+    }
+
+    /// The input names (the graph's; empty where it had none), in order.
+    pub fn input_names(&self) -> &[String] {
+        &self.input_names
+    }
+
+    /// The output names (the graph's; empty where it had none), in order.
+    pub fn output_names(&self) -> &[String] {
+        &self.output_names
     }
 }

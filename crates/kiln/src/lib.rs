@@ -110,6 +110,12 @@ pub fn load_onnx(path: impl AsRef<Path>, options: &ImportOptions) -> Result<Mode
     kiln_onnx::load_model(path.as_ref(), options)
 }
 
+/// Imports an ONNX model from its protobuf bytes (a model with external data must be loaded
+/// from its file, [`load_onnx`], which finds the data beside it).
+pub fn load_onnx_bytes(bytes: &[u8], options: &ImportOptions) -> Result<Model, ImportError> {
+    kiln_onnx::import_bytes(bytes, None, options)
+}
+
 /// Reads a serialized ONNX `TensorProto` file: its name and value.
 pub fn read_tensor(path: impl AsRef<Path>) -> Result<(String, Tensor), ImportError> {
     kiln_onnx::read_tensor_file(path.as_ref())

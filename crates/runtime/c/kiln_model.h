@@ -26,6 +26,11 @@
 extern "C" {
 #endif
 
+/* Definitions shared by every Kiln library's header (guarded on their own, so the headers of
+ * several models, compiled with `kiln compile --prefix`, can be included together). */
+#ifndef KILN_ABI_DEFINITIONS
+#define KILN_ABI_DEFINITIONS
+
 /* Version of this ABI: kiln_abi_version() of a library built for this header. */
 #define KILN_ABI_VERSION 2
 
@@ -65,6 +70,8 @@ typedef struct kiln_tensor_info {
 
 /* An execution context: the arena and the threads of one model instance. */
 typedef struct kiln_model kiln_model;
+
+#endif /* KILN_ABI_DEFINITIONS */
 
 /* KILN_ABI_VERSION of the library. */
 uint32_t kiln_abi_version(void);

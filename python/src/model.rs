@@ -1,0 +1,274 @@
+//! `kiln._native.compile` and the compiled model it returns.
+//!
+//! Invariant: a [`CompiledModel`] runs only on buffers `kiln.CompiledModel.run` prepared (one
+//! contiguous byte view per graph input and output, checked again here by
+//! [`kiln::CompiledModel::run_bytes`]); the run holds no Python object and no GIL, so any
+//! number of Python threads may run one model at once (each run takes its own arena).
+
+use crate::errors::{compile_error, import_error, run_error};
+use kiln_cli::{GraphArgs, LayoutArg};
+use numpy::{PyReadonlyArray1, PyReadwriteArray1};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Where a model comes from: a file (external data is read beside it) or protobuf bytes.
+#[derive(Debug)]
+pub enum Source {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+impl Source {
+    /// `model` as `kiln.compile` passes it: `bytes`, or a path (`str` or `os.PathLike`).
+    pub fn of(model: &Bound<'_, PyAny>) -> PyResult<Source> {
+        if let Ok(b) = model.cast::<PyBytes>() {
+            return Ok(Source::Bytes(b.as_bytes().to_vec()));
+        }
+        Ok(Source::File(model.extract::<PathBuf>()?))
+    }
+
+    /// The model imported with `input_shapes` bound and `int8_numerics` ("onnxruntime" or
+    /// "tosa").
+    pub fn load(&self, options: &ImportRequest) -> PyResult<kiln::Model> {
+        let mut import = kiln::ImportOptions {
+            input_shapes: options.input_shapes.clone(),
+            ..Default::default()
+        };
+        import.int8_numerics = match options.int8_numerics.as_str() {
+            "onnxruntime" => kiln::Int8Numerics::OnnxRuntime,
+            "tosa" => kiln::Int8Numerics::Tosa,
+            other => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "int8_numerics must be \"onnxruntime\" or \"tosa\", not {other:?}"
+                )))
+            }
+        };
+        match self {
+            Source::File(path) => {
+                if !path.is_file() {
+                    return Err(crate::errors::kiln_error(
+                        "ModelImportError",
+                        format!("cannot import model {}: no such file", path.display()),
+                        &[],
+                    ));
+                }
+                kiln::load_onnx(path, &import).map_err(|e| {
+                    import_error(&e, &format!("cannot import model {}: ", path.display()))
+                })
+            }
+            Source::Bytes(bytes) => kiln::load_onnx_bytes(bytes, &import)
+                .map_err(|e| import_error(&e, "cannot import the model: ")),
+        }
+    }
+}
+
+/// How a model is imported.
+#[derive(Clone, Debug, Default)]
+pub struct ImportRequest {
+    pub input_shapes: HashMap<String, Vec<usize>>,
+    pub int8_numerics: String,
+}
+
+/// The graph arguments of the CLI (`--no-rewrite`, `--layout`, `--tuning-log`,
+/// `--no-pretuned`) from the keyword arguments of the Python functions.
+pub fn graph_args(
+    rewrite: bool,
+    layout: &str,
+    tuning_log: Option<PathBuf>,
+    pretuned: bool,
+) -> PyResult<GraphArgs> {
+    let layout = match layout {
+        "auto" => LayoutArg::Auto,
+        "nchw" => LayoutArg::Nchw,
+        "nhwc" => LayoutArg::Nhwc,
+        other => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "layout must be \"auto\", \"nchw\" or \"nhwc\", not {other:?}"
+            )))
+        }
+    };
+    Ok(GraphArgs {
+        no_rewrite: !rewrite,
+        dump_graph: None,
+        layout,
+        tuning_log,
+        no_pretuned: !pretuned,
+    })
+}
+
+/// The name, numpy dtype name and shape of an input or output.
+type TensorInfo = (String, String, Vec<usize>);
+
+/// The numpy name of a Kiln dtype (`bfloat16` has none in numpy itself).
+fn numpy_dtype(d: kiln::DType) -> &'static str {
+    use kiln::DType as D;
+    match d {
+        D::F32 => "float32",
+        D::F16 => "float16",
+        D::I8 => "int8",
+        D::U8 => "uint8",
+        D::I16 => "int16",
+        D::I32 => "int32",
+        D::I64 => "int64",
+        D::Bool => "bool",
+        D::F64 => "float64",
+        D::BF16 => "bfloat16",
+        D::U16 => "uint16",
+        D::U32 => "uint32",
+        D::U64 => "uint64",
+    }
+}
+
+fn infos(names: &[String], types: &[kiln::TensorType]) -> Vec<TensorInfo> {
+    names
+        .iter()
+        .zip(types)
+        .map(|(n, t)| (n.clone(), numpy_dtype(t.dtype).to_string(), t.shape.clone()))
+        .collect()
+}
+
+/// A model compiled to native code for this machine.
+#[derive(Debug)]
+#[pyclass(frozen, module = "kiln._native")]
+pub struct CompiledModel {
+    inner: kiln::CompiledModel,
+    /// The ONNX outputs whose rows depend on the data: (output, output holding its row count).
+    row_counts: Vec<(usize, usize)>,
+    target: String,
+    threads: usize,
+    notes: Vec<String>,
+}
+
+#[pymethods]
+impl CompiledModel {
+    /// The graph inputs: (name, numpy dtype, shape), in order.
+    #[getter]
+    fn inputs(&self) -> Vec<TensorInfo> {
+        infos(self.inner.input_names(), self.inner.input_types())
+    }
+
+    /// Every graph output, row counts included: (name, numpy dtype, shape), in order.
+    #[getter]
+    fn graph_outputs(&self) -> Vec<TensorInfo> {
+        infos(self.inner.output_names(), self.inner.output_types())
+    }
+
+    /// (output, row-count output) of each output whose rows depend on the data.
+    #[getter]
+    fn row_counts(&self) -> Vec<(usize, usize)> {
+        self.row_counts.clone()
+    }
+
+    #[getter]
+    fn target(&self) -> &str {
+        &self.target
+    }
+
+    #[getter]
+    fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// The importer's notes (e.g. a symbolic dimension bound to 1).
+    #[getter]
+    fn notes(&self) -> Vec<String> {
+        self.notes.clone()
+    }
+
+    /// Numbers about the compilation.
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let s = self.inner.stats();
+        let d = pyo3::types::PyDict::new(py);
+        d.set_item("kernels", s.kernels)?;
+        d.set_item("tuned_kernels", s.tuned_kernels)?;
+        d.set_item("arena_bytes", s.arena_bytes)?;
+        d.set_item("compile_ms", s.compile_ms)?;
+        Ok(d)
+    }
+
+    /// Runs the model on the bytes of each input, writing each output's bytes (one contiguous
+    /// uint8 view per graph input and output, exactly its size), with the GIL released.
+    fn run_bytes(
+        &self,
+        py: Python<'_>,
+        inputs: Vec<PyReadonlyArray1<'_, u8>>,
+        mut outputs: Vec<PyReadwriteArray1<'_, u8>>,
+    ) -> PyResult<()> {
+        let not_contiguous =
+            |_| pyo3::exceptions::PyValueError::new_err("run_bytes needs contiguous buffers");
+        let ins: Vec<&[u8]> = inputs
+            .iter()
+            .map(|a| a.as_slice().map_err(not_contiguous))
+            .collect::<PyResult<_>>()?;
+        let mut outs: Vec<&mut [u8]> = outputs
+            .iter_mut()
+            .map(|a| a.as_slice_mut().map_err(not_contiguous))
+            .collect::<PyResult<_>>()?;
+        let model = &self.inner;
+        py.detach(move || model.run_bytes(&ins, &mut outs))
+            .map_err(|e| run_error(&e))
+    }
+}
+
+/// Imports and compiles a model for this machine (see `kiln.compile`).
+#[pyfunction]
+#[pyo3(signature = (model, *, target, threads, tuning_log, input_shapes, pretuned, rewrite, layout, int8_numerics))]
+#[allow(clippy::too_many_arguments)]
+pub fn compile(
+    py: Python<'_>,
+    model: &Bound<'_, PyAny>,
+    target: String,
+    threads: Option<usize>,
+    tuning_log: Option<PathBuf>,
+    input_shapes: Option<HashMap<String, Vec<usize>>>,
+    pretuned: bool,
+    rewrite: bool,
+    layout: String,
+    int8_numerics: String,
+) -> PyResult<CompiledModel> {
+    let source = Source::of(model)?;
+    let import = ImportRequest {
+        input_shapes: input_shapes.unwrap_or_default(),
+        int8_numerics,
+    };
+    let graph = graph_args(rewrite, &layout, tuning_log, pretuned)?;
+    let threads = match threads {
+        Some(0) => {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "threads must be positive (None: one per CPU)",
+            ))
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    py.detach(move || {
+        let t = kiln::Target::named(&target).map_err(|e| compile_error(&e))?;
+        let model = source.load(&import)?;
+        let schedules = graph
+            .schedules(t.name(), Some(threads))
+            .map_err(|e| crate::errors::cli_error(&e))?;
+        let compiled = kiln::Compiler::new(t.clone())
+            .with_options(kiln::CompileOptions {
+                threads,
+                graph: graph.get(),
+                schedules,
+                profile: false,
+            })
+            .compile(&model.graph)
+            .map_err(|e| compile_error(&e))?;
+        Ok(CompiledModel {
+            inner: compiled,
+            row_counts: model
+                .row_counts
+                .iter()
+                .map(|r| (r.output, r.rows_output))
+                .collect(),
+            target: t.name().to_string(),
+            threads,
+            notes: model.notes,
+        })
+    })
+}
