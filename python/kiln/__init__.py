@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -46,13 +46,14 @@ __version__: str = _native.__version__
 ModelLike = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Any]
 
 
-def _numpy_dtype(name: str) -> Union[np.dtype, str]:
+def _numpy_dtype(name: str) -> Union["np.dtype[Any]", str]:
     """The numpy dtype of a Kiln dtype name; ``bfloat16`` through ml_dtypes when installed."""
     if name == "bfloat16":
         try:
-            import ml_dtypes  # type: ignore[import-not-found]
+            import ml_dtypes
 
-            return np.dtype(ml_dtypes.bfloat16)
+            bfloat16: "np.dtype[Any]" = np.dtype(ml_dtypes.bfloat16)
+            return bfloat16
         except ImportError:
             return "bfloat16"
     return np.dtype(name)
@@ -77,7 +78,9 @@ def _source(model: ModelLike) -> Union[str, bytes]:
         return os.fspath(model)
     serialize = getattr(model, "SerializeToString", None)
     if callable(serialize):
-        return serialize()
+        data = serialize()
+        if isinstance(data, bytes):
+            return data
     raise TypeError(
         f"a model is a path, bytes or an onnx.ModelProto, not {type(model).__name__}"
     )
@@ -97,10 +100,35 @@ def _model_path(model: ModelLike) -> Iterator[str]:
         yield path
 
 
-def _shapes(input_shapes: Optional[Mapping[str, Sequence[int]]]) -> Optional[dict]:
+def _shapes(
+    input_shapes: Optional[Mapping[str, Sequence[int]]],
+) -> Optional[Dict[str, List[int]]]:
     if input_shapes is None:
         return None
     return {str(k): [int(d) for d in v] for k, v in input_shapes.items()}
+
+
+def _path(p: Optional[Union[str, "os.PathLike[str]"]]) -> Optional[str]:
+    return None if p is None else os.fspath(p)
+
+
+def _compile_args(
+    tuning_log: Optional[Union[str, "os.PathLike[str]"]],
+    input_shapes: Optional[Mapping[str, Sequence[int]]],
+    pretuned: bool,
+    rewrite: bool,
+    layout: str,
+    int8_numerics: str,
+) -> _native._CompileArgs:
+    """The import and graph options of :func:`compile` and :func:`compile_library`."""
+    return {
+        "tuning_log": _path(tuning_log),
+        "input_shapes": _shapes(input_shapes),
+        "pretuned": pretuned,
+        "rewrite": rewrite,
+        "layout": layout,
+        "int8_numerics": int8_numerics,
+    }
 
 
 class CompiledModel:
@@ -155,18 +183,20 @@ class CompiledModel:
         return tuple(self._native.notes)
 
     @property
-    def stats(self) -> dict:
+    def stats(self) -> Dict[str, Union[int, float]]:
         """Kernels, tuned kernels, working memory (``arena_bytes``) and compile time."""
         return dict(self._native.stats)
 
     def __repr__(self) -> str:
-        sig = lambda ts: ", ".join(f"{t.name}: {t.dtype}{list(t.shape)}" for t in ts)
+        def sig(ts: Tuple[TensorInfo, ...]) -> str:
+            return ", ".join(f"{t.name}: {t.dtype}{list(t.shape)}" for t in ts)
+
         return (
             f"<kiln.CompiledModel ({sig(self._inputs)}) -> ({sig(self._outputs)}) "
             f"for {self.target}, {self.threads} thread(s)>"
         )
 
-    def _bind(self, feeds: Any, named: Mapping[str, Any]) -> list:
+    def _bind(self, feeds: Any, named: Mapping[str, Any]) -> List[Any]:
         """One array per input, in order, from a mapping, a sequence, one array, or keywords."""
         n = len(self._inputs)
         if feeds is None:
@@ -187,12 +217,12 @@ class CompiledModel:
             return [feeds[t.name] for t in self._inputs]
         if named:
             raise InputError("give the inputs either positionally or by name, not both")
-        feeds = list(feeds)
-        if len(feeds) != n:
-            raise InputError(f"the model has {n} input(s) but {len(feeds)} were given")
-        return feeds
+        given: List[Any] = list(feeds)
+        if len(given) != n:
+            raise InputError(f"the model has {n} input(s) but {len(given)} were given")
+        return given
 
-    def run(self, feeds: Any = None, /, **named: Any) -> dict:
+    def run(self, feeds: Any = None, /, **named: Any) -> Dict[str, np.ndarray]:
         """Runs the model; returns ``{output name: ndarray}`` in output order.
 
         ``feeds`` is ``{input name: array}``, a sequence of arrays in input order, or (for a
@@ -274,18 +304,8 @@ def compile(
         ModelImportError, UnsupportedOpError: the model cannot be imported.
         CompileError: the target is unknown or does not run here, or compiling failed.
     """
-    native = _native.compile(
-        _source(model),
-        target=target,
-        threads=threads,
-        tuning_log=None if tuning_log is None else os.fspath(tuning_log),
-        input_shapes=_shapes(input_shapes),
-        pretuned=pretuned,
-        rewrite=rewrite,
-        layout=layout,
-        int8_numerics=int8_numerics,
-    )
-    return CompiledModel(native)
+    args = _compile_args(tuning_log, input_shapes, pretuned, rewrite, layout, int8_numerics)
+    return CompiledModel(_native.compile(_source(model), target, threads, args))
 
 
 @dataclass(frozen=True)
@@ -329,28 +349,11 @@ def compile_library(
 
     The other arguments are :func:`compile`'s.
     """
-    info = _native.compile_library(
-        _source(model),
-        os.fspath(path),
-        target=target,
-        header=None if header is None else os.fspath(header),
-        single_thread=single_thread,
-        prefix=prefix,
-        tuning_log=None if tuning_log is None else os.fspath(tuning_log),
-        input_shapes=_shapes(input_shapes),
-        pretuned=pretuned,
-        rewrite=rewrite,
-        layout=layout,
-        int8_numerics=int8_numerics,
+    args = _compile_args(tuning_log, input_shapes, pretuned, rewrite, layout, int8_numerics)
+    out, size, weights, kernels, arena, features = _native.compile_library(
+        _source(model), os.fspath(path), target, _path(header), single_thread, prefix, args
     )
-    return LibraryInfo(
-        path=os.fspath(info["path"]),
-        library_bytes=int(info["library_bytes"]),
-        constant_bytes=int(info["constant_bytes"]),
-        kernels=int(info["kernels"]),
-        arena_bytes=int(info["arena_bytes"]),
-        cpu_features=tuple(info["cpu_features"]),
-    )
+    return LibraryInfo(os.fspath(out), size, weights, kernels, arena, tuple(features))
 
 
 @dataclass(frozen=True)
@@ -452,8 +455,8 @@ def tune(
             tracker=tracker,
             device_key=device_key,
             devices=devices,
-            key_file=None if key_file is None else os.fspath(key_file),
-            plot=None if plot is None else os.fspath(plot),
+            key_file=_path(key_file),
+            plot=_path(plot),
             confirm=confirm,
             pretrained=pretrained,
         )
@@ -506,10 +509,10 @@ def predict(
             path,
             target=target,
             threads=threads,
-            tuning_log=None if tuning_log is None else os.fspath(tuning_log),
+            tuning_log=_path(tuning_log),
             pretuned=pretuned,
-            cost_model=None if cost_model is None else os.fspath(cost_model),
-            device=None if device is None else os.fspath(device),
+            cost_model=_path(cost_model),
+            device=_path(device),
             input_shapes=_shapes(input_shapes),
             rewrite=rewrite,
             layout=layout,

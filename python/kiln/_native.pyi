@@ -1,6 +1,7 @@
 """Type stubs of Kiln's extension module (``kiln._native``); use the ``kiln`` package's API."""
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypedDict, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -28,33 +29,26 @@ class CompiledModel:
         self, inputs: Sequence[npt.NDArray[np.uint8]], outputs: Sequence[npt.NDArray[np.uint8]]
     ) -> None: ...
 
+class _CompileArgs(TypedDict):
+    tuning_log: Optional[str]
+    input_shapes: Optional[Dict[str, List[int]]]
+    pretuned: bool
+    rewrite: bool
+    layout: str
+    int8_numerics: str
+
 def compile(
-    model: Union[str, bytes],
-    *,
-    target: str,
-    threads: Optional[int],
-    tuning_log: Optional[str],
-    input_shapes: Optional[Dict[str, List[int]]],
-    pretuned: bool,
-    rewrite: bool,
-    layout: str,
-    int8_numerics: str,
+    model: Union[str, bytes], target: str, threads: Optional[int], args: _CompileArgs
 ) -> CompiledModel: ...
 def compile_library(
     model: Union[str, bytes],
     out: str,
-    *,
     target: str,
     header: Optional[str],
     single_thread: bool,
     prefix: Optional[str],
-    tuning_log: Optional[str],
-    input_shapes: Optional[Dict[str, List[int]]],
-    pretuned: bool,
-    rewrite: bool,
-    layout: str,
-    int8_numerics: str,
-) -> Dict[str, object]: ...
+    args: _CompileArgs,
+) -> Tuple[os.PathLike[str], int, int, int, int, List[str]]: ...
 def tune(
     model: str,
     log: str,

@@ -71,6 +71,31 @@ pub struct ImportRequest {
     pub int8_numerics: String,
 }
 
+/// The import and graph options of every compiling function (a dict from the `kiln` package).
+#[derive(Debug, FromPyObject)]
+#[pyo3(from_item_all)]
+pub struct CompileArgs {
+    pub tuning_log: Option<PathBuf>,
+    pub input_shapes: Option<HashMap<String, Vec<usize>>>,
+    pub pretuned: bool,
+    pub rewrite: bool,
+    pub layout: String,
+    pub int8_numerics: String,
+}
+
+impl CompileArgs {
+    /// The model's source, how to import it and the graph arguments.
+    pub fn prepare(self, model: &Bound<'_, PyAny>) -> PyResult<(Source, ImportRequest, GraphArgs)> {
+        let source = Source::of(model)?;
+        let import = ImportRequest {
+            input_shapes: self.input_shapes.unwrap_or_default(),
+            int8_numerics: self.int8_numerics,
+        };
+        let graph = graph_args(self.rewrite, &self.layout, self.tuning_log, self.pretuned)?;
+        Ok((source, import, graph))
+    }
+}
+
 /// The graph arguments of the CLI (`--no-rewrite`, `--layout`, `--tuning-log`,
 /// `--no-pretuned`) from the keyword arguments of the Python functions.
 pub fn graph_args(
@@ -215,26 +240,15 @@ impl CompiledModel {
 
 /// Imports and compiles a model for this machine (see `kiln.compile`).
 #[pyfunction]
-#[pyo3(signature = (model, *, target, threads, tuning_log, input_shapes, pretuned, rewrite, layout, int8_numerics))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (model, target, threads, args))]
 pub fn compile(
     py: Python<'_>,
     model: &Bound<'_, PyAny>,
     target: String,
     threads: Option<usize>,
-    tuning_log: Option<PathBuf>,
-    input_shapes: Option<HashMap<String, Vec<usize>>>,
-    pretuned: bool,
-    rewrite: bool,
-    layout: String,
-    int8_numerics: String,
+    args: CompileArgs,
 ) -> PyResult<CompiledModel> {
-    let source = Source::of(model)?;
-    let import = ImportRequest {
-        input_shapes: input_shapes.unwrap_or_default(),
-        int8_numerics,
-    };
-    let graph = graph_args(rewrite, &layout, tuning_log, pretuned)?;
+    let (source, import, graph) = args.prepare(model)?;
     let threads = match threads {
         Some(0) => {
             return Err(pyo3::exceptions::PyValueError::new_err(

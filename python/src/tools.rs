@@ -7,15 +7,18 @@
 //! raised when the run has ended (its log is complete either way).
 
 use crate::errors::{cli_error, compile_error, kiln_error};
-use crate::model::{graph_args, ImportRequest, Source};
+use crate::model::{graph_args, CompileArgs};
 use pyo3::prelude::*;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-/// Compiles a model into a shared library with the C ABI (see `kiln.compile_library`); returns
-/// the library's facts as a dict.
+/// What a library build made: (path, library bytes, weight bytes, kernels, arena bytes, CPU
+/// features the code needs).
+type LibraryRow = (PathBuf, u64, usize, usize, usize, Vec<String>);
+
+/// Compiles a model into a shared library with the C ABI (see `kiln.compile_library`).
 #[pyfunction]
-#[pyo3(signature = (model, out, *, target, header, single_thread, prefix, tuning_log, input_shapes, pretuned, rewrite, layout, int8_numerics))]
+#[pyo3(signature = (model, out, target, header, single_thread, prefix, args))]
 #[allow(clippy::too_many_arguments)]
 pub fn compile_library(
     py: Python<'_>,
@@ -25,19 +28,9 @@ pub fn compile_library(
     header: Option<PathBuf>,
     single_thread: bool,
     prefix: Option<String>,
-    tuning_log: Option<PathBuf>,
-    input_shapes: Option<HashMap<String, Vec<usize>>>,
-    pretuned: bool,
-    rewrite: bool,
-    layout: String,
-    int8_numerics: String,
-) -> PyResult<HashMap<String, Py<PyAny>>> {
-    let source = Source::of(model)?;
-    let import = ImportRequest {
-        input_shapes: input_shapes.unwrap_or_default(),
-        int8_numerics,
-    };
-    let graph = graph_args(rewrite, &layout, tuning_log, pretuned)?;
+    args: CompileArgs,
+) -> PyResult<LibraryRow> {
+    let (source, import, graph) = args.prepare(model)?;
     let info = py.detach(move || {
         let t = kiln::Target::named(&target).map_err(|e| compile_error(&e))?;
         if let Some(p) = &prefix {
@@ -59,32 +52,14 @@ pub fn compile_library(
             .compile_library(&model.graph, &options, &out)
             .map_err(|e| compile_error(&e))
     })?;
-    let mut d = HashMap::new();
-    d.insert(
-        "path".into(),
-        info.path.into_pyobject(py)?.into_any().unbind(),
-    );
-    d.insert(
-        "library_bytes".into(),
-        info.library_bytes.into_pyobject(py)?.into_any().unbind(),
-    );
-    d.insert(
-        "constant_bytes".into(),
-        info.constant_bytes.into_pyobject(py)?.into_any().unbind(),
-    );
-    d.insert(
-        "kernels".into(),
-        info.kernels.into_pyobject(py)?.into_any().unbind(),
-    );
-    d.insert(
-        "arena_bytes".into(),
-        info.arena_bytes.into_pyobject(py)?.into_any().unbind(),
-    );
-    d.insert(
-        "cpu_features".into(),
-        info.cpu_features.into_pyobject(py)?.into_any().unbind(),
-    );
-    Ok(d)
+    Ok((
+        info.path,
+        info.library_bytes,
+        info.constant_bytes,
+        info.kernels,
+        info.arena_bytes,
+        info.cpu_features,
+    ))
 }
 
 /// One task of a tuning result: (description, weight, trials, default ms, best ms).
