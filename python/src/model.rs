@@ -5,7 +5,9 @@
 //! [`kiln::CompiledModel::run_bytes`]); the run holds no Python object and no GIL, so any
 //! number of Python threads may run one model at once (each run takes its own arena).
 
-use crate::errors::{compile_error, import_error, run_error};
+use crate::errors::{cli_error, compile_error, import_error, kiln_error, run_error};
+use kiln_cli::error::{one_line, CliError};
+use kiln_cli::shapes::ImportArgs;
 use kiln_cli::{GraphArgs, LayoutArg};
 use numpy::{PyReadonlyArray1, PyReadwriteArray1};
 use pyo3::prelude::*;
@@ -29,46 +31,43 @@ impl Source {
         Ok(Source::File(model.extract::<PathBuf>()?))
     }
 
-    /// The model imported with `input_shapes` bound and `int8_numerics` ("onnxruntime" or
-    /// "tosa").
-    pub fn load(&self, options: &ImportRequest) -> PyResult<kiln::Model> {
-        let mut import = kiln::ImportOptions {
-            input_shapes: options.input_shapes.clone(),
-            ..Default::default()
-        };
-        import.int8_numerics = match options.int8_numerics.as_str() {
-            "onnxruntime" => kiln::Int8Numerics::OnnxRuntime,
-            "tosa" => kiln::Int8Numerics::Tosa,
-            other => {
-                return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                    "int8_numerics must be \"onnxruntime\" or \"tosa\", not {other:?}"
-                )))
-            }
-        };
+    /// The model imported as `import` says (the CLI's `--input-shape`, `--int8-numerics`).
+    pub fn load(&self, import: &ImportArgs) -> PyResult<kiln::Model> {
         match self {
-            Source::File(path) => {
-                if !path.is_file() {
-                    return Err(crate::errors::kiln_error(
-                        "ModelImportError",
-                        format!("cannot import model {}: no such file", path.display()),
-                        &[],
-                    ));
-                }
-                kiln::load_onnx(path, &import).map_err(|e| {
-                    import_error(&e, &format!("cannot import model {}: ", path.display()))
-                })
+            Source::File(path) => kiln_cli::load(path, import).map_err(|e| match e {
+                CliError::Io { .. } => kiln_error("ModelImportError", one_line(&e), &[]),
+                e => cli_error(&e),
+            }),
+            Source::Bytes(bytes) => {
+                let mut options = kiln_cli::shapes::to_options(&import.input_shapes)
+                    .map_err(|e| cli_error(&e))?;
+                options.int8_numerics = import.int8_numerics.into();
+                kiln::load_onnx_bytes(bytes, &options)
+                    .map_err(|e| import_error(&e, "cannot import the model: "))
             }
-            Source::Bytes(bytes) => kiln::load_onnx_bytes(bytes, &import)
-                .map_err(|e| import_error(&e, "cannot import the model: ")),
         }
     }
 }
 
-/// How a model is imported.
-#[derive(Clone, Debug, Default)]
-pub struct ImportRequest {
-    pub input_shapes: HashMap<String, Vec<usize>>,
-    pub int8_numerics: String,
+/// `value` as one of the CLI's choices `T` (`--layout`, `--int8-numerics`), or a `ValueError`
+/// naming the choices.
+fn choice<T: clap::ValueEnum>(argument: &str, value: &str) -> PyResult<T> {
+    T::from_str(value, false).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|p| format!("{:?}", p.get_name()))
+            .collect();
+        pyo3::exceptions::PyValueError::new_err(format!(
+            "{argument} must be one of {}, not {value:?}",
+            names.join(", ")
+        ))
+    })
+}
+
+/// Checks a `layout` argument (what `kiln tune` takes as a string).
+pub fn check_layout(layout: &str) -> PyResult<()> {
+    choice::<LayoutArg>("layout", layout).map(|_| ())
 }
 
 /// The import and graph options of every compiling function (a dict from the `kiln` package).
@@ -85,11 +84,11 @@ pub struct CompileArgs {
 
 impl CompileArgs {
     /// The model's source, how to import it and the graph arguments.
-    pub fn prepare(self, model: &Bound<'_, PyAny>) -> PyResult<(Source, ImportRequest, GraphArgs)> {
+    pub fn prepare(self, model: &Bound<'_, PyAny>) -> PyResult<(Source, ImportArgs, GraphArgs)> {
         let source = Source::of(model)?;
-        let import = ImportRequest {
-            input_shapes: self.input_shapes.unwrap_or_default(),
-            int8_numerics: self.int8_numerics,
+        let import = ImportArgs {
+            input_shapes: self.input_shapes.unwrap_or_default().into_iter().collect(),
+            int8_numerics: choice("int8_numerics", &self.int8_numerics)?,
         };
         let graph = graph_args(self.rewrite, &self.layout, self.tuning_log, self.pretuned)?;
         Ok((source, import, graph))
@@ -104,20 +103,10 @@ pub fn graph_args(
     tuning_log: Option<PathBuf>,
     pretuned: bool,
 ) -> PyResult<GraphArgs> {
-    let layout = match layout {
-        "auto" => LayoutArg::Auto,
-        "nchw" => LayoutArg::Nchw,
-        "nhwc" => LayoutArg::Nhwc,
-        other => {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                "layout must be \"auto\", \"nchw\" or \"nhwc\", not {other:?}"
-            )))
-        }
-    };
     Ok(GraphArgs {
         no_rewrite: !rewrite,
         dump_graph: None,
-        layout,
+        layout: choice("layout", layout)?,
         tuning_log,
         no_pretuned: !pretuned,
     })

@@ -99,11 +99,7 @@ pub fn tune(
     confirm: usize,
     pretrained: bool,
 ) -> PyResult<TuneRow> {
-    if !["auto", "nchw", "nhwc"].contains(&layout.as_str()) {
-        return Err(pyo3::exceptions::PyValueError::new_err(format!(
-            "layout must be \"auto\", \"nchw\" or \"nhwc\", not {layout:?}"
-        )));
-    }
+    crate::model::check_layout(&layout)?;
     let req = kiln_cli::tune::TuneRequest {
         model,
         log,

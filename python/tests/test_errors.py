@@ -29,7 +29,7 @@ def test_a_malformed_model_is_an_import_error(name: str) -> None:
 def test_garbage_bytes_and_missing_files_are_import_errors() -> None:
     with pytest.raises(kiln.ModelImportError, match="malformed ONNX"):
         kiln.compile(b"\x08\x01garbage")
-    with pytest.raises(kiln.ModelImportError, match="no such file"):
+    with pytest.raises(kiln.ModelImportError, match="(?i)no such file"):
         kiln.compile(MODELS / "no_such_model.onnx")
     with pytest.raises(TypeError):
         kiln.compile(42)
