@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """What the Python binding costs: `kiln.compile(MODEL).run` against `kiln bench` on the same
-model, thread count and machine, in alternating rounds (the machine's drift hits both alike).
+model, thread count and machine, in alternating rounds (the machine's drift hits both alike;
+each round's order alternates too).
 
     python benches/python_overhead.py ../shared/models/mobilenet_v2.onnx --threads 1 \
         --kiln target/release/kiln --rounds 5 --iters 100
@@ -58,8 +59,13 @@ def main() -> None:
     }
     py, cli = [], []
     for r in range(args.rounds):
-        cli.append(bench_median_ms(args.kiln, args.model, args.threads, args.iters))
-        py.append(python_median_ms(model, feeds, args.iters))
+        # Which one goes first alternates, so neither always follows the other's load.
+        if r % 2 == 0:
+            cli.append(bench_median_ms(args.kiln, args.model, args.threads, args.iters))
+            py.append(python_median_ms(model, feeds, args.iters))
+        else:
+            py.append(python_median_ms(model, feeds, args.iters))
+            cli.append(bench_median_ms(args.kiln, args.model, args.threads, args.iters))
         print(f"round {r + 1}: kiln bench {cli[-1]:.3f} ms, python run {py[-1]:.3f} ms")
     a, b = statistics.median(py), statistics.median(cli)
     print(f"median of rounds: python {a:.3f} ms, kiln bench {b:.3f} ms, ratio {a / b:.3f}")
