@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -40,6 +41,10 @@ from .errors import (
 )
 
 __version__: str = _native.__version__
+
+#: Kiln's notes (which tuned schedules apply, what the importer assumed) are logged at INFO
+#: level here: ``logging.basicConfig(level=logging.INFO)`` shows them.
+logger = logging.getLogger("kiln")
 
 #: What the functions take as a model: a path to an ``.onnx`` file, the model's protobuf bytes,
 #: or an ``onnx.ModelProto``. External data (weights beside the file) needs the path.
@@ -179,7 +184,9 @@ class CompiledModel:
 
     @property
     def notes(self) -> Tuple[str, ...]:
-        """What the importer had to tell (e.g. a symbolic dimension bound to 1)."""
+        """What the compilation had to tell: the importer's assumptions (e.g. a symbolic
+        dimension bound to 1) and which tuned schedules apply. Also logged at INFO level on
+        the ``kiln`` logger."""
         return tuple(self._native.notes)
 
     @property
@@ -305,7 +312,10 @@ def compile(
         CompileError: the target is unknown or does not run here, or compiling failed.
     """
     args = _compile_args(tuning_log, input_shapes, pretuned, rewrite, layout, int8_numerics)
-    return CompiledModel(_native.compile(_source(model), target, threads, args))
+    compiled = CompiledModel(_native.compile(_source(model), target, threads, args))
+    for note in compiled.notes:
+        logger.info(note)
+    return compiled
 
 
 @dataclass(frozen=True)
@@ -319,6 +329,8 @@ class LibraryInfo:
     arena_bytes: int
     #: CPU features the library's code needs (checked when a context is created).
     cpu_features: Tuple[str, ...]
+    #: What the compilation had to tell (also logged at INFO level on the ``kiln`` logger).
+    notes: Tuple[str, ...] = ()
 
 
 def compile_library(
@@ -350,10 +362,12 @@ def compile_library(
     The other arguments are :func:`compile`'s.
     """
     args = _compile_args(tuning_log, input_shapes, pretuned, rewrite, layout, int8_numerics)
-    out, size, weights, kernels, arena, features = _native.compile_library(
+    out, size, weights, kernels, arena, features, notes = _native.compile_library(
         _source(model), os.fspath(path), target, _path(header), single_thread, prefix, args
     )
-    return LibraryInfo(os.fspath(out), size, weights, kernels, arena, tuple(features))
+    for note in notes:
+        logger.info(note)
+    return LibraryInfo(os.fspath(out), size, weights, kernels, arena, tuple(features), tuple(notes))
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ def compile_library(
     single_thread: bool,
     prefix: Optional[str],
     args: _CompileArgs,
-) -> Tuple[os.PathLike[str], int, int, int, int, List[str]]: ...
+) -> Tuple[os.PathLike[str], int, int, int, int, List[str], List[str]]: ...
 def tune(
     model: str,
     log: str,

@@ -185,7 +185,8 @@ impl CompiledModel {
         self.threads
     }
 
-    /// The importer's notes (e.g. a symbolic dimension bound to 1).
+    /// What the compilation had to tell: the importer's notes (e.g. a symbolic dimension bound
+    /// to 1) and which tuned schedules apply.
     #[getter]
     fn notes(&self) -> Vec<String> {
         self.notes.clone()
@@ -249,9 +250,9 @@ pub fn compile(
     };
     py.detach(move || {
         let t = kiln::Target::named(&target).map_err(|e| compile_error(&e))?;
-        let model = source.load(&import)?;
+        let mut model = source.load(&import)?;
         let schedules = graph
-            .schedules(t.name(), Some(threads))
+            .schedules_noting(t.name(), Some(threads), &mut |n| model.notes.push(n))
             .map_err(|e| crate::errors::cli_error(&e))?;
         let compiled = kiln::Compiler::new(t.clone())
             .with_options(kiln::CompileOptions {

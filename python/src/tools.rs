@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 /// What a library build made: (path, library bytes, weight bytes, kernels, arena bytes, CPU
-/// features the code needs).
-type LibraryRow = (PathBuf, u64, usize, usize, usize, Vec<String>);
+/// features the code needs, notes).
+type LibraryRow = (PathBuf, u64, usize, usize, usize, Vec<String>, Vec<String>);
 
 /// Compiles a model into a shared library with the C ABI (see `kiln.compile_library`).
 #[pyfunction]
@@ -36,22 +36,27 @@ pub fn compile_library(
         if let Some(p) = &prefix {
             kiln::aot::validate_prefix(p).map_err(|e| compile_error(&e))?;
         }
-        let model = source.load(&import)?;
+        let mut model = source.load(&import)?;
+        let schedules = graph
+            .schedules_noting(t.name(), single_thread.then_some(1), &mut |n| {
+                model.notes.push(n)
+            })
+            .map_err(|e| cli_error(&e))?;
         let options = kiln::AotOptions {
             parallel: !single_thread,
             header,
             graph: graph.get(),
             // As `kiln compile`: a single-threaded library takes records measured on one
             // thread, a parallel one the fastest of any thread count.
-            schedules: graph
-                .schedules(t.name(), single_thread.then_some(1))
-                .map_err(|e| cli_error(&e))?,
+            schedules,
             prefix,
         };
-        kiln::Compiler::new(t)
+        let info = kiln::Compiler::new(t)
             .compile_library(&model.graph, &options, &out)
-            .map_err(|e| compile_error(&e))
+            .map_err(|e| compile_error(&e))?;
+        Ok::<_, PyErr>((info, model.notes))
     })?;
+    let (info, notes) = info;
     Ok((
         info.path,
         info.library_bytes,
@@ -59,6 +64,7 @@ pub fn compile_library(
         info.kernels,
         info.arena_bytes,
         info.cpu_features,
+        notes,
     ))
 }
 

@@ -149,3 +149,15 @@ def test_model_metadata() -> None:
     assert model.target and model.threads == 1
     assert model.stats["kernels"] > 0 and model.stats["arena_bytes"] >= 0
     assert "kiln.CompiledModel" in repr(model)
+
+
+def test_compiling_prints_nothing_and_logs_its_notes(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="kiln"):
+        model = kiln.compile(MODELS / "dscnn_kws.onnx", threads=1)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    assert [r.getMessage() for r in caplog.records if r.name == "kiln"] == list(model.notes)

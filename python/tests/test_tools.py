@@ -66,6 +66,7 @@ def test_tuning_reports_progress_and_its_log_compiles(tmp_path: pathlib.Path) ->
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(records) > 6
     model = kiln.compile(MODELS / "dscnn_kws.onnx", threads=1, tuning_log=log)
+    assert any("tuned schedule(s)" in n for n in model.notes), model.notes
     (x,) = model_data("dscnn_kws", "input")
     (expected,) = model_data("dscnn_kws", "output")
     np.testing.assert_allclose(list(model.run(x).values())[0], expected, rtol=1e-3, atol=1e-4)

@@ -512,16 +512,26 @@ impl GraphArgs {
 
     /// The tuned schedules of `--tuning-log` for `target`, measured with `threads` threads
     /// (any count when `None`); without the option, the shipped pre-tuned records for them
-    /// (none with `--no-pretuned`).
+    /// (none with `--no-pretuned`). Says which on stderr.
     pub fn schedules(
         &self,
         target: &str,
         threads: Option<usize>,
     ) -> Result<kiln::TunedSchedules, CliError> {
+        self.schedules_noting(target, threads, &mut tune::note_on_stderr)
+    }
+
+    /// [`Self::schedules`], telling `note` which schedules apply.
+    pub fn schedules_noting(
+        &self,
+        target: &str,
+        threads: Option<usize>,
+        note: &mut dyn FnMut(String),
+    ) -> Result<kiln::TunedSchedules, CliError> {
         match &self.tuning_log {
-            Some(log) => tune::schedules_from_log(log, target, threads),
+            Some(log) => tune::schedules_from_log(log, target, threads, note),
             None if self.no_pretuned => Ok(kiln::TunedSchedules::default()),
-            None => Ok(tune::pretuned_schedules(target, threads)),
+            None => Ok(tune::pretuned_schedules(target, threads, note)),
         }
     }
 

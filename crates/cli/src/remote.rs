@@ -293,7 +293,12 @@ pub fn bench(req: &RemoteBench) -> Result<(), CliError> {
     let model = crate::load(&req.model, &req.import)?;
     let threads = Some(req.threads).filter(|_| req.threads == 1);
     let schedules = match &req.tuning_log {
-        Some(log) => crate::tune::schedules_from_log(log, target.name(), threads)?,
+        Some(log) => crate::tune::schedules_from_log(
+            log,
+            target.name(),
+            threads,
+            &mut crate::tune::note_on_stderr,
+        )?,
         None => kiln::TunedSchedules::default(),
     };
     let dir = tempfile::tempdir().map_err(|e| CliError::io(std::env::temp_dir(), e))?;

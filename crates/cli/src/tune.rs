@@ -579,6 +579,11 @@ fn report(set: &kiln_tune::TaskSet, tuner: &Tuner) {
 /// How many times [`Tuner::confirm`] measures each confirmed schedule again.
 const CONFIRM_ROUNDS: usize = 2;
 
+/// Prints a note of the schedule choice on stderr (the CLI's sink for them).
+pub fn note_on_stderr(note: String) {
+    eprintln!("note: {note}");
+}
+
 /// The hidden worker command: one measurement job from stdin, events to stdout.
 pub fn measure_worker() -> Result<(), CliError> {
     let stdin = std::io::stdin();
@@ -587,29 +592,34 @@ pub fn measure_worker() -> Result<(), CliError> {
 }
 
 /// The pre-tuned records shipped with Kiln for `target` on `threads` threads (any when `None`;
-/// a note on stderr when some apply).
-pub fn pretuned_schedules(target: &str, threads: Option<usize>) -> kiln::TunedSchedules {
+/// a note to `note` when some apply).
+pub fn pretuned_schedules(
+    target: &str,
+    threads: Option<usize>,
+    note: &mut dyn FnMut(String),
+) -> kiln::TunedSchedules {
     let Ok(t) = Target::named(target) else {
         return kiln::TunedSchedules::default();
     };
     let records = kiln_tune::pretrained::records(&t, threads, &kiln_tune::pretrained::host_cpu());
     let schedules = records.best_schedules(target, threads);
     if !schedules.traces.is_empty() {
-        eprintln!(
-            "note: kiln's pre-tuned schedules for `{target}` apply ({} workloads known; \
+        note(format!(
+            "kiln's pre-tuned schedules for `{target}` apply ({} workloads known; \
              --no-pretuned ignores them)",
             schedules.traces.len()
-        );
+        ));
     }
     schedules
 }
 
 /// The tuned schedules a `--tuning-log` holds for `target`, measured with `threads` threads
-/// (any when `None`; notes on stderr).
+/// (any when `None`; what it found, to `note`).
 pub fn schedules_from_log(
     log: &Path,
     target: &str,
     threads: Option<usize>,
+    note: &mut dyn FnMut(String),
 ) -> Result<kiln::TunedSchedules, CliError> {
     if !log.is_file() {
         return Err(CliError::io(
@@ -619,18 +629,18 @@ pub fn schedules_from_log(
     }
     let contents = read_log(log).map_err(|e| tune_err(e.into()))?;
     if !contents.skipped_lines.is_empty() {
-        eprintln!(
-            "note: tuning log {}: skipped unreadable line(s) {:?}",
+        note(format!(
+            "tuning log {}: skipped unreadable line(s) {:?}",
             log.display(),
             contents.skipped_lines
-        );
+        ));
     }
     let schedules = contents.best_schedules(target, threads);
     let on = threads.map_or(String::new(), |t| format!(" on {t} thread(s)"));
-    eprintln!(
-        "note: {} tuned schedule(s) for target `{target}`{on} from {}",
+    note(format!(
+        "{} tuned schedule(s) for target `{target}`{on} from {}",
         schedules.traces.len(),
         log.display()
-    );
+    ));
     Ok(schedules)
 }
