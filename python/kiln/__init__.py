@@ -442,6 +442,12 @@ def tune(
     """
     if log is None:
         raise TypeError("tune() needs log=: the tuning log file the measurements go to")
+    if (rpc or tracker) and key_file is None:
+        raise ValueError("tune(): rpc= and tracker= need key_file= (the device agents' key)")
+    if tracker and not device_key:
+        raise ValueError("tune(): tracker= needs device_key= (the pool of devices to lease)")
+    if rpc and tracker:
+        raise ValueError("tune(): give rpc= (agents) or tracker= (a pool), not both")
     with _model_path(model) as path:
         callback = None
         if progress is not None:

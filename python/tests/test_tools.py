@@ -83,3 +83,19 @@ def test_an_exception_in_the_progress_callback_is_raised_after_the_run(tmp_path:
         kiln.tune(MODELS / "dscnn_kws.onnx", trials=2, log=tmp_path / "l.jsonl", batch=2,
                   repeat_ms=1.0, confirm=0, progress=fail)
     assert (tmp_path / "l.jsonl").stat().st_size > 0
+
+
+def test_remote_tuning_arguments_and_an_unreachable_tracker_are_clear_errors(
+    tmp_path: pathlib.Path,
+) -> None:
+    model = MODELS / "dscnn_kws.onnx"
+    with pytest.raises(ValueError, match="key_file"):
+        kiln.tune(model, log=tmp_path / "a.jsonl", tracker="127.0.0.1:9", device_key="rpi4")
+    with pytest.raises(ValueError, match="device_key"):
+        kiln.tune(model, log=tmp_path / "a.jsonl", tracker="127.0.0.1:9", key_file="k")
+    key = tmp_path / "agent.key"
+    key.write_text("c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NTY=\n")
+    key.chmod(0o600)
+    with pytest.raises(kiln.TuneError, match="127.0.0.1:9"):
+        kiln.tune(model, trials=2, log=tmp_path / "b.jsonl", tracker="127.0.0.1:9",
+                  device_key="rpi4", key_file=key)
