@@ -155,9 +155,11 @@ class CompiledModel:
         )
         self._row_counts = tuple(native.row_counts)
         counts = {r for _, r in self._row_counts}
-        self._outputs = tuple(
-            o for i, o in enumerate(self._graph_outputs) if i not in counts
+        # The graph outputs that are ONNX outputs (not row counts), by index.
+        self._onnx_outputs = tuple(
+            i for i in range(len(self._graph_outputs)) if i not in counts
         )
+        self._outputs = tuple(self._graph_outputs[i] for i in self._onnx_outputs)
         self._input_index = {t.name: i for i, t in enumerate(self._inputs)}
 
     @property
@@ -270,12 +272,7 @@ class CompiledModel:
         for output, count in self._row_counts:
             rows = int(outputs[count].reshape(-1)[0])
             outputs[output] = outputs[output][:rows]
-        counts = {r for _, r in self._row_counts}
-        return {
-            info.name: o
-            for i, (info, o) in enumerate(zip(self._graph_outputs, outputs))
-            if i not in counts
-        }
+        return {self._graph_outputs[i].name: outputs[i] for i in self._onnx_outputs}
 
     __call__ = run
 
