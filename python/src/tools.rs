@@ -143,8 +143,10 @@ pub fn tune(
         kiln_cli::tune::tune_with(
             &req,
             worker.into_iter().map(Into::into).collect(),
-            &mut |p| {
-                let Some(cb) = &progress else { return };
+            &mut |event| {
+                let (Some(cb), kiln_cli::tune::TuneEvent::Round(p)) = (&progress, event) else {
+                    return;
+                };
                 if callback_error.is_some() {
                     return;
                 }

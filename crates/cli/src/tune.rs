@@ -201,7 +201,17 @@ pub struct TaskSummary {
     pub best_ms: Option<f64>,
 }
 
-/// Tunes the model and prints what it found, with a progress bar on the terminal.
+/// What a tuning run tells its caller while it runs ([`tune_with`]).
+#[derive(Clone, Copy, Debug)]
+pub enum TuneEvent<'a> {
+    /// A round of the search was measured.
+    Round(&'a kiln_tune::search::Progress),
+    /// The search is over (its report follows on stdout).
+    SearchDone,
+}
+
+/// Tunes the model and prints what it found, with a progress bar on the terminal during the
+/// search.
 pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
     let exe = std::env::current_exe().map_err(|e| CliError::io("current executable", e))?;
     let bar = indicatif::ProgressBar::new(req.trials as u64);
@@ -214,11 +224,14 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
     let result = tune_with(
         req,
         vec![exe.into_os_string(), "measure-worker".into()],
-        &mut |p| {
-            bar.set_length(p.total as u64);
-            bar.set_position(p.trials as u64);
-            let best = p.model_ms.map_or("-".to_string(), |m| format!("{m:.4} ms"));
-            bar.set_message(format!("best {best}, {} errors", p.errors));
+        &mut |event| match event {
+            TuneEvent::Round(p) => {
+                bar.set_length(p.total as u64);
+                bar.set_position(p.trials as u64);
+                let best = p.model_ms.map_or("-".to_string(), |m| format!("{m:.4} ms"));
+                bar.set_message(format!("best {best}, {} errors", p.errors));
+            }
+            TuneEvent::SearchDone => bar.finish_and_clear(),
         },
     );
     bar.finish_and_clear();
@@ -227,11 +240,11 @@ pub fn tune(req: &TuneRequest) -> Result<(), CliError> {
 
 /// Tunes the model as [`tune`] does, measuring local candidates in processes started with
 /// `worker` (a command whose stdin/stdout speak [`kiln_tune::measure::serve`]'s protocol) and
-/// reporting each round to `progress`; returns what it found.
+/// telling `progress` of each round and of the search's end; returns what it found.
 pub fn tune_with(
     req: &TuneRequest,
     worker: Vec<std::ffi::OsString>,
-    progress: &mut dyn FnMut(&kiln_tune::search::Progress),
+    progress: &mut dyn FnMut(TuneEvent<'_>),
 ) -> Result<TuneSummary, CliError> {
     if req.trials == 0 || req.batch == 0 || req.threads == 0 {
         return Err(CliError::Usage(
@@ -376,9 +389,12 @@ pub fn tune_with(
     if remaining > 0 {
         tuner.set_trials(remaining);
         tuner
-            .run(runner.as_mut(), &mut log, progress)
+            .run(runner.as_mut(), &mut log, &mut |p| {
+                progress(TuneEvent::Round(p))
+            })
             .map_err(tune_err)?;
     }
+    progress(TuneEvent::SearchDone);
     if remaining > 0 && req.confirm > 0 {
         let c = tuner
             .confirm(runner.as_mut(), &mut log, req.confirm, CONFIRM_ROUNDS)

@@ -691,14 +691,9 @@ impl CompiledModel {
                 CopySource::Input(i) => outputs[j].copy_from_slice(inputs[i]),
                 CopySource::Constant(c) => outputs[j].copy_from_slice(&self.constants[c]),
                 CopySource::Output(o) => {
-                    let (from, to) = if o < j {
-                        let (a, b) = outputs.split_at_mut(j);
-                        (&*a[o], &mut *b[0])
-                    } else {
-                        let (a, b) = outputs.split_at_mut(o);
-                        (&*b[0], &mut *a[j])
-                    };
-                    to.copy_from_slice(from);
+                    // The source is the first of the outputs naming the same value: before `j`.
+                    let (before, rest) = outputs.split_at_mut(j);
+                    rest[0].copy_from_slice(before[o]);
                 }
             }
         }
